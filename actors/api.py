@@ -1,0 +1,224 @@
+"""The agent's HTTP/1.1 API over its unix socket: Spiderpool's agent API plus the shim's endpoint.
+
+Owns the wire: h11 connections on a trio unix listener, routing, JSON bodies, and the mapping of errors to
+HTTP statuses.  Spiderpool-compatible paths and schemas (reference §4.2, §4.3), so any client written against
+Spiderpool's agent works: ``GET /v1/ipam/healthy``, ``POST|DELETE /v1/ipam/ip``, ``POST|DELETE /v1/ipam/ips``,
+``GET /v1/workloadendpoint``.  Errors are a JSON string body with status 500, as Spiderpool answers; we add
+an ``X-Cni-Code`` header carrying the CNI code of the error.  Our own ``POST /v1/cni`` takes a whole
+forwarded plugin invocation (environment and stdin) from the stdlib shim and answers with the plugin's
+stdout and an ``X-Cni-Exit`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket as stdsocket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import h11
+import trio
+
+from actors.ipam import AddRequest, DelRequest, IpamService, add_response
+from actors.plugin import Plugin
+from spider import cni
+from spider.errors import InvalidInput, SpiderError, TransientError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 4 * 1024 * 1024
+READ_TIMEOUT = 30.0
+"""Seconds a client may take to send its request; handlers themselves have their own budgets."""
+
+
+@attrs.frozen
+class Response:
+    """An HTTP answer."""
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "application/json"
+
+
+def json_response(status: int, obj: Any, *headers: tuple[str, str]) -> Response:
+    """A JSON answer."""
+    return Response(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
+
+
+def error_response(exc: SpiderError) -> Response:
+    """Spiderpool's error shape: status 500 and the message as a JSON string; plus the CNI code."""
+    return json_response(500, str(exc), ("X-Cni-Code", str(exc.cni_code)))
+
+
+Handler = Callable[[dict[str, list[str]], bytes], Awaitable[Response]]
+
+
+def _body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise InvalidInput(reason=f"request body is not JSON: {exc}") from None
+
+
+@attrs.define
+class AgentApi:
+    """Routes requests to the IPAM service and the CNI plugin."""
+
+    ipam: IpamService
+    plugin: Plugin
+    grace: float = 30.0
+    """Seconds requests in flight may take to finish once the agent stops accepting."""
+    requests: int = 0
+    _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        """``(method, path) -> handler``."""
+        return {
+            ("GET", "/v1/ipam/healthy"): self._healthy,
+            ("POST", "/v1/ipam/ip"): self._add,
+            ("DELETE", "/v1/ipam/ip"): self._delete,
+            ("POST", "/v1/ipam/ips"): self._batch_add,
+            ("DELETE", "/v1/ipam/ips"): self._batch_delete,
+            ("GET", "/v1/workloadendpoint"): self._endpoint,
+            ("POST", "/v1/cni"): self._cni,
+        }
+
+    async def _healthy(self, query: dict[str, list[str]], body: bytes) -> Response:
+        return Response(200)
+
+    async def _add(self, query: dict[str, list[str]], body: bytes) -> Response:
+        results = await self.ipam.allocate(AddRequest.from_api(_body(body)))
+        return json_response(200, add_response(results))
+
+    async def _delete(self, query: dict[str, list[str]], body: bytes) -> Response:
+        await self.ipam.release(DelRequest.from_api(_body(body)))
+        return Response(200)
+
+    async def _batch_add(self, query: dict[str, list[str]], body: bytes) -> Response:
+        # Spiderpool declares this path and answers 200 without doing anything; so do we.
+        return Response(200)
+
+    async def _batch_delete(self, query: dict[str, list[str]], body: bytes) -> Response:
+        await self.ipam.release_ips(DelRequest.from_api(_body(body), batch=True))
+        return Response(200)
+
+    async def _endpoint(self, query: dict[str, list[str]], body: bytes) -> Response:
+        namespace = (query.get("podNamespace") or [""])[0]
+        name = (query.get("podName") or [""])[0]
+        if not namespace or not name:
+            return json_response(400, "podNamespace and podName are required")
+        endpoint = await self.ipam.endpoint(namespace, name)
+        if endpoint is None:
+            return json_response(404, f"SpiderEndpoint not found for pod {namespace}/{name}")
+        return json_response(200, endpoint.to_api())
+
+    async def _cni(self, query: dict[str, list[str]], body: bytes) -> Response:
+        try:
+            env, stdin = cni.split_forwarded(body)
+        except SpiderError as exc:
+            out = cni.render(cni.error_from("", exc))
+            return Response(200, out, (("X-Cni-Exit", "1"),))
+        result = await self.plugin.handle(env, stdin)
+        return Response(200, result.stdout, (("X-Cni-Exit", str(result.exit_code)),))
+
+    async def dispatch(self, method: str, target: str, body: bytes) -> Response:
+        """Route one request; domain errors become error responses, bugs propagate."""
+        self.requests += 1
+        url = urlsplit(target)
+        handler = self.routes().get((method, url.path))
+        if handler is None:
+            known = any(path == url.path for _, path in self.routes())
+            return json_response(405 if known else 404, f"no route for {method} {url.path}")
+        try:
+            return await handler(parse_qs(url.query), body)
+        except SpiderError as exc:
+            if not isinstance(exc, TransientError):
+                log.info("%s %s: %s", method, url.path, exc)
+            return error_response(exc)
+
+    async def serve(self, path: str | Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on the unix socket until ``stop_accepting``; then finish the requests in flight."""
+        listener = await open_unix_listener(path)
+        try:
+            async with trio.open_nursery() as connections:
+                with self._accepting:
+                    task_status.started()
+                    while True:
+                        stream = await listener.accept()
+                        connections.start_soon(self._connection, stream)
+                await listener.aclose()  # new clients are refused at once while the last ones finish
+                connections.cancel_scope.deadline = trio.current_time() + self.grace
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            Path(path).unlink(missing_ok=True)
+
+    def stop_accepting(self) -> None:
+        """Close the listener; connections already accepted are served to the end."""
+        self._accepting.cancel(reason="agent is shutting down")
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        try:
+            async with stream:
+                while True:
+                    with trio.move_on_after(READ_TIMEOUT) as timeout:
+                        request, body = await _read_request(stream, conn)
+                    if timeout.cancelled_caught or request is None:
+                        return
+                    response = await self.dispatch(request.method.decode(), request.target.decode(), body)
+                    await _send_response(stream, conn, response)
+                    if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                        return
+                    conn.start_next_cycle()
+        except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("connection dropped: %s", exc)
+
+
+async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> tuple[Any, bytes]:
+    request = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_BODY:
+                raise h11.RemoteProtocolError("request body too large")
+        elif isinstance(event, h11.EndOfMessage):
+            return request, bytes(body)
+        elif isinstance(event, h11.ConnectionClosed):
+            return None, b""
+
+
+async def _send_response(stream: trio.SocketStream, conn: h11.Connection, response: Response) -> None:
+    headers = [
+        ("Content-Type", response.content_type),
+        ("Content-Length", str(len(response.body))),
+        *response.headers,
+    ]
+    data = conn.send(h11.Response(status_code=response.status, headers=headers))
+    data += conn.send(h11.Data(data=response.body)) if response.body else b""
+    data += conn.send(h11.EndOfMessage())
+    await stream.send_all(data)
+
+
+async def open_unix_listener(path: str | Path, backlog: int = 4096) -> trio.SocketListener:
+    """A listener on a fresh unix socket; a stale socket file from a crashed agent is removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()
+    sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    await sock.bind(os.fspath(path))
+    sock.listen(backlog)
+    return trio.SocketListener(sock)

@@ -1,0 +1,346 @@
+"""``spider``: the command line for people (agent, apply, get, delete, check, install-cni, demo).
+
+Owns argument parsing, the output formats (tables with rich, ``-o json|yaml``) and exit codes; each command
+is a thin call into the actors package.  Errors the user can fix are printed as one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import stat
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from actors.sqlite import SqliteStore, default_store_path
+from actors.store import AlreadyExists, NotFound, Obj, Store, meta
+from spider.cni import DEFAULT_SOCKET
+from spider.endpoint import Endpoint
+from spider.errors import InvalidInput, SpiderError
+from spider.kinds import kind_info
+from spider.pool import IPPool, PoolLedger, ReservedIP, reserved_set
+
+SHIM_SOURCE = Path(__file__).resolve().parent.parent / "cni" / "shim.py"
+
+# Validation at the door until the store layer validates every backend (issue 3): a bad pool never gets in.
+VALIDATORS: dict[str, Callable[[Obj], object]] = {
+    "SpiderIPPool": IPPool.from_object,
+    "SpiderReservedIP": ReservedIP.from_object,
+}
+
+
+def load_documents(target: str) -> Iterator[Obj]:
+    """Objects from a YAML/JSON file (several documents allowed), a directory of them, or ``-``."""
+    if target == "-":
+        texts = [("<stdin>", sys.stdin.read())]
+    else:
+        path = Path(target)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+        elif path.exists():
+            files = [path]
+        else:
+            raise InvalidInput(reason=f"{target}: no such file or directory")
+        texts = [(str(p), p.read_text()) for p in files]
+    for name, text in texts:
+        try:
+            docs = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as exc:
+            raise InvalidInput(reason=f"{name}: not YAML: {exc}") from None
+        for doc in docs:
+            if doc is None:
+                continue
+            if not isinstance(doc, dict) or "kind" not in doc:
+                raise InvalidInput(reason=f"{name}: every document needs a 'kind'")
+            if doc["kind"] == "List":
+                yield from doc.get("items", [])
+            else:
+                yield doc
+
+
+async def apply(store: Store, obj: Obj) -> str:
+    """Create or update one object (spec, labels, annotations; status is the agents'); says which."""
+    info = kind_info(obj["kind"])
+    obj["kind"] = info.kind
+    m = meta(obj)
+    if not m.get("name"):
+        raise InvalidInput(reason=f"{info.kind} without metadata.name")
+    if info.namespaced:
+        m.setdefault("namespace", "default")
+    else:
+        m.pop("namespace", None)
+    validate = VALIDATORS.get(info.kind)
+    if validate is not None:
+        validate(obj)
+    try:
+        current = await store.get(info.kind, m["name"], m.get("namespace", ""))
+    except NotFound:
+        try:
+            created = await store.create(obj)
+            if info.kind == "SpiderIPPool":  # what the controller does on a cluster: counts from the start
+                ledger = PoolLedger.from_object(created)
+                created["status"] = {"allocatedIPCount": 0, "totalIPCount": len(ledger.pool.total)}
+                await store.update_status(created)
+            return "created"
+        except AlreadyExists:
+            current = await store.get(info.kind, m["name"], m.get("namespace", ""))
+    merged = dict(current)
+    cm = dict(current["metadata"])
+    for key in ("labels", "annotations", "finalizers", "ownerReferences"):
+        if key in m:
+            cm[key] = m[key]
+    merged["metadata"] = cm
+    for key, value in obj.items():
+        if key not in ("metadata", "status", "apiVersion", "kind"):
+            merged[key] = value
+    if "status" in obj and not info.status_subresource:
+        merged["status"] = obj["status"]
+    if merged == current:
+        return "unchanged"
+    await store.update(merged)
+    if "status" in obj and info.status_subresource and info.group == "":
+        # Core kinds (Pod phase, Node conditions) only get a status from the API server: let users set it.
+        fresh = await store.get(info.kind, m["name"], m.get("namespace", ""))
+        fresh["status"] = obj["status"]
+        await store.update_status(fresh)
+    return "configured"
+
+
+def _pool_row(obj: Obj, reserved: Sequence[ReservedIP]) -> list[str]:
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    try:
+        ledger = PoolLedger.from_object(obj)
+        ledger = PoolLedger(ledger.pool, ledger.records, reserved_set(ledger.pool.version, reserved))
+        free = str(ledger.free)
+    except SpiderError:
+        free = "?"
+    return [
+        obj["metadata"]["name"],
+        str(spec.get("ipVersion") or ("6" if ":" in str(spec.get("subnet", "")) else "4")),
+        str(spec.get("subnet", "")),
+        str(status.get("allocatedIPCount", 0)),
+        str(status.get("totalIPCount", len(ledger.pool.total) if free != "?" else "")),
+        free,
+        str(bool(spec.get("default", False))).lower(),
+        str(bool(spec.get("disable", False))).lower(),
+    ]
+
+
+def _endpoint_rows(obj: Obj) -> list[list[str]]:
+    ep = Endpoint.from_object(obj)
+    return [
+        [ep.namespace, ep.name, n.interface, n.ipv4_pool or "", n.ipv4 or "", n.ipv6_pool or "", n.ipv6 or "", ep.node]
+        for n in ep.nics
+    ] or [[ep.namespace, ep.name, "", "", "", "", "", ep.node]]
+
+
+def print_table(console: Console, kind: str, items: Sequence[Obj], reserved: Sequence[ReservedIP] = ()) -> None:
+    """kubectl-like columns for the kinds people look at most; names for the rest."""
+    if kind == "SpiderIPPool":
+        headers = ["NAME", "VERSION", "SUBNET", "ALLOCATED-IP-COUNT", "TOTAL-IP-COUNT", "FREE", "DEFAULT", "DISABLE"]
+        rows = [_pool_row(o, reserved) for o in items]
+    elif kind == "SpiderEndpoint":
+        headers = ["NAMESPACE", "NAME", "INTERFACE", "IPV4POOL", "IPV4", "IPV6POOL", "IPV6", "NODE"]
+        rows = [row for o in items for row in _endpoint_rows(o)]
+    else:
+        headers = ["NAMESPACE", "NAME", "CREATED"] if kind_info(kind).namespaced else ["NAME", "CREATED"]
+        rows = [
+            ([o["metadata"].get("namespace", "")] if kind_info(kind).namespaced else [])
+            + [o["metadata"]["name"], o["metadata"].get("creationTimestamp", "")]
+            for o in items
+        ]
+    table = Table(*headers, box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def console() -> Console:
+    """A console that does not squeeze tables to 80 columns when piped."""
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def install_cni(bin_dir: Path, python: str = sys.executable) -> list[Path]:
+    """Copy the stdlib shim to ``bin_dir/spiderpool``, run by ``python -IS`` (no site, fast start)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    source = SHIM_SOURCE.read_text().split("\n", 1)[1]  # drop the development shebang
+    target = bin_dir / "spiderpool"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(f"#!{python} -IS\n{source}")
+    tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    tmp.replace(target)  # atomic: a runtime exec'ing the plugin never sees half a file
+    return [target]
+
+
+async def _with_store(path: Path, fn: Callable[[Store], Any]) -> Any:
+    store = await SqliteStore.open(path)
+    try:
+        return await fn(store)
+    finally:
+        await store.aclose()
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from actors.agent import AgentSettings, run_agent
+
+    kwargs: dict[str, Any] = {"store_path": args.store, "socket_path": args.socket}
+    if args.node:
+        kwargs["node"] = args.node
+    trio.run(run_agent, AgentSettings(**kwargs))
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    out = console()
+
+    async def run(store: Store) -> None:
+        for target in args.filename:
+            for obj in load_documents(target):
+                outcome = await apply(store, obj)
+                out.print(f"{obj['kind'].lower()}/{obj['metadata']['name']} {outcome}", highlight=False)
+
+    trio.run(_with_store, args.store, run)
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    info = kind_info(args.kind)
+
+    async def run(store: Store) -> tuple[list[Obj], list[ReservedIP]]:
+        reserved = [ReservedIP.from_object(o) for o in (await store.list("SpiderReservedIP")).items]
+        if args.name:
+            return [await store.get(info.kind, args.name, args.namespace if info.namespaced else "")], reserved
+        namespace = None if args.all_namespaces or not info.namespaced else args.namespace
+        if info.namespaced and not args.namespace_given:
+            namespace = None  # the embedded store is small: show every namespace unless one is asked for
+        return (await store.list(info.kind, namespace=namespace, label_selector=args.selector)).items, reserved
+
+    items, reserved = trio.run(_with_store, args.store, run)
+    if args.output == "json":
+        print(json.dumps(items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}, sort_keys=False), end="")
+    else:
+        print_table(console(), info.kind, items, reserved)
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    info = kind_info(args.kind)
+
+    async def run(store: Store) -> None:
+        await store.delete(info.kind, args.name, args.namespace if info.namespaced else "")
+
+    trio.run(_with_store, args.store, run)
+    print(f"{info.kind.lower()}/{args.name} deleted")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from actors.check import check_store, print_report
+
+    report = trio.run(_with_store, args.store, lambda store: check_store(store, reclaim=args.reclaim))
+    print_report(console(), report)
+    return 0 if report.consistent or args.reclaim else 1
+
+
+def _cmd_install_cni(args: argparse.Namespace) -> int:
+    for path in install_cni(Path(args.bin_dir), args.python):
+        print(f"installed {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from actors.demo import run_demo
+
+    return trio.run(run_demo, args.pods, args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``spider`` argument parser."""
+    store_default = default_store_path()
+    parser = argparse.ArgumentParser(prog="spider", description="Spiderpool-compatible underlay IPAM, in Python.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_store(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", type=Path, default=store_default, help=f"embedded store file (default {store_default})")
+
+    p = sub.add_parser("agent", help="run the node agent (serves the CNI plugin and the agent API)")
+    with_store(p)
+    p.add_argument("--socket", type=Path, default=Path(DEFAULT_SOCKET), help=f"unix socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--node", default="", help="node name (default: host name)")
+    p.set_defaults(func=_cmd_agent)
+
+    p = sub.add_parser("apply", help="create or update objects from YAML/JSON files or directories")
+    with_store(p)
+    p.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - (repeatable)")
+    p.set_defaults(func=_cmd_apply)
+
+    p = sub.add_parser("get", help="list or show objects")
+    with_store(p)
+    p.add_argument("kind", help="kind or alias: sp (SpiderIPPool), se, sr, pod, ns, node, ...")
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.set_defaults(func=_cmd_get)
+
+    p = sub.add_parser("delete", help="delete an object")
+    with_store(p)
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default="default")
+    p.set_defaults(func=_cmd_delete)
+
+    p = sub.add_parser("check", help="compare pools with endpoints; report (and with --reclaim free) leaks")
+    with_store(p)
+    p.add_argument("--reclaim", action="store_true", help="free pool records no endpoint accounts for")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("install-cni", help="install the CNI plugin binaries (spiderpool)")
+    p.add_argument("--bin-dir", default="/opt/cni/bin")
+    p.add_argument("--python", default=sys.executable, help="interpreter the plugin runs with")
+    p.set_defaults(func=_cmd_install_cni)
+
+    p = sub.add_parser("demo", help="start an agent, give real macvlan pods addresses, show them, clean up")
+    p.add_argument("--pods", type=int, default=3)
+    p.add_argument("--keep", action="store_true", help="leave the namespaces and store behind for a look")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spider`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "namespace", "x") is None:
+        args.namespace, args.namespace_given = "default", False
+    else:
+        args.namespace_given = True
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    if args.command == "agent":
+        level = min(level, logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+        return code
+    except (SpiderError, OSError) as exc:
+        print(f"spider {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

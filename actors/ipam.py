@@ -1,0 +1,463 @@
+"""The agent's IPAM service: allocate and release a pod's addresses across pools, keep its SpiderEndpoint.
+
+Owns the request flow of Spiderpool's agent (reference §2.1, §2.13) on top of the PoolActors:
+- ``allocate``: idempotent by pod UID and interface; picks pools by precedence and filters
+  (``spider.selection``), asks each pool's actor, all-or-nothing across families and NICs, then records the
+  SpiderEndpoint and answers with Spiderpool's ``IpamAddResponse``;
+- ``release``: from stored state alone (the endpoint), only what the same pod UID and sandbox hold;
+- ``release_ips``, ``endpoint``: the batch release and the workload-endpoint read of the agent API;
+- ``pools``: the registry that starts one supervised PoolActor per pool on first use.
+It never touches a database or socket directly: everything goes through the ``Store`` port.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from actors.pool import Allocation, PoolActor, PoolHandle, open_pool
+from actors.store import AlreadyExists, Conflict, NotFound, Obj, Store
+from actors.supervisor import Supervisor
+from spider.addr import parse_ip, parse_network
+from spider.endpoint import KIND as ENDPOINT, Endpoint, NicAllocation
+from spider.errors import (
+    AllocationError,
+    InvalidInput,
+    NoAvailablePool,
+    PodNotAlive,
+    PoolExhausted,
+    PoolNotFound,
+    SpiderError,
+    StaleWrite,
+)
+from spider.pool import KIND as POOL, IPPool, Owner, Route
+from spider.selection import NicRequest, PodContext, candidates, custom_routes, requested_pools
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class AddRequest:
+    """Spiderpool's ``IpamAddArgs`` plus the CNI network name and container the request came from."""
+
+    container_id: str
+    ifname: str
+    netns: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+    default_ipv4_pools: tuple[str, ...] = ()
+    default_ipv6_pools: tuple[str, ...] = ()
+    clean_gateway: bool = False
+    network: str = ""
+
+    @classmethod
+    def from_api(cls, body: Any) -> AddRequest:
+        """Parse the JSON body of ``POST /v1/ipam/ip``; ``InvalidInput`` names a missing field."""
+        fields = _required(body, ("containerID", "ifName", "netNamespace", "podNamespace", "podName", "podUID"))
+        return cls(
+            container_id=fields["containerID"],
+            ifname=fields["ifName"],
+            netns=fields["netNamespace"],
+            pod_namespace=fields["podNamespace"],
+            pod_name=fields["podName"],
+            pod_uid=fields["podUID"],
+            default_ipv4_pools=_str_tuple(body, "defaultIPv4IPPool"),
+            default_ipv6_pools=_str_tuple(body, "defaultIPv6IPPool"),
+            clean_gateway=bool(body.get("cleanGateway", False)),
+        )
+
+
+@attrs.frozen
+class DelRequest:
+    """Spiderpool's ``IpamDelArgs`` / ``IpamBatchDelArgs``."""
+
+    container_id: str
+    ifname: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+
+    @classmethod
+    def from_api(cls, body: Any, *, batch: bool = False) -> DelRequest:
+        """Parse the JSON body of ``DELETE /v1/ipam/ip`` (or ``/ips`` with ``batch``)."""
+        names = ("containerID", "podNamespace", "podName", "podUID") + (() if batch else ("ifName",))
+        fields = _required(body, names)
+        return cls(fields["containerID"], fields.get("ifName", ""), fields["podNamespace"], fields["podName"], fields["podUID"])
+
+
+def _required(body: Any, names: Sequence[str]) -> dict[str, str]:
+    if not isinstance(body, dict):
+        raise InvalidInput(reason="request body must be a JSON object")
+    out = {}
+    for name in names:
+        value = body.get(name)
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(reason=f"{name!r} is required")
+        out[name] = value
+    return out
+
+
+def _str_tuple(body: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = body.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(reason=f"{name!r} must be a list of strings")
+    return tuple(value)
+
+
+@attrs.frozen
+class NicResult:
+    """What one interface got on one ADD."""
+
+    nic: str
+    allocations: tuple[Allocation, ...]
+    clean_gateway: bool
+    routes: tuple[Route, ...]
+
+    def to_api(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """This NIC's part of ``IpamAddResponse``: ``ips`` and ``routes``."""
+        ips = []
+        routes = []
+        for a in self.allocations:
+            ip: dict[str, Any] = {"version": a.version, "address": a.address, "nic": self.nic, "ipPool": a.pool, "vlan": 0}
+            if a.gateway:
+                ip["gateway"] = a.gateway
+            ips.append(ip)
+            if a.gateway and not self.clean_gateway:
+                routes.append({"ifName": self.nic, "dst": "0.0.0.0/0" if a.version == 4 else "::/0", "gw": a.gateway})
+        routes += [{"ifName": self.nic, "dst": r.dst, "gw": r.gw} for r in self.routes]
+        return ips, routes
+
+
+def add_response(results: Sequence[NicResult]) -> dict[str, Any]:
+    """Spiderpool's ``IpamAddResponse`` for every NIC of one call."""
+    ips: list[dict[str, Any]] = []
+    routes: list[dict[str, str]] = []
+    for r in results:
+        i, rt = r.to_api()
+        ips += i
+        routes += rt
+    return {"ips": ips, "routes": routes}
+
+
+@attrs.define
+class PoolRegistry:
+    """Starts one supervised PoolActor per pool on first use and hands out its handle."""
+
+    store: Store
+    supervisor: Supervisor
+    handles: dict[str, PoolHandle] = attrs.field(factory=dict)
+    actors: dict[str, PoolActor] = attrs.field(factory=dict)
+    _starting: dict[str, trio.Event] = attrs.field(factory=dict)
+
+    async def get(self, name: str) -> PoolHandle:
+        """The handle of the pool's actor, starting the actor if needed."""
+        handle = self.handles.get(name)
+        if handle is not None:
+            return handle
+        if name in self._starting:
+            await self._starting[name].wait()
+            return self.handles[name]
+        self._starting[name] = event = trio.Event()
+        try:
+            handle, actor = open_pool(name, self.store)
+            await self.supervisor.start(f"pool/{name}", actor.run)
+            self.handles[name], self.actors[name] = handle, actor
+        finally:
+            del self._starting[name]
+            event.set()
+        return handle
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """Per pool: requests, batches, writes, conflicts, largest batch."""
+        return {name: attrs.asdict(actor.stats) for name, actor in self.actors.items()}
+
+
+def _alive(pod: Obj) -> str | None:
+    """Why the pod is not alive (reference §2.1 step 1), or ``None``."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    restart = (pod.get("spec") or {}).get("restartPolicy", "Always")
+    phase = status.get("phase", "")
+    if meta.get("deletionTimestamp"):
+        return "terminating"
+    if phase == "Succeeded" and restart != "Always":
+        return "succeeded"
+    if phase == "Failed" and (restart == "Never" or status.get("reason") == "Evicted"):
+        return "failed"
+    return None
+
+
+@attrs.define
+class IpamService:
+    """Allocation and release for the pods of one node."""
+
+    store: Store
+    pools: PoolRegistry
+    node: str
+    endpoint_budget: float = 10.0
+    """Seconds an endpoint write may spend on conflicts before the request fails with CNI 11."""
+
+    async def _get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
+        try:
+            return await self.store.get(kind, name, namespace)
+        except NotFound:
+            return None
+
+    async def _pod_context(self, namespace: str, name: str, uid: str) -> tuple[PodContext, Obj | None]:
+        pod = await self._get("Pod", name, namespace)
+        ns = await self._get("Namespace", namespace)
+        node = await self._get("Node", self.node)
+        pmeta = (pod or {}).get("metadata") or {}
+        nmeta = (ns or {}).get("metadata") or {}
+        ctx = PodContext(
+            namespace=namespace,
+            name=name,
+            uid=uid or pmeta.get("uid", ""),
+            node=self.node,
+            labels=pmeta.get("labels") or {},
+            annotations=pmeta.get("annotations") or {},
+            namespace_labels={"kubernetes.io/metadata.name": namespace, **(nmeta.get("labels") or {})},
+            namespace_annotations=nmeta.get("annotations") or {},
+            node_labels={"kubernetes.io/hostname": self.node, **(((node or {}).get("metadata") or {}).get("labels") or {})},
+        )
+        return ctx, pod
+
+    async def _all_pools(self) -> dict[str, IPPool]:
+        out = {}
+        for obj in (await self.store.list(POOL)).items:
+            try:
+                pool = IPPool.from_object(obj)
+            except SpiderError as exc:  # an invalid pool must not break allocation from the others
+                log.warning("skipping invalid pool %s: %s", obj.get("metadata", {}).get("name"), exc)
+                continue
+            out[pool.name] = pool
+        return out
+
+    async def allocate(self, req: AddRequest) -> list[NicResult]:
+        """Every NIC's addresses for this ADD (usually one NIC); idempotent for the same pod UID and NIC."""
+        ctx, pod = await self._pod_context(req.pod_namespace, req.pod_name, req.pod_uid)
+        if pod is not None and (why := _alive(pod)) is not None:
+            raise PodNotAlive(pod=f"{req.pod_namespace}/{req.pod_name}", reason=why)
+        uid = ctx.uid or req.container_id
+        owner_of = lambda nic: Owner(uid, nic, req.pod_namespace, req.pod_name, req.container_id, self.node)  # noqa: E731
+
+        endpoint_obj = await self._get(ENDPOINT, req.pod_name, req.pod_namespace)
+        endpoint = Endpoint.from_object(endpoint_obj) if endpoint_obj else None
+        if endpoint is not None and endpoint.uid != uid:
+            # A same-name pod that is gone (issue #1187): free what the old UID still holds, start afresh.
+            await self._release_entries(endpoint, endpoint.nics, container_id="")
+            await self._drop_endpoint(endpoint)
+            endpoint = None
+
+        if endpoint is not None and (entry := endpoint.nic(req.ifname)) is not None:
+            # Repeated ADD: ask the same pools again; they return the address the owner holds.
+            requests = [
+                NicRequest(entry.interface, (entry.ipv4_pool,) if entry.ipv4_pool else (), (entry.ipv6_pool,) if entry.ipv6_pool else (), entry.clean_gateway, "endpoint")
+            ]
+        else:
+            requests = requested_pools(ctx, req.ifname, req.default_ipv4_pools, req.default_ipv6_pools)
+            if endpoint is not None:  # NICs allocated by an earlier ADD of a multi-NIC pod keep theirs
+                requests = [r for r in requests if endpoint.nic(r.nic) is None or r.nic == req.ifname]
+
+        pools = await self._all_pools()
+        plans: list[tuple[NicRequest, int, list[IPPool]]] = []
+        for r in requests:
+            if r.source == "endpoint":
+                for version, names in ((4, r.ipv4), (6, r.ipv6)):
+                    if names:
+                        if names[0] not in pools:
+                            raise PoolNotFound(pool=names[0])
+                        plans.append((r, version, [pools[names[0]]]))
+                continue
+            for version in (4, 6):
+                found = candidates(r, version, ctx, pools)
+                if found:
+                    plans.append((r, version, found))
+            if not any(p[0] is r for p in plans):
+                raise NoAvailablePool(nic=r.nic, version=4, reason=f"no pool selection rules of any type are specified ({r.source})")
+
+        made: list[tuple[str, Allocation]] = []
+        results: dict[tuple[str, int], Allocation] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                for r, version, found in plans:
+                    nursery.start_soon(self._allocate_one, owner_of(r.nic), version, found, results, made)
+        except BaseExceptionGroup as group:
+            await self._undo(made, uid, req.container_id)
+            first = group.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        routes = custom_routes(ctx)
+        nic_results = []
+        for r in requests:
+            allocs = tuple(results[(r.nic, v)] for v in (4, 6) if (r.nic, v) in results)
+            if not allocs:
+                continue
+            clean = r.clean_gateway if r.clean_gateway is not None else req.clean_gateway
+            extra = tuple(rt for rt in routes if any(_gw_in(rt.gw, a.address) for a in allocs))
+            nic_results.append(NicResult(r.nic, allocs, clean, tuple(x for a in allocs for x in a.routes) + extra))
+        try:
+            await self._record(req, uid, ctx, nic_results)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._undo(made, uid, req.container_id)
+            raise
+        return nic_results
+
+    async def _allocate_one(
+        self, owner: Owner, version: int, found: list[IPPool], results: dict[tuple[str, int], Allocation], made: list[tuple[str, Allocation]]
+    ) -> None:
+        exhausted: list[str] = []
+        for pool in found:
+            handle = await self.pools.get(pool.name)
+            try:
+                allocation = await handle.allocate(owner)
+            except PoolExhausted:
+                exhausted.append(pool.name)
+                continue
+            results[(owner.nic, version)] = allocation
+            made.append((owner.nic, allocation))
+            return
+        if len(exhausted) == 1:
+            raise PoolExhausted(pool=exhausted[0], capacity=(await (await self.pools.get(exhausted[0])).inspect()).capacity)
+        raise NoAvailablePool(nic=owner.nic, version=version, reason=f"all IP addresses used out in pools {exhausted}")
+
+    async def _undo(self, made: list[tuple[str, Allocation]], uid: str, container_id: str) -> None:
+        """All-or-nothing: give back what this call took (only if the same sandbox still holds it)."""
+        for nic, allocation in made:
+            handle = await self.pools.get(allocation.pool)
+            await handle.release((uid, nic), container_id)
+
+    async def _record(self, req: AddRequest, uid: str, ctx: PodContext, results: list[NicResult]) -> None:
+        deadline = trio.current_time() + self.endpoint_budget
+        while True:
+            obj = await self._get(ENDPOINT, req.pod_name, req.pod_namespace)
+            endpoint = Endpoint.from_object(obj) if obj else Endpoint(req.pod_namespace, req.pod_name, uid, self.node, owner_controller_name=req.pod_name)
+            endpoint = attrs.evolve(endpoint, node=self.node)
+            for r in results:
+                v4 = next((a for a in r.allocations if a.version == 4), None)
+                v6 = next((a for a in r.allocations if a.version == 6), None)
+                endpoint = endpoint.with_nic(
+                    NicAllocation(
+                        interface=r.nic,
+                        ipv4=v4.address if v4 else None,
+                        ipv6=v6.address if v6 else None,
+                        ipv4_pool=v4.pool if v4 else None,
+                        ipv6_pool=v6.pool if v6 else None,
+                        ipv4_gateway=v4.gateway if v4 else None,
+                        ipv6_gateway=v6.gateway if v6 else None,
+                        clean_gateway=r.clean_gateway,
+                        routes=r.routes,
+                        container_id=req.container_id,
+                        network=req.network,
+                    )
+                )
+            if obj is not None and Endpoint.from_object(obj) == endpoint:
+                return
+            try:
+                if obj is None:
+                    await self.store.create(endpoint.to_object())
+                else:
+                    await self.store.update(endpoint.to_object())
+                return
+            except (Conflict, AlreadyExists):
+                if trio.current_time() > deadline:
+                    raise StaleWrite(kind=ENDPOINT, name=f"{req.pod_namespace}/{req.pod_name}", sent_version=endpoint.resource_version) from None
+                await trio.sleep(0.01)
+
+    async def release(self, req: DelRequest) -> list[str]:
+        """Free what this pod's sandbox holds (all its NICs, as Spiderpool); returns the freed addresses.
+
+        Works from stored state alone and succeeds when there is nothing to free.  A live pod keeps its
+        addresses (sandbox re-creation), and a DEL from an older sandbox or an older pod of the same name
+        frees nothing.
+        """
+        pod = await self._get("Pod", req.pod_name, req.pod_namespace)
+        if pod is not None and _alive(pod) is None and pod["metadata"].get("uid") == req.pod_uid:
+            return []
+        obj = await self._get(ENDPOINT, req.pod_name, req.pod_namespace)
+        if obj is None:
+            return []
+        endpoint = Endpoint.from_object(obj)
+        if req.pod_uid and endpoint.uid != req.pod_uid:
+            return []
+        mine = [n for n in endpoint.nics if not n.container_id or n.container_id == req.container_id]
+        freed = await self._release_entries(endpoint, mine, req.container_id)
+        await self._forget_entries(endpoint, {n.interface for n in mine})
+        return freed
+
+    async def _release_entries(self, endpoint: Endpoint, entries: Sequence[NicAllocation], container_id: str) -> list[str]:
+        freed: list[str] = []
+        for entry in entries:
+            for _version, pool, _address in entry.pools():
+                handle = await self.pools.get(pool)
+                try:
+                    ip = await handle.release((endpoint.uid, entry.interface), container_id)
+                except AllocationError:  # the pool is gone: nothing left to free there
+                    continue
+                if ip:
+                    freed.append(ip)
+        return freed
+
+    async def _forget_entries(self, endpoint: Endpoint, interfaces: set[str]) -> None:
+        """Remove entries from the endpoint, deleting it when none remain."""
+        deadline = trio.current_time() + self.endpoint_budget
+        while True:
+            obj = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
+            if obj is None:
+                return
+            current = Endpoint.from_object(obj)
+            if current.uid != endpoint.uid:
+                return
+            kept = attrs.evolve(current, nics=tuple(n for n in current.nics if n.interface not in interfaces))
+            try:
+                if kept.nics:
+                    await self.store.update(kept.to_object())
+                else:
+                    await self._drop_endpoint(current)
+                return
+            except Conflict:
+                if trio.current_time() > deadline:
+                    raise StaleWrite(kind=ENDPOINT, name=f"{endpoint.namespace}/{endpoint.name}", sent_version=current.resource_version) from None
+                await trio.sleep(0.01)
+
+    async def _drop_endpoint(self, endpoint: Endpoint) -> None:
+        obj = endpoint.to_object()
+        obj["metadata"]["finalizers"] = []
+        try:
+            await self.store.update(obj)
+            await self.store.delete(ENDPOINT, endpoint.name, endpoint.namespace)
+        except NotFound:
+            pass
+
+    async def release_ips(self, req: DelRequest) -> list[str]:
+        """``DELETE /v1/ipam/ips``: free every NIC of the pod's sandbox (after a detected conflict)."""
+        return await self.release(attrs.evolve(req, pod_uid=req.pod_uid))
+
+    async def endpoint(self, namespace: str, name: str) -> Endpoint | None:
+        """The pod's SpiderEndpoint, if any."""
+        obj = await self._get(ENDPOINT, name, namespace)
+        return Endpoint.from_object(obj) if obj else None
+
+    async def pool_free(self, names: Sequence[str]) -> dict[str, int]:
+        """Free addresses per pool, from the actors' ledgers."""
+        out = {}
+        for name in names:
+            out[name] = (await (await self.pools.get(name)).inspect()).free
+        return out
+
+
+def _gw_in(gw: str, address: str) -> bool:
+    try:
+        return parse_ip(gw) in parse_network(address, strict=False)
+    except ValueError:
+        return False
+
+
+__all__ = ["AddRequest", "DelRequest", "IpamService", "NicResult", "PoolRegistry", "add_response"]

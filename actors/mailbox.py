@@ -1,0 +1,75 @@
+"""The actor runtime's messaging: bounded mailboxes and one-shot replies.
+
+Owns ``Reply`` (the answer slot a requester awaits and an actor resolves without ever blocking) and
+``open_mailbox``.  An actor is a trio task that alone owns some state and reads its mailbox; other tasks hold
+a handle that sends messages carrying a ``Reply``.  Domain errors travel back inside the reply as
+``outcome.Error`` and are raised in the requester's task, so the actor keeps running (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+import attrs
+import outcome
+import trio
+
+T = TypeVar("T")
+M = TypeVar("M")
+
+
+@attrs.define(eq=False)
+class Reply(Generic[T]):
+    """One-shot answer slot: the actor resolves it once, the requester awaits it once."""
+
+    _send: trio.MemorySendChannel[outcome.Outcome[T]]
+    _recv: trio.MemoryReceiveChannel[outcome.Outcome[T]]
+
+    @classmethod
+    def open(cls) -> Reply[T]:
+        """A fresh slot with room for exactly one answer."""
+        send, recv = trio.open_memory_channel[outcome.Outcome[T]](1)
+        return cls(send, recv)
+
+    def resolve(self, result: outcome.Outcome[T]) -> None:
+        """Answer; never blocks.  A second answer, or a requester that gave up, is silently fine."""
+        try:
+            self._send.send_nowait(result)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            pass
+        self._send.close()
+
+    def value(self, value: T) -> None:
+        """Answer with a value."""
+        self.resolve(outcome.Value(value))
+
+    def error(self, exc: BaseException) -> None:
+        """Answer with an error, to be raised in the requester."""
+        self.resolve(outcome.Error(exc))
+
+    @property
+    def resolved(self) -> bool:
+        """Whether an answer was given (or the slot closed)."""
+        return self._send._closed  # noqa: SLF001  (trio exposes no public flag)
+
+    async def wait(self) -> T:
+        """The answer, raising the error it carries; cancellable like any trio wait."""
+        with self._recv:
+            return (await self._recv.receive()).unwrap()
+
+
+def open_mailbox(capacity: int, message_type: type[M]) -> tuple[trio.MemorySendChannel[M], trio.MemoryReceiveChannel[M]]:
+    """A bounded mailbox: senders wait when it is full, which is the backpressure."""
+    del message_type  # only for the type checker's benefit at call sites
+    return trio.open_memory_channel[M](capacity)
+
+
+def drain(mailbox: trio.MemoryReceiveChannel[M], first: M, limit: int) -> list[M]:
+    """``first`` plus whatever is already queued, up to ``limit`` messages, without waiting."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            batch.append(mailbox.receive_nowait())
+        except trio.WouldBlock:
+            break
+    return batch

@@ -1,0 +1,237 @@
+"""PoolActor: the one task that allocates from and releases to one SpiderIPPool in this process.
+
+Owns the pool's cached ledger and the group commit (DESIGN §4): it drains every queued request, folds them
+through the pure ``PoolLedger``, writes the pool status **once** guarded by the resourceVersion it holds, and
+only then answers.  On a conflict (another agent wrote the pool) it re-reads the pool and re-applies the same
+batch to the fresh state, with jittered backoff, until a time budget runs out; then the whole batch fails
+with ``StaleWrite`` (CNI 11).  No address leaves the actor before it is durable, and there is no lock: pools
+serialize independently, agents meet only at the store's optimistic concurrency.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import attrs
+import outcome
+import trio
+
+from actors.mailbox import Reply, drain
+from actors.store import Conflict, NotFound, Store
+from spider.addr import ip_to_int
+from spider.errors import ActorUnavailable, PoolNotFound, SpiderError, StaleWrite
+from spider.pool import KIND, Owner, PoolLedger, ReservedIP, Route, reserved_set
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Allocation:
+    """An address handed out by a pool, with what the interface needs to use it."""
+
+    pool: str
+    version: int
+    address: str  # ip/prefix
+    gateway: str | None
+    routes: tuple[Route, ...]
+
+    @property
+    def ip(self) -> str:
+        """The bare address."""
+        return self.address.partition("/")[0]
+
+
+@attrs.frozen
+class Allocate:
+    """Give ``owner`` an address (or the one it already holds)."""
+
+    owner: Owner
+    reply: Reply[Allocation]
+
+
+@attrs.frozen
+class Release:
+    """Free the address an owner key holds; with a container ID, only if that sandbox holds it."""
+
+    key: tuple[str, str]
+    container_id: str
+    reply: Reply[str | None]
+
+
+@attrs.frozen
+class ReleaseIPs:
+    """Free addresses whose records still name the given pod UID (consistency check, GC)."""
+
+    ips: tuple[tuple[str, str], ...]  # (ip, podUid)
+    reply: Reply[int]
+
+
+@attrs.frozen
+class Inspect:
+    """A snapshot of the ledger as last persisted."""
+
+    reply: Reply[PoolLedger]
+
+
+PoolMsg = Allocate | Release | ReleaseIPs | Inspect
+
+
+@attrs.define
+class PoolStatistics:
+    """Counters a pool actor keeps for metrics and benchmarks."""
+
+    requests: int = 0
+    batches: int = 0
+    writes: int = 0
+    conflicts: int = 0
+    largest_batch: int = 0
+
+
+@attrs.frozen
+class PoolHandle:
+    """The only thing other tasks hold: sends requests to the actor and awaits the answers."""
+
+    name: str
+    _mailbox: trio.MemorySendChannel[PoolMsg]
+
+    async def allocate(self, owner: Owner) -> Allocation:
+        """The owner's address in this pool; ``PoolExhausted`` and other domain errors raise here."""
+        reply = Reply[Allocation].open()
+        await self._send(Allocate(owner, reply))
+        return await reply.wait()
+
+    async def release(self, key: tuple[str, str], container_id: str = "") -> str | None:
+        """Free the owner's address; returns it, or ``None`` when nothing matched."""
+        reply = Reply[str | None].open()
+        await self._send(Release(key, container_id, reply))
+        return await reply.wait()
+
+    async def release_ips(self, ips: tuple[tuple[str, str], ...]) -> int:
+        """Free each ``(ip, podUid)`` whose record still names that UID; returns how many were freed."""
+        reply = Reply[int].open()
+        await self._send(ReleaseIPs(ips, reply))
+        return await reply.wait()
+
+    async def inspect(self) -> PoolLedger:
+        """A copy of the ledger as the actor last persisted it."""
+        reply = Reply[PoolLedger].open()
+        await self._send(Inspect(reply))
+        return await reply.wait()
+
+    async def _send(self, msg: PoolMsg) -> None:
+        try:
+            await self._mailbox.send(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorUnavailable(actor=f"pool/{self.name}") from None
+
+
+@attrs.define
+class PoolActor:
+    """Owns one pool's ledger in this process; run it with ``nursery.start(actor.run)``."""
+
+    name: str
+    store: Store
+    mailbox: trio.MemoryReceiveChannel[PoolMsg]
+    max_batch: int = 256
+    conflict_budget: float = 20.0
+    """Seconds a batch may spend losing write races before it fails with ``StaleWrite`` (CNI 11)."""
+    stats: PoolStatistics = attrs.field(factory=PoolStatistics)
+    _ledger: PoolLedger | None = None
+    _version: str = ""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the mailbox until every handle is closed (the graceful drain) or we are cancelled."""
+        task_status.started()
+        async for first in self.mailbox:
+            batch = drain(self.mailbox, first, self.max_batch)
+            self.stats.requests += len(batch)
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            try:
+                await self._commit(batch)
+            finally:  # crash or cancel: nobody may wait forever
+                for msg in batch:
+                    msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
+
+    async def _load(self) -> None:
+        try:
+            obj = await self.store.get(KIND, self.name)
+        except NotFound:
+            raise PoolNotFound(pool=self.name) from None
+        ledger = PoolLedger.from_object(obj)  # parse first: the family decides which reservations apply
+        reservations = (await self.store.list("SpiderReservedIP")).items
+        reserved = reserved_set(ledger.pool.version, (ReservedIP.from_object(r) for r in reservations))
+        self._ledger = PoolLedger(ledger.pool, ledger.records, reserved)
+        self._version = obj["metadata"]["resourceVersion"]
+
+    async def _commit(self, batch: list[PoolMsg]) -> None:
+        deadline = trio.current_time() + self.conflict_budget
+        delay = 0.005
+        while True:
+            try:
+                if self._ledger is None:
+                    await self._load()
+                assert self._ledger is not None
+                results = [self._apply(self._ledger, msg) for msg in batch]
+                if any(changed for _, changed in results):
+                    await self._write(self._ledger)
+            except Conflict:
+                self.stats.conflicts += 1
+                self._ledger = None  # NB: the ledger holds the failed batch; re-read and re-apply from scratch
+                if trio.current_time() + delay > deadline:
+                    stale = StaleWrite(kind=KIND, name=self.name, sent_version=self._version)
+                    for msg in batch:
+                        msg.reply.error(stale)
+                    return
+                await trio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 0.5)
+                continue
+            except SpiderError as exc:  # pool gone, spec invalid, store down: the whole batch fails
+                self._ledger = None
+                for msg in batch:
+                    msg.reply.error(exc)
+                return
+            for msg, (result, _) in zip(batch, results, strict=True):
+                msg.reply.resolve(result)  # only now: the write is durable
+            return
+
+    async def _write(self, ledger: PoolLedger) -> None:
+        body = {
+            "apiVersion": "spiderpool.spidernet.io/v2beta1",
+            "kind": KIND,
+            "metadata": {"name": self.name, "resourceVersion": self._version},
+            "status": ledger.to_status(),
+        }
+        self.stats.writes += 1
+        written = await self.store.update_status(body)
+        self._version = written["metadata"]["resourceVersion"]
+
+    def _apply(self, ledger: PoolLedger, msg: PoolMsg) -> tuple[outcome.Outcome[Any], bool]:
+        """Fold one request into the ledger; domain errors become values, bugs stay exceptions."""
+        try:
+            match msg:
+                case Allocate(owner=owner):
+                    ip, changed = ledger.allocate(owner)
+                    pool = ledger.pool
+                    return outcome.Value(
+                        Allocation(pool.name, pool.version, ledger.address(ip), pool.gateway, pool.routes)
+                    ), changed
+                case Release(key=key, container_id=container_id):
+                    freed = ledger.release(key, container_id)
+                    return outcome.Value(None if freed is None else ledger.address(freed)), freed is not None
+                case ReleaseIPs(ips=ips):
+                    count = sum(ledger.release_ip(ip_to_int(ip, ledger.pool.version), uid) for ip, uid in ips)
+                    return outcome.Value(count), count > 0
+                case Inspect():
+                    return outcome.Value(ledger.copy()), False
+        except SpiderError as exc:
+            return outcome.Error(exc), False
+        raise AssertionError(f"unhandled message {msg!r}")
+
+
+def open_pool(name: str, store: Store, *, max_batch: int = 256) -> tuple[PoolHandle, PoolActor]:
+    """A handle and its actor; the mailbox outlives any one ``run()``, so handles survive restarts."""
+    send, recv = trio.open_memory_channel[PoolMsg](max_batch)
+    return PoolHandle(name, send), PoolActor(name, store, recv, max_batch)

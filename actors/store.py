@@ -1,0 +1,160 @@
+"""The store port: Kubernetes-shaped objects with Kubernetes' concurrency semantics.
+
+Owns the interface every backend implements (embedded SQLite, Kubernetes API) and the errors a backend raises.
+Objects are plain JSON-shaped dicts exactly as the API server returns them (``apiVersion``, ``kind``,
+``metadata`` with ``name``, ``namespace``, ``uid``, ``resourceVersion``, ``labels``, ``annotations``,
+``finalizers``, ``deletionTimestamp``; ``spec``; ``status``).  Domain code parses them with named
+constructors (``IPPool.from_object``); nothing here knows what a pool is.
+
+Semantics every backend keeps (the contract tests in ``tests/store`` check them):
+
+- ``resourceVersion`` changes on every write; a write that carries a stale one raises ``Conflict``.
+- ``update`` never changes ``status`` of a kind with a status subresource, ``update_status`` changes only it.
+- ``delete`` of an object with finalizers only sets ``metadata.deletionTimestamp``; the object goes when an
+  update removes the last finalizer.
+- ``watch`` yields every change after ``resource_version`` in order; a version too old to replay raises
+  ``Gone`` (HTTP 410), after which the caller re-lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+import attrs
+
+from spider.errors import SpiderError, TransientError
+
+Obj = dict[str, Any]
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class NotFound(SpiderError):
+    """The object does not exist (HTTP 404)."""
+
+    kind: str
+    name: str
+    namespace: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind} {where!r} not found"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class AlreadyExists(SpiderError):
+    """``create`` of an object whose name is taken (HTTP 409 AlreadyExists)."""
+
+    kind: str
+    name: str
+    namespace: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind} {where!r} already exists"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class Conflict(TransientError):
+    """A write carried a resourceVersion that is no longer current (HTTP 409 Conflict)."""
+
+    kind: str
+    name: str
+    sent_version: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r} was modified since resourceVersion {self.sent_version}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class Gone(TransientError):
+    """A watch asked for history the store no longer keeps (HTTP 410); re-list and watch again."""
+
+    resource_version: str
+
+    def __str__(self) -> str:
+        return f"resourceVersion {self.resource_version} is too old to watch from; re-list"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class Invalid(SpiderError):
+    """The store refused an object that fails validation (HTTP 422)."""
+
+    kind: str
+    name: str
+    reason: str
+
+    cni_code = 7
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r} is invalid: {self.reason}"
+
+
+@attrs.frozen
+class ObjectList:
+    """The answer to ``list``: the items and the store version to watch from."""
+
+    items: list[Obj]
+    resource_version: str
+
+
+@attrs.frozen
+class WatchEvent:
+    """One change seen by ``watch``: the object as it is after the change (or was, before a delete)."""
+
+    type: Literal["ADDED", "MODIFIED", "DELETED"]
+    object: Obj
+
+
+class Store(Protocol):
+    """A store of Kubernetes-shaped objects; see the module docstring for the semantics."""
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        """The object, or ``NotFound``."""
+        ...
+
+    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+        """Objects of a kind, optionally in one namespace and matching a label selector string."""
+        ...
+
+    async def create(self, obj: Obj) -> Obj:
+        """Store a new object; fills uid, resourceVersion, creationTimestamp; ``AlreadyExists``."""
+        ...
+
+    async def update(self, obj: Obj) -> Obj:
+        """Replace metadata and spec (and status, for kinds without a status subresource).
+
+        Guarded by ``metadata.resourceVersion`` when it is set (``Conflict``); an empty one means "last
+        write wins", as on the API server.
+        """
+        ...
+
+    async def update_status(self, obj: Obj) -> Obj:
+        """Replace only ``status``, guarded like ``update``."""
+        ...
+
+    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+        """Delete, or mark for deletion when finalizers remain; ``NotFound``, ``Conflict``."""
+        ...
+
+    def watch(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""
+    ) -> AsyncIterator[WatchEvent]:
+        """Changes after ``resource_version`` (from now, when empty) until the caller stops iterating."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+        ...
+
+
+def meta(obj: Obj) -> dict[str, Any]:
+    """The ``metadata`` mapping of an object (created empty when missing)."""
+    result: dict[str, Any] = obj.setdefault("metadata", {})
+    return result
+
+
+def key_of(obj: Obj) -> tuple[str, str, str]:
+    """``(kind, namespace, name)`` of an object."""
+    m = obj.get("metadata") or {}
+    return obj.get("kind", ""), m.get("namespace", "") or "", m.get("name", "")

@@ -1,0 +1,228 @@
+"""Every error this service raises on purpose, and the CNI error code each one maps to.
+
+Owns the error taxonomy (DESIGN §5.6): permanent allocation failures (CNI 100+), transient failures (11),
+bad configuration (7), undecodable input (6), bad environment (4) and unsupported versions (1).  The CNI layer
+maps errors by type through ``cni_code``, never by parsing messages.  Anything that is not a ``SpiderError``
+is a bug and is allowed to crash the process.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+
+# CNI spec error codes (SPEC.md "Error codes") and ours (100+).
+CNI_INCOMPATIBLE_VERSION = 1
+CNI_UNSUPPORTED_FIELD = 2
+CNI_UNKNOWN_CONTAINER = 3
+CNI_INVALID_ENV = 4
+CNI_IO_FAILURE = 5
+CNI_DECODE_FAILURE = 6
+CNI_INVALID_CONFIG = 7
+CNI_TRY_AGAIN_LATER = 11
+CNI_NOT_AVAILABLE = 50
+CNI_POOL_EXHAUSTED = 100
+CNI_NO_POOL = 101
+CNI_INVALID_INPUT = 102
+CNI_POD_NOT_ALIVE = 103
+CNI_CHECK_FAILED = 104
+
+
+class SpiderError(Exception):
+    """Root of every error this service raises on purpose."""
+
+    cni_code: ClassVar[int] = 999
+
+
+class AllocationError(SpiderError):
+    """This request cannot be satisfied; retrying it unchanged will not help (CNI 100+)."""
+
+    cni_code = CNI_NO_POOL
+
+
+class TransientError(SpiderError):
+    """Retrying the same request later may succeed (CNI code 11)."""
+
+    cni_code = CNI_TRY_AGAIN_LATER
+
+
+class ConfigError(SpiderError):
+    """A CNI network configuration or an object's spec is invalid (CNI code 7)."""
+
+    cni_code = CNI_INVALID_CONFIG
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class InvalidSpec(ConfigError):
+    """An object (pool, reserved IP, ...) does not describe anything we can use."""
+
+    kind: str
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r} is invalid: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class InvalidNetConf(ConfigError):
+    """The CNI network configuration on stdin is wrong."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return f"invalid network configuration: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class DecodeFailure(SpiderError):
+    """Input that is not the JSON it should be (CNI code 6)."""
+
+    cni_code = CNI_DECODE_FAILURE
+    what: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"cannot decode {self.what}: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class InvalidEnvironment(SpiderError):
+    """A required CNI_* variable is missing or malformed (CNI code 4)."""
+
+    cni_code = CNI_INVALID_ENV
+    variable: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"environment variable {self.variable} {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class IncompatibleVersion(SpiderError):
+    """The requested CNI spec version or verb is not one we speak (CNI code 1)."""
+
+    cni_code = CNI_INCOMPATIBLE_VERSION
+    version: str
+    supported: tuple[str, ...]
+    command: str = ""
+
+    def __str__(self) -> str:
+        if self.command:
+            return f"CNI_COMMAND {self.command} is not defined in spec version {self.version!r}"
+        return f"unsupported CNI version {self.version!r} (supported: {', '.join(self.supported)})"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class PoolExhausted(AllocationError):
+    """No free address is left in a pool."""
+
+    cni_code = CNI_POOL_EXHAUSTED
+    pool: str
+    capacity: int
+
+    def __str__(self) -> str:
+        return f"pool {self.pool!r} is exhausted: all IP addresses used out (capacity {self.capacity})"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class NoAvailablePool(AllocationError):
+    """No pool can serve this interface and family; ``reason`` says why, per pool where it can."""
+
+    nic: str
+    version: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"no IPv{self.version} pool available for interface {self.nic!r}: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class PoolNotFound(AllocationError):
+    """A pool named by the pod, its namespace or the CNI config does not exist."""
+
+    pool: str
+
+    def __str__(self) -> str:
+        return f"pool {self.pool!r} does not exist"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class InvalidInput(AllocationError):
+    """A request (API call, annotation) is malformed in a way the caller must fix."""
+
+    cni_code = CNI_INVALID_INPUT
+    reason: str
+
+    def __str__(self) -> str:
+        return f"wrong input: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class PodNotAlive(AllocationError):
+    """The pod is terminating or finished; it gets no new address."""
+
+    cni_code = CNI_POD_NOT_ALIVE
+    pod: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"pod {self.pod!r} is not alive ({self.reason}); no address is allocated to it"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class CheckFailed(SpiderError):
+    """CNI CHECK found the container's addresses differ from what the store holds."""
+
+    cni_code = CNI_CHECK_FAILED
+    reason: str
+
+    def __str__(self) -> str:
+        return f"check failed: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class StaleWrite(TransientError):
+    """A write lost an optimistic-concurrency race (resourceVersion conflict) and its retries ran out."""
+
+    kind: str
+    name: str
+    sent_version: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} {self.name!r}: write based on resourceVersion {self.sent_version} "
+            "kept losing races to other writers; retry"
+        )
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class ActorUnavailable(TransientError):
+    """The actor that owned a request stopped before answering."""
+
+    actor: str
+
+    def __str__(self) -> str:
+        return f"{self.actor} stopped before answering; retry"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class StoreUnavailable(TransientError):
+    """The store (SQLite file or API server) did not answer in time."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return f"store unavailable: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class AgentUnavailable(TransientError):
+    """The node's agent is not serving (STATUS reports it with CNI code 50)."""
+
+    cni_code = CNI_NOT_AVAILABLE
+    reason: str
+
+    def __str__(self) -> str:
+        return f"spider agent not available: {self.reason}"

@@ -1,0 +1,72 @@
+"""The object kinds the stores know, with their Kubernetes API coordinates and scope.
+
+Owns the table of kinds (group, version, plural, namespaced, status subresource, short names) that both store
+backends, the CLI and the CRDs agree on.  Spiderpool's own kinds are in group ``spiderpool.spidernet.io``,
+version ``v2beta1``; the core and apps kinds are read so annotations, labels and owners work.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from spider.errors import InvalidInput
+
+SPIDER_GROUP = "spiderpool.spidernet.io"
+SPIDER_VERSION = "v2beta1"
+SPIDER_API_VERSION = f"{SPIDER_GROUP}/{SPIDER_VERSION}"
+FINALIZER = "spiderpool.spidernet.io"
+
+
+@attrs.frozen
+class Kind:
+    """One kind of object: where it lives in the API and how it is scoped."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    namespaced: bool
+    status_subresource: bool
+    short_names: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        """``group/version``, or just ``version`` for the core group."""
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the CLI accepts for this kind (kind, plural, singular, short names), lower case."""
+        singular = self.kind.lower()
+        return (singular, self.plural, *self.short_names)
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("SpiderIPPool", SPIDER_GROUP, SPIDER_VERSION, "spiderippools", False, True, ("sp", "ippool", "ippools")),
+    Kind("SpiderSubnet", SPIDER_GROUP, SPIDER_VERSION, "spidersubnets", False, True, ("ss", "subnet", "subnets")),
+    Kind("SpiderReservedIP", SPIDER_GROUP, SPIDER_VERSION, "spiderreservedips", False, False, ("sr",)),
+    Kind("SpiderEndpoint", SPIDER_GROUP, SPIDER_VERSION, "spiderendpoints", True, False, ("se",)),
+    Kind("SpiderMultusConfig", SPIDER_GROUP, SPIDER_VERSION, "spidermultusconfigs", True, False, ("smc",)),
+    Kind("SpiderCoordinator", SPIDER_GROUP, SPIDER_VERSION, "spidercoordinators", False, True, ("scc",)),
+    Kind("Pod", "", "v1", "pods", True, True, ("po",)),
+    Kind("Namespace", "", "v1", "namespaces", False, True, ("ns",)),
+    Kind("Node", "", "v1", "nodes", False, True, ("no",)),
+    Kind("ReplicaSet", "apps", "v1", "replicasets", True, True, ("rs",)),
+    Kind("Deployment", "apps", "v1", "deployments", True, True, ("deploy",)),
+    Kind("StatefulSet", "apps", "v1", "statefulsets", True, True, ("sts",)),
+    Kind("DaemonSet", "apps", "v1", "daemonsets", True, True, ("ds",)),
+    Kind("Job", "batch", "v1", "jobs", True, True, ()),
+    Kind("CronJob", "batch", "v1", "cronjobs", True, True, ("cj",)),
+)
+
+_BY_KIND = {k.kind: k for k in KINDS}
+_BY_NAME = {name: k for k in KINDS for name in k.names}
+
+
+def kind_info(kind: str) -> Kind:
+    """The ``Kind`` for a kind name (``SpiderIPPool``) or any CLI alias (``sp``, ``spiderippools``)."""
+    found = _BY_KIND.get(kind) or _BY_NAME.get(kind.lower())
+    if found is None:
+        known = ", ".join(sorted(_BY_KIND))
+        raise InvalidInput(reason=f"unknown kind {kind!r} (known: {known})")
+    return found

@@ -1,0 +1,434 @@
+"""SpiderIPPool and SpiderReservedIP as domain values, and the ledger of who holds which address in a pool.
+
+Owns:
+- ``IPPool``: a pool's spec with Spiderpool's v2beta1 field names (reference §1.1), parsed and checked from the
+  stored object by ``IPPool.from_object``;
+- ``ReservedIP``: a SpiderReservedIP (reference §1.3);
+- ``Owner`` and ``Record``: who holds an address (pod UID and interface are the key, DESIGN §5.2);
+- ``PoolLedger``: the allocation state of one pool and the choice of a free address (lowest first, like
+  Spiderpool's ``genRandomIP``), with the status encoding (``allocatedIPs`` JSON string, counts).
+
+Pure: no I/O and no clocks.  The ledger is mutable on purpose: exactly one PoolActor owns each ledger, and
+copying a map of 20,000 records per allocation would make large pools slow.  Whoever needs a snapshot calls
+``copy()``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from spider.addr import IPNetwork, IPSet, int_to_ip, ip_to_int, parse_ip, parse_network
+from spider.errors import InvalidSpec, PoolExhausted
+
+KIND = "SpiderIPPool"
+
+
+@attrs.frozen
+class Route:
+    """A route a pool gives to the interfaces it serves (``spec.routes[]``)."""
+
+    dst: str
+    gw: str
+
+    def to_json(self) -> dict[str, str]:
+        """The wire and CR form ``{"dst": ..., "gw": ...}``."""
+        return {"dst": self.dst, "gw": self.gw}
+
+
+def _routes(name: str, kind: str, raw: object, version: int, subnet: IPNetwork) -> tuple[Route, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidSpec(kind=kind, name=name, reason="'spec.routes' must be a list")
+    out: list[Route] = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("dst"), str) or not isinstance(item.get("gw"), str):
+            raise InvalidSpec(kind=kind, name=name, reason=f"route {item!r} needs string 'dst' and 'gw'")
+        try:
+            dst = parse_network(item["dst"], version)
+            gw = parse_ip(item["gw"], version)
+        except ValueError as exc:
+            raise InvalidSpec(kind=kind, name=name, reason=f"route {item!r}: {exc}") from None
+        if gw not in subnet:
+            raise InvalidSpec(kind=kind, name=name, reason=f"route gateway {item['gw']!r} is not in {subnet}")
+        out.append(Route(str(dst), str(gw)))
+    return tuple(out)
+
+
+def _str_list(name: str, kind: str, field: str, raw: object) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise InvalidSpec(kind=kind, name=name, reason=f"'spec.{field}' must be a list of strings")
+    return tuple(raw)
+
+
+def _selector(name: str, kind: str, field: str, raw: object) -> Mapping[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidSpec(kind=kind, name=name, reason=f"'spec.{field}' must be a label selector object")
+    return raw
+
+
+@attrs.frozen
+class IPPool:
+    """A SpiderIPPool's spec and the metadata allocation depends on."""
+
+    name: str
+    version: int
+    subnet: IPNetwork
+    ips: IPSet
+    exclude_ips: IPSet
+    gateway: str | None = None
+    routes: tuple[Route, ...] = ()
+    default: bool = False
+    disable: bool = False
+    node_name: tuple[str, ...] = ()
+    namespace_name: tuple[str, ...] = ()
+    multus_name: tuple[str, ...] = ()
+    node_affinity: Mapping[str, Any] | None = None
+    namespace_affinity: Mapping[str, Any] | None = None
+    pod_affinity: Mapping[str, Any] | None = None
+    terminating: bool = False
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> IPPool:
+        """Parse a stored SpiderIPPool; ``InvalidSpec`` says what is wrong."""
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        spec = obj.get("spec") or {}
+
+        def bad(reason: str) -> InvalidSpec:
+            return InvalidSpec(kind=KIND, name=name, reason=reason)
+
+        subnet_text = spec.get("subnet")
+        if not isinstance(subnet_text, str):
+            raise bad("'spec.subnet' is required")
+        version = spec.get("ipVersion")
+        try:
+            subnet = parse_network(subnet_text, version if version in (4, 6) else None)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if version is None:
+            version = subnet.version
+        elif version not in (4, 6):
+            raise bad(f"'spec.ipVersion' must be 4 or 6, not {version!r}")
+        whole = IPSet.from_network(subnet)
+        try:
+            ips = IPSet.parse(version, _str_list(name, KIND, "ips", spec.get("ips")))
+            exclude = IPSet.parse(version, _str_list(name, KIND, "excludeIPs", spec.get("excludeIPs")))
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if not ips.issubset(whole):
+            raise bad(f"'spec.ips' {ips.difference(whole).to_strings()} do not match base subnet {subnet}")
+        if not exclude.issubset(whole):
+            raise bad(f"'spec.excludeIPs' {exclude.difference(whole).to_strings()} do not match subnet {subnet}")
+        gateway = spec.get("gateway")
+        if gateway is not None:
+            try:
+                gw = parse_ip(str(gateway), version)
+            except ValueError as exc:
+                raise bad(f"'spec.gateway': {exc}") from None
+            if gw not in subnet:
+                raise bad(f"'spec.gateway' {gateway!r} is not in subnet {subnet}")
+            gateway = str(gw)
+        return cls(
+            name=name,
+            version=version,
+            subnet=subnet,
+            ips=ips,
+            exclude_ips=exclude,
+            gateway=gateway,
+            routes=_routes(name, KIND, spec.get("routes"), version, subnet),
+            default=bool(spec.get("default", False)),
+            disable=bool(spec.get("disable", False)),
+            node_name=_str_list(name, KIND, "nodeName", spec.get("nodeName")),
+            namespace_name=_str_list(name, KIND, "namespaceName", spec.get("namespaceName")),
+            multus_name=_str_list(name, KIND, "multusName", spec.get("multusName")),
+            node_affinity=_selector(name, KIND, "nodeAffinity", spec.get("nodeAffinity")),
+            namespace_affinity=_selector(name, KIND, "namespaceAffinity", spec.get("namespaceAffinity")),
+            pod_affinity=_selector(name, KIND, "podAffinity", spec.get("podAffinity")),
+            terminating=bool(meta.get("deletionTimestamp")),
+            labels=dict(meta.get("labels") or {}),
+        )
+
+    @property
+    def prefix_length(self) -> int:
+        """The subnet's prefix length, used in every ``ip/prefix`` this pool hands out."""
+        return self.subnet.prefixlen
+
+    @property
+    def total(self) -> IPSet:
+        """``ips - excludeIPs``: what Spiderpool counts as ``totalIPCount``."""
+        return self.ips.difference(self.exclude_ips)
+
+    def allocatable(self, reserved: IPSet | None = None) -> IPSet:
+        """Addresses that may be handed out: total minus reserved, gateway, and IPv4 network/broadcast.
+
+        Spiderpool would hand out the network or broadcast address if ``ips`` listed it; a pod with such an
+        address cannot talk, so we never do.
+        """
+        blocked = [ip_to_int(self.gateway)] if self.gateway else []
+        if self.version == 4 and self.subnet.prefixlen < 31:
+            blocked += [int(self.subnet.network_address), int(self.subnet.broadcast_address)]
+        out = self.total.difference(IPSet.of(self.version, blocked))
+        if reserved is not None and reserved.version == self.version:
+            out = out.difference(reserved)
+        return out
+
+
+@attrs.frozen
+class ReservedIP:
+    """A SpiderReservedIP: addresses no pool of that family hands out (reference §1.3)."""
+
+    name: str
+    version: int
+    ips: IPSet
+    terminating: bool = False
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> ReservedIP:
+        """Parse a stored SpiderReservedIP; the family comes from ``ipVersion`` or the first entry."""
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        spec = obj.get("spec") or {}
+        texts = _str_list(name, "SpiderReservedIP", "ips", spec.get("ips"))
+        version = spec.get("ipVersion")
+        if version is None and texts:
+            try:
+                version = parse_ip(texts[0].partition("-")[0]).version
+            except ValueError as exc:
+                raise InvalidSpec(kind="SpiderReservedIP", name=name, reason=str(exc)) from None
+        if version not in (4, 6):
+            raise InvalidSpec(kind="SpiderReservedIP", name=name, reason="'spec.ipVersion' cannot be derived")
+        try:
+            ips = IPSet.parse(version, texts)
+        except ValueError as exc:
+            raise InvalidSpec(kind="SpiderReservedIP", name=name, reason=str(exc)) from None
+        return cls(name=name, version=version, ips=ips, terminating=bool(meta.get("deletionTimestamp")))
+
+
+def reserved_set(version: int, reservations: Iterable[ReservedIP]) -> IPSet:
+    """The union of every live reservation of one family."""
+    out = IPSet(version)
+    for r in reservations:
+        if r.version == version and not r.terminating:
+            out = out.union(r.ips)
+    return out
+
+
+@attrs.frozen
+class Owner:
+    """Who asks for an address: a pod's interface, with the sandbox (container) and node of the request."""
+
+    pod_uid: str
+    nic: str
+    namespace: str = ""
+    name: str = ""
+    container_id: str = ""
+    node: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Allocation key: a pod UID and an interface hold at most one address per pool."""
+        return self.pod_uid, self.nic
+
+    @property
+    def pod(self) -> str:
+        """``namespace/name`` as Spiderpool writes it in ``allocatedIPs``."""
+        return f"{self.namespace}/{self.name}"
+
+
+@attrs.frozen
+class Record:
+    """One entry of ``status.allocatedIPs``: the holder of one address."""
+
+    pod: str
+    pod_uid: str
+    nic: str = ""
+    container_id: str = ""
+    node: str = ""
+
+    @classmethod
+    def for_owner(cls, owner: Owner) -> Record:
+        """The record that says ``owner`` holds an address."""
+        return cls(owner.pod, owner.pod_uid, owner.nic, owner.container_id, owner.node)
+
+    def to_json(self) -> dict[str, str]:
+        """Spiderpool's ``{"pod", "podUid"}`` plus our ``nic``, ``containerID`` and ``node``."""
+        out = {"pod": self.pod, "podUid": self.pod_uid}
+        if self.nic:
+            out["nic"] = self.nic
+        if self.container_id:
+            out["containerID"] = self.container_id
+        if self.node:
+            out["node"] = self.node
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Record:
+        """Read a record written by us or by Spiderpool (which has no ``nic``)."""
+        return cls(
+            pod=str(raw.get("pod", "")),
+            pod_uid=str(raw.get("podUid", "")),
+            nic=str(raw.get("nic", "")),
+            container_id=str(raw.get("containerID", "")),
+            node=str(raw.get("node", "")),
+        )
+
+
+def decode_allocated(version: int, raw: object) -> dict[int, Record]:
+    """``status.allocatedIPs`` (a JSON string, or absent) as a map from address to record."""
+    if raw in (None, ""):
+        return {}
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return {ip_to_int(ip, version): Record.from_json(rec) for ip, rec in data.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        # A corrupt status must not be overwritten with an empty one: that would free every address.
+        raise InvalidSpec(kind=KIND, name="", reason=f"'status.allocatedIPs' is corrupt: {exc}") from None
+
+
+def encode_allocated(version: int, records: Mapping[int, Record]) -> str | None:
+    """The ``allocatedIPs`` JSON string, addresses in ascending order; ``None`` when empty (Spiderpool)."""
+    if not records:
+        return None
+    return json.dumps(
+        {int_to_ip(ip, version): records[ip].to_json() for ip in sorted(records)}, separators=(",", ":")
+    )
+
+
+class PoolLedger:
+    """The allocation state of one pool: its spec, the reserved addresses, and every record.
+
+    Invariants (checked by ``tests/spider/test_pool_machine.py``): no address has two records; an owner key
+    has at most one address; a new allocation is always inside ``allocatable``; ``_hint`` is at or below
+    the lowest free allocatable address.
+    """
+
+    def __init__(self, pool: IPPool, records: Mapping[int, Record] | None = None, reserved: IPSet | None = None):
+        self.pool = pool
+        self.reserved = reserved if reserved is not None else IPSet(pool.version)
+        self.allocatable = pool.allocatable(self.reserved)
+        self.records: dict[int, Record] = dict(records or {})
+        self._by_owner: dict[tuple[str, str], int] = {}
+        for ip, rec in self.records.items():
+            self._by_owner.setdefault((rec.pod_uid, rec.nic), ip)
+        self._hint = self.allocatable.ranges[0][0] if self.allocatable else 0
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any], reserved: IPSet | None = None) -> PoolLedger:
+        """A ledger from a stored SpiderIPPool (spec and status)."""
+        pool = IPPool.from_object(obj)
+        try:
+            records = decode_allocated(pool.version, (obj.get("status") or {}).get("allocatedIPs"))
+        except InvalidSpec as exc:
+            raise InvalidSpec(kind=KIND, name=pool.name, reason=exc.reason) from None
+        return cls(pool, records, reserved)
+
+    def copy(self) -> PoolLedger:
+        """An independent snapshot."""
+        return PoolLedger(self.pool, self.records, self.reserved)
+
+    @property
+    def capacity(self) -> int:
+        """How many addresses this pool can hand out in all."""
+        return len(self.allocatable)
+
+    @property
+    def free(self) -> int:
+        """How many allocatable addresses nobody holds."""
+        held = sum(1 for ip in self.records if ip in self.allocatable)
+        return self.capacity - held
+
+    def lookup(self, key: tuple[str, str]) -> int | None:
+        """The address an owner key holds here; a Spiderpool record without ``nic`` matches any interface."""
+        ip = self._by_owner.get(key)
+        if ip is None:
+            ip = self._by_owner.get((key[0], ""))
+        return ip
+
+    def holders(self) -> Iterator[tuple[int, Record]]:
+        """Every (address, record), in address order."""
+        for ip in sorted(self.records):
+            yield ip, self.records[ip]
+
+    def allocate(self, owner: Owner) -> tuple[int, bool]:
+        """The address for ``owner`` and whether the ledger changed.
+
+        A repeated request returns the address the owner already holds (its record is refreshed with the
+        new container and node, so a late DEL of the old sandbox cannot free it).  Otherwise the lowest free
+        allocatable address is taken.
+        """
+        ip = self.lookup(owner.key)
+        if ip is not None:
+            new = Record.for_owner(owner)
+            if self.records[ip] == new:
+                return ip, False
+            self._drop(ip)
+            self._put(ip, new)
+            return ip, True
+        for candidate in self.allocatable.iter_from(self._hint):
+            if candidate not in self.records:
+                self._put(candidate, Record.for_owner(owner))
+                self._hint = candidate + 1
+                return candidate, True
+        self._hint = self.allocatable.ranges[-1][1] + 1 if self.allocatable else 0
+        raise PoolExhausted(pool=self.pool.name, capacity=self.capacity)
+
+    def release(self, key: tuple[str, str], container_id: str = "") -> int | None:
+        """Free the owner's address if it still holds it; with ``container_id``, only if that sandbox does.
+
+        Returns the freed address, or ``None`` when nothing matched (a no-op, as a DEL must be).
+        """
+        ip = self.lookup(key)
+        if ip is None:
+            return None
+        rec = self.records[ip]
+        if container_id and rec.container_id and rec.container_id != container_id:
+            return None  # NB: a later sandbox of the same pod holds it now; this release is stale
+        self._drop(ip)
+        return ip
+
+    def release_ip(self, ip: int, pod_uid: str) -> bool:
+        """Free one address if its record still names ``pod_uid`` (GC and the consistency check)."""
+        rec = self.records.get(ip)
+        if rec is None or rec.pod_uid != pod_uid:
+            return False
+        self._drop(ip)
+        return True
+
+    def _put(self, ip: int, rec: Record) -> None:
+        self.records[ip] = rec
+        self._by_owner[(rec.pod_uid, rec.nic)] = ip
+
+    def _drop(self, ip: int) -> None:
+        rec = self.records.pop(ip)
+        if self._by_owner.get((rec.pod_uid, rec.nic)) == ip:
+            del self._by_owner[(rec.pod_uid, rec.nic)]
+        if ip in self.allocatable and ip < self._hint:
+            self._hint = ip
+
+    def address(self, ip: int) -> str:
+        """``ip/prefix`` of an address of this pool, as CNI results and endpoints carry it."""
+        return f"{int_to_ip(ip, self.pool.version)}/{self.pool.prefix_length}"
+
+    def to_status(self) -> dict[str, Any]:
+        """The pool's ``status``: Spiderpool's fields plus ``freeIPCount`` and ``reservedIPCount``."""
+        status: dict[str, Any] = {
+            "allocatedIPCount": len(self.records),
+            "totalIPCount": len(self.pool.total),
+            "freeIPCount": self.free,
+        }
+        encoded = encode_allocated(self.pool.version, self.records)
+        if encoded is not None:
+            status["allocatedIPs"] = encoded
+        return status

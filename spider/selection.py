@@ -1,0 +1,245 @@
+"""Which pools may serve a pod's interface, in which order (reference §2.2, §2.4, §2.5).
+
+Owns the precedence of the pool sources (pod annotations, namespace defaults, CNI config defaults, cluster
+default pools; the first source present wins entirely), the expansion of glob patterns in pool names, the
+filters (disabled, terminating, family, node, namespace, pod affinity) and the priority order.  Unlike
+Spiderpool the order is stable: pools of equal priority keep the order the user wrote them in.  Pure.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from spider.errors import InvalidInput, NoAvailablePool, PoolNotFound
+from spider.pool import IPPool, Route
+from spider.selector import selector_from_label_selector
+
+ANNO_IPPOOL = "ipam.spidernet.io/ippool"
+ANNO_IPPOOLS = "ipam.spidernet.io/ippools"
+ANNO_SUBNET = "ipam.spidernet.io/subnet"
+ANNO_SUBNETS = "ipam.spidernet.io/subnets"
+ANNO_ROUTES = "ipam.spidernet.io/routes"
+ANNO_NS_DEFAULT_V4 = "ipam.spidernet.io/default-ipv4-ippool"
+ANNO_NS_DEFAULT_V6 = "ipam.spidernet.io/default-ipv6-ippool"
+
+
+@attrs.frozen
+class PodContext:
+    """Everything about the pod and its surroundings that pool selection reads."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    annotations: Mapping[str, str] = attrs.field(factory=dict)
+    namespace_labels: Mapping[str, str] = attrs.field(factory=dict)
+    namespace_annotations: Mapping[str, str] = attrs.field(factory=dict)
+    node_labels: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class NicRequest:
+    """The pools asked for one interface, per family, before filtering; and the NIC's gateway choice."""
+
+    nic: str
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+    clean_gateway: bool | None = None
+    source: str = ""
+
+
+def _names(raw: object, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise InvalidInput(reason=f"{where} must be a list of pool names")
+    if len(set(raw)) != len(raw):
+        raise InvalidInput(reason=f"duplicate IPPool in {where}: {raw}")
+    return tuple(raw)
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(reason=f"{where} is not valid JSON: {exc}") from None
+
+
+def requested_pools(
+    pod: PodContext, nic: str, cni_v4: Sequence[str] = (), cni_v6: Sequence[str] = ()
+) -> list[NicRequest]:
+    """The NICs to allocate on this call and the pools named for each, by Spiderpool's precedence.
+
+    Usually one entry (``nic``).  With the named ``ipam.spidernet.io/ippools`` annotation every listed NIC
+    is allocated on the first ADD, as Spiderpool does, and the current NIC must be listed.
+    """
+    annos = pod.annotations
+    if ANNO_SUBNETS in annos or ANNO_SUBNET in annos:
+        raise InvalidInput(reason="SpiderSubnet annotations are not supported yet; use ipam.spidernet.io/ippool(s)")
+    if ANNO_IPPOOLS in annos:
+        items = _json(annos[ANNO_IPPOOLS], ANNO_IPPOOLS)
+        if not isinstance(items, list) or not items:
+            raise InvalidInput(reason=f"{ANNO_IPPOOLS} must be a non-empty list")
+        named = [isinstance(i, dict) and bool(i.get("interface")) for i in items]
+        if any(named) and not all(named):
+            raise InvalidInput(reason="NIC should be either all specified or all unspecified")
+        out: list[NicRequest] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InvalidInput(reason=f"{ANNO_IPPOOLS} entries must be objects")
+            name = str(item["interface"]) if all(named) else ("eth0" if index == 0 else str(index))
+            clean = item.get("cleangateway")
+            out.append(
+                NicRequest(
+                    nic=name,
+                    ipv4=_names(item.get("ipv4"), f"{ANNO_IPPOOLS}[{index}].ipv4"),
+                    ipv6=_names(item.get("ipv6"), f"{ANNO_IPPOOLS}[{index}].ipv6"),
+                    clean_gateway=bool(clean) if clean is not None else None,
+                    source=ANNO_IPPOOLS,
+                )
+            )
+        nics = [r.nic for r in out]
+        if len(set(nics)) != len(nics):
+            raise InvalidInput(reason=f"duplicate interface in {ANNO_IPPOOLS}: {nics}")
+        if all(named):
+            if nic not in nics:
+                raise InvalidInput(reason=f"interface {nic} must be specified in {ANNO_IPPOOLS}")
+            return out
+        # Unnamed mode: eth0 takes the first entry, netN the N-th (reference §2.9 (c); refined in issue 3).
+        index = 0 if nic == "eth0" else min(_ordinal(nic), len(out) - 1)
+        return [attrs.evolve(out[index], nic=nic)]
+    if ANNO_IPPOOL in annos:
+        item = _json(annos[ANNO_IPPOOL], ANNO_IPPOOL)
+        if not isinstance(item, dict):
+            raise InvalidInput(reason=f"{ANNO_IPPOOL} must be a JSON object")
+        return [
+            NicRequest(
+                nic,
+                _names(item.get("ipv4"), f"{ANNO_IPPOOL}.ipv4"),
+                _names(item.get("ipv6"), f"{ANNO_IPPOOL}.ipv6"),
+                source=ANNO_IPPOOL,
+            )
+        ]
+    ns = pod.namespace_annotations
+    if ANNO_NS_DEFAULT_V4 in ns or ANNO_NS_DEFAULT_V6 in ns:
+        v4 = _names(_json(ns[ANNO_NS_DEFAULT_V4], ANNO_NS_DEFAULT_V4), ANNO_NS_DEFAULT_V4) if ANNO_NS_DEFAULT_V4 in ns else ()
+        v6 = _names(_json(ns[ANNO_NS_DEFAULT_V6], ANNO_NS_DEFAULT_V6), ANNO_NS_DEFAULT_V6) if ANNO_NS_DEFAULT_V6 in ns else ()
+        return [NicRequest(nic, v4, v6, source="namespace annotations")]
+    if cni_v4 or cni_v6:
+        return [
+            NicRequest(
+                nic,
+                _names(list(cni_v4), "default_ipv4_ippool"),
+                _names(list(cni_v6), "default_ipv6_ippool"),
+                source="CNI configuration",
+            )
+        ]
+    return [NicRequest(nic, source="cluster default pools")]
+
+
+def _ordinal(nic: str) -> int:
+    digits = "".join(c for c in nic if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def expand(names: Sequence[str], version: int, pools: Mapping[str, IPPool]) -> list[str]:
+    """Resolve glob patterns (``*``, ``?``, ``[..]``) against pools of the family; keep the written order."""
+    out: list[str] = []
+    for name in names:
+        if any(c in name for c in "*?["):
+            matched = sorted(p.name for p in pools.values() if p.version == version and fnmatch.fnmatchcase(p.name, name))
+            out.extend(m for m in matched if m not in out)
+        elif name not in out:
+            out.append(name)
+    return out
+
+
+def _reject(pool: IPPool, pod: PodContext, version: int) -> str | None:
+    """Why ``pool`` cannot serve this pod, or ``None``."""
+    if pool.terminating:
+        return "terminating"
+    if pool.disable:
+        return "disabled"
+    if pool.version != version:
+        return f"is IPv{pool.version}"
+    if pool.node_name:
+        if pod.node not in pool.node_name:
+            return f"node {pod.node!r} not in nodeName"
+    elif pool.node_affinity is not None and not selector_from_label_selector(pool.node_affinity).matches(pod.node_labels):
+        return f"nodeAffinity does not match node {pod.node!r}"
+    if pool.namespace_name:
+        if pod.namespace not in pool.namespace_name:
+            return f"namespace {pod.namespace!r} not in namespaceName"
+    elif pool.namespace_affinity is not None and not selector_from_label_selector(pool.namespace_affinity).matches(
+        pod.namespace_labels
+    ):
+        return f"namespaceAffinity does not match namespace {pod.namespace!r}"
+    if pool.pod_affinity is not None and not selector_from_label_selector(pool.pod_affinity).matches(pod.labels):
+        return "podAffinity does not match the pod's labels"
+    return None
+
+
+def _priority(pool: IPPool) -> tuple[bool, ...]:
+    # Spiderpool's ByPoolPriority: pods, nodes, namespaces, multus affinities first (reference §2.5).
+    return (
+        pool.pod_affinity is None,
+        not pool.node_name,
+        pool.node_affinity is None,
+        not pool.namespace_name,
+        pool.namespace_affinity is None,
+        not pool.multus_name,
+    )
+
+
+def candidates(request: NicRequest, version: int, pod: PodContext, pools: Mapping[str, IPPool]) -> list[IPPool]:
+    """The pools to try, in order, for one family of one NIC; empty when that family is not requested.
+
+    Raises ``PoolNotFound`` for a named pool that does not exist and ``NoAvailablePool`` naming every pool
+    and why it was filtered out when none is left.
+    """
+    names = request.ipv4 if version == 4 else request.ipv6
+    if request.source == "cluster default pools":
+        names = tuple(p.name for p in sorted(pools.values(), key=lambda p: p.name) if p.default and p.version == version)
+        if not names:
+            return []
+    resolved = expand(names, version, pools)
+    if not resolved:
+        return []
+    kept: list[IPPool] = []
+    reasons: list[str] = []
+    for name in resolved:
+        pool = pools.get(name)
+        if pool is None:
+            raise PoolNotFound(pool=name)
+        why = _reject(pool, pod, version)
+        if why is None:
+            kept.append(pool)
+        else:
+            reasons.append(f"{name}: {why}")
+    if not kept:
+        raise NoAvailablePool(
+            nic=request.nic, version=version, reason=f"all IPv{version} IPPools {resolved} filtered out: " + "; ".join(reasons)
+        )
+    return sorted(kept, key=_priority)  # NB: sorted() is stable, so ties keep the user's order
+
+
+def custom_routes(pod: PodContext) -> tuple[Route, ...]:
+    """The ``ipam.spidernet.io/routes`` annotation, checked."""
+    raw = pod.annotations.get(ANNO_ROUTES)
+    if raw is None:
+        return ()
+    items = _json(raw, ANNO_ROUTES)
+    if not isinstance(items, list):
+        raise InvalidInput(reason=f"{ANNO_ROUTES} must be a list of routes")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("dst"), str) or not isinstance(item.get("gw"), str):
+            raise InvalidInput(reason=f"{ANNO_ROUTES} entry {item!r} needs string 'dst' and 'gw'")
+        out.append(Route(item["dst"], item["gw"]))
+    return tuple(out)
