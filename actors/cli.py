@@ -166,7 +166,7 @@ def print_table(console: Console, kind: str, items: Sequence[Obj], reserved: Seq
 
 def console() -> Console:
     """A console that does not squeeze tables to 80 columns when piped."""
-    return Console(width=None if sys.stdout.isatty() else 200)
+    return Console(width=None if sys.stdout.isatty() else 120)
 
 
 def install_cni(bin_dir: Path, python: str = sys.executable) -> list[Path]:
