@@ -283,16 +283,23 @@ class IpamService:
 
         made: list[tuple[str, Allocation]] = []
         results: dict[tuple[str, int], Allocation] = {}
-        try:
-            async with trio.open_nursery() as nursery:
-                for r, version, found in plans:
-                    nursery.start_soon(self._allocate_one, owner_of(r.nic), version, found, results, made)
-        except BaseExceptionGroup as group:
-            await self._undo(made, uid, req.container_id)
-            first = group.exceptions[0]
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from None
+        failures: list[SpiderError] = []
+
+        async def one(r: NicRequest, version: int, found: list[IPPool]) -> None:
+            # NB: siblings are never cancelled: a request already in a pool's mailbox is committed anyway, so
+            # each one must finish and report before we know what to give back.
+            try:
+                await self._allocate_one(owner_of(r.nic), version, found, results, made)
+            except SpiderError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for r, version, found in plans:
+                nursery.start_soon(one, r, version, found)
+        if failures:
+            with trio.CancelScope(shield=True):
+                await self._undo(made, uid, req.container_id)
+            raise failures[0]
         routes = custom_routes(ctx)
         nic_results = []
         for r in requests:
