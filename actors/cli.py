@@ -85,9 +85,11 @@ async def apply(store: Store, obj: Obj) -> str:
     except NotFound:
         try:
             created = await store.create(obj)
+            status = obj.get("status") if info.status_subresource and info.group == "" else None
             if info.kind == "SpiderIPPool":  # what the controller does on a cluster: counts from the start
-                ledger = PoolLedger.from_object(created)
-                created["status"] = {"allocatedIPCount": 0, "totalIPCount": len(ledger.pool.total)}
+                status = {"allocatedIPCount": 0, "totalIPCount": len(IPPool.from_object(created).total)}
+            if status:  # core kinds (Pod phase, Node conditions) get a status only from the API server
+                created["status"] = status
                 await store.update_status(created)
             return "created"
         except AlreadyExists:
@@ -107,7 +109,6 @@ async def apply(store: Store, obj: Obj) -> str:
         return "unchanged"
     await store.update(merged)
     if "status" in obj and info.status_subresource and info.group == "":
-        # Core kinds (Pod phase, Node conditions) only get a status from the API server: let users set it.
         fresh = await store.get(info.kind, m["name"], m.get("namespace", ""))
         fresh["status"] = obj["status"]
         await store.update_status(fresh)
