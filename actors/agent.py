@@ -74,7 +74,12 @@ async def run_agent(settings: AgentSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_agent(settings) as api:
-            log.info("agent for node %s serving %s (store %s)", settings.node, settings.socket_path, settings.store_path)
+            log.info(
+                "agent for node %s serving %s (store %s)",
+                settings.node,
+                settings.socket_path,
+                settings.store_path,
+            )
             async for signum in signals:
                 log.info("received %s; draining", signal.Signals(signum).name)
                 break

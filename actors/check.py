@@ -21,9 +21,11 @@ from rich.table import Table
 from actors.pool import open_pool
 from actors.store import Store
 from spider.addr import int_to_ip, ip_to_int
-from spider.endpoint import KIND as ENDPOINT, Endpoint
+from spider.endpoint import KIND as ENDPOINT
+from spider.endpoint import Endpoint
 from spider.errors import SpiderError
-from spider.pool import KIND as POOL, PoolLedger, Record
+from spider.pool import KIND as POOL
+from spider.pool import PoolLedger, Record
 
 
 @attrs.frozen
@@ -70,7 +72,9 @@ async def _scan(store: Store) -> tuple[dict[str, PoolLedger], list[Endpoint], li
         ledgers[name] = ledger
         count = (obj.get("status") or {}).get("allocatedIPCount", 0)
         if count != len(ledger.records):
-            findings.append(Finding("count-mismatch", name, "", "", f"allocatedIPCount {count}, records {len(ledger.records)}"))
+            findings.append(
+                Finding("count-mismatch", name, "", "", f"allocatedIPCount {count}, records {len(ledger.records)}")
+            )
     endpoints = [Endpoint.from_object(o) for o in (await store.list(ENDPOINT)).items]
     return ledgers, endpoints, findings
 
@@ -87,7 +91,13 @@ def _analyse(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint]) -> list[
                 record = ledger.records.get(ip) if ledger else None
                 if record is None or record.pod_uid != ep.uid:
                     findings.append(
-                        Finding("dangling-endpoint", pool, address, f"{ep.namespace}/{ep.name}", f"interface {entry.interface}")
+                        Finding(
+                            "dangling-endpoint",
+                            pool,
+                            address,
+                            f"{ep.namespace}/{ep.name}",
+                            f"interface {entry.interface}",
+                        )
                     )
     holders: dict[tuple[int, int], list[str]] = defaultdict(list)
     for name, ledger in ledgers.items():
@@ -99,12 +109,15 @@ def _analyse(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint]) -> list[
                 )
     for (version, ip), pools in holders.items():
         if len(pools) > 1:
-            findings.append(Finding("held-twice", ",".join(pools), int_to_ip(ip, version), "", "one address, several pools"))
+            findings.append(
+                Finding("held-twice", ",".join(pools), int_to_ip(ip, version), "", "one address, several pools")
+            )
     return findings
 
 
 def _describe(record: Record) -> str:
-    return f"uid {record.pod_uid} nic {record.nic or '-'} container {record.container_id[:12] or '-'} node {record.node or '-'}"
+    container = record.container_id[:12] or "-"
+    return f"uid {record.pod_uid} nic {record.nic or '-'} container {container} node {record.node or '-'}"
 
 
 async def check_store(store: Store, *, reclaim: bool = False, grace: float = 5.0) -> Report:

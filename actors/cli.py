@@ -139,7 +139,16 @@ def _pool_row(obj: Obj, reserved: Sequence[ReservedIP]) -> list[str]:
 def _endpoint_rows(obj: Obj) -> list[list[str]]:
     ep = Endpoint.from_object(obj)
     return [
-        [ep.namespace, ep.name, n.interface, n.ipv4_pool or "", n.ipv4 or "", n.ipv6_pool or "", n.ipv6 or "", ep.node]
+        [
+            ep.namespace,
+            ep.name,
+            n.interface,
+            n.ipv4_pool or "",
+            n.ipv4 or "",
+            n.ipv6_pool or "",
+            n.ipv6 or "",
+            ep.node,
+        ]
         for n in ep.nics
     ] or [[ep.namespace, ep.name, "", "", "", "", "", ep.node]]
 
@@ -147,7 +156,16 @@ def _endpoint_rows(obj: Obj) -> list[list[str]]:
 def print_table(console: Console, kind: str, items: Sequence[Obj], reserved: Sequence[ReservedIP] = ()) -> None:
     """kubectl-like columns for the kinds people look at most; names for the rest."""
     if kind == "SpiderIPPool":
-        headers = ["NAME", "VERSION", "SUBNET", "ALLOCATED-IP-COUNT", "TOTAL-IP-COUNT", "FREE", "DEFAULT", "DISABLE"]
+        headers = [
+            "NAME",
+            "VERSION",
+            "SUBNET",
+            "ALLOCATED-IP-COUNT",
+            "TOTAL-IP-COUNT",
+            "FREE",
+            "DEFAULT",
+            "DISABLE",
+        ]
         rows = [_pool_row(o, reserved) for o in items]
     elif kind == "SpiderEndpoint":
         headers = ["NAMESPACE", "NAME", "INTERFACE", "IPV4POOL", "IPV4", "IPV6POOL", "IPV6", "NODE"]
@@ -229,7 +247,13 @@ def _cmd_get(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
     elif args.output == "yaml":
-        print(yaml.safe_dump(items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}, sort_keys=False), end="")
+        print(
+            yaml.safe_dump(
+                items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items},
+                sort_keys=False,
+            ),
+            end="",
+        )
     else:
         print_table(console(), info.kind, items, reserved)
     return 0
@@ -274,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_store(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", type=Path, default=store_default, help=f"embedded store file (default {store_default})")
+        p.add_argument(
+            "--store", type=Path, default=store_default, help=f"embedded store file (default {store_default})"
+        )
 
     p = sub.add_parser("agent", help="run the node agent (serves the CNI plugin and the agent API)")
     with_store(p)

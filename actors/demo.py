@@ -106,7 +106,11 @@ async def _pods_table(store: Store, pods: list[DemoPod], results: dict[str, dict
             for family in ("ipv4", "ipv6"):
                 if nic.get(family):
                     table.add_row(
-                        pod.name, nic["interface"], nic[family], nic[f"{family}Pool"], nic.get(f"{family}Gateway", "")
+                        pod.name,
+                        nic["interface"],
+                        nic[family],
+                        nic[f"{family}Pool"],
+                        nic.get(f"{family}Gateway", ""),
                     )
     return table
 
@@ -131,7 +135,10 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
     made_namespaces: list[str] = []
     try:
         out.rule("spider demo")
-        out.print(f"store {settings.store_path}, agent socket {settings.socket_path}, node {settings.node}", highlight=False)
+        out.print(
+            f"store {settings.store_path}, agent socket {settings.socket_path}, node {settings.node}",
+            highlight=False,
+        )
         for obj in load_documents(str(EXAMPLES)):
             out.print(f"  {obj['kind']}/{obj['metadata']['name']} {await apply(store, obj)}", highlight=False)
         for i in range(1, pod_count + 1):  # the last pod asks for both families by annotation
@@ -141,7 +148,11 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
             pod_obj = {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": name, "namespace": "default", "annotations": annotations if dual else {}},
+                "metadata": {
+                    "name": name,
+                    "namespace": "default",
+                    "annotations": annotations if dual else {},
+                },
                 "spec": {"nodeName": settings.node},
             }
             await apply(store, pod_obj)
@@ -173,7 +184,9 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
             else:
                 conf["type"] = "spiderpool"
                 plugin, in_netns = bin_dir / "spiderpool", None
-                out.print(f"[yellow]skipping real interfaces ({why_not})[/]: calling the spiderpool IPAM plugin directly")
+                out.print(
+                    f"[yellow]skipping real interfaces ({why_not})[/]: calling the spiderpool IPAM plugin directly"
+                )
             for pod in pods:
                 code, result = await run_plugin(plugin, "ADD", conf, pod, bin_dir=bin_dir, in_netns=in_netns)
                 if code != 0:
@@ -192,7 +205,10 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
                     )
                     ok = done.returncode == 0
                     failures += not ok
-                    out.print(f"  {src.name} -> {dst.name} ({target}): " + ("[green]reachable[/]" if ok else "[red]no reply[/]"))
+                    out.print(
+                        f"  {src.name} -> {dst.name} ({target}): "
+                        + ("[green]reachable[/]" if ok else "[red]no reply[/]")
+                    )
             await _show_pools(out, store, "pools with the pods running")
             if not keep:
                 out.rule("delete the pods, then DEL (as the kubelet does)")
@@ -203,7 +219,9 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
                         failures += 1
                         out.print(f"[red]DEL {pod.name} failed[/]: {result}")
                 await _show_pools(out, store, "pools after DEL")
-                left = sum((o.get("status") or {}).get("allocatedIPCount", 0) for o in (await store.list("SpiderIPPool")).items)
+                left = sum(
+                    (o.get("status") or {}).get("allocatedIPCount", 0) for o in (await store.list("SpiderIPPool")).items
+                )
                 if left:
                     failures += 1
                     out.print(f"[red]{left} addresses still allocated after DEL[/]")

@@ -23,7 +23,8 @@ from actors.pool import Allocation, PoolActor, PoolHandle, open_pool
 from actors.store import AlreadyExists, Conflict, NotFound, Obj, Store
 from actors.supervisor import Supervisor
 from spider.addr import parse_ip, parse_network
-from spider.endpoint import KIND as ENDPOINT, Endpoint, NicAllocation
+from spider.endpoint import KIND as ENDPOINT
+from spider.endpoint import Endpoint, NicAllocation
 from spider.errors import (
     AllocationError,
     InvalidInput,
@@ -34,7 +35,8 @@ from spider.errors import (
     SpiderError,
     StaleWrite,
 )
-from spider.pool import KIND as POOL, IPPool, Owner, Route
+from spider.pool import KIND as POOL
+from spider.pool import IPPool, Owner, Route
 from spider.selection import NicRequest, PodContext, candidates, custom_routes, requested_pools
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,13 @@ class DelRequest:
         """Parse the JSON body of ``DELETE /v1/ipam/ip`` (or ``/ips`` with ``batch``)."""
         names = ("containerID", "podNamespace", "podName", "podUID") + (() if batch else ("ifName",))
         fields = _required(body, names)
-        return cls(fields["containerID"], fields.get("ifName", ""), fields["podNamespace"], fields["podName"], fields["podUID"])
+        return cls(
+            fields["containerID"],
+            fields.get("ifName", ""),
+            fields["podNamespace"],
+            fields["podName"],
+            fields["podUID"],
+        )
 
 
 def _required(body: Any, names: Sequence[str]) -> dict[str, str]:
@@ -123,7 +131,13 @@ class NicResult:
         ips = []
         routes = []
         for a in self.allocations:
-            ip: dict[str, Any] = {"version": a.version, "address": a.address, "nic": self.nic, "ipPool": a.pool, "vlan": 0}
+            ip: dict[str, Any] = {
+                "version": a.version,
+                "address": a.address,
+                "nic": self.nic,
+                "ipPool": a.pool,
+                "vlan": 0,
+            }
             if a.gateway:
                 ip["gateway"] = a.gateway
             ips.append(ip)
@@ -223,7 +237,10 @@ class IpamService:
             annotations=pmeta.get("annotations") or {},
             namespace_labels={"kubernetes.io/metadata.name": namespace, **(nmeta.get("labels") or {})},
             namespace_annotations=nmeta.get("annotations") or {},
-            node_labels={"kubernetes.io/hostname": self.node, **(((node or {}).get("metadata") or {}).get("labels") or {})},
+            node_labels={
+                "kubernetes.io/hostname": self.node,
+                **(((node or {}).get("metadata") or {}).get("labels") or {}),
+            },
         )
         return ctx, pod
 
@@ -244,7 +261,9 @@ class IpamService:
         if pod is not None and (why := _alive(pod)) is not None:
             raise PodNotAlive(pod=f"{req.pod_namespace}/{req.pod_name}", reason=why)
         uid = ctx.uid or req.container_id
-        owner_of = lambda nic: Owner(uid, nic, req.pod_namespace, req.pod_name, req.container_id, self.node)  # noqa: E731
+
+        def owner_of(nic: str) -> Owner:
+            return Owner(uid, nic, req.pod_namespace, req.pod_name, req.container_id, self.node)
 
         endpoint_obj = await self._get(ENDPOINT, req.pod_name, req.pod_namespace)
         endpoint = Endpoint.from_object(endpoint_obj) if endpoint_obj else None
@@ -257,7 +276,13 @@ class IpamService:
         if endpoint is not None and (entry := endpoint.nic(req.ifname)) is not None:
             # Repeated ADD: ask the same pools again; they return the address the owner holds.
             requests = [
-                NicRequest(entry.interface, (entry.ipv4_pool,) if entry.ipv4_pool else (), (entry.ipv6_pool,) if entry.ipv6_pool else (), entry.clean_gateway, "endpoint")
+                NicRequest(
+                    entry.interface,
+                    (entry.ipv4_pool,) if entry.ipv4_pool else (),
+                    (entry.ipv6_pool,) if entry.ipv6_pool else (),
+                    entry.clean_gateway,
+                    "endpoint",
+                )
             ]
         else:
             requests = requested_pools(ctx, req.ifname, req.default_ipv4_pools, req.default_ipv6_pools)
@@ -279,7 +304,11 @@ class IpamService:
                 if found:
                     plans.append((r, version, found))
             if not any(p[0] is r for p in plans):
-                raise NoAvailablePool(nic=r.nic, version=4, reason=f"no pool selection rules of any type are specified ({r.source})")
+                raise NoAvailablePool(
+                    nic=r.nic,
+                    version=4,
+                    reason=f"no pool selection rules of any type are specified ({r.source})",
+                )
 
         made: list[tuple[str, Allocation]] = []
         results: dict[tuple[str, int], Allocation] = {}
@@ -318,7 +347,12 @@ class IpamService:
         return nic_results
 
     async def _allocate_one(
-        self, owner: Owner, version: int, found: list[IPPool], results: dict[tuple[str, int], Allocation], made: list[tuple[str, Allocation]]
+        self,
+        owner: Owner,
+        version: int,
+        found: list[IPPool],
+        results: dict[tuple[str, int], Allocation],
+        made: list[tuple[str, Allocation]],
     ) -> None:
         exhausted: list[str] = []
         for pool in found:
@@ -332,7 +366,9 @@ class IpamService:
             made.append((owner.nic, allocation))
             return
         if len(exhausted) == 1:
-            raise PoolExhausted(pool=exhausted[0], capacity=(await (await self.pools.get(exhausted[0])).inspect()).capacity)
+            raise PoolExhausted(
+                pool=exhausted[0], capacity=(await (await self.pools.get(exhausted[0])).inspect()).capacity
+            )
         raise NoAvailablePool(nic=owner.nic, version=version, reason=f"all IP addresses used out in pools {exhausted}")
 
     async def _undo(self, made: list[tuple[str, Allocation]], uid: str, container_id: str) -> None:
@@ -345,7 +381,11 @@ class IpamService:
         deadline = trio.current_time() + self.endpoint_budget
         while True:
             obj = await self._get(ENDPOINT, req.pod_name, req.pod_namespace)
-            endpoint = Endpoint.from_object(obj) if obj else Endpoint(req.pod_namespace, req.pod_name, uid, self.node, owner_controller_name=req.pod_name)
+            endpoint = (
+                Endpoint.from_object(obj)
+                if obj
+                else Endpoint(req.pod_namespace, req.pod_name, uid, self.node, owner_controller_name=req.pod_name)
+            )
             endpoint = attrs.evolve(endpoint, node=self.node)
             for r in results:
                 v4 = next((a for a in r.allocations if a.version == 4), None)
@@ -375,7 +415,11 @@ class IpamService:
                 return
             except (Conflict, AlreadyExists):
                 if trio.current_time() > deadline:
-                    raise StaleWrite(kind=ENDPOINT, name=f"{req.pod_namespace}/{req.pod_name}", sent_version=endpoint.resource_version) from None
+                    raise StaleWrite(
+                        kind=ENDPOINT,
+                        name=f"{req.pod_namespace}/{req.pod_name}",
+                        sent_version=endpoint.resource_version,
+                    ) from None
                 await trio.sleep(0.01)
 
     async def release(self, req: DelRequest) -> list[str]:
@@ -399,7 +443,9 @@ class IpamService:
         await self._forget_entries(endpoint, {n.interface for n in mine})
         return freed
 
-    async def _release_entries(self, endpoint: Endpoint, entries: Sequence[NicAllocation], container_id: str) -> list[str]:
+    async def _release_entries(
+        self, endpoint: Endpoint, entries: Sequence[NicAllocation], container_id: str
+    ) -> list[str]:
         freed: list[str] = []
         for entry in entries:
             for _version, pool, _address in entry.pools():
@@ -431,7 +477,11 @@ class IpamService:
                 return
             except Conflict:
                 if trio.current_time() > deadline:
-                    raise StaleWrite(kind=ENDPOINT, name=f"{endpoint.namespace}/{endpoint.name}", sent_version=current.resource_version) from None
+                    raise StaleWrite(
+                        kind=ENDPOINT,
+                        name=f"{endpoint.namespace}/{endpoint.name}",
+                        sent_version=current.resource_version,
+                    ) from None
                 await trio.sleep(0.01)
 
     async def _drop_endpoint(self, endpoint: Endpoint) -> None:

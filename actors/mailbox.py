@@ -70,6 +70,6 @@ def drain(mailbox: trio.MemoryReceiveChannel[M], first: M, limit: int) -> list[M
     while len(batch) < limit:
         try:
             batch.append(mailbox.receive_nowait())
-        except trio.WouldBlock:
+        except (trio.WouldBlock, trio.EndOfChannel):  # NB: closed and empty: the batch so far still counts
             break
     return batch

@@ -18,9 +18,11 @@ from actors.ipam import AddRequest, DelRequest, IpamService
 from actors.store import NotFound
 from spider import cni
 from spider.addr import parse_ip
-from spider.endpoint import KIND as ENDPOINT, Endpoint
+from spider.endpoint import KIND as ENDPOINT
+from spider.endpoint import Endpoint
 from spider.errors import AgentUnavailable, CheckFailed, InvalidNetConf, SpiderError
-from spider.pool import KIND as POOL, PoolLedger
+from spider.pool import KIND as POOL
+from spider.pool import PoolLedger
 
 log = logging.getLogger(__name__)
 

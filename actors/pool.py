@@ -151,6 +151,9 @@ class PoolActor:
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
             try:
                 await self._commit(batch)
+            except BaseException:
+                self._ledger = None  # NB: it may hold this batch unwritten; whoever runs next must re-read
+                raise
             finally:  # crash or cancel: nobody may wait forever
                 for msg in batch:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
@@ -205,7 +208,10 @@ class PoolActor:
             "status": ledger.to_status(),
         }
         self.stats.writes += 1
-        written = await self.store.update_status(body)
+        try:
+            written = await self.store.update_status(body)
+        except NotFound:  # deleted since we read it: the domain error, not the store's (CNI 101, not 999)
+            raise PoolNotFound(pool=self.name) from None
         self._version = written["metadata"]["resourceVersion"]
 
     def _apply(self, ledger: PoolLedger, msg: PoolMsg) -> tuple[outcome.Outcome[Any], bool]:

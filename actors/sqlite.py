@@ -77,8 +77,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     # rv: the global version counter; compacted: events up to this version are gone.  NB: the counter starts
     # at 1, so no list ever returns "0", which to a watch means "any version" (synthetic ADDED events).
-    "INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 1), ('compacted', 0), "
-    f"('schema', {_SCHEMA_VERSION})",
+    f"INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 1), ('compacted', 0), ('schema', {_SCHEMA_VERSION})",
 )
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
@@ -152,9 +151,7 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
                 conn.execute(statement)
             (schema,) = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if schema != _SCHEMA_VERSION:
-                raise StoreUnavailable(
-                    reason=f"{path}: schema version {schema}, this program knows {_SCHEMA_VERSION}"
-                )
+                raise StoreUnavailable(reason=f"{path}: schema version {schema}, this program knows {_SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -183,9 +180,7 @@ def _parse_version(kind: str, rv: str) -> int:
 def _check_string_map(kind: str, name: str, field: str, value: object) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise Invalid(kind=kind, name=name, reason=f"metadata.{field} must be a map of strings")
     return value
 
@@ -320,9 +315,7 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else _loads(row[0])
 
-    def _commit(
-        self, conn: sqlite3.Connection, key: _Key, event: EventType, obj: Obj, prev: Obj | None = None
-    ) -> Obj:
+    def _commit(self, conn: sqlite3.Connection, key: _Key, event: EventType, obj: Obj, prev: Obj | None = None) -> Obj:
         """Stamp ``obj`` with the next version, store (or remove) its row and log the event."""
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'rv'")
         rv = _counter(conn, "rv")
@@ -333,8 +326,7 @@ class SqliteStore:
             conn.execute("DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", where)
         else:
             conn.execute(
-                "INSERT OR REPLACE INTO objects (kind, namespace, name, uid, rv, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO objects (kind, namespace, name, uid, rv, body) VALUES (?, ?, ?, ?, ?, ?)",
                 (*where, obj["metadata"]["uid"], rv, body),
             )
         prev_labels = None if prev is None else _dumps(_labels(prev))
@@ -355,9 +347,7 @@ class SqliteStore:
         if resource_version and resource_version != m["resourceVersion"]:
             raise Conflict(kind=key.info.kind, name=key.name, sent_version=resource_version)
         if uid and uid != m["uid"]:
-            raise Invalid(
-                kind=key.info.kind, name=key.name, reason=f"metadata.uid is immutable (stored {m['uid']})"
-            )
+            raise Invalid(kind=key.info.kind, name=key.name, reason=f"metadata.uid is immutable (stored {m['uid']})")
 
     def _incoming(self, obj: Obj) -> tuple[_Key, Obj]:
         """A private deep copy of a caller's object, with kind and apiVersion checked; ``Invalid``."""
@@ -368,9 +358,7 @@ class SqliteStore:
             raise Invalid(kind=info.kind, name="", reason="metadata must be an object")
         name = m.get("name") or ""
         if not isinstance(name, str) or "/" in name or len(name) > 253:
-            raise Invalid(
-                kind=info.kind, name=str(name), reason="metadata.name must be a string of at most 253 chars"
-            )
+            raise Invalid(kind=info.kind, name=str(name), reason="metadata.name must be a string of at most 253 chars")
         if new.get("apiVersion") and new["apiVersion"] != info.api_version:
             raise Invalid(kind=info.kind, name=name, reason=f"apiVersion must be {info.api_version!r}")
         new["apiVersion"], new["kind"] = info.api_version, info.kind
@@ -384,9 +372,7 @@ class SqliteStore:
         _validate_meta(info.kind, name, m)
         for field in ("labels", "annotations", "finalizers", "ownerReferences"):
             if field in m and not m[field]:
-                del m[
-                    field
-                ]  # NB: as Go's omitempty does, so {} and absent are the same (no-op updates stay no-ops)
+                del m[field]  # NB: as Go's omitempty does, so {} and absent are the same (no-op updates stay no-ops)
         return key, new
 
     # --- the Store port ----------------------------------------------------------------------------------
@@ -425,15 +411,11 @@ class SqliteStore:
         key, new = self._incoming(obj)
         m = new["metadata"]
         if m.get("resourceVersion"):
-            raise Invalid(
-                kind=key.info.kind, name=key.name, reason="resourceVersion must not be set on create"
-            )
+            raise Invalid(kind=key.info.kind, name=key.name, reason="resourceVersion must not be set on create")
         if not key.name:
             prefix = m.get("generateName") or ""
             if not prefix or not isinstance(prefix, str):
-                raise Invalid(
-                    kind=key.info.kind, name="", reason="metadata.name or metadata.generateName is required"
-                )
+                raise Invalid(kind=key.info.kind, name="", reason="metadata.name or metadata.generateName is required")
             key.name = m["name"] = prefix + "".join(
                 secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5)
             )
@@ -535,9 +517,7 @@ class SqliteStore:
                 self._commit(conn, key, "DELETED", stored, stored)
             elif "deletionTimestamp" not in m:
                 prev = _loads(_dumps(stored))
-                m.update(
-                    deletionTimestamp=_now(), deletionGracePeriodSeconds=0, generation=m["generation"] + 1
-                )
+                m.update(deletionTimestamp=_now(), deletionGracePeriodSeconds=0, generation=m["generation"] + 1)
                 self._commit(conn, key, "MODIFIED", stored, prev)
 
         await self._write(write)

@@ -46,7 +46,12 @@ class Supervisor:
         return name in self._scopes
 
     async def _keep_alive(
-        self, name: str, run: Runner, delays: tuple[float, ...], *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self,
+        name: str,
+        run: Runner,
+        delays: tuple[float, ...],
+        *,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         status = _OnceStatus(task_status)
         with trio.CancelScope() as scope:

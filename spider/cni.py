@@ -305,9 +305,7 @@ def _attachments(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
     found: list[tuple[str, str]] = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise InvalidNetConf(
-                reason=f"{VALID_ATTACHMENTS_KEY}[{i}] must be an object, not {_json_type(item)}"
-            )
+            raise InvalidNetConf(reason=f"{VALID_ATTACHMENTS_KEY}[{i}] must be an object, not {_json_type(item)}")
         for key in ("containerID", "ifname"):
             if not isinstance(item.get(key), str):
                 raise InvalidNetConf(reason=f"{VALID_ATTACHMENTS_KEY}[{i}].{key} must be a string")
@@ -424,9 +422,7 @@ def split_forwarded(body: bytes) -> tuple[dict[str, str], bytes]:
     for line in head.split(b"\n") if head else ():
         raw_name, sep, raw_value = line.partition(b"=")
         if not sep or not raw_name:
-            raise DecodeFailure(
-                what="forwarded CNI request", reason=f"environment line {line!r} is not NAME=VALUE"
-            )
+            raise DecodeFailure(what="forwarded CNI request", reason=f"environment line {line!r} is not NAME=VALUE")
         try:
             name = raw_name.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -42,8 +42,24 @@ class Kind:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("SpiderIPPool", SPIDER_GROUP, SPIDER_VERSION, "spiderippools", False, True, ("sp", "ippool", "ippools")),
-    Kind("SpiderSubnet", SPIDER_GROUP, SPIDER_VERSION, "spidersubnets", False, True, ("ss", "subnet", "subnets")),
+    Kind(
+        "SpiderIPPool",
+        SPIDER_GROUP,
+        SPIDER_VERSION,
+        "spiderippools",
+        False,
+        True,
+        ("sp", "ippool", "ippools"),
+    ),
+    Kind(
+        "SpiderSubnet",
+        SPIDER_GROUP,
+        SPIDER_VERSION,
+        "spidersubnets",
+        False,
+        True,
+        ("ss", "subnet", "subnets"),
+    ),
     Kind("SpiderReservedIP", SPIDER_GROUP, SPIDER_VERSION, "spiderreservedips", False, False, ("sr",)),
     Kind("SpiderEndpoint", SPIDER_GROUP, SPIDER_VERSION, "spiderendpoints", True, False, ("se",)),
     Kind("SpiderMultusConfig", SPIDER_GROUP, SPIDER_VERSION, "spidermultusconfigs", True, False, ("smc",)),

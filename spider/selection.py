@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from spider.addr import parse_ip, parse_network
 from spider.errors import InvalidInput, NoAvailablePool, PoolNotFound
 from spider.pool import IPPool, Route
 from spider.selector import selector_from_label_selector
@@ -128,8 +129,16 @@ def requested_pools(
         ]
     ns = pod.namespace_annotations
     if ANNO_NS_DEFAULT_V4 in ns or ANNO_NS_DEFAULT_V6 in ns:
-        v4 = _names(_json(ns[ANNO_NS_DEFAULT_V4], ANNO_NS_DEFAULT_V4), ANNO_NS_DEFAULT_V4) if ANNO_NS_DEFAULT_V4 in ns else ()
-        v6 = _names(_json(ns[ANNO_NS_DEFAULT_V6], ANNO_NS_DEFAULT_V6), ANNO_NS_DEFAULT_V6) if ANNO_NS_DEFAULT_V6 in ns else ()
+        v4 = (
+            _names(_json(ns[ANNO_NS_DEFAULT_V4], ANNO_NS_DEFAULT_V4), ANNO_NS_DEFAULT_V4)
+            if ANNO_NS_DEFAULT_V4 in ns
+            else ()
+        )
+        v6 = (
+            _names(_json(ns[ANNO_NS_DEFAULT_V6], ANNO_NS_DEFAULT_V6), ANNO_NS_DEFAULT_V6)
+            if ANNO_NS_DEFAULT_V6 in ns
+            else ()
+        )
         return [NicRequest(nic, v4, v6, source="namespace annotations")]
     if cni_v4 or cni_v6:
         return [
@@ -153,7 +162,9 @@ def expand(names: Sequence[str], version: int, pools: Mapping[str, IPPool]) -> l
     out: list[str] = []
     for name in names:
         if any(c in name for c in "*?["):
-            matched = sorted(p.name for p in pools.values() if p.version == version and fnmatch.fnmatchcase(p.name, name))
+            matched = sorted(
+                p.name for p in pools.values() if p.version == version and fnmatch.fnmatchcase(p.name, name)
+            )
             out.extend(m for m in matched if m not in out)
         elif name not in out:
             out.append(name)
@@ -171,7 +182,9 @@ def _reject(pool: IPPool, pod: PodContext, version: int) -> str | None:
     if pool.node_name:
         if pod.node not in pool.node_name:
             return f"node {pod.node!r} not in nodeName"
-    elif pool.node_affinity is not None and not selector_from_label_selector(pool.node_affinity).matches(pod.node_labels):
+    elif pool.node_affinity is not None and not selector_from_label_selector(pool.node_affinity).matches(
+        pod.node_labels
+    ):
         return f"nodeAffinity does not match node {pod.node!r}"
     if pool.namespace_name:
         if pod.namespace not in pool.namespace_name:
@@ -205,7 +218,9 @@ def candidates(request: NicRequest, version: int, pod: PodContext, pools: Mappin
     """
     names = request.ipv4 if version == 4 else request.ipv6
     if request.source == "cluster default pools":
-        names = tuple(p.name for p in sorted(pools.values(), key=lambda p: p.name) if p.default and p.version == version)
+        names = tuple(
+            p.name for p in sorted(pools.values(), key=lambda p: p.name) if p.default and p.version == version
+        )
         if not names:
             return []
     resolved = expand(names, version, pools)
@@ -224,7 +239,9 @@ def candidates(request: NicRequest, version: int, pod: PodContext, pools: Mappin
             reasons.append(f"{name}: {why}")
     if not kept:
         raise NoAvailablePool(
-            nic=request.nic, version=version, reason=f"all IPv{version} IPPools {resolved} filtered out: " + "; ".join(reasons)
+            nic=request.nic,
+            version=version,
+            reason=f"all IPv{version} IPPools {resolved} filtered out: " + "; ".join(reasons),
         )
     return sorted(kept, key=_priority)  # NB: sorted() is stable, so ties keep the user's order
 
@@ -241,5 +258,11 @@ def custom_routes(pod: PodContext) -> tuple[Route, ...]:
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("dst"), str) or not isinstance(item.get("gw"), str):
             raise InvalidInput(reason=f"{ANNO_ROUTES} entry {item!r} needs string 'dst' and 'gw'")
+        # Spiderpool (IsRouteWithoutIPVersion): dst is a CIDR (host bits allowed), gw an IP, one family.
+        try:
+            dst = parse_network(item["dst"], strict=False)
+            parse_ip(item["gw"], dst.version)
+        except ValueError as exc:
+            raise InvalidInput(reason=f"{ANNO_ROUTES} entry {item!r}: {exc}") from None
         out.append(Route(item["dst"], item["gw"]))
     return tuple(out)

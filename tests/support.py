@@ -59,7 +59,10 @@ def pool_object(name: str, subnet: str, ips: list[str], **spec: Any) -> dict[str
 
 def pod_args(name: str, uid: str, namespace: str = "default") -> str:
     """``CNI_ARGS`` as a kubelet passes them."""
-    return f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID={uid}"
+    return (
+        f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
+        f"K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID={uid}"
+    )
 
 
 def netconf(socket_path: Path | str, version: str = "1.0.0", **ipam: Any) -> dict[str, Any]:
@@ -72,7 +75,13 @@ def netconf(socket_path: Path | str, version: str = "1.0.0", **ipam: Any) -> dic
     }
 
 
-def cni_env(command: str, container_id: str = "", ifname: str = "eth0", args: str = "", netns: str = "/var/run/netns/x") -> dict[str, str]:
+def cni_env(
+    command: str,
+    container_id: str = "",
+    ifname: str = "eth0",
+    args: str = "",
+    netns: str = "/var/run/netns/x",
+) -> dict[str, str]:
     """The environment a runtime passes; empty values are left out."""
     env = {
         "CNI_COMMAND": command,
@@ -88,14 +97,20 @@ def cni_env(command: str, container_id: str = "", ifname: str = "eth0", args: st
 def run_plugin_sync(plugin: Path, env: Mapping[str, str], conf: Any, timeout: float = 60) -> tuple[int, Any]:
     """Exec a plugin; returns its exit code and its decoded stdout (``None`` when empty)."""
     stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-    done = subprocess.run([str(plugin)], input=stdin, env={"PATH": os.environ["PATH"], **env}, capture_output=True, timeout=timeout)
+    done = subprocess.run(
+        [str(plugin)],
+        input=stdin,
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        timeout=timeout,
+    )
     out = done.stdout.strip()
     return done.returncode, (json.loads(out) if out else None)
 
 
-async def run_plugin(plugin: Path, env: Mapping[str, str], conf: Any, timeout: float = 60) -> tuple[int, Any]:
-    """``run_plugin_sync`` for trio tests."""
-    return await trio.to_thread.run_sync(run_plugin_sync, plugin, env, conf, timeout)
+async def run_plugin(plugin: Path, env: Mapping[str, str], conf: Any) -> tuple[int, Any]:
+    """``run_plugin_sync`` for trio tests (bound it with the test's own ``fail_after``)."""
+    return await trio.to_thread.run_sync(run_plugin_sync, plugin, env, conf)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -144,7 +159,18 @@ class AgentProcess:
     def start(self, timeout: float = 20) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "actors.cli", "agent", "--store", str(self.store), "--socket", str(self.socket_path), "--node", self.node],
+                [
+                    sys.executable,
+                    "-m",
+                    "actors.cli",
+                    "agent",
+                    "--store",
+                    str(self.store),
+                    "--socket",
+                    str(self.socket_path),
+                    "--node",
+                    self.node,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

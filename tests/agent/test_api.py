@@ -10,7 +10,9 @@ import trio
 from tests.support import RunningAgent, http_call, pool_object
 
 
-def add_args(name: str = "web-0", uid: str = "uid-1", container: str = "c1", ifname: str = "eth0", **extra: Any) -> dict[str, Any]:
+def add_args(
+    name: str = "web-0", uid: str = "uid-1", container: str = "c1", ifname: str = "eth0", **extra: Any
+) -> dict[str, Any]:
     return {
         "containerID": container,
         "ifName": ifname,
@@ -23,7 +25,13 @@ def add_args(name: str = "web-0", uid: str = "uid-1", container: str = "c1", ifn
 
 
 def del_args(name: str = "web-0", uid: str = "uid-1", container: str = "c1", ifname: str = "eth0") -> dict[str, Any]:
-    return {"containerID": container, "ifName": ifname, "podNamespace": "default", "podName": name, "podUID": uid}
+    return {
+        "containerID": container,
+        "ifName": ifname,
+        "podNamespace": "default",
+        "podName": name,
+        "podUID": uid,
+    }
 
 
 V4 = pool_object("v4", "10.1.0.0/24", ["10.1.0.10-10.1.0.12"], gateway="10.1.0.1", default=True)
@@ -42,7 +50,16 @@ async def test_add_answers_with_spiderpools_response_schema(agent: RunningAgent)
         status, body, _ = await http_call(agent.socket, "POST", "/v1/ipam/ip", add_args())
     assert status == 200
     assert body == {
-        "ips": [{"version": 4, "address": "10.1.0.10/24", "nic": "eth0", "ipPool": "v4", "gateway": "10.1.0.1", "vlan": 0}],
+        "ips": [
+            {
+                "version": 4,
+                "address": "10.1.0.10/24",
+                "nic": "eth0",
+                "ipPool": "v4",
+                "gateway": "10.1.0.1",
+                "vlan": 0,
+            }
+        ],
         "routes": [{"ifName": "eth0", "dst": "0.0.0.0/0", "gw": "10.1.0.1"}],
     }
 
@@ -71,7 +88,9 @@ async def test_workload_endpoint_is_200_then_404_after_release(agent: RunningAge
     await agent.apply(V4)
     with trio.fail_after(10):
         await http_call(agent.socket, "POST", "/v1/ipam/ip", add_args())
-        status, body, _ = await http_call(agent.socket, "GET", "/v1/workloadendpoint?podNamespace=default&podName=web-0")
+        status, body, _ = await http_call(
+            agent.socket, "GET", "/v1/workloadendpoint?podNamespace=default&podName=web-0"
+        )
         assert status == 200
         assert body == {
             "podNamespace": "default",
@@ -88,7 +107,9 @@ async def test_workload_endpoint_is_200_then_404_after_release(agent: RunningAge
             ],
         }
         assert (await http_call(agent.socket, "DELETE", "/v1/ipam/ip", del_args()))[0] == 200
-        status, message, _ = await http_call(agent.socket, "GET", "/v1/workloadendpoint?podNamespace=default&podName=web-0")
+        status, message, _ = await http_call(
+            agent.socket, "GET", "/v1/workloadendpoint?podNamespace=default&podName=web-0"
+        )
     assert status == 404
     assert message == "SpiderEndpoint not found for pod default/web-0"
 
@@ -155,7 +176,11 @@ async def test_a_live_pod_keeps_its_address_on_delete(agent: RunningAgent) -> No
 
 
 async def test_a_terminating_pod_gets_no_address(agent: RunningAgent) -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "default", "finalizers": ["x"]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "default", "finalizers": ["x"]},
+    }
     await agent.apply(V4, pod)
     await agent.store.delete("Pod", "web-0", "default")
     with trio.fail_after(10):
@@ -168,7 +193,15 @@ async def test_a_terminating_pod_gets_no_address(agent: RunningAgent) -> None:
 async def test_dual_stack_is_all_or_nothing(agent: RunningAgent) -> None:
     annotation = json.dumps({"ipv4": ["v4"], "ipv6": ["v6"]})
     pods = [
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}", "namespace": "default", "annotations": {"ipam.spidernet.io/ippool": annotation}}}
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"p{i}",
+                "namespace": "default",
+                "annotations": {"ipam.spidernet.io/ippool": annotation},
+            },
+        }
         for i in range(3)
     ]
     await agent.apply(V4, V6, *pods)

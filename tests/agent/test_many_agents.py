@@ -17,7 +17,16 @@ import trio
 from actors.check import check_store
 from actors.cli import apply
 from actors.sqlite import SqliteStore
-from tests.support import ROOT, AgentProcess, cni_env, installed_shim, netconf, pod_args, pool_object, short_tmp
+from tests.support import (
+    ROOT,
+    AgentProcess,
+    cni_env,
+    installed_shim,
+    netconf,
+    pod_args,
+    pool_object,
+    short_tmp,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +164,9 @@ async def test_a_sigkilled_agent_loses_nothing_that_check_cannot_account_for(clu
             await trio.to_thread.run_sync(victim.kill)
     killed = [n for n, r in results.items() if r[0] != 0]
     assert killed, "the kill landed after the burst; nothing was tested"
-    assert all(r[1] is not None and r[1]["code"] == 11 for n, r in results.items() if r[0] != 0), "failures must be 'try again'"
+    assert all(r[1] is not None and r[1]["code"] == 11 for n, r in results.items() if r[0] != 0), (
+        "failures must be 'try again'"
+    )
     await trio.to_thread.run_sync(victim.start)
 
     store = await SqliteStore.open(cluster.store)

@@ -8,7 +8,7 @@ import json
 import pytest
 import trio
 
-from tests.support import RunningAgent, VERSIONS, cni_env, netconf, pod_args, pool_object, run_plugin
+from tests.support import VERSIONS, RunningAgent, cni_env, netconf, pod_args, pool_object, run_plugin
 
 POOL = pool_object("net-a", "10.2.0.0/24", ["10.2.0.10-10.2.0.11"], gateway="10.2.0.1")
 
@@ -33,7 +33,12 @@ async def test_add_prints_the_result_format_of_each_spec_version(agent: RunningA
     ip = {"address": "10.2.0.10/24", "gateway": "10.2.0.1"}
     if version < "1.0.0":
         ip = {"version": "4", **ip}
-    assert result == {"cniVersion": version, "ips": [ip], "routes": [{"dst": "0.0.0.0/0", "gw": "10.2.0.1"}], "dns": {}}
+    assert result == {
+        "cniVersion": version,
+        "ips": [ip],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "10.2.0.1"}],
+        "dns": {},
+    }
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -51,7 +56,12 @@ async def test_del_without_an_ipam_section_releases_from_stored_state(agent: Run
     await agent.apply(POOL)
     with trio.fail_after(20):
         assert (await run_plugin(agent.shim, add_env(), netconf(agent.socket, default_ipv4_ippool=["net-a"])))[0] == 0
-        bare = {"cniVersion": "1.0.0", "name": "testnet", "type": "macvlan", "ipam": {"type": "spiderpool", "ipam_unix_socket_path": str(agent.socket)}}
+        bare = {
+            "cniVersion": "1.0.0",
+            "name": "testnet",
+            "type": "macvlan",
+            "ipam": {"type": "spiderpool", "ipam_unix_socket_path": str(agent.socket)},
+        }
         bare["ipam"] = {"ipam_unix_socket_path": str(agent.socket), "default_ipv4_ippool": "not-a-list"}
         assert await run_plugin(agent.shim, add_env(command="DEL"), bare) == (0, None)
     assert (await agent.pool_status("net-a"))["allocatedIPCount"] == 0
@@ -84,7 +94,10 @@ async def test_check_passes_for_a_live_allocation_and_fails_after_release(agent:
     conf = netconf(agent.socket, default_ipv4_ippool=["net-a"])
     with trio.fail_after(20):
         _, result = await run_plugin(agent.shim, add_env(), conf)
-        assert await run_plugin(agent.shim, add_env(command="CHECK"), {**conf, "prevResult": result}) == (0, None)
+        assert await run_plugin(agent.shim, add_env(command="CHECK"), {**conf, "prevResult": result}) == (
+            0,
+            None,
+        )
         wrong = {**result, "ips": [{"address": "10.2.0.99/24"}]}
         code, error = await run_plugin(agent.shim, add_env(command="CHECK"), {**conf, "prevResult": wrong})
         assert (code, error["code"]) == (1, 104)
@@ -149,10 +162,28 @@ async def test_add_is_11_when_the_agent_is_unreachable(agent: RunningAgent) -> N
         ({"CNI_ARGS": "K8S_POD_NAME"}, None, 4),
         ({}, b'{"ipam": {"ipam_unix_socket_path": "SOCKET"}, not json', 6),
         ({}, {"cniVersion": "9.9.9", "name": "x", "type": "spiderpool", "ipam": {}}, 1),
-        ({}, {"cniVersion": "1.0.0", "name": "x", "type": "spiderpool", "ipam": {"default_ipv4_ippool": "net-a"}}, 7),
+        (
+            {},
+            {
+                "cniVersion": "1.0.0",
+                "name": "x",
+                "type": "spiderpool",
+                "ipam": {"default_ipv4_ippool": "net-a"},
+            },
+            7,
+        ),
         ({}, b'{"cniVersion": "1.0.0", "name": "x", "ipam": 5, "x": {"ipam_unix_socket_path": "SOCKET"}}', 7),
     ],
-    ids=["unknown-command", "no-container", "bad-ifname", "bad-args", "not-json", "version", "bad-field", "no-ipam"],
+    ids=[
+        "unknown-command",
+        "no-container",
+        "bad-ifname",
+        "bad-args",
+        "not-json",
+        "version",
+        "bad-field",
+        "no-ipam",
+    ],
 )
 async def test_bad_input_gets_its_cni_code_and_changes_nothing(
     agent: RunningAgent, env_change: dict[str, str], stdin: object, expected: int

@@ -470,9 +470,7 @@ def test_a_frame_with_no_environment_or_no_stdin_is_fine() -> None:
     assert split_forwarded(b"CNI_COMMAND=VERSION\n\n") == ({"CNI_COMMAND": "VERSION"}, b"")
 
 
-@pytest.mark.parametrize(
-    "body", [b"", b"CNI_COMMAND=ADD", b"CNI_COMMAND=ADD\n{}", b"CNI_COMMAND\n\n{}", b"=x\n\n"]
-)
+@pytest.mark.parametrize("body", [b"", b"CNI_COMMAND=ADD", b"CNI_COMMAND=ADD\n{}", b"CNI_COMMAND\n\n{}", b"=x\n\n"])
 def test_a_malformed_frame_is_a_decode_failure(body: bytes) -> None:
     with pytest.raises(DecodeFailure) as caught:
         split_forwarded(body)
@@ -616,9 +614,7 @@ def test_an_error_object_takes_its_code_from_the_exception_class(exc: SpiderErro
 def test_version_echoes_the_request_or_answers_the_latest() -> None:
     supported = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
     assert version_result("0.4.0") == {"cniVersion": "0.4.0", "supportedVersions": supported}
-    assert (
-        version_result(None) == version_result("") == {"cniVersion": "1.1.0", "supportedVersions": supported}
-    )
+    assert version_result(None) == version_result("") == {"cniVersion": "1.1.0", "supportedVersions": supported}
 
 
 def test_rendering_is_compact_utf8_without_a_newline() -> None:

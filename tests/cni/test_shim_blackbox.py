@@ -132,9 +132,7 @@ def add_env(**extra: str) -> dict[str, str]:
     }
 
 
-def run_shim(
-    env: dict[str, str], stdin: bytes | dict[str, Any], *flags: str
-) -> subprocess.CompletedProcess[bytes]:
+def run_shim(env: dict[str, str], stdin: bytes | dict[str, Any], *flags: str) -> subprocess.CompletedProcess[bytes]:
     data = json.dumps(stdin).encode() if isinstance(stdin, dict) else stdin
     return subprocess.run(
         [sys.executable, *flags, "-IS", str(SHIM)], env=env, input=data, capture_output=True, timeout=20
@@ -285,9 +283,7 @@ def test_a_socket_nobody_listens_on_is_refused(sockdir: Path) -> None:
         (b"HTTP/1.1 200 OK\r\nX-Cni-Exit: 0\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{}", "truncated"),
     ],
 )
-def test_a_reply_that_is_not_ours_is_a_try_again_later_error(
-    agent: FakeAgent, reply: bytes, reason: str
-) -> None:
+def test_a_reply_that_is_not_ours_is_a_try_again_later_error(agent: FakeAgent, reply: bytes, reason: str) -> None:
     agent.answer(reply)
     proc = run_shim(add_env(), conf(agent.path))
     assert proc.returncode == 1
@@ -327,9 +323,7 @@ def imported_modules(stderr: bytes) -> set[str]:
     ],
     ids=["VERSION", "ADD"],
 )
-def test_the_shim_imports_nothing_beyond_the_interpreters_own_start_up(
-    env: dict[str, str], stdin: bytes
-) -> None:
+def test_the_shim_imports_nothing_beyond_the_interpreters_own_start_up(env: dict[str, str], stdin: bytes) -> None:
     baseline = subprocess.run(
         [sys.executable, "-X", "importtime", "-IS", "-c", "pass"], capture_output=True, timeout=20, check=True
     )

@@ -91,7 +91,9 @@ def macvlan_conf(agent: RunningAgent, version: str = "1.0.0", **ipam: Any) -> di
     }
 
 
-async def macvlan(topology: Topology, agent: RunningAgent, command: str, pod_ns: str, n: int, conf: dict[str, Any]) -> tuple[int, Any]:
+async def macvlan(
+    topology: Topology, agent: RunningAgent, command: str, pod_ns: str, n: int, conf: dict[str, Any]
+) -> tuple[int, Any]:
     """Run Debian's macvlan in the host namespace (where its parent lives), as a runtime would."""
     wrapper = agent.dir / f"macvlan-in-{topology.host}"
     if not wrapper.exists():
@@ -117,8 +119,12 @@ def default_routes(netns: str, family: str = "-4") -> list[str]:
     return [r.get("gateway", "") for r in json.loads(ip(family, "-j", "route", "show", "default", netns=netns))]
 
 
-async def test_macvlan_pod_gets_the_address_and_gateway_and_del_returns_it(topology: Topology, agent: RunningAgent) -> None:
-    await agent.apply(pool_object("under-v4", "10.77.0.0/24", ["10.77.0.20-10.77.0.29"], gateway="10.77.0.1", default=True))
+async def test_macvlan_pod_gets_the_address_and_gateway_and_del_returns_it(
+    topology: Topology, agent: RunningAgent
+) -> None:
+    await agent.apply(
+        pool_object("under-v4", "10.77.0.0/24", ["10.77.0.20-10.77.0.29"], gateway="10.77.0.1", default=True)
+    )
     pod = topology.pod()
     with trio.fail_after(30):
         code, result = await macvlan(topology, agent, "ADD", pod, 0, macvlan_conf(agent))
@@ -136,16 +142,24 @@ async def test_macvlan_pod_gets_the_address_and_gateway_and_del_returns_it(topol
 
 
 async def test_two_macvlan_pods_reach_each_other(topology: Topology, agent: RunningAgent) -> None:
-    await agent.apply(pool_object("under-v4", "10.77.0.0/24", ["10.77.0.20-10.77.0.29"], gateway="10.77.0.1", default=True))
+    await agent.apply(
+        pool_object("under-v4", "10.77.0.0/24", ["10.77.0.20-10.77.0.29"], gateway="10.77.0.1", default=True)
+    )
     pods = [topology.pod(), topology.pod()]
     with trio.fail_after(30):
         for n, pod in enumerate(pods):
             assert (await macvlan(topology, agent, "ADD", pod, n, macvlan_conf(agent)))[0] == 0
-    ping = subprocess.run(["ip", "netns", "exec", pods[0], "ping", "-c", "1", "-W", "2", "10.77.0.21"], capture_output=True, check=False)
+    ping = subprocess.run(  # noqa: ASYNC221  (a test's one-off ping; nothing else runs meanwhile)
+        ["ip", "netns", "exec", pods[0], "ping", "-c", "1", "-W", "2", "10.77.0.21"],
+        capture_output=True,
+        check=False,
+    )
     assert ping.returncode == 0, ping.stdout.decode()
 
 
-async def test_dual_stack_pool_pair_gives_both_families_and_del_returns_both(topology: Topology, agent: RunningAgent) -> None:
+async def test_dual_stack_pool_pair_gives_both_families_and_del_returns_both(
+    topology: Topology, agent: RunningAgent
+) -> None:
     await agent.apply(
         pool_object("under-v4", "10.77.0.0/24", ["10.77.0.20-10.77.0.29"], gateway="10.77.0.1"),
         pool_object("under-v6", "fd77::/64", ["fd77::20-fd77::29"], gateway="fd77::1"),
