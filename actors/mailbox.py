@@ -1,13 +1,15 @@
 """The actor runtime's messaging: bounded mailboxes and one-shot replies.
 
-Owns ``Reply`` (the answer slot a requester awaits and an actor resolves without ever blocking) and
-``open_mailbox``.  An actor is a trio task that alone owns some state and reads its mailbox; other tasks hold
-a handle that sends messages carrying a ``Reply``.  Domain errors travel back inside the reply as
-``outcome.Error`` and are raised in the requester's task, so the actor keeps running (DESIGN §4).
+Owns ``Reply`` (the answer slot a requester awaits and an actor resolves without ever blocking) and ``drain``
+(the group-commit read of a mailbox).  An actor is a trio task that alone owns some state and reads its
+mailbox, a bounded trio memory channel; other tasks hold a handle that sends messages carrying a ``Reply``.
+Domain errors travel back inside the reply as ``outcome.Error`` and are raised in the requester's task, so
+the actor keeps running (DESIGN §4).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Generic, TypeVar
 
 import attrs
@@ -33,10 +35,8 @@ class Reply(Generic[T]):
 
     def resolve(self, result: outcome.Outcome[T]) -> None:
         """Answer; never blocks.  A second answer, or a requester that gave up, is silently fine."""
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
             self._send.send_nowait(result)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-            pass
         self._send.close()
 
     def value(self, value: T) -> None:
@@ -47,21 +47,10 @@ class Reply(Generic[T]):
         """Answer with an error, to be raised in the requester."""
         self.resolve(outcome.Error(exc))
 
-    @property
-    def resolved(self) -> bool:
-        """Whether an answer was given (or the slot closed)."""
-        return self._send._closed  # noqa: SLF001  (trio exposes no public flag)
-
     async def wait(self) -> T:
         """The answer, raising the error it carries; cancellable like any trio wait."""
         with self._recv:
             return (await self._recv.receive()).unwrap()
-
-
-def open_mailbox(capacity: int, message_type: type[M]) -> tuple[trio.MemorySendChannel[M], trio.MemoryReceiveChannel[M]]:
-    """A bounded mailbox: senders wait when it is full, which is the backpressure."""
-    del message_type  # only for the type checker's benefit at call sites
-    return trio.open_memory_channel[M](capacity)
 
 
 def drain(mailbox: trio.MemoryReceiveChannel[M], first: M, limit: int) -> list[M]:

@@ -211,3 +211,26 @@ async def test_version_needs_no_agent(agent: RunningAgent) -> None:
         code, result = await run_plugin(agent.shim, cni_env("VERSION"), {"cniVersion": "1.0.0"})
     assert code == 0
     assert result["supportedVersions"] == list(VERSIONS)
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
+async def test_check_works_in_every_version_that_defines_it(agent: RunningAgent, version: str) -> None:
+    await agent.apply(POOL)
+    conf = netconf(agent.socket, version, default_ipv4_ippool=["net-a"])
+    with trio.fail_after(20):
+        _, result = await run_plugin(agent.shim, add_env(), conf)
+        assert await run_plugin(agent.shim, add_env(command="CHECK"), {**conf, "prevResult": result}) == (0, None)
+
+
+@pytest.mark.parametrize(
+    ("command", "version"),
+    [("CHECK", "0.3.0"), ("CHECK", "0.3.1"), ("GC", "1.0.0"), ("STATUS", "0.4.0")],
+)
+async def test_a_verb_the_spec_version_lacks_is_an_incompatible_version(
+    agent: RunningAgent, command: str, version: str
+) -> None:
+    conf = {**netconf(agent.socket, version), "cni.dev/valid-attachments": []}
+    with trio.fail_after(20):
+        code, error = await run_plugin(agent.shim, add_env(command=command), conf)
+    assert (code, error["code"]) == (1, 1)
+    assert command in error["msg"]
