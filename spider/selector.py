@@ -33,10 +33,7 @@ def label_key_problem(key: str) -> str | None:
         if not prefix:
             return f"label key {key!r} has an empty prefix"
         if len(prefix) > _PREFIX_MAX or not _DNS_SUBDOMAIN.fullmatch(prefix):
-            return (
-                f"label key prefix {prefix!r} must be "
-                f"a lower-case DNS subdomain of at most {_PREFIX_MAX} characters"
-            )
+            return f"label key prefix {prefix!r} must be a lower-case DNS subdomain of at most {_PREFIX_MAX} characters"
     if not name:
         return f"label key {key!r} has an empty name"
     if len(name) > _NAME_MAX or not _NAME.fullmatch(name):
@@ -313,9 +310,7 @@ def selector_from_label_selector(d: Mapping[str, Any]) -> Selector:
         raise InvalidInput(reason=f"a label selector must be an object, not {type(d).__name__}")
     unknown = sorted(set(d) - {"matchLabels", "matchExpressions"})
     if unknown:
-        raise InvalidInput(
-            reason=f"label selector has unknown fields {unknown} (known: matchLabels, matchExpressions)"
-        )
+        raise InvalidInput(reason=f"label selector has unknown fields {unknown} (known: matchLabels, matchExpressions)")
     requirements: list[Requirement] = []
     match_labels = d.get("matchLabels")
     match_labels = {} if match_labels is None else match_labels
@@ -323,9 +318,7 @@ def selector_from_label_selector(d: Mapping[str, Any]) -> Selector:
         raise InvalidInput(reason="label selector 'matchLabels' must be an object of strings")
     for key, value in match_labels.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise InvalidInput(
-                reason=f"label selector 'matchLabels' entry {key!r}: {value!r} is not a string pair"
-            )
+            raise InvalidInput(reason=f"label selector 'matchLabels' entry {key!r}: {value!r} is not a string pair")
         requirements.append(Requirement(key, Operator.EQUALS, frozenset({value})))
     expressions = d.get("matchExpressions")
     expressions = [] if expressions is None else expressions
