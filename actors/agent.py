@@ -24,6 +24,7 @@ from actors.plugin import Plugin
 from actors.sqlite import SqliteStore, default_store_path
 from actors.store import Store
 from actors.supervisor import Supervisor
+from actors.validating import ValidatingStore
 from spider.cni import DEFAULT_SOCKET
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
     """
     own_store = store is None
     if store is None:
-        store = await SqliteStore.open(settings.store_path)
+        store = ValidatingStore(await SqliteStore.open(settings.store_path))
     try:
         async with trio.open_nursery() as actors:
             registry = PoolRegistry(store, Supervisor(actors))

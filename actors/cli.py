@@ -22,6 +22,7 @@ from rich.table import Table
 
 from actors.sqlite import SqliteStore, default_store_path
 from actors.store import AlreadyExists, NotFound, Obj, Store, meta
+from actors.validating import ValidatingStore
 from spider.cni import DEFAULT_SOCKET
 from spider.endpoint import Endpoint
 from spider.errors import InvalidInput, SpiderError
@@ -30,11 +31,6 @@ from spider.pool import IPPool, PoolLedger, ReservedIP, reserved_set
 
 SHIM_SOURCE = Path(__file__).resolve().parent.parent / "cni" / "shim.py"
 
-# Validation at the door until the store layer validates every backend (issue 3): a bad pool never gets in.
-VALIDATORS: dict[str, Callable[[Obj], object]] = {
-    "SpiderIPPool": IPPool.from_object,
-    "SpiderReservedIP": ReservedIP.from_object,
-}
 
 
 def load_documents(target: str) -> Iterator[Obj]:
@@ -77,9 +73,6 @@ async def apply(store: Store, obj: Obj) -> str:
         m.setdefault("namespace", "default")
     else:
         m.pop("namespace", None)
-    validate = VALIDATORS.get(info.kind)
-    if validate is not None:
-        validate(obj)
     try:
         current = await store.get(info.kind, m["name"], m.get("namespace", ""))
     except NotFound:
@@ -107,7 +100,9 @@ async def apply(store: Store, obj: Obj) -> str:
         merged["status"] = obj["status"]
     if merged == current:
         return "unchanged"
-    await store.update(merged)
+    written = await store.update(merged)
+    if written["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"]:
+        return "unchanged"  # the store's defaults (mutation) made it the object it already had
     if "status" in obj and info.status_subresource and info.group == "":
         fresh = await store.get(info.kind, m["name"], m.get("namespace", ""))
         fresh["status"] = obj["status"]
@@ -201,7 +196,7 @@ def install_cni(bin_dir: Path, python: str = sys.executable) -> list[Path]:
 
 
 async def _with_store(path: Path, fn: Callable[[Store], Any]) -> Any:
-    store = await SqliteStore.open(path)
+    store = ValidatingStore(await SqliteStore.open(path))
     try:
         return await fn(store)
     finally:

@@ -27,6 +27,7 @@ from actors.agent import AgentSettings, open_agent
 from actors.cli import apply, console, install_cni, load_documents, print_table
 from actors.sqlite import SqliteStore
 from actors.store import Store
+from actors.validating import ValidatingStore
 from spider.pool import ReservedIP
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
@@ -129,7 +130,7 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
     bin_dir = work / "bin"
     install_cni(bin_dir)
     settings = AgentSettings(store_path=work / "store.db", socket_path=work / "agent.sock", node=socket.gethostname())
-    store = await SqliteStore.open(settings.store_path)
+    store = ValidatingStore(await SqliteStore.open(settings.store_path))
     pods: list[DemoPod] = []
     failures = 0
     made_namespaces: list[str] = []

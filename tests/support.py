@@ -25,6 +25,8 @@ from actors.agent import AgentSettings, open_agent
 from actors.api import AgentApi
 from actors.cli import apply, install_cni
 from actors.sqlite import SqliteStore
+from actors.store import Store
+from actors.validating import ValidatingStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = Path("/usr/lib/cni")
@@ -209,7 +211,7 @@ class RunningAgent:
     """An agent served in the test's own trio run, its store, socket and installed shim."""
 
     api: AgentApi
-    store: SqliteStore
+    store: Store
     socket: Path
     shim: Path
     dir: Path
@@ -227,7 +229,7 @@ class RunningAgent:
 async def running_agent(node: str = "node-1") -> AsyncIterator[RunningAgent]:
     """A fresh store, an agent on it, and the shim installed in a bin dir beside them."""
     with short_tmp() as d:
-        store = await SqliteStore.open(d / "store.db")
+        store = ValidatingStore(await SqliteStore.open(d / "store.db"))
         settings = AgentSettings(store_path=d / "store.db", socket_path=d / "agent.sock", node=node, grace=5)
         try:
             async with open_agent(settings, store) as api:

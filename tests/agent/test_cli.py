@@ -69,7 +69,7 @@ def test_an_invalid_pool_is_refused_with_a_clear_error_and_stores_nothing(store:
     bad["spec"] = {"subnet": "10.0.0.1/24", "ips": ["10.0.0.10"]}
     done = spider("apply", "-f", "-", "--store", str(store), stdin=json.dumps(bad))
     assert done.returncode == 1
-    assert "please change it to '10.0.0.0/24'" in done.stderr
+    assert "unformatted subnet 10.0.0.1/24, please change it to 10.0.0.0/24" in done.stderr
     assert json.loads(spider("get", "sp", "-o", "json", "--store", str(store)).stdout)["items"] == []
 
 

@@ -1,0 +1,92 @@
+"""Admission at the store layer: every create and update of a pool, subnet or reserved IP is mutated and
+validated (``spider.validation``) before it reaches any backend, so a bad object never gets in — with or
+without the optional admission webhook.
+
+Owns ``ValidatingStore``, a ``Store`` that wraps another one.  Reads, status writes and deletes pass through
+untouched (status is the agents' and the controller's, and deletion must never be blocked).  The cross-object
+rules read the other pools and subnets through the same store; like Spiderpool's webhook, two racing creates
+of overlapping pools on different machines can both pass that read, and the second one's addresses then
+never overlap at allocation time because each address lives in exactly one pool's record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+
+from actors.store import Invalid, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
+from spider.errors import InvalidSpec
+from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings, mutate, validate
+
+
+@attrs.define
+class ValidatingStore:
+    """A ``Store`` that applies Spiderpool's admission rules to writes of the kinds that have them."""
+
+    inner: Store
+    settings: AdmissionSettings = attrs.field(factory=AdmissionSettings)
+
+    async def _admit(self, obj: Obj, *, creating: bool) -> Obj:
+        kind, namespace, name = key_of(obj)
+        if kind not in KINDS:
+            return obj
+        old = None
+        if not creating:
+            try:
+                old = await self.inner.get(kind, name, namespace)
+            except NotFound:
+                old = None
+        subnets = (await self.inner.list(SUBNET)).items if kind == POOL else []
+        new = mutate(kind, obj, subnets)
+        if creating or old is None or not _same_spec(new, old):
+            existing: list[Obj] = []
+            if kind in (POOL, SUBNET):
+                existing = (await self.inner.list(POOL)).items + (await self.inner.list(SUBNET)).items
+            try:
+                validate(kind, new, old, existing, self.settings)
+            except InvalidSpec as exc:
+                raise Invalid(kind=kind, name=name, reason=exc.reason) from None
+        return new
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        """As the inner store."""
+        return await self.inner.get(kind, name, namespace)
+
+    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+        """As the inner store."""
+        return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)
+
+    async def create(self, obj: Obj) -> Obj:
+        """Mutate, validate, then create."""
+        return await self.inner.create(await self._admit(obj, creating=True))
+
+    async def update(self, obj: Obj) -> Obj:
+        """Mutate, validate against the stored object, then update."""
+        return await self.inner.update(await self._admit(obj, creating=False))
+
+    async def update_status(self, obj: Obj) -> Obj:
+        """Unchecked: status belongs to agents and the controller."""
+        return await self.inner.update_status(obj)
+
+    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+        """Unchecked: deletion is never blocked (finalizers hold what must be drained)."""
+        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
+
+    def watch(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""
+    ) -> AsyncIterator[WatchEvent]:
+        """As the inner store."""
+        return self.inner.watch(
+            kind, namespace=namespace, label_selector=label_selector, resource_version=resource_version
+        )
+
+    async def aclose(self) -> None:
+        """Closes the inner store."""
+        await self.inner.aclose()
+
+
+def _same_spec(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """An update that leaves spec and labels alone (finalizers, annotations) needs no validation."""
+    return new.get("spec") == old.get("spec")
