@@ -13,7 +13,7 @@ It never touches a database or socket directly: everything goes through the ``St
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -38,6 +38,7 @@ from spider.errors import (
 from spider.pool import KIND as POOL
 from spider.pool import IPPool, Owner, Route
 from spider.selection import NicRequest, PodContext, candidates, custom_routes, requested_pools
+from spider.workload import KUBEVIRT_API, controller_of, kubevirt_keeps, next_hop, pod_not_alive, statefulset_keeps
 
 log = logging.getLogger(__name__)
 
@@ -191,19 +192,37 @@ class PoolRegistry:
         return {name: attrs.asdict(actor.stats) for name, actor in self.actors.items()}
 
 
-def _alive(pod: Obj) -> str | None:
-    """Why the pod is not alive (reference §2.1 step 1), or ``None``."""
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    restart = (pod.get("spec") or {}).get("restartPolicy", "Always")
-    phase = status.get("phase", "")
-    if meta.get("deletionTimestamp"):
-        return "terminating"
-    if phase == "Succeeded" and restart != "Always":
-        return "succeeded"
-    if phase == "Failed" and (restart == "Never" or status.get("reason") == "Evicted"):
-        return "failed"
-    return None
+@attrs.frozen
+class IpamSettings:
+    """The agent's IPAM switches (Spiderpool's ``spiderpool-conf`` keys in brackets)."""
+
+    enable_statefulset: bool = True
+    """StatefulSet pods keep their addresses while their ordinal is valid [enableStatefulSet]."""
+    enable_kubevirt_static_ip: bool = True
+    """KubeVirt VM pods keep their addresses while the VM or VMI is valid [enableKubevirtStaticIP]."""
+    agent_namespace: str = "kube-system"
+    """The namespace of ``multusName`` entries and of the default network given without one."""
+    cluster_network: str = ""
+    """``MULTUS_CLUSTER_NETWORK``: the NetworkAttachmentDefinition of eth0 when a pod names none."""
+    endpoint_budget: float = 10.0
+    """Seconds an endpoint write may spend on conflicts before the request fails with CNI 11."""
+
+
+@attrs.frozen
+class Workload:
+    """What a pod belongs to, as far as its addresses are concerned."""
+
+    kind: str = "Pod"
+    name: str = ""
+    static: bool = False
+    """A StatefulSet or KubeVirt pod (feature on): its addresses outlive the pod."""
+    keeps: bool = False
+    """Static and still valid: a DEL keeps the addresses."""
+    endpoint_name: str = ""
+    """The SpiderEndpoint's (and pool records') name: the VMI's for KubeVirt, else the pod's."""
+
+
+STATIC_KINDS = ("StatefulSet", "VirtualMachineInstance")
 
 
 @attrs.define
@@ -213,10 +232,11 @@ class IpamService:
     store: Store
     pools: PoolRegistry
     node: str
-    endpoint_budget: float = 10.0
-    """Seconds an endpoint write may spend on conflicts before the request fails with CNI 11."""
+    settings: IpamSettings = attrs.field(factory=IpamSettings)
 
     async def _get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
+        if not name:
+            return None
         try:
             return await self.store.get(kind, name, namespace)
         except NotFound:
@@ -241,8 +261,47 @@ class IpamService:
                 "kubernetes.io/hostname": self.node,
                 **(((node or {}).get("metadata") or {}).get("labels") or {}),
             },
+            agent_namespace=self.settings.agent_namespace,
+            cluster_network=self.settings.cluster_network,
         )
         return ctx, pod
+
+    async def _workload(self, pod: Obj | None, namespace: str, name: str) -> Workload:
+        """Resolve the pod's top controller (reference §2.1 step 2) and whether its addresses are fixed."""
+        if pod is None:
+            return Workload("Pod", name, endpoint_name=name)
+        ctrl = controller_of(pod)
+        if ctrl is None:
+            return Workload("Pod", name, endpoint_name=name)
+        while (hop := next_hop(ctrl)) is not None:  # ReplicaSet -> Deployment, Job -> CronJob
+            owner = await self._get(hop, ctrl.name, namespace)
+            parent = controller_of(owner) if owner else None
+            if parent is None or parent.kind not in ("Deployment", "CronJob"):
+                break
+            ctrl = parent
+        if ctrl.kind == "StatefulSet" and ctrl.group == "apps" and self.settings.enable_statefulset:
+            sts = await self._get("StatefulSet", ctrl.name, namespace)
+            return Workload(ctrl.kind, ctrl.name, True, statefulset_keeps(sts, name), name)
+        if ctrl.kind == "VirtualMachineInstance" and ctrl.api_version == KUBEVIRT_API:
+            if self.settings.enable_kubevirt_static_ip:
+                return Workload(ctrl.kind, ctrl.name, True, await self._vm_keeps(namespace, ctrl.name), ctrl.name)
+            return Workload(ctrl.kind, ctrl.name, endpoint_name=ctrl.name)
+        return Workload(ctrl.kind, ctrl.name, endpoint_name=name)
+
+    async def _vm_keeps(self, namespace: str, vmi_name: str) -> bool:
+        vmi = await self._get("VirtualMachineInstance", vmi_name, namespace)
+        owner = controller_of(vmi) if vmi else None
+        vm = await self._get("VirtualMachine", owner.name if owner else vmi_name, namespace)
+        return kubevirt_keeps(vmi, vm)
+
+    async def _static_keeps(self, endpoint: Endpoint) -> bool:
+        """For a pod that is gone: whether its StatefulSet ordinal or VM is still valid."""
+        if endpoint.owner_controller_type == "StatefulSet" and self.settings.enable_statefulset:
+            sts = await self._get("StatefulSet", endpoint.owner_controller_name, endpoint.namespace)
+            return statefulset_keeps(sts, endpoint.name)
+        if endpoint.owner_controller_type == "VirtualMachineInstance" and self.settings.enable_kubevirt_static_ip:
+            return await self._vm_keeps(endpoint.namespace, endpoint.name)
+        return False
 
     async def _all_pools(self) -> dict[str, IPPool]:
         out = {}
@@ -256,60 +315,44 @@ class IpamService:
         return out
 
     async def allocate(self, req: AddRequest) -> list[NicResult]:
-        """Every NIC's addresses for this ADD (usually one NIC); idempotent for the same pod UID and NIC."""
+        """Every NIC's addresses for this ADD (usually one NIC); idempotent for the same pod UID and NIC.
+
+        Follows Spiderpool's order (reference §2.1): a same-name endpoint of another UID is either a fixed-IP
+        workload's (its addresses are re-owned, step 5) or a dead pod's (freed, step 6); a recorded NIC is
+        returned again; anything else is allocated fresh, all-or-nothing across NICs and families.
+        """
         ctx, pod = await self._pod_context(req.pod_namespace, req.pod_name, req.pod_uid)
-        if pod is not None and (why := _alive(pod)) is not None:
+        if pod is not None and (why := pod_not_alive(pod)) is not None:
             raise PodNotAlive(pod=f"{req.pod_namespace}/{req.pod_name}", reason=why)
+        workload = await self._workload(pod, req.pod_namespace, req.pod_name)
         uid = ctx.uid or req.container_id
+        ep_name = workload.endpoint_name or req.pod_name
 
         def owner_of(nic: str) -> Owner:
-            return Owner(uid, nic, req.pod_namespace, req.pod_name, req.container_id, self.node)
+            return Owner(uid, nic, req.pod_namespace, ep_name, req.container_id, self.node)
 
-        endpoint_obj = await self._get(ENDPOINT, req.pod_name, req.pod_namespace)
-        endpoint = Endpoint.from_object(endpoint_obj) if endpoint_obj else None
+        pools = await self._all_pools()
+        obj = await self._get(ENDPOINT, ep_name, req.pod_namespace)
+        endpoint = Endpoint.from_object(obj) if obj else None
         if endpoint is not None and endpoint.uid != uid:
-            # A same-name pod that is gone (issue #1187): free what the old UID still holds, start afresh.
-            await self._release_entries(endpoint, endpoint.nics, container_id="")
-            await self._drop_endpoint(endpoint)
-            endpoint = None
+            if workload.static:
+                endpoint = await self._adopt(endpoint, ctx, req, owner_of, pools)
+            else:  # a same-name pod that is gone (Spiderpool #1187): free what the old UID holds, start afresh
+                await self._release_entries(endpoint, endpoint.nics, container_id="")
+                await self._drop_endpoint(endpoint)
+                endpoint = None
 
         if endpoint is not None and (entry := endpoint.nic(req.ifname)) is not None:
-            # Repeated ADD: ask the same pools again; they return the address the owner holds.
-            requests = [
-                NicRequest(
-                    entry.interface,
-                    (entry.ipv4_pool,) if entry.ipv4_pool else (),
-                    (entry.ipv6_pool,) if entry.ipv6_pool else (),
-                    entry.clean_gateway,
-                    "endpoint",
-                )
-            ]
+            # Repeated ADD (or re-owned fixed IPs): ask the recorded pools again; they return what is held.
+            requests = [_recorded_request(e) for e in endpoint.nics if e.interface == entry.interface]
+            if workload.static:
+                requests = [_recorded_request(e) for e in endpoint.nics]
         else:
             requests = requested_pools(ctx, req.ifname, req.default_ipv4_pools, req.default_ipv6_pools)
             if endpoint is not None:  # NICs allocated by an earlier ADD of a multi-NIC pod keep theirs
                 requests = [r for r in requests if endpoint.nic(r.nic) is None or r.nic == req.ifname]
 
-        pools = await self._all_pools()
-        plans: list[tuple[NicRequest, int, list[IPPool]]] = []
-        for r in requests:
-            if r.source == "endpoint":
-                for version, names in ((4, r.ipv4), (6, r.ipv6)):
-                    if names:
-                        if names[0] not in pools:
-                            raise PoolNotFound(pool=names[0])
-                        plans.append((r, version, [pools[names[0]]]))
-                continue
-            for version in (4, 6):
-                found = candidates(r, version, ctx, pools)
-                if found:
-                    plans.append((r, version, found))
-            if not any(p[0] is r for p in plans):
-                raise NoAvailablePool(
-                    nic=r.nic,
-                    version=4,
-                    reason=f"no pool selection rules of any type are specified ({r.source})",
-                )
-
+        plans = _plans(requests, ctx, pools)
         made: list[tuple[str, Allocation]] = []
         results: dict[tuple[str, int], Allocation] = {}
         failures: list[SpiderError] = []
@@ -339,12 +382,45 @@ class IpamService:
             extra = tuple(rt for rt in routes if any(_gw_in(rt.gw, a.address) for a in allocs))
             nic_results.append(NicResult(r.nic, allocs, clean, tuple(x for a in allocs for x in a.routes) + extra))
         try:
-            await self._record(req, uid, ctx, nic_results)
+            await self._record(req, uid, ep_name, workload, nic_results)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._undo(made, uid, req.container_id)
             raise
         return nic_results
+
+    async def _adopt(
+        self,
+        endpoint: Endpoint,
+        ctx: PodContext,
+        req: AddRequest,
+        owner_of: Callable[[str], Owner],
+        pools: dict[str, IPPool],
+    ) -> Endpoint | None:
+        """Fixed IPs (reference §2.1 steps 4-5): the new pod of a StatefulSet ordinal or VM takes over the
+        addresses its predecessor held.  A NIC whose recorded pool is no longer a candidate for it is freed and
+        allocated afresh; so is one whose record is gone.  Returns the re-owned endpoint (``None`` if empty).
+        """
+        kept: list[NicAllocation] = []
+        for entry in endpoint.nics:
+            wanted = _still_candidates(ctx, entry, req, pools)
+            if not wanted:
+                await self._release_entries(endpoint, [entry], container_id="")
+                continue
+            adopted = True
+            for _version, pool, address in entry.pools():
+                handle = await self.pools.get(pool)
+                ip = address.partition("/")[0]
+                adopted &= await handle.adopt(ip, endpoint.uid, owner_of(entry.interface))
+            if adopted:
+                kept.append(attrs.evolve(entry, container_id=req.container_id))
+            else:
+                await self._release_entries(endpoint, [entry], container_id="")
+        renewed = attrs.evolve(endpoint, uid=owner_of("").pod_uid, node=self.node, nics=tuple(kept))
+        await self._write_endpoint(renewed, exists=True)
+        if not kept:
+            return None
+        return Endpoint.from_object(await self.store.get(ENDPOINT, endpoint.name, endpoint.namespace))
 
     async def _allocate_one(
         self,
@@ -366,9 +442,8 @@ class IpamService:
             made.append((owner.nic, allocation))
             return
         if len(exhausted) == 1:
-            raise PoolExhausted(
-                pool=exhausted[0], capacity=(await (await self.pools.get(exhausted[0])).inspect()).capacity
-            )
+            capacity = (await (await self.pools.get(exhausted[0])).inspect()).capacity
+            raise PoolExhausted(pool=exhausted[0], capacity=capacity)
         raise NoAvailablePool(nic=owner.nic, version=version, reason=f"all IP addresses used out in pools {exhausted}")
 
     async def _undo(self, made: list[tuple[str, Allocation]], uid: str, container_id: str) -> None:
@@ -377,67 +452,63 @@ class IpamService:
             handle = await self.pools.get(allocation.pool)
             await handle.release((uid, nic), container_id)
 
-    async def _record(self, req: AddRequest, uid: str, ctx: PodContext, results: list[NicResult]) -> None:
-        deadline = trio.current_time() + self.endpoint_budget
+    async def _record(
+        self, req: AddRequest, uid: str, ep_name: str, workload: Workload, results: list[NicResult]
+    ) -> None:
+        deadline = trio.current_time() + self.settings.endpoint_budget
         while True:
-            obj = await self._get(ENDPOINT, req.pod_name, req.pod_namespace)
+            obj = await self._get(ENDPOINT, ep_name, req.pod_namespace)
             endpoint = (
                 Endpoint.from_object(obj)
                 if obj
-                else Endpoint(req.pod_namespace, req.pod_name, uid, self.node, owner_controller_name=req.pod_name)
+                else Endpoint(req.pod_namespace, ep_name, uid, self.node, (), workload.kind, workload.name)
             )
             endpoint = attrs.evolve(endpoint, node=self.node)
             for r in results:
-                v4 = next((a for a in r.allocations if a.version == 4), None)
-                v6 = next((a for a in r.allocations if a.version == 6), None)
-                endpoint = endpoint.with_nic(
-                    NicAllocation(
-                        interface=r.nic,
-                        ipv4=v4.address if v4 else None,
-                        ipv6=v6.address if v6 else None,
-                        ipv4_pool=v4.pool if v4 else None,
-                        ipv6_pool=v6.pool if v6 else None,
-                        ipv4_gateway=v4.gateway if v4 else None,
-                        ipv6_gateway=v6.gateway if v6 else None,
-                        clean_gateway=r.clean_gateway,
-                        routes=r.routes,
-                        container_id=req.container_id,
-                        network=req.network,
-                    )
-                )
+                endpoint = endpoint.with_nic(_nic_allocation(r, req))
             if obj is not None and Endpoint.from_object(obj) == endpoint:
                 return
             try:
-                if obj is None:
-                    await self.store.create(endpoint.to_object())
-                else:
-                    await self.store.update(endpoint.to_object())
+                await self._write_endpoint(endpoint, exists=obj is not None)
                 return
             except (Conflict, AlreadyExists):
                 if trio.current_time() > deadline:
                     raise StaleWrite(
-                        kind=ENDPOINT,
-                        name=f"{req.pod_namespace}/{req.pod_name}",
-                        sent_version=endpoint.resource_version,
+                        kind=ENDPOINT, name=f"{req.pod_namespace}/{ep_name}", sent_version=endpoint.resource_version
                     ) from None
                 await trio.sleep(0.01)
+
+    async def _write_endpoint(self, endpoint: Endpoint, *, exists: bool) -> None:
+        if exists:
+            await self.store.update(endpoint.to_object())
+        else:
+            await self.store.create(endpoint.to_object())
 
     async def release(self, req: DelRequest) -> list[str]:
         """Free what this pod's sandbox holds (all its NICs, as Spiderpool); returns the freed addresses.
 
         Works from stored state alone and succeeds when there is nothing to free.  A live pod keeps its
-        addresses (sandbox re-creation), and a DEL from an older sandbox or an older pod of the same name
-        frees nothing.
+        addresses (sandbox re-creation); so does a StatefulSet pod whose ordinal is still valid and a KubeVirt
+        VM pod whose VM is; a DEL from an older sandbox or an older pod of the same name frees nothing.
         """
         pod = await self._get("Pod", req.pod_name, req.pod_namespace)
-        if pod is not None and _alive(pod) is None and pod["metadata"].get("uid") == req.pod_uid:
+        if pod is not None and pod_not_alive(pod) is None and pod["metadata"].get("uid") == req.pod_uid:
             return []
-        obj = await self._get(ENDPOINT, req.pod_name, req.pod_namespace)
+        workload = await self._workload(pod, req.pod_namespace, req.pod_name) if pod is not None else None
+        ep_name = workload.endpoint_name if workload else req.pod_name
+        obj = await self._get(ENDPOINT, ep_name, req.pod_namespace)
         if obj is None:
             return []
         endpoint = Endpoint.from_object(obj)
         if req.pod_uid and endpoint.uid != req.pod_uid:
             return []
+        if endpoint.owner_controller_type in STATIC_KINDS:
+            keeps = workload.keeps if workload and workload.static else await self._static_keeps(endpoint)
+            if keeps:
+                return []  # the next pod of this ordinal / VM takes the same addresses
+            freed = await self._release_entries(endpoint, endpoint.nics, container_id="")
+            await self._drop_endpoint(endpoint)
+            return freed
         mine = [n for n in endpoint.nics if not n.container_id or n.container_id == req.container_id]
         freed = await self._release_entries(endpoint, mine, req.container_id)
         await self._forget_entries(endpoint, {n.interface for n in mine})
@@ -460,7 +531,7 @@ class IpamService:
 
     async def _forget_entries(self, endpoint: Endpoint, interfaces: set[str]) -> None:
         """Remove entries from the endpoint, deleting it when none remain."""
-        deadline = trio.current_time() + self.endpoint_budget
+        deadline = trio.current_time() + self.settings.endpoint_budget
         while True:
             obj = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
             if obj is None:
@@ -487,6 +558,7 @@ class IpamService:
     async def _drop_endpoint(self, endpoint: Endpoint) -> None:
         obj = endpoint.to_object()
         obj["metadata"]["finalizers"] = []
+        obj["metadata"].pop("resourceVersion", None)
         try:
             await self.store.update(obj)
             await self.store.delete(ENDPOINT, endpoint.name, endpoint.namespace)
@@ -495,7 +567,7 @@ class IpamService:
 
     async def release_ips(self, req: DelRequest) -> list[str]:
         """``DELETE /v1/ipam/ips``: free every NIC of the pod's sandbox (after a detected conflict)."""
-        return await self.release(attrs.evolve(req, pod_uid=req.pod_uid))
+        return await self.release(req)
 
     async def endpoint(self, namespace: str, name: str) -> Endpoint | None:
         """The pod's SpiderEndpoint, if any."""
@@ -508,6 +580,78 @@ class IpamService:
         for name in names:
             out[name] = (await (await self.pools.get(name)).inspect()).free
         return out
+
+
+def _recorded_request(entry: NicAllocation) -> NicRequest:
+    """Ask again exactly the pools an endpoint entry records."""
+    return NicRequest(
+        entry.interface,
+        (entry.ipv4_pool,) if entry.ipv4_pool else (),
+        (entry.ipv6_pool,) if entry.ipv6_pool else (),
+        entry.clean_gateway,
+        "endpoint",
+    )
+
+
+def _plans(
+    requests: Sequence[NicRequest], ctx: PodContext, pools: dict[str, IPPool]
+) -> list[tuple[NicRequest, int, list[IPPool]]]:
+    """For each NIC and family asked for, the candidate pools in order."""
+    plans: list[tuple[NicRequest, int, list[IPPool]]] = []
+    for r in requests:
+        if r.source == "endpoint":
+            for version, names in ((4, r.ipv4), (6, r.ipv6)):
+                if names:
+                    if names[0] not in pools:
+                        raise PoolNotFound(pool=names[0])
+                    plans.append((r, version, [pools[names[0]]]))
+            continue
+        for version in (4, 6):
+            found = candidates(r, version, ctx, pools)
+            if found:
+                plans.append((r, version, found))
+        if not any(p[0] is r for p in plans):
+            raise NoAvailablePool(
+                nic=r.nic, version=4, reason=f"no pool selection rules of any type are specified ({r.source})"
+            )
+    return plans
+
+
+def _still_candidates(ctx: PodContext, entry: NicAllocation, req: AddRequest, pools: dict[str, IPPool]) -> bool:
+    """Whether every pool an entry records is still a candidate for its NIC (pool annotation unchanged)."""
+    try:
+        requests = requested_pools(ctx, entry.interface, req.default_ipv4_pools, req.default_ipv6_pools)
+    except SpiderError:
+        return False
+    request = next((r for r in requests if r.nic == entry.interface), None)
+    if request is None:
+        return False
+    for version, pool, _ in entry.pools():
+        try:
+            names = [p.name for p in candidates(request, version, ctx, pools)]
+        except SpiderError:
+            return False
+        if pool not in names:
+            return False
+    return True
+
+
+def _nic_allocation(r: NicResult, req: AddRequest) -> NicAllocation:
+    v4 = next((a for a in r.allocations if a.version == 4), None)
+    v6 = next((a for a in r.allocations if a.version == 6), None)
+    return NicAllocation(
+        interface=r.nic,
+        ipv4=v4.address if v4 else None,
+        ipv6=v6.address if v6 else None,
+        ipv4_pool=v4.pool if v4 else None,
+        ipv6_pool=v6.pool if v6 else None,
+        ipv4_gateway=v4.gateway if v4 else None,
+        ipv6_gateway=v6.gateway if v6 else None,
+        clean_gateway=r.clean_gateway,
+        routes=r.routes,
+        container_id=req.container_id,
+        network=req.network,
+    )
 
 
 def _gw_in(gw: str, address: str) -> bool:

@@ -69,13 +69,23 @@ class ReleaseIPs:
 
 
 @attrs.frozen
+class Adopt:
+    """Hand an address held by an earlier pod (``previous_uid``) of a fixed-IP workload to ``owner``."""
+
+    ip: str
+    previous_uid: str
+    owner: Owner
+    reply: Reply[bool]
+
+
+@attrs.frozen
 class Inspect:
     """A snapshot of the ledger as last persisted."""
 
     reply: Reply[PoolLedger]
 
 
-PoolMsg = Allocate | Release | ReleaseIPs | Inspect
+PoolMsg = Allocate | Release | ReleaseIPs | Adopt | Inspect
 
 
 @attrs.define
@@ -112,6 +122,12 @@ class PoolHandle:
         """Free each ``(ip, podUid)`` whose record still names that UID; returns how many were freed."""
         reply = Reply[int].open()
         await self._send(ReleaseIPs(ips, reply))
+        return await reply.wait()
+
+    async def adopt(self, ip: str, previous_uid: str, owner: Owner) -> bool:
+        """Re-own a fixed address for the workload's new pod; ``False`` when it is gone or someone else's."""
+        reply = Reply[bool].open()
+        await self._send(Adopt(ip, previous_uid, owner, reply))
         return await reply.wait()
 
     async def inspect(self) -> PoolLedger:
@@ -163,11 +179,18 @@ class PoolActor:
             obj = await self.store.get(KIND, self.name)
         except NotFound:
             raise PoolNotFound(pool=self.name) from None
-        ledger = PoolLedger.from_object(obj)  # parse first: the family decides which reservations apply
-        reservations = (await self.store.list("SpiderReservedIP")).items
-        reserved = reserved_set(ledger.pool.version, (ReservedIP.from_object(r) for r in reservations))
-        self._ledger = PoolLedger(ledger.pool, ledger.records, reserved)
+        self._ledger = PoolLedger.from_object(obj)
         self._version = obj["metadata"]["resourceVersion"]
+
+    async def _refresh_reserved(self, ledger: PoolLedger) -> None:
+        """SpiderReservedIPs apply to every pool of their family at allocation time: read them per batch."""
+        parsed = []
+        for obj in (await self.store.list("SpiderReservedIP")).items:
+            try:
+                parsed.append(ReservedIP.from_object(obj))
+            except SpiderError as exc:  # admission keeps bad ones out; one that slipped in must not stop us
+                log.warning("ignoring invalid SpiderReservedIP: %s", exc)
+        ledger.set_reserved(reserved_set(ledger.pool.version, parsed))
 
     async def _commit(self, batch: list[PoolMsg]) -> None:
         deadline = trio.current_time() + self.conflict_budget
@@ -177,6 +200,8 @@ class PoolActor:
                 if self._ledger is None:
                     await self._load()
                 assert self._ledger is not None
+                if any(isinstance(msg, Allocate) for msg in batch):
+                    await self._refresh_reserved(self._ledger)
                 results = [self._apply(self._ledger, msg) for msg in batch]
                 if any(changed for _, changed in results):
                     await self._write(self._ledger)
@@ -230,6 +255,9 @@ class PoolActor:
                 case ReleaseIPs(ips=ips):
                     count = sum(ledger.release_ip(ip_to_int(ip, ledger.pool.version), uid) for ip, uid in ips)
                     return outcome.Value(count), count > 0
+                case Adopt(ip=ip, previous_uid=previous_uid, owner=owner):
+                    held, changed = ledger.adopt(ip_to_int(ip, ledger.pool.version), previous_uid, owner)
+                    return outcome.Value(held), changed
                 case Inspect():
                     return outcome.Value(ledger.copy()), False
         except SpiderError as exc:

@@ -73,6 +73,29 @@ KINDS: tuple[Kind, ...] = (
     Kind("DaemonSet", "apps", "v1", "daemonsets", True, True, ("ds",)),
     Kind("Job", "batch", "v1", "jobs", True, True, ()),
     Kind("CronJob", "batch", "v1", "cronjobs", True, True, ("cj",)),
+    # KubeVirt: a VM pod's fixed addresses follow its VirtualMachineInstance / VirtualMachine (reference §2.11).
+    Kind("VirtualMachineInstance", "kubevirt.io", "v1", "virtualmachineinstances", True, True, ("vmi",)),
+    Kind("VirtualMachine", "kubevirt.io", "v1", "virtualmachines", True, True, ("vm",)),
+    # The controller's own objects: its leader-election Lease, the Secret holding the webhook's self-made CA
+    # and serving certificate, and the webhook configurations whose caBundle it fills in.
+    Kind("Lease", "coordination.k8s.io", "v1", "leases", True, False, ()),
+    Kind("Secret", "", "v1", "secrets", True, False, ()),
+    Kind(
+        "MutatingWebhookConfiguration",
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        False,
+        False,
+    ),
+    Kind(
+        "ValidatingWebhookConfiguration",
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        False,
+        False,
+    ),
 )
 
 _BY_KIND = {k.kind: k for k in KINDS}

@@ -27,6 +27,8 @@ ANNO_SUBNETS = "ipam.spidernet.io/subnets"
 ANNO_ROUTES = "ipam.spidernet.io/routes"
 ANNO_NS_DEFAULT_V4 = "ipam.spidernet.io/default-ipv4-ippool"
 ANNO_NS_DEFAULT_V6 = "ipam.spidernet.io/default-ipv6-ippool"
+ANNO_MULTUS_DEFAULT = "v1.multus-cni.io/default-network"
+ANNO_MULTUS_NETWORKS = "k8s.v1.cni.cncf.io/networks"
 
 
 @attrs.frozen
@@ -42,6 +44,10 @@ class PodContext:
     namespace_labels: Mapping[str, str] = attrs.field(factory=dict)
     namespace_annotations: Mapping[str, str] = attrs.field(factory=dict)
     node_labels: Mapping[str, str] = attrs.field(factory=dict)
+    agent_namespace: str = "kube-system"
+    """Where the agent runs: the namespace of a ``multusName`` or default network given without one."""
+    cluster_network: str = ""
+    """``MULTUS_CLUSTER_NETWORK``: the NetworkAttachmentDefinition of eth0 when the pod names none."""
 
 
 @attrs.frozen
@@ -171,8 +177,45 @@ def expand(names: Sequence[str], version: int, pools: Mapping[str, IPPool]) -> l
     return out
 
 
-def _reject(pool: IPPool, pod: PodContext, version: int) -> str | None:
-    """Why ``pool`` cannot serve this pod, or ``None``."""
+def _qualified(name: str, namespace: str) -> str:
+    return name if "/" in name else f"{namespace}/{name}"
+
+
+def multus_network(pod: PodContext, nic: str) -> str | None:
+    """The ``namespace/name`` of the NetworkAttachmentDefinition behind one of the pod's NICs, if known.
+
+    eth0 (or ``"0"``) is the default network: ``v1.multus-cni.io/default-network``, else the cluster network
+    of the agent's configuration.  Other NICs are found in ``k8s.v1.cni.cncf.io/networks`` (JSON or the
+    ``ns/name@ifname`` comma form) by interface name, unnamed entries being ``net1``, ``net2``... by position.
+    """
+    if nic in ("eth0", "0"):
+        default = pod.annotations.get(ANNO_MULTUS_DEFAULT) or pod.cluster_network
+        return _qualified(default, pod.agent_namespace) if default else None
+    raw = pod.annotations.get(ANNO_MULTUS_NETWORKS, "").strip()
+    if not raw:
+        return None
+    entries: list[tuple[str, str, str]] = []  # (namespace, name, interface)
+    if raw.startswith("["):
+        items = _json(raw, ANNO_MULTUS_NETWORKS)
+        if not isinstance(items, list):
+            raise InvalidInput(reason=f"{ANNO_MULTUS_NETWORKS} must be a list")
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InvalidInput(reason=f"{ANNO_MULTUS_NETWORKS} entries need a 'name'")
+            entries.append((str(item.get("namespace") or pod.namespace), item["name"], str(item.get("interface", ""))))
+    else:
+        for part in (p.strip() for p in raw.split(",") if p.strip()):
+            ref, _, iface = part.partition("@")
+            ns, _, name = ref.rpartition("/")
+            entries.append((ns or pod.namespace, name, iface))
+    for position, (ns, name, iface) in enumerate(entries, start=1):
+        if (iface or f"net{position}") == nic:
+            return f"{ns}/{name}"
+    return None
+
+
+def _reject(pool: IPPool, pod: PodContext, version: int, nic: str = "eth0") -> str | None:
+    """Why ``pool`` cannot serve this pod's NIC, or ``None``."""
     if pool.terminating:
         return "terminating"
     if pool.disable:
@@ -195,6 +238,11 @@ def _reject(pool: IPPool, pod: PodContext, version: int) -> str | None:
         return f"namespaceAffinity does not match namespace {pod.namespace!r}"
     if pool.pod_affinity is not None and not selector_from_label_selector(pool.pod_affinity).matches(pod.labels):
         return "podAffinity does not match the pod's labels"
+    if pool.multus_name:  # NB: only pools that set multusName look at Multus (Spiderpool before Aug 2025)
+        network = multus_network(pod, nic)
+        wanted = {_qualified(m, pod.agent_namespace) for m in pool.multus_name}
+        if network not in wanted:
+            return f"multusName {sorted(wanted)} does not match the NIC's network {network or 'none'}"
     return None
 
 
@@ -232,7 +280,7 @@ def candidates(request: NicRequest, version: int, pod: PodContext, pools: Mappin
         pool = pools.get(name)
         if pool is None:
             raise PoolNotFound(pool=name)
-        why = _reject(pool, pod, version)
+        why = _reject(pool, pod, version, request.nic)
         if why is None:
             kept.append(pool)
         else:

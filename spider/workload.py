@@ -1,0 +1,118 @@
+"""Who a pod belongs to, and whether its addresses must outlive it (reference §2.1 step 2, §2.10, §2.11).
+
+Owns the pure rules: whether a pod is alive, which owner reference is its controller, how ReplicaSets resolve
+to Deployments and Jobs to CronJobs, and when a StatefulSet ordinal or a KubeVirt VM/VMI is still valid (so
+its fixed addresses are kept across pod re-creation).  The agent walks the owner chain through the store and
+asks these functions at each step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+KUBEVIRT_API = "kubevirt.io/v1"
+CORE_GROUPS = ("", "apps", "batch")
+
+
+@attrs.frozen
+class Controller:
+    """An owner reference that is the object's controller."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str = ""
+
+    @property
+    def group(self) -> str:
+        """The API group (``""`` for the core group)."""
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def third_party(self) -> bool:
+        """Not a Kubernetes built-in workload (KubeVirt, OpenKruise, ...): used as-is, never walked further."""
+        return self.group not in CORE_GROUPS
+
+
+def controller_of(obj: Mapping[str, Any]) -> Controller | None:
+    """The owner reference with ``controller: true`` (or the only owner), if any."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    chosen = next((r for r in refs if r.get("controller")), refs[0] if len(refs) == 1 else None)
+    if not chosen:
+        return None
+    return Controller(
+        str(chosen.get("apiVersion", "")),
+        str(chosen.get("kind", "")),
+        str(chosen.get("name", "")),
+        chosen.get("uid", ""),
+    )
+
+
+def next_hop(controller: Controller) -> str | None:
+    """The kind whose controller must be looked up next: ReplicaSet -> Deployment, Job -> CronJob."""
+    if controller.kind == "ReplicaSet" and controller.group == "apps":
+        return "ReplicaSet"
+    if controller.kind == "Job" and controller.group == "batch":
+        return "Job"
+    return None
+
+
+def pod_not_alive(pod: Mapping[str, Any]) -> str | None:
+    """Why a pod is not alive (``IsPodAlive``), or ``None``: terminating, or finished for good."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    restart = (pod.get("spec") or {}).get("restartPolicy", "Always")
+    phase = status.get("phase", "")
+    if meta.get("deletionTimestamp"):
+        return "terminating"
+    if phase == "Succeeded" and restart != "Always":
+        return "succeeded"
+    if phase == "Failed" and (restart == "Never" or status.get("reason") == "Evicted"):
+        return "failed" if status.get("reason") != "Evicted" else "evicted"
+    return None
+
+
+_ORDINAL = re.compile(r"^(?P<set>.+)-(?P<ordinal>\d+)$")
+
+
+def statefulset_ordinal(pod_name: str, set_name: str) -> int | None:
+    """The ordinal of a StatefulSet pod (``web-3`` of ``web`` is 3), or ``None`` if the name is not one."""
+    match = _ORDINAL.match(pod_name)
+    if not match or match["set"] != set_name:
+        return None
+    return int(match["ordinal"])
+
+
+def statefulset_keeps(sts: Mapping[str, Any] | None, pod_name: str) -> bool:
+    """Whether a StatefulSet pod's addresses are kept: the set exists, is not deleting, and the ordinal is valid.
+
+    Valid means ``start <= ordinal < start + replicas``, ``start`` being ``spec.ordinals.start`` (default 0).
+    """
+    if sts is None or (sts.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    ordinal = statefulset_ordinal(pod_name, str((sts.get("metadata") or {}).get("name", "")))
+    if ordinal is None:
+        return False
+    spec = sts.get("spec") or {}
+    replicas = spec.get("replicas", 1)
+    start = (spec.get("ordinals") or {}).get("start", 0)
+    return bool(start <= ordinal < start + replicas)
+
+
+def kubevirt_keeps(vmi: Mapping[str, Any] | None, vm: Mapping[str, Any] | None) -> bool:
+    """Whether a KubeVirt VM's addresses are kept (``IsValidVMPod``).
+
+    The VMI exists and is not deleting: kept.  The VMI is deleting and no VM owns it: released.  The VMI is
+    gone: kept while its VM exists and is not deleting.
+    """
+    if vmi is not None:
+        if not (vmi.get("metadata") or {}).get("deletionTimestamp"):
+            return True
+        owner = controller_of(vmi)
+        if owner is None or owner.kind != "VirtualMachine":
+            return False
+    return vm is not None and not (vm.get("metadata") or {}).get("deletionTimestamp")
