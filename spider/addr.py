@@ -56,11 +56,17 @@ def parse_network(text: str, version: int | None = None, *, strict: bool = True)
 
 def parse_range(text: str, version: int) -> tuple[int, int]:
     """``a`` or ``a-b`` (no spaces, ``a <= b``, one family) as an inclusive integer interval."""
-    if text != text.strip() or " " in text:
+    if any(c.isspace() for c in text):
         raise ValueError(f"IP range {text!r} must not contain spaces")
     first, sep, last = text.partition("-")
-    start = ip_to_int(first, version)
-    end = ip_to_int(last, version) if sep else start
+    try:
+        start = ip_to_int(first, version)
+        end = ip_to_int(last, version) if sep else start
+    except ValueError as exc:
+        if not sep:
+            raise
+        # NB: name the whole entry; "'' is not an IP address" alone does not say which of many is wrong
+        raise ValueError(f"IP range {text!r}: {exc}") from None
     if start > end:
         raise ValueError(f"IP range {text!r} starts after it ends")
     return start, end

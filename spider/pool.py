@@ -47,14 +47,25 @@ def _routes(name: str, kind: str, raw: object, version: int, subnet: IPNetwork) 
     out: list[Route] = []
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("dst"), str) or not isinstance(item.get("gw"), str):
-            raise InvalidSpec(kind=kind, name=name, reason=f"route {item!r} needs string 'dst' and 'gw'")
+            raise InvalidSpec(kind=kind, name=name, reason=f"'spec.routes' entry {item!r} needs string 'dst' and 'gw'")
         try:
             dst = parse_network(item["dst"], version)
             gw = parse_ip(item["gw"], version)
         except ValueError as exc:
-            raise InvalidSpec(kind=kind, name=name, reason=f"route {item!r}: {exc}") from None
+            raise InvalidSpec(kind=kind, name=name, reason=f"'spec.routes' entry {item!r}: {exc}") from None
         if gw not in subnet:
-            raise InvalidSpec(kind=kind, name=name, reason=f"route gateway {item['gw']!r} is not in {subnet}")
+            raise InvalidSpec(
+                kind=kind, name=name, reason=f"'spec.routes' gateway {item['gw']!r} is not in subnet {subnet}"
+            )
+        # Spiderpool's webhook rules (reference §1.1): the default route comes from 'spec.gateway' only, and
+        # one destination has one route; either would give the pod two conflicting routes.
+        if dst.prefixlen == 0:
+            why = "please specify 'spec.gateway' to configure the default route"
+            raise InvalidSpec(kind=kind, name=name, reason=f"'spec.routes' entry {item!r}: {why}")
+        if any(r.dst == str(dst) for r in out):
+            raise InvalidSpec(
+                kind=kind, name=name, reason=f"'spec.routes' has a duplicate route with the dst {str(dst)!r}"
+            )
         out.append(Route(str(dst), str(gw)))
     return tuple(out)
 
@@ -114,7 +125,7 @@ class IPPool:
         try:
             subnet = parse_network(subnet_text, version if version in (4, 6) else None)
         except ValueError as exc:
-            raise bad(str(exc)) from None
+            raise bad(f"'spec.subnet': {exc}") from None
         if version is None:
             version = subnet.version
         elif version not in (4, 6):
@@ -122,9 +133,12 @@ class IPPool:
         whole = IPSet.from_network(subnet)
         try:
             ips = IPSet.parse(version, _str_list(name, KIND, "ips", spec.get("ips")))
+        except ValueError as exc:
+            raise bad(f"'spec.ips': {exc}") from None
+        try:
             exclude = IPSet.parse(version, _str_list(name, KIND, "excludeIPs", spec.get("excludeIPs")))
         except ValueError as exc:
-            raise bad(str(exc)) from None
+            raise bad(f"'spec.excludeIPs': {exc}") from None
         if not ips.issubset(whole):
             raise bad(f"'spec.ips' {ips.difference(whole).to_strings()} do not match base subnet {subnet}")
         if not exclude.issubset(whole):
@@ -301,9 +315,7 @@ def encode_allocated(version: int, records: Mapping[int, Record]) -> str | None:
     """The ``allocatedIPs`` JSON string, addresses in ascending order; ``None`` when empty (Spiderpool)."""
     if not records:
         return None
-    return json.dumps(
-        {int_to_ip(ip, version): records[ip].to_json() for ip in sorted(records)}, separators=(",", ":")
-    )
+    return json.dumps({int_to_ip(ip, version): records[ip].to_json() for ip in sorted(records)}, separators=(",", ":"))
 
 
 class PoolLedger:
@@ -333,6 +345,14 @@ class PoolLedger:
         except InvalidSpec as exc:
             raise InvalidSpec(kind=KIND, name=pool.name, reason=exc.reason) from None
         return cls(pool, records, reserved)
+
+    def set_reserved(self, reserved: IPSet) -> None:
+        """Apply a new set of reserved addresses; addresses already held stay held (Spiderpool §1.3)."""
+        if reserved == self.reserved:
+            return
+        self.reserved = reserved
+        self.allocatable = self.pool.allocatable(reserved)
+        self._hint = self.allocatable.ranges[0][0] if self.allocatable else 0
 
     def copy(self) -> PoolLedger:
         """An independent snapshot."""
@@ -397,6 +417,22 @@ class PoolLedger:
             return None  # NB: a later sandbox of the same pod holds it now; this release is stale
         self._drop(ip)
         return ip
+
+    def adopt(self, ip: int, previous_uid: str, owner: Owner) -> tuple[bool, bool]:
+        """Fixed IPs: give ``owner`` the address an earlier pod of the same StatefulSet ordinal or VM held.
+
+        Returns ``(held, changed)``: whether ``owner`` now holds it, and whether the ledger changed.  An address
+        that is gone, or held by another workload's pod, is not taken.
+        """
+        rec = self.records.get(ip)
+        if rec is None or rec.pod_uid not in (previous_uid, owner.pod_uid) or rec.pod != owner.pod:
+            return False, False
+        new = Record.for_owner(owner)
+        if rec == new:
+            return True, False
+        self._drop(ip)
+        self._put(ip, new)
+        return True, True
 
     def release_ip(self, ip: int, pod_uid: str) -> bool:
         """Free one address if its record still names ``pod_uid`` (GC and the consistency check)."""
