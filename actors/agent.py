@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from actors.api import AgentApi
-from actors.ipam import IpamService, PoolRegistry
+from actors.ipam import IpamService, IpamSettings, PoolRegistry
 from actors.plugin import Plugin
 from actors.sqlite import SqliteStore, default_store_path
 from actors.store import Store
@@ -42,6 +42,10 @@ class AgentSettings:
     """The node this agent serves; pools' node affinity and endpoints use it."""
     grace: float = 30.0
     """Seconds requests in flight may take to finish after SIGTERM."""
+    release_cooldown: float = 0.0
+    """Seconds a released address rests before any pool reuses it (a pool's annotation overrides it); 0: at once."""
+    ipam: IpamSettings = attrs.field(factory=IpamSettings)
+    """StatefulSet / KubeVirt fixed IPs, Multus defaults (Spiderpool's configmap switches)."""
 
 
 @asynccontextmanager
@@ -55,8 +59,8 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
         store = ValidatingStore(await SqliteStore.open(settings.store_path))
     try:
         async with trio.open_nursery() as actors:
-            registry = PoolRegistry(store, Supervisor(actors))
-            ipam = IpamService(store, registry, settings.node)
+            registry = PoolRegistry(store, Supervisor(actors), default_cooldown=settings.release_cooldown)
+            ipam = IpamService(store, registry, settings.node, settings.ipam)
             api = AgentApi(ipam, Plugin(ipam), grace=settings.grace)
             async with trio.open_nursery() as server:
                 await server.start(api.serve, settings.socket_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -205,8 +206,16 @@ async def _with_store(path: Path, fn: Callable[[Store], Any]) -> Any:
 
 def _cmd_agent(args: argparse.Namespace) -> int:
     from actors.agent import AgentSettings, run_agent
+    from actors.ipam import IpamSettings
 
     kwargs: dict[str, Any] = {"store_path": args.store, "socket_path": args.socket}
+    kwargs["release_cooldown"] = args.release_cooldown
+    kwargs["ipam"] = IpamSettings(
+        enable_statefulset=not args.no_statefulset_ips,
+        enable_kubevirt_static_ip=not args.no_kubevirt_ips,
+        agent_namespace=args.agent_namespace,
+        cluster_network=args.cluster_network,
+    )
     if args.node:
         kwargs["node"] = args.node
     trio.run(run_agent, AgentSettings(**kwargs))
@@ -301,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     with_store(p)
     p.add_argument("--socket", type=Path, default=Path(DEFAULT_SOCKET), help=f"unix socket (default {DEFAULT_SOCKET})")
     p.add_argument("--node", default="", help="node name (default: host name)")
+    p.add_argument(
+        "--release-cooldown", type=float, default=0.0, metavar="SECONDS",
+        help="rest released addresses this long before reuse, oldest first (default 0: reuse at once)",
+    )
+    p.add_argument("--no-statefulset-ips", action="store_true", help="StatefulSet pods do not keep their addresses")
+    p.add_argument("--no-kubevirt-ips", action="store_true", help="KubeVirt VM pods do not keep their addresses")
+    p.add_argument(
+        "--namespace", dest="agent_namespace", default=os.environ.get("SPIDERPOOL_NAMESPACE", "kube-system"),
+        help="the agent's namespace: where multusName entries without one live (env SPIDERPOOL_NAMESPACE)",
+    )
+    p.add_argument(
+        "--cluster-network", default=os.environ.get("MULTUS_CLUSTER_NETWORK", ""),
+        help="Multus' cluster network for eth0 (env MULTUS_CLUSTER_NETWORK)",
+    )
     p.set_defaults(func=_cmd_agent)
 
     p = sub.add_parser("apply", help="create or update objects from YAML/JSON files or directories")

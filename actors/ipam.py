@@ -168,6 +168,8 @@ class PoolRegistry:
     handles: dict[str, PoolHandle] = attrs.field(factory=dict)
     actors: dict[str, PoolActor] = attrs.field(factory=dict)
     _starting: dict[str, trio.Event] = attrs.field(factory=dict)
+    default_cooldown: float = 0.0
+    """Seconds released addresses rest before reuse, for pools that do not say (``--release-cooldown``)."""
 
     async def get(self, name: str) -> PoolHandle:
         """The handle of the pool's actor, starting the actor if needed."""
@@ -179,7 +181,7 @@ class PoolRegistry:
             return self.handles[name]
         self._starting[name] = event = trio.Event()
         try:
-            handle, actor = open_pool(name, self.store)
+            handle, actor = open_pool(name, self.store, default_cooldown=self.default_cooldown)
             await self.supervisor.start(f"pool/{name}", actor.run)
             self.handles[name], self.actors[name] = handle, actor
         finally:

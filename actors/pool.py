@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -153,6 +155,10 @@ class PoolActor:
     max_batch: int = 256
     conflict_budget: float = 20.0
     """Seconds a batch may spend losing write races before it fails with ``StaleWrite`` (CNI 11)."""
+    default_cooldown: float = 0.0
+    """Seconds a released address rests before reuse, unless the pool says otherwise (0: reuse at once)."""
+    clock: Callable[[], float] = time.time
+    """Wall-clock seconds: release times are compared across agents on different machines."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
     _ledger: PoolLedger | None = None
     _version: str = ""
@@ -244,16 +250,18 @@ class PoolActor:
         try:
             match msg:
                 case Allocate(owner=owner):
-                    ip, changed = ledger.allocate(owner)
+                    cooldown = ledger.pool.cooldown if ledger.pool.cooldown is not None else self.default_cooldown
+                    ip, changed = ledger.allocate(owner, now=self.clock(), cooldown=cooldown)
                     pool = ledger.pool
                     return outcome.Value(
                         Allocation(pool.name, pool.version, ledger.address(ip), pool.gateway, pool.routes)
                     ), changed
                 case Release(key=key, container_id=container_id):
-                    freed = ledger.release(key, container_id)
+                    freed = ledger.release(key, container_id, now=self.clock())
                     return outcome.Value(None if freed is None else ledger.address(freed)), freed is not None
                 case ReleaseIPs(ips=ips):
-                    count = sum(ledger.release_ip(ip_to_int(ip, ledger.pool.version), uid) for ip, uid in ips)
+                    now = self.clock()
+                    count = sum(ledger.release_ip(ip_to_int(ip, ledger.pool.version), uid, now=now) for ip, uid in ips)
                     return outcome.Value(count), count > 0
                 case Adopt(ip=ip, previous_uid=previous_uid, owner=owner):
                     held, changed = ledger.adopt(ip_to_int(ip, ledger.pool.version), previous_uid, owner)
@@ -265,7 +273,9 @@ class PoolActor:
         raise AssertionError(f"unhandled message {msg!r}")
 
 
-def open_pool(name: str, store: Store, *, max_batch: int = 256) -> tuple[PoolHandle, PoolActor]:
+def open_pool(
+    name: str, store: Store, *, max_batch: int = 256, default_cooldown: float = 0.0
+) -> tuple[PoolHandle, PoolActor]:
     """A handle and its actor; the mailbox outlives any one ``run()``, so handles survive restarts."""
     send, recv = trio.open_memory_channel[PoolMsg](max_batch)
-    return PoolHandle(name, send), PoolActor(name, store, recv, max_batch)
+    return PoolHandle(name, send), PoolActor(name, store, recv, max_batch, default_cooldown=default_cooldown)

@@ -121,8 +121,15 @@ class PoolExhausted(AllocationError):
     cni_code = CNI_POOL_EXHAUSTED
     pool: str
     capacity: int
+    cooling: int = 0
+    """Free addresses that are still in their release cooldown."""
 
     def __str__(self) -> str:
+        if self.cooling:
+            return (
+                f"pool {self.pool!r} is exhausted: the {self.cooling} free addresses are all still cooling down "
+                f"after release (capacity {self.capacity})"
+            )
         return f"pool {self.pool!r} is exhausted: all IP addresses used out (capacity {self.capacity})"
 
 

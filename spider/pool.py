@@ -25,6 +25,8 @@ from spider.addr import IPNetwork, IPSet, int_to_ip, ip_to_int, parse_ip, parse_
 from spider.errors import InvalidSpec, PoolExhausted
 
 KIND = "SpiderIPPool"
+ANNO_COOLDOWN = "ipam.spider.io/release-cooldown-seconds"
+"""Ours: seconds a released address rests before this pool hands it out again (overrides the agent's)."""
 
 
 @attrs.frozen
@@ -107,6 +109,8 @@ class IPPool:
     pod_affinity: Mapping[str, Any] | None = None
     terminating: bool = False
     labels: Mapping[str, str] = attrs.field(factory=dict)
+    cooldown: float | None = None
+    """Seconds before a released address is reused (annotation ``ANNO_COOLDOWN``); ``None``: the agent's."""
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> IPPool:
@@ -152,6 +156,14 @@ class IPPool:
             if gw not in subnet:
                 raise bad(f"'spec.gateway' {gateway!r} is not in subnet {subnet}")
             gateway = str(gw)
+        cooldown = (meta.get("annotations") or {}).get(ANNO_COOLDOWN)
+        if cooldown is not None:
+            try:
+                cooldown = float(cooldown)
+                if cooldown < 0:
+                    raise ValueError("negative")
+            except ValueError:
+                raise bad(f"annotation {ANNO_COOLDOWN} must be a number of seconds >= 0, not {cooldown!r}") from None
         return cls(
             name=name,
             version=version,
@@ -170,6 +182,7 @@ class IPPool:
             pod_affinity=_selector(name, KIND, "podAffinity", spec.get("podAffinity")),
             terminating=bool(meta.get("deletionTimestamp")),
             labels=dict(meta.get("labels") or {}),
+            cooldown=cooldown,
         )
 
     @property
@@ -297,6 +310,35 @@ class Record:
         )
 
 
+@attrs.frozen
+class Released:
+    """Who held an address last, and when they let it go (``status.releasedIPs``, ours)."""
+
+    at: float
+    pod: str
+    pod_uid: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"pod", "podUid", "releasedAt"}`` with ``releasedAt`` in Unix seconds."""
+        return {"pod": self.pod, "podUid": self.pod_uid, "releasedAt": round(self.at, 3)}
+
+
+def decode_released(version: int, raw: object) -> dict[int, Released]:
+    """``status.releasedIPs`` as a map from address to its last holder; a corrupt value is dropped."""
+    if not isinstance(raw, str) or not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+        return {
+            ip_to_int(ip, version): Released(
+                float(r.get("releasedAt", 0)), str(r.get("pod", "")), str(r.get("podUid", ""))
+            )
+            for ip, r in data.items()
+        }
+    except (ValueError, TypeError, AttributeError):
+        return {}  # NB: only the reuse order depends on it; losing it never frees or doubles an address
+
+
 def decode_allocated(version: int, raw: object) -> dict[int, Record]:
     """``status.allocatedIPs`` (a JSON string, or absent) as a map from address to record."""
     if raw in (None, ""):
@@ -326,8 +368,15 @@ class PoolLedger:
     the lowest free allocatable address.
     """
 
-    def __init__(self, pool: IPPool, records: Mapping[int, Record] | None = None, reserved: IPSet | None = None):
+    def __init__(
+        self,
+        pool: IPPool,
+        records: Mapping[int, Record] | None = None,
+        reserved: IPSet | None = None,
+        released: Mapping[int, Released] | None = None,
+    ):
         self.pool = pool
+        self.released: dict[int, Released] = dict(released or {})
         self.reserved = reserved if reserved is not None else IPSet(pool.version)
         self.allocatable = pool.allocatable(self.reserved)
         self.records: dict[int, Record] = dict(records or {})
@@ -340,11 +389,12 @@ class PoolLedger:
     def from_object(cls, obj: Mapping[str, Any], reserved: IPSet | None = None) -> PoolLedger:
         """A ledger from a stored SpiderIPPool (spec and status)."""
         pool = IPPool.from_object(obj)
+        status = obj.get("status") or {}
         try:
-            records = decode_allocated(pool.version, (obj.get("status") or {}).get("allocatedIPs"))
+            records = decode_allocated(pool.version, status.get("allocatedIPs"))
         except InvalidSpec as exc:
             raise InvalidSpec(kind=KIND, name=pool.name, reason=exc.reason) from None
-        return cls(pool, records, reserved)
+        return cls(pool, records, reserved, decode_released(pool.version, status.get("releasedIPs")))
 
     def set_reserved(self, reserved: IPSet) -> None:
         """Apply a new set of reserved addresses; addresses already held stay held (Spiderpool §1.3)."""
@@ -356,7 +406,7 @@ class PoolLedger:
 
     def copy(self) -> PoolLedger:
         """An independent snapshot."""
-        return PoolLedger(self.pool, self.records, self.reserved)
+        return PoolLedger(self.pool, self.records, self.reserved, self.released)
 
     @property
     def capacity(self) -> int:
@@ -381,12 +431,13 @@ class PoolLedger:
         for ip in sorted(self.records):
             yield ip, self.records[ip]
 
-    def allocate(self, owner: Owner) -> tuple[int, bool]:
+    def allocate(self, owner: Owner, *, now: float = 0.0, cooldown: float = 0.0) -> tuple[int, bool]:
         """The address for ``owner`` and whether the ledger changed.
 
         A repeated request returns the address the owner already holds (its record is refreshed with the
         new container and node, so a late DEL of the old sandbox cannot free it).  Otherwise the lowest free
-        allocatable address is taken.
+        allocatable address is taken; with a ``cooldown`` (seconds) never-used addresses go first, then
+        released ones in the order they were released (FIFO), each only ``cooldown`` seconds after its release.
         """
         ip = self.lookup(owner.key)
         if ip is not None:
@@ -396,15 +447,37 @@ class PoolLedger:
             self._drop(ip)
             self._put(ip, new)
             return ip, True
+        if cooldown > 0:
+            return self._allocate_resting(owner, now, cooldown), True
         for candidate in self.allocatable.iter_from(self._hint):
             if candidate not in self.records:
-                self._put(candidate, Record.for_owner(owner))
+                self._take(candidate, owner)
                 self._hint = candidate + 1
                 return candidate, True
         self._hint = self.allocatable.ranges[-1][1] + 1 if self.allocatable else 0
         raise PoolExhausted(pool=self.pool.name, capacity=self.capacity)
 
-    def release(self, key: tuple[str, str], container_id: str = "") -> int | None:
+    def _allocate_resting(self, owner: Owner, now: float, cooldown: float) -> int:
+        # NB: _hint stays put here: released addresses above it are skipped, not held.
+        for candidate in self.allocatable.iter_from(self._hint):
+            if candidate not in self.records and candidate not in self.released:
+                self._take(candidate, owner)
+                return candidate
+        waiting = [
+            (rel.at, ip) for ip, rel in self.released.items() if ip in self.allocatable and ip not in self.records
+        ]
+        ready = [item for item in waiting if item[0] <= now - cooldown]
+        if not ready:
+            raise PoolExhausted(pool=self.pool.name, capacity=self.capacity, cooling=len(waiting))
+        _, ip = min(ready)
+        self._take(ip, owner)
+        return ip
+
+    def _take(self, ip: int, owner: Owner) -> None:
+        self._put(ip, Record.for_owner(owner))
+        self.released.pop(ip, None)
+
+    def release(self, key: tuple[str, str], container_id: str = "", *, now: float = 0.0) -> int | None:
         """Free the owner's address if it still holds it; with ``container_id``, only if that sandbox does.
 
         Returns the freed address, or ``None`` when nothing matched (a no-op, as a DEL must be).
@@ -415,7 +488,7 @@ class PoolLedger:
         rec = self.records[ip]
         if container_id and rec.container_id and rec.container_id != container_id:
             return None  # NB: a later sandbox of the same pod holds it now; this release is stale
-        self._drop(ip)
+        self._free(ip, now)
         return ip
 
     def adopt(self, ip: int, previous_uid: str, owner: Owner) -> tuple[bool, bool]:
@@ -434,13 +507,18 @@ class PoolLedger:
         self._put(ip, new)
         return True, True
 
-    def release_ip(self, ip: int, pod_uid: str) -> bool:
+    def release_ip(self, ip: int, pod_uid: str, *, now: float = 0.0) -> bool:
         """Free one address if its record still names ``pod_uid`` (GC and the consistency check)."""
         rec = self.records.get(ip)
         if rec is None or rec.pod_uid != pod_uid:
             return False
-        self._drop(ip)
+        self._free(ip, now)
         return True
+
+    def _free(self, ip: int, now: float) -> None:
+        rec = self.records[ip]
+        self._drop(ip)
+        self.released[ip] = Released(now, rec.pod, rec.pod_uid)
 
     def _put(self, ip: int, rec: Record) -> None:
         self.records[ip] = rec
@@ -467,4 +545,9 @@ class PoolLedger:
         encoded = encode_allocated(self.pool.version, self.records)
         if encoded is not None:
             status["allocatedIPs"] = encoded
+        if self.released:
+            status["releasedIPs"] = json.dumps(
+                {int_to_ip(ip, self.pool.version): self.released[ip].to_json() for ip in sorted(self.released)},
+                separators=(",", ":"),
+            )
         return status

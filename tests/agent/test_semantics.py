@@ -628,3 +628,19 @@ async def test_d00003_a_wrong_gateway_or_route_is_refused(agent: RunningAgent) -
         await agent.apply(
             pool_object("rt", "10.23.0.0/24", ["10.23.0.10"], routes=[{"dst": "0.0.0.0/0", "gw": "10.23.0.1"}])
         )
+
+
+# --- release cooldown ----------------------------------------------------------------------------------------------
+
+
+async def test_a_pool_with_a_cooldown_does_not_hand_a_released_address_out_again_at_once(agent: RunningAgent) -> None:
+    resting = pool_object("resting", "10.24.0.0/24", ["10.24.0.10"])
+    resting["metadata"]["annotations"] = {"ipam.spider.io/release-cooldown-seconds": "3600"}
+    await agent.apply(resting, pod("p"), pod("q"))
+    assert (await add(agent, "p", defaultIPv4IPPool=["resting"]))[0] == 200
+    await kill(agent, "p")
+    status, message = await add(agent, "q", defaultIPv4IPPool=["resting"])
+    assert status == 500
+    assert "still cooling down" in message
+    released = json.loads((await agent.pool_status("resting"))["releasedIPs"])
+    assert released["10.24.0.10"]["pod"] == "default/p"
