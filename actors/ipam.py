@@ -432,21 +432,22 @@ class IpamService:
         results: dict[tuple[str, int], Allocation],
         made: list[tuple[str, Allocation]],
     ) -> None:
-        exhausted: list[str] = []
+        exhausted: list[PoolExhausted] = []
         for pool in found:
             handle = await self.pools.get(pool.name)
             try:
                 allocation = await handle.allocate(owner)
-            except PoolExhausted:
-                exhausted.append(pool.name)
+            except PoolExhausted as exc:
+                exhausted.append(exc)
                 continue
             results[(owner.nic, version)] = allocation
             made.append((owner.nic, allocation))
             return
         if len(exhausted) == 1:
-            capacity = (await (await self.pools.get(exhausted[0])).inspect()).capacity
-            raise PoolExhausted(pool=exhausted[0], capacity=capacity)
-        raise NoAvailablePool(nic=owner.nic, version=version, reason=f"all IP addresses used out in pools {exhausted}")
+            raise exhausted[0]
+        raise NoAvailablePool(
+            nic=owner.nic, version=version, reason=f"all IP addresses used out in pools {[e.pool for e in exhausted]}"
+        )
 
     async def _undo(self, made: list[tuple[str, Allocation]], uid: str, container_id: str) -> None:
         """All-or-nothing: give back what this call took (only if the same sandbox still holds it)."""
