@@ -124,10 +124,14 @@ def mutate(kind: str, obj: Mapping[str, Any], subnets: Sequence[Mapping[str, Any
         finalizers = meta.setdefault("finalizers", [])
         if FINALIZER not in finalizers:
             finalizers.append(FINALIZER)
-    version = spec.get("ipVersion") if spec.get("ipVersion") in (4, 6) else _family_of(spec)
+    version = spec.get("ipVersion")
     if version is None:
-        return out
-    spec["ipVersion"] = version
+        version = _family_of(spec)
+        if version is None:
+            return out
+        spec["ipVersion"] = version
+    elif version not in (4, 6):
+        return out  # NB: only a missing version is derived; a wrong one is for validate() to name
     for field in ("ips", "excludeIPs"):
         if field in spec and spec[field] is not None:
             merged = _merged(version, spec[field])
