@@ -170,6 +170,8 @@ class PoolRegistry:
     _starting: dict[str, trio.Event] = attrs.field(factory=dict)
     default_cooldown: float = 0.0
     """Seconds released addresses rest before reuse, for pools that do not say (``--release-cooldown``)."""
+    conflict_budget: float = 20.0
+    """Seconds a pool's batch may keep losing write races before it fails with CNI 11 (``--conflict-budget``)."""
 
     async def get(self, name: str) -> PoolHandle:
         """The handle of the pool's actor, starting the actor if needed."""
@@ -182,6 +184,7 @@ class PoolRegistry:
         self._starting[name] = event = trio.Event()
         try:
             handle, actor = open_pool(name, self.store, default_cooldown=self.default_cooldown)
+            actor.conflict_budget = self.conflict_budget
             await self.supervisor.start(f"pool/{name}", actor.run)
             self.handles[name], self.actors[name] = handle, actor
         finally:
@@ -355,6 +358,7 @@ class IpamService:
                 requests = [r for r in requests if endpoint.nic(r.nic) is None or r.nic == req.ifname]
 
         plans = _plans(requests, ctx, pools)
+        routes = custom_routes(ctx)  # NB: checked before anything is allocated, so bad input changes nothing
         made: list[tuple[str, Allocation]] = []
         results: dict[tuple[str, int], Allocation] = {}
         failures: list[SpiderError] = []
@@ -374,7 +378,6 @@ class IpamService:
             with trio.CancelScope(shield=True):
                 await self._undo(made, uid, req.container_id)
             raise failures[0]
-        routes = custom_routes(ctx)
         nic_results = []
         for r in requests:
             allocs = tuple(results[(r.nic, v)] for v in (4, 6) if (r.nic, v) in results)
@@ -487,7 +490,7 @@ class IpamService:
         else:
             await self.store.create(endpoint.to_object())
 
-    async def release(self, req: DelRequest) -> list[str]:
+    async def release(self, req: DelRequest, *, keep_live: bool = True) -> list[str]:
         """Free what this pod's sandbox holds (all its NICs, as Spiderpool); returns the freed addresses.
 
         Works from stored state alone and succeeds when there is nothing to free.  A live pod keeps its
@@ -495,7 +498,8 @@ class IpamService:
         VM pod whose VM is; a DEL from an older sandbox or an older pod of the same name frees nothing.
         """
         pod = await self._get("Pod", req.pod_name, req.pod_namespace)
-        if pod is not None and pod_not_alive(pod) is None and pod["metadata"].get("uid") == req.pod_uid:
+        live = pod is not None and pod_not_alive(pod) is None and pod["metadata"].get("uid") == req.pod_uid
+        if keep_live and live:
             return []
         workload = await self._workload(pod, req.pod_namespace, req.pod_name) if pod is not None else None
         ep_name = workload.endpoint_name if workload else req.pod_name
@@ -569,8 +573,12 @@ class IpamService:
             pass
 
     async def release_ips(self, req: DelRequest) -> list[str]:
-        """``DELETE /v1/ipam/ips``: free every NIC of the pod's sandbox (after a detected conflict)."""
-        return await self.release(req)
+        """``DELETE /v1/ipam/ips``: free every NIC of the pod's sandbox (after a detected conflict).
+
+        Unlike a DEL, a live pod's addresses go too (as in Spiderpool): a conflicting address must not stay
+        with the pod whose ADD failed because of it.
+        """
+        return await self.release(req, keep_live=False)
 
     async def endpoint(self, namespace: str, name: str) -> Endpoint | None:
         """The pod's SpiderEndpoint, if any."""

@@ -503,6 +503,11 @@ class PoolLedger:
         new = Record.for_owner(owner)
         if rec == new:
             return True, False
+        stray = self._by_owner.get(owner.key)
+        if stray is not None and stray != ip:
+            # NB: an ADD of the new pod that never completed took another address; keeping both would give
+            # one key two addresses and leak one for as long as the pod lives. The fixed address wins.
+            self._drop(stray)
         self._drop(ip)
         self._put(ip, new)
         return True, True
@@ -536,7 +541,7 @@ class PoolLedger:
         return f"{int_to_ip(ip, self.pool.version)}/{self.pool.prefix_length}"
 
     def to_status(self) -> dict[str, Any]:
-        """The pool's ``status``: Spiderpool's fields plus ``freeIPCount`` and ``reservedIPCount``."""
+        """The pool's ``status``: Spiderpool's fields plus our ``freeIPCount`` and ``releasedIPs``."""
         status: dict[str, Any] = {
             "allocatedIPCount": len(self.records),
             "totalIPCount": len(self.pool.total),

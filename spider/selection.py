@@ -118,8 +118,10 @@ def requested_pools(
             if nic not in nics:
                 raise InvalidInput(reason=f"interface {nic} must be specified in {ANNO_IPPOOLS}")
             return out
-        # Unnamed mode: eth0 takes the first entry, netN the N-th (reference §2.9 (c); refined in issue 3).
-        index = 0 if nic == "eth0" else min(_ordinal(nic), len(out) - 1)
+        # Unnamed mode: eth0 takes the first entry, netN the N-th (reference §2.9 (c); see docs/compatibility.md).
+        index = 0 if nic == "eth0" else _ordinal(nic)
+        if index >= len(out):
+            raise InvalidInput(reason=f"{ANNO_IPPOOLS} has {len(out)} entries, none for interface {nic}")
         return [attrs.evolve(out[index], nic=nic)]
     if ANNO_IPPOOL in annos:
         item = _json(annos[ANNO_IPPOOL], ANNO_IPPOOL)

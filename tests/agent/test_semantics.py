@@ -644,3 +644,23 @@ async def test_a_pool_with_a_cooldown_does_not_hand_a_released_address_out_again
     assert "still cooling down" in message
     released = json.loads((await agent.pool_status("resting"))["releasedIPs"])
     assert released["10.24.0.10"]["pod"] == "default/p"
+
+
+async def test_a_bad_routes_annotation_fails_before_anything_is_allocated(agent: RunningAgent) -> None:
+    await agent.apply(
+        V4A,
+        pod(
+            "p", annotations={ANNO_POOL: '{"ipv4": ["v4-a"]}', "ipam.spidernet.io/routes": '[{"dst": "x", "gw": "y"}]'}
+        ),
+    )
+    status, _ = await add(agent, "p")
+    assert status == 500
+    assert await records(agent, "v4-a") == {}
+
+
+async def test_an_unnamed_ippools_annotation_without_an_entry_for_the_nic_is_wrong_input(agent: RunningAgent) -> None:
+    await agent.apply(V4A, pod("p", annotations={ANNO_POOLS: '[{"ipv4": ["v4-a"]}]'}))
+    status, message = await add(agent, "p", ifname="net1")
+    assert status == 500
+    assert "none for interface net1" in message
+    assert await records(agent, "v4-a") == {}
