@@ -36,7 +36,7 @@ from spider.errors import (
     StaleWrite,
 )
 from spider.pool import KIND as POOL
-from spider.pool import IPPool, Owner, Route
+from spider.pool import IPPool, Owner, Route, contested
 from spider.selection import NicRequest, PodContext, candidates, custom_routes, requested_pools
 from spider.workload import KUBEVIRT_API, controller_of, kubevirt_keeps, next_hop, pod_not_alive, statefulset_keeps
 
@@ -238,6 +238,8 @@ class IpamService:
     pools: PoolRegistry
     node: str
     settings: IpamSettings = attrs.field(factory=IpamSettings)
+    _pools_seen: dict[str, IPPool] = attrs.field(factory=dict)
+    """The pools as last listed: the overlap check (``contested``) compares each pool with them."""
 
     async def _get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
         if not name:
@@ -309,7 +311,7 @@ class IpamService:
         return False
 
     async def _all_pools(self) -> dict[str, IPPool]:
-        out = {}
+        out: dict[str, IPPool] = {}
         for obj in (await self.store.list(POOL)).items:
             try:
                 pool = IPPool.from_object(obj)
@@ -317,6 +319,7 @@ class IpamService:
                 log.warning("skipping invalid pool %s: %s", obj.get("metadata", {}).get("name"), exc)
                 continue
             out[pool.name] = pool
+        self._pools_seen = out
         return out
 
     async def allocate(self, req: AddRequest) -> list[NicResult]:
@@ -439,7 +442,7 @@ class IpamService:
         for pool in found:
             handle = await self.pools.get(pool.name)
             try:
-                allocation = await handle.allocate(owner)
+                allocation = await handle.allocate(owner, contested(pool, self._pools_seen.values()))
             except PoolExhausted as exc:
                 exhausted.append(exc)
                 continue

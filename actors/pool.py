@@ -22,7 +22,7 @@ import trio
 
 from actors.mailbox import Reply, drain
 from actors.store import Conflict, NotFound, Store
-from spider.addr import ip_to_int
+from spider.addr import IPSet, ip_to_int
 from spider.errors import ActorUnavailable, PoolNotFound, SpiderError, StaleWrite
 from spider.pool import KIND, Owner, PoolLedger, ReservedIP, Route, reserved_set
 
@@ -51,6 +51,8 @@ class Allocate:
 
     owner: Owner
     reply: Reply[Allocation]
+    avoid: IPSet | None = None
+    """Addresses this pool shares with an overlapping pool: never handed out (``spider.pool.contested``)."""
 
 
 @attrs.frozen
@@ -108,10 +110,10 @@ class PoolHandle:
     name: str
     _mailbox: trio.MemorySendChannel[PoolMsg]
 
-    async def allocate(self, owner: Owner) -> Allocation:
+    async def allocate(self, owner: Owner, avoid: IPSet | None = None) -> Allocation:
         """The owner's address in this pool; ``PoolExhausted`` and other domain errors raise here."""
         reply = Reply[Allocation].open()
-        await self._send(Allocate(owner, reply))
+        await self._send(Allocate(owner, reply, avoid))
         return await reply.wait()
 
     async def release(self, key: tuple[str, str], container_id: str = "") -> str | None:
@@ -249,9 +251,9 @@ class PoolActor:
         """Fold one request into the ledger; domain errors become values, bugs stay exceptions."""
         try:
             match msg:
-                case Allocate(owner=owner):
+                case Allocate(owner=owner, avoid=avoid):
                     cooldown = ledger.pool.cooldown if ledger.pool.cooldown is not None else self.default_cooldown
-                    ip, changed = ledger.allocate(owner, now=self.clock(), cooldown=cooldown)
+                    ip, changed = ledger.allocate(owner, now=self.clock(), cooldown=cooldown, avoid=avoid)
                     pool = ledger.pool
                     return outcome.Value(
                         Allocation(pool.name, pool.version, ledger.address(ip), pool.gateway, pool.routes)

@@ -5,8 +5,9 @@ without the optional admission webhook.
 Owns ``ValidatingStore``, a ``Store`` that wraps another one.  Reads, status writes and deletes pass through
 untouched (status is the agents' and the controller's, and deletion must never be blocked).  The cross-object
 rules read the other pools and subnets through the same store; like Spiderpool's webhook, two racing creates
-of overlapping pools on different machines can both pass that read, and the second one's addresses then
-never overlap at allocation time because each address lives in exactly one pool's record.
+of overlapping pools on different machines can both pass that read.  That cannot double an address: the
+agents never hand out an address two live pools share (``spider.pool.contested``), and ``spider check``
+reports one that was handed out before the overlap as ``held-twice``.
 """
 
 from __future__ import annotations

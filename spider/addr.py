@@ -106,6 +106,11 @@ class IPSet:
         return cls(net.version, ((int(net.network_address), int(net.broadcast_address)),))
 
     def __len__(self) -> int:
+        return self.count  # NB: len() raises OverflowError past sys.maxsize (an IPv6 /64); use .count there
+
+    @property
+    def count(self) -> int:
+        """How many addresses the set holds, exactly (may exceed ``sys.maxsize`` for IPv6)."""
         return sum(end - start + 1 for start, end in self.ranges)
 
     def __bool__(self) -> bool:

@@ -25,6 +25,8 @@ from spider.addr import IPNetwork, IPSet, int_to_ip, ip_to_int, parse_ip, parse_
 from spider.errors import InvalidSpec, PoolExhausted
 
 KIND = "SpiderIPPool"
+MAX_COUNT = 2**63 - 1
+"""Counts are int64 in the CRD; Spiderpool caps a huge IPv6 pool's ``totalIPCount`` here."""
 ANNO_COOLDOWN = "ipam.spider.io/release-cooldown-seconds"
 """Ours: seconds a released address rests before this pool hands it out again (overrides the agent's)."""
 
@@ -241,6 +243,22 @@ class ReservedIP:
         return cls(name=name, version=version, ips=ips, terminating=bool(meta.get("deletionTimestamp")))
 
 
+def contested(pool: IPPool, others: Iterable[IPPool]) -> IPSet | None:
+    """Addresses ``pool`` shares with another live pool of its family, or ``None`` when it shares none.
+
+    Admission keeps pools from overlapping, but it can be bypassed (a Kubernetes API server without our
+    webhook, two creates racing).  Each pool keeps its own records, so a shared address could be handed out
+    by both: neither pool hands these out (``spider check`` reports any that were, as ``held-twice``).
+    """
+    shared = IPSet(pool.version)
+    for other in others:
+        if other.name == pool.name or other.version != pool.version or other.terminating:
+            continue
+        if other.subnet.overlaps(pool.subnet):
+            shared = shared.union(pool.total.intersection(other.total))
+    return shared or None
+
+
 def reserved_set(version: int, reservations: Iterable[ReservedIP]) -> IPSet:
     """The union of every live reservation of one family."""
     out = IPSet(version)
@@ -411,7 +429,7 @@ class PoolLedger:
     @property
     def capacity(self) -> int:
         """How many addresses this pool can hand out in all."""
-        return len(self.allocatable)
+        return self.allocatable.count
 
     @property
     def free(self) -> int:
@@ -431,13 +449,16 @@ class PoolLedger:
         for ip in sorted(self.records):
             yield ip, self.records[ip]
 
-    def allocate(self, owner: Owner, *, now: float = 0.0, cooldown: float = 0.0) -> tuple[int, bool]:
+    def allocate(
+        self, owner: Owner, *, now: float = 0.0, cooldown: float = 0.0, avoid: IPSet | None = None
+    ) -> tuple[int, bool]:
         """The address for ``owner`` and whether the ledger changed.
 
         A repeated request returns the address the owner already holds (its record is refreshed with the
         new container and node, so a late DEL of the old sandbox cannot free it).  Otherwise the lowest free
         allocatable address is taken; with a ``cooldown`` (seconds) never-used addresses go first, then
         released ones in the order they were released (FIFO), each only ``cooldown`` seconds after its release.
+        Addresses in ``avoid`` (shared with an overlapping pool, see ``contested``) are never taken.
         """
         ip = self.lookup(owner.key)
         if ip is not None:
@@ -448,23 +469,33 @@ class PoolLedger:
             self._put(ip, new)
             return ip, True
         if cooldown > 0:
-            return self._allocate_resting(owner, now, cooldown), True
+            return self._allocate_resting(owner, now, cooldown, avoid), True
+        skipped = False  # NB: _hint may only pass addresses that are held, never ones merely avoided
         for candidate in self.allocatable.iter_from(self._hint):
-            if candidate not in self.records:
-                self._take(candidate, owner)
+            if candidate in self.records:
+                continue
+            if avoid is not None and candidate in avoid:
+                skipped = True
+                continue
+            self._take(candidate, owner)
+            if not skipped:
                 self._hint = candidate + 1
-                return candidate, True
-        self._hint = self.allocatable.ranges[-1][1] + 1 if self.allocatable else 0
+            return candidate, True
+        if not skipped:
+            self._hint = self.allocatable.ranges[-1][1] + 1 if self.allocatable else 0
         raise PoolExhausted(pool=self.pool.name, capacity=self.capacity)
 
-    def _allocate_resting(self, owner: Owner, now: float, cooldown: float) -> int:
+    def _allocate_resting(self, owner: Owner, now: float, cooldown: float, avoid: IPSet | None) -> int:
         # NB: _hint stays put here: released addresses above it are skipped, not held.
         for candidate in self.allocatable.iter_from(self._hint):
-            if candidate not in self.records and candidate not in self.released:
-                self._take(candidate, owner)
-                return candidate
+            if candidate in self.records or candidate in self.released or (avoid is not None and candidate in avoid):
+                continue
+            self._take(candidate, owner)
+            return candidate
         waiting = [
-            (rel.at, ip) for ip, rel in self.released.items() if ip in self.allocatable and ip not in self.records
+            (rel.at, ip)
+            for ip, rel in self.released.items()
+            if ip in self.allocatable and ip not in self.records and not (avoid is not None and ip in avoid)
         ]
         ready = [item for item in waiting if item[0] <= now - cooldown]
         if not ready:
@@ -544,8 +575,8 @@ class PoolLedger:
         """The pool's ``status``: Spiderpool's fields plus our ``freeIPCount`` and ``releasedIPs``."""
         status: dict[str, Any] = {
             "allocatedIPCount": len(self.records),
-            "totalIPCount": len(self.pool.total),
-            "freeIPCount": self.free,
+            "totalIPCount": min(self.pool.total.count, MAX_COUNT),
+            "freeIPCount": min(self.free, MAX_COUNT),
         }
         encoded = encode_allocated(self.pool.version, self.records)
         if encoded is not None:

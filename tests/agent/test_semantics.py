@@ -664,3 +664,18 @@ async def test_an_unnamed_ippools_annotation_without_an_entry_for_the_nic_is_wro
     assert status == 500
     assert "none for interface net1" in message
     assert await records(agent, "v4-a") == {}
+
+
+async def test_addresses_shared_by_overlapping_pools_that_slipped_past_admission_are_never_handed_out(
+    agent: RunningAgent,
+) -> None:
+    # Admission refuses this pair; a Kubernetes API server without our webhook would not, so bypass it here.
+    raw = agent.store.inner  # type: ignore[attr-defined]
+    await raw.create(pool_object("left", "10.25.0.0/24", ["10.25.0.10-10.25.0.11"]))
+    await raw.create(pool_object("right", "10.25.0.0/24", ["10.25.0.11-10.25.0.12"]))
+    await agent.apply(pod("a"), pod("b"), pod("c"))
+    assert addresses((await add(agent, "a", defaultIPv4IPPool=["left"]))[1]) == ["10.25.0.10/24"]
+    assert addresses((await add(agent, "b", defaultIPv4IPPool=["right"]))[1]) == ["10.25.0.12/24"]
+    status, message = await add(agent, "c", defaultIPv4IPPool=["left"])
+    assert status == 500
+    assert "exhausted" in message
