@@ -255,9 +255,7 @@ def test_string_and_object_forms_match_alike(selector: Selector, labels: dict[st
 
 @settings(deadline=None)
 @given(st.lists(requirements(), max_size=4), label_maps)
-def test_a_selector_is_the_conjunction_of_its_requirements(
-    reqs: list[Requirement], labels: dict[str, str]
-) -> None:
+def test_a_selector_is_the_conjunction_of_its_requirements(reqs: list[Requirement], labels: dict[str, str]) -> None:
     assert Selector(tuple(reqs)).matches(labels) is all(r.matches(labels) for r in reqs)
 
 

@@ -193,9 +193,7 @@ async def test_list_returns_the_kind_and_the_current_version(store: Store, run: 
         ("color=red", set()),
     ],
 )
-async def test_list_filters_by_label_selector(
-    store: Store, run: str, selector: str, expected: set[str]
-) -> None:
+async def test_list_filters_by_label_selector(store: Store, run: str, selector: str, expected: set[str]) -> None:
     with trio.fail_after(TIMEOUT):
         await store.create(pool(run, "blue", labels={"color": "blue"}))
         await store.create(pool(run, "green", labels={"color": "green", "tier": "db"}))
@@ -340,22 +338,29 @@ async def test_generation_follows_spec_not_status_or_metadata(store: Store, run:
         assert meta(created)["generation"] == 1
 
 
+def endpoint_status(uid: str) -> dict[str, Any]:
+    """A SpiderEndpoint status that the CRD's schema accepts (a real API server checks it)."""
+    return {
+        "current": {"uid": uid, "node": "node-1", "ips": [{"interface": "eth0"}]},
+        "ownerControllerType": "Pod",
+        "ownerControllerName": "web",
+    }
+
+
 async def test_kind_without_status_subresource_writes_status_with_update(store: Store, run: str) -> None:
     with trio.fail_after(TIMEOUT):
-        created = await store.create(endpoint(run, status={"current": {"uid": "u1"}}))
-        assert created["status"] == {"current": {"uid": "u1"}}
-        updated = await store.update(dict(created, status={"current": {"uid": "u2"}}))
-        assert updated["status"] == {"current": {"uid": "u2"}}
-        assert (await store.get("SpiderEndpoint", meta(created)["name"]))["status"] == {
-            "current": {"uid": "u2"}
-        }
+        created = await store.create(endpoint(run, status=endpoint_status("u1")))
+        assert created["status"] == endpoint_status("u1")
+        updated = await store.update(dict(created, status=endpoint_status("u2")))
+        assert updated["status"] == endpoint_status("u2")
+        assert (await store.get("SpiderEndpoint", meta(created)["name"]))["status"] == endpoint_status("u2")
 
 
 async def test_update_status_of_a_kind_without_status_subresource_is_invalid(store: Store, run: str) -> None:
     with trio.fail_after(TIMEOUT):
-        created = await store.create(endpoint(run, status={"current": {"uid": "u1"}}))
+        created = await store.create(endpoint(run, status=endpoint_status("u1")))
         with pytest.raises(Invalid):
-            await store.update_status(dict(created, status={"current": {"uid": "u2"}}))
+            await store.update_status(dict(created, status=endpoint_status("u2")))
 
 
 async def test_resource_version_strictly_increases(store: Store, run: str) -> None:
@@ -443,13 +448,9 @@ async def test_delete_with_a_stale_version_conflicts(store: Store, run: str) -> 
         created = await store.create(pool(run))
         updated = await store.update(dict(created, spec={"subnet": "10.7.0.0/16"}))
         with pytest.raises(Conflict):
-            await store.delete(
-                "SpiderIPPool", meta(created)["name"], resource_version=meta(created)["resourceVersion"]
-            )
+            await store.delete("SpiderIPPool", meta(created)["name"], resource_version=meta(created)["resourceVersion"])
         assert await store.get("SpiderIPPool", meta(created)["name"]) == updated
-        await store.delete(
-            "SpiderIPPool", meta(created)["name"], resource_version=meta(updated)["resourceVersion"]
-        )
+        await store.delete("SpiderIPPool", meta(created)["name"], resource_version=meta(updated)["resourceVersion"])
         with pytest.raises(NotFound):
             await store.get("SpiderIPPool", meta(created)["name"])
 
@@ -610,9 +611,7 @@ async def test_watch_with_a_malformed_version_or_selector_fails(store: Store) ->
 # --- several clients ---------------------------------------------------------------------------------------
 
 
-async def test_a_second_client_sees_the_first_clients_writes(
-    backend: Backend, store: Store, run: str
-) -> None:
+async def test_a_second_client_sees_the_first_clients_writes(backend: Backend, store: Store, run: str) -> None:
     with trio.fail_after(TIMEOUT):
         other = await backend.open()
         created = await store.create(pool(run))
@@ -623,9 +622,7 @@ async def test_a_second_client_sees_the_first_clients_writes(
         assert await store.get("SpiderIPPool", meta(created)["name"]) == updated
 
 
-async def test_a_second_clients_watch_sees_the_first_clients_writes(
-    backend: Backend, store: Store, run: str
-) -> None:
+async def test_a_second_clients_watch_sees_the_first_clients_writes(backend: Backend, store: Store, run: str) -> None:
     with trio.fail_after(TIMEOUT):
         other = await backend.open()
         start = await other.list("SpiderIPPool")
