@@ -3,7 +3,8 @@
 Owns the agent's settings and its life cycle: open the store, start the supervisor that keeps the pool
 actors, serve the API on the unix socket, and on SIGTERM or SIGINT drain in order (stop accepting, let
 requests in flight finish within a grace period, stop the actors, close the store).  Wiring only: the logic
-lives in ``actors.ipam``, ``actors.plugin`` and ``actors.api``.
+lives in ``actors.ipam``, ``actors.plugin`` and ``actors.api``; the NodeActor (``actors.node``) owns the
+node's network changes for the coordinator (``actors.coordinating``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ import attrs
 import trio
 
 from actors.api import AgentApi
+from actors.coordinating import Coordinator
 from actors.ipam import IpamService, IpamSettings, PoolRegistry
+from actors.netlink import netns_path
+from actors.node import open_node
 from actors.plugin import Plugin
-from actors.sqlite import SqliteStore, default_store_path
+from actors.sqlite import default_store_path
 from actors.store import Store
+from actors.stores import StoreSettings, open_store
 from actors.supervisor import Supervisor
 from actors.validating import ValidatingStore
 from spider.cni import DEFAULT_SOCKET
+from spider.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,24 @@ class AgentSettings:
     """Seconds a released address rests before any pool reuses it (a pool's annotation overrides it); 0: at once."""
     ipam: IpamSettings = attrs.field(factory=IpamSettings)
     """StatefulSet / KubeVirt fixed IPs, Multus defaults (Spiderpool's configmap switches)."""
+    host_netns: str | None = None
+    """The network namespace the NodeActor treats as the host (a name under /var/run/netns, or a path); ``None``
+    is the agent's own.  Tests and the demo name one they made, so nothing touches the machine's namespace."""
+    node_actor: bool = True
+    """Run the NodeActor, which serves the coordinator and ifacer plugins and ``GET /v1/coordinator/config``."""
+    kubeconfig: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    """Keep objects on the Kubernetes API server this kubeconfig names instead of the embedded store."""
+    in_cluster: bool = False
+    """Keep objects on the API server of the cluster the agent runs in (its service account)."""
+    context: str | None = None
+    """The kubeconfig context (default: its current one)."""
+    conflict_budget: float = 20.0
+    """Seconds a pool write may keep losing races to other agents before the request fails with CNI 11."""
+
+    @property
+    def store(self) -> StoreSettings:
+        """Which store the agent opens."""
+        return StoreSettings(self.store_path, self.kubeconfig, self.in_cluster, self.context)
 
 
 @asynccontextmanager
@@ -54,14 +78,22 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
 
     Leaving the block drains it: no new connections, requests in flight finish, actors stop.
     """
+    if settings.host_netns is not None and not await trio.Path(netns_path(settings.host_netns)).exists():
+        raise InvalidInput(reason=f"host network namespace {settings.host_netns!r} does not exist")
     own_store = store is None
     if store is None:
-        store = ValidatingStore(await SqliteStore.open(settings.store_path))
+        store = ValidatingStore(await open_store(settings.store))
     try:
         async with trio.open_nursery() as actors:
             registry = PoolRegistry(store, Supervisor(actors), default_cooldown=settings.release_cooldown)
+            registry.conflict_budget = settings.conflict_budget
             ipam = IpamService(store, registry, settings.node, settings.ipam)
-            api = AgentApi(ipam, Plugin(ipam), grace=settings.grace)
+            coordinator = None
+            if settings.node_actor:  # the node's netlink owner, for the coordinator and ifacer plugins
+                node, node_actor = open_node(settings.host_netns)
+                await Supervisor(actors).start("node", node_actor.run)
+                coordinator = Coordinator(ipam, node)
+            api = AgentApi(ipam, Plugin(ipam), grace=settings.grace, coordinator=coordinator)
             async with trio.open_nursery() as server:
                 await server.start(api.serve, settings.socket_path)
                 try:
@@ -83,7 +115,7 @@ async def run_agent(settings: AgentSettings) -> None:
                 "agent for node %s serving %s (store %s)",
                 settings.node,
                 settings.socket_path,
-                settings.store_path,
+                settings.store.describe(),
             )
             async for signum in signals:
                 log.info("received %s; draining", signal.Signals(signum).name)

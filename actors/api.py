@@ -6,7 +6,10 @@ Spiderpool's agent works: ``GET /v1/ipam/healthy``, ``POST|DELETE /v1/ipam/ip``,
 ``GET /v1/workloadendpoint``.  Errors are a JSON string body with status 500, as Spiderpool answers; we add
 an ``X-Cni-Code`` header carrying the CNI code of the error.  Our own ``POST /v1/cni`` takes a whole
 forwarded plugin invocation (environment and stdin) from the stdlib shim and answers with the plugin's
-stdout and an ``X-Cni-Exit`` header.
+stdout and an ``X-Cni-Exit`` header.  Our ``GET /v1/spider/stats`` reports the pool actors' counters
+(requests, batches, writes, conflicts, largest batch) for ``spider loadtest`` and the benchmarks.
+With a NodeActor, Spiderpool's ``GET /v1/coordinator/config`` (``GetCoordinatorArgs`` in the body) and our
+``POST /v1/cni/coordinator`` and ``POST /v1/cni/ifacer`` (the coordinator's shim) are served too.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import attrs
 import h11
 import trio
 
+from actors.coordinating import Coordinator
 from actors.ipam import AddRequest, DelRequest, IpamService, add_response
-from actors.plugin import Plugin
+from actors.plugin import Plugin, PluginOutput
 from spider import cni
-from spider.errors import InvalidInput, SpiderError, TransientError
+from spider.errors import AgentUnavailable, InvalidInput, SpiderError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,8 @@ class AgentApi:
     """Seconds requests in flight may take to finish once the agent stops accepting."""
     requests: int = 0
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    coordinator: Coordinator | None = None
+    """The coordinator and ifacer plugins and ``GET /v1/coordinator/config`` (``None``: not served)."""
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         """``(method, path) -> handler``."""
@@ -87,10 +93,19 @@ class AgentApi:
             ("DELETE", "/v1/ipam/ips"): self._batch_delete,
             ("GET", "/v1/workloadendpoint"): self._endpoint,
             ("POST", "/v1/cni"): self._cni,
+            ("POST", "/v1/cni/coordinator"): self._coordinator_cni,
+            ("POST", "/v1/cni/ifacer"): self._ifacer_cni,
+            ("GET", "/v1/coordinator/config"): self._coordinator_config,
+            ("GET", "/v1/spider/stats"): self._stats,
         }
 
     async def _healthy(self, query: dict[str, list[str]], body: bytes) -> Response:
         return Response(200)
+
+    async def _stats(self, query: dict[str, list[str]], body: bytes) -> Response:
+        # Ours (not Spiderpool's): what the group commit did, for ``spider loadtest`` and the benchmarks.
+        pools = self.ipam.pools.statistics()
+        return json_response(200, {"node": self.ipam.node, "requests": self.requests, "pools": pools})
 
     async def _add(self, query: dict[str, list[str]], body: bytes) -> Response:
         results = await self.ipam.allocate(AddRequest.from_api(_body(body)))
@@ -126,6 +141,37 @@ class AgentApi:
             return Response(200, out, (("X-Cni-Exit", "1"),))
         result = await self.plugin.handle(env, stdin)
         return Response(200, result.stdout, (("X-Cni-Exit", str(result.exit_code)),))
+
+    def _coordinating(self) -> Coordinator:
+        if self.coordinator is None:
+            raise AgentUnavailable(reason="this agent runs without a NodeActor (no coordinator)")
+        return self.coordinator
+
+    async def _coordinator_config(self, query: dict[str, list[str]], body: bytes) -> Response:
+        # Spiderpool's GET with a body (GetCoordinatorArgs); query parameters work too.
+        args = _body(body)
+        if not isinstance(args, dict):
+            raise InvalidInput(reason="GetCoordinatorArgs must be a JSON object")
+        namespace = str(args.get("podNamespace") or (query.get("podNamespace") or [""])[0])
+        name = str(args.get("podName") or (query.get("podName") or [""])[0])
+        config = await self._coordinating().cluster_config(namespace, name)
+        return json_response(200, config.to_api())
+
+    async def _forwarded(
+        self, body: bytes, serve: Callable[[dict[str, str], bytes], Awaitable[PluginOutput]]
+    ) -> Response:
+        try:
+            env, stdin = cni.split_forwarded(body)
+        except SpiderError as exc:
+            return Response(200, cni.render(cni.error_from("", exc)), (("X-Cni-Exit", "1"),))
+        result = await serve(env, stdin)
+        return Response(200, result.stdout, (("X-Cni-Exit", str(result.exit_code)),))
+
+    async def _coordinator_cni(self, query: dict[str, list[str]], body: bytes) -> Response:
+        return await self._forwarded(body, self._coordinating().handle)
+
+    async def _ifacer_cni(self, query: dict[str, list[str]], body: bytes) -> Response:
+        return await self._forwarded(body, self._coordinating().handle_ifacer)
 
     async def dispatch(self, method: str, target: str, body: bytes) -> Response:
         """Route one request; domain errors become error responses, bugs propagate."""

@@ -2,8 +2,10 @@
 
 Owns the demo script: start an agent on a throw-away embedded store, apply ``deploy/examples/``, install the
 ``spiderpool`` plugin, make a "host" network namespace with a veth as the macvlan parent and one namespace per
-pod, run Debian's ``macvlan`` plugin with our IPAM for each pod (exactly as a container runtime would), print
-who got what, ping between the pods, then DEL everything and show the pools are empty again.  Without root
+pod, run Debian's ``macvlan`` plugin with our IPAM for each pod and then our ``coordinator`` chained after it
+(exactly as a container runtime runs a conflist), print who got what, ping between the pods and from each pod
+to its host (which a macvlan pod cannot reach without the coordinator's veth), then DEL everything and show the
+pools are empty again.  Without root
 (or without the Debian plugins) it runs the IPAM part through the real shim and says what it skipped.
 """
 
@@ -34,6 +36,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
 PLUGIN_DIR = Path("/usr/lib/cni")
 HOST_NS = "spider-demo-host"
 PARENT = "sdemo0"
+HOST_ADDRESS = "10.210.0.2"
+"""The host's own address on the underlay (demo-v4's subnet, outside its range): what the pods ping."""
 
 
 @attrs.frozen
@@ -93,6 +97,22 @@ async def run_plugin(
     )
     out = done.stdout.decode().strip()
     return done.returncode, (json.loads(out) if out else {})
+
+
+async def _coordinator_synced(store: Store) -> None:
+    """A SpiderCoordinator as the controller leaves it once synced (this demo has no controller)."""
+    await apply(
+        store,
+        {
+            "apiVersion": "spiderpool.spidernet.io/v2beta1",
+            "kind": "SpiderCoordinator",
+            "metadata": {"name": "default"},
+            "spec": {"podCIDRType": "none", "mode": "auto"},
+        },
+    )
+    obj = await store.get("SpiderCoordinator", "default")
+    obj["status"] = {"phase": "Synced", "overlayPodCIDR": [], "serviceCIDR": []}
+    await store.update_status(obj)
 
 
 def _addresses(result: dict[str, Any]) -> list[str]:
@@ -169,10 +189,19 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
             "ipam": {"type": "spiderpool", "ipam_unix_socket_path": str(settings.socket_path)},
         }
         results: dict[str, dict[str, Any]] = {}
+        if why_not is None:  # NB: the host namespace must exist before the agent's NodeActor enters it
+            await _ip("netns", "add", HOST_NS)
+            made_namespaces.append(HOST_NS)
+            settings = attrs.evolve(settings, host_netns=HOST_NS)
+            await _coordinator_synced(store)
+        coordinator: dict[str, Any] = {
+            "cniVersion": "1.0.0",
+            "name": "spider-demo",
+            "type": "coordinator",
+            "ipam_unix_socket_path": str(settings.socket_path),
+        }
         async with open_agent(settings, store):
             if why_not is None:
-                await _ip("netns", "add", HOST_NS)
-                made_namespaces.append(HOST_NS)
                 await _ip("-n", HOST_NS, "link", "add", PARENT, "type", "veth", "peer", "name", f"{PARENT}-peer")
                 await _ip("-n", HOST_NS, "link", "set", PARENT, "up")
                 await _ip("-n", HOST_NS, "link", "set", f"{PARENT}-peer", "up")
@@ -181,7 +210,11 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
                     await _ip("netns", "add", ns)
                     made_namespaces.append(ns)
                 plugin, in_netns = PLUGIN_DIR / "macvlan", HOST_NS
-                out.print(f"[bold]ADD[/] {pod_count} pods: Debian macvlan (parent {PARENT}) with spiderpool IPAM")
+                await _ip("-n", HOST_NS, "addr", "add", f"{HOST_ADDRESS}/24", "dev", PARENT)
+                out.print(
+                    f"[bold]ADD[/] {pod_count} pods: Debian macvlan (parent {PARENT}) with spiderpool IPAM, "
+                    "then our coordinator (a veth to the host)"
+                )
             else:
                 conf["type"] = "spiderpool"
                 plugin, in_netns = bin_dir / "spiderpool", None
@@ -190,6 +223,9 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
                 )
             for pod in pods:
                 code, result = await run_plugin(plugin, "ADD", conf, pod, bin_dir=bin_dir, in_netns=in_netns)
+                if code == 0 and why_not is None:  # chained: the coordinator gets macvlan's result
+                    chained = {**coordinator, "prevResult": result}
+                    code, result = await run_plugin(bin_dir / "coordinator", "ADD", chained, pod, bin_dir=bin_dir)
                 if code != 0:
                     failures += 1
                     out.print(f"[red]ADD {pod.name} failed[/]: {result}")
@@ -210,11 +246,29 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
                         f"  {src.name} -> {dst.name} ({target}): "
                         + ("[green]reachable[/]" if ok else "[red]no reply[/]")
                     )
+                for src in pods:  # through the coordinator's veth: macvlan alone never reaches its parent's host
+                    done = await trio.run_process(
+                        ["ip", "netns", "exec", Path(src.netns).name, "ping", "-c", "1", "-W", "2", HOST_ADDRESS],
+                        capture_stdout=True,
+                        check=False,
+                    )
+                    ok = done.returncode == 0
+                    failures += not ok
+                    out.print(
+                        f"  {src.name} -> host ({HOST_ADDRESS}): "
+                        + ("[green]reachable[/]" if ok else "[red]no reply[/]")
+                    )
             await _show_pools(out, store, "pools with the pods running")
             if not keep:
                 out.rule("delete the pods, then DEL (as the kubelet does)")
                 for pod in pods:
                     await store.delete("Pod", pod.name, "default")
+                    if why_not is None:  # a conflist's DEL runs in reverse: the coordinator first
+                        chained = {**coordinator, "prevResult": results[pod.name]}
+                        code, result = await run_plugin(bin_dir / "coordinator", "DEL", chained, pod, bin_dir=bin_dir)
+                        if code != 0:
+                            failures += 1
+                            out.print(f"[red]coordinator DEL {pod.name} failed[/]: {result}")
                     code, result = await run_plugin(plugin, "DEL", conf, pod, bin_dir=bin_dir, in_netns=in_netns)
                     if code != 0:
                         failures += 1

@@ -125,7 +125,9 @@ class Store(Protocol):
         """Replace metadata and spec (and status, for kinds without a status subresource).
 
         Guarded by ``metadata.resourceVersion`` when it is set (``Conflict``); an empty one means "last
-        write wins", as on the API server.
+        write wins", as the API server does for built-in kinds (for custom resources, which refuse that, the
+        Kubernetes backend reads the current version and writes with it).  A ``metadata.uid`` that is not the
+        stored object's is ``Invalid``.
         """
         ...
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ def short_tmp() -> Iterator[Path]:
 
 def installed_shim(bin_dir: Path) -> Path:
     """The ``spiderpool`` plugin installed exactly as ``spider install-cni`` installs it."""
-    (path,) = install_cni(bin_dir)
+    path = install_cni(bin_dir)[0]  # the coordinator and ifacer shims are installed beside it
     return path
 
 
@@ -154,8 +154,9 @@ async def http_call(path: Path | str, method: str, target: str, body: Any = None
 class AgentProcess:
     """``spider agent`` as a real process (one per simulated node), for crash and multi-agent tests."""
 
-    def __init__(self, store: Path, socket_path: Path, node: str, log: Path) -> None:
+    def __init__(self, store: Path, socket_path: Path, node: str, log: Path, extra: Sequence[str] = ()) -> None:
         self.store, self.socket_path, self.node, self.log = store, socket_path, node, log
+        self.extra = tuple(extra)  # more ``spider agent`` flags, e.g. ``--kubeconfig PATH``
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> None:
@@ -172,6 +173,7 @@ class AgentProcess:
                     str(self.socket_path),
                     "--node",
                     self.node,
+                    *self.extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

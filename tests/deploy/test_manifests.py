@@ -82,7 +82,14 @@ def test_the_kustomization_lists_every_manifest_file_and_each_object_once() -> N
 
 
 def test_namespaced_objects_live_in_kube_system_like_spiderpools() -> None:
-    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+    cluster_scoped = {
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Namespace",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    }
     for obj in WITH_WEBHOOK:
         expected = None if obj["kind"] in cluster_scoped else NAMESPACE
         assert obj["metadata"].get("namespace") == expected, obj["metadata"]["name"]
@@ -214,11 +221,6 @@ def controller_defaults() -> argparse.Namespace:
     return build_parser().parse_args(["controller"])
 
 
-@pytest.mark.xfail(
-    raises=SystemExit,
-    strict=True,
-    reason="`spider controller` has no --in-cluster yet (issue 4 part C); remove this mark once it has",
-)
 def test_the_controllers_arguments_are_accepted_by_spiders_parser() -> None:
     args = container(pod_spec("Deployment", "spiderpool-controller"), "controller")["args"]
     parsed = build_parser().parse_args([*args, "--webhook"])  # as the webhook component leaves them

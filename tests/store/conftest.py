@@ -16,6 +16,7 @@ import pytest
 
 from actors.sqlite import SqliteStore
 from actors.store import Store, WatchEvent
+from tests.store.kube_backends import KubeFakeBackend, kube_real_backend, real_cluster_kubeconfig
 
 
 class Backend(Protocol):
@@ -60,7 +61,12 @@ class SqliteBackend:
 
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "sqlite": lambda tmp_path: SqliteBackend(tmp_path / "state" / "store.db"),
+    # The Kubernetes store on the fake API server (tests/fakeapi), always; on a real cluster when
+    # $SPIDER_TEST_KUBECONFIG names one (tests/store/kube_backends.py).
+    "kube-fake": lambda tmp_path: KubeFakeBackend(tmp_path),
 }
+if real_cluster_kubeconfig() is not None:
+    BACKENDS["kube-real"] = kube_real_backend
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -1,0 +1,812 @@
+"""The node's netlink edge: the only module that imports pyroute2.
+
+Owns ``NetlinkWorker``, one dedicated OS thread that holds every netlink socket of the node and runs whole
+transactions for the NodeActor: observe a namespace (links, addresses, routes, rules, neighbours), execute
+a ``spider.coordinator`` plan (links, veth pairs, addresses, routes, policy rules, permanent neighbours,
+sysctls through ``/proc/sys``, the nftables marking of replies), open a packet socket inside a pod's
+namespace, and create ifacer's VLAN and bond parents.  No ``ip`` subprocess anywhere.
+
+Why one thread (DESIGN §9): pyroute2 >= 0.9 runs a private asyncio loop per thread and its sockets belong to
+the thread that made them; ``IPRoute(netns=...)`` forks a helper per socket (about 12 ms), while entering a
+namespace from our own thread with ``setns`` costs about 2 ms.  ``trio.to_thread.run_sync`` may land on a new
+thread each call, so the worker is a plain ``threading.Thread`` fed by a queue, answering through the trio
+token.  ``setns`` changes the namespace of the calling thread only: the worker enters a pod's namespace for
+one transaction and always returns to its home, the "host" namespace (the agent's own, or the one named by
+``host_netns`` so tests and the demo never touch the machine's root namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import outcome
+import trio
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.nftables.expressions import genex
+from pyroute2.nftables.main import NFTables
+
+from spider.coordinator import (
+    MARK,
+    NFT_TABLE,
+    POD_MARK_TABLE,
+    POD_VETH,
+    RULE_PRIORITY,
+    AddAddress,
+    AddNeighbour,
+    Address,
+    AddRoute,
+    AddRule,
+    AddVeth,
+    CopyRoute,
+    DelLink,
+    DelNeighbours,
+    DelRoutes,
+    DelRule,
+    DropRuleIfUnused,
+    InterfaceSetupFailed,
+    Link,
+    MarkReplies,
+    MoveRoute,
+    NamespaceGone,
+    Neighbour,
+    NsView,
+    Op,
+    RouteEntry,
+    RuleEntry,
+    SetLink,
+    Sysctl,
+    UnmarkReplies,
+    family_of,
+)
+from spider.errors import InvalidEnvironment, InvalidNetConf
+from spider.ifacer import IfacerConf
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NETNS_DIR = "/var/run/netns"
+IFF_UP = 0x1
+IFF_BROADCAST = 0x2
+NUD_PERMANENT = 0x80
+RTN_UNICAST = 1
+AF_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+_IGNORED = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
+# nftables constants (linux/netfilter/nf_tables.h); pyroute2 encodes enum attributes by number.
+_NFPROTO_INET = 1
+_NFT_META_MARK = 3
+_NFT_META_IIFNAME = 6
+_NFT_CT_STATE = 0
+_NFT_CT_MARK = 3
+_NFT_CMP_EQ = 0
+_NFT_CMP_NEQ = 1
+_CT_STATE_NEW = 1 << 3
+_MANGLE_PRIORITY = -150
+
+
+def netns_path(name: str) -> str:
+    """A namespace given by name (``ip netns`` style) or by path, as a path."""
+    return name if "/" in name else f"{NETNS_DIR}/{name}"
+
+
+def _fail(action: str, exc: NetlinkError | OSError) -> InterfaceSetupFailed:
+    code = exc.code if isinstance(exc, NetlinkError) else exc.errno
+    reason = os.strerror(code) if code else str(exc)
+    return InterfaceSetupFailed(action=action, reason=reason)
+
+
+# --- the thread ---------------------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Session:
+    """What a transaction gets inside the worker thread: the host's socket and a way into a pod."""
+
+    home_fd: int
+    host: IPRoute
+    pod_fd: int | None = None
+    """The namespace the thread is in while a transaction is ``entered`` in a pod."""
+
+    @contextlib.contextmanager
+    def entered(self, path: str) -> Iterator[IPRoute]:
+        """Run the body inside the namespace at ``path`` with a socket there; always come home after."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NamespaceGone(netns=path) from None
+        except OSError as exc:
+            raise InvalidEnvironment(variable="CNI_NETNS", reason=f"cannot be opened: {exc.strerror}") from None
+        try:
+            try:
+                pyroute2_netns.setns(fd)
+            except OSError as exc:
+                raise InvalidEnvironment(
+                    variable="CNI_NETNS", reason=f"{path!r} is not a network namespace ({exc})"
+                ) from None
+            self.pod_fd = fd
+            try:
+                ipr = IPRoute()
+                try:
+                    yield ipr
+                finally:
+                    ipr.close()
+            finally:
+                # NB: a thread stranded in a pod's namespace would make every later host change land there: if
+                # coming home fails, that is a bug that must crash the agent, never a request error.
+                self.pod_fd = None
+                pyroute2_netns.setns(self.home_fd)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def at_home(self) -> Iterator[None]:
+        """Step back into the host namespace for the body (for what is per thread, like ``/proc/sys/net``)."""
+        if self.pod_fd is None:
+            yield
+            return
+        pyroute2_netns.setns(self.home_fd)
+        try:
+            yield
+        finally:
+            pyroute2_netns.setns(self.pod_fd)
+
+
+_STOP = object()
+
+
+class NetlinkWorker:
+    """The thread that owns the node's netlink sockets; ``call`` runs one transaction in it.
+
+    Transactions run one at a time, in the order they were submitted.  A caller that is cancelled while its
+    transaction runs stops waiting, but the transaction itself completes: it is a whole unit.
+    """
+
+    def __init__(self, host_netns: str | None = None) -> None:
+        self.host_netns = host_netns
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.transactions = 0
+
+    async def start(self) -> None:
+        """Start the thread and wait until it is in the host namespace with its socket open."""
+        token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._main, args=(token,), name="netlink", daemon=True)
+        self._thread.start()
+        await trio.to_thread.run_sync(self._ready.wait)
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def stop(self) -> None:
+        """Let the thread finish the transaction in hand and exit; does not wait."""
+        self._jobs.put(_STOP)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(session, *args)`` in the worker thread and return its result (or raise its error)."""
+        if self._thread is None or not self._thread.is_alive():
+            raise RuntimeError("the netlink worker is not running")
+        done = trio.Event()
+        box: list[outcome.Outcome[T]] = []
+
+        def deliver(result: outcome.Outcome[T]) -> None:
+            box.append(result)
+            done.set()
+
+        self._jobs.put((fn, args, deliver))
+        await done.wait()
+        return box[0].unwrap()
+
+    def _main(self, token: trio.lowlevel.TrioToken) -> None:
+        try:
+            if self.host_netns is not None:
+                fd = os.open(netns_path(self.host_netns), os.O_RDONLY)
+                try:
+                    pyroute2_netns.setns(fd)
+                finally:
+                    os.close(fd)
+            home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            session = Session(home_fd, IPRoute())
+        except BaseException as exc:  # reported to start(), which raises it in the agent
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                fn, args, deliver = job
+                self.transactions += 1
+                result = outcome.capture(fn, session, *args)
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(deliver, result)
+        finally:
+            session.host.close()
+            os.close(home_fd)
+
+
+# --- observing ----------------------------------------------------------------------------------------------
+
+
+def _kind(msg: Any) -> str:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return str(kind or "")
+
+
+def _links(ipr: IPRoute) -> tuple[Link, ...]:
+    out = []
+    for msg in ipr.link("dump"):
+        out.append(
+            Link(
+                index=msg["index"],
+                name=msg.get_attr("IFLA_IFNAME"),
+                mac=msg.get_attr("IFLA_ADDRESS") or "",
+                up=bool(msg["flags"] & IFF_UP),
+                kind=_kind(msg),
+                peer_index=msg.get_attr("IFLA_LINK"),
+                broadcast=bool(msg["flags"] & IFF_BROADCAST),
+                mtu=msg.get_attr("IFLA_MTU") or 0,
+            )
+        )
+    return tuple(out)
+
+
+def _cidr(addr: str | None, length: int) -> str | None:
+    return None if addr is None else f"{addr}/{length}"
+
+
+def observe(
+    ipr: IPRoute,
+    route_sources_for: Sequence[str] = (),
+    *,
+    routes: bool = True,
+    rules: bool = True,
+    neighbours: bool = True,
+) -> NsView:
+    """What the coordinator looks at in one namespace (the one ``ipr`` was opened in).
+
+    Links and addresses always; routes, rules and neighbours when asked (a node's tables can be large, and
+    most transactions need none of them).
+    """
+    links = _links(ipr)
+    names = {link.index: link.name for link in links}
+    addresses = tuple(
+        Address(
+            link=names.get(msg["index"], str(msg["index"])),
+            ip=msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"),
+            prefix=msg["prefixlen"],
+            scope=msg["scope"],
+        )
+        for msg in ipr.addr("dump")
+    )
+    found_routes = []
+    for family in (socket.AF_INET, socket.AF_INET6) if routes else ():
+        for msg in ipr.route("dump", family=family):
+            if msg["type"] != RTN_UNICAST:
+                continue
+            multipath = msg.get_attr("RTA_MULTIPATH") or []
+            found_routes.append(
+                RouteEntry(
+                    family=4 if family == socket.AF_INET else 6,
+                    table=msg.get_attr("RTA_TABLE") or msg["table"],
+                    dst=_cidr(msg.get_attr("RTA_DST"), msg["dst_len"]),
+                    oif=names.get(msg.get_attr("RTA_OIF")),
+                    gateway=msg.get_attr("RTA_GATEWAY"),
+                    scope=msg["scope"],
+                    src=msg.get_attr("RTA_PREFSRC"),
+                    proto=msg["proto"],
+                    priority=msg.get_attr("RTA_PRIORITY"),
+                    multipath_oifs=tuple(names.get(hop["oif"], "") for hop in multipath),
+                    multipath_gateways=tuple(hop.get_attr("RTA_GATEWAY") for hop in multipath),
+                )
+            )
+    found_rules = []
+    for family in (socket.AF_INET, socket.AF_INET6) if rules else ():
+        for msg in ipr.rule("dump", family=family):
+            found_rules.append(
+                RuleEntry(
+                    family=4 if family == socket.AF_INET else 6,
+                    table=msg.get_attr("FRA_TABLE") or msg["table"],
+                    priority=msg.get_attr("FRA_PRIORITY"),
+                    src=_cidr(msg.get_attr("FRA_SRC"), msg["src_len"]),
+                    dst=_cidr(msg.get_attr("FRA_DST"), msg["dst_len"]),
+                    fwmark=msg.get_attr("FRA_FWMARK"),
+                )
+            )
+    found_neighbours = tuple(
+        Neighbour(
+            link=names.get(msg["ifindex"], str(msg["ifindex"])),
+            ip=msg.get_attr("NDA_DST"),
+            mac=msg.get_attr("NDA_LLADDR"),
+            permanent=bool(msg["state"] & NUD_PERMANENT),
+        )
+        for msg in (ipr.neigh("dump") if neighbours else ())
+        if msg.get_attr("NDA_DST")
+    )
+    sources = {}
+    for ip in route_sources_for:
+        with contextlib.suppress(NetlinkError):
+            found = ipr.route("get", dst=ip)
+            if found and found[0].get_attr("RTA_PREFSRC"):
+                sources[ip] = found[0].get_attr("RTA_PREFSRC")
+    return NsView(links, addresses, tuple(found_routes), tuple(found_rules), found_neighbours, sources)
+
+
+# --- executing ----------------------------------------------------------------------------------------------
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise InterfaceSetupFailed(action=f"looking up interface {name!r}", reason="no such interface")
+    return int(found[0])
+
+
+def _route_spec(route: RouteEntry, table: int, names: Mapping[str, int]) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "family": AF_FAMILY[route.family],
+        "dst": route.destination,
+        "table": table,
+        "scope": route.scope,
+        "proto": route.proto,
+    }
+    if route.oif:
+        spec["oif"] = names[route.oif]
+    if route.gateway:
+        spec["gateway"] = route.gateway
+    if route.src:
+        spec["prefsrc"] = route.src
+    if route.priority is not None:
+        spec["priority"] = route.priority
+    if route.multipath_oifs:
+        spec["multipath"] = [
+            {"oif": names[oif], **({"gateway": gw} if gw else {})}
+            for oif, gw in zip(route.multipath_oifs, route.multipath_gateways, strict=False)
+        ]
+    return spec
+
+
+def _rule_spec(rule: RuleEntry) -> dict[str, Any]:
+    spec: dict[str, Any] = {"family": AF_FAMILY[rule.family], "table": rule.table}
+    if rule.priority is not None:
+        spec["priority"] = rule.priority
+    if rule.fwmark:
+        spec["fwmark"] = rule.fwmark
+    for key, cidr in (("src", rule.src), ("dst", rule.dst)):
+        if cidr:
+            ip, _, length = cidr.partition("/")
+            spec[key] = ip
+            spec[f"{key}_len"] = int(length)
+    return spec
+
+
+def _existing_rules(ipr: IPRoute, family: int) -> list[RuleEntry]:
+    return [
+        RuleEntry(
+            family=family,
+            table=msg.get_attr("FRA_TABLE") or msg["table"],
+            priority=msg.get_attr("FRA_PRIORITY"),
+            src=_cidr(msg.get_attr("FRA_SRC"), msg["src_len"]),
+            dst=_cidr(msg.get_attr("FRA_DST"), msg["dst_len"]),
+            fwmark=msg.get_attr("FRA_FWMARK"),
+        )
+        for msg in ipr.rule("dump", family=AF_FAMILY[family])
+    ]
+
+
+def write_sysctl(key: str, value: int) -> None:
+    """Write one sysctl of the namespace the calling thread is in (``/proc/sys/net`` is per thread's netns)."""
+    if ".." in key.split("/"):
+        raise ValueError(f"bad sysctl key {key!r}")
+    with open(f"/proc/sys/{key}", "w") as f:
+        f.write(f"{value}\n")
+
+
+def _nft_cmp(op: int, data: bytes) -> list[dict[str, Any]]:
+    return [genex("cmp", {"sreg": 1, "op": op, "data": {"attrs": [("NFTA_DATA_VALUE", data)]}})]
+
+
+def mark_rules(dev: str, mark: int) -> list[list[list[dict[str, Any]]]]:
+    """The three nftables rules of Spiderpool's iptables mangle rules (reference §5.3 step 10), as expressions:
+
+    - prerouting: ``iifname <dev> ct state new meta mark set <mark>``;
+    - prerouting: ``meta mark <mark> ct mark set meta mark`` (CONNMARK --save-mark);
+    - output (a ``route`` chain, so the kernel re-routes marked replies): ``meta mark set ct mark``.
+    """
+    u32 = struct.Struct("=I").pack  # marks and ct state are host byte order registers
+    name = dev.encode().ljust(16, b"\0")
+    return [
+        [
+            [genex("meta", {"dreg": 1, "key": _NFT_META_IIFNAME})],
+            _nft_cmp(_NFT_CMP_EQ, name),
+            [genex("ct", {"dreg": 1, "key": _NFT_CT_STATE})],
+            [
+                genex(
+                    "bitwise",
+                    {
+                        "sreg": 1,
+                        "dreg": 1,
+                        "len": 4,
+                        "mask": {"attrs": [("NFTA_DATA_VALUE", u32(_CT_STATE_NEW))]},
+                        "xor": {"attrs": [("NFTA_DATA_VALUE", u32(0))]},
+                    },
+                )
+            ],
+            _nft_cmp(_NFT_CMP_NEQ, u32(0)),
+            [genex("immediate", {"dreg": 1, "data": {"attrs": [("NFTA_DATA_VALUE", u32(mark))]}})],
+            [genex("meta", {"key": _NFT_META_MARK, "sreg": 1})],
+        ],
+        [
+            [genex("meta", {"dreg": 1, "key": _NFT_META_MARK})],
+            _nft_cmp(_NFT_CMP_EQ, u32(mark)),
+            [genex("ct", {"key": _NFT_CT_MARK, "sreg": 1})],
+        ],
+        [
+            [genex("ct", {"dreg": 1, "key": _NFT_CT_MARK})],
+            [genex("meta", {"key": _NFT_META_MARK, "sreg": 1})],
+        ],
+    ]
+
+
+def _nft_tables(nft: NFTables) -> set[str]:
+    return {msg.get_attr("NFTA_TABLE_NAME") for msg in nft.get_tables() if msg["nfgen_family"] == _NFPROTO_INET}
+
+
+def set_mark_rules(dev: str, mark: int) -> None:
+    """(Re)create the pod's marking table in the calling thread's namespace, atomically replacing an old one."""
+    nft = NFTables(nfgen_family=_NFPROTO_INET)
+    try:
+        if NFT_TABLE in _nft_tables(nft):
+            nft.table("del", name=NFT_TABLE)
+        nft.table("add", name=NFT_TABLE)
+        nft.chain(
+            "add", table=NFT_TABLE, name="prerouting", hook="prerouting", type="filter", priority=_MANGLE_PRIORITY
+        )
+        nft.chain("add", table=NFT_TABLE, name="output", hook="output", type="route", priority=_MANGLE_PRIORITY)
+        pre, save, restore = mark_rules(dev, mark)
+        nft.rule("add", table=NFT_TABLE, chain="prerouting", expressions=pre)
+        nft.rule("add", table=NFT_TABLE, chain="prerouting", expressions=save)
+        nft.rule("add", table=NFT_TABLE, chain="output", expressions=restore)
+    finally:
+        nft.close()
+
+
+def drop_mark_rules() -> None:
+    """Remove the pod's marking table from the calling thread's namespace, if there is one."""
+    nft = NFTables(nfgen_family=_NFPROTO_INET)
+    try:
+        if NFT_TABLE in _nft_tables(nft):
+            nft.table("del", name=NFT_TABLE)
+    finally:
+        nft.close()
+
+
+def execute(session: Session, ops: Sequence[Op], pod: IPRoute | None) -> None:
+    """Run a plan's operations in order; the first refused change stops it with ``InterfaceSetupFailed``.
+
+    ``pod`` is the socket of the pod's namespace (the thread is inside it while this runs), or ``None`` when
+    the plan touches the host only.
+    """
+    for op in ops:
+        ipr = session.host if op.side == "host" else pod
+        if ipr is None:
+            raise AssertionError(f"{op!r} needs the pod's namespace")
+        try:
+            _execute_one(session, ipr, op)
+        except NetlinkError as exc:
+            raise _fail(_describe(op), exc) from exc
+        except OSError as exc:
+            raise _fail(_describe(op), exc) from exc
+
+
+def _describe(op: Op) -> str:
+    name = type(op).__name__
+    fields = ", ".join(f"{k}={v!r}" for k, v in attrs.asdict(op, recurse=False).items() if k != "side")
+    return f"{name}({fields}) in the {op.side} namespace"
+
+
+def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
+    match op:
+        case AddVeth():
+            if session.host.link_lookup(ifname=op.host_name):
+                # NB: never take it over: it is the veth of another live pod whose container ID starts with the
+                # same 11 characters (a veth of a dead sandbox went with its namespace).
+                raise InterfaceSetupFailed(
+                    action=f"creating the veth pair {op.pod_name}/{op.host_name}",
+                    reason=f"host interface {op.host_name!r} already exists",
+                )
+            ipr.link(
+                "add",
+                ifname=op.pod_name,
+                kind="veth",
+                address=op.pod_mac,
+                mtu=op.mtu,
+                peer={"ifname": op.host_name, "net_ns_fd": session.home_fd, "address": op.host_mac, "mtu": op.mtu},
+            )
+            ipr.link("set", index=_index(ipr, op.pod_name), state="up")
+            session.host.link("set", index=_index(session.host, op.host_name), state="up")
+        case SetLink():
+            index = _index(ipr, op.name)
+            if op.mac is not None:
+                ipr.link("set", index=index, address=op.mac)
+            if op.txqlen is not None:
+                ipr.link("set", index=index, txqlen=op.txqlen)
+            if op.up is not None:
+                ipr.link("set", index=index, state="up" if op.up else "down")
+        case DelLink():
+            found = ipr.link_lookup(ifname=op.name)
+            if found:
+                _ignore_missing(ipr.link, "del", index=found[0])
+        case AddAddress():
+            ip, _, length = op.address.partition("/")
+            try:
+                ipr.addr("add", index=_index(ipr, op.link), address=ip, prefixlen=int(length))
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+        case AddRoute():
+            spec: dict[str, Any] = {
+                "family": AF_FAMILY[family_of(op.dst)],
+                "dst": op.dst,
+                "oif": _index(ipr, op.dev),
+                "table": op.table,
+                "scope": op.scope,
+            }
+            if op.gateway:
+                spec["gateway"] = op.gateway
+            if op.src:
+                spec["prefsrc"] = op.src
+            ipr.route("replace", **spec)
+        case DelRoutes():
+            oif = ipr.link_lookup(ifname=op.dev) if op.dev else None
+            ip, _, length = op.dst.partition("/")
+            for msg in ipr.route("dump", family=AF_FAMILY[family_of(op.dst)]):
+                if (msg.get_attr("RTA_TABLE") or msg["table"]) != op.table or msg["dst_len"] != int(length):
+                    continue
+                if msg.get_attr("RTA_DST") != ip or (oif is not None and msg.get_attr("RTA_OIF") not in oif):
+                    continue
+                # NB: the kernel matches scope and protocol too: pyroute2's defaults would miss a link route.
+                spec = {"family": msg["family"], "dst": op.dst, "table": op.table, "scope": msg["scope"]}
+                spec |= {"proto": msg["proto"], "oif": msg.get_attr("RTA_OIF")}
+                if msg.get_attr("RTA_GATEWAY"):
+                    spec["gateway"] = msg.get_attr("RTA_GATEWAY")
+                _ignore_missing(ipr.route, "del", **spec)
+        case MoveRoute() | CopyRoute():
+            names = {link.name: link.index for link in _links(ipr)}
+            if isinstance(op, MoveRoute):
+                _ignore_missing(ipr.route, "del", **_route_spec(op.route, op.route.table, names))
+            ipr.route("replace", **_route_spec(op.route, op.table, names))
+        case AddRule():
+            if not any(op.rule.same(r) for r in _existing_rules(ipr, op.rule.family)):
+                ipr.rule("add", **_rule_spec(op.rule))
+        case DelRule():
+            for existing in _existing_rules(ipr, op.rule.family):
+                if op.rule.same(existing):
+                    _ignore_missing(ipr.rule, "del", **_rule_spec(existing))
+        case DropRuleIfUnused():
+            used = any(
+                (msg.get_attr("RTA_TABLE") or msg["table"]) == op.rule.table
+                for msg in ipr.route("dump", family=AF_FAMILY[op.rule.family])
+            )
+            if not used:
+                for existing in _existing_rules(ipr, op.rule.family):
+                    if op.rule.same(existing) and existing.src is None and existing.dst is None:
+                        _ignore_missing(ipr.rule, "del", **_rule_spec(existing))
+        case AddNeighbour():
+            ipr.neigh(
+                "replace",
+                family=AF_FAMILY[family_of(op.ip)],
+                dst=op.ip,
+                lladdr=op.mac,
+                ifindex=_index(ipr, op.dev),
+                state=NUD_PERMANENT,
+            )
+        case DelNeighbours():
+            dev = ipr.link_lookup(ifname=op.dev) if op.dev else None
+            for msg in ipr.neigh("dump", family=AF_FAMILY[family_of(op.ip)]):
+                if msg.get_attr("NDA_DST") == op.ip and (dev is None or msg["ifindex"] in dev):
+                    _ignore_missing(ipr.neigh, "del", family=msg["family"], dst=op.ip, ifindex=msg["ifindex"])
+        case Sysctl() if op.side == "host":
+            with session.at_home():
+                write_sysctl(op.key, op.value)
+        case Sysctl():
+            write_sysctl(op.key, op.value)
+        case MarkReplies():
+            set_mark_rules(op.dev, op.mark)
+        case UnmarkReplies():
+            drop_mark_rules()
+        case _:
+            raise AssertionError(f"unhandled operation {op!r}")
+
+
+def _ignore_missing(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except NetlinkError as exc:
+        if exc.code not in _IGNORED:
+            raise
+
+
+# --- transactions (run in the worker thread) ----------------------------------------------------------------
+
+
+def inspect_pod(session: Session, netns: str, ifname: str, set_up: bool) -> NsView:
+    """Bring ``ifname`` up (when asked) and observe the pod's links and addresses."""
+    with session.entered(netns) as ipr:
+        if set_up:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                raise InvalidNetConf(
+                    reason=f"interface {ifname!r} does not exist in the pod: is the main CNI before me?"
+                )
+            try:
+                ipr.link("set", index=found[0], state="up")
+            except NetlinkError as exc:
+                raise _fail(f"setting {ifname!r} up", exc) from exc
+        return observe(ipr, routes=False, rules=False, neighbours=False)
+
+
+def inspect_host(session: Session, route_sources_for: Sequence[str] = ()) -> NsView:
+    """Observe the host namespace."""
+    return observe(session.host, route_sources_for)
+
+
+def run_in_pod(
+    session: Session, netns: str, plan_for: Callable[[NsView, NsView], Sequence[Op]], pod_ips_for_host: Sequence[str]
+) -> tuple[NsView, NsView, Sequence[Op]]:
+    """Observe the pod and the host, plan with ``plan_for(pod, host)`` and execute: one transaction.
+
+    ``pod_ips_for_host`` are the addresses whose route source the host is asked for (``ip route get``); the
+    pod's own addresses are added to them.
+    """
+    with session.entered(netns) as ipr:
+        pod = observe(ipr, rules=False, neighbours=False)
+        own = [a.ip for a in pod.addresses if a.link != "lo" and a.scope == 0]
+        sources = list(dict.fromkeys([*pod_ips_for_host, *own]))
+        host = observe(session.host, sources, routes=False, rules=False, neighbours=False)
+        ops = plan_for(pod, host)
+        execute(session, ops, ipr)
+        return pod, host, ops
+
+
+def run_on_host(session: Session, plan_for: Callable[[NsView], Sequence[Op]]) -> Sequence[Op]:
+    """Observe the host, plan, execute host-only operations: one transaction."""
+    ops = plan_for(observe(session.host, rules=False, neighbours=False))
+    execute(session, ops, None)
+    return ops
+
+
+def clean_pod(session: Session, netns: str, families: Sequence[int]) -> bool:
+    """Remove the pod-side marking (nftables table, fwmark rules) once ``veth0`` is gone; ``False`` when the
+    namespace itself is gone (everything in it went with it)."""
+    try:
+        with session.entered(netns) as ipr:
+            if ipr.link_lookup(ifname=POD_VETH):
+                return True
+            drop_mark_rules()
+            for family in families:
+                for existing in _existing_rules(ipr, family):
+                    if (existing.fwmark, existing.table, existing.priority) == (MARK, POD_MARK_TABLE, RULE_PRIORITY):
+                        _ignore_missing(ipr.rule, "del", **_rule_spec(existing))
+    except (NamespaceGone, InvalidEnvironment):
+        return False
+    return True
+
+
+def open_packet_socket(session: Session, netns: str, ifname: str, ethertype: int) -> socket.socket:
+    """A raw packet socket bound to ``ifname`` inside the pod's namespace (it stays bound to that namespace)."""
+    with session.entered(netns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+        try:
+            sock.bind((ifname, ethertype))
+        except OSError as exc:
+            sock.close()
+            raise _fail(f"opening a packet socket on {ifname!r}", exc) from exc
+        return sock
+
+
+# --- ifacer: VLAN and bond parents --------------------------------------------------------------------------
+
+
+def vlan_request(name: str, parent_index: int, vlan_id: int) -> dict[str, Any]:
+    """The ``IPRoute.link("add", ...)`` arguments of a VLAN sub-interface."""
+    return {"ifname": name, "kind": "vlan", "link": parent_index, "vlan_id": vlan_id}
+
+
+def bond_request(
+    name: str, mode: int, options: Sequence[tuple[str, Any]], indexes: Mapping[str, int]
+) -> dict[str, Any]:
+    """The ``IPRoute.link("add", ...)`` arguments of a bond; interface-valued options become indexes."""
+    request: dict[str, Any] = {"ifname": name, "kind": "bond", "bond_mode": mode}
+    for attr, value in options:
+        if attr in ("active_slave", "primary"):
+            if value not in indexes:
+                raise InvalidNetConf(reason=f"bond.options: {attr} names {value!r}, which is not one of the interfaces")
+            value = indexes[value]
+        elif attr == "arp_ip_target":
+            value = list(value)
+        request[f"bond_{attr}"] = value
+    return request
+
+
+def ensure_parents(session: Session, conf: IfacerConf) -> str | None:
+    """Make sure the bond and VLAN ``conf`` asks for exist and are up in the host namespace (reference §6).
+
+    Returns the name of the parent the main CNI should use.  Existing interfaces are kept (set up when down);
+    a different VLAN interface with the same VLAN ID is an error, as in Spiderpool (N00004).
+    """
+    ipr = session.host
+    try:
+        return _ensure_parents(ipr, conf)
+    except NetlinkError as exc:
+        if exc.code == errno.EOPNOTSUPP:
+            raise InterfaceSetupFailed(
+                action=f"creating the parents of {conf.parent!r}", reason="this kernel cannot make that link type"
+            ) from exc
+        raise _fail(f"creating the parents of {conf.parent!r}", exc) from exc
+
+
+def _up(ipr: IPRoute, index: int) -> None:
+    ipr.link("set", index=index, state="up")
+
+
+def _ensure_parents(ipr: IPRoute, conf: IfacerConf) -> str | None:
+    links = {link.name: link for link in _links(ipr)}
+    for name in conf.interfaces:
+        if name not in links:
+            raise InvalidNetConf(reason=f"interface {name!r} does not exist on the node")
+    if conf.needs_bond:
+        assert conf.bond is not None
+        bond = links.get(conf.bond.name)
+        if bond is not None and bond.kind != "bond":
+            raise InvalidNetConf(reason=f"interface {conf.bond.name!r} exists and is not a bond")
+        if bond is None:
+            indexes = {name: links[name].index for name in conf.interfaces}
+            ipr.link("add", **bond_request(conf.bond.name, conf.bond.mode, conf.bond.options, indexes))
+            bond_index = _index(ipr, conf.bond.name)
+            for name in conf.interfaces:
+                ipr.link("set", index=links[name].index, state="down")
+                ipr.link("set", index=links[name].index, master=bond_index)
+                _up(ipr, links[name].index)
+            links = {link.name: link for link in _links(ipr)}
+        _up(ipr, links[conf.bond.name].index)
+    parent_name = conf.vlan_parent
+    if parent_name is not None:
+        parent = links[parent_name]
+        if not parent.up:
+            _up(ipr, parent.index)
+        name = f"{parent_name}.{conf.vlan_id}"
+        for msg in ipr.link("dump"):
+            data = _vlan_id(msg)
+            if data == conf.vlan_id and msg.get_attr("IFLA_IFNAME") != name:
+                raise InvalidNetConf(
+                    reason=f"cannot have multiple different vlan interfaces with the same vlanId {conf.vlan_id} on "
+                    f"node at the same time ({msg.get_attr('IFLA_IFNAME')!r} exists)"
+                )
+        if name not in links:
+            ipr.link("add", **vlan_request(name, parent.index, conf.vlan_id))
+        _up(ipr, _index(ipr, name))
+    return conf.parent
+
+
+def _vlan_id(msg: Any) -> int | None:
+    info = msg.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "vlan":
+        return None
+    data = info.get_attr("IFLA_INFO_DATA")
+    return None if data is None else data.get_attr("IFLA_VLAN_ID")

@@ -1,0 +1,509 @@
+"""The fake API server's storage: Kubernetes' write and watch semantics for JSON objects, without HTTP.
+
+Owns the objects, the global resourceVersion counter, the event history that watches replay, the served
+resources (built-in kinds from ``spider.kinds``, custom resources from CustomResourceDefinitions), and the
+answers the real API server gives, each as an ``ApiError`` carrying the ``Status`` it sends.  What it mirrors
+(kube-apiserver's generic registry, the custom resource strategy, the watch cache; checked against the
+upstream code, see ``tests/fakeapi/__init__.py``):
+
+- create: 201; system fields wiped and set (uid, creationTimestamp, generation 1); ``generateName``; status
+  dropped for kinds with a status subresource (Pods start ``Pending``, Namespaces ``Active``); a set
+  resourceVersion is a 500 ("resourceVersion should not be set on objects to be created"); a name taken is
+  409 ``AlreadyExists``; a namespace that does not exist is 404 (NamespaceLifecycle); bad labels 422.
+- update (PUT): 404 when missing (no create-on-update); a uid in the body is a precondition (409); custom
+  resources need a resourceVersion (422 "must be specified for an update"), built-in kinds take the stored
+  one; a stale one is 409 ``Conflict``; the status subresource replaces only status; generation grows with
+  spec; no new finalizers on an object being deleted (422); removing the last one deletes it; a no-op
+  writes nothing.
+- delete: preconditions (409); finalizers only mark (deletionTimestamp, grace 0, generation + 1), once.
+- list: label selectors (400 when malformed), ``limit``/``continue`` over a snapshot (410 when compacted),
+  items of built-in kinds without apiVersion/kind.
+- watch: ``""``/``"0"`` start with a synthetic ``ADDED`` per object; an unparseable version is 422; a
+  compacted one an ``ERROR`` event (410 ``Expired``) on a 200 stream; selector transitions become
+  ``ADDED``/``DELETED``; ``DELETED`` carries the last state stamped with the deletion's version.
+
+Not modelled: managedFields, admission webhooks, field selectors, dry run, patch, per-kind validation of
+built-in specs, and garbage collection by owner references.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import re
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import trio
+
+from spider.errors import InvalidInput
+from spider.kinds import KINDS, SPIDER_GROUP
+from spider.selector import Selector, label_key_problem, label_value_problem, parse_selector
+
+Obj = dict[str, Any]
+_Objs = list[Obj]  # NB: spelled here because the class's own ``list`` method shadows the builtin
+
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's names.SimpleNameGenerator
+_SNAPSHOTS_KEPT = 64
+INTERFERENCE_ANNOTATION = "fakeapi.spider.test/interference"
+CRD_GROUP = "apiextensions.k8s.io"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ApiError(Exception):
+    """An answer that is not a success: the HTTP code and the ``Status`` object the API server sends."""
+
+    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
+
+    def status(self) -> Obj:
+        out: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class NotServed(Exception):
+    """No such resource: the API server answers a plain-text "404 page not found"."""
+
+
+@attrs.frozen
+class Resource:
+    """One served resource: where it lives and how the registry treats it."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    status_subresource: bool
+    custom: bool  # custom resources refuse updates without resourceVersion (AllowUnconditionalUpdate false)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """``plural.group`` as error messages name it."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def details(self, name: str, uid: str = "") -> Obj:
+        out: Obj = {"name": name, "kind": self.plural}
+        if self.group:
+            out["group"] = self.group
+        if uid:
+            out["uid"] = uid
+        return out
+
+    def not_found(self, name: str) -> ApiError:
+        return ApiError(404, "NotFound", f'{self.qualified} "{name}" not found', self.details(name))
+
+    def conflict(self, name: str, why: str) -> ApiError:
+        message = f'Operation cannot be fulfilled on {self.qualified} "{name}": {why}'
+        return ApiError(409, "Conflict", message, self.details(name))
+
+    def invalid(self, name: str, field: str, why: str) -> ApiError:
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        message = f'{kind} "{name}" is invalid: {field}: {why}'
+        return ApiError(422, "Invalid", message, {**self.details(name), "causes": [{"field": field, "message": why}]})
+
+
+CRD_RESOURCE = Resource(CRD_GROUP, "v1", "customresourcedefinitions", "CustomResourceDefinition", False, True, False)
+"""Served whatever ``spider.kinds`` says: creating one serves the resource it defines."""
+
+
+@attrs.frozen
+class Event:
+    """One write, as the watch history keeps it."""
+
+    rv: int
+    resource: tuple[str, str]  # (group, plural)
+    namespace: str
+    type: str
+    object: Obj
+    previous: Obj | None
+
+
+def _labels(obj: Obj | None) -> dict[str, str]:
+    labels: dict[str, str] = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return labels
+
+
+def _without(obj: Obj, *fields: str) -> Obj:
+    return {k: v for k, v in obj.items() if k not in fields}
+
+
+def _parse_rv(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+@attrs.define(eq=False)
+class Cluster:
+    """The storage behind one fake API server; every method runs in the server's trio thread."""
+
+    event_retention: int = 10_000
+    rv: int = 1
+    compacted: int = 0
+    resources: dict[tuple[str, str, str], Resource] = attrs.Factory(dict)
+    objects: dict[tuple[str, str, str, str], Obj] = attrs.Factory(dict)
+    events: list[Event] = attrs.Factory(list)
+    interfere: set[tuple[str, str]] = attrs.Factory(set)
+    """(plural, name) of objects another writer always updates just before a PUT to them arrives."""
+    writes: int = 0
+    _snapshots: dict[str, tuple[int, list[Obj]]] = attrs.Factory(dict)
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    @classmethod
+    def new(cls, *, crds_installed: bool = True, event_retention: int = 10_000) -> Cluster:
+        """A cluster with the built-in kinds, the default namespaces and (unless not asked) our CRDs."""
+        cluster = cls(event_retention=event_retention)
+        for k in KINDS:
+            custom = not (k.group in ("", "apps", "batch") or k.group.endswith(".k8s.io"))
+            if k.group != SPIDER_GROUP or crds_installed:
+                status = k.status_subresource
+                cluster.serve(Resource(k.group, k.version, k.plural, k.kind, k.namespaced, status, custom))
+        namespaces = cluster.resource("", "v1", "namespaces")
+        for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            cluster.create(namespaces, "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        return cluster
+
+    # --- resources ---------------------------------------------------------------------------------------
+
+    def serve(self, resource: Resource) -> None:
+        self.resources[resource.group, resource.version, resource.plural] = resource
+
+    def resource(self, group: str, version: str, plural: str) -> Resource:
+        found = self.resources.get((group, version, plural))
+        if found is None:
+            raise NotServed(f"/{group}/{version}/{plural}")
+        return found
+
+    def namespaced_plural(self, group: str, version: str, plural: str) -> bool:
+        found = self.resources.get((group, version, plural))
+        return found is not None and found.namespaced
+
+    def _crd_changed(self, crd: Obj, gone: bool) -> None:
+        """Serve (or stop serving) the versions a CustomResourceDefinition describes."""
+        spec = crd.get("spec") or {}
+        group, names = str(spec.get("group", "")), spec.get("names") or {}
+        for v in spec.get("versions") or []:
+            key = (group, str(v.get("name", "")), str(names.get("plural", "")))
+            if gone or not v.get("served", True):
+                self.resources.pop(key, None)
+                continue
+            status = "status" in ((v.get("subresources") or {}) or {})
+            namespaced = spec.get("scope") == "Namespaced"
+            self.serve(Resource(key[0], key[1], key[2], str(names.get("kind", "")), namespaced, status, True))
+        if gone:
+            for stale in [k for k in self.objects if k[:2] == (group, names.get("plural"))]:
+                del self.objects[stale]
+
+    # --- plumbing ----------------------------------------------------------------------------------------
+
+    async def wait_for_change(self, patience: float) -> None:
+        """Until the next write, or ``patience`` seconds."""
+        changed = self._changed
+        with trio.move_on_after(patience):
+            await changed.wait()
+
+    def _key(self, r: Resource, namespace: str, name: str) -> tuple[str, str, str, str]:
+        return (r.group, r.plural, namespace if r.namespaced else "", name)
+
+    def _commit(self, r: Resource, namespace: str, type_: str, obj: Obj, previous: Obj | None) -> Obj:
+        self.rv += 1
+        self.writes += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        key = self._key(r, namespace, obj["metadata"]["name"])
+        if type_ == "DELETED":
+            self.objects.pop(key, None)
+        else:
+            self.objects[key] = obj
+        self.events.append(Event(self.rv, (r.group, r.plural), key[2], type_, copy.deepcopy(obj), previous))
+        if len(self.events) > 2 * self.event_retention:
+            dropped = self.events[: -self.event_retention]
+            self.compacted = max(self.compacted, dropped[-1].rv)
+            del self.events[: -self.event_retention]
+        if r == CRD_RESOURCE:
+            self._crd_changed(obj, type_ == "DELETED")
+        self._changed.set()
+        self._changed = trio.Event()
+        return copy.deepcopy(obj)
+
+    def compact(self) -> None:
+        """Forget every event so far (etcd compaction): watches from older versions get 410."""
+        self.events.clear()
+        self.compacted = self.rv
+
+    def _stored(self, r: Resource, namespace: str, name: str) -> Obj:
+        found = self.objects.get(self._key(r, namespace, name))
+        if found is None:
+            raise r.not_found(name)
+        return found
+
+    def _check_body(self, r: Resource, namespace: str, body: object) -> Obj:
+        if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+            raise ApiError(400, "BadRequest", "the body is not a JSON object with metadata")
+        if body.get("apiVersion") != r.api_version or body.get("kind") != r.kind:
+            got = f"{body.get('apiVersion')}, Kind={body.get('kind')}"
+            raise ApiError(400, "BadRequest", f"the API version in the data ({got}) does not match the resource")
+        m = body.setdefault("metadata", {})
+        if r.namespaced:
+            if not m.get("namespace"):
+                m["namespace"] = namespace
+            elif m["namespace"] != namespace:
+                message = "the namespace of the provided object does not match the namespace sent on the request"
+                raise ApiError(400, "BadRequest", message)
+        else:
+            m.pop("namespace", None)
+        return body
+
+    def _validate_meta(self, r: Resource, obj: Obj) -> None:
+        m, name = obj["metadata"], str(obj["metadata"].get("name", ""))
+        if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+            why = f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric'
+            raise r.invalid(name, "metadata.name", why)
+        for field in ("labels", "annotations"):
+            value = m.get(field)
+            if value is not None and not (
+                isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+            ):
+                raise r.invalid(name, f"metadata.{field}", "Invalid value: must be a map of strings")
+        for key, value in (m.get("labels") or {}).items():
+            problem = label_key_problem(key) or label_value_problem(value)
+            if problem:
+                raise r.invalid(name, "metadata.labels", f"Invalid value: {problem}")
+        finalizers = m.get("finalizers")
+        if finalizers is not None and not (
+            isinstance(finalizers, list) and all(isinstance(f, str) for f in finalizers)
+        ):
+            raise r.invalid(name, "metadata.finalizers", "Invalid value: must be a list of strings")
+        for field in ("labels", "annotations", "finalizers", "ownerReferences"):
+            if field in m and not m[field]:
+                del m[field]  # NB: Go's omitempty: an empty map or list is the same as none
+
+    # --- verbs -------------------------------------------------------------------------------------------
+
+    def get(self, r: Resource, namespace: str, name: str) -> Obj:
+        return copy.deepcopy(self._stored(r, namespace, name))
+
+    def list(self, r: Resource, namespace: str, selector: str, limit: int = 0, token: str = "") -> Obj:
+        if token:
+            snapshot = self._snapshots.pop(token, None)
+            if snapshot is None or snapshot[0] < self.compacted:
+                message = (
+                    "The provided continue parameter is too old to display a consistent list result. "
+                    "You can start a new list without the continue parameter."
+                )
+                raise ApiError(410, "Expired", message)
+            version, items = snapshot
+        else:
+            matcher = self._selector(selector)
+            version = self.rv
+            items = [
+                copy.deepcopy(o)
+                for (group, plural, ns, _), o in sorted(self.objects.items())
+                if (group, plural) == (r.group, r.plural)
+                and (not namespace or ns == namespace)
+                and matcher.matches(_labels(o))
+            ]
+            if not r.custom:
+                items = [_without(o, "apiVersion", "kind") for o in items]  # NB: as Go's typed lists encode
+        meta: Obj = {"resourceVersion": str(version)}
+        if limit and len(items) > limit:
+            items, rest = items[:limit], items[limit:]
+            token = secrets.token_urlsafe(12)
+            self._snapshots[token] = (version, rest)
+            while len(self._snapshots) > _SNAPSHOTS_KEPT:
+                del self._snapshots[next(iter(self._snapshots))]
+            meta.update({"continue": token, "remainingItemCount": len(rest)})
+        return {"apiVersion": r.api_version, "kind": f"{r.kind}List", "metadata": meta, "items": items}
+
+    @staticmethod
+    def _selector(text: str) -> Selector:
+        try:
+            return parse_selector(text)
+        except InvalidInput as exc:
+            raise ApiError(400, "BadRequest", f"unable to parse requirement: {exc}") from None
+
+    def create(self, r: Resource, namespace: str, body: object) -> Obj:
+        obj = self._check_body(r, namespace, copy.deepcopy(body))
+        m = obj["metadata"]
+        for field in ("creationTimestamp", "uid", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
+            m.pop(field, None)
+        if r.namespaced:
+            ns_key = self._key(self.resource("", "v1", "namespaces"), "", namespace)
+            if ns_key not in self.objects:
+                message = f'namespaces "{namespace}" not found'
+                raise ApiError(404, "NotFound", message, {"name": namespace, "kind": "namespaces"})
+        if not m.get("name"):
+            prefix = m.get("generateName")
+            if not prefix:
+                raise r.invalid("", "metadata.name", "Required value: name or generateName is required")
+            m["name"] = str(prefix) + "".join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))
+        self._validate_meta(r, obj)
+        if m.get("resourceVersion"):
+            raise ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
+        name = m["name"]
+        if self._key(r, namespace, name) in self.objects:
+            message = f'{r.qualified} "{name}" already exists'
+            raise ApiError(409, "AlreadyExists", message, r.details(name))
+        m.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        if r.status_subresource:
+            obj.pop("status", None)
+        if r.kind == "Pod":
+            obj["status"] = {"phase": "Pending"}
+        elif r.kind == "Namespace":
+            obj["status"] = {"phase": "Active"}
+            m.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+        elif r == CRD_RESOURCE:
+            names = (obj.get("spec") or {}).get("names") or {}
+            conditions = [
+                {"type": t, "status": "True", "reason": r_, "lastTransitionTime": now()}
+                for t, r_ in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))
+            ]
+            obj["status"] = {"acceptedNames": names, "conditions": conditions, "storedVersions": []}
+        return self._commit(r, namespace, "ADDED", obj, None)
+
+    def update(self, r: Resource, namespace: str, name: str, body: object, *, status: bool) -> Obj:
+        stored = self._stored(r, namespace, name)
+        if (r.plural, name) in self.interfere:  # another writer gets in first, every time
+            foreign = copy.deepcopy(stored)
+            annotations = foreign["metadata"].setdefault("annotations", {})
+            annotations[INTERFERENCE_ANNOTATION] = str(int(annotations.get(INTERFERENCE_ANNOTATION, "0")) + 1)
+            stored = self._commit(r, namespace, "MODIFIED", foreign, stored)
+        new = self._check_body(r, namespace, copy.deepcopy(body))
+        m, old = new["metadata"], stored["metadata"]
+        if m.get("name") != name:
+            message = f"the name of the object ({m.get('name')}) does not match the name on the URL ({name})"
+            raise ApiError(400, "BadRequest", message)
+        if m.get("uid") and m["uid"] != old["uid"]:
+            why = f"Precondition failed: UID in precondition: {m['uid']}, UID in object meta: {old['uid']}"
+            raise r.conflict(name, why)
+        sent = str(m.get("resourceVersion") or "")
+        if not sent:
+            if r.custom:
+                raise r.invalid(name, "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")
+            sent = old["resourceVersion"]
+        elif _parse_rv(sent) is None:
+            raise ApiError(400, "BadRequest", f"invalid resource version: {sent}")
+        if sent != old["resourceVersion"]:
+            why = "the object has been modified; please apply your changes to the latest version and try again"
+            raise r.conflict(name, why)
+        if status:  # the status strategy: everything but status comes from the stored object
+            result = _without(copy.deepcopy(stored), "status")
+            if "status" in new:
+                result["status"] = new["status"]
+            new = result
+        else:
+            for field in ("uid", "creationTimestamp", "generation", "resourceVersion"):
+                m[field] = old[field]
+            for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+                m.pop(field, None)
+                if field in old:
+                    m[field] = old[field]
+            if r.status_subresource:
+                new.pop("status", None)
+                if "status" in stored:
+                    new["status"] = copy.deepcopy(stored["status"])
+            self._validate_meta(r, new)
+            ignored = ("metadata", "status") if r.status_subresource else ("metadata",)
+            if _without(new, *ignored) != _without(stored, *ignored):
+                m["generation"] = old["generation"] + 1
+            if "deletionTimestamp" in old:
+                added = sorted(set(m.get("finalizers") or []) - set(old.get("finalizers") or []))
+                if added:
+                    why = f"Forbidden: no new finalizers can be added if the object is being deleted, found {added}"
+                    raise r.invalid(name, "metadata.finalizers", why)
+                if not m.get("finalizers"):
+                    return self._commit(r, namespace, "DELETED", copy.deepcopy(stored), stored)
+        if new == stored:
+            return copy.deepcopy(stored)
+        return self._commit(r, namespace, "MODIFIED", new, stored)
+
+    def delete(self, r: Resource, namespace: str, name: str, options: object) -> Obj:
+        stored = self._stored(r, namespace, name)
+        m = stored["metadata"]
+        preconditions = (options.get("preconditions") if isinstance(options, dict) else None) or {}
+        for field, label in (("resourceVersion", "ResourceVersion"), ("uid", "UID")):
+            want = preconditions.get(field)
+            if want and want != m[field]:
+                why = f"Precondition failed: {label} in precondition: {want}, {label} in object meta: {m[field]}"
+                raise r.conflict(name, why)
+        if m.get("finalizers"):
+            if "deletionTimestamp" in m:
+                return copy.deepcopy(stored)
+            marked = copy.deepcopy(stored)
+            marked["metadata"].update(
+                deletionTimestamp=now(), deletionGracePeriodSeconds=0, generation=m.get("generation", 0) + 1
+            )
+            return self._commit(r, namespace, "MODIFIED", marked, stored)
+        self._commit(r, namespace, "DELETED", copy.deepcopy(stored), stored)
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": r.details(name, m["uid"]),
+        }
+
+    # --- watch -------------------------------------------------------------------------------------------
+
+    def watch_start(self, r: Resource, namespace: str, selector: str, version: str) -> tuple[_Objs, int]:
+        """The synthetic events a watch starts with, and the version it continues after.
+
+        ``ApiError`` 422 for an unparseable version (sent as the answer); 410 for a compacted one (sent as
+        an ``ERROR`` event on a 200 stream, as the watch cache does).
+        """
+        matcher = self._selector(selector)
+        if version in ("", "0"):
+            listing = self.list(r, namespace, selector)
+            items = [dict(o, apiVersion=r.api_version, kind=r.kind) for o in listing["items"]]
+            return [{"type": "ADDED", "object": o} for o in items if matcher.matches(_labels(o))], self.rv
+        start = _parse_rv(version)
+        if start is None:
+            message = f'resourceVersion: Invalid value: "{version}": strconv.ParseUint: parsing "{version}"'
+            raise ApiError(422, "Invalid", message)
+        if start < self.compacted:
+            raise ApiError(410, "Expired", f"too old resource version: {start} ({self.compacted})")
+        return [], start
+
+    def watch_since(self, r: Resource, namespace: str, selector: str, after: int) -> tuple[_Objs, int]:
+        """Events of a watch after version ``after``, and the version it has now seen everything up to."""
+        if after < self.compacted:
+            raise ApiError(410, "Expired", f"too old resource version: {after} ({self.compacted})")
+        matcher = self._selector(selector)
+        out: _Objs = []
+        start = bisect.bisect_right(self.events, after, key=lambda e: e.rv)
+        for e in self.events[start:]:
+            if e.resource != (r.group, r.plural) or (namespace and e.namespace != namespace):
+                continue
+            now_ = matcher.matches(_labels(e.object))
+            before = e.previous is not None and matcher.matches(_labels(e.previous))
+            if e.type == "MODIFIED" and now_ != before:
+                if now_:
+                    out.append({"type": "ADDED", "object": e.object})
+                else:  # NB: leaving the selection: the old body, stamped with this event's version
+                    assert e.previous is not None
+                    gone = copy.deepcopy(e.previous)
+                    gone["metadata"]["resourceVersion"] = str(e.rv)
+                    out.append({"type": "DELETED", "object": gone})
+            elif before if e.type == "DELETED" else now_:
+                out.append({"type": e.type, "object": e.object})
+        return out, self.rv

@@ -1,0 +1,423 @@
+"""The fake API server's HTTP side: trio + h11 serving a ``Cluster`` the way kube-apiserver does.
+
+Owns the wire: routing of ``/api/v1/...`` and ``/apis/GROUP/VERSION/...`` paths (namespaced and cluster
+scoped, the ``status`` subresource), JSON answers and ``Status`` errors, plain-text "404 page not found" for
+resources it does not serve, watch streams (chunked JSON lines, ``allowWatchBookmarks``, ``timeoutSeconds``,
+``ERROR`` events), bearer-token authentication (401), optional TLS, and what tests need on top: injected
+faults (an answer code, a hang, a dropped connection), a request log, outages and restarts on the same port
+(the storage survives, as etcd does), kubeconfig files, and a host thread so that code outside trio, or
+other processes, can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+import h11
+import trio
+import yaml
+
+from tests.fakeapi.cluster import ApiError, Cluster, NotServed, Obj, Resource
+
+JSON = "application/json"
+T = TypeVar("T")
+
+
+@attrs.define
+class Fault:
+    """Answer matching requests badly: with ``status`` (a ``Status`` body), or never (``hang``), or by
+    closing the connection (``drop``); ``times`` requests, then the fault is spent."""
+
+    method: str = ""
+    path_contains: str = ""
+    watch: bool | None = None
+    status: int = 503
+    hang: bool = False
+    drop: bool = False
+    times: int = 1
+
+    def matches(self, method: str, path: str, watch: bool) -> bool:
+        return (
+            self.times > 0
+            and (not self.method or self.method == method)
+            and self.path_contains in path
+            and (self.watch is None or self.watch == watch)
+        )
+
+
+class _Drop(Exception):
+    """Close the connection without an answer."""
+
+
+@attrs.define(eq=False)
+class FakeApiServer:
+    """An API server on 127.0.0.1 for one ``Cluster``; run it with ``nursery.start(server.run)``."""
+
+    cluster: Cluster = attrs.Factory(Cluster.new)
+    host: str = "127.0.0.1"
+    port: int = 0
+    ssl_context: ssl.SSLContext | None = None
+    tokens: set[str] | None = None
+    """Accepted bearer tokens; ``None`` accepts any request."""
+    bookmark_interval: float = 1.0
+    max_watch_seconds: float = 1800.0
+    """Longest a watch stays open, whatever ``timeoutSeconds`` asks."""
+    faults: list[Fault] = attrs.Factory(list)
+    log: list[tuple[str, str]] = attrs.Factory(list)
+    """(method, path?query) of every request, in order."""
+    answers: Counter[int] = attrs.Factory(Counter)
+    """How many answers of each HTTP code were sent (watch streams not counted)."""
+    _scope: trio.CancelScope | None = None
+    _up: trio.Event = attrs.Factory(trio.Event)
+    _resume: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
+
+    # --- life cycle --------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[FakeApiServer] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``go_down`` drops every connection and stops listening until ``come_up``."""
+        started = False
+        while True:
+            listeners: list[Any] = await trio.open_tcp_listeners(self.port, host=self.host)
+            self.port = listeners[0].socket.getsockname()[1]
+            if self.ssl_context is not None:
+                listeners = [trio.SSLListener(lst, self.ssl_context, https_compatible=True) for lst in listeners]
+            try:
+                with trio.CancelScope() as self._scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(trio.serve_listeners, self._connection, listeners)
+                        self._up.set()
+                        if not started:
+                            started = True
+                            task_status.started(self)
+            finally:
+                with trio.CancelScope(shield=True):
+                    for lst in listeners:
+                        await lst.aclose()
+            await self._resume.wait()
+            self._resume = trio.Event()
+
+    def go_down(self) -> None:
+        """An outage: close the listeners and every connection (watches end mid-stream)."""
+        assert self._scope is not None
+        self._up = trio.Event()  # NB: now, so that a come_up() right after waits for the new listeners
+        self._scope.cancel(reason="fake API server outage")
+
+    async def come_up(self) -> None:
+        """Listen again on the same port, with the same storage."""
+        self._resume.set()
+        await self._up.wait()
+
+    # --- HTTP --------------------------------------------------------------------------------------------
+
+    async def _connection(self, stream: trio.abc.Stream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request = await self._receive(conn, stream)
+                if request is None:
+                    return
+                head, body = request
+                try:
+                    await self._respond(conn, stream, head, body)
+                except _Drop:
+                    return
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (h11.RemoteProtocolError, h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(1),
+                suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await stream.aclose()
+
+    @staticmethod
+    async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> tuple[h11.Request, bytes] | None:
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(bytes(await stream.receive_some(65536)))
+            elif isinstance(event, h11.Request):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                return head, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    @staticmethod
+    async def _send(conn: h11.Connection, stream: trio.abc.Stream, *events: Any) -> None:
+        data = b"".join(conn.send(e) or b"" for e in events)
+        await stream.send_all(data)
+
+    async def _answer(
+        self, conn: h11.Connection, stream: trio.abc.Stream, code: int, body: object, content_type: str = JSON
+    ) -> None:
+        self.answers[code] += 1
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(data)))]
+        await self._send(conn, stream, h11.Response(status_code=code, headers=headers), h11.Data(data=data))
+        await self._send(conn, stream, h11.EndOfMessage())
+
+    async def _respond(self, conn: h11.Connection, stream: trio.abc.Stream, head: h11.Request, body: bytes) -> None:
+        method, target = head.method.decode(), head.target.decode()
+        self.log.append((method, target))
+        split = urlsplit(target)
+        path, query = unquote(split.path), {k: v[-1] for k, v in parse_qs(split.query).items()}
+        watch = query.get("watch") in ("true", "1")
+        for fault in self.faults:
+            if fault.matches(method, path, watch):
+                fault.times -= 1
+                if fault.drop:
+                    raise _Drop
+                if fault.hang:
+                    await trio.sleep_forever()
+                error = ApiError(fault.status, "ServiceUnavailable", "injected fault")
+                await self._answer(conn, stream, fault.status, error.status())
+                return
+        if self.tokens is not None:
+            auth = dict(head.headers).get(b"authorization", b"").decode()
+            if not auth.startswith("Bearer ") or auth.removeprefix("Bearer ") not in self.tokens:
+                await self._answer(conn, stream, 401, ApiError(401, "Unauthorized", "Unauthorized").status())
+                return
+        if path in ("/version", "/healthz", "/readyz", "/livez"):
+            await self._answer(conn, stream, 200, {"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake"})
+            return
+        try:
+            resource, namespace, name, sub = self._route(path)
+            if sub and (sub != "status" or not resource.status_subresource):
+                raise NotServed(path)
+            if method == "GET" and not name and watch:
+                await self._watch(conn, stream, resource, namespace, query)
+                return
+            code, answer = self._dispatch(method, resource, namespace, name, sub, query, body)
+        except NotServed:
+            await self._answer(conn, stream, 404, b"404 page not found\n", "text/plain; charset=utf-8")
+            return
+        except ApiError as exc:
+            code, answer = exc.code, exc.status()
+        await self._answer(conn, stream, code, answer)
+
+    def _route(self, path: str) -> tuple[Resource, str, str, str]:
+        """(resource, namespace, name, subresource) of a REST path."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise NotServed(path)
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces" and self.cluster.namespaced_plural(group, version, rest[2]):
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3:
+            raise NotServed(path)
+        resource = self.cluster.resource(group, version, rest[0])
+        if resource.namespaced and not namespace and len(rest) > 1:
+            raise NotServed(path)  # a namespaced object needs its namespace in the path
+        return resource, namespace, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""
+
+    def _dispatch(
+        self, method: str, r: Resource, namespace: str, name: str, sub: str, query: dict[str, str], body: bytes
+    ) -> tuple[int, Obj]:
+        c = self.cluster
+        decoded: object = None
+        if body:
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                raise ApiError(400, "BadRequest", "the body of the request was in an unknown format") from None
+        if method == "GET" and name:
+            return 200, c.get(r, namespace, name)
+        if method == "GET":
+            limit = int(query.get("limit", "0") or 0)
+            return 200, c.list(r, namespace, query.get("labelSelector", ""), limit, query.get("continue", ""))
+        if method == "POST" and not name:
+            return 201, c.create(r, namespace, decoded)
+        if method == "PUT" and name:
+            return 200, c.update(r, namespace, name, decoded, status=sub == "status")
+        if method == "DELETE" and name:
+            return 200, c.delete(r, namespace, name, decoded)
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+    async def _watch(
+        self, conn: h11.Connection, stream: trio.abc.Stream, r: Resource, namespace: str, query: dict[str, str]
+    ) -> None:
+        selector = query.get("labelSelector", "")
+        try:
+            initial, cursor = self.cluster.watch_start(r, namespace, selector, query.get("resourceVersion", ""))
+            expired: ApiError | None = None
+        except ApiError as exc:
+            if exc.code != 410:
+                raise
+            initial, cursor, expired = [], 0, exc
+        headers = [("Content-Type", JSON), ("Transfer-Encoding", "chunked")]
+        await self._send(conn, stream, h11.Response(status_code=200, headers=headers))
+
+        async def send(events: list[Obj]) -> None:
+            if events:
+                lines = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+                await self._send(conn, stream, h11.Data(data=lines))
+
+        seconds = float(query.get("timeoutSeconds") or math.inf)
+        bookmarks = query.get("allowWatchBookmarks") == "true"
+        with trio.move_on_after(min(seconds, self.max_watch_seconds)) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._cancel_on_eof, conn, stream, scope)
+                if expired is not None:
+                    await send([{"type": "ERROR", "object": expired.status()}])
+                else:
+                    await send(initial)
+                    await self._stream(send, r, namespace, selector, cursor, bookmarks)
+                nursery.cancel_scope.cancel()
+        await self._send(conn, stream, h11.EndOfMessage())
+
+    async def _stream(
+        self, send: Callable[[list[Obj]], Awaitable[None]], r: Resource, namespace: str, selector: str, cursor: int,
+        bookmarks: bool,
+    ) -> None:  # fmt: skip
+        """Send a watch's events as they happen, and bookmarks while it is quiet; until an ``ERROR``."""
+        quiet, told = trio.current_time(), cursor  # told: the version the client knows it has seen up to
+        while True:
+            try:
+                events, seen = self.cluster.watch_since(r, namespace, selector, cursor)
+            except ApiError as exc:  # compacted under a slow watcher
+                await send([{"type": "ERROR", "object": exc.status()}])
+                return
+            await send(events)
+            if events:
+                quiet, told = trio.current_time(), int(events[-1]["object"]["metadata"]["resourceVersion"])
+            elif bookmarks and seen > told and trio.current_time() - quiet >= self.bookmark_interval:
+                mark = {"kind": r.kind, "apiVersion": r.api_version, "metadata": {"resourceVersion": str(seen)}}
+                await send([{"type": "BOOKMARK", "object": mark}])
+                quiet, told = trio.current_time(), seen
+            cursor = seen
+            await self.cluster.wait_for_change(self.bookmark_interval if bookmarks else 60.0)
+
+    @staticmethod
+    async def _cancel_on_eof(conn: h11.Connection, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        """The client closed the watch: stop streaming to it.  (It sends nothing else meanwhile; anything
+        that does arrive is kept for h11.)"""
+        try:
+            while data := await stream.receive_some(4096):
+                conn.receive_data(bytes(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    # --- clients -----------------------------------------------------------------------------------------
+
+    def kubeconfig(
+        self,
+        path: Path,
+        *,
+        token: str | None = None,
+        token_file: Path | None = None,
+        exec_argv: list[str] | None = None,
+        ca_file: Path | None = None,
+    ) -> Path:
+        """Write a kubeconfig for this server (one cluster, one user, one context) and return its path."""
+        cluster: Obj = {"server": self.url}
+        if ca_file is not None:
+            cluster["certificate-authority"] = str(ca_file)
+        user: Obj = {}
+        if token is not None:
+            user["token"] = token
+        if token_file is not None:
+            user["tokenFile"] = str(token_file)
+        if exec_argv is not None:
+            user["exec"] = {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": exec_argv[0],
+                "args": exec_argv[1:],
+                "interactiveMode": "Never",
+            }
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": cluster}],
+            "users": [{"name": "fake-user", "user": user}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user"}}],
+            "current-context": "fake",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+
+class ServedInThread:
+    """A ``FakeApiServer`` in its own thread and trio run, for tests whose clients are other threads or
+    processes; ``call`` runs a function in the server's thread (cluster state is only touched there)."""
+
+    def __init__(self, server: FakeApiServer) -> None:
+        self.server = server
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="fake-api-server", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._serve)
+        except BaseException as exc:  # reported by start() or stop()
+            self._failure = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.server.run)
+            self._token, self._scope = trio.lowlevel.current_trio_token(), nursery.cancel_scope
+            self._ready.set()
+
+    def start(self, timeout: float = 10) -> ServedInThread:
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._failure is not None:
+            raise RuntimeError(f"the fake API server did not start: {self._failure!r}")
+        return self
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the server's thread (blocking this one briefly)."""
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def call_async(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await afn(*args)`` in the server's thread."""
+        return trio.from_thread.run(afn, *args, trio_token=self._token)
+
+    def stop(self) -> None:
+        if self._scope is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(10)
+        if self._failure is not None:
+            raise RuntimeError("the fake API server failed") from self._failure
+
+
+@contextmanager
+def served_in_thread(server: FakeApiServer | None = None) -> Iterator[ServedInThread]:
+    """A fake API server running in a thread for the body of the ``with``."""
+    host = ServedInThread(server or FakeApiServer()).start()
+    try:
+        yield host
+    finally:
+        host.stop()
