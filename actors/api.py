@@ -1,7 +1,7 @@
 """The agent's HTTP/1.1 API over its unix socket: Spiderpool's agent API plus the shim's endpoint.
 
-Owns the wire: h11 connections on a trio unix listener, routing, JSON bodies, and the mapping of errors to
-HTTP statuses.  Spiderpool-compatible paths and schemas (reference §4.2, §4.3), so any client written against
+Owns the routes, JSON bodies and the mapping of errors to HTTP statuses; the connections themselves are
+``actors.httpserver``'s, on a unix listener made here.  Spiderpool-compatible paths and schemas (reference §4.2, §4.3), so any client written against
 Spiderpool's agent works: ``GET /v1/ipam/healthy``, ``POST|DELETE /v1/ipam/ip``, ``POST|DELETE /v1/ipam/ips``,
 ``GET /v1/workloadendpoint``.  Errors are a JSON string body with status 500, as Spiderpool answers; we add
 an ``X-Cni-Code`` header carrying the CNI code of the error.  Our own ``POST /v1/cni`` takes a whole
@@ -21,13 +21,12 @@ import socket as stdsocket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import attrs
-import h11
 import trio
 
 from actors.coordinating import Coordinator
+from actors.httpserver import HttpServer, Request, Response, json_response
 from actors.ipam import AddRequest, DelRequest, IpamService, add_response
 from actors.plugin import Plugin, PluginOutput
 from spider import cni
@@ -35,32 +34,14 @@ from spider.errors import AgentUnavailable, InvalidInput, SpiderError, Transient
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 4 * 1024 * 1024
-READ_TIMEOUT = 30.0
-"""Seconds a client may take to send its request; handlers themselves have their own budgets."""
-
-
-@attrs.frozen
-class Response:
-    """An HTTP answer."""
-
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
-    content_type: str = "application/json"
-
-
-def json_response(status: int, obj: Any, *headers: tuple[str, str]) -> Response:
-    """A JSON answer."""
-    return Response(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
-
 
 def error_response(exc: SpiderError) -> Response:
     """Spiderpool's error shape: status 500 and the message as a JSON string; plus the CNI code."""
     return json_response(500, str(exc), ("X-Cni-Code", str(exc.cni_code)))
 
 
-Handler = Callable[[dict[str, list[str]], bytes], Awaitable[Response]]
+Route = Callable[[dict[str, list[str]], bytes], Awaitable[Response]]
+"""A route's handler: query parameters and body in, an answer out."""
 
 
 def _body(raw: bytes) -> Any:
@@ -79,11 +60,16 @@ class AgentApi:
     grace: float = 30.0
     """Seconds requests in flight may take to finish once the agent stops accepting."""
     requests: int = 0
-    _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     coordinator: Coordinator | None = None
     """The coordinator and ifacer plugins and ``GET /v1/coordinator/config`` (``None``: not served)."""
+    _server: HttpServer = attrs.field(init=False)
+    _routes: dict[tuple[str, str], Route] = attrs.field(init=False)
 
-    def routes(self) -> dict[tuple[str, str], Handler]:
+    def __attrs_post_init__(self) -> None:
+        self._server = HttpServer(self.handle, "agent", grace=self.grace)
+        self._routes = self.routes()
+
+    def routes(self) -> dict[tuple[str, str], Route]:
         """``(method, path) -> handler``."""
         return {
             ("GET", "/v1/ipam/healthy"): self._healthy,
@@ -173,89 +159,31 @@ class AgentApi:
     async def _ifacer_cni(self, query: dict[str, list[str]], body: bytes) -> Response:
         return await self._forwarded(body, self._coordinating().handle_ifacer)
 
-    async def dispatch(self, method: str, target: str, body: bytes) -> Response:
+    async def handle(self, request: Request) -> Response:
         """Route one request; domain errors become error responses, bugs propagate."""
         self.requests += 1
-        url = urlsplit(target)
-        handler = self.routes().get((method, url.path))
+        handler = self._routes.get((request.method, request.path))
         if handler is None:
-            known = any(path == url.path for _, path in self.routes())
-            return json_response(405 if known else 404, f"no route for {method} {url.path}")
+            known = any(path == request.path for _, path in self._routes)
+            return json_response(405 if known else 404, f"no route for {request.method} {request.path}")
         try:
-            return await handler(parse_qs(url.query), body)
+            return await handler(request.query, request.body)
         except SpiderError as exc:
             if not isinstance(exc, TransientError):
-                log.info("%s %s: %s", method, url.path, exc)
+                log.info("%s %s: %s", request.method, request.path, exc)
             return error_response(exc)
 
     async def serve(self, path: str | Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on the unix socket until ``stop_accepting``; then finish the requests in flight."""
         listener = await open_unix_listener(path)
         try:
-            async with trio.open_nursery() as connections:
-                with self._accepting:
-                    task_status.started()
-                    while True:
-                        stream = await listener.accept()
-                        connections.start_soon(self._connection, stream)
-                await listener.aclose()  # new clients are refused at once while the last ones finish
-                connections.cancel_scope.deadline = trio.current_time() + self.grace
+            await self._server.serve([listener], task_status=task_status)
         finally:
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
             Path(path).unlink(missing_ok=True)  # noqa: ASYNC240  (one unlink at shutdown, no await needed)
 
     def stop_accepting(self) -> None:
         """Close the listener; connections already accepted are served to the end."""
-        self._accepting.cancel(reason="agent is shutting down")
-
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
-        try:
-            async with stream:
-                while True:
-                    with trio.move_on_after(READ_TIMEOUT) as timeout:
-                        request, body = await _read_request(stream, conn)
-                    if timeout.cancelled_caught or request is None:
-                        return
-                    response = await self.dispatch(request.method.decode(), request.target.decode(), body)
-                    await _send_response(stream, conn, response)
-                    if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                        return
-                    conn.start_next_cycle()
-        except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("connection dropped: %s", exc)
-
-
-async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> tuple[Any, bytes]:
-    request = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_BODY:
-                raise h11.RemoteProtocolError("request body too large")
-        elif isinstance(event, h11.EndOfMessage):
-            return request, bytes(body)
-        elif isinstance(event, h11.ConnectionClosed):
-            return None, b""
-
-
-async def _send_response(stream: trio.SocketStream, conn: h11.Connection, response: Response) -> None:
-    headers = [
-        ("Content-Type", response.content_type),
-        ("Content-Length", str(len(response.body))),
-        *response.headers,
-    ]
-    data = conn.send(h11.Response(status_code=response.status, headers=headers))
-    data += conn.send(h11.Data(data=response.body)) if response.body else b""
-    data += conn.send(h11.EndOfMessage())
-    await stream.send_all(data)
+        self._server.stop_accepting("agent is shutting down")
 
 
 async def open_unix_listener(path: str | Path, backlog: int = 4096) -> trio.SocketListener:

@@ -5,8 +5,8 @@ client may take to send it and how large its body may be, and writing the handle
 any trio listeners, so the same code runs plain TCP (health, port 5720) and TLS (webhook, port 5722, through
 ``trio.SSLListener``).  It knows nothing of routes or JSON schemas: the handler does.
 
-The agent's unix-socket API (``actors.api``) has the same connection loop, kept there because its request
-counting and graceful drain are the agent's; this module is the shape that loop takes when it is shared.
+The agent's unix-socket API (``actors.api``) serves through it too, with the graceful drain it needs:
+``stop_accepting`` closes the listeners at once and gives the requests in flight ``grace`` seconds.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ class Response:
     content_type: str = "application/json"
 
 
-def json_response(status: int, obj: Any) -> Response:
-    """A JSON answer."""
-    return Response(status, json.dumps(obj, separators=(",", ":")).encode())
+def json_response(status: int, obj: Any, *headers: tuple[str, str]) -> Response:
+    """A JSON answer, with extra headers if given."""
+    return Response(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -67,6 +67,9 @@ class HttpServer:
     name: str = "http"
     read_timeout: float = READ_TIMEOUT
     max_body: int = MAX_BODY
+    grace: float = 30.0
+    """Seconds the requests in flight may take to finish after ``stop_accepting``."""
+    _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     async def serve(
         self,
@@ -74,11 +77,19 @@ class HttpServer:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections until cancelled; each one is served in its own task."""
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept, listener, nursery)
-            task_status.started()
+        """Accept connections until cancelled or ``stop_accepting``; each one is served in its own task."""
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept, listener, connections)
+                    task_status.started()
+            # The listeners are closed (new clients are refused at once); the last requests get their grace.
+            connections.cancel_scope.deadline = trio.current_time() + self.grace
+
+    def stop_accepting(self, reason: str = "shutting down") -> None:
+        """Close the listeners; connections already accepted are served to the end (within ``grace``)."""
+        self._accepting.cancel(reason=reason)
 
     async def _accept(self, listener: trio.abc.Listener[Any], connections: trio.Nursery) -> None:
         async with listener:
