@@ -190,13 +190,11 @@ def install_cni(bin_dir: Path, python: str = sys.executable) -> list[Path]:
     """Copy the stdlib shims to ``bin_dir`` (``spiderpool`` first, then ``coordinator`` and ``ifacer``), run by
     ``python -IS`` (no site, fast start)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
+    from actors.launcher import install_launched
+
     source = SHIM_SOURCE.read_text().split("\n", 1)[1]  # drop the development shebang
-    target = bin_dir / "spiderpool"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(f"#!{python} -IS\n{source}")
-    tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    tmp.replace(target)  # atomic: a runtime exec'ing the plugin never sees half a file
-    installed = [target]
+    # A launcher plus the byte-compiled shim beside it: an exec no longer compiles the source (docs/benchmarks.md).
+    installed = [install_launched(bin_dir, "spiderpool", source, python)]
     # The coordinator's shim, installed under both plugin names it serves (it reads its own name).
     chained = COORDINATOR_SOURCE.read_text().split("\n", 1)[1]
     for name in ("coordinator", "ifacer"):

@@ -164,6 +164,8 @@ class PoolActor:
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
     _ledger: PoolLedger | None = None
     _version: str = ""
+    _stale: PoolLedger | None = None
+    """The ledger a lost write race left behind: never served, only lends its decoded records to the re-read."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the mailbox until every handle is closed (the graceful drain) or we are cancelled."""
@@ -187,7 +189,8 @@ class PoolActor:
             obj = await self.store.get(KIND, self.name)
         except NotFound:
             raise PoolNotFound(pool=self.name) from None
-        self._ledger = PoolLedger.from_object(obj)
+        self._ledger = PoolLedger.from_object(obj, previous=self._stale)
+        self._stale = None
         self._version = obj["metadata"]["resourceVersion"]
 
     async def _refresh_reserved(self, ledger: PoolLedger) -> None:
@@ -215,7 +218,8 @@ class PoolActor:
                     await self._write(self._ledger)
             except Conflict:
                 self.stats.conflicts += 1
-                self._ledger = None  # NB: the ledger holds the failed batch; re-read and re-apply from scratch
+                # NB: the ledger holds the failed batch; re-read and re-apply from scratch (reusing what still matches)
+                self._stale, self._ledger = self._ledger, None
                 if trio.current_time() + delay > deadline:
                     stale = StaleWrite(kind=KIND, name=self.name, sent_version=self._version)
                     for msg in batch:

@@ -327,6 +327,16 @@ class Record:
             node=str(raw.get("node", "")),
         )
 
+    def matches(self, raw: Mapping[str, Any]) -> bool:
+        """Whether ``from_json(raw)`` would equal this record (without building one)."""
+        return bool(
+            raw.get("pod", "") == self.pod
+            and raw.get("podUid", "") == self.pod_uid
+            and raw.get("nic", "") == self.nic
+            and raw.get("containerID", "") == self.container_id
+            and raw.get("node", "") == self.node
+        )
+
 
 @attrs.frozen
 class Released:
@@ -357,15 +367,31 @@ def decode_released(version: int, raw: object) -> dict[int, Released]:
         return {}  # NB: only the reuse order depends on it; losing it never frees or doubles an address
 
 
-def decode_allocated(version: int, raw: object) -> dict[int, Record]:
-    """``status.allocatedIPs`` (a JSON string, or absent) as a map from address to record."""
+def decode_allocated(
+    version: int, raw: object, known: Mapping[str, tuple[int, Record]] | None = None
+) -> dict[int, Record]:
+    """``status.allocatedIPs`` (a JSON string, or absent) as a map from address to record.
+
+    ``known`` (address text -> address and record, from an earlier decode of the same pool) is reused for
+    every entry whose fields still match: re-reading a 20,000-record pool after a lost write race then costs
+    the JSON parse, not 20,000 address parses and records (docs/benchmarks.md).
+    """
     if raw in (None, ""):
         return {}
     try:
         data = json.loads(raw) if isinstance(raw, str) else raw
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        return {ip_to_int(ip, version): Record.from_json(rec) for ip, rec in data.items()}
+        if not known:
+            return {ip_to_int(ip, version): Record.from_json(rec) for ip, rec in data.items()}
+        out: dict[int, Record] = {}
+        for text, rec in data.items():
+            hit = known.get(text)
+            if hit is not None and hit[1].matches(rec):
+                out[hit[0]] = hit[1]
+            else:
+                out[ip_to_int(text, version)] = Record.from_json(rec)
+        return out
     except (ValueError, TypeError, AttributeError) as exc:
         # A corrupt status must not be overwritten with an empty one: that would free every address.
         raise InvalidSpec(kind=KIND, name="", reason=f"'status.allocatedIPs' is corrupt: {exc}") from None
@@ -402,17 +428,38 @@ class PoolLedger:
         for ip, rec in self.records.items():
             self._by_owner.setdefault((rec.pod_uid, rec.nic), ip)
         self._hint = self.allocatable.ranges[0][0] if self.allocatable else 0
+        # NB: encoding caches, so a status write costs a join, not a JSON encode of every record: the text of
+        # every address seen (constant), and the JSON fragment of every record (dropped whenever it changes).
+        self._text: dict[int, str] = {}
+        self._fragments: dict[int, str] = {}
+        self._held = sum(1 for ip in self.records if ip in self.allocatable)
 
     @classmethod
-    def from_object(cls, obj: Mapping[str, Any], reserved: IPSet | None = None) -> PoolLedger:
-        """A ledger from a stored SpiderIPPool (spec and status)."""
+    def from_object(
+        cls, obj: Mapping[str, Any], reserved: IPSet | None = None, previous: PoolLedger | None = None
+    ) -> PoolLedger:
+        """A ledger from a stored SpiderIPPool (spec and status).
+
+        ``previous``, an earlier ledger of the same pool (even one holding unwritten changes), lends its
+        decoded records and encodings wherever the stored ones still match them.
+        """
         pool = IPPool.from_object(obj)
         status = obj.get("status") or {}
+        reuse = previous is not None and previous.pool.version == pool.version
+        known = None
+        if previous is not None and reuse:
+            known = {previous._text[ip]: (ip, rec) for ip, rec in previous.records.items() if ip in previous._text}
         try:
-            records = decode_allocated(pool.version, status.get("allocatedIPs"))
+            records = decode_allocated(pool.version, status.get("allocatedIPs"), known)
         except InvalidSpec as exc:
             raise InvalidSpec(kind=KIND, name=pool.name, reason=exc.reason) from None
-        return cls(pool, records, reserved, decode_released(pool.version, status.get("releasedIPs")))
+        ledger = cls(pool, records, reserved, decode_released(pool.version, status.get("releasedIPs")))
+        if previous is not None and reuse:
+            ledger._text = previous._text
+            ledger._fragments = {
+                ip: f for ip, f in previous._fragments.items() if records.get(ip) is previous.records.get(ip)
+            }
+        return ledger
 
     def set_reserved(self, reserved: IPSet) -> None:
         """Apply a new set of reserved addresses; addresses already held stay held (Spiderpool §1.3)."""
@@ -421,6 +468,7 @@ class PoolLedger:
         self.reserved = reserved
         self.allocatable = self.pool.allocatable(reserved)
         self._hint = self.allocatable.ranges[0][0] if self.allocatable else 0
+        self._held = sum(1 for ip in self.records if ip in self.allocatable)
 
     def copy(self) -> PoolLedger:
         """An independent snapshot."""
@@ -434,8 +482,7 @@ class PoolLedger:
     @property
     def free(self) -> int:
         """How many allocatable addresses nobody holds."""
-        held = sum(1 for ip in self.records if ip in self.allocatable)
-        return self.capacity - held
+        return self.capacity - self._held
 
     def lookup(self, key: tuple[str, str]) -> int | None:
         """The address an owner key holds here; a Spiderpool record without ``nic`` matches any interface."""
@@ -559,13 +606,33 @@ class PoolLedger:
     def _put(self, ip: int, rec: Record) -> None:
         self.records[ip] = rec
         self._by_owner[(rec.pod_uid, rec.nic)] = ip
+        self._fragments.pop(ip, None)
+        self._held += ip in self.allocatable
 
     def _drop(self, ip: int) -> None:
         rec = self.records.pop(ip)
+        self._fragments.pop(ip, None)
+        self._held -= ip in self.allocatable
         if self._by_owner.get((rec.pod_uid, rec.nic)) == ip:
             del self._by_owner[(rec.pod_uid, rec.nic)]
         if ip in self.allocatable and ip < self._hint:
             self._hint = ip
+
+    def _encode_allocated(self) -> str | None:
+        """``encode_allocated(version, records)``, joined from cached per-record fragments (same text)."""
+        if not self.records:
+            return None
+        texts, fragments, parts = self._text, self._fragments, []
+        for ip in sorted(self.records):
+            fragment = fragments.get(ip)
+            if fragment is None:
+                text = texts.get(ip)
+                if text is None:
+                    text = texts[ip] = int_to_ip(ip, self.pool.version)
+                record = json.dumps(self.records[ip].to_json(), separators=(",", ":"))
+                fragment = fragments[ip] = f"{json.dumps(text)}:{record}"
+            parts.append(fragment)
+        return "{" + ",".join(parts) + "}"
 
     def address(self, ip: int) -> str:
         """``ip/prefix`` of an address of this pool, as CNI results and endpoints carry it."""
@@ -578,7 +645,7 @@ class PoolLedger:
             "totalIPCount": min(self.pool.total.count, MAX_COUNT),
             "freeIPCount": min(self.free, MAX_COUNT),
         }
-        encoded = encode_allocated(self.pool.version, self.records)
+        encoded = self._encode_allocated()
         if encoded is not None:
             status["allocatedIPs"] = encoded
         if self.released:
