@@ -3,8 +3,8 @@
 Owns the routes, JSON bodies and the mapping of errors to HTTP statuses; the connections themselves are
 ``actors.httpserver``'s, on a unix listener made here.  Spiderpool-compatible paths and schemas (reference
 §4.2, §4.3), so any client written against Spiderpool's agent works: ``GET /v1/ipam/healthy``,
-``POST|DELETE /v1/ipam/ip``, ``POST|DELETE /v1/ipam/ips``, ``GET /v1/workloadendpoint``.  Errors are a JSON string body with status 500, as Spiderpool answers; we add
-an ``X-Cni-Code`` header carrying the CNI code of the error.  Our own ``POST /v1/cni`` takes a whole
+``POST|DELETE /v1/ipam/ip``, ``POST|DELETE /v1/ipam/ips``, ``GET /v1/workloadendpoint``.  Errors are a
+JSON string body with status 500, as Spiderpool answers; we add an ``X-Cni-Code`` header carrying the CNI code of the error.  Our own ``POST /v1/cni`` takes a whole
 forwarded plugin invocation (environment and stdin) from the stdlib shim and answers with the plugin's
 stdout and an ``X-Cni-Exit`` header.  Our ``GET /v1/spider/stats`` reports the pool actors' counters
 (requests, batches, writes, conflicts, largest batch) for ``spider loadtest`` and the benchmarks.
