@@ -1,15 +1,16 @@
-"""The agent's HTTP/1.1 API over its unix socket: Spiderpool's agent API plus the shim's endpoint.
+"""The agent's HTTP/1.1 API over its unix socket: Spiderpool's agent API plus the shims' endpoints.
 
 Owns the routes, JSON bodies and the mapping of errors to HTTP statuses; the connections themselves are
-``actors.httpserver``'s, on a unix listener made here.  Spiderpool-compatible paths and schemas (reference
-§4.2, §4.3), so any client written against Spiderpool's agent works: ``GET /v1/ipam/healthy``,
-``POST|DELETE /v1/ipam/ip``, ``POST|DELETE /v1/ipam/ips``, ``GET /v1/workloadendpoint``.  Errors are a
-JSON string body with status 500, as Spiderpool answers; we add an ``X-Cni-Code`` header carrying the CNI code of the error.  Our own ``POST /v1/cni`` takes a whole
-forwarded plugin invocation (environment and stdin) from the stdlib shim and answers with the plugin's
-stdout and an ``X-Cni-Exit`` header.  Our ``GET /v1/spider/stats`` reports the pool actors' counters
-(requests, batches, writes, conflicts, largest batch) for ``spider loadtest`` and the benchmarks.
-With a NodeActor, Spiderpool's ``GET /v1/coordinator/config`` (``GetCoordinatorArgs`` in the body) and our
-``POST /v1/cni/coordinator`` and ``POST /v1/cni/ifacer`` (the coordinator's shim) are served too.
+``actors.httpserver``'s, on a unix listener made here.
+
+- Spiderpool-compatible paths and schemas (reference §4.2, §4.3), so any client written against Spiderpool's
+  agent works: ``GET /v1/ipam/healthy``, ``POST|DELETE /v1/ipam/ip``, ``POST|DELETE /v1/ipam/ips``,
+  ``GET /v1/workloadendpoint``, and with a NodeActor ``GET /v1/coordinator/config``.  Errors are a JSON
+  string body with status 500, as Spiderpool answers; we add an ``X-Cni-Code`` header with the CNI code.
+- Ours: ``POST /v1/cni`` takes a whole forwarded plugin invocation (environment and stdin) from the stdlib
+  shim and answers with the plugin's stdout and an ``X-Cni-Exit`` header (``/v1/cni/coordinator`` and
+  ``/v1/cni/ifacer`` likewise); ``GET /v1/spider/stats`` reports the pool actors' counters (requests,
+  batches, writes, conflicts, largest batch) for ``spider loadtest`` and the benchmarks.
 """
 
 from __future__ import annotations
