@@ -17,8 +17,8 @@ either whole or absent.
 Versions.  ``resourceVersion`` is the decimal string of a counter that every write increments, so versions
 are globally ordered as on Kubernetes.  Every write appends one row to ``events``; watches poll that table
 (every ``poll_interval`` seconds, backing off to five times that while nothing happens, and woken at once by
-writes made through the same ``SqliteStore``).  Only the last ``event_retention`` events are kept; a watch
-from before them raises ``Gone``.
+writes made through the same ``SqliteStore``).  Only the last ``event_retention`` events are kept, and no
+more than ``event_budget`` bytes of them; a watch from before them raises ``Gone``.
 
 Watch filtering follows the API server's watch cache: with a label selector, an object modified so that it
 starts matching arrives as ``ADDED`` and one that stops matching arrives as ``DELETED`` (carrying its new
@@ -58,6 +58,8 @@ T = TypeVar("T")
 
 DEFAULT_EVENT_RETENTION = 10_000
 """Events kept for watches to replay; about what the API server's watch cache holds for a busy kind."""
+DEFAULT_EVENT_BUDGET = 64 * 1024 * 1024
+"""Bytes of event bodies kept for watches, whatever their number (a 20,000-address pool's status is 4 MB)."""
 DEFAULT_BUSY_TIMEOUT = 30.0
 """Seconds a write waits for another process's write before ``StoreUnavailable``."""
 DEFAULT_POLL_INTERVAL = 0.02
@@ -78,6 +80,8 @@ _SCHEMA = (
     # rv: the global version counter; compacted: events up to this version are gone.  NB: the counter starts
     # at 1, so no list ever returns "0", which to a watch means "any version" (synthetic ADDED events).
     f"INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 1), ('compacted', 0), ('schema', {_SCHEMA_VERSION})",
+    # event_bytes: the size of the bodies the events table holds, kept so pruning by size needs no full scan.
+    "INSERT OR IGNORE INTO meta (key, value) SELECT 'event_bytes', coalesce(sum(length(body)), 0) FROM events",
 )
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
@@ -162,6 +166,14 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def _prune(conn: sqlite3.Connection, floor: int) -> None:
+    """Drop the events up to version ``floor``; watches from before it get ``Gone``."""
+    (freed,) = conn.execute("SELECT coalesce(sum(length(body)), 0) FROM events WHERE rv <= ?", (floor,)).fetchone()
+    conn.execute("DELETE FROM events WHERE rv <= ?", (floor,))
+    conn.execute("UPDATE meta SET value = max(value - ?, 0) WHERE key = 'event_bytes'", (freed,))
+    conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'compacted'", (floor,))
+
+
 def _counter(conn: sqlite3.Connection, key: str) -> int:
     (value,) = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return int(value)
@@ -229,6 +241,8 @@ class SqliteStore:
     _conn: sqlite3.Connection
     event_retention: int = DEFAULT_EVENT_RETENTION
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    event_budget: int = DEFAULT_EVENT_BUDGET
+    """Bytes of event bodies kept at most (besides ``event_retention`` events): big pools write big statuses."""
     _limiter: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(1))
     _written: trio.Event = attrs.field(init=False, factory=trio.Event)
     _closed: bool = attrs.field(init=False, default=False)
@@ -241,6 +255,7 @@ class SqliteStore:
         event_retention: int = DEFAULT_EVENT_RETENTION,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        event_budget: int = DEFAULT_EVENT_BUDGET,
     ) -> SqliteStore:
         """Open (creating directories, file and schema as needed) the store at ``path``."""
         if event_retention < 1:
@@ -251,7 +266,7 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             # NB: also "file is not a database" and permission trouble: say which file, keep the cause.
             raise StoreUnavailable(reason=f"cannot open {str(p)!r}: {exc}") from exc
-        return cls(p, conn, event_retention, poll_interval)
+        return cls(p, conn, event_retention, poll_interval, event_budget)
 
     async def __aenter__(self) -> SqliteStore:
         return self
@@ -334,11 +349,19 @@ class SqliteStore:
             "INSERT INTO events (rv, kind, namespace, type, body, prev_labels) VALUES (?, ?, ?, ?, ?, ?)",
             (rv, key.info.kind, key.namespace, event, body, prev_labels),
         )
-        # Prune on write: versions are dense (one event per write), so this keeps exactly the newest events.
+        conn.execute("UPDATE meta SET value = value + ? WHERE key = 'event_bytes'", (len(body),))
+        # Prune on write: versions are dense (one event per write), so this keeps exactly the newest events;
+        # and by size, so a /16 pool's 4 MB statuses cannot grow the file by gigabytes (keep the newest one).
         floor = rv - self.event_retention
+        if _counter(conn, "event_bytes") > self.event_budget:
+            target = _counter(conn, "event_bytes") - self.event_budget * 3 // 4
+            freed = 0
+            for old_rv, size in conn.execute("SELECT rv, length(body) FROM events WHERE rv < ? ORDER BY rv", (rv,)):
+                floor, freed = max(floor, old_rv), freed + size
+                if freed >= target:
+                    break
         if floor > 0:
-            conn.execute("DELETE FROM events WHERE rv <= ?", (floor,))
-            conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'compacted'", (floor,))
+            _prune(conn, floor)
         return obj
 
     @staticmethod
@@ -612,8 +635,6 @@ class SqliteStore:
         """Drop all but the newest ``keep`` events now; watches from before them get ``Gone``."""
 
         def write(conn: sqlite3.Connection) -> None:
-            floor = _counter(conn, "rv") - keep
-            conn.execute("DELETE FROM events WHERE rv <= ?", (floor,))
-            conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'compacted'", (floor,))
+            _prune(conn, _counter(conn, "rv") - keep)
 
         await self._write(write)

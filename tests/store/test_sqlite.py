@@ -155,6 +155,24 @@ async def test_events_beyond_the_retention_are_gone(tmp_path: Path) -> None:
             assert [meta(e.object)["name"] for e in seen] == ["p2", "p3", "p4"]
 
 
+async def test_big_events_are_pruned_by_size_so_the_file_stays_bounded(tmp_path: Path) -> None:
+    big = "x" * 20_000  # a stand-in for a large pool's allocatedIPs
+    with trio.fail_after(TIMEOUT):
+        async with await SqliteStore.open(tmp_path / "store.db", event_budget=100_000) as store:
+            obj = await store.create(pool("big"))
+            first = meta(obj)["resourceVersion"]
+            for i in range(30):
+                obj["status"] = {"allocatedIPs": f"{big}{i}"}
+                obj = await store.update_status(obj)
+            kept = sqlite3.connect(tmp_path / "store.db").execute("SELECT sum(length(body)) FROM events").fetchone()[0]
+            assert kept <= 100_000
+            with pytest.raises(Gone):
+                await take(store.watch("SpiderIPPool", resource_version=first), 1)
+            before_last = str(int(meta(obj)["resourceVersion"]) - 1)
+            (event,) = await take(store.watch("SpiderIPPool", resource_version=before_last), 1)
+            assert event.object["status"]["allocatedIPs"].endswith("29")
+
+
 async def test_a_watch_far_behind_catches_up_in_order(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with await SqliteStore.open(tmp_path / "store.db") as store:
