@@ -211,6 +211,10 @@ class IpamSettings:
     """``MULTUS_CLUSTER_NETWORK``: the NetworkAttachmentDefinition of eth0 when a pod names none."""
     endpoint_budget: float = 10.0
     """Seconds an endpoint write may spend on conflicts before the request fails with CNI 11."""
+    pool_cache_ttl: float = 1.0
+    """Seconds a listing of the pools' specs is reused.  Listing every pool (statuses and all) on every ADD
+    costs more than the allocation itself once pools are large; a pool that is missing or filters the pod out
+    is looked up again at once, so only a pool disabled or narrowed within this window can still be chosen."""
 
 
 @attrs.frozen
@@ -239,7 +243,8 @@ class IpamService:
     node: str
     settings: IpamSettings = attrs.field(factory=IpamSettings)
     _pools_seen: dict[str, IPPool] = attrs.field(factory=dict)
-    """The pools as last listed: the overlap check (``contested``) compares each pool with them."""
+    """The pools as last listed: pool choice reads them, and the overlap check (``contested``) too."""
+    _pools_listed_at: float = float("-inf")
 
     async def _get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
         if not name:
@@ -310,7 +315,12 @@ class IpamService:
             return await self._vm_keeps(endpoint.namespace, endpoint.name)
         return False
 
-    async def _all_pools(self) -> dict[str, IPPool]:
+    async def _all_pools(self, *, max_age: float | None = None) -> dict[str, IPPool]:
+        """Every usable pool's spec, listed at most ``pool_cache_ttl`` seconds ago (``max_age`` overrides)."""
+        limit = self.settings.pool_cache_ttl if max_age is None else max_age
+        if self._pools_seen and trio.current_time() - self._pools_listed_at <= limit:
+            return self._pools_seen
+        self._pools_listed_at = trio.current_time()
         out: dict[str, IPPool] = {}
         for obj in (await self.store.list(POOL)).items:
             try:
@@ -360,7 +370,10 @@ class IpamService:
             if endpoint is not None:  # NICs allocated by an earlier ADD of a multi-NIC pod keep theirs
                 requests = [r for r in requests if endpoint.nic(r.nic) is None or r.nic == req.ifname]
 
-        plans = _plans(requests, ctx, pools)
+        try:
+            plans = _plans(requests, ctx, pools)
+        except (PoolNotFound, NoAvailablePool):  # a pool made or changed a moment ago: look again before failing
+            plans = _plans(requests, ctx, await self._all_pools(max_age=0))
         routes = custom_routes(ctx)  # NB: checked before anything is allocated, so bad input changes nothing
         made: list[tuple[str, Allocation]] = []
         results: dict[tuple[str, int], Allocation] = {}
