@@ -79,7 +79,7 @@ class InvalidVersionField(IncompatibleVersion):
         return f"cniVersion {self.reason} (supported: {', '.join(self.supported)})"
 
 
-def _version_key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
@@ -91,7 +91,7 @@ def _string(d: Mapping[str, Any], key: str, default: str) -> str:
     if value is None:
         return default
     if not isinstance(value, str):
-        raise InvalidNetConf(reason=f"ipam.{key} must be a string, not {_json_type(value)}")
+        raise InvalidNetConf(reason=f"ipam.{key} must be a string, not {json_type(value)}")
     return value or default
 
 
@@ -100,7 +100,7 @@ def _boolean(d: Mapping[str, Any], key: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise InvalidNetConf(reason=f"ipam.{key} must be true or false, not {_json_type(value)}")
+        raise InvalidNetConf(reason=f"ipam.{key} must be true or false, not {json_type(value)}")
     return value
 
 
@@ -109,7 +109,7 @@ def _count(d: Mapping[str, Any], key: str, default: int) -> int:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidNetConf(reason=f"ipam.{key} must be an integer, not {_json_type(value)}")
+        raise InvalidNetConf(reason=f"ipam.{key} must be an integer, not {json_type(value)}")
     if value < 0:
         raise InvalidNetConf(reason=f"ipam.{key} must not be negative, got {value}")
     return value or default  # 0 means "unset", as in Spiderpool's Go structs
@@ -124,7 +124,7 @@ def _names(d: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
     """The JSON name of a decoded value's type, for error messages."""
     if value is None:
         return "null"
@@ -166,7 +166,7 @@ class IpamConf:
         are ignored: the section may carry settings for other tools.
         """
         if not isinstance(d, dict):
-            raise InvalidNetConf(reason=f"ipam must be an object, not {_json_type(d)}")
+            raise InvalidNetConf(reason=f"ipam must be an object, not {json_type(d)}")
         level = _string(d, "log_level", DEFAULT_LOG_LEVEL).lower()
         if level not in LOG_LEVELS:
             raise InvalidNetConf(
@@ -269,7 +269,7 @@ def _decode_conf(stdin: bytes) -> JsonObject:
         raise DecodeFailure(what="network configuration on stdin", reason=str(exc)) from exc
     if not isinstance(conf, dict):
         raise DecodeFailure(
-            what="network configuration on stdin", reason=f"expected a JSON object, got {_json_type(conf)}"
+            what="network configuration on stdin", reason=f"expected a JSON object, got {json_type(conf)}"
         )
     return conf
 
@@ -292,7 +292,7 @@ def _version_of(conf: Mapping[str, Any]) -> str:
 def _object_or_none(conf: Mapping[str, Any], key: str) -> JsonObject | None:
     value = conf.get(key)
     if value is not None and not isinstance(value, dict):
-        raise InvalidNetConf(reason=f"{key} must be an object, not {_json_type(value)}")
+        raise InvalidNetConf(reason=f"{key} must be an object, not {json_type(value)}")
     return value
 
 
@@ -301,11 +301,11 @@ def _attachments(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
     if value is None:
         return None
     if not isinstance(value, list):
-        raise InvalidNetConf(reason=f"{VALID_ATTACHMENTS_KEY} must be an array, not {_json_type(value)}")
+        raise InvalidNetConf(reason=f"{VALID_ATTACHMENTS_KEY} must be an array, not {json_type(value)}")
     found: list[tuple[str, str]] = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise InvalidNetConf(reason=f"{VALID_ATTACHMENTS_KEY}[{i}] must be an object, not {_json_type(item)}")
+            raise InvalidNetConf(reason=f"{VALID_ATTACHMENTS_KEY}[{i}] must be an object, not {json_type(item)}")
         for key in ("containerID", "ifname"):
             if not isinstance(item.get(key), str):
                 raise InvalidNetConf(reason=f"{VALID_ATTACHMENTS_KEY}[{i}].{key} must be a string")
@@ -363,12 +363,12 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     conf = _decode_conf(stdin)
     version = _version_of(conf)
     first = _FIRST_VERSION.get(command)
-    if first is not None and _version_key(version) < _version_key(first):
+    if first is not None and version_key(version) < version_key(first):
         raise IncompatibleVersion(version=version, supported=SUPPORTED_VERSIONS, command=command)
 
     name = conf.get("name")
     if name is not None and not isinstance(name, str):
-        raise InvalidNetConf(reason=f"name must be a string, not {_json_type(name)}")
+        raise InvalidNetConf(reason=f"name must be a string, not {json_type(name)}")
 
     raw_ipam = conf.get("ipam")
     ipam: IpamConf | None
@@ -478,7 +478,7 @@ def format_result(
     for ``types/100.Result``.  Of ``dns`` only the spec's keys are kept, in the spec's order.
     """
     _check_version(version)
-    legacy = _version_key(version) < (1, 0, 0)
+    legacy = version_key(version) < (1, 0, 0)
     result: JsonObject = {"cniVersion": version}
     if ips:
         out: list[JsonObject] = []

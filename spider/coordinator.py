@@ -29,7 +29,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from spider.cni import DEFAULT_SOCKET, SUPPORTED_VERSIONS, parse_args
+from spider.cni import DEFAULT_SOCKET, SUPPORTED_VERSIONS, json_type, parse_args, version_key
 from spider.errors import (
     CNI_IO_FAILURE,
     CNI_UNKNOWN_CONTAINER,
@@ -141,20 +141,6 @@ class InterfaceSetupFailed(SpiderError):
 # --- small parsers ------------------------------------------------------------------------------------------
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object" if isinstance(value, dict) else type(value).__name__
-
-
 def normalize_cidr(text: str) -> str:
     """A CIDR in canonical form; a bare address becomes ``/32`` or ``/128`` (as Spiderpool's webhook does)."""
     text = text.strip()
@@ -204,7 +190,7 @@ def _cidrs(where: str, raw: object) -> tuple[str, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
-        raise ValueError(f"{where} must be a list of CIDRs (strings), not {_json_type(raw)}")
+        raise ValueError(f"{where} must be a list of CIDRs (strings), not {json_type(raw)}")
     out = []
     for item in raw:
         try:
@@ -218,7 +204,7 @@ def _policy_routes(where: str, raw: object) -> tuple[PolicyRoute, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ValueError(f"{where} must be a list of {{dst, gw}} objects, not {_json_type(raw)}")
+        raise ValueError(f"{where} must be a list of {{dst, gw}} objects, not {json_type(raw)}")
     return tuple(PolicyRoute.parse(f"{where}[{i}]", r) for i, r in enumerate(raw))
 
 
@@ -236,7 +222,7 @@ def _int(where: str, raw: object) -> int | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise ValueError(f"{where} must be an integer, not {_json_type(raw)}")
+        raise ValueError(f"{where} must be an integer, not {json_type(raw)}")
     return raw
 
 
@@ -244,7 +230,7 @@ def _bool(where: str, raw: object) -> bool | None:
     if raw is None:
         return None
     if not isinstance(raw, bool):
-        raise ValueError(f"{where} must be true or false, not {_json_type(raw)}")
+        raise ValueError(f"{where} must be true or false, not {json_type(raw)}")
     return raw
 
 
@@ -252,7 +238,7 @@ def _str(where: str, raw: object) -> str:
     if raw is None:
         return ""
     if not isinstance(raw, str):
-        raise ValueError(f"{where} must be a string, not {_json_type(raw)}")
+        raise ValueError(f"{where} must be a string, not {json_type(raw)}")
     return raw
 
 
@@ -445,7 +431,7 @@ class CoordinatorConf:
             gateway = _bool("detectGateway", conf.get("detectGateway"))
             for deprecated in ("logOptions",):
                 if conf.get(deprecated) is not None and not isinstance(conf[deprecated], dict):
-                    raise ValueError(f"{deprecated} must be an object, not {_json_type(conf[deprecated])}")
+                    raise ValueError(f"{deprecated} must be an object, not {json_type(conf[deprecated])}")
             return cls(
                 mode=mode,
                 pod_default_cni_nic=_str("podDefaultCniNic", conf.get("podDefaultCniNic")) or DEFAULT_FIRST_NIC,
@@ -477,7 +463,7 @@ def _detect_options(raw: object) -> DetectOptions:
     if raw is None:
         return DetectOptions()
     if not isinstance(raw, dict):
-        raise ValueError(f"detectOptions must be an object, not {_json_type(raw)}")
+        raise ValueError(f"detectOptions must be an object, not {json_type(raw)}")
     defaults = DetectOptions()
     retries = _int("detectOptions.retries", raw.get("retries"))
     if retries is not None and not 1 <= retries <= 20:
@@ -576,10 +562,6 @@ class CoordinatorRequest:
         return tuple(out)
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
-
-
 def parse_request(env: Mapping[str, str], stdin: bytes, *, chained: bool = True) -> CoordinatorRequest:
     """Validate one forwarded invocation; raises the ``SpiderError`` whose code the plugin reports.
 
@@ -615,17 +597,17 @@ def parse_request(env: Mapping[str, str], stdin: bytes, *, chained: bool = True)
         raise DecodeFailure(what="network configuration on stdin", reason=str(exc)) from exc
     if not isinstance(conf, dict):
         raise DecodeFailure(
-            what="network configuration on stdin", reason=f"expected a JSON object, got {_json_type(conf)}"
+            what="network configuration on stdin", reason=f"expected a JSON object, got {json_type(conf)}"
         )
     version = conf.get("cniVersion")
     if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
         raise IncompatibleVersion(version=str(version or ""), supported=SUPPORTED_VERSIONS)
     first = _FIRST_VERSION.get(command)
-    if first is not None and _version_key(version) < first:
+    if first is not None and version_key(version) < first:
         raise IncompatibleVersion(version=version, supported=SUPPORTED_VERSIONS, command=command)
     prev = conf.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
-        raise InvalidNetConf(reason=f"prevResult must be an object, not {_json_type(prev)}")
+        raise InvalidNetConf(reason=f"prevResult must be an object, not {json_type(prev)}")
     request = CoordinatorRequest(
         command=command,
         container_id=container_id,
