@@ -342,6 +342,11 @@ class IpamService:
         ctx, pod = await self._pod_context(req.pod_namespace, req.pod_name, req.pod_uid)
         if pod is not None and (why := pod_not_alive(pod)) is not None:
             raise PodNotAlive(pod=f"{req.pod_namespace}/{req.pod_name}", reason=why)
+        live_uid = (pod or {}).get("metadata", {}).get("uid", "")
+        if req.pod_uid and live_uid and req.pod_uid != live_uid:  # a late ADD for a pod replaced since
+            raise PodNotAlive(
+                pod=f"{req.pod_namespace}/{req.pod_name}", reason=f"UID {req.pod_uid} was replaced by {live_uid}"
+            )
         workload = await self._workload(pod, req.pod_namespace, req.pod_name)
         uid = ctx.uid or req.container_id
         ep_name = workload.endpoint_name or req.pod_name
@@ -387,9 +392,14 @@ class IpamService:
             except SpiderError as exc:
                 failures.append(exc)
 
-        async with trio.open_nursery() as nursery:
-            for r, version, found in plans:
-                nursery.start_soon(one, r, version, found)
+        try:
+            async with trio.open_nursery() as nursery:
+                for r, version, found in plans:
+                    nursery.start_soon(one, r, version, found)
+        except BaseException:  # cancelled (agent drain): give back what was answered; the rest is GC's
+            with trio.CancelScope(shield=True):
+                await self._undo(made, uid, req.container_id)
+            raise
         if failures:
             with trio.CancelScope(shield=True):
                 await self._undo(made, uid, req.container_id)
@@ -469,8 +479,13 @@ class IpamService:
         )
 
     async def _undo(self, made: list[tuple[str, Allocation]], uid: str, container_id: str) -> None:
-        """All-or-nothing: give back what this call took (only if the same sandbox still holds it)."""
+        """All-or-nothing: give back what this call took (only if the same sandbox still holds it).
+
+        An address the owner held before this call (a repeated ADD, a re-owned fixed IP) stays held.
+        """
         for nic, allocation in made:
+            if not allocation.fresh:
+                continue
             handle = await self.pools.get(allocation.pool)
             await handle.release((uid, nic), container_id)
 
@@ -579,14 +594,27 @@ class IpamService:
                 await trio.sleep(0.01)
 
     async def _drop_endpoint(self, endpoint: Endpoint) -> None:
-        obj = endpoint.to_object()
-        obj["metadata"]["finalizers"] = []
-        obj["metadata"].pop("resourceVersion", None)
-        try:
-            await self.store.update(obj)
-            await self.store.delete(ENDPOINT, endpoint.name, endpoint.namespace)
-        except NotFound:
-            pass
+        """Delete the endpoint (its finalizer first), unless it has meanwhile become another pod's."""
+        deadline = trio.current_time() + self.settings.endpoint_budget
+        current = endpoint
+        while True:
+            obj = current.to_object()
+            obj["metadata"]["finalizers"] = []
+            try:
+                written = await self.store.update(obj)
+                version = written["metadata"]["resourceVersion"]
+                await self.store.delete(ENDPOINT, current.name, current.namespace, resource_version=version)
+                return
+            except NotFound:
+                return
+            except Conflict:
+                if trio.current_time() > deadline:
+                    raise StaleWrite(
+                        kind=ENDPOINT, name=f"{current.namespace}/{current.name}", sent_version=current.resource_version
+                    ) from None
+            fresh = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
+            if fresh is None or (current := Endpoint.from_object(fresh)).uid != endpoint.uid:
+                return
 
     async def release_ips(self, req: DelRequest) -> list[str]:
         """``DELETE /v1/ipam/ips``: free every NIC of the pod's sandbox (after a detected conflict).
@@ -596,9 +624,11 @@ class IpamService:
         """
         return await self.release(req, keep_live=False)
 
-    async def endpoint(self, namespace: str, name: str) -> Endpoint | None:
-        """The pod's SpiderEndpoint, if any."""
-        obj = await self._get(ENDPOINT, name, namespace)
+    async def endpoint(self, namespace: str, pod_name: str) -> Endpoint | None:
+        """The SpiderEndpoint recording this pod's addresses, if any (a KubeVirt VM's pods share the VM's)."""
+        pod = await self._get("Pod", pod_name, namespace)
+        workload = await self._workload(pod, namespace, pod_name)
+        obj = await self._get(ENDPOINT, workload.endpoint_name or pod_name, namespace)
         return Endpoint.from_object(obj) if obj else None
 
     async def pool_free(self, names: Sequence[str]) -> dict[str, int]:

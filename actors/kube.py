@@ -86,6 +86,8 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 """Where kubelet mounts a pod's service account token and the cluster's CA."""
 CANCEL_GRACE = 5.0
 """Seconds a cancelled trio task waits for its asyncio task to finish cancelling."""
+QUICK_WATCH_END = 1.0
+"""Seconds: a watch the server ends sooner than this, having sent nothing, is re-opened only after a backoff."""
 _BLIND_WRITE_ATTEMPTS = 10  # read-then-write rounds of an update without resourceVersion before Conflict
 _HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
@@ -102,8 +104,11 @@ class _Call(Generic[T]):
     token: trio.lowlevel.TrioToken
     fn: Callable[..., Awaitable[T]]
     args: tuple[Any, ...]
+    on_abandon: Callable[[T], object] | None = None
+    """Loop thread: what to do with a value nobody will take (the trio side was cancelled), e.g. close it."""
     finished: trio.Event = attrs.Factory(trio.Event)
     task: asyncio.Task[T] | None = None
+    abandoned: bool = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Loop thread: run the coroutine as a task."""
@@ -116,16 +121,29 @@ class _Call(Generic[T]):
 
     def cancel(self) -> None:
         """Loop thread: cancel the task (it was started: ``call_soon_threadsafe`` keeps submission order)."""
-        if self.task is not None:
+        self.abandoned = True
+        if self.task is None:
+            return
+        if self.task.done():  # NB: it finished before the trio side saw it: its value is nobody's now
+            self._abandon(self.task)
+        else:
             self.task.cancel()
 
-    def _done(self, _task: asyncio.Task[T]) -> None:
+    def _done(self, task: asyncio.Task[T]) -> None:
+        if self.abandoned:
+            self._abandon(task)
         with contextlib.suppress(trio.RunFinishedError):  # NB: raised when nobody is waiting any more
             self.token.run_sync_soon(self.finished.set)
+
+    def _abandon(self, task: asyncio.Task[T]) -> None:
+        if self.on_abandon is not None and not task.cancelled() and task.exception() is None:
+            self.on_abandon(task.result())
 
     def result(self) -> T:
         """Trio thread, after ``finished``: the value, or the exception, of the coroutine."""
         assert self.task is not None
+        if self.task.cancelled():  # the loop was stopped under it (``aclose``), not a trio cancellation
+            raise trio.ClosedResourceError("the Kubernetes store was closed while the request was in flight")
         return self.task.result()
 
 
@@ -154,11 +172,16 @@ class AsyncioThread:
             finally:
                 self._loop.close()
 
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``await fn(*args)`` on the asyncio loop; trio cancellation cancels the asyncio task."""
+    async def run(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, on_abandon: Callable[[T], object] | None = None
+    ) -> T:
+        """``await fn(*args)`` on the asyncio loop; trio cancellation cancels the asyncio task.
+
+        A value that arrives after the trio side was cancelled goes to ``on_abandon`` (on the loop thread).
+        """
         if self._closed:
             raise trio.ClosedResourceError("the Kubernetes store is closed")
-        call = _Call(trio.lowlevel.current_trio_token(), fn, args)
+        call = _Call(trio.lowlevel.current_trio_token(), fn, args, on_abandon)
         self._loop.call_soon_threadsafe(call.start, self._loop)
         try:
             await call.finished.wait()
@@ -709,15 +732,22 @@ class KubeStore:
         failing_since: float | None = None
         delay = 0.1
         while True:
+            opened, delivered = trio.current_time(), False
             try:
                 async with contextlib.aclosing(self._watch_once(info, namespace, selector, version)) as events:
                     async for event in events:
                         version = event.version
+                        delivered = True
                         if event.type is None:  # a bookmark: only the version moves
                             continue
                         failing_since, delay = None, 0.1
                         yield WatchEvent(event.type, event.object)
-                failing_since, delay = None, 0.1  # NB: the server ended the watch (timeoutSeconds): go on at once
+                if delivered or trio.current_time() - opened >= QUICK_WATCH_END:
+                    failing_since, delay = None, 0.1  # NB: the server ended the watch (timeoutSeconds): go on at once
+                    continue
+                # ended at once with nothing in it (a proxy closing streams): no hot loop, but no budget spent
+                await trio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, QUICK_WATCH_END)
                 continue
             except StoreUnavailable as exc:
                 now = trio.current_time()
@@ -747,7 +777,9 @@ class KubeStore:
             sock_read=2 * self.settings.watch_timeout + self.settings.watch_read_slack,
         )
         try:
-            response = await self._bridge.run(self._open_response, "GET", _path(info, namespace), query, None, timeout)
+            response = await self._bridge.run(
+                self._open_response, "GET", _path(info, namespace), query, None, timeout, on_abandon=_close_response
+            )
         except _TRANSPORT_ERRORS as exc:
             raise _unavailable(target, exc) from exc
         self._watching.add(response)
@@ -804,6 +836,10 @@ class KubeStore:
         for response in watching:
             response.close()
         await self._client.close()
+
+
+def _close_response(response: aiohttp.ClientResponse) -> None:
+    response.close()
 
 
 @attrs.frozen

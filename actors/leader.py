@@ -239,7 +239,6 @@ class LeaderElector:
     async def try_acquire_or_renew(self) -> bool:
         """Take or keep the Lease if it is free, expired (as we observed it) or ours; True when we hold it."""
         s = self.settings
-        now = trio.current_time()
         try:
             current = await self.store.get(KIND, s.name, s.namespace)
         except NotFound:
@@ -249,8 +248,10 @@ class LeaderElector:
                 await self.store.create(self._object(mine))
             except AlreadyExists:  # another candidate created it first
                 return False
-            self._observe(mine, now)
+            self._observe(mine, trio.current_time())
             return True
+        # NB: the clock is read after the answer, as client-go does: a slow read must not age the holder's renewal
+        now = trio.current_time()
         record = LeaseRecord.from_object(current)
         if record != self.observed:
             self._observe(record, now)

@@ -18,6 +18,7 @@ local processes; the addresses handed out are numbers in a pool, never used on a
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -460,46 +461,51 @@ class Recorder:
 
 
 async def add_phase(scenario: Scenario, target: Target, recorder: Recorder, run: str) -> dict[int, PodRef]:
-    """ADD every pod with ``callers`` concurrent callers; churned pods are then deleted and re-created as new
-    pods, queued behind the ADDs still waiting, so they run while the others allocate.  Returns the live pods."""
+    """ADD every pod with ``callers`` concurrent callers; a churned pod, once added, is deleted and re-created
+    as a new pod by the next free caller, ahead of the ADDs still waiting, so churn runs while the others
+    allocate.  Returns the live pods."""
     churned = scenario.churned
-    jobs = [("add", PodRef(i, 0, run)) for i in range(scenario.pods)]
-    send, receive = trio.open_memory_channel[tuple[str, PodRef]](len(jobs) + len(churned))
-    for job in jobs:
-        send.send_nowait(job)
-    remaining = len(jobs) + len(churned)
+    adds = collections.deque(PodRef(i, 0, run) for i in range(scenario.pods))
+    ready: collections.deque[PodRef] = collections.deque()  # added churned pods, waiting for their churn
+    unsettled = len(churned)  # churned pods whose churn has not been queued (or given up) yet
+    changed = trio.Event()
     live: dict[int, PodRef] = {}
 
-    def done() -> None:
-        nonlocal remaining
-        remaining -= 1
-        if remaining == 0:
-            send.close()
+    def settle(pod: PodRef | None = None) -> None:
+        nonlocal unsettled, changed
+        unsettled -= 1
+        if pod is not None:
+            ready.append(pod)
+        changed.set()
+        changed = trio.Event()
+
+    async def churn(pod: PodRef) -> None:
+        node = pod.node(scenario.nodes)
+        gone = await recorder.call("churn-del", "add", pod, node, target.delete)
+        if gone.ok:
+            del live[pod.index]
+            again = attrs.evolve(pod, incarnation=pod.incarnation + 1)
+            if (await recorder.call("churn-add", "add", again, node, target.add)).ok:
+                live[pod.index] = again
 
     async def caller() -> None:
-        async for kind, pod in receive:
-            node = pod.node(scenario.nodes)
-            if kind == "add":
-                op = await recorder.call("add", "add", pod, node, target.add)
+        while True:
+            if ready:
+                await churn(ready.popleft())
+            elif adds:
+                pod = adds.popleft()
+                op = await recorder.call("add", "add", pod, pod.node(scenario.nodes), target.add)
                 if op.ok:
                     live[pod.index] = pod
                 if pod.index in churned:
-                    if op.ok:
-                        send.send_nowait(("churn", pod))
-                    else:
-                        done()  # NB: nothing to churn; its churn job will never come
+                    settle(pod if op.ok else None)  # NB: a failed ADD leaves nothing to churn
+            elif unsettled:
+                await changed.wait()  # another caller's churned pod may still need us
             else:
-                gone = await recorder.call("churn-del", "add", pod, node, target.delete)
-                if gone.ok:
-                    del live[pod.index]
-                    again = attrs.evolve(pod, incarnation=pod.incarnation + 1)
-                    op = await recorder.call("churn-add", "add", again, node, target.add)
-                    if op.ok:
-                        live[pod.index] = again
-            done()
+                return
 
     async with trio.open_nursery() as nursery:
-        for _ in range(min(scenario.callers, len(jobs))):
+        for _ in range(min(scenario.callers, scenario.pods)):
             nursery.start_soon(caller)
     return live
 

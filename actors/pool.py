@@ -38,6 +38,8 @@ class Allocation:
     address: str  # ip/prefix
     gateway: str | None
     routes: tuple[Route, ...]
+    fresh: bool = attrs.field(default=True, eq=False)
+    """Taken by this request; ``False`` when the owner already held it (a repeated ADD): undo must not free it."""
 
     @property
     def ip(self) -> str:
@@ -193,6 +195,20 @@ class PoolActor:
         self._stale = None
         self._version = obj["metadata"]["resourceVersion"]
 
+    async def _answers_need_a_fresh_ledger(self, batch: list[PoolMsg]) -> bool:
+        """For a batch that writes nothing: whether its answers came from a ledger that is out of date.
+
+        An address handed out without a write must not come from a ledger another process has since changed
+        (GC freed it, someone else took it); a failure (exhausted) must not either.
+        """
+        if not any(isinstance(msg, Allocate | Adopt) for msg in batch):
+            return False
+        try:
+            obj = await self.store.get(KIND, self.name)
+        except NotFound:
+            raise PoolNotFound(pool=self.name) from None
+        return bool(obj["metadata"]["resourceVersion"] != self._version)
+
     async def _refresh_reserved(self, ledger: PoolLedger) -> None:
         """SpiderReservedIPs apply to every pool of their family at allocation time: read them per batch."""
         parsed = []
@@ -208,6 +224,7 @@ class PoolActor:
         delay = 0.005
         while True:
             try:
+                loaded_now = self._ledger is None
                 if self._ledger is None:
                     await self._load()
                 assert self._ledger is not None
@@ -216,6 +233,9 @@ class PoolActor:
                 results = [self._apply(self._ledger, msg) for msg in batch]
                 if any(changed for _, changed in results):
                     await self._write(self._ledger)
+                elif not loaded_now and await self._answers_need_a_fresh_ledger(batch):
+                    self._stale, self._ledger = self._ledger, None
+                    continue
             except Conflict:
                 self.stats.conflicts += 1
                 # NB: the ledger holds the failed batch; re-read and re-apply from scratch (reusing what still matches)
@@ -257,10 +277,11 @@ class PoolActor:
             match msg:
                 case Allocate(owner=owner, avoid=avoid):
                     cooldown = ledger.pool.cooldown if ledger.pool.cooldown is not None else self.default_cooldown
+                    held = ledger.lookup(owner.key) is not None
                     ip, changed = ledger.allocate(owner, now=self.clock(), cooldown=cooldown, avoid=avoid)
                     pool = ledger.pool
                     return outcome.Value(
-                        Allocation(pool.name, pool.version, ledger.address(ip), pool.gateway, pool.routes)
+                        Allocation(pool.name, pool.version, ledger.address(ip), pool.gateway, pool.routes, not held)
                     ), changed
                 case Release(key=key, container_id=container_id):
                     freed = ledger.release(key, container_id, now=self.clock())

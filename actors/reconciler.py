@@ -44,6 +44,8 @@ POOL = "SpiderIPPool"
 SUBNET = "SpiderSubnet"
 RESERVED = "SpiderReservedIP"
 WATCHED = (POOL, SUBNET, RESERVED)
+NEEDS = {POOL: {POOL, RESERVED}, SUBNET: {SUBNET, POOL}}
+"""The kinds whose listing a kind's rules read (a pool's free count excludes reservations)."""
 DEFAULT_RESYNC = 300.0
 """Seconds between full re-lists (Spiderpool's pool and subnet informers resync every 300 s)."""
 RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -108,6 +110,7 @@ class PoolReconciler:
     _cache: dict[str, dict[str, Obj]] = attrs.field(factory=lambda: {kind: {} for kind in WATCHED})
     _queue: WorkQueue = attrs.field(factory=WorkQueue.open)
     _listed: set[str] = attrs.field(factory=set)
+    _all_listed: trio.Event = attrs.field(factory=trio.Event)
     _failures: dict[Key, int] = attrs.field(factory=dict)
     _complained: dict[Key, str] = attrs.field(factory=dict)
 
@@ -122,16 +125,21 @@ class PoolReconciler:
         return not self._queue
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """List every kind, then follow the watches and reconcile until cancelled."""
+        """List every kind, follow the watches and reconcile until cancelled; started once all are listed.
+
+        Each kind is informed on its own: one that cannot be listed (its CRD not installed yet) holds back
+        only the objects whose rules need it, never the others.
+        """
         async with trio.open_nursery() as nursery:
             for kind in WATCHED:
-                await nursery.start(self._inform, kind)
+                nursery.start_soon(self._inform, kind)
             nursery.start_soon(self._work, nursery)
+            await self._all_listed.wait()
             task_status.started()
 
     # --- informers ---------------------------------------------------------------------------------------
 
-    async def _inform(self, kind: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _inform(self, kind: str) -> None:
         failures = 0
         while True:
             try:
@@ -146,7 +154,9 @@ class PoolReconciler:
             self._replace(kind, listing.items)
             if kind not in self._listed:
                 self._listed.add(kind)
-                task_status.started()
+                self._queue_waiting_for(kind)
+                if self.synced:
+                    self._all_listed.set()
             version = listing.resource_version
             with trio.move_on_after(self.resync_period):  # NB: the periodic resync is a fresh list
                 while True:
@@ -172,6 +182,13 @@ class PoolReconciler:
                 self._event(kind, event)
                 version = str((event.object.get("metadata") or {}).get("resourceVersion") or version)
         return version, seen
+
+    def _queue_waiting_for(self, listed: str) -> None:
+        """A kind's first listing: queue the objects whose rules were held back waiting for it."""
+        for kind, needs in NEEDS.items():
+            if listed in needs:
+                for name in self._cache[kind]:
+                    self._queue.add((kind, name))
 
     def _replace(self, kind: str, items: list[Obj]) -> None:
         old, new = self._cache[kind], {_name(obj): obj for obj in items}
@@ -240,8 +257,8 @@ class PoolReconciler:
     async def _reconcile(self, key: Key) -> None:
         kind, name = key
         obj = self._cache[kind].get(name)
-        if obj is None:
-            return
+        if obj is None or not NEEDS[kind] <= self._listed:
+            return  # NB: the listing still missing queues this key again when it arrives
         pools = list(self._cache[POOL].values())
         finalizers = pool_finalizers(obj) if kind == POOL else subnet_finalizers(obj, pools)
         if finalizers is not None:

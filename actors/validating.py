@@ -18,7 +18,8 @@ from typing import Any
 import attrs
 
 from actors.store import Invalid, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
-from spider.errors import InvalidSpec
+from spider.errors import InvalidInput, InvalidSpec
+from spider.kinds import kind_info
 from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings, mutate, validate
 
 
@@ -30,9 +31,14 @@ class ValidatingStore:
     settings: AdmissionSettings = attrs.field(factory=AdmissionSettings)
 
     async def _admit(self, obj: Obj, *, creating: bool) -> Obj:
-        kind, namespace, name = key_of(obj)
+        alias, namespace, name = key_of(obj)
+        try:
+            kind = kind_info(alias).kind  # NB: "sp" or "spiderippools" names a pool too
+        except InvalidInput:
+            return obj  # the inner store rejects an unknown kind
         if kind not in KINDS:
             return obj
+        obj = {**obj, "kind": kind}
         old = None
         if not creating:
             try:

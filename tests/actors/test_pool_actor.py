@@ -10,7 +10,7 @@ import trio.testing
 from actors.pool import Allocation, PoolActor, PoolHandle, PoolMsg, open_pool
 from actors.sqlite import SqliteStore
 from spider.errors import ActorUnavailable, PoolExhausted, PoolNotFound, StaleWrite
-from spider.pool import KIND, Owner
+from spider.pool import KIND, Owner, PoolLedger
 from tests.actors.conftest import (
     CAPACITY,
     POOL,
@@ -70,6 +70,31 @@ async def test_a_repeated_allocation_from_a_new_sandbox_keeps_the_address(
         # the record names the new sandbox now, so a late release of the old one frees nothing
         assert await handle.release(owner(1).key, "old-1") is None
         assert await persisted(store) == {owner(1).key: first.ip}
+
+
+async def test_a_repeated_allocation_is_marked_as_held_not_fresh(handle: PoolHandle) -> None:
+    with trio.fail_after(TIMEOUT):
+        first = await handle.allocate(owner(1))
+        again = await handle.allocate(owner(1, container="new"))
+    assert (first.fresh, again.fresh) == (True, False)
+
+
+async def test_a_held_address_another_process_freed_and_gave_away_is_never_answered_from_memory(
+    handle: PoolHandle, store: InterferingStore
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        first = await handle.allocate(owner(1))
+        # another process (the GC, another agent) frees it and hands it to someone else
+        obj = await store.inner.get(KIND, POOL)
+        ledger = PoolLedger.from_object(obj)
+        assert ledger.release(owner(1).key) is not None
+        ledger.allocate(foreign(1))
+        obj["status"] = ledger.to_status()
+        await store.inner.update_status(obj)
+        again = await handle.allocate(owner(1))
+    assert again.ip != first.ip
+    assert again.fresh
+    assert await persisted(store) == {foreign(1).key: first.ip, owner(1).key: again.ip}
 
 
 async def test_release_frees_the_address_and_the_next_allocation_reuses_the_lowest(

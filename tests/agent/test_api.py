@@ -207,11 +207,13 @@ async def test_dual_stack_is_all_or_nothing(agent: RunningAgent) -> None:
     await agent.apply(V4, V6, *pods)
     with trio.fail_after(10):
         for i in range(2):
-            status, body, _ = await http_call(agent.socket, "POST", "/v1/ipam/ip", add_args(name=f"p{i}", uid=f"u{i}"))
+            uid = (await agent.store.get("Pod", f"p{i}", "default"))["metadata"]["uid"]
+            status, body, _ = await http_call(agent.socket, "POST", "/v1/ipam/ip", add_args(name=f"p{i}", uid=uid))
             assert status == 200
             assert sorted(ip["version"] for ip in body["ips"]) == [4, 6]
         # v6 has two addresses: the third pod fails, and its IPv4 address is given back.
-        status, message, headers = await http_call(agent.socket, "POST", "/v1/ipam/ip", add_args(name="p2", uid="u2"))
+        uid = (await agent.store.get("Pod", "p2", "default"))["metadata"]["uid"]
+        status, message, headers = await http_call(agent.socket, "POST", "/v1/ipam/ip", add_args(name="p2", uid=uid))
     assert status == 500
     assert "used out" in message
     assert headers["X-Cni-Code"] == "100"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import RunningAgent, http_call, pool_object
+from tests.support import RunningAgent, cni_env, http_call, netconf, pod_args, pool_object, run_plugin
 
 ANNO_POOL = "ipam.spidernet.io/ippool"
 ANNO_POOLS = "ipam.spidernet.io/ippools"
@@ -630,6 +630,14 @@ async def test_d00003_a_wrong_gateway_or_route_is_refused(agent: RunningAgent) -
         )
 
 
+@pytest.mark.parametrize("alias", ["sp", "spiderippools", "SpiderIPPool"])
+async def test_a_pool_written_under_any_name_of_its_kind_is_validated(agent: RunningAgent, alias: str) -> None:
+    bad = {**pool_object("gw", "10.23.0.0/24", ["10.23.0.10"], gateway="10.99.0.1"), "kind": alias}
+    with pytest.raises(Exception, match="not pertains to subnet"):
+        await agent.store.create(bad)
+    assert (await agent.store.list("SpiderIPPool")).items == []
+
+
 # --- release cooldown ----------------------------------------------------------------------------------------------
 
 
@@ -679,3 +687,66 @@ async def test_addresses_shared_by_overlapping_pools_that_slipped_past_admission
     status, message = await add(agent, "c", defaultIPv4IPPool=["left"])
     assert status == 500
     assert "exhausted" in message
+
+
+# --- ownership: what one request may take from another ------------------------------------------------------------
+
+
+async def test_a_late_add_for_a_replaced_pod_fails_and_leaves_the_live_pod_alone(agent: RunningAgent) -> None:
+    await agent.apply(DEFAULT_V4, pod("web"))
+    assert (await add(agent, "web"))[0] == 200
+    old = await kill(agent, "web")
+    await agent.apply(pod("web"))
+    assert (await add(agent, "web"))[0] == 200
+    held = await records(agent, "default-v4")
+    status, message = await add(agent, "web", podUID=old, containerID="ctr-late")
+    assert status == 500
+    assert f"UID {old} was replaced by {await uid_of(agent, 'web')}" in message
+    assert await records(agent, "default-v4") == held
+    endpoint = await agent.store.get("SpiderEndpoint", "web", "default")
+    assert endpoint["status"]["current"]["uid"] == await uid_of(agent, "web")
+
+
+async def test_a_repeated_add_that_fails_in_one_family_keeps_what_the_pod_already_held(agent: RunningAgent) -> None:
+    tiny_v6 = pool_object("tiny-v6", "fd20::/64", ["fd20::10"])
+    wanted = json.dumps({"ipv4": ["v4-a"], "ipv6": ["tiny-v6"]})
+    await agent.apply(V4A, tiny_v6, pod("dual", annotations={ANNO_POOL: wanted}))
+    assert (await add(agent, "dual"))[0] == 200
+    # another process frees the pod's only IPv6 address and hands it to someone else
+    obj = await agent.store.get("SpiderIPPool", "tiny-v6")
+    taken = {
+        ip: {**rec, "pod": "default/other", "podUid": "uid-other"}
+        for ip, rec in (await records(agent, "tiny-v6")).items()
+    }
+    obj["status"]["allocatedIPs"] = json.dumps(taken)
+    await agent.store.update_status(obj)
+    status, message = await add(agent, "dual")
+    assert status == 500
+    assert "exhausted" in message
+    assert [r["podUid"] for r in (await records(agent, "v4-a")).values()] == [await uid_of(agent, "dual")]
+
+
+async def test_dropping_an_endpoint_spares_one_that_became_another_pods_meanwhile(agent: RunningAgent) -> None:
+    await agent.apply(DEFAULT_V4, pod("web"))
+    assert (await add(agent, "web"))[0] == 200
+    stale = await agent.api.ipam.endpoint("default", "web")
+    assert stale is not None
+    newer = await agent.store.get("SpiderEndpoint", "web", "default")
+    newer["status"]["current"]["uid"] = "uid-of-a-newer-pod"
+    await agent.store.update(newer)
+    await agent.api.ipam._drop_endpoint(stale)
+    kept = await agent.store.get("SpiderEndpoint", "web", "default")
+    assert kept["status"]["current"]["uid"] == "uid-of-a-newer-pod"
+
+
+async def test_check_finds_a_kubevirt_launcher_pods_addresses_on_its_vms_endpoint(agent: RunningAgent) -> None:
+    launcher = pod("virt-launcher-vm1-abcde", **owned_by("kubevirt.io/v1", "VirtualMachineInstance", "vm1"))
+    await agent.apply(V4A, *kubevirt(), launcher)
+    uid = await uid_of(agent, "virt-launcher-vm1-abcde")
+    conf = netconf(agent.socket, default_ipv4_ippool=["v4-a"])
+    env = cni_env("ADD", "ctr-vm1", "eth0", pod_args("virt-launcher-vm1-abcde", uid))
+    with trio.fail_after(20):
+        code, result = await run_plugin(agent.shim, env, conf)
+        assert code == 0, result
+        check = await run_plugin(agent.shim, {**env, "CNI_COMMAND": "CHECK"}, {**conf, "prevResult": result})
+    assert check == (0, None)

@@ -286,3 +286,36 @@ def test_a_lease_record_reads_what_client_go_writes() -> None:
     )
     assert record.to_spec() == {k: v for k, v in lease["spec"].items() if k != "strategy"}
     assert LeaseRecord.from_object({"spec": {"leaseDurationSeconds": "15", "leaseTransitions": True}}) == LeaseRecord()
+
+
+@attrs.define(eq=False)
+class SlowFirstRead(FaultyStore):
+    """The first ``get`` takes ``delay`` seconds, and ``meanwhile`` runs just before it reads."""
+
+    delay: float = 0.0
+    meanwhile: Callable[[], Awaitable[object]] | None = None
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> dict[str, object]:
+        if self.delay:
+            delay, self.delay = self.delay, 0.0
+            await trio.sleep(delay)
+            if self.meanwhile is not None:
+                await self.meanwhile()
+        return await super().get(kind, name, namespace)
+
+
+async def test_a_renewal_seen_by_a_slow_read_is_dated_when_the_read_returned(store: Store) -> None:
+    # b must not count the lease from when it *asked*: a renewed while b's read was under way
+    lease, read = 2, 1.5
+    a = LeaderElector(store, attrs.evolve(settings("a"), lease_duration=lease))
+    slow = SlowFirstRead(store, delay=read, meanwhile=a.try_acquire_or_renew)
+    b = LeaderElector(slow, attrs.evolve(settings("b"), lease_duration=lease))
+    with trio.fail_after(10):
+        assert await a.try_acquire_or_renew()
+        asked = trio.current_time()
+        assert not await b.try_acquire_or_renew()
+        # past a lease counted from the question, well within one counted from the renewal
+        await trio.sleep_until(asked + lease + read / 2)
+        assert not await b.try_acquire_or_renew()
+        assert b.leader == "a"
+        assert (await lease_spec(store))["holderIdentity"] == "a"

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 
 from actors.pool import open_pool
 from actors.reconciler import PoolReconciler
-from actors.store import NotFound, Obj, Store
+from actors.store import NotFound, Obj, ObjectList, Store
+from spider.errors import StoreUnavailable
 from spider.kinds import FINALIZER
 from spider.pool import Owner
 from tests.controller.support import FaultyStore, eventually, pool, reserved, subnet
@@ -268,3 +270,35 @@ async def test_a_subnet_counts_the_addresses_of_the_pools_with_its_subnet(privat
 
 async def _true(condition: Callable[[], bool]) -> bool:
     return condition()
+
+
+@attrs.define(eq=False)
+class WithoutCrd(FaultyStore):
+    """A store that does not serve one kind (its CRD not installed) until ``install()``."""
+
+    missing: str = ""
+
+    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+        if kind == self.missing:
+            raise StoreUnavailable(reason=f"the server does not serve {kind} (is its CRD installed?)")
+        return await super().list(kind, namespace=namespace, label_selector=label_selector)
+
+    def install(self) -> None:
+        self.missing = ""
+
+
+async def test_a_kind_that_cannot_be_listed_holds_back_only_what_needs_it(private_store: Store) -> None:
+    store = WithoutCrd(private_store, missing="SpiderSubnet")
+    reconciler = PoolReconciler(store)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reconciler.run)
+            await store.create(subnet("s1", ips=["10.6.0.1-10.6.0.100"]))
+            await store.create(pool("p1", ips=["10.6.0.10-10.6.0.20"]))
+            await eventually(has(store, "SpiderIPPool", "p1", counted))  # pools go on without subnets
+            assert not reconciler.synced
+            assert "totalIPCount" not in status(await store.get("SpiderSubnet", "s1"))
+            store.install()
+            await eventually(has(store, "SpiderSubnet", "s1", lambda o: status(o).get("allocatedIPCount") == 11))
+            assert reconciler.synced
+            nursery.cancel_scope.cancel(reason="test over")

@@ -141,6 +141,46 @@ async def test_cancelling_the_trio_caller_cancels_the_asyncio_task() -> None:
         await bridge.aclose()
 
 
+async def test_a_value_that_arrives_after_the_caller_was_cancelled_goes_to_on_abandon() -> None:
+    # e.g. a watch's HTTP response, finished as the trio side gave up: someone must close it
+    bridge = AsyncioThread()
+    abandoned: list[str] = []
+
+    async def finishes_anyway() -> str:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            return "response"
+        return "never"
+
+    try:
+        with trio.fail_after(TIMEOUT):
+            with trio.move_on_after(0.2) as scope:
+                await bridge.run(finishes_anyway, on_abandon=abandoned.append)
+            assert scope.cancelled_caught
+            assert abandoned == ["response"]
+    finally:
+        await bridge.aclose()
+
+
+async def test_a_call_in_flight_when_the_bridge_closes_raises_closed_resource_error() -> None:
+    bridge = AsyncioThread()
+    raised: list[BaseException] = []
+
+    async def waits() -> None:
+        try:
+            await bridge.run(asyncio.sleep, 3600)
+        except trio.ClosedResourceError as exc:
+            raised.append(exc)
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waits)
+            await trio.sleep(0.1)
+            await bridge.aclose()
+    assert len(raised) == 1
+
+
 async def test_asyncio_event_loops_still_work_in_trio_beside_the_store(kube: KubeStore) -> None:
     # pyroute2 makes its own asyncio loop in the thread that uses it; trio-asyncio broke that (DESIGN §9).
     with trio.fail_after(TIMEOUT):
@@ -390,6 +430,21 @@ async def test_a_watch_goes_on_across_the_servers_watch_timeouts(
         assert await watcher.until(6) == [("ADDED", f"p{i}") for i in range(6)]
         watches = [t for m, t in fake.log if "watch=true" in t]
         assert len(watches) >= 3
+
+
+async def test_a_server_that_ends_every_watch_at_once_is_not_asked_again_in_a_hot_loop(
+    fake: FakeApiServer, kube: KubeStore, nursery: trio.Nursery
+) -> None:
+    fake.max_watch_seconds = 0
+    with trio.fail_after(TIMEOUT):
+        start = await kube.list("SpiderIPPool")
+        watcher = await watching(nursery, kube.watch("SpiderIPPool", resource_version=start.resource_version))
+        await trio.sleep(1.5)
+        watches = [t for m, t in fake.log if "watch=true" in t]
+        assert 2 <= len(watches) <= 12  # backing off up to a second apart, not hundreds
+        fake.max_watch_seconds = 1800
+        await kube.create(pool("late"))
+        assert await watcher.until(1) == [("ADDED", "late")]  # and it goes on once the server behaves
 
 
 async def test_bookmarks_let_a_quiet_watch_resume_after_its_history_is_compacted(
