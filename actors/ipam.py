@@ -12,6 +12,7 @@ It never touches a database or socket directly: everything goes through the ``St
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -397,12 +398,10 @@ class IpamService:
                 for r, version, found in plans:
                     nursery.start_soon(one, r, version, found)
         except BaseException:  # cancelled (agent drain): give back what was answered; the rest is GC's
-            with trio.CancelScope(shield=True):
-                await self._undo(made, uid, req.container_id)
+            await self._undo(made, uid, req.container_id)
             raise
         if failures:
-            with trio.CancelScope(shield=True):
-                await self._undo(made, uid, req.container_id)
+            await self._undo(made, uid, req.container_id)
             raise failures[0]
         nic_results = []
         for r in requests:
@@ -415,8 +414,7 @@ class IpamService:
         try:
             await self._record(req, uid, ep_name, workload, nic_results)
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._undo(made, uid, req.container_id)
+            await self._undo(made, uid, req.container_id)
             raise
         return nic_results
 
@@ -481,13 +479,17 @@ class IpamService:
     async def _undo(self, made: list[tuple[str, Allocation]], uid: str, container_id: str) -> None:
         """All-or-nothing: give back what this call took (only if the same sandbox still holds it).
 
-        An address the owner held before this call (a repeated ADD, a re-owned fixed IP) stays held.
+        An address the owner held before this call (a repeated ADD, a re-owned fixed IP) stays held.  Runs
+        shielded from the caller's cancellation, for at most ``endpoint_budget`` seconds (the pool actors may be
+        going away too); whatever it could not give back is the GC's.
         """
-        for nic, allocation in made:
-            if not allocation.fresh:
-                continue
-            handle = await self.pools.get(allocation.pool)
-            await handle.release((uid, nic), container_id)
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.endpoint_budget):
+            for nic, allocation in made:
+                if not allocation.fresh:
+                    continue
+                handle = await self.pools.get(allocation.pool)
+                with contextlib.suppress(SpiderError):  # the pool gone or its actor stopped: nothing to undo there
+                    await handle.release((uid, nic), container_id)
 
     async def _record(
         self, req: AddRequest, uid: str, ep_name: str, workload: Workload, results: list[NicResult]
@@ -549,7 +551,7 @@ class IpamService:
             return freed
         mine = [n for n in endpoint.nics if not n.container_id or n.container_id == req.container_id]
         freed = await self._release_entries(endpoint, mine, req.container_id)
-        await self._forget_entries(endpoint, {n.interface for n in mine})
+        await self._forget_entries(endpoint, {(n.interface, n.container_id) for n in mine})
         return freed
 
     async def _release_entries(
@@ -567,8 +569,11 @@ class IpamService:
                     freed.append(ip)
         return freed
 
-    async def _forget_entries(self, endpoint: Endpoint, interfaces: set[str]) -> None:
-        """Remove entries from the endpoint, deleting it when none remain."""
+    async def _forget_entries(self, endpoint: Endpoint, entries: set[tuple[str, str]]) -> None:
+        """Remove these ``(interface, container)`` entries, deleting the endpoint when none remain.
+
+        An entry a newer sandbox of the same pod wrote meanwhile (same interface, another container) stays.
+        """
         deadline = trio.current_time() + self.settings.endpoint_budget
         while True:
             obj = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
@@ -577,7 +582,9 @@ class IpamService:
             current = Endpoint.from_object(obj)
             if current.uid != endpoint.uid:
                 return
-            kept = attrs.evolve(current, nics=tuple(n for n in current.nics if n.interface not in interfaces))
+            kept = attrs.evolve(
+                current, nics=tuple(n for n in current.nics if (n.interface, n.container_id) not in entries)
+            )
             try:
                 if kept.nics:
                     await self.store.update(kept.to_object())
@@ -594,8 +601,11 @@ class IpamService:
                 await trio.sleep(0.01)
 
     async def _drop_endpoint(self, endpoint: Endpoint) -> None:
-        """Delete the endpoint (its finalizer first), unless it has meanwhile become another pod's."""
-        deadline = trio.current_time() + self.settings.endpoint_budget
+        """Delete the endpoint (its finalizer first) as it was read.
+
+        Gone already, or another pod's meanwhile: nothing to do.  Changed otherwise (an ADD recorded a NIC):
+        ``Conflict``, for the caller to decide again.
+        """
         current = endpoint
         while True:
             obj = current.to_object()
@@ -608,13 +618,11 @@ class IpamService:
             except NotFound:
                 return
             except Conflict:
-                if trio.current_time() > deadline:
-                    raise StaleWrite(
-                        kind=ENDPOINT, name=f"{current.namespace}/{current.name}", sent_version=current.resource_version
-                    ) from None
-            fresh = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
-            if fresh is None or (current := Endpoint.from_object(fresh)).uid != endpoint.uid:
-                return
+                fresh = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
+                if fresh is None or (current := Endpoint.from_object(fresh)).uid != endpoint.uid:
+                    return
+                if current.nics != endpoint.nics:
+                    raise
 
     async def release_ips(self, req: DelRequest) -> list[str]:
         """``DELETE /v1/ipam/ips``: free every NIC of the pod's sandbox (after a detected conflict).

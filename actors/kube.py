@@ -109,6 +109,7 @@ class _Call(Generic[T]):
     finished: trio.Event = attrs.Factory(trio.Event)
     task: asyncio.Task[T] | None = None
     abandoned: bool = False
+    _handed_off: bool = False  # NB: cancel() and _done() may both see a finished task; hand its value off once
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Loop thread: run the coroutine as a task."""
@@ -136,8 +137,10 @@ class _Call(Generic[T]):
             self.token.run_sync_soon(self.finished.set)
 
     def _abandon(self, task: asyncio.Task[T]) -> None:
-        if self.on_abandon is not None and not task.cancelled() and task.exception() is None:
-            self.on_abandon(task.result())
+        if self._handed_off or self.on_abandon is None or task.cancelled() or task.exception() is not None:
+            return
+        self._handed_off = True
+        self.on_abandon(task.result())
 
     def result(self) -> T:
         """Trio thread, after ``finished``: the value, or the exception, of the coroutine."""
@@ -185,11 +188,12 @@ class AsyncioThread:
         self._loop.call_soon_threadsafe(call.start, self._loop)
         try:
             await call.finished.wait()
-        finally:
-            if not call.finished.is_set():  # cancelled: cancel the asyncio side too, and let it finish
-                self.call_soon(call.cancel)
-                with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
-                    await call.finished.wait()
+        except BaseException:  # cancelled: cancel the asyncio side too (or abandon its value), and let it finish
+            # NB: also when ``finished`` is set already: the value arrived as we were cancelled, and is nobody's
+            self.call_soon(call.cancel)
+            with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
+                await call.finished.wait()
+            raise
         return call.result()
 
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 
+from actors.store import Conflict
 from tests.support import RunningAgent, cni_env, http_call, netconf, pod_args, pool_object, run_plugin
 
 ANNO_POOL = "ipam.spidernet.io/ippool"
@@ -750,3 +751,17 @@ async def test_check_finds_a_kubevirt_launcher_pods_addresses_on_its_vms_endpoin
         assert code == 0, result
         check = await run_plugin(agent.shim, {**env, "CNI_COMMAND": "CHECK"}, {**conf, "prevResult": result})
     assert check == (0, None)
+
+
+async def test_a_late_del_of_an_old_sandbox_leaves_the_entry_a_newer_sandbox_wrote(agent: RunningAgent) -> None:
+    await agent.apply(DEFAULT_V4, pod("web"))
+    assert (await add(agent, "web", container="ctr-a"))[0] == 200
+    seen_by_old_del = await agent.api.ipam.endpoint("default", "web")
+    assert seen_by_old_del is not None
+    assert (await add(agent, "web", container="ctr-b"))[0] == 200  # the sandbox was re-created meanwhile
+    await agent.api.ipam._forget_entries(seen_by_old_del, {("eth0", "ctr-a")})
+    with pytest.raises(Conflict):
+        await agent.api.ipam._drop_endpoint(seen_by_old_del)
+    endpoint = await agent.api.ipam.endpoint("default", "web")
+    assert endpoint is not None
+    assert [(n.interface, n.container_id) for n in endpoint.nics] == [("eth0", "ctr-b")]
