@@ -21,7 +21,7 @@ import outcome
 import trio
 
 from actors.mailbox import Reply, drain
-from actors.store import Conflict, NotFound, Store
+from actors.store import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
 from spider.addr import IPSet, ip_to_int
 from spider.errors import ActorUnavailable, PoolNotFound, SpiderError, StaleWrite
 from spider.pool import KIND, Owner, PoolLedger, ReservedIP, Route, reserved_set
@@ -191,9 +191,13 @@ class PoolActor:
             obj = await self.store.get(KIND, self.name)
         except NotFound:
             raise PoolNotFound(pool=self.name) from None
-        self._ledger = PoolLedger.from_object(obj, previous=self._stale)
-        self._stale = None
+        self._ledger = self._read(obj)
         self._version = obj["metadata"]["resourceVersion"]
+
+    def _read(self, stored: Obj) -> PoolLedger:
+        """A ledger of the stored pool; one a lost race left behind is levelled with it, not decoded anew."""
+        stale, self._stale = self._stale, None
+        return stale.catch_up(stored) if stale is not None else PoolLedger.from_object(stored)
 
     async def _answers_need_a_fresh_ledger(self, batch: list[PoolMsg]) -> bool:
         """For a batch that writes nothing: whether its answers came from a ledger that is out of date.
@@ -209,7 +213,7 @@ class PoolActor:
             raise PoolNotFound(pool=self.name) from None
         return bool(obj["metadata"]["resourceVersion"] != self._version)
 
-    async def _refresh_reserved(self, ledger: PoolLedger) -> None:
+    async def _reservations(self) -> list[ReservedIP]:
         """SpiderReservedIPs apply to every pool of their family at allocation time: read them per batch."""
         parsed = []
         for obj in (await self.store.list("SpiderReservedIP")).items:
@@ -217,9 +221,51 @@ class PoolActor:
                 parsed.append(ReservedIP.from_object(obj))
             except SpiderError as exc:  # admission keeps bad ones out; one that slipped in must not stop us
                 log.warning("ignoring invalid SpiderReservedIP: %s", exc)
-        ledger.set_reserved(reserved_set(ledger.pool.version, parsed))
+        return parsed
 
     async def _commit(self, batch: list[PoolMsg]) -> None:
+        atomically = getattr(self.store, "update_status_atomically", None)
+        if atomically is not None:
+            await self._commit_atomically(batch, atomically)
+        else:
+            await self._commit_optimistically(batch)
+
+    async def _commit_atomically(self, batch: list[PoolMsg], atomically: AtomicStatusUpdate) -> None:
+        """A store that can (the embedded one) reads, folds and writes the batch under its write lock: one
+        write, never a conflict, and the answers always come from the stored pool as it is now."""
+        reserved = await self._reservations() if any(isinstance(msg, Allocate) for msg in batch) else None
+        results: list[tuple[outcome.Outcome[Any], bool]] = []
+
+        def change(stored: Obj) -> Obj | None:  # NB: in the store's worker thread; this actor is awaiting it
+            version = stored["metadata"]["resourceVersion"]
+            if self._ledger is None:
+                self._ledger = self._read(stored)
+            elif version != self._version:
+                self._ledger = self._ledger.catch_up(stored)  # NB: another agent wrote: level with it
+            self._version = version
+            ledger = self._ledger
+            if reserved is not None:
+                ledger.set_reserved(reserved_set(ledger.pool.version, reserved))
+            results[:] = [self._apply(ledger, msg) for msg in batch]
+            return ledger.to_status() if any(changed for _, changed in results) else None
+
+        try:
+            written = await atomically(KIND, self.name, change)
+        except (NotFound, SpiderError) as exc:
+            self._ledger = None  # NB: it may hold the batch unwritten
+            error = PoolNotFound(pool=self.name) if isinstance(exc, NotFound) else exc
+            for msg in batch:
+                msg.reply.error(error)
+            return
+        if written["metadata"]["resourceVersion"] != self._version:
+            self.stats.writes += 1
+            self._version = written["metadata"]["resourceVersion"]
+        for msg, (result, _) in zip(batch, results, strict=True):
+            msg.reply.resolve(result)
+
+    async def _commit_optimistically(self, batch: list[PoolMsg]) -> None:
+        """Any store: fold the batch into the ledger and write it guarded by the version it was read at; on a
+        conflict re-read and fold again, within ``conflict_budget``."""
         deadline = trio.current_time() + self.conflict_budget
         delay = 0.005
         while True:
@@ -229,7 +275,7 @@ class PoolActor:
                     await self._load()
                 assert self._ledger is not None
                 if any(isinstance(msg, Allocate) for msg in batch):
-                    await self._refresh_reserved(self._ledger)
+                    self._ledger.set_reserved(reserved_set(self._ledger.pool.version, await self._reservations()))
                 results = [self._apply(self._ledger, msg) for msg in batch]
                 if any(changed for _, changed in results):
                     await self._write(self._ledger)

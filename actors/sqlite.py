@@ -9,7 +9,10 @@ writes that change nothing, watch history that runs out (``Gone``).  It knows ki
 Concurrency.  Several processes (one agent per simulated node, the controller, the CLI) open the same file.
 SQLite in WAL mode lets readers run beside one writer; every write is one short ``BEGIN IMMEDIATE``
 transaction, so the read-modify-write of the version counter and of the object row is atomic across
-processes, and a busy writer makes the others wait (``busy_timeout``) rather than fail.  Within a process
+processes, and a busy writer makes the others wait (``busy_timeout``) rather than fail.  Writers queue on
+an ``flock`` of ``PATH.lock`` first, polled every 0.1 to 2 ms: SQLite's own busy handler sleeps up to
+100 ms at a time, and ten agents writing one pool spent most of their waits asleep with the lock free.
+``update_status_atomically`` runs a caller's read-modify-write inside one such transaction.  Within a process
 the one connection is used from worker threads, one call at a time (a ``CapacityLimiter(1)``).  A call
 already running in a thread finishes even when its caller is cancelled (trio's default), so a write is
 either whole or absent.
@@ -32,6 +35,7 @@ namespace argument is ignored.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -126,13 +130,19 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    """Open the file, switch it to WAL and create the schema; safe when processes race on a fresh file."""
+def _connect(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, int]:
+    """Open the file, switch it to WAL and create the schema; safe when processes race on a fresh file.
+    Also opens the writers' lock file beside it."""
     path = path.expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
+    lockfd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     # isolation_level=None: we issue BEGIN/COMMIT ourselves.  The connection is used from several worker
     # threads, never two at once (the store's limiter).
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    except BaseException:
+        os.close(lockfd)
+        raise
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         deadline = time.monotonic() + busy_timeout
@@ -162,8 +172,9 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
             raise
     except BaseException:
         conn.close()
+        os.close(lockfd)
         raise
-    return conn
+    return conn, lockfd
 
 
 def _prune(conn: sqlite3.Connection, floor: int) -> None:
@@ -245,6 +256,9 @@ class SqliteStore:
     """Bytes of event bodies kept at most (besides ``event_retention`` events): big pools write big statuses."""
     _limiter: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(1))
     _written: trio.Event = attrs.field(init=False, factory=trio.Event)
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    _lockfd: int = -1
+    """The open ``PATH.lock`` that writers ``flock`` (``_lock_writers``)."""
     _closed: bool = attrs.field(init=False, default=False)
 
     @classmethod
@@ -262,11 +276,11 @@ class SqliteStore:
             raise ValueError("event_retention must be at least 1")
         p = Path(path)
         try:
-            conn = await trio.to_thread.run_sync(_connect, p, busy_timeout)
+            conn, lockfd = await trio.to_thread.run_sync(_connect, p, busy_timeout)
         except (sqlite3.Error, OSError) as exc:
             # NB: also "file is not a database" and permission trouble: say which file, keep the cause.
             raise StoreUnavailable(reason=f"cannot open {str(p)!r}: {exc}") from exc
-        return cls(p, conn, event_retention, poll_interval, event_budget)
+        return cls(p, conn, event_retention, poll_interval, event_budget, busy_timeout, lockfd)
 
     async def __aenter__(self) -> SqliteStore:
         return self
@@ -295,21 +309,39 @@ class SqliteStore:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction (the cross-process write lock); wake watches."""
 
         def txn(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
+            self._lock_writers()
             try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+            finally:
+                fcntl.flock(self._lockfd, fcntl.LOCK_UN)
 
         try:
             return await self._run(txn)
         finally:
             self._written.set()
             self._written = trio.Event()
+
+    def _lock_writers(self) -> None:
+        """Worker thread: take the writers' ``flock`` (see the module docstring), within ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.0001
+        while True:
+            try:
+                fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError(f"{self.path}.lock: busy for {self.busy_timeout} s") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one read transaction: one consistent snapshot, never blocked by writers (WAL)."""
@@ -526,6 +558,31 @@ class SqliteStore:
 
         return await self._write(write)
 
+    async def update_status_atomically(
+        self, kind: str, name: str, change: Callable[[Obj], Obj | None], namespace: str = ""
+    ) -> Obj:
+        """Read-modify-write of ``status`` in one write transaction: never a ``Conflict``.
+
+        ``change(stored)`` runs in the store's worker thread while this process holds the write lock; it
+        returns the new ``status`` (a dict it owns), or ``None`` to write nothing.  Returns the object as
+        stored afterwards.  ``NotFound`` when it does not exist.  Only for callers whose ``change`` is quick
+        and pure: every other writer of the file waits for it.
+        """
+        key = _Key.of(kind, name, namespace)
+        if not key.info.status_subresource:
+            raise Invalid(kind=key.info.kind, name=key.name, reason=f"{key.info.kind} has no status subresource")
+
+        def write(conn: sqlite3.Connection) -> Obj:
+            stored = self._fetch(conn, key)
+            if stored is None:
+                raise key.not_found()
+            status = change(stored)
+            if status is None or status == stored.get("status"):
+                return stored
+            return self._commit(conn, key, "MODIFIED", {**stored, "status": status}, stored)
+
+        return await self._write(write)
+
     async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
         """Delete, or set ``deletionTimestamp`` (once) while finalizers remain; ``NotFound``, ``Conflict``."""
         key = _Key.of(kind, name, namespace)
@@ -626,6 +683,7 @@ class SqliteStore:
         def close(conn: sqlite3.Connection) -> None:
             self._closed = True
             conn.close()
+            os.close(self._lockfd)
 
         with trio.CancelScope(shield=True):  # NB: cleanup; must not be abandoned half way
             await trio.to_thread.run_sync(close, self._conn, limiter=self._limiter)

@@ -18,7 +18,7 @@ Semantics every backend keeps (the contract tests in ``tests/store`` check them)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -148,6 +148,16 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...
+
+
+class AtomicStatusUpdate(Protocol):
+    """An optional capability of a backend that has a write lock of its own (the embedded store):
+    ``update_status_atomically(kind, name, change)`` reads the object, lets ``change(stored)`` compute the new
+    status (``None``: write nothing) and writes it, all under that lock, so it never raises ``Conflict``.
+    Callers look it up with ``getattr`` and keep an optimistic read-write-retry path for backends without it
+    (the API server has no such lock: there a write races and retries)."""
+
+    async def __call__(self, kind: str, name: str, change: Callable[[Obj], Obj | None], namespace: str = "") -> Obj: ...
 
 
 def meta(obj: Obj) -> dict[str, Any]:

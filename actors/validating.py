@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from actors.store import Invalid, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
+from actors.store import AtomicStatusUpdate, Invalid, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
 from spider.errors import InvalidInput, InvalidSpec
 from spider.kinds import kind_info
 from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings, mutate, validate
@@ -29,6 +29,12 @@ class ValidatingStore:
 
     inner: Store
     settings: AdmissionSettings = attrs.field(factory=AdmissionSettings)
+    update_status_atomically: AtomicStatusUpdate | None = attrs.field(init=False)
+    """The inner store's, when it has one: status writes are unchecked anyway."""
+
+    @update_status_atomically.default
+    def _inner_atomic(self) -> AtomicStatusUpdate | None:
+        return getattr(self.inner, "update_status_atomically", None)
 
     async def _admit(self, obj: Obj, *, creating: bool) -> Obj:
         alias, namespace, name = key_of(obj)

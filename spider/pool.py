@@ -16,7 +16,7 @@ copying a map of 20,000 records per allocation would make large pools slow.  Who
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -397,6 +397,59 @@ def decode_allocated(
         raise InvalidSpec(kind=KIND, name="", reason=f"'status.allocatedIPs' is corrupt: {exc}") from None
 
 
+def _identity(obj: Mapping[str, Any]) -> tuple[Any, Any]:
+    """All of a stored pool that ``IPPool.from_object`` may read: everything but the status and version."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    return meta, obj.get("spec")
+
+
+def _json_object(raw: object) -> Mapping[str, Any]:
+    """A status field that holds a JSON object as a string (absent or empty: no entries)."""
+    if raw in (None, ""):
+        return {}
+    data = json.loads(raw) if isinstance(raw, str) else raw
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _canonical_pieces(raw: object) -> list[str] | None:
+    """Cut a status string in our encoding (``{"a":{..},"b":{..}}``, compact) into its ``"a":{..}`` pieces.
+
+    Inside a piece a ``"`` is always escaped, so ``},"`` only ever separates two pieces.  ``None`` for
+    anything that does not look like that; a piece may still be wrong, which ``_parse_pieces`` finds.
+    """
+    if raw in (None, ""):
+        return []
+    if not isinstance(raw, str) or len(raw) < 2 or raw[0] != "{" or raw[-1] != "}":
+        return None
+    body = raw[1:-1]
+    if not body:
+        return []
+    parts = body.split('},"')
+    pieces = [part + "}" for part in parts]
+    pieces[-1] = parts[-1]
+    pieces[1:] = ['"' + piece for piece in pieces[1:]]
+    return pieces
+
+
+def _parse_pieces(pieces: list[str]) -> list[tuple[str, Any, str]] | None:
+    """``(address text, raw record, piece)`` for each piece; ``None`` if one is not a single JSON member."""
+    out = []
+    for piece in pieces:
+        try:
+            one = json.loads("{" + piece + "}")
+        except ValueError:
+            return None
+        if not isinstance(one, dict) or len(one) != 1:
+            return None
+        ((text, raw),) = one.items()
+        if not isinstance(raw, dict):
+            return None
+        out.append((text, raw, piece))
+    return out
+
+
 def encode_allocated(version: int, records: Mapping[int, Record]) -> str | None:
     """The ``allocatedIPs`` JSON string, addresses in ascending order; ``None`` when empty (Spiderpool)."""
     if not records:
@@ -432,7 +485,14 @@ class PoolLedger:
         # every address seen (constant), and the JSON fragment of every record (dropped whenever it changes).
         self._text: dict[int, str] = {}
         self._fragments: dict[int, str] = {}
+        self._released_fragments: dict[int, str] = {}
         self._held = sum(1 for ip in self.records if ip in self.allocatable)
+        # NB: for catch_up: what each record and release looked like in the store when last seen (dropped when
+        # it changes here), the address of each text seen, and what the rest of the stored object was.
+        self._raw: dict[int, Any] = {}
+        self._released_raw: dict[int, Any] = {}
+        self._ip_of: dict[str, int] = {}
+        self._identity: tuple[Any, Any] | None = None
 
     @classmethod
     def from_object(
@@ -454,12 +514,153 @@ class PoolLedger:
         except InvalidSpec as exc:
             raise InvalidSpec(kind=KIND, name=pool.name, reason=exc.reason) from None
         ledger = cls(pool, records, reserved, decode_released(pool.version, status.get("releasedIPs")))
+        ledger._identity = _identity(obj)
         if previous is not None and reuse:
             ledger._text = previous._text
             ledger._fragments = {
                 ip: f for ip, f in previous._fragments.items() if records.get(ip) is previous.records.get(ip)
             }
         return ledger
+
+    def catch_up(self, obj: Mapping[str, Any]) -> PoolLedger:
+        """This ledger brought level with a newer stored version of its pool: records and releases exactly as
+        stored, local changes not in it dropped.
+
+        With the spec (and the rest of the object but its status) unchanged it works in place and costs the
+        JSON parse plus a comparison per entry, not a decode of every record (another agent's write changes
+        one or two of a thousand); otherwise it is ``from_object(obj, previous=self)``.  Returns the ledger
+        to use (``self``, or the new one), with the reserved set kept.
+        """
+        if self._identity is None or _identity(obj) != self._identity:
+            return PoolLedger.from_object(obj, self.reserved, previous=self)
+        status = obj.get("status") or {}
+        try:
+            allocated = status.get("allocatedIPs")
+            if not self._level_by_text(allocated, self._all_fragments, self._fragment, self._set_record, self._drop):
+                self._level_records(_json_object(allocated))
+        except (ValueError, TypeError, AttributeError) as exc:
+            # NB: the ledger may be half levelled now: the caller must drop it, as it does on any error
+            reason = f"'status.allocatedIPs' is corrupt: {exc}"
+            raise InvalidSpec(kind=KIND, name=self.pool.name, reason=reason) from None
+        try:
+            released = status.get("releasedIPs")
+            if not self._level_by_text(
+                released, self._all_released_fragments, self._released_fragment, self._set_released, self._unrest
+            ):
+                self._level_released(_json_object(released))
+        except (ValueError, TypeError, AttributeError):
+            self._level_released({})  # NB: as decode_released: only the reuse order depends on it
+        return self
+
+    def _ip(self, text: str) -> int:
+        ip = self._ip_of.get(text)
+        if ip is None:
+            ip = self._ip_of[text] = ip_to_int(text, self.pool.version)
+        return ip
+
+    def _level_by_text(
+        self,
+        stored: object,
+        fragments: Callable[[], dict[int, str]],
+        fragment: Callable[[int], str],
+        put: Callable[[int, Any], None],
+        drop: Callable[[int], None],
+    ) -> bool:
+        """The fast path of ``catch_up`` for a status field in our own encoding (``allocatedIPs`` or
+        ``releasedIPs``): the stored text is cut into its per-address fragments and compared with ours as
+        strings; only fragments we do not have are parsed.  ``False`` when the text is not in that form
+        (Spiderpool wrote it, say): the caller then levels by parsing it all, whatever was done here."""
+        pieces = _canonical_pieces(stored)
+        if pieces is None:
+            return False
+        ours = {text: ip for ip, text in fragments().items()}
+        parsed = _parse_pieces([p for p in pieces if p not in ours])
+        if parsed is None:
+            return False
+        stored_pieces = set(pieces)
+        arriving = {self._ip(text) for text, _, _ in parsed}
+        for text, ip in ours.items():
+            if text not in stored_pieces and ip not in arriving:
+                drop(ip)
+        for text, raw, piece in parsed:
+            ip = self._ip(text)
+            put(ip, raw)
+            if fragment(ip) != piece:  # NB: not quite our encoding after all
+                return False
+        return True
+
+    def _set_record(self, ip: int, raw: Any) -> None:
+        if ip in self.records:
+            self._drop(ip)
+        self._put(ip, Record.from_json(raw))
+
+    def _set_released(self, ip: int, raw: Any) -> None:
+        self._rest(ip, Released(float(raw.get("releasedAt", 0)), str(raw.get("pod", "")), str(raw.get("podUid", ""))))
+
+    def _released_fragment(self, ip: int) -> str:
+        """The cached ``"address":{release}`` JSON fragment of a released address (encoded when missing)."""
+        fragment = self._released_fragments.get(ip)
+        if fragment is None:
+            entry = json.dumps(self.released[ip].to_json(), separators=(",", ":"))
+            fragment = self._released_fragments[ip] = f"{json.dumps(self._address_text(ip))}:{entry}"
+        return fragment
+
+    def _address_text(self, ip: int) -> str:
+        text = self._text.get(ip)
+        if text is None:
+            text = self._text[ip] = int_to_ip(ip, self.pool.version)
+        return text
+
+    def _all_fragments(self) -> dict[int, str]:
+        """Every held address's fragment (the cache holds a subset of the records: complete it)."""
+        if len(self._fragments) != len(self.records):
+            for ip in self.records:
+                if ip not in self._fragments:
+                    self._fragment(ip)
+        return self._fragments
+
+    def _all_released_fragments(self) -> dict[int, str]:
+        if len(self._released_fragments) != len(self.released):
+            for ip in self.released:
+                if ip not in self._released_fragments:
+                    self._released_fragment(ip)
+        return self._released_fragments
+
+    def _fragment(self, ip: int) -> str:
+        """The cached ``"address":{record}`` JSON fragment of a held address (encoded when missing)."""
+        fragment = self._fragments.get(ip)
+        if fragment is None:
+            record = json.dumps(self.records[ip].to_json(), separators=(",", ":"))
+            fragment = self._fragments[ip] = f"{json.dumps(self._address_text(ip))}:{record}"
+        return fragment
+
+    def _level_records(self, stored: Mapping[str, Any]) -> None:
+        seen = set()
+        for text, raw in stored.items():
+            ip = self._ip(text)
+            seen.add(ip)
+            known = self._raw.get(ip)
+            if known is not None and known == raw:
+                continue  # NB: _raw is dropped whenever the record changes here, so it still describes it
+            current = self.records.get(ip)
+            if current is None or not current.matches(raw):
+                self._set_record(ip, raw)
+            self._raw[ip] = raw
+        for ip in [ip for ip in self.records if ip not in seen]:
+            self._drop(ip)
+
+    def _level_released(self, stored: Mapping[str, Any]) -> None:
+        seen = set()
+        for text, raw in stored.items():
+            ip = self._ip(text)
+            seen.add(ip)
+            known = self._released_raw.get(ip)
+            if known is not None and known == raw:
+                continue
+            self._set_released(ip, raw)
+            self._released_raw[ip] = raw
+        for ip in [ip for ip in self.released if ip not in seen]:
+            self._unrest(ip)
 
     def set_reserved(self, reserved: IPSet) -> None:
         """Apply a new set of reserved addresses; addresses already held stay held (Spiderpool §1.3)."""
@@ -553,7 +754,7 @@ class PoolLedger:
 
     def _take(self, ip: int, owner: Owner) -> None:
         self._put(ip, Record.for_owner(owner))
-        self.released.pop(ip, None)
+        self._unrest(ip)
 
     def release(self, key: tuple[str, str], container_id: str = "", *, now: float = 0.0) -> int | None:
         """Free the owner's address if it still holds it; with ``container_id``, only if that sandbox does.
@@ -601,17 +802,29 @@ class PoolLedger:
     def _free(self, ip: int, now: float) -> None:
         rec = self.records[ip]
         self._drop(ip)
-        self.released[ip] = Released(now, rec.pod, rec.pod_uid)
+        self._rest(ip, Released(now, rec.pod, rec.pod_uid))
+
+    def _rest(self, ip: int, entry: Released) -> None:
+        self.released[ip] = entry
+        self._released_fragments.pop(ip, None)
+        self._released_raw.pop(ip, None)
+
+    def _unrest(self, ip: int) -> None:
+        if self.released.pop(ip, None) is not None:
+            self._released_fragments.pop(ip, None)
+            self._released_raw.pop(ip, None)
 
     def _put(self, ip: int, rec: Record) -> None:
         self.records[ip] = rec
         self._by_owner[(rec.pod_uid, rec.nic)] = ip
         self._fragments.pop(ip, None)
+        self._raw.pop(ip, None)
         self._held += ip in self.allocatable
 
     def _drop(self, ip: int) -> None:
         rec = self.records.pop(ip)
         self._fragments.pop(ip, None)
+        self._raw.pop(ip, None)
         self._held -= ip in self.allocatable
         if self._by_owner.get((rec.pod_uid, rec.nic)) == ip:
             del self._by_owner[(rec.pod_uid, rec.nic)]
@@ -622,17 +835,7 @@ class PoolLedger:
         """``encode_allocated(version, records)``, joined from cached per-record fragments (same text)."""
         if not self.records:
             return None
-        texts, fragments, parts = self._text, self._fragments, []
-        for ip in sorted(self.records):
-            fragment = fragments.get(ip)
-            if fragment is None:
-                text = texts.get(ip)
-                if text is None:
-                    text = texts[ip] = int_to_ip(ip, self.pool.version)
-                record = json.dumps(self.records[ip].to_json(), separators=(",", ":"))
-                fragment = fragments[ip] = f"{json.dumps(text)}:{record}"
-            parts.append(fragment)
-        return "{" + ",".join(parts) + "}"
+        return "{" + ",".join(map(self._all_fragments().__getitem__, sorted(self.records))) + "}"
 
     def address(self, ip: int) -> str:
         """``ip/prefix`` of an address of this pool, as CNI results and endpoints carry it."""
@@ -649,8 +852,9 @@ class PoolLedger:
         if encoded is not None:
             status["allocatedIPs"] = encoded
         if self.released:
-            status["releasedIPs"] = json.dumps(
-                {int_to_ip(ip, self.pool.version): self.released[ip].to_json() for ip in sorted(self.released)},
-                separators=(",", ":"),
-            )
+            status["releasedIPs"] = self._encode_released()
         return status
+
+    def _encode_released(self) -> str:
+        """``releasedIPs``, addresses in ascending order, joined from cached per-entry fragments."""
+        return "{" + ",".join(map(self._all_released_fragments().__getitem__, sorted(self.released))) + "}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import outcome
 import pytest
 import trio
@@ -368,3 +370,43 @@ async def test_statistics_count_requests_batches_writes_and_conflicts(
     assert actor.stats.conflicts == 1
     assert actor.stats.writes == store.writes == 3
     assert actor.stats.largest_batch == 1
+
+
+# --- a store with a write lock of its own: fold and write under it -------------------------------------------------
+
+
+async def test_on_the_embedded_store_a_burst_is_one_write_per_batch_and_never_a_conflict(
+    nursery: trio.Nursery, sqlite: SqliteStore
+) -> None:
+    handle, actor = open_pool(POOL, sqlite)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        results = await burst(handle, [owner(i) for i in range(CAPACITY)])
+    assert len(set(addresses(results).values())) == CAPACITY
+    assert actor.stats.conflicts == 0
+    assert actor.stats.writes == actor.stats.batches < CAPACITY / 5
+    assert await persisted(sqlite) == addresses(results)
+
+
+async def test_agents_on_one_file_share_a_pool_without_conflicts_or_duplicates(
+    nursery: trio.Nursery, sqlite: SqliteStore, tmp_path: Path
+) -> None:
+    other = await SqliteStore.open(tmp_path / "store.db")  # another agent's connection to the same file
+    try:
+        mine, my_actor = open_pool(POOL, sqlite)
+        theirs, their_actor = open_pool(POOL, other)
+        results: dict[Owner, outcome.Outcome[Allocation]] = {}
+        with trio.fail_after(TIMEOUT):
+            await nursery.start(my_actor.run)
+            await nursery.start(their_actor.run)
+            async with trio.open_nursery() as callers:
+                callers.start_soon(_collect, results, mine, [owner(i) for i in range(CAPACITY // 2)])
+                callers.start_soon(_collect, results, theirs, [foreign(i) for i in range(CAPACITY // 2)])
+            # each one's answers came from the stored pool, even after the other wrote
+            again = await mine.allocate(owner(0))
+        assert again.ip == addresses(results)[owner(0).key]
+        assert len(set(addresses(results).values())) == CAPACITY
+        assert await persisted(sqlite) == addresses(results)
+        assert my_actor.stats.conflicts == their_actor.stats.conflicts == 0
+    finally:
+        await other.aclose()

@@ -1,9 +1,11 @@
-"""The ledger's encoding caches (per-record JSON fragments, a held count, records reused on a re-read) give
-exactly what encoding and decoding from scratch give, whatever happened to the ledger in between."""
+"""The ledger's encoding caches (per-record JSON fragments, a held count, records reused on a re-read, a
+catch-up in place) give exactly what encoding and decoding from scratch give, whatever happened to the ledger
+in between."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 from hypothesis import given
@@ -40,7 +42,7 @@ def play(ledger: PoolLedger, actions: list[tuple[str, int, int]]) -> None:
             with contextlib.suppress(PoolExhausted):
                 ledger.allocate(owner(n, sandbox))
         elif action == "release":
-            ledger.release((f"uid-{n}", "eth0"))
+            ledger.release((f"uid-{n}", "eth0"), now=float(n + sandbox))
         elif action == "refresh":  # a repeated ADD from another sandbox rewrites the record in place
             if ledger.lookup((f"uid-{n}", "eth0")) is not None:
                 ledger.allocate(owner(n, sandbox + 1))
@@ -78,3 +80,57 @@ def test_a_re_read_that_borrows_from_a_stale_ledger_decodes_exactly_the_stored_r
     assert reread.records == decode_allocated(4, fresh["status"].get("allocatedIPs"))
     assert reread.to_status() == PoolLedger.from_object(fresh).to_status()
     assert reread.free == brute_free(reread)
+
+
+def assert_same(ledger: PoolLedger, decoded: PoolLedger) -> None:
+    assert ledger.records == decoded.records
+    assert ledger.released == decoded.released
+    assert ledger.to_status() == decoded.to_status()
+    assert ledger.free == brute_free(ledger)
+    for n in range(41):
+        assert ledger.lookup((f"uid-{n}", "eth0")) == decoded.lookup((f"uid-{n}", "eth0"))
+    with contextlib.suppress(PoolExhausted):  # and the next allocation is the same address
+        assert ledger.allocate(owner(99, 0))[0] == decoded.allocate(owner(99, 0))[0]
+
+
+def as_written_by(status: dict[str, Any], foreign: bool) -> dict[str, Any]:
+    """The status as we write it, or (``foreign``) as another writer might: same JSON, other spacing."""
+    if not foreign:
+        return status
+    out = dict(status)
+    for field in ("allocatedIPs", "releasedIPs"):
+        if field in out:
+            out[field] = json.dumps(json.loads(out[field]))
+    return out
+
+
+@given(steps, steps, steps, steps, st.booleans())
+def test_catching_up_with_a_newer_stored_pool_gives_what_decoding_it_gives(
+    shared: list[Any], ours: list[Any], theirs: list[Any], more: list[Any], foreign: bool
+) -> None:
+    base = PoolLedger.from_object(POOL)
+    play(base, shared)
+    stored = dict(POOL, status=base.to_status())
+    mine = PoolLedger.from_object(stored).catch_up(stored)  # our agent's copy, its caches filled
+    play(mine, ours)  # a batch of ours, written or lost: either way the store moves on without it
+    mine.to_status()
+    theirs_ledger = PoolLedger.from_object(stored)
+    play(theirs_ledger, theirs)
+    fresh = dict(POOL, status=as_written_by(theirs_ledger.to_status(), foreign))
+    caught = mine.catch_up(fresh)
+    assert caught is mine  # same spec: levelled in place
+    assert_same(caught, PoolLedger.from_object(fresh, caught.reserved))
+    play(theirs_ledger, more)
+    fresher = dict(POOL, status=as_written_by(theirs_ledger.to_status(), foreign))
+    caught = caught.catch_up(fresher)
+    assert_same(caught, PoolLedger.from_object(fresher, caught.reserved))
+
+
+def test_catching_up_across_a_spec_change_decodes_afresh() -> None:
+    ledger = PoolLedger.from_object(POOL)
+    ledger.allocate(owner(1, 0))
+    narrower = {**POOL, "spec": {**POOL["spec"], "ips": ["10.9.0.2-10.9.0.29"]}, "status": ledger.to_status()}
+    caught = ledger.catch_up(narrower)
+    assert caught is not ledger
+    assert caught.capacity == ledger.capacity - 1
+    assert caught.records == ledger.records

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
@@ -11,7 +13,7 @@ import pytest
 import trio
 
 from actors.sqlite import SqliteStore, default_store_path
-from actors.store import Gone, WatchEvent, meta
+from actors.store import Gone, Invalid, NotFound, WatchEvent, meta
 from spider.errors import StoreUnavailable
 from spider.kinds import SPIDER_API_VERSION
 from tests.store.conftest import take
@@ -26,7 +28,7 @@ import sys, trio
 from actors.sqlite import SqliteStore
 from actors.store import AlreadyExists, Conflict
 
-async def main(path, increments):
+async def main(path, increments, atomic):
     conflicts = 0
     async with await SqliteStore.open(path) as store:
         try:
@@ -34,7 +36,16 @@ async def main(path, increments):
             await store.create(counter)
         except AlreadyExists:
             pass
+        try:
+            await store.create({"kind": "SpiderIPPool", "metadata": {"name": "counter"}, "spec": {}})
+        except AlreadyExists:
+            pass
         for _ in range(increments):
+            if atomic:  # the status of a pool, read-modified-written under the store's write lock
+                await store.update_status_atomically(
+                    "SpiderIPPool", "counter", lambda obj: {"n": (obj.get("status") or {}).get("n", 0) + 1}
+                )
+                continue
             while True:
                 obj = await store.get("SpiderEndpoint", "counter")
                 obj["status"]["n"] += 1
@@ -45,7 +56,7 @@ async def main(path, increments):
                     conflicts += 1
     print(conflicts)
 
-trio.run(main, sys.argv[1], int(sys.argv[2]))
+trio.run(main, sys.argv[1], int(sys.argv[2]), sys.argv[3] == "atomic")
 """
 
 
@@ -53,14 +64,15 @@ def pool(name: str) -> dict[str, object]:
     return {"apiVersion": SPIDER_API_VERSION, "kind": "SpiderIPPool", "metadata": {"name": name}, "spec": {}}
 
 
-async def test_processes_sharing_the_file_lose_no_update(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["optimistic", "atomic"])
+async def test_processes_sharing_the_file_lose_no_update(tmp_path: Path, mode: str) -> None:
     path = tmp_path / "fresh" / "store.db"  # NB: missing; the workers race to create it
     workers, increments = 4, 50
     outputs: list[str] = []
 
     async def worker() -> None:
         done = await trio.run_process(
-            [sys.executable, "-c", WORKER, str(path), str(increments)],
+            [sys.executable, "-c", WORKER, str(path), str(increments), mode],
             cwd=ROOT,
             capture_stdout=True,
             capture_stderr=True,
@@ -74,6 +86,11 @@ async def test_processes_sharing_the_file_lose_no_update(tmp_path: Path) -> None
             for _ in range(workers):
                 nursery.start_soon(worker)
         async with await SqliteStore.open(path) as store:
+            if mode == "atomic":
+                final = await store.get("SpiderIPPool", "counter")
+                assert final["status"]["n"] == workers * increments
+                assert outputs == ["0"] * workers  # never a conflict
+                return
             final = await store.get("SpiderEndpoint", "counter")
             assert final["status"]["n"] == workers * increments
             # The history replays every increment, in order, with strictly increasing versions.
@@ -129,6 +146,45 @@ async def test_a_held_write_lock_turns_into_store_unavailable(tmp_path: Path) ->
                 blocker.execute("ROLLBACK")
                 blocker.close()
             await store.create(pool("unblocked"))
+
+
+async def test_writers_queue_on_the_lock_file_and_give_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with trio.fail_after(TIMEOUT):
+        async with await SqliteStore.open(path, busy_timeout=0.2) as store:
+            holder = os.open(f"{path}.lock", os.O_RDWR)
+            fcntl.flock(holder, fcntl.LOCK_EX)  # another process is writing
+            try:
+                with pytest.raises(StoreUnavailable, match="busy"):
+                    await store.create(pool("blocked"))
+                assert (await store.list("SpiderIPPool")).items == []  # readers are not blocked
+            finally:
+                os.close(holder)
+            await store.create(pool("unblocked"))
+
+
+async def test_an_atomic_status_update_writes_once_or_not_at_all(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with await SqliteStore.open(tmp_path / "store.db") as store:
+            created = await store.create(pool("p"))
+            seen: list[str] = []
+
+            def bump(stored: dict[str, object]) -> dict[str, object]:
+                seen.append(meta(stored)["resourceVersion"])
+                return {"n": 1}
+
+            written = await store.update_status_atomically("SpiderIPPool", "p", bump)
+            assert seen == [meta(created)["resourceVersion"]]  # it saw the stored object
+            assert written["status"] == {"n": 1}
+            assert await store.get("SpiderIPPool", "p") == written
+            unchanged = await store.update_status_atomically("SpiderIPPool", "p", lambda stored: None)
+            assert meta(unchanged)["resourceVersion"] == meta(written)["resourceVersion"]
+            same = await store.update_status_atomically("SpiderIPPool", "p", lambda stored: {"n": 1})
+            assert meta(same)["resourceVersion"] == meta(written)["resourceVersion"]  # no-op: no new version
+            with pytest.raises(NotFound):
+                await store.update_status_atomically("SpiderIPPool", "missing", bump)
+            with pytest.raises(Invalid, match="no status subresource"):
+                await store.update_status_atomically("SpiderEndpoint", "p", bump, "default")
 
 
 async def test_a_file_that_is_not_a_store_is_unavailable(tmp_path: Path) -> None:
