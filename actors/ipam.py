@@ -412,7 +412,7 @@ class IpamService:
             extra = tuple(rt for rt in routes if any(_gw_in(rt.gw, a.address) for a in allocs))
             nic_results.append(NicResult(r.nic, allocs, clean, tuple(x for a in allocs for x in a.routes) + extra))
         try:
-            await self._record(req, uid, ep_name, workload, nic_results)
+            await self._record(req, uid, ep_name, workload, nic_results, maybe_exists=endpoint is not None)
         except BaseException:
             await self._undo(made, uid, req.container_id)
             raise
@@ -492,11 +492,21 @@ class IpamService:
                     await handle.release((uid, nic), container_id)
 
     async def _record(
-        self, req: AddRequest, uid: str, ep_name: str, workload: Workload, results: list[NicResult]
+        self,
+        req: AddRequest,
+        uid: str,
+        ep_name: str,
+        workload: Workload,
+        results: list[NicResult],
+        *,
+        maybe_exists: bool = True,
     ) -> None:
+        """Add the NICs' allocations to the endpoint, creating it if needed.  ``maybe_exists=False`` (there was
+        none a moment ago) tries the create first, without a read; ``AlreadyExists`` reads and merges."""
         deadline = trio.current_time() + self.settings.endpoint_budget
         while True:
-            obj = await self._get(ENDPOINT, ep_name, req.pod_namespace)
+            obj = await self._get(ENDPOINT, ep_name, req.pod_namespace) if maybe_exists else None
+            maybe_exists = True
             endpoint = (
                 Endpoint.from_object(obj)
                 if obj

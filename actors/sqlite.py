@@ -342,6 +342,8 @@ class SqliteStore:
                     raise sqlite3.OperationalError(f"{self.path}.lock: busy for {self.busy_timeout} s") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.002)
+            except OSError as exc:  # NB: ENOLCK on some network file systems: the store's failure, not a crash
+                raise sqlite3.OperationalError(f"{self.path}.lock: {exc}") from exc
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one read transaction: one consistent snapshot, never blocked by writers (WAL)."""

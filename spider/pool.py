@@ -536,18 +536,30 @@ class PoolLedger:
         status = obj.get("status") or {}
         try:
             allocated = status.get("allocatedIPs")
-            if not self._level_by_text(allocated, self._all_fragments, self._fragment, self._set_record, self._drop):
-                self._level_records(_json_object(allocated))
+            order = self._level_by_text(allocated, self._all_fragments, self._fragment, self._set_record, self._drop)
+            if order is None:
+                order = self._level_records(_json_object(allocated))
         except (ValueError, TypeError, AttributeError) as exc:
             # NB: the ledger may be half levelled now: the caller must drop it, as it does on any error
             reason = f"'status.allocatedIPs' is corrupt: {exc}"
             raise InvalidSpec(kind=KIND, name=self.pool.name, reason=reason) from None
+        if len(self._by_owner) != len(self.records):
+            # Two records of one owner (Spiderpool's, without nic, for two NICs): the first stored one is the
+            # owner's, as from_object has it, whatever order they were levelled in.
+            self._by_owner = {}
+            for ip in order:
+                rec = self.records[ip]
+                self._by_owner.setdefault((rec.pod_uid, rec.nic), ip)
+        released = status.get("releasedIPs")
         try:
-            released = status.get("releasedIPs")
-            if not self._level_by_text(
-                released, self._all_released_fragments, self._released_fragment, self._set_released, self._unrest
+            if (
+                not isinstance(released, str)
+                or self._level_by_text(
+                    released, self._all_released_fragments, self._released_fragment, self._set_released, self._unrest
+                )
+                is None
             ):
-                self._level_released(_json_object(released))
+                self._level_released(_json_object(released) if isinstance(released, str) else {})
         except (ValueError, TypeError, AttributeError):
             self._level_released({})  # NB: as decode_released: only the reuse order depends on it
         return self
@@ -565,29 +577,33 @@ class PoolLedger:
         fragment: Callable[[int], str],
         put: Callable[[int, Any], None],
         drop: Callable[[int], None],
-    ) -> bool:
+    ) -> list[int] | None:
         """The fast path of ``catch_up`` for a status field in our own encoding (``allocatedIPs`` or
         ``releasedIPs``): the stored text is cut into its per-address fragments and compared with ours as
-        strings; only fragments we do not have are parsed.  ``False`` when the text is not in that form
-        (Spiderpool wrote it, say): the caller then levels by parsing it all, whatever was done here."""
+        strings; only fragments we do not have are parsed.  Returns the stored addresses in stored order, or
+        ``None`` when the text is not in that form (Spiderpool wrote it, say, or an address appears twice): the
+        caller then levels by parsing it all, whatever was done here."""
         pieces = _canonical_pieces(stored)
         if pieces is None:
-            return False
+            return None
         ours = {text: ip for ip, text in fragments().items()}
         parsed = _parse_pieces([p for p in pieces if p not in ours])
         if parsed is None:
-            return False
-        stored_pieces = set(pieces)
-        arriving = {self._ip(text) for text, _, _ in parsed}
+            return None
+        arriving = [self._ip(text) for text, _, _ in parsed]
+        fresh = iter(arriving)
+        order = [ours[p] if p in ours else next(fresh) for p in pieces]
+        if len(set(order)) != len(pieces):
+            return None  # NB: an address twice: JSON keeps the last, which string matching cannot tell
+        stored_pieces, incoming = set(pieces), set(arriving)
         for text, ip in ours.items():
-            if text not in stored_pieces and ip not in arriving:
+            if text not in stored_pieces and ip not in incoming:
                 drop(ip)
-        for text, raw, piece in parsed:
-            ip = self._ip(text)
+        for (_text, raw, piece), ip in zip(parsed, arriving, strict=True):
             put(ip, raw)
             if fragment(ip) != piece:  # NB: not quite our encoding after all
-                return False
-        return True
+                return None
+        return order
 
     def _set_record(self, ip: int, raw: Any) -> None:
         if ip in self.records:
@@ -634,11 +650,11 @@ class PoolLedger:
             fragment = self._fragments[ip] = f"{json.dumps(self._address_text(ip))}:{record}"
         return fragment
 
-    def _level_records(self, stored: Mapping[str, Any]) -> None:
-        seen = set()
+    def _level_records(self, stored: Mapping[str, Any]) -> list[int]:
+        seen: dict[int, None] = {}
         for text, raw in stored.items():
             ip = self._ip(text)
-            seen.add(ip)
+            seen[ip] = None
             known = self._raw.get(ip)
             if known is not None and known == raw:
                 continue  # NB: _raw is dropped whenever the record changes here, so it still describes it
@@ -648,6 +664,7 @@ class PoolLedger:
             self._raw[ip] = raw
         for ip in [ip for ip in self.records if ip not in seen]:
             self._drop(ip)
+        return list(seen)
 
     def _level_released(self, stored: Mapping[str, Any]) -> None:
         seen = set()
