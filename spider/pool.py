@@ -413,6 +413,15 @@ def _json_object(raw: object) -> Mapping[str, Any]:
     return data
 
 
+def _completed(cache: dict[int, str], keys: Mapping[int, object], make: Callable[[int], str]) -> dict[int, str]:
+    """``cache`` (whose keys are always a subset of ``keys``) with every missing entry made."""
+    if len(cache) != len(keys):
+        for key in keys:
+            if key not in cache:
+                make(key)
+    return cache
+
+
 def _canonical_pieces(raw: object) -> list[str] | None:
     """Cut a status string in our encoding (``{"a":{..},"b":{..}}``, compact) into its ``"a":{..}`` pieces.
 
@@ -628,19 +637,12 @@ class PoolLedger:
         return text
 
     def _all_fragments(self) -> dict[int, str]:
-        """Every held address's fragment (the cache holds a subset of the records: complete it)."""
-        if len(self._fragments) != len(self.records):
-            for ip in self.records:
-                if ip not in self._fragments:
-                    self._fragment(ip)
-        return self._fragments
+        """Every held address's fragment."""
+        return _completed(self._fragments, self.records, self._fragment)
 
     def _all_released_fragments(self) -> dict[int, str]:
-        if len(self._released_fragments) != len(self.released):
-            for ip in self.released:
-                if ip not in self._released_fragments:
-                    self._released_fragment(ip)
-        return self._released_fragments
+        """Every released address's fragment."""
+        return _completed(self._released_fragments, self.released, self._released_fragment)
 
     def _fragment(self, ip: int) -> str:
         """The cached ``"address":{record}`` JSON fragment of a held address (encoded when missing)."""
