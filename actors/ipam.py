@@ -216,6 +216,10 @@ class IpamSettings:
     """Seconds a listing of the pools' specs is reused.  Listing every pool (statuses and all) on every ADD
     costs more than the allocation itself once pools are large; a pool that is missing or filters the pod out
     is looked up again at once, so only a pool disabled or narrowed within this window can still be chosen."""
+    context_cache_ttl: float = 1.0
+    """Seconds a Namespace or Node read for a pod's context (labels and annotations for affinities and default
+    pools) is reused: a burst of pods in one namespace on one node reads each once.  The Pod itself is always
+    read afresh (its UID, annotations and phase decide the allocation)."""
 
 
 @attrs.frozen
@@ -246,6 +250,7 @@ class IpamService:
     _pools_seen: dict[str, IPPool] = attrs.field(factory=dict)
     """The pools as last listed: pool choice reads them, and the overlap check (``contested``) too."""
     _pools_listed_at: float = float("-inf")
+    _context_seen: dict[tuple[str, str], tuple[float, Obj | None]] = attrs.field(factory=dict)
 
     async def _get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
         if not name:
@@ -257,8 +262,8 @@ class IpamService:
 
     async def _pod_context(self, namespace: str, name: str, uid: str) -> tuple[PodContext, Obj | None]:
         pod = await self._get("Pod", name, namespace)
-        ns = await self._get("Namespace", namespace)
-        node = await self._get("Node", self.node)
+        ns = await self._recent("Namespace", namespace)
+        node = await self._recent("Node", self.node)
         pmeta = (pod or {}).get("metadata") or {}
         nmeta = (ns or {}).get("metadata") or {}
         ctx = PodContext(
@@ -278,6 +283,19 @@ class IpamService:
             cluster_network=self.settings.cluster_network,
         )
         return ctx, pod
+
+    async def _recent(self, kind: str, name: str) -> Obj | None:
+        """A cluster-scoped context object (Namespace, Node) as read at most ``context_cache_ttl`` seconds ago."""
+        now = trio.current_time()
+        seen = self._context_seen.get((kind, name))
+        if seen is not None and now - seen[0] <= self.settings.context_cache_ttl:
+            return seen[1]
+        obj = await self._get(kind, name)
+        if len(self._context_seen) >= 4096:  # NB: many namespaces: forget the stale ones, keep it bounded
+            limit = self.settings.context_cache_ttl
+            self._context_seen = {k: v for k, v in self._context_seen.items() if now - v[0] <= limit}
+        self._context_seen[(kind, name)] = (now, obj)
+        return obj
 
     async def _workload(self, pod: Obj | None, namespace: str, name: str) -> Workload:
         """Resolve the pod's top controller (reference §2.1 step 2) and whether its addresses are fixed."""

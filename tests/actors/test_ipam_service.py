@@ -1,7 +1,9 @@
-"""IpamService under cancellation: an ADD cut short (agent drain) keeps nothing it was already answered."""
+"""IpamService in process: an ADD cut short (agent drain) keeps nothing it was already answered; what a burst
+of ADDs reads."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -86,5 +88,37 @@ async def test_an_add_cancelled_with_the_pool_actors_themselves_ends_within_the_
                 await store.entered.wait()
                 await eventually(held(sqlite, "v4", 1), what="the IPv4 answer")
                 nursery.cancel_scope.cancel(reason="agent stopping")
+    finally:
+        await sqlite.aclose()
+
+
+@attrs.define(eq=False)
+class CountsReads(InterferingStore):
+    """Counts ``get`` calls per kind."""
+
+    reads: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        self.reads[kind] += 1
+        return await self.inner.get(kind, name, namespace)
+
+
+async def test_a_burst_reads_its_namespace_and_node_once_and_every_pod_afresh(tmp_path: Path) -> None:
+    sqlite = await SqliteStore.open(tmp_path / "store.db")
+    store = CountsReads(sqlite)
+    await sqlite.create(pool_object("v4", "10.30.0.0/24", ["10.30.0.10-10.30.0.19"]))
+    await sqlite.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                settings = IpamSettings(context_cache_ttl=0.3)
+                ipam = IpamService(store, PoolRegistry(store, Supervisor(nursery)), "node-1", settings)
+                for i in range(5):
+                    await ipam.allocate(AddRequest(f"c{i}", "eth0", "/x", "default", f"p{i}", f"u{i}", ("v4",), ()))
+                assert (store.reads["Pod"], store.reads["Namespace"], store.reads["Node"]) == (5, 1, 1)
+                await trio.sleep(0.35)  # older than the cache's time to live: read again
+                await ipam.allocate(AddRequest("c5", "eth0", "/x", "default", "p5", "u5", ("v4",), ()))
+                assert (store.reads["Pod"], store.reads["Namespace"], store.reads["Node"]) == (6, 2, 2)
+                nursery.cancel_scope.cancel(reason="test over")
     finally:
         await sqlite.aclose()
