@@ -603,11 +603,13 @@ class IpamService:
         An entry a newer sandbox of the same pod wrote meanwhile (same interface, another container) stays.
         """
         deadline = trio.current_time() + self.settings.endpoint_budget
+        current: Endpoint | None = endpoint  # NB: as the caller read it; a write based on it is guarded anyway
         while True:
-            obj = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
-            if obj is None:
-                return
-            current = Endpoint.from_object(obj)
+            if current is None:
+                obj = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
+                if obj is None:
+                    return
+                current = Endpoint.from_object(obj)
             if current.uid != endpoint.uid:
                 return
             kept = attrs.evolve(
@@ -626,7 +628,9 @@ class IpamService:
                         name=f"{endpoint.namespace}/{endpoint.name}",
                         sent_version=current.resource_version,
                     ) from None
-                await trio.sleep(0.01)
+                if current is not endpoint:  # NB: our own read lost a race: let the other writer finish
+                    await trio.sleep(0.01)
+                current = None
 
     async def _drop_endpoint(self, endpoint: Endpoint) -> None:
         """Delete the endpoint (its finalizer first) as it was read.
