@@ -2,11 +2,14 @@
 
 Owns the request flow of Spiderpool's agent (reference §2.1, §2.13) on top of the PoolActors:
 - ``allocate``: idempotent by pod UID and interface; picks pools by precedence and filters
-  (``spider.selection``), asks each pool's actor, all-or-nothing across families and NICs, then records the
-  SpiderEndpoint and answers with Spiderpool's ``IpamAddResponse``;
+  (``spider.selection``), asks each pool's actor, all-or-nothing across families and NICs (giving back only
+  what this call took, also when cancelled), then records the SpiderEndpoint and answers with Spiderpool's
+  ``IpamAddResponse``; a request whose pod UID is not the live pod's fails before touching anything;
 - ``release``: from stored state alone (the endpoint), only what the same pod UID and sandbox hold;
 - ``release_ips``, ``endpoint``: the batch release and the workload-endpoint read of the agent API;
-- ``pools``: the registry that starts one supervised PoolActor per pool on first use.
+- ``pools``: the registry that starts one supervised PoolActor per pool on first use;
+- short-lived caches of what changes rarely and is read on every ADD: the pools' specs and the pod's
+  Namespace and Node (``IpamSettings``); the Pod itself is always read afresh.
 It never touches a database or socket directly: everything goes through the ``Store`` port.
 """
 
@@ -211,7 +214,8 @@ class IpamSettings:
     cluster_network: str = ""
     """``MULTUS_CLUSTER_NETWORK``: the NetworkAttachmentDefinition of eth0 when a pod names none."""
     endpoint_budget: float = 10.0
-    """Seconds an endpoint write may spend on conflicts before the request fails with CNI 11."""
+    """Seconds an endpoint write may spend on conflicts before the request fails with CNI 11; also the most a
+    failed or cancelled ADD spends giving back what it took (shielded from cancellation)."""
     pool_cache_ttl: float = 1.0
     """Seconds a listing of the pools' specs is reused.  Listing every pool (statuses and all) on every ADD
     costs more than the allocation itself once pools are large; a pool that is missing or filters the pod out
@@ -562,16 +566,15 @@ class IpamService:
         live = pod is not None and pod_not_alive(pod) is None and pod["metadata"].get("uid") == req.pod_uid
         if keep_live and live:
             return []
-        workload = await self._workload(pod, req.pod_namespace, req.pod_name) if pod is not None else None
-        ep_name = workload.endpoint_name if workload else req.pod_name
-        obj = await self._get(ENDPOINT, ep_name, req.pod_namespace)
+        workload = await self._workload(pod, req.pod_namespace, req.pod_name)
+        obj = await self._get(ENDPOINT, workload.endpoint_name or req.pod_name, req.pod_namespace)
         if obj is None:
             return []
         endpoint = Endpoint.from_object(obj)
         if req.pod_uid and endpoint.uid != req.pod_uid:
             return []
         if endpoint.owner_controller_type in STATIC_KINDS:
-            keeps = workload.keeps if workload and workload.static else await self._static_keeps(endpoint)
+            keeps = workload.keeps if workload.static else await self._static_keeps(endpoint)
             if keeps:
                 return []  # the next pod of this ordinal / VM takes the same addresses
             freed = await self._release_entries(endpoint, endpoint.nics, container_id="")
@@ -638,6 +641,7 @@ class IpamService:
         Gone already, or another pod's meanwhile: nothing to do.  Changed otherwise (an ADD recorded a NIC):
         ``Conflict``, for the caller to decide again.
         """
+        deadline = trio.current_time() + self.settings.endpoint_budget
         current = endpoint
         while True:
             obj = current.to_object()
@@ -653,8 +657,9 @@ class IpamService:
                 fresh = await self._get(ENDPOINT, endpoint.name, endpoint.namespace)
                 if fresh is None or (current := Endpoint.from_object(fresh)).uid != endpoint.uid:
                     return
-                if current.nics != endpoint.nics:
+                if current.nics != endpoint.nics or trio.current_time() > deadline:
                     raise
+                await trio.sleep(0.01)
 
     async def release_ips(self, req: DelRequest) -> list[str]:
         """``DELETE /v1/ipam/ips``: free every NIC of the pod's sandbox (after a detected conflict).

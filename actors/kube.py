@@ -10,7 +10,9 @@ The bridge (DESIGN §9).  kubernetes-asyncio is built on aiohttp, which needs as
 on a dedicated daemon thread (``AsyncioThread``); a trio task submits a coroutine to it and sleeps on a
 ``trio.Event`` that the coroutine's done-callback sets through the trio token, so the trio thread never
 blocks.  Cancelling the trio task cancels the asyncio task and waits (briefly, shielded) for it to finish,
-so a cancelled request leaves no half-read response behind.  This costs about 0.4 ms per request and leaves
+so a cancelled request leaves no half-read response behind; a value that arrives as the trio side gives up
+(a watch's open response) goes to the caller's ``on_abandon`` to be closed, and a call in flight when the
+store closes raises ``trio.ClosedResourceError``.  This costs about 0.4 ms per request and leaves
 ``asyncio.new_event_loop()`` working in trio threads (pyroute2 needs it), which trio-asyncio does not.
 
 Requests.  Every kind goes through ``ApiClient.call_api`` with ``_preload_content=False``: one code path for
@@ -40,8 +42,10 @@ Where the API server and the port differ, this adapter keeps the port (the contr
 Watches.  ``allowWatchBookmarks`` is asked for, and bookmarks only move the version a watch resumes from.
 When the server ends a watch (``timeoutSeconds``) or the connection drops (API server restart, network), the
 watch reconnects from the last version seen, with jittered backoff while it fails; after
-``watch_reconnect_budget`` seconds of failures it raises ``StoreUnavailable``.  A 410 (an ``ERROR`` event
-with code 410, or an HTTP 410) raises ``Gone``: the caller re-lists, as the port says.
+``watch_reconnect_budget`` seconds of failures it raises ``StoreUnavailable``.  A watch the server ends at
+once with nothing in it is re-opened after a growing pause (``QUICK_WATCH_END``), never in a hot loop.
+A 410 (an ``ERROR`` event with code 410, or an HTTP 410) raises ``Gone``: the caller re-lists, as the port
+says.
 
 Credentials.  A kubeconfig (``--kubeconfig`` or ``$KUBECONFIG`` or ``~/.kube/config``) with client
 certificates, a token, a ``tokenFile`` (re-read whenever the file changes), or an exec plugin (run again

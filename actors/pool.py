@@ -1,11 +1,16 @@
 """PoolActor: the one task that allocates from and releases to one SpiderIPPool in this process.
 
 Owns the pool's cached ledger and the group commit (DESIGN §4): it drains every queued request, folds them
-through the pure ``PoolLedger``, writes the pool status **once** guarded by the resourceVersion it holds, and
-only then answers.  On a conflict (another agent wrote the pool) it re-reads the pool and re-applies the same
-batch to the fresh state, with jittered backoff, until a time budget runs out; then the whole batch fails
-with ``StaleWrite`` (CNI 11).  No address leaves the actor before it is durable, and there is no lock: pools
-serialize independently, agents meet only at the store's optimistic concurrency.
+through the pure ``PoolLedger``, writes the pool status **once**, and only then answers.  How it writes
+depends on the store:
+- one with a write lock of its own (the embedded file, ``update_status_atomically``): the batch is folded and
+  written inside that one transaction, against the pool as stored; agents sharing the file never conflict;
+- any other (the API server): the write is guarded by the resourceVersion the ledger was read at; on a
+  conflict it re-reads and re-applies the same batch, with jittered backoff, until a time budget runs out,
+  then the whole batch fails with ``StaleWrite`` (CNI 11).  A batch that writes nothing is answered only after
+  a read confirms the ledger is still current.
+Either way a ledger another agent has overtaken is levelled with the stored pool (``PoolLedger.catch_up``),
+not decoded anew.  No address leaves the actor before it is durable; pools serialize independently.
 """
 
 from __future__ import annotations
@@ -186,11 +191,14 @@ class PoolActor:
                 for msg in batch:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
 
-    async def _load(self) -> None:
+    async def _fetch(self) -> Obj:
         try:
-            obj = await self.store.get(KIND, self.name)
-        except NotFound:
+            return await self.store.get(KIND, self.name)
+        except NotFound:  # the domain error, not the store's (CNI 101, not 999)
             raise PoolNotFound(pool=self.name) from None
+
+    async def _load(self) -> None:
+        obj = await self._fetch()
         self._ledger = self._read(obj)
         self._version = obj["metadata"]["resourceVersion"]
 
@@ -207,11 +215,7 @@ class PoolActor:
         """
         if not any(isinstance(msg, Allocate | Adopt) for msg in batch):
             return False
-        try:
-            obj = await self.store.get(KIND, self.name)
-        except NotFound:
-            raise PoolNotFound(pool=self.name) from None
-        return bool(obj["metadata"]["resourceVersion"] != self._version)
+        return bool((await self._fetch())["metadata"]["resourceVersion"] != self._version)
 
     async def _reservations(self) -> list[ReservedIP]:
         """SpiderReservedIPs apply to every pool of their family at allocation time: read them per batch."""
@@ -225,9 +229,9 @@ class PoolActor:
 
     async def _commit(self, batch: list[PoolMsg]) -> None:
         atomically = getattr(self.store, "update_status_atomically", None)
-        if atomically is not None:
+        if atomically is not None and not all(isinstance(msg, Inspect) for msg in batch):
             await self._commit_atomically(batch, atomically)
-        else:
+        else:  # NB: also a batch of snapshots only: it writes nothing, so it need not take the file's lock
             await self._commit_optimistically(batch)
 
     async def _commit_atomically(self, batch: list[PoolMsg], atomically: AtomicStatusUpdate) -> None:
@@ -235,6 +239,13 @@ class PoolActor:
         write, never a conflict, and the answers always come from the stored pool as it is now."""
         reserved = await self._reservations() if any(isinstance(msg, Allocate) for msg in batch) else None
         results: list[tuple[outcome.Outcome[Any], bool]] = []
+        try:
+            if self._ledger is None:  # NB: decode a big pool before taking the lock; the lock only catches up
+                await self._load()
+        except SpiderError as exc:
+            for msg in batch:
+                msg.reply.error(exc)
+            return
 
         def change(stored: Obj) -> Obj | None:  # NB: in the store's worker thread; this actor is awaiting it
             version = stored["metadata"]["resourceVersion"]
@@ -251,7 +262,7 @@ class PoolActor:
 
         try:
             written = await atomically(KIND, self.name, change)
-        except (NotFound, SpiderError) as exc:
+        except SpiderError as exc:
             self._ledger = None  # NB: it may hold the batch unwritten
             error = PoolNotFound(pool=self.name) if isinstance(exc, NotFound) else exc
             for msg in batch:

@@ -4,7 +4,9 @@ Owns ``PoolReconciler``, an informer-and-workqueue loop in the shape of a client
 
 - one informer task per watched kind (SpiderIPPool, SpiderSubnet, SpiderReservedIP) lists the kind into a
   cache, then follows the store's watch from the list's version; a ``Gone`` (version too old) or a store
-  failure re-lists, and every ``resync_period`` it re-lists anyway, so a missed event is repaired;
+  failure re-lists, and every ``resync_period`` it re-lists anyway, so a missed event is repaired; each kind
+  on its own, so one that cannot be listed (its CRD missing) holds back only the keys whose rules read it
+  (``NEEDS``), and ``run`` reports started once every kind has been listed;
 - every change queues the keys it affects (a pool; the subnets with its ``spec.subnet``; every pool when a
   reservation changes) in a de-duplicating queue;
 - one worker takes keys and applies the pure rules of ``spider.reconcile`` to the cached object.

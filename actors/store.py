@@ -14,6 +14,10 @@ Semantics every backend keeps (the contract tests in ``tests/store`` check them)
   update removes the last finalizer.
 - ``watch`` yields every change after ``resource_version`` in order; a version too old to replay raises
   ``Gone`` (HTTP 410), after which the caller re-lists.
+
+Optional capabilities, looked up with ``getattr`` by the code that can use them: ``AtomicStatusUpdate``
+(``update_status_atomically``), a read-modify-write of a status under a backend's own write lock, which the
+embedded store has and the API server does not.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ Owns:
 - ``ReservedIP``: a SpiderReservedIP (reference §1.3);
 - ``Owner`` and ``Record``: who holds an address (pod UID and interface are the key, DESIGN §5.2);
 - ``PoolLedger``: the allocation state of one pool and the choice of a free address (lowest first, like
-  Spiderpool's ``genRandomIP``), with the status encoding (``allocatedIPs`` JSON string, counts).
+  Spiderpool's ``genRandomIP``), with the status encoding (``allocatedIPs`` JSON string, counts, our
+  ``releasedIPs``), cached per address so a write joins text, and ``catch_up``: levelling a ledger with a
+  newer stored version of its pool by comparing those per-address fragments, parsing only what differs.
 
 Pure: no I/O and no clocks.  The ledger is mutable on purpose: exactly one PoolActor owns each ledger, and
 copying a map of 20,000 records per allocation would make large pools slow.  Whoever needs a snapshot calls
