@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import outcome
@@ -410,3 +412,20 @@ async def test_agents_on_one_file_share_a_pool_without_conflicts_or_duplicates(
         assert my_actor.stats.conflicts == their_actor.stats.conflicts == 0
     finally:
         await other.aclose()
+
+
+async def test_a_snapshot_does_not_wait_for_the_files_write_lock(
+    nursery: trio.Nursery, sqlite: SqliteStore, tmp_path: Path
+) -> None:
+    handle, actor = open_pool(POOL, sqlite)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        await handle.allocate(owner(1))
+    holder = os.open(tmp_path / "store.db.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another agent is writing, for a long time
+    try:
+        with trio.fail_after(2):
+            snapshot = await handle.inspect()
+    finally:
+        os.close(holder)
+    assert [rec.pod_uid for _, rec in snapshot.holders()] == ["uid-1"]
