@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.sqlite import SqliteStore, default_store_path
+from actors.sqlite import INLINE_READ_BYTES, SqliteStore, default_store_path
 from actors.store import Gone, Invalid, NotFound, WatchEvent, meta
 from spider.errors import StoreUnavailable
 from spider.kinds import SPIDER_API_VERSION
@@ -271,3 +271,19 @@ def test_default_store_path_for_root_is_var_lib() -> None:
 def test_default_store_path_for_users_follows_xdg() -> None:
     assert default_store_path({"XDG_STATE_HOME": "/xdg"}, euid=1000) == Path("/xdg/spider/store.db")
     assert default_store_path({}, euid=1000) == Path("~/.local/state/spider/store.db").expanduser()
+
+
+async def test_small_and_big_objects_read_back_whole(tmp_path: Path) -> None:
+    # small ones are read in the trio thread, big ones (past INLINE_READ_BYTES) in a worker thread
+    with trio.fail_after(TIMEOUT):
+        async with await SqliteStore.open(tmp_path / "store.db") as store:
+            small = await store.create(pool("small"))
+            big = await store.create(pool("big"))
+            big["status"] = {"allocatedIPs": "x" * (INLINE_READ_BYTES * 2)}
+            big = await store.update_status(big)
+            assert await store.get("SpiderIPPool", "small") == small
+            assert await store.get("SpiderIPPool", "big") == big
+            with pytest.raises(NotFound):
+                await store.get("SpiderIPPool", "missing")
+        with pytest.raises(trio.ClosedResourceError):
+            await store.get("SpiderIPPool", "small")
