@@ -700,8 +700,17 @@ async def test_a_late_add_for_a_replaced_pod_fails_and_leaves_the_live_pod_alone
     await agent.apply(pod("web"))
     assert (await add(agent, "web"))[0] == 200
     held = await records(agent, "default-v4")
-    status, message = await add(agent, "web", podUID=old, containerID="ctr-late")
-    assert status == 500
+    late = {
+        "containerID": "ctr-late",
+        "ifName": "eth0",
+        "netNamespace": "/var/run/netns/x",
+        "podNamespace": "default",
+        "podName": "web",
+        "podUID": old,
+    }
+    with trio.fail_after(10):
+        status, message, headers = await http_call(agent.socket, "POST", "/v1/ipam/ip", late)
+    assert (status, headers["X-Cni-Code"]) == (500, "103")  # the pod is not alive (any more)
     assert f"UID {old} was replaced by {await uid_of(agent, 'web')}" in message
     assert await records(agent, "default-v4") == held
     endpoint = await agent.store.get("SpiderEndpoint", "web", "default")
