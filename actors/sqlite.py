@@ -13,9 +13,10 @@ processes, and a busy writer makes the others wait (``busy_timeout``) rather tha
 an ``flock`` of ``PATH.lock`` first, polled every 0.1 to 2 ms: SQLite's own busy handler sleeps up to
 100 ms at a time, and ten agents writing one pool spent most of their waits asleep with the lock free.
 ``update_status_atomically`` runs a caller's read-modify-write inside one such transaction.  Within a process
-the one connection is used from worker threads, one call at a time (a ``CapacityLimiter(1)``).  A call
-already running in a thread finishes even when its caller is cancelled (trio's default), so a write is
-either whole or absent.
+the one connection is used one call at a time (a ``CapacityLimiter(1)``), from worker threads, except that a
+``get`` of a small object runs in the trio thread (a thread hop costs more than the read).  A call already
+running in a thread finishes even when its caller is cancelled (trio's default), so a write is either whole
+or absent.
 
 Versions.  ``resourceVersion`` is the decimal string of a counter that every write increments, so versions
 are globally ordered as on Kubernetes.  Every write appends one row to ``events``; watches poll that table
@@ -65,9 +66,9 @@ DEFAULT_EVENT_RETENTION = 10_000
 DEFAULT_EVENT_BUDGET = 64 * 1024 * 1024
 """Bytes of event bodies kept for watches, whatever their number (a 20,000-address pool's status is 4 MB)."""
 DEFAULT_BUSY_TIMEOUT = 30.0
+"""Seconds a write waits for another process's write before ``StoreUnavailable``."""
 INLINE_READ_BYTES = 32_768
 """Objects up to this size are read by ``get`` in the trio thread (a fraction of a millisecond at most)."""
-"""Seconds a write waits for another process's write before ``StoreUnavailable``."""
 DEFAULT_POLL_INTERVAL = 0.02
 """Seconds between watch polls while things happen; idle watches back off to five times this."""
 _WATCH_BATCH = 500  # events read per poll; bounds memory for a watch far behind
