@@ -498,10 +498,7 @@ class PoolLedger:
         self._fragments: dict[int, str] = {}
         self._released_fragments: dict[int, str] = {}
         self._held = sum(1 for ip in self.records if ip in self.allocatable)
-        # NB: for catch_up: what each record and release looked like in the store when last seen (dropped when
-        # it changes here), the address of each text seen, and what the rest of the stored object was.
-        self._raw: dict[int, Any] = {}
-        self._released_raw: dict[int, Any] = {}
+        # NB: for catch_up: the address of each text seen, and what the rest of the stored object was.
         self._ip_of: dict[str, int] = {}
         self._identity: tuple[Any, Any] | None = None
 
@@ -622,21 +619,26 @@ class PoolLedger:
         self._put(ip, Record.from_json(raw))
 
     def _set_released(self, ip: int, raw: Any) -> None:
-        self._rest(ip, Released(float(raw.get("releasedAt", 0)), str(raw.get("pod", "")), str(raw.get("podUid", ""))))
+        entry = Released(float(raw.get("releasedAt", 0)), str(raw.get("pod", "")), str(raw.get("podUid", "")))
+        if self.released.get(ip) != entry:
+            self._rest(ip, entry)
 
     def _released_fragment(self, ip: int) -> str:
         """The cached ``"address":{release}`` JSON fragment of a released address (encoded when missing)."""
-        fragment = self._released_fragments.get(ip)
-        if fragment is None:
-            entry = json.dumps(self.released[ip].to_json(), separators=(",", ":"))
-            fragment = self._released_fragments[ip] = f"{json.dumps(self._address_text(ip))}:{entry}"
-        return fragment
+        return self._cached_fragment(self._released_fragments, ip, self.released[ip])
 
-    def _address_text(self, ip: int) -> str:
-        text = self._text.get(ip)
-        if text is None:
-            text = self._text[ip] = int_to_ip(ip, self.pool.version)
-        return text
+    def _fragment(self, ip: int) -> str:
+        """The cached ``"address":{record}`` JSON fragment of a held address (encoded when missing)."""
+        return self._cached_fragment(self._fragments, ip, self.records[ip])
+
+    def _cached_fragment(self, cache: dict[int, str], ip: int, entry: Record | Released) -> str:
+        fragment = cache.get(ip)
+        if fragment is None:
+            text = self._text.get(ip)
+            if text is None:
+                text = self._text[ip] = int_to_ip(ip, self.pool.version)
+            cache[ip] = fragment = f"{json.dumps(text)}:{json.dumps(entry.to_json(), separators=(',', ':'))}"
+        return fragment
 
     def _all_fragments(self) -> dict[int, str]:
         """Every held address's fragment."""
@@ -646,26 +648,15 @@ class PoolLedger:
         """Every released address's fragment."""
         return _completed(self._released_fragments, self.released, self._released_fragment)
 
-    def _fragment(self, ip: int) -> str:
-        """The cached ``"address":{record}`` JSON fragment of a held address (encoded when missing)."""
-        fragment = self._fragments.get(ip)
-        if fragment is None:
-            record = json.dumps(self.records[ip].to_json(), separators=(",", ":"))
-            fragment = self._fragments[ip] = f"{json.dumps(self._address_text(ip))}:{record}"
-        return fragment
-
     def _level_records(self, stored: Mapping[str, Any]) -> list[int]:
+        """The slow path of ``catch_up`` (a status not in our encoding): every stored record compared."""
         seen: dict[int, None] = {}
         for text, raw in stored.items():
             ip = self._ip(text)
             seen[ip] = None
-            known = self._raw.get(ip)
-            if known is not None and known == raw:
-                continue  # NB: _raw is dropped whenever the record changes here, so it still describes it
             current = self.records.get(ip)
             if current is None or not current.matches(raw):
                 self._set_record(ip, raw)
-            self._raw[ip] = raw
         for ip in [ip for ip in self.records if ip not in seen]:
             self._drop(ip)
         return list(seen)
@@ -675,11 +666,7 @@ class PoolLedger:
         for text, raw in stored.items():
             ip = self._ip(text)
             seen.add(ip)
-            known = self._released_raw.get(ip)
-            if known is not None and known == raw:
-                continue
             self._set_released(ip, raw)
-            self._released_raw[ip] = raw
         for ip in [ip for ip in self.released if ip not in seen]:
             self._unrest(ip)
 
@@ -828,24 +815,20 @@ class PoolLedger:
     def _rest(self, ip: int, entry: Released) -> None:
         self.released[ip] = entry
         self._released_fragments.pop(ip, None)
-        self._released_raw.pop(ip, None)
 
     def _unrest(self, ip: int) -> None:
         if self.released.pop(ip, None) is not None:
             self._released_fragments.pop(ip, None)
-            self._released_raw.pop(ip, None)
 
     def _put(self, ip: int, rec: Record) -> None:
         self.records[ip] = rec
         self._by_owner[(rec.pod_uid, rec.nic)] = ip
         self._fragments.pop(ip, None)
-        self._raw.pop(ip, None)
         self._held += ip in self.allocatable
 
     def _drop(self, ip: int) -> None:
         rec = self.records.pop(ip)
         self._fragments.pop(ip, None)
-        self._raw.pop(ip, None)
         self._held -= ip in self.allocatable
         if self._by_owner.get((rec.pod_uid, rec.nic)) == ip:
             del self._by_owner[(rec.pod_uid, rec.nic)]
