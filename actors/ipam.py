@@ -42,7 +42,15 @@ from spider.errors import (
 from spider.pool import KIND as POOL
 from spider.pool import IPPool, Owner, Route, contested
 from spider.selection import NicRequest, PodContext, candidates, custom_routes, requested_pools
-from spider.workload import KUBEVIRT_API, controller_of, kubevirt_keeps, next_hop, pod_not_alive, statefulset_keeps
+from spider.workload import (
+    KUBEVIRT_API,
+    Controller,
+    controller_of,
+    kubevirt_keeps,
+    next_hop,
+    pod_not_alive,
+    statefulset_keeps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +325,7 @@ class IpamService:
         if ctrl.kind == "StatefulSet" and ctrl.group == "apps" and self.settings.enable_statefulset:
             sts = await self._get("StatefulSet", ctrl.name, namespace)
             return Workload(ctrl.kind, ctrl.name, True, statefulset_keeps(sts, name), name)
-        if ctrl.kind == "VirtualMachineInstance" and ctrl.api_version == KUBEVIRT_API:
+        if _is_vmi(ctrl):
             if self.settings.enable_kubevirt_static_ip:
                 return Workload(ctrl.kind, ctrl.name, True, await self._vm_keeps(namespace, ctrl.name), ctrl.name)
             return Workload(ctrl.kind, ctrl.name, endpoint_name=ctrl.name)
@@ -672,8 +680,11 @@ class IpamService:
     async def endpoint(self, namespace: str, pod_name: str) -> Endpoint | None:
         """The SpiderEndpoint recording this pod's addresses, if any (a KubeVirt VM's pods share the VM's)."""
         pod = await self._get("Pod", pod_name, namespace)
-        workload = await self._workload(pod, namespace, pod_name)
-        obj = await self._get(ENDPOINT, workload.endpoint_name or pod_name, namespace)
+        ctrl = controller_of(pod) if pod is not None else None
+        name = pod_name
+        if ctrl is not None and _is_vmi(ctrl):
+            name = ctrl.name  # NB: as _workload names it, without walking other owners (once per pod, per CHECK)
+        obj = await self._get(ENDPOINT, name, namespace)
         return Endpoint.from_object(obj) if obj else None
 
     async def pool_free(self, names: Sequence[str]) -> dict[str, int]:
@@ -682,6 +693,11 @@ class IpamService:
         for name in names:
             out[name] = (await (await self.pools.get(name)).inspect()).free
         return out
+
+
+def _is_vmi(ctrl: Controller) -> bool:
+    """A KubeVirt VirtualMachineInstance: its pods' addresses are recorded under the VMI's name."""
+    return ctrl.kind == "VirtualMachineInstance" and ctrl.api_version == KUBEVIRT_API
 
 
 def _recorded_request(entry: NicAllocation) -> NicRequest:

@@ -92,6 +92,17 @@ async def watching(nursery: trio.Nursery, events: AsyncIterator[WatchEvent]) -> 
     return watcher
 
 
+async def pools_from_now(nursery: trio.Nursery, kube: KubeStore) -> Watcher:
+    """A watch of SpiderIPPools from the version of a list taken now."""
+    start = await kube.list("SpiderIPPool")
+    return await watching(nursery, kube.watch("SpiderIPPool", resource_version=start.resource_version))
+
+
+def watch_requests(fake: FakeApiServer) -> list[str]:
+    """The targets of every watch request the fake API server received, in order."""
+    return [target for _, target in fake.log if "watch=true" in target]
+
+
 def spider_pools(cluster: Cluster) -> Any:
     return cluster.resource(SPIDER_GROUP, SPIDER_VERSION, "spiderippools")
 
@@ -120,45 +131,30 @@ async def test_the_bridge_returns_what_asyncio_coroutines_return_and_raises_what
         await bridge.run(asyncio.sleep, 0)
 
 
-async def test_cancelling_the_trio_caller_cancels_the_asyncio_task() -> None:
+@pytest.mark.parametrize("finishes_anyway", [False, True])
+async def test_cancelling_the_trio_caller_cancels_the_asyncio_task(finishes_anyway: bool) -> None:
+    # A value that arrives all the same (a watch's HTTP response, finished as the trio side gave up) goes to
+    # on_abandon, so that someone closes it.
     bridge = AsyncioThread()
-    outcome: list[str] = []
+    seen: list[str] = []
 
-    async def forever() -> None:
+    async def call() -> str:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            outcome.append("cancelled")
+            seen.append("cancelled")
+            if finishes_anyway:
+                return "response"
             raise
-
-    try:
-        with trio.fail_after(TIMEOUT):
-            with trio.move_on_after(0.2) as scope:
-                await bridge.run(forever)
-            assert scope.cancelled_caught
-            assert outcome == ["cancelled"]  # NB: already, not eventually: the caller waited for it
-    finally:
-        await bridge.aclose()
-
-
-async def test_a_value_that_arrives_after_the_caller_was_cancelled_goes_to_on_abandon() -> None:
-    # e.g. a watch's HTTP response, finished as the trio side gave up: someone must close it
-    bridge = AsyncioThread()
-    abandoned: list[str] = []
-
-    async def finishes_anyway() -> str:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            return "response"
         return "never"
 
     try:
         with trio.fail_after(TIMEOUT):
             with trio.move_on_after(0.2) as scope:
-                await bridge.run(finishes_anyway, on_abandon=abandoned.append)
+                await bridge.run(call, on_abandon=seen.append)
             assert scope.cancelled_caught
-            assert abandoned == ["response"]
+            # NB: already, not eventually: the caller waited for it
+            assert seen == (["cancelled", "response"] if finishes_anyway else ["cancelled"])
     finally:
         await bridge.aclose()
 
@@ -402,8 +398,7 @@ async def test_a_watch_survives_an_api_server_restart_and_misses_nothing(
     fake: FakeApiServer, kube: KubeStore, nursery: trio.Nursery
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        start = await kube.list("SpiderIPPool")
-        watcher = await watching(nursery, kube.watch("SpiderIPPool", resource_version=start.resource_version))
+        watcher = await pools_from_now(nursery, kube)
         await kube.create(pool("a"))
         await watcher.until(1)
         fake.go_down()
@@ -422,13 +417,12 @@ async def test_a_watch_goes_on_across_the_servers_watch_timeouts(
 ) -> None:
     fake.max_watch_seconds = 0.2
     with trio.fail_after(TIMEOUT):
-        start = await kube.list("SpiderIPPool")
-        watcher = await watching(nursery, kube.watch("SpiderIPPool", resource_version=start.resource_version))
+        watcher = await pools_from_now(nursery, kube)
         for i in range(6):
             await kube.create(pool(f"p{i}"))
             await trio.sleep(0.1)
         assert await watcher.until(6) == [("ADDED", f"p{i}") for i in range(6)]
-        watches = [t for m, t in fake.log if "watch=true" in t]
+        watches = watch_requests(fake)
         assert len(watches) >= 3
 
 
@@ -437,10 +431,9 @@ async def test_a_server_that_ends_every_watch_at_once_is_not_asked_again_in_a_ho
 ) -> None:
     fake.max_watch_seconds = 0
     with trio.fail_after(TIMEOUT):
-        start = await kube.list("SpiderIPPool")
-        watcher = await watching(nursery, kube.watch("SpiderIPPool", resource_version=start.resource_version))
+        watcher = await pools_from_now(nursery, kube)
         await trio.sleep(1.5)
-        watches = [t for m, t in fake.log if "watch=true" in t]
+        watches = watch_requests(fake)
         assert 2 <= len(watches) <= 12  # backing off up to a second apart, not hundreds
         fake.max_watch_seconds = 1800
         await kube.create(pool("late"))
@@ -452,8 +445,7 @@ async def test_bookmarks_let_a_quiet_watch_resume_after_its_history_is_compacted
 ) -> None:
     fake.bookmark_interval = 0.05
     with trio.fail_after(TIMEOUT):
-        start = await kube.list("SpiderIPPool")
-        watcher = await watching(nursery, kube.watch("SpiderIPPool", resource_version=start.resource_version))
+        watcher = await pools_from_now(nursery, kube)
         for i in range(3):  # another kind moves the version on; the pool watch sees no event
             await kube.create(endpoint(f"e{i}"))
         head = fake.cluster.rv
@@ -463,7 +455,7 @@ async def test_bookmarks_let_a_quiet_watch_resume_after_its_history_is_compacted
         await fake.come_up()
         await kube.create(pool("after"))
         assert await watcher.until(1) == [("ADDED", "after")]
-        resumed = [t for _, t in fake.log if "watch=true" in t][-1]
+        resumed = watch_requests(fake)[-1]
         assert f"resourceVersion={head}" in resumed
 
 
@@ -502,9 +494,8 @@ async def test_an_error_event_other_than_410_makes_the_watch_reconnect(
     fake: FakeApiServer, kube: KubeStore, nursery: trio.Nursery
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        start = await kube.list("SpiderIPPool")
         fake.faults.append(Fault(method="GET", watch=True, status=500))
-        watcher = await watching(nursery, kube.watch("SpiderIPPool", resource_version=start.resource_version))
+        watcher = await pools_from_now(nursery, kube)
         await kube.create(pool("a"))
         assert await watcher.until(1) == [("ADDED", "a")]
 
