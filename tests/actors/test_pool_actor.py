@@ -235,7 +235,7 @@ async def test_conflicts_beyond_the_budget_fail_the_batch_with_stale_write_and_p
     pool: tuple[PoolHandle, PoolActor], store: InterferingStore
 ) -> None:
     handle, actor = pool
-    actor.conflict_budget = 0.05
+    actor.conflict_budget = 0.5  # NB: room for several tries even on a loaded machine
     store.interfere_forever(foreign("x"))
     owners = [owner(i) for i in range(5)]
     with trio.fail_after(TIMEOUT):
