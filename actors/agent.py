@@ -3,8 +3,8 @@
 Owns the agent's settings and its life cycle: open the store, start the supervisor that keeps the pool
 actors, serve the API on the unix socket, and on SIGTERM or SIGINT drain in order (stop accepting, let
 requests in flight finish within a grace period, stop the actors, close the store).  Wiring only: the logic
-lives in ``actors.ipam``, ``actors.plugin`` and ``actors.api``; the NodeActor (``actors.node``) owns the
-node's network changes for the coordinator (``actors.coordinating``).
+lives in ``actors.ipam`` (the IPAM service, the plugin's verbs) and ``actors.servers.agent_api``; the NodeActor
+(``actors.node``) owns the node's network changes for the coordinator.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from pathlib import Path
 import attrs
 import trio
 
-from actors.api import AgentApi
-from actors.coordinating import Coordinator
-from actors.ipam import IpamService, IpamSettings, PoolRegistry
-from actors.netlink import netns_path
-from actors.node import open_node
-from actors.plugin import Plugin
-from actors.sqlite import default_store_path
-from actors.store import Store
-from actors.stores import StoreSettings, open_store
-from actors.supervisor import Supervisor
-from actors.validating import ValidatingStore
+from actors.ipam.plugin import Plugin
+from actors.ipam.service import IpamService, IpamSettings, PoolRegistry
+from actors.node.actor import open_node
+from actors.node.coordinating import Coordinator
+from actors.node.netlink import netns_path
+from actors.runtime.supervisor import Supervisor
+from actors.servers.agent_api import AgentApi
+from actors.stores.port import Store
+from actors.stores.selection import StoreSettings, open_store
+from actors.stores.sqlite import default_store_path
+from actors.stores.validating import ValidatingStore
 from spider.cni import DEFAULT_SOCKET
 from spider.errors import InvalidInput
 

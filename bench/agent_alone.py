@@ -23,13 +23,14 @@ from typing import Any
 
 import trio
 
-from actors.cli import apply
-from actors.ipam import AddRequest, IpamService, PoolRegistry
-from actors.sqlite import SqliteStore
-from actors.store import Obj, ObjectList, Store, WatchEvent
-from actors.supervisor import Supervisor
-from actors.validating import ValidatingStore
+from actors.ipam.service import IpamService, PoolRegistry
+from actors.runtime.supervisor import Supervisor
+from actors.stores.port import Obj, ObjectList, Store, WatchEvent
+from actors.stores.sqlite import SqliteStore
+from actors.stores.validating import ValidatingStore
+from actors.tools.cli import apply
 from bench.common import Result
+from spider.ipam_request import AddRequest
 from spider.pool import Owner
 
 

@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from actors.loadreport import percentile
-from actors.loadtest import machine
+from actors.tools.loadreport import percentile
+from actors.tools.loadtest import machine
 
 
 def stats_ms(seconds: Sequence[float]) -> dict[str, float]:

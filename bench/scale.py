@@ -20,10 +20,10 @@ from typing import Any
 
 import trio
 
-from actors.cli import apply
-from actors.loadtest import AgentClient, AgentFleet, rss_kib
-from actors.sqlite import SqliteStore
-from actors.stores import StoreSettings
+from actors.stores.selection import StoreSettings
+from actors.stores.sqlite import SqliteStore
+from actors.tools.cli import apply
+from actors.tools.loadtest import AgentClient, AgentFleet, rss_kib
 from bench.common import Result, stats_ms
 from spider.addr import ip_to_int
 from spider.pool import KIND, Record, encode_allocated

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import trio
 
-from actors.cli import apply, install_cni
-from actors.loadtest import HOST_LOCAL, AgentFleet
-from actors.sqlite import SqliteStore
-from actors.stores import StoreSettings
+from actors.stores.selection import StoreSettings
+from actors.stores.sqlite import SqliteStore
+from actors.tools.cli import apply, install_cni
+from actors.tools.loadtest import HOST_LOCAL, AgentFleet
 from bench.common import Result, stats_ms
 
 

@@ -1,6 +1,6 @@
 """Admission review for Spiderpool's kinds: AdmissionReview v1 in and out, the mutation as a JSONPatch.
 
-Owns the webhook's decisions, without any I/O (``actors.webhook`` serves them over TLS):
+Owns the webhook's decisions, without any I/O (``actors.servers.webhook`` serves them over TLS):
 
 - ``parse_review`` reads an ``admission.k8s.io/v1`` (or ``v1beta1``) AdmissionReview; ``respond`` writes the
   answer in the same version, echoing the request's ``uid``;

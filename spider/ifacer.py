@@ -2,7 +2,7 @@
 
 Owns Spiderpool's ifacer rules (reference §6) without I/O: the fields (``interfaces``, ``vlanID``, ``bond``
 with ``name``, ``mode`` and ``options``), their validation, the bond options string (``k=v;k=v``) and the
-names of what must exist (``<parent>.<vlanID>``, the bond).  ``actors.netlink`` turns an ``IfacerConf`` into
+names of what must exist (``<parent>.<vlanID>``, the bond).  ``actors.node.netlink`` turns an ``IfacerConf`` into
 netlink requests the NodeActor runs in the host namespace; interfaces are never removed (DEL is a no-op).
 """
 

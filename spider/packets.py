@@ -9,7 +9,7 @@ announce an address after it is assigned (reference §12.4):
   the pod's address) and unsolicited neighbour advertisement (override flag, target link-layer option);
 - parsing of ARP replies and neighbour advertisements into ``(ip, mac)`` answers.
 
-It never opens a socket: ``actors.probing`` sends and receives these frames on a packet socket the NodeActor
+It never opens a socket: ``actors.node.probing`` sends and receives these frames on a packet socket the NodeActor
 opened inside the pod's network namespace.
 """
 

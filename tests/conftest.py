@@ -1,4 +1,4 @@
-"""Suite-wide test configuration: Hypothesis profiles.
+"""Suite-wide test configuration: Hypothesis profiles and the ``agent`` fixture.
 
 ``dev`` (the default) keeps property tests quick on a laptop; ``ci`` runs more examples and prints the blob
 that reproduces a failure (``@reproduce_failure``).  Pick one with ``HYPOTHESIS_PROFILE=ci``.  Neither has a
@@ -8,9 +8,20 @@ deadline: timing varies too much on shared CI machines to make slow examples fai
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
+import pytest
 from hypothesis import settings
+
+from tests.support import RunningAgent, running_agent
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, max_examples=500, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[RunningAgent]:
+    """An agent in this test's trio run, on a fresh embedded store, with the shim installed beside it."""
+    async with running_agent() as running:
+        yield running

@@ -22,11 +22,12 @@ import attrs
 import trio
 
 from actors.agent import AgentSettings, open_agent
-from actors.api import AgentApi
-from actors.cli import apply, install_cni
-from actors.sqlite import SqliteStore
-from actors.store import Store
-from actors.validating import ValidatingStore
+from actors.servers.agent_api import AgentApi
+from actors.stores.port import Store
+from actors.stores.sqlite import SqliteStore
+from actors.stores.validating import ValidatingStore
+from actors.tools.launcher import install_cni
+from actors.tools.manifests import apply
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = Path("/usr/lib/cni")
@@ -165,7 +166,7 @@ class AgentProcess:
                 [
                     sys.executable,
                     "-m",
-                    "actors.cli",
+                    "actors",
                     "agent",
                     "--store",
                     str(self.store),

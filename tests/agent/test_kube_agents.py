@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import trio
 
-from actors.check import check_store
-from actors.cli import apply
-from actors.kube import KubeStore
+from actors.ipam.check import check_store
+from actors.stores.kube import KubeStore
+from actors.tools.manifests import apply
 from tests.fakeapi import FakeApiServer, ServedInThread, served_in_thread
 from tests.support import ROOT, AgentProcess, cni_env, installed_shim, netconf, pod_args, pool_object, short_tmp
 
@@ -97,7 +97,7 @@ async def seed(cluster: KubeCluster) -> None:
 
 def spider_check(cluster: KubeCluster) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "actors.cli", "check", "--kubeconfig", str(cluster.kubeconfig)],
+        [sys.executable, "-m", "actors", "check", "--kubeconfig", str(cluster.kubeconfig)],
         capture_output=True,
         text=True,
         cwd=ROOT,

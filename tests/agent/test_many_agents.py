@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import trio
 
-from actors.check import check_store
-from actors.cli import apply
-from actors.sqlite import SqliteStore
+from actors.ipam.check import check_store
+from actors.stores.sqlite import SqliteStore
+from actors.tools.manifests import apply
 from spider.endpoint import Endpoint
 from tests.support import (
     ROOT,
@@ -100,7 +100,7 @@ async def burst(cluster: Cluster, command: str, pods: range, concurrency: int) -
 
 def run_check(cluster: Cluster, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "actors.cli", "check", "--store", str(cluster.store), *extra],
+        [sys.executable, "-m", "actors", "check", "--store", str(cluster.store), *extra],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -1,4 +1,4 @@
-"""Controller tests run on every store backend of the contract tests (``tests.store.conftest.BACKENDS``)."""
+"""Controller tests run on every store backend of the contract tests (``tests.stores.conftest.BACKENDS``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.store import Store
-from tests.store.conftest import BACKENDS, Backend
+from actors.stores.port import Store
+from tests.stores.conftest import BACKENDS, Backend
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import trio
 
-from actors.store import Conflict, Gone, Obj, ObjectList, Store, WatchEvent
+from actors.stores.port import Conflict, Gone, Obj, ObjectList, Store, WatchEvent
 from spider.errors import StoreUnavailable
 from spider.kinds import SPIDER_API_VERSION
 

@@ -12,13 +12,13 @@ from typing import Any
 import attrs
 import trio
 
-from actors.controller import Controller, ControllerSettings, open_controller
-from actors.leader import LeaderElector
-from actors.store import Store
+from actors.controller.leader import LeaderElector
+from actors.controller.main import Controller, ControllerSettings, open_controller
+from actors.stores.port import Store
 from spider.kinds import FINALIZER
 from tests.controller.support import FaultyStore, eventually, pool
 from tests.controller.test_leader import candidate
-from tests.controller.test_webhook import configuration, post, review
+from tests.servers.test_webhook import configuration, post, review
 
 TIMEOUT = 20
 
@@ -140,7 +140,7 @@ async def test_stopping_the_controller_releases_the_lease(store: Store, tmp_path
 
 
 async def test_the_controller_serves_the_webhook_when_enabled(tmp_path: Path) -> None:
-    from actors.sqlite import SqliteStore
+    from actors.stores.sqlite import SqliteStore
 
     lease = f"lease-{secrets.token_hex(3)}"
     more = {"webhook": True, "webhook_host": "127.0.0.1", "webhook_port": 0, "namespace": "kube-system"}

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors.sqlite import SqliteStore
+from actors.stores.sqlite import SqliteStore
 from tests.controller.support import eventually, pool
 from tests.support import ROOT
 
@@ -36,7 +36,7 @@ class ControllerProcess:
 
     def __init__(self, store: Path, identity: str, log: Path) -> None:
         self.identity, self.port, self.log = identity, free_port(), log
-        argv = [sys.executable, "-m", "actors.cli", "controller", "--store", str(store), "--namespace", "default"]
+        argv = [sys.executable, "-m", "actors", "controller", "--store", str(store), "--namespace", "default"]
         argv += ["--identity", identity, "--lease-duration", str(LEASE), "--renew-deadline", str(RENEW)]
         argv += ["--retry-period", str(RETRY), "--health-host", "127.0.0.1", "--health-port", str(self.port)]
         with log.open("ab") as out:

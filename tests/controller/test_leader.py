@@ -15,8 +15,8 @@ import attrs
 import pytest
 import trio
 
-from actors.leader import LeaderElector, LeaderSettings, LeaseRecord
-from actors.store import Store
+from actors.controller.leader import LeaderElector, LeaderSettings, LeaseRecord
+from actors.stores.port import Store
 from tests.controller.support import FaultyStore, eventually
 
 # NB: a name of our own, never Spiderpool's Lease: these tests may run against a real cluster

@@ -10,9 +10,9 @@ from typing import Any
 import attrs
 import trio
 
-from actors.pool import open_pool
-from actors.reconciler import PoolReconciler
-from actors.store import NotFound, Obj, ObjectList, Store
+from actors.controller.reconciler import PoolReconciler
+from actors.ipam.pool import open_pool
+from actors.stores.port import NotFound, Obj, ObjectList, Store
 from spider.errors import StoreUnavailable
 from spider.kinds import FINALIZER
 from spider.pool import Owner

@@ -118,8 +118,8 @@ def test_the_build_stage_copies_everything_the_wheel_needs_and_builds_it() -> No
         with zipfile.ZipFile(wheel) as zf:
             names = set(zf.namelist())
             entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {"cni/shim.py", "actors/cli.py", "spider/pool.py"} <= names  # install-cni copies cni/shim.py
-    assert "spider = actors.cli:main" in entry_points
+    assert {"cni/shim.py", "actors/tools/cli.py", "spider/pool.py"} <= names  # install-cni copies cni/shim.py
+    assert "spider = actors.tools.cli:main" in entry_points
 
 
 def test_the_entrypoint_is_the_console_script_pyproject_declares() -> None:

@@ -25,8 +25,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from actors.cli import build_parser
-from actors.leader import DEFAULT_LEASE_NAME
+from actors.controller.leader import DEFAULT_LEASE_NAME
+from actors.tools.cli import build_parser
 from spider.cni import DEFAULT_SOCKET
 from tests.deploy.discovery import kubeconfig, serve_discovery
 from tests.deploy.files import DEPLOY, crds, documents, example_files, kustomization_files, manifests

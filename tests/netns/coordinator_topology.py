@@ -31,9 +31,10 @@ from typing import Any
 import attrs
 
 from actors.agent import AgentSettings, open_agent
-from actors.api import AgentApi
-from actors.cli import apply, install_cni
-from actors.sqlite import SqliteStore
+from actors.servers.agent_api import AgentApi
+from actors.stores.sqlite import SqliteStore
+from actors.tools.launcher import install_cni
+from actors.tools.manifests import apply
 from tests.support import PLUGIN_DIR, pod_args, run_plugin, short_tmp
 
 HOST_V4 = "10.77.0.2"

@@ -22,7 +22,12 @@ def namespaces() -> set[str]:
 def test_the_demo_gives_real_pods_addresses_that_ping_each_other_and_their_host_and_cleans_up() -> None:
     before = namespaces()
     done = subprocess.run(
-        [sys.executable, "-m", "actors.cli", "demo"], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
+        [sys.executable, "-m", "actors", "demo"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Debian macvlan" in done.stdout

@@ -2,7 +2,7 @@
 
 Kernels without the ``8021q`` or ``bonding`` link types (such as the one CI runs on) skip the tests that need
 them, with that reason; what ifacer sends the kernel is checked byte for byte in
-``tests/actors/test_netlink_requests.py`` either way, and the one test here that needs the link type to be
+``tests/node/test_netlink_requests.py`` either way, and the one test here that needs the link type to be
 missing shows the error a user of such a kernel gets.
 """
 

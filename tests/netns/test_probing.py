@@ -11,8 +11,8 @@ import attrs
 import pytest
 import trio
 
-from actors import probing
-from actors.node import NodeHandle, open_node
+from actors.node import probing
+from actors.node.actor import NodeHandle, open_node
 from spider.coordinator import AddressConflict, DetectOptions, GatewayUnreachable, NamespaceGone, PrevIP
 from tests.netns.coordinator_topology import in_ns, ip, why_not
 

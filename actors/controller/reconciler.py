@@ -1,0 +1,329 @@
+"""The controller's leading work on pools and subnets: status counts and finalizers, kept by watches.
+
+Owns ``PoolReconciler``, an informer-and-workqueue loop in the shape of a client-go controller:
+
+- one informer task per watched kind (SpiderIPPool, SpiderSubnet, SpiderReservedIP) lists the kind into a
+  cache, then follows the store's watch from the list's version; a ``Gone`` (version too old) or a store
+  failure re-lists, and every ``resync_period`` it re-lists anyway, so a missed event is repaired; each kind
+  on its own, so one that cannot be listed (its CRD missing) holds back only the keys whose rules read it
+  (``NEEDS``), and ``run`` reports started once every kind has been listed;
+- every change queues the keys it affects (a pool; the subnets with its ``spec.subnet``; every pool when a
+  reservation changes) in a de-duplicating queue;
+- one worker takes keys and applies the pure rules of ``spider.reconcile`` to the cached object.
+
+It must not fight the agents' PoolActors, which write pool status with group commit: it writes only when
+a rule says something differs, every write carries the cached object's resourceVersion (a write based on a
+stale copy fails with ``Conflict`` and is retried after the watch has brought the newer copy), it never
+changes ``allocatedIPs``, and it computes the counts with the same rules as ``PoolLedger.to_status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import trio
+
+from actors.stores.port import Conflict, Gone, NotFound, Obj, Store, WatchEvent
+from spider.errors import InvalidSpec, SpiderError, TransientError
+from spider.pool import ReservedIP
+from spider.reconcile import (
+    pool_finalizers,
+    pool_status,
+    same_subnet,
+    subnet_finalizers,
+    subnet_status,
+    terminating,
+)
+
+log = logging.getLogger(__name__)
+
+POOL = "SpiderIPPool"
+SUBNET = "SpiderSubnet"
+RESERVED = "SpiderReservedIP"
+WATCHED = (POOL, SUBNET, RESERVED)
+NEEDS = {POOL: {POOL, RESERVED}, SUBNET: {SUBNET, POOL}}
+"""The kinds whose listing a kind's rules read (a pool's free count excludes reservations)."""
+DEFAULT_RESYNC = 300.0
+"""Seconds between full re-lists (Spiderpool's pool and subnet informers resync every 300 s)."""
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+"""Seconds before a key whose write failed is tried again, growing per consecutive failure of that key."""
+
+Key = tuple[str, str]
+
+
+@attrs.define(eq=False)
+class WorkQueue:
+    """Keys waiting to be reconciled, each queued at most once (client-go's "dirty" set).
+
+    A key taken by the worker can be queued again at once, so a change made while it is being reconciled
+    is not lost.
+    """
+
+    _send: trio.MemorySendChannel[Key]
+    _recv: trio.MemoryReceiveChannel[Key]
+    _queued: set[Key] = attrs.field(factory=set)
+
+    @classmethod
+    def open(cls) -> WorkQueue:
+        """An empty queue (unbounded: it holds each key once, so at most one entry per object)."""
+        send, recv = trio.open_memory_channel[Key](math.inf)
+        return cls(send, recv)
+
+    def add(self, key: Key) -> None:
+        """Queue ``key`` unless it is already waiting."""
+        if key not in self._queued:
+            self._queued.add(key)
+            self._send.send_nowait(key)
+
+    async def get(self) -> Key:
+        """The next key, waiting for one."""
+        key = await self._recv.receive()
+        self._queued.discard(key)
+        return key
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+
+@attrs.define
+class ReconcilerStats:
+    """What the reconciler did, for tests, logs and metrics."""
+
+    reconciles: int = 0
+    status_writes: int = 0
+    finalizer_writes: int = 0
+    conflicts: int = 0
+    lists: int = 0
+
+
+@attrs.define(eq=False)
+class PoolReconciler:
+    """Keeps pool and subnet status counts and finalizers; run with ``await nursery.start(r.run)``."""
+
+    store: Store
+    resync_period: float = DEFAULT_RESYNC
+    retry_delays: tuple[float, ...] = RETRY_DELAYS
+    stats: ReconcilerStats = attrs.field(factory=ReconcilerStats)
+    _cache: dict[str, dict[str, Obj]] = attrs.field(factory=lambda: {kind: {} for kind in WATCHED})
+    _queue: WorkQueue = attrs.field(factory=WorkQueue.open)
+    _listed: set[str] = attrs.field(factory=set)
+    _all_listed: trio.Event = attrs.field(factory=trio.Event)
+    _failures: dict[Key, int] = attrs.field(factory=dict)
+    _complained: dict[Key, str] = attrs.field(factory=dict)
+
+    @property
+    def synced(self) -> bool:
+        """Whether every watched kind has been listed at least once."""
+        return self._listed == set(WATCHED)
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing waits in the queue (for tests that wait for the reconciler to settle)."""
+        return not self._queue
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """List every kind, follow the watches and reconcile until cancelled; started once all are listed.
+
+        Each kind is informed on its own: one that cannot be listed (its CRD not installed yet) holds back
+        only the objects whose rules need it, never the others.
+        """
+        async with trio.open_nursery() as nursery:
+            for kind in WATCHED:
+                nursery.start_soon(self._inform, kind)
+            nursery.start_soon(self._work, nursery)
+            await self._all_listed.wait()
+            task_status.started()
+
+    # --- informers ---------------------------------------------------------------------------------------
+
+    async def _inform(self, kind: str) -> None:
+        failures = 0
+        while True:
+            try:
+                listing = await self.store.list(kind)
+            except SpiderError as exc:  # NB: also "no such kind" (CRD not installed): say so, keep trying
+                failures += 1
+                log.warning("listing %s failed (%s); retrying", kind, exc)
+                await trio.sleep(self._delay(failures))
+                continue
+            failures = 0
+            self.stats.lists += 1
+            self._replace(kind, listing.items)
+            if kind not in self._listed:
+                self._listed.add(kind)
+                self._queue_waiting_for(kind)
+                if self.synced:
+                    self._all_listed.set()
+            version = listing.resource_version
+            with trio.move_on_after(self.resync_period):  # NB: the periodic resync is a fresh list
+                while True:
+                    try:
+                        version, seen = await self._follow(kind, version)
+                    except Gone:
+                        log.info("watch of %s from version %s is too old; re-listing", kind, version)
+                        break
+                    except SpiderError as exc:
+                        log.warning("watch of %s failed (%s); re-listing", kind, exc)
+                        await trio.sleep(self._delay(1))
+                        break
+                    if not seen:  # the stream ended at once: do not spin on a backend that keeps closing it
+                        await trio.sleep(self._delay(1))
+
+    async def _follow(self, kind: str, version: str) -> tuple[str, bool]:
+        """Apply watch events from ``version`` until the stream ends; the last version seen and whether any."""
+        seen = False
+        events = self.store.watch(kind, resource_version=version)
+        async with _closing(events):
+            async for event in events:
+                seen = True
+                self._event(kind, event)
+                version = str((event.object.get("metadata") or {}).get("resourceVersion") or version)
+        return version, seen
+
+    def _queue_waiting_for(self, listed: str) -> None:
+        """A kind's first listing: queue the objects whose rules were held back waiting for it."""
+        for kind, needs in NEEDS.items():
+            if listed in needs:
+                for name in self._cache[kind]:
+                    self._queue.add((kind, name))
+
+    def _replace(self, kind: str, items: list[Obj]) -> None:
+        old, new = self._cache[kind], {_name(obj): obj for obj in items}
+        self._cache[kind] = new
+        for name, obj in old.items():
+            if name not in new:
+                self._changed(kind, obj, obj, deleted=True)
+        for obj in items:
+            self._changed(kind, obj, old.get(_name(obj)))
+
+    def _event(self, kind: str, event: WatchEvent) -> None:
+        name = _name(event.object)
+        old = self._cache[kind].get(name)
+        if event.type == "DELETED":
+            self._cache[kind].pop(name, None)
+        else:
+            self._cache[kind][name] = event.object
+        self._changed(kind, event.object, old, deleted=event.type == "DELETED")
+
+    def _changed(self, kind: str, obj: Obj, old: Obj | None, *, deleted: bool = False) -> None:
+        """Queue every key whose desired state may depend on this object."""
+        if kind == POOL:
+            self._queue.add((POOL, _name(obj)))
+            if not deleted and old is not None and old.get("spec") == obj.get("spec"):
+                return  # NB: the agents' status writes (most events) cannot change any subnet's status
+            cidrs = {_subnet_of(o) for o in (obj, old) if o is not None}
+            for subnet in self._cache[SUBNET].values():
+                if any(same_subnet(_subnet_of(subnet), cidr) for cidr in cidrs):
+                    self._queue.add((SUBNET, _name(subnet)))
+        elif kind == SUBNET:
+            self._queue.add((SUBNET, _name(obj)))
+        elif kind == RESERVED:  # free counts of every pool may change
+            for name in self._cache[POOL]:
+                self._queue.add((POOL, name))
+
+    # --- the worker --------------------------------------------------------------------------------------
+
+    async def _work(self, nursery: trio.Nursery) -> None:
+        while True:
+            key = await self._queue.get()
+            self.stats.reconciles += 1
+            try:
+                await self._reconcile(key)
+            except NotFound:
+                pass  # deleted meanwhile; the watch brings the DELETED event
+            except (Conflict, TransientError) as exc:
+                if isinstance(exc, Conflict):
+                    self.stats.conflicts += 1
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                log.debug("%s %s: %s; retrying", *key, exc)
+                nursery.start_soon(self._later, key, self._delay(failures))
+            except SpiderError as exc:  # refused (422 and the like): retrying the same write cannot help
+                obj = self._cache[key[0]].get(key[1])
+                if obj is not None:
+                    self._complain(key, obj, exc)
+            else:
+                self._failures.pop(key, None)
+
+    async def _later(self, key: Key, delay: float) -> None:
+        await trio.sleep(delay)
+        self._queue.add(key)
+
+    def _delay(self, failures: int) -> float:
+        return self.retry_delays[min(max(failures, 1), len(self.retry_delays)) - 1]
+
+    async def _reconcile(self, key: Key) -> None:
+        kind, name = key
+        obj = self._cache[kind].get(name)
+        if obj is None or not NEEDS[kind] <= self._listed:
+            return  # NB: the listing still missing queues this key again when it arrives
+        pools = list(self._cache[POOL].values())
+        finalizers = pool_finalizers(obj) if kind == POOL else subnet_finalizers(obj, pools)
+        if finalizers is not None:
+            written = await self._write_finalizers(kind, obj, finalizers)
+            if written is None:
+                return
+            obj = written
+        try:
+            status = pool_status(obj, self._reservations()) if kind == POOL else subnet_status(obj, pools)
+        except InvalidSpec as exc:
+            self._complain(key, obj, exc)
+            return
+        if status is not None:
+            written = await self.store.update_status({**obj, "status": status})
+            self.stats.status_writes += 1
+            self._cache[kind][name] = written
+            log.debug("%s %s: status %s", kind, name, {k: v for k, v in status.items() if k.endswith("Count")})
+
+    async def _write_finalizers(self, kind: str, obj: Obj, finalizers: list[str]) -> Obj | None:
+        """Write new finalizers (guarded by the cached resourceVersion); ``None`` when the object is gone."""
+        name = _name(obj)
+        written = await self.store.update({**obj, "metadata": {**obj["metadata"], "finalizers": finalizers}})
+        self.stats.finalizer_writes += 1
+        if terminating(obj) and not finalizers:
+            self._cache[kind].pop(name, None)
+            log.info("%s %s: drained; finalizer removed, deletion completes", kind, name)
+            return None
+        # NB: safe to cache: our write succeeded on the cached version, so the watch has nothing older pending.
+        self._cache[kind][name] = written
+        return written
+
+    def _reservations(self) -> list[ReservedIP]:
+        out = []
+        for obj in self._cache[RESERVED].values():
+            try:
+                out.append(ReservedIP.from_object(obj))
+            except InvalidSpec as exc:
+                self._complain((RESERVED, _name(obj)), obj, exc)
+        return out
+
+    def _complain(self, key: Key, obj: Obj, exc: SpiderError) -> None:
+        """Log a spec we cannot count once per version of the object, not on every resync."""
+        version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        if self._complained.get(key) != version:
+            self._complained[key] = version
+            log.warning("%s %s: not maintained: %s", *key, exc)
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _subnet_of(obj: Obj) -> str:
+    return str((obj.get("spec") or {}).get("subnet", ""))
+
+
+@contextlib.asynccontextmanager
+async def _closing(events: AsyncIterator[Any]) -> AsyncIterator[None]:
+    """Close a watch stream however the loop over it ends (a backend's session must not leak)."""
+    try:
+        yield
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()

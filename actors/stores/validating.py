@@ -1,0 +1,105 @@
+"""Admission at the store layer: every create and update of a pool, subnet or reserved IP is mutated and
+validated (``spider.validation``) before it reaches any backend, so a bad object never gets in — with or
+without the optional admission webhook.
+
+Owns ``ValidatingStore``, a ``Store`` that wraps another one.  Reads, status writes and deletes pass through
+untouched (status is the agents' and the controller's, and deletion must never be blocked).  The cross-object
+rules read the other pools and subnets through the same store; like Spiderpool's webhook, two racing creates
+of overlapping pools on different machines can both pass that read.  That cannot double an address: the
+agents never hand out an address two live pools share (``spider.pool.contested``), and ``spider check``
+reports one that was handed out before the overlap as ``held-twice``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+
+from actors.stores.port import AtomicStatusUpdate, Invalid, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
+from spider.errors import InvalidInput, InvalidSpec
+from spider.kinds import kind_info
+from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings, mutate, validate
+
+
+@attrs.define
+class ValidatingStore:
+    """A ``Store`` that applies Spiderpool's admission rules to writes of the kinds that have them."""
+
+    inner: Store
+    settings: AdmissionSettings = attrs.field(factory=AdmissionSettings)
+    update_status_atomically: AtomicStatusUpdate | None = attrs.field(init=False)
+    """The inner store's, when it has one: status writes are unchecked anyway."""
+
+    @update_status_atomically.default
+    def _inner_atomic(self) -> AtomicStatusUpdate | None:
+        return getattr(self.inner, "update_status_atomically", None)
+
+    async def _admit(self, obj: Obj, *, creating: bool) -> Obj:
+        alias, namespace, name = key_of(obj)
+        try:
+            kind = kind_info(alias).kind  # NB: "sp" or "spiderippools" names a pool too
+        except InvalidInput:
+            return obj  # the inner store rejects an unknown kind
+        if kind not in KINDS:
+            return obj
+        obj = {**obj, "kind": kind}
+        old = None
+        if not creating:
+            try:
+                old = await self.inner.get(kind, name, namespace)
+            except NotFound:
+                old = None
+        subnets = (await self.inner.list(SUBNET)).items if kind == POOL else []
+        new = mutate(kind, obj, subnets)
+        if creating or old is None or not _same_spec(new, old):
+            existing: list[Obj] = []
+            if kind in (POOL, SUBNET):
+                existing = (await self.inner.list(POOL)).items + (await self.inner.list(SUBNET)).items
+            try:
+                validate(kind, new, old, existing, self.settings)
+            except InvalidSpec as exc:
+                raise Invalid(kind=kind, name=name, reason=exc.reason) from None
+        return new
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        """As the inner store."""
+        return await self.inner.get(kind, name, namespace)
+
+    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+        """As the inner store."""
+        return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)
+
+    async def create(self, obj: Obj) -> Obj:
+        """Mutate, validate, then create."""
+        return await self.inner.create(await self._admit(obj, creating=True))
+
+    async def update(self, obj: Obj) -> Obj:
+        """Mutate, validate against the stored object, then update."""
+        return await self.inner.update(await self._admit(obj, creating=False))
+
+    async def update_status(self, obj: Obj) -> Obj:
+        """Unchecked: status belongs to agents and the controller."""
+        return await self.inner.update_status(obj)
+
+    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+        """Unchecked: deletion is never blocked (finalizers hold what must be drained)."""
+        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
+
+    def watch(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""
+    ) -> AsyncIterator[WatchEvent]:
+        """As the inner store."""
+        return self.inner.watch(
+            kind, namespace=namespace, label_selector=label_selector, resource_version=resource_version
+        )
+
+    async def aclose(self) -> None:
+        """Closes the inner store."""
+        await self.inner.aclose()
+
+
+def _same_spec(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """An update that leaves spec and labels alone (finalizers, annotations) needs no validation."""
+    return new.get("spec") == old.get("spec")

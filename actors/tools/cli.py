@@ -1,0 +1,408 @@
+"""``spider``: the command line for people (agent, apply, get, delete, check, install-cni, demo,
+loadtest).
+
+Owns argument parsing, the output formats (tables with rich, ``-o json|yaml``) and exit codes; each command
+is a thin call into the actors package.  Errors the user can fix are printed as one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+
+from actors.stores.port import Obj, Store
+from actors.stores.selection import KUBECONFIG_ENV, StoreSettings, open_store
+from actors.stores.sqlite import default_store_path
+from actors.stores.validating import ValidatingStore
+from actors.tools.launcher import install_cni
+from actors.tools.manifests import apply, load_documents
+from actors.tools.tables import console, print_table
+from spider.cni import DEFAULT_SOCKET
+from spider.errors import InvalidInput, SpiderError
+from spider.kinds import kind_info
+from spider.pool import ReservedIP
+
+
+def _store_settings(args: argparse.Namespace) -> StoreSettings:
+    """The store a command asked for: ``--kubeconfig``/``$SPIDER_KUBECONFIG`` or ``--in-cluster``, else ``--store``."""
+    try:
+        return StoreSettings.from_env(
+            store_path=args.store,
+            kubeconfig=getattr(args, "kubeconfig", None),
+            in_cluster=getattr(args, "in_cluster", False) or None,
+            context=getattr(args, "context", None),
+        )
+    except ValueError as exc:
+        raise InvalidInput(reason=str(exc)) from None
+
+
+async def _with_store(where: Path | StoreSettings, fn: Callable[[Store], Any]) -> Any:
+    store = ValidatingStore(await open_store(where if isinstance(where, StoreSettings) else StoreSettings(where)))
+    try:
+        return await fn(store)
+    finally:
+        await store.aclose()
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from actors.agent import AgentSettings, run_agent
+    from actors.ipam.service import IpamSettings
+
+    kwargs: dict[str, Any] = {"store_path": args.store, "socket_path": args.socket}
+    kwargs["release_cooldown"] = args.release_cooldown
+    where = _store_settings(args)
+    kwargs.update(kubeconfig=where.kubeconfig, in_cluster=where.in_cluster, context=where.context)
+    kwargs["conflict_budget"] = args.conflict_budget
+    kwargs["ipam"] = IpamSettings(
+        enable_statefulset=not args.no_statefulset_ips,
+        enable_kubevirt_static_ip=not args.no_kubevirt_ips,
+        agent_namespace=args.agent_namespace,
+        cluster_network=args.cluster_network,
+    )
+    if args.node:
+        kwargs["node"] = args.node
+    kwargs["host_netns"] = args.host_netns or None
+    trio.run(run_agent, AgentSettings(**kwargs))
+    return 0
+
+
+def _cmd_controller(args: argparse.Namespace) -> int:
+    from actors.controller.main import ControllerSettings, run_controller
+
+    where = _store_settings(args)
+    kwargs: dict[str, Any] = {
+        "store_path": args.store,
+        "kubeconfig": where.kubeconfig,
+        "in_cluster": where.in_cluster,
+        "context": where.context,
+        "lease_name": args.lease_name,
+        "lease_duration": args.lease_duration,
+        "renew_deadline": args.renew_deadline,
+        "retry_period": args.retry_period,
+        "resync_period": args.resync_period,
+        "health_host": args.health_host or None,
+        "health_port": args.health_port,
+        "webhook": args.webhook,
+        "webhook_host": args.webhook_host or None,
+        "webhook_port": args.webhook_port,
+        "webhook_cert_dir": args.webhook_cert_dir,
+        "webhook_service": args.webhook_service,
+        "webhook_configuration": args.webhook_configuration,
+        "webhook_secret": args.webhook_secret,
+        "webhook_extra_hosts": tuple(args.webhook_extra_host),
+    }
+    if args.controller_namespace:
+        kwargs["namespace"] = args.controller_namespace
+    if args.identity:
+        kwargs["identity"] = args.identity
+    try:
+        settings = ControllerSettings(**kwargs)
+        settings.leader_settings()  # NB: checks the three durations before anything starts
+    except ValueError as exc:
+        raise InvalidInput(reason=str(exc)) from None
+    trio.run(run_controller, settings)
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    out = console()
+
+    async def run(store: Store) -> None:
+        for target in args.filename:
+            for obj in load_documents(target):
+                outcome = await apply(store, obj)
+                out.print(f"{obj['kind'].lower()}/{obj['metadata']['name']} {outcome}", highlight=False)
+
+    trio.run(_with_store, _store_settings(args), run)
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    info = kind_info(args.kind)
+
+    async def run(store: Store) -> tuple[list[Obj], list[ReservedIP]]:
+        reserved = [ReservedIP.from_object(o) for o in (await store.list("SpiderReservedIP")).items]
+        if args.name:
+            return [await store.get(info.kind, args.name, args.namespace if info.namespaced else "")], reserved
+        namespace = None if args.all_namespaces or not info.namespaced else args.namespace
+        if info.namespaced and not args.namespace_given:
+            namespace = None  # the embedded store is small: show every namespace unless one is asked for
+        return (await store.list(info.kind, namespace=namespace, label_selector=args.selector)).items, reserved
+
+    items, reserved = trio.run(_with_store, _store_settings(args), run)
+    if args.output == "json":
+        print(json.dumps(items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
+    elif args.output == "yaml":
+        print(
+            yaml.safe_dump(
+                items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items},
+                sort_keys=False,
+            ),
+            end="",
+        )
+    else:
+        print_table(console(), info.kind, items, reserved)
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    info = kind_info(args.kind)
+
+    async def run(store: Store) -> None:
+        await store.delete(info.kind, args.name, args.namespace if info.namespaced else "")
+
+    trio.run(_with_store, _store_settings(args), run)
+    print(f"{info.kind.lower()}/{args.name} deleted")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from actors.ipam.check import check_store, print_report
+
+    report = trio.run(_with_store, _store_settings(args), lambda store: check_store(store, reclaim=args.reclaim))
+    print_report(console(), report)
+    return 0 if report.consistent or args.reclaim else 1
+
+
+def _cmd_install_cni(args: argparse.Namespace) -> int:
+    for path in install_cni(Path(args.bin_dir), args.python):
+        print(f"installed {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from actors.tools.demo import run_demo
+
+    return trio.run(run_demo, args.pods, args.keep)
+
+
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    from actors.tools.loadreport import run_command
+    from actors.tools.loadtest import Comparison, Scenario
+
+    if args.compare and args.compare_plugin:
+        raise InvalidInput(reason="--compare and --compare-plugin exclude each other")
+    if bool(args.compare_plugin) != bool(args.compare_config):
+        raise InvalidInput(reason="--compare-plugin and --compare-config go together")
+    try:
+        scenario = Scenario(
+            nodes=args.nodes,
+            pods=args.pods,
+            callers=args.callers,
+            pool_size=args.pool_size,
+            via=args.via,
+            churn=args.churn,
+            call_timeout=args.call_timeout,
+        )
+    except ValueError as exc:
+        raise InvalidInput(reason=str(exc)) from None
+    comparison = None
+    if args.compare:
+        comparison = Comparison.host_local()
+    elif args.compare_plugin:
+        comparison = Comparison.from_files(Path(args.compare_plugin), Path(args.compare_config))
+    return run_command(
+        scenario,
+        comparison=comparison,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        json_to=args.json,
+        plot_to=args.plot,
+        keep=args.keep,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``spider`` argument parser."""
+    store_default = default_store_path()
+    parser = argparse.ArgumentParser(prog="spider", description="Spiderpool-compatible underlay IPAM, in Python.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_store(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--store", type=Path, default=store_default, help=f"embedded store file (default {store_default})"
+        )
+
+    def with_kube(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--kubeconfig",
+            type=Path,
+            default=None,
+            help=f"use the Kubernetes API server this kubeconfig names instead of the embedded store "
+            f"(default ${KUBECONFIG_ENV})",
+        )
+        p.add_argument("--context", default=None, help="kubeconfig context (default: its current one)")
+        p.add_argument(
+            "--in-cluster",
+            action="store_true",
+            help="use the cluster this pod runs in (its service account) instead of the embedded store",
+        )
+
+    p = sub.add_parser("agent", help="run the node agent (serves the CNI plugin and the agent API)")
+    with_store(p)
+    with_kube(p)
+    p.add_argument(
+        "--conflict-budget",
+        type=float,
+        default=20.0,
+        help="seconds a pool write may keep losing races to other agents before ADD fails with CNI 11 (default 20)",
+    )
+    p.add_argument("--socket", type=Path, default=Path(DEFAULT_SOCKET), help=f"unix socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--node", default="", help="node name (default: host name)")
+    p.add_argument(
+        "--release-cooldown",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="rest released addresses this long before reuse, oldest first (default 0: reuse at once)",
+    )
+    p.add_argument("--no-statefulset-ips", action="store_true", help="StatefulSet pods do not keep their addresses")
+    p.add_argument("--no-kubevirt-ips", action="store_true", help="KubeVirt VM pods do not keep their addresses")
+    p.add_argument(
+        "--namespace",
+        dest="agent_namespace",
+        default=os.environ.get("SPIDERPOOL_NAMESPACE", "kube-system"),
+        help="the agent's namespace: where multusName entries without one live (env SPIDERPOOL_NAMESPACE)",
+    )
+    p.add_argument(
+        "--cluster-network",
+        default=os.environ.get("MULTUS_CLUSTER_NETWORK", ""),
+        help="Multus' cluster network for eth0 (env MULTUS_CLUSTER_NETWORK)",
+    )
+    p.add_argument(
+        "--host-netns",
+        default="",
+        metavar="NAME",
+        help="network namespace the coordinator treats as the host (name or path; default: the agent's own)",
+    )
+    p.set_defaults(func=_cmd_agent)
+
+    p = sub.add_parser("controller", help="run the controller (Lease leader: pool status and finalizers; webhook)")
+    with_store(p)
+    with_kube(p)
+    p.add_argument(
+        "--namespace",
+        dest="controller_namespace",
+        default="",
+        help="namespace of the Lease and webhook Secret (default $SPIDERPOOL_POD_NAMESPACE, the service account's)",
+    )
+    p.add_argument("--identity", default="", help="leader-election identity (default <pod or host name>_<random>)")
+    p.add_argument("--lease-name", default="spiderpool-controller-leases")
+    p.add_argument("--lease-duration", type=int, default=15, metavar="SECONDS", help="Lease duration (default 15)")
+    p.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS", help="(default 10)")
+    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS", help="(default 2)")
+    p.add_argument("--resync-period", type=float, default=300.0, metavar="SECONDS", help="full re-list (default 300)")
+    p.add_argument("--health-host", default="", help="address for health endpoints (default: all)")
+    # NB: string defaults go through type=int only when this command is parsed, so a bad variable cannot
+    # break every other command
+    p.add_argument("--health-port", type=int, default=os.environ.get("SPIDERPOOL_HEALTH_PORT", "5720"))
+    p.add_argument("--webhook", action="store_true", help="serve the admission webhook over TLS (off by default)")
+    p.add_argument("--webhook-host", default="", help="address for the webhook (default: all)")
+    p.add_argument("--webhook-port", type=int, default=os.environ.get("SPIDERPOOL_WEBHOOK_PORT", "5722"))
+    p.add_argument("--webhook-cert-dir", type=Path, default=None, help="mounted tls.crt/tls.key (else a CA is made)")
+    p.add_argument("--webhook-service", default="spiderpool-controller", help="Service the certificate names")
+    p.add_argument("--webhook-configuration", default="spiderpool-controller", help="webhook configurations' name")
+    p.add_argument("--webhook-secret", default="spiderpool-controller-server-certs", help="Secret of the made CA")
+    p.add_argument("--webhook-extra-host", action="append", default=[], help="extra certificate name (repeatable)")
+    p.set_defaults(func=_cmd_controller)
+
+    p = sub.add_parser("apply", help="create or update objects from YAML/JSON files or directories")
+    with_store(p)
+    with_kube(p)
+    p.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - (repeatable)")
+    p.set_defaults(func=_cmd_apply)
+
+    p = sub.add_parser("get", help="list or show objects")
+    with_store(p)
+    with_kube(p)
+    p.add_argument("kind", help="kind or alias: sp (SpiderIPPool), se, sr, pod, ns, node, ...")
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.set_defaults(func=_cmd_get)
+
+    p = sub.add_parser("delete", help="delete an object")
+    with_store(p)
+    with_kube(p)
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default="default")
+    p.set_defaults(func=_cmd_delete)
+
+    p = sub.add_parser("check", help="compare pools with endpoints; report (and with --reclaim free) leaks")
+    with_store(p)
+    with_kube(p)
+    p.add_argument("--reclaim", action="store_true", help="free pool records no endpoint accounts for")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("install-cni", help="install the CNI plugin binaries (spiderpool, coordinator, ifacer)")
+    p.add_argument("--bin-dir", default="/opt/cni/bin")
+    p.add_argument("--python", default=sys.executable, help="interpreter the plugin runs with")
+    p.set_defaults(func=_cmd_install_cni)
+
+    p = sub.add_parser("demo", help="start an agent, give real macvlan pods addresses, show them, clean up")
+    p.add_argument("--pods", type=int, default=3)
+    p.add_argument("--keep", action="store_true", help="leave the namespaces and store behind for a look")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "loadtest",
+        help="N agent processes, M pods, P callers: ADD all, DEL all; times, store writes, correctness checks",
+    )
+    p.add_argument("--nodes", type=int, default=10, help="simulated nodes, one agent process each (default 10)")
+    p.add_argument("--pods", type=int, default=1000, help="pods (default 1000)")
+    p.add_argument("--callers", type=int, default=10, help="concurrent CNI calls over all nodes (default 10)")
+    p.add_argument("--pool-size", type=int, default=None, help="addresses in the pool (default: one per pod)")
+    p.add_argument("--via", choices=("shim", "api"), default="shim", help="the CNI plugin (default) or the agent API")
+    p.add_argument("--churn", type=float, default=0.0, metavar="FRACTION", help="re-create this fraction during ADD")
+    p.add_argument("--call-timeout", type=float, default=120.0, metavar="SECONDS", help="per call (default 120)")
+    p.add_argument("--kubeconfig", type=Path, default=None, help="run against this API server (default: embedded)")
+    p.add_argument("--context", default=None, help="kubeconfig context (default: its current one)")
+    p.add_argument("--compare", choices=("host-local",), default=None, help="run the scenario through host-local too")
+    p.add_argument("--compare-plugin", default="", metavar="PATH", help="another IPAM plugin to run it through")
+    p.add_argument(
+        "--compare-config", default="", metavar="FILE", help="its netconf (${NODE}, ${NODE_INDEX}, ${DIR} filled in)"
+    )
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE", help="the report as JSON (- stdout)")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="timeline and latency histogram")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (store, agent logs)")
+    p.set_defaults(func=_cmd_loadtest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spider`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "namespace", "x") is None:
+        args.namespace, args.namespace_given = "default", False
+    else:
+        args.namespace_given = True
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    if args.command in ("agent", "controller"):
+        level = min(level, logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+        return code
+    except (SpiderError, OSError) as exc:
+        print(f"spider {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

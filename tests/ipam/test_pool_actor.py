@@ -1,0 +1,431 @@
+"""PoolActor against the embedded store: idempotence, group commit, conflicts, cancellation (DESIGN §4-§5)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import outcome
+import pytest
+import trio
+import trio.testing
+
+from actors.ipam.pool import Allocation, PoolActor, PoolHandle, PoolMsg, open_pool
+from actors.stores.sqlite import SqliteStore
+from spider.errors import ActorUnavailable, PoolExhausted, PoolNotFound, StaleWrite
+from spider.pool import KIND, Owner, PoolLedger
+from tests.ipam.conftest import (
+    CAPACITY,
+    POOL,
+    TIMEOUT,
+    InterferingStore,
+    foreign,
+    owner,
+    persisted,
+    seed_pool,
+)
+
+
+async def burst(handle: PoolHandle, owners: list[Owner]) -> dict[Owner, outcome.Outcome[Allocation]]:
+    """Allocate for every owner at once; each caller's outcome."""
+    results: dict[Owner, outcome.Outcome[Allocation]] = {}
+
+    async def one(who: Owner) -> None:
+        results[who] = await outcome.acapture(handle.allocate, who)
+
+    async with trio.open_nursery() as nursery:
+        for who in owners:
+            nursery.start_soon(one, who)
+    return results
+
+
+def addresses(results: dict[Owner, outcome.Outcome[Allocation]]) -> dict[tuple[str, str], str]:
+    """The successful replies as ``{owner key: bare address}``."""
+    return {o.key: r.value.ip for o, r in results.items() if isinstance(r, outcome.Value)}
+
+
+async def test_the_first_allocation_gets_the_lowest_address_with_the_pool_settings(
+    handle: PoolHandle,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        got = await handle.allocate(owner(1))
+    assert got == Allocation(POOL, 4, "10.0.0.10/24", "10.0.0.1", ())
+
+
+async def test_a_repeated_allocation_returns_the_same_address_without_writing(
+    handle: PoolHandle, store: InterferingStore
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        first = await handle.allocate(owner(1))
+        writes = store.writes
+        again = await handle.allocate(owner(1))
+    assert again == first
+    assert store.writes == writes
+
+
+async def test_a_repeated_allocation_from_a_new_sandbox_keeps_the_address(
+    handle: PoolHandle, store: InterferingStore
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        first = await handle.allocate(owner(1, container="old"))
+        again = await handle.allocate(owner(1, container="new"))
+        assert again == first
+        # the record names the new sandbox now, so a late release of the old one frees nothing
+        assert await handle.release(owner(1).key, "old-1") is None
+        assert await persisted(store) == {owner(1).key: first.ip}
+
+
+async def test_a_repeated_allocation_is_marked_as_held_not_fresh(handle: PoolHandle) -> None:
+    with trio.fail_after(TIMEOUT):
+        first = await handle.allocate(owner(1))
+        again = await handle.allocate(owner(1, container="new"))
+    assert (first.fresh, again.fresh) == (True, False)
+
+
+async def test_a_held_address_another_process_freed_and_gave_away_is_never_answered_from_memory(
+    handle: PoolHandle, store: InterferingStore
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        first = await handle.allocate(owner(1))
+        # another process (the GC, another agent) frees it and hands it to someone else
+        obj = await store.inner.get(KIND, POOL)
+        ledger = PoolLedger.from_object(obj)
+        assert ledger.release(owner(1).key) is not None
+        ledger.allocate(foreign(1))
+        obj["status"] = ledger.to_status()
+        await store.inner.update_status(obj)
+        again = await handle.allocate(owner(1))
+    assert again.ip != first.ip
+    assert again.fresh
+    assert await persisted(store) == {foreign(1).key: first.ip, owner(1).key: again.ip}
+
+
+async def test_release_frees_the_address_and_the_next_allocation_reuses_the_lowest(
+    handle: PoolHandle, store: InterferingStore
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        a, b, c = [await handle.allocate(owner(i)) for i in range(3)]
+        assert [a.ip, b.ip, c.ip] == ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
+        assert await handle.release(owner(0).key) == "10.0.0.10/24"
+        assert owner(0).key not in await persisted(store)
+        d = await handle.allocate(owner(3))
+    assert d.ip == "10.0.0.10"
+    assert await persisted(store) == {owner(1).key: b.ip, owner(2).key: c.ip, owner(3).key: d.ip}
+
+
+async def test_release_of_an_owner_that_holds_nothing_returns_none_and_writes_nothing(
+    handle: PoolHandle, store: InterferingStore
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert await handle.release(owner(9).key) is None
+    assert store.writes == 0
+
+
+async def test_release_ips_frees_only_records_that_still_name_the_pod(
+    handle: PoolHandle, store: InterferingStore
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        a = await handle.allocate(owner(1))
+        b = await handle.allocate(owner(2))
+        freed = await handle.release_ips(((a.ip, "uid-1"), (b.ip, "uid-someone-else"), ("10.0.0.50", "uid-3")))
+        assert freed == 1
+        assert await persisted(store) == {owner(2).key: b.ip}
+
+
+async def test_inspect_is_a_snapshot_of_the_persisted_ledger(handle: PoolHandle) -> None:
+    with trio.fail_after(TIMEOUT):
+        await handle.allocate(owner(1))
+        snapshot = await handle.inspect()
+        await handle.allocate(owner(2))
+    assert [rec.pod_uid for _, rec in snapshot.holders()] == ["uid-1"]
+    assert snapshot.capacity == CAPACITY
+
+
+async def test_no_address_leaves_the_actor_before_it_is_written(handle: PoolHandle, store: InterferingStore) -> None:
+    store.gate = trio.Event()
+    got: list[Allocation] = []
+
+    async def caller() -> None:
+        got.append(await handle.allocate(owner(1)))
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            await store.entered.wait()  # the actor is about to write
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []
+            assert await persisted(store) == {}
+            store.gate.set()
+    assert await persisted(store) == {owner(1).key: got[0].ip}
+
+
+async def test_a_burst_of_concurrent_allocations_costs_far_fewer_writes_than_requests(
+    sqlite: SqliteStore,
+) -> None:
+    n = 100
+    await seed_pool(sqlite, "big", subnet="10.1.0.0/24", ips="10.1.0.10-10.1.0.250")
+    counted = InterferingStore(sqlite)
+    handle, actor = open_pool("big", counted)
+    owners = [owner(i) for i in range(n)]
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            results = await burst(handle, owners)
+            nursery.cancel_scope.cancel(reason="test over")
+        told = addresses(results)
+        stored = await persisted(sqlite, "big")
+    print(f"\n{n} concurrent allocations: {counted.writes} writes, {actor.stats}")
+    assert len(told) == n
+    assert len(set(told.values())) == n  # every caller got its own address
+    assert stored == told  # and every one of them is durable
+    assert counted.writes <= n // 5
+    assert actor.stats.requests == n
+    assert actor.stats.writes == counted.writes
+    assert actor.stats.largest_batch > 1
+
+
+async def test_the_51st_allocation_of_a_50_address_pool_is_exhausted_while_the_others_succeed(
+    handle: PoolHandle, store: InterferingStore
+) -> None:
+    owners = [owner(i) for i in range(CAPACITY + 1)]
+    with trio.fail_after(TIMEOUT):
+        results = await burst(handle, owners)
+        stored = await persisted(store)
+    failures = [r.error for r in results.values() if isinstance(r, outcome.Error)]
+    assert len(failures) == 1
+    assert isinstance(failures[0], PoolExhausted)
+    assert failures[0].capacity == CAPACITY
+    told = addresses(results)
+    assert len(set(told.values())) == CAPACITY
+    assert stored == told
+
+
+async def test_an_owner_that_holds_an_address_still_gets_it_from_a_full_pool(handle: PoolHandle) -> None:
+    with trio.fail_after(TIMEOUT):
+        results = await burst(handle, [owner(i) for i in range(CAPACITY)])
+        assert await handle.allocate(owner(0)) == results[owner(0)].unwrap()
+        with pytest.raises(PoolExhausted):
+            await handle.allocate(owner("late"))
+
+
+async def test_a_conflicting_writer_never_causes_a_lost_or_duplicated_address(
+    pool: tuple[PoolHandle, PoolActor], store: InterferingStore
+) -> None:
+    handle, actor = pool
+    theirs: list[Owner] = []
+    told: dict[tuple[str, str], str] = {}
+    with trio.fail_after(TIMEOUT):
+        for wave in range(4):  # several batches, each one losing one or two races first
+            interference = [foreign(f"{wave}-{i}") for i in range(1 + wave % 2)]
+            store.interfere(*interference)  # another writer takes an address just before each next write
+            theirs += interference
+            told |= addresses(await burst(handle, [owner(f"{wave}-{i}") for i in range(8)]))
+        stored = await persisted(store)
+    assert store.pending == 0
+    assert actor.stats.conflicts == len(theirs) == 6
+    assert len(told) == 32
+    their = {o.key: store.taken[o.key] for o in theirs}
+    assert all(ip is not None for ip in their.values())
+    assert stored == told | their  # both writers' work survives, with exactly the addresses they were told
+    assert len(set(stored.values())) == len(stored)  # and no address twice
+
+
+async def test_conflicts_beyond_the_budget_fail_the_batch_with_stale_write_and_persist_nothing(
+    pool: tuple[PoolHandle, PoolActor], store: InterferingStore
+) -> None:
+    handle, actor = pool
+    actor.conflict_budget = 0.5  # NB: room for several tries even on a loaded machine
+    store.interfere_forever(foreign("x"))
+    owners = [owner(i) for i in range(5)]
+    with trio.fail_after(TIMEOUT):
+        results = await burst(handle, owners)
+        stored = await persisted(store)
+    errors = [r.error for r in results.values() if isinstance(r, outcome.Error)]
+    assert len(errors) == len(owners)
+    assert all(isinstance(e, StaleWrite) for e in errors)
+    assert actor.stats.conflicts >= 2  # it did retry before giving up
+    assert stored == {foreign("x").key: "10.0.0.10"}  # only the other writer's work
+
+
+async def test_the_actor_serves_again_once_the_conflicts_stop(
+    pool: tuple[PoolHandle, PoolActor], store: InterferingStore
+) -> None:
+    handle, actor = pool
+    actor.conflict_budget = 0.05
+    store.interfere_forever(foreign("x"))
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(StaleWrite):
+            await handle.allocate(owner(1))
+        store.interfere_forever(None)
+        got = await handle.allocate(owner(1))
+        stored = await persisted(store)
+    assert got.ip == "10.0.0.11"
+    assert stored == {foreign("x").key: "10.0.0.10", owner(1).key: "10.0.0.11"}
+
+
+async def test_callers_get_actor_unavailable_when_the_actor_is_cancelled_mid_batch(
+    store: InterferingStore,
+) -> None:
+    handle, actor = open_pool(POOL, store)
+    store.gate = trio.Event()  # never set: the write hangs until the actor is cancelled
+    results: dict[Owner, outcome.Outcome[Allocation]] = {}
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as callers, trio.open_nursery() as actors:
+            await actors.start(actor.run)
+            callers.start_soon(_collect, results, handle, [owner(i) for i in range(5)])
+            await store.entered.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            actors.cancel_scope.cancel(reason="node shutting down")
+        stored = await persisted(store)
+    assert len(results) == 5
+    assert all(isinstance(r, outcome.Error) and isinstance(r.error, ActorUnavailable) for r in results.values())
+    assert stored == {}
+
+
+async def _collect(results: dict[Owner, outcome.Outcome[Allocation]], handle: PoolHandle, owners: list[Owner]) -> None:
+    results.update(await burst(handle, owners))
+
+
+async def test_a_batch_abandoned_by_cancellation_is_not_persisted_by_a_later_run(
+    store: InterferingStore,
+) -> None:
+    handle, actor = open_pool(POOL, store)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as actors:
+            await actors.start(actor.run)
+            await handle.allocate(owner(0))  # the actor now caches the ledger
+            store.gate = trio.Event()
+            store.entered = trio.Event()
+            async with trio.open_nursery() as callers:
+                callers.start_soon(_collect, {}, handle, [owner(1)])
+                await store.entered.wait()
+                actors.cancel_scope.cancel(reason="restart")
+        store.gate = None
+        async with trio.open_nursery() as actors:  # the same actor (and mailbox) runs again, as on a restart
+            await actors.start(actor.run)
+            got = await handle.allocate(owner(2))
+            actors.cancel_scope.cancel(reason="test over")
+        stored = await persisted(store)
+    assert stored == {owner(0).key: "10.0.0.10", owner(2).key: got.ip}  # owner 1 was told "unavailable"
+
+
+async def test_closing_every_handle_lets_the_actor_answer_what_was_queued_and_stop(
+    store: InterferingStore,
+) -> None:
+    send, recv = trio.open_memory_channel[PoolMsg](8)
+    handle, actor = PoolHandle(POOL, send), PoolActor(POOL, store, recv)
+    results: dict[Owner, outcome.Outcome[Allocation]] = {}
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect, results, handle, [owner(i) for i in range(3)])
+            await trio.testing.wait_all_tasks_blocked()  # three requests queued, nobody serving yet
+            send.close()
+            await actor.run()  # returns: the graceful drain
+        stored = await persisted(store)
+    assert len(addresses(results)) == 3
+    assert stored == addresses(results)
+
+
+async def test_a_closed_handle_raises_actor_unavailable(store: InterferingStore) -> None:
+    send, recv = trio.open_memory_channel[PoolMsg](8)
+    handle = PoolHandle(POOL, send)
+    recv.close()
+    with trio.fail_after(TIMEOUT), pytest.raises(ActorUnavailable):
+        await handle.allocate(owner(1))
+
+
+async def test_a_pool_that_does_not_exist_gives_pool_not_found(sqlite: SqliteStore) -> None:
+    handle, actor = open_pool("nope", sqlite)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            with pytest.raises(PoolNotFound) as caught:
+                await handle.allocate(owner(1))
+            nursery.cancel_scope.cancel(reason="test over")
+    assert caught.value.pool == "nope"
+
+
+async def test_a_pool_deleted_while_the_actor_serves_it_gives_pool_not_found(
+    handle: PoolHandle, sqlite: SqliteStore
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        await handle.allocate(owner(1))
+        await sqlite.delete(KIND, POOL)
+        with pytest.raises(PoolNotFound):
+            await handle.allocate(owner(2))
+        with pytest.raises(PoolNotFound):  # and keeps saying so
+            await handle.allocate(owner(3))
+
+
+async def test_statistics_count_requests_batches_writes_and_conflicts(
+    pool: tuple[PoolHandle, PoolActor], store: InterferingStore
+) -> None:
+    handle, actor = pool
+    store.interfere(foreign(1))
+    with trio.fail_after(TIMEOUT):
+        await handle.allocate(owner(1))  # conflicts once, then writes
+        await handle.allocate(owner(1))  # no change, no write
+        await handle.release(owner(1).key)
+    assert actor.stats.requests == 3
+    assert actor.stats.batches == 3
+    assert actor.stats.conflicts == 1
+    assert actor.stats.writes == store.writes == 3
+    assert actor.stats.largest_batch == 1
+
+
+# --- a store with a write lock of its own: fold and write under it -------------------------------------------------
+
+
+async def test_on_the_embedded_store_a_burst_is_one_write_per_batch_and_never_a_conflict(
+    nursery: trio.Nursery, sqlite: SqliteStore
+) -> None:
+    handle, actor = open_pool(POOL, sqlite)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        results = await burst(handle, [owner(i) for i in range(CAPACITY)])
+    assert len(set(addresses(results).values())) == CAPACITY
+    assert actor.stats.conflicts == 0
+    assert actor.stats.writes == actor.stats.batches < CAPACITY / 5
+    assert await persisted(sqlite) == addresses(results)
+
+
+async def test_agents_on_one_file_share_a_pool_without_conflicts_or_duplicates(
+    nursery: trio.Nursery, sqlite: SqliteStore, tmp_path: Path
+) -> None:
+    other = await SqliteStore.open(tmp_path / "store.db")  # another agent's connection to the same file
+    try:
+        mine, my_actor = open_pool(POOL, sqlite)
+        theirs, their_actor = open_pool(POOL, other)
+        results: dict[Owner, outcome.Outcome[Allocation]] = {}
+        with trio.fail_after(TIMEOUT):
+            await nursery.start(my_actor.run)
+            await nursery.start(their_actor.run)
+            async with trio.open_nursery() as callers:
+                callers.start_soon(_collect, results, mine, [owner(i) for i in range(CAPACITY // 2)])
+                callers.start_soon(_collect, results, theirs, [foreign(i) for i in range(CAPACITY // 2)])
+            # each one's answers came from the stored pool, even after the other wrote
+            again = await mine.allocate(owner(0))
+        assert again.ip == addresses(results)[owner(0).key]
+        assert len(set(addresses(results).values())) == CAPACITY
+        assert await persisted(sqlite) == addresses(results)
+        assert my_actor.stats.conflicts == their_actor.stats.conflicts == 0
+    finally:
+        await other.aclose()
+
+
+async def test_a_snapshot_does_not_wait_for_the_files_write_lock(
+    nursery: trio.Nursery, sqlite: SqliteStore, tmp_path: Path
+) -> None:
+    handle, actor = open_pool(POOL, sqlite)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        await handle.allocate(owner(1))
+    holder = os.open(tmp_path / "store.db.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another agent is writing, for a long time
+    try:
+        with trio.fail_after(2):
+            snapshot = await handle.inspect()
+    finally:
+        os.close(holder)
+    assert [rec.pod_uid for _, rec in snapshot.holders()] == ["uid-1"]

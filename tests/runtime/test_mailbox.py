@@ -1,0 +1,90 @@
+"""``Reply``, the one-shot answer slot, and ``drain``, the group-commit batcher (actors/mailbox.py)."""
+
+from __future__ import annotations
+
+import outcome
+import pytest
+import trio
+
+from actors.runtime.mailbox import Reply, drain
+from spider.errors import PoolExhausted
+
+TIMEOUT = 5
+
+
+async def test_a_resolved_reply_gives_its_value_to_the_waiter() -> None:
+    reply = Reply[int].open()
+    reply.value(7)
+    with trio.fail_after(TIMEOUT):
+        assert await reply.wait() == 7
+
+
+async def test_a_waiter_blocks_until_the_reply_is_resolved() -> None:
+    reply = Reply[str].open()
+    got: list[str] = []
+
+    async def waiter() -> None:
+        got.append(await reply.wait())
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []
+            reply.value("late")
+    assert got == ["late"]
+
+
+async def test_a_second_resolve_is_ignored() -> None:
+    reply = Reply[int].open()
+    reply.value(1)
+    reply.value(2)  # never blocks nor raises
+    reply.error(PoolExhausted(pool="p", capacity=1))
+    with trio.fail_after(TIMEOUT):
+        assert await reply.wait() == 1
+
+
+async def test_resolving_after_the_waiter_gave_up_neither_blocks_nor_raises() -> None:
+    reply = Reply[int].open()
+    with trio.move_on_after(0.01) as scope:
+        await reply.wait()
+    assert scope.cancelled_caught
+    reply.value(1)
+    reply.error(RuntimeError("nobody listens"))
+
+
+async def test_an_error_raises_in_the_waiter() -> None:
+    reply = Reply[int].open()
+    reply.resolve(outcome.Error(PoolExhausted(pool="p", capacity=3)))
+    with trio.fail_after(TIMEOUT), pytest.raises(PoolExhausted) as caught:
+        await reply.wait()
+    assert caught.value.capacity == 3
+
+
+def test_drain_takes_everything_queued_below_the_limit() -> None:
+    send, recv = trio.open_memory_channel[int](10)
+    for i in range(1, 4):
+        send.send_nowait(i)
+    assert drain(recv, 0, limit=10) == [0, 1, 2, 3]
+    with pytest.raises(trio.WouldBlock):
+        recv.receive_nowait()
+
+
+def test_drain_stops_at_the_limit_counting_the_first_message() -> None:
+    send, recv = trio.open_memory_channel[int](10)
+    for i in range(1, 8):
+        send.send_nowait(i)
+    assert drain(recv, 0, limit=4) == [0, 1, 2, 3]
+    assert recv.receive_nowait() == 4  # the rest stays queued, in order
+
+
+def test_drain_of_an_empty_mailbox_is_just_the_first_message() -> None:
+    _, recv = trio.open_memory_channel[str](1)
+    assert drain(recv, "only", limit=64) == ["only"]
+
+
+def test_drain_returns_what_was_queued_before_the_senders_closed() -> None:
+    send, recv = trio.open_memory_channel[int](4)
+    send.send_nowait(1)
+    send.close()
+    assert drain(recv, 0, limit=4) == [0, 1]

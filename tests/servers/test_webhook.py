@@ -1,0 +1,339 @@
+"""The admission webhook over real TLS: certificates, caBundle, AdmissionReview answers on Spiderpool's paths."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import trio
+
+from actors.servers.certs import CertSettings, generate, problem, write_bundle
+from actors.servers.webhook import ROUTES, AdmissionWebhook, WebhookSettings
+from actors.stores.port import Obj, Store
+from actors.stores.sqlite import SqliteStore
+from spider.kinds import FINALIZER
+from tests.controller.support import FaultyStore, pool, subnet
+
+TIMEOUT = 20
+NAMESPACE = "kube-system"
+SERVICE_DNS = "spiderpool-controller.kube-system.svc"
+VALIDATE = "/validate-spiderpool-spidernet-io-v2beta1-spiderippool"
+MUTATE = "/mutate-spiderpool-spidernet-io-v2beta1-spiderippool"
+
+
+def configuration(kind: str) -> Obj:
+    """A webhook configuration as the manifests install it: no caBundle yet."""
+    action = "mutate" if kind.startswith("Mutating") else "validate"
+    webhooks = [
+        {
+            "name": f"{action}-{k.lower()}.spiderpool.spidernet.io",
+            "clientConfig": {
+                "service": {"name": "spiderpool-controller", "namespace": NAMESPACE, "port": 5722},
+                "path": f"/{action}-spiderpool-spidernet-io-v2beta1-{k.lower()}",
+            },
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+        }
+        for k in ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP")
+    ]
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": "spiderpool-controller"},
+        "webhooks": webhooks,
+    }
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with await SqliteStore.open(tmp_path / "store.db") as s:
+        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            await s.create(configuration(kind))
+        yield s
+
+
+def cert_settings(cert_dir: Path | None = None) -> CertSettings:
+    return CertSettings(namespace=NAMESPACE, cert_dir=cert_dir)
+
+
+@asynccontextmanager
+async def serving(store: Store, certs: CertSettings | None = None) -> AsyncIterator[AdmissionWebhook]:
+    webhook = AdmissionWebhook(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(webhook.serve, WebhookSettings(certs or cert_settings(), port=0, host="127.0.0.1"))
+        yield webhook
+        nursery.cancel_scope.cancel(reason="test over")
+
+
+async def ca_bundle(store: Store, kind: str = "ValidatingWebhookConfiguration") -> bytes:
+    """The CA the API server would trust: read back from the stored configuration."""
+    (bundle,) = {w["clientConfig"]["caBundle"] for w in (await store.get(kind, "spiderpool-controller"))["webhooks"]}
+    return base64.b64decode(bundle)
+
+
+async def post(port: int, path: str, body: bytes, ca: bytes, hostname: str = SERVICE_DNS) -> tuple[int, Any]:
+    """POST over TLS as the API server does: connect to the Service's name, verify against the caBundle."""
+    context = ssl.create_default_context(cadata=ca.decode())
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, context, server_hostname=hostname)
+    conn = h11.Connection(h11.CLIENT)
+    async with stream:
+        headers = [("Host", hostname), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        data = conn.send(h11.Request(method="POST", target=path, headers=headers))
+        data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        await stream.send_all(data)
+        status, raw = 0, bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(bytes(await stream.receive_some(65536)))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                raw += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return status, json.loads(raw) if raw else None
+
+
+def review(operation: str, obj: Any, old: Any = None, kind: str = "SpiderIPPool", uid: str = "uid-1") -> bytes:
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "spiderpool.spidernet.io", "version": "v2beta1", "kind": kind},
+                "name": (obj or old or {}).get("metadata", {}).get("name", ""),
+                "operation": operation,
+                "object": obj,
+                "oldObject": old,
+            },
+        }
+    ).encode()
+
+
+def patch_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    assert answer["response"]["patchType"] == "JSONPatch"
+    ops: list[dict[str, Any]] = json.loads(base64.b64decode(answer["response"]["patch"]))
+    return ops
+
+
+def mutated_pool(name: str, **spec: Any) -> Obj:
+    """A pool as the validating webhook receives it (after mutation: ipVersion set)."""
+    obj = pool(name, **spec)
+    obj["spec"].setdefault("ipVersion", 4)
+    return obj
+
+
+async def test_the_made_ca_goes_into_every_webhook_of_both_configurations_and_verifies_the_server(
+    store: Store,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store)
+            assert ca == await ca_bundle(store, "MutatingWebhookConfiguration")
+            secret = await store.get("Secret", "spiderpool-controller-server-certs", NAMESPACE)
+            assert secret["type"] == "kubernetes.io/tls"
+            assert base64.b64decode(secret["data"]["ca.crt"]) == ca
+            status, answer = await post(webhook.port, VALIDATE, review("CREATE", mutated_pool("p")), ca)
+            assert status == 200
+            assert answer == {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {"uid": "uid-1", "allowed": True},
+            }
+
+
+async def test_an_invalid_pool_is_denied_with_the_reason(store: Store) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            bad = mutated_pool("p", subnet="10.6.0.0/16", ips=["10.7.0.1"])
+            status, answer = await post(webhook.port, VALIDATE, review("CREATE", bad), await ca_bundle(store))
+            assert status == 200
+            response = answer["response"]
+            assert response["uid"] == "uid-1"
+            assert response["allowed"] is False
+            assert response["status"]["code"] == 422
+            assert response["status"]["reason"] == "Invalid"
+            assert "spec.ips" in response["status"]["message"]
+
+
+async def test_a_pool_overlapping_a_stored_pool_is_denied(store: Store) -> None:
+    with trio.fail_after(TIMEOUT):
+        await store.create(mutated_pool("first", ips=["10.6.0.10-10.6.0.20"]))
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            second = mutated_pool("second", ips=["10.6.0.15-10.6.0.30"])
+            _, answer = await post(webhook.port, VALIDATE, review("CREATE", second), await ca_bundle(store))
+            assert answer["response"]["allowed"] is False
+            assert "overlap with IPPool first" in answer["response"]["status"]["message"]
+
+
+async def test_mutation_answers_a_base64_json_patch_with_spiderpools_defaults(store: Store) -> None:
+    with trio.fail_after(TIMEOUT):
+        await store.create(subnet("s1", cidr="10.6.0.0/16", gateway="10.6.0.1"))
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            status, answer = await post(webhook.port, MUTATE, review("CREATE", pool("p")), await ca_bundle(store))
+            assert status == 200
+            assert answer["response"]["allowed"] is True
+            ops = {op["path"]: op for op in patch_of(answer)}
+            assert ops["/metadata/finalizers"] == {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
+            assert ops["/spec/ipVersion"]["value"] == 4
+            assert ops["/spec/gateway"]["value"] == "10.6.0.1"  # inherited from the subnet of its CIDR
+            assert ops["/metadata/labels"]["value"]["ipam.spidernet.io/ippool-cidr"] == "10-6-0-0-16"
+
+
+async def test_a_finalizer_only_update_of_a_terminating_pool_is_never_blocked(store: Store) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store)
+            old = pool("p", subnet="garbage")  # even a pool no rule accepts any more
+            old["metadata"].update(finalizers=[FINALIZER], deletionTimestamp="2024-01-01T00:00:00Z")
+            new = {**old, "metadata": {**old["metadata"], "finalizers": []}}
+            for path in (VALIDATE, MUTATE):
+                status, answer = await post(webhook.port, path, review("UPDATE", new, old), ca)
+                assert status == 200
+                assert answer["response"] == {"uid": "uid-1", "allowed": True}
+            _, answer = await post(webhook.port, VALIDATE, review("DELETE", None, old), ca)
+            assert answer["response"]["allowed"] is True
+
+
+async def test_subnets_and_reserved_ips_have_their_own_paths(store: Store) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store)
+            reserved = {
+                "kind": "SpiderReservedIP",
+                "metadata": {"name": "r"},
+                "spec": {"ips": ["10.6.0.9", "10.6.0.8"]},
+            }
+            path = "/mutate-spiderpool-spidernet-io-v2beta1-spiderreservedip"
+            _, answer = await post(webhook.port, path, review("CREATE", reserved, kind="SpiderReservedIP"), ca)
+            ops = {op["path"]: op["value"] for op in patch_of(answer)}
+            assert ops == {"/spec/ipVersion": 4, "/spec/ips": ["10.6.0.8-10.6.0.9"]}
+            bad = subnet("s", cidr="10.6.0.1/16")
+            bad["spec"]["ipVersion"] = 4
+            path = "/validate-spiderpool-spidernet-io-v2beta1-spidersubnet"
+            _, answer = await post(webhook.port, path, review("CREATE", bad, kind="SpiderSubnet"), ca)
+            assert answer["response"]["allowed"] is False
+            assert "unformatted subnet" in answer["response"]["status"]["message"]
+
+
+async def test_requests_that_are_not_reviews_for_the_path_are_refused(store: Store) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store)
+            status, answer = await post(webhook.port, VALIDATE, b"{not json", ca)
+            assert status == 400
+            assert "AdmissionReview" in answer
+            status, answer = await post(webhook.port, VALIDATE, review("CREATE", subnet("s"), kind="SpiderSubnet"), ca)
+            assert status == 200
+            assert answer["response"]["allowed"] is False
+            assert answer["response"]["status"]["code"] == 400
+            status, _ = await post(webhook.port, "/validate-nothing", review("CREATE", pool("p")), ca)
+            assert status == 404
+
+
+async def test_the_answer_is_500_when_the_store_cannot_be_read_so_failure_policy_decides(store: Store) -> None:
+    faulty = FaultyStore(store)
+    with trio.fail_after(TIMEOUT):
+        async with serving(faulty) as webhook:
+            assert webhook.port is not None
+            faulty.down = True
+            status, answer = await post(
+                webhook.port, VALIDATE, review("CREATE", mutated_pool("p")), await ca_bundle(store)
+            )
+            assert status == 500
+            assert "store down" in answer
+
+
+async def test_a_client_that_does_not_trust_the_ca_gets_no_answer(store: Store) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            stranger = await trio.to_thread.run_sync(generate, (SERVICE_DNS,))
+            with pytest.raises(trio.BrokenResourceError):
+                await post(webhook.port, VALIDATE, review("CREATE", pool("p")), stranger.ca)
+            with pytest.raises(trio.BrokenResourceError):  # nor one that asks for a name it does not cover
+                await post(webhook.port, VALIDATE, review("CREATE", pool("p")), await ca_bundle(store), "evil.example")
+            status, _ = await post(webhook.port, VALIDATE, review("CREATE", mutated_pool("p")), await ca_bundle(store))
+            assert status == 200  # and the server keeps serving the others
+
+
+async def test_a_second_replica_serves_a_certificate_from_the_same_ca(store: Store, tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving(store):
+            secret = await store.get("Secret", "spiderpool-controller-server-certs", NAMESPACE)
+            ca = await ca_bundle(store)
+        async with await SqliteStore.open(tmp_path / "store.db") as other, serving(other) as second:
+            assert second.port is not None
+            assert (await other.get("Secret", secret["metadata"]["name"], NAMESPACE)) == secret  # reused, not remade
+            status, _ = await post(second.port, VALIDATE, review("CREATE", mutated_pool("p")), ca)
+            assert status == 200
+
+
+async def test_a_mounted_certificate_is_served_and_the_configurations_are_left_alone(
+    store: Store, tmp_path: Path
+) -> None:
+    mounted = generate(("spiderpool-controller.kube-system.svc",))
+    write_bundle(tmp_path / "tls", mounted)
+    with trio.fail_after(TIMEOUT):
+        async with serving(store, cert_settings(tmp_path / "tls")) as webhook:
+            assert webhook.port is not None
+            configured = await store.get("ValidatingWebhookConfiguration", "spiderpool-controller")
+            assert all("caBundle" not in w["clientConfig"] for w in configured["webhooks"])  # cert-manager's job
+            status, _ = await post(webhook.port, VALIDATE, review("CREATE", mutated_pool("p")), mounted.ca)
+            assert status == 200
+
+
+def test_a_stored_certificate_that_misses_a_name_or_expires_is_replaced() -> None:
+    hosts = ("spiderpool-controller.kube-system.svc", "127.0.0.1")
+    bundle = generate(hosts)
+    assert problem(bundle, hosts) is None
+    assert (
+        problem(bundle, (*hosts, "spiderpool-controller.other.svc")) == "does not cover spiderpool-controller.other.svc"
+    )
+    other = generate(hosts)
+    assert (
+        problem(type(bundle)(bundle.cert, other.key, bundle.ca), hosts) == "the key does not belong to the certificate"
+    )
+    assert problem(type(bundle)(b"junk", bundle.key, bundle.ca), hosts) is not None
+
+
+def test_the_manifests_call_exactly_the_paths_the_webhook_serves_and_never_block_deletion() -> None:
+    from tests.deploy.files import DEPLOY, documents
+
+    configs = {d["kind"]: d for d in documents(DEPLOY / "webhook" / "webhooks.yaml")}
+    served = ROUTES
+    called = set()
+    for kind, action, policy in (
+        ("MutatingWebhookConfiguration", "mutate", "Ignore"),
+        ("ValidatingWebhookConfiguration", "validate", "Fail"),
+    ):
+        config = configs[kind]
+        assert config["metadata"]["name"] == cert_settings().configuration  # the one whose caBundle we fill in
+        for hook in config["webhooks"]:
+            service = hook["clientConfig"]["service"]
+            assert (service["name"], service["namespace"]) == (cert_settings().service, NAMESPACE)
+            assert served[service["path"]][0] == action
+            assert hook["failurePolicy"] == policy
+            assert "caBundle" not in hook["clientConfig"]
+            for rule in hook["rules"]:
+                assert rule["operations"] == ["CREATE", "UPDATE"]  # never DELETE
+                assert not any("/" in r for r in rule["resources"])  # never the status subresource
+            called.add(service["path"])
+    assert called == set(served)

@@ -1,0 +1,174 @@
+"""The ``spider`` command as people use it: apply, get, delete, check, install-cni, agent shutdown, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import yaml
+
+from actors.tools import demo
+from tests.support import ROOT, AgentProcess, http_call_sync, short_tmp
+
+
+def spider(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "actors", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        input=stdin,
+        check=False,
+    )
+
+
+@pytest.fixture
+def store() -> Iterator[Path]:
+    with short_tmp() as d:
+        yield d / "store.db"
+
+
+def test_apply_a_directory_then_get_shows_pools_with_counts(store: Path) -> None:
+    applied = spider("apply", "-f", "deploy/examples", "--store", str(store))
+    assert applied.returncode == 0, applied.stderr
+    assert "spiderippool/demo-v4 created" in applied.stdout
+    table = spider("get", "sp", "--store", str(store))
+    assert table.returncode == 0
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == [
+        "NAME",
+        "VERSION",
+        "SUBNET",
+        "ALLOCATED-IP-COUNT",
+        "TOTAL-IP-COUNT",
+        "FREE",
+        "DEFAULT",
+        "DISABLE",
+    ]
+    # demo-v4: 191 listed, 1 excluded => total 190; 2 reserved => 188 free.
+    assert rows[0].split() == ["demo-v4", "4", "10.210.0.0/24", "0", "190", "188", "true", "false"]
+
+
+def test_apply_again_reports_unchanged_and_a_change_reports_configured(store: Path) -> None:
+    spider("apply", "-f", "deploy/examples/10-ippool-v4.yaml", "--store", str(store))
+    again = spider("apply", "-f", "deploy/examples/10-ippool-v4.yaml", "--store", str(store))
+    assert "unchanged" in again.stdout
+    doc = yaml.safe_load(Path(ROOT / "deploy/examples/10-ippool-v4.yaml").read_text())
+    doc["spec"]["disable"] = True
+    changed = spider("apply", "-f", "-", "--store", str(store), stdin=yaml.safe_dump(doc))
+    assert "spiderippool/demo-v4 configured" in changed.stdout
+    got = json.loads(spider("get", "sp", "demo-v4", "-o", "json", "--store", str(store)).stdout)
+    assert got["spec"]["disable"] is True
+    assert got["status"]["totalIPCount"] == 190
+
+
+def test_an_invalid_pool_is_refused_with_a_clear_error_and_stores_nothing(store: Path) -> None:
+    bad = {"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool", "metadata": {"name": "bad"}}
+    bad["spec"] = {"subnet": "10.0.0.1/24", "ips": ["10.0.0.10"]}
+    done = spider("apply", "-f", "-", "--store", str(store), stdin=json.dumps(bad))
+    assert done.returncode == 1
+    assert "unformatted subnet 10.0.0.1/24, please change it to 10.0.0.0/24" in done.stderr
+    assert json.loads(spider("get", "sp", "-o", "json", "--store", str(store)).stdout)["items"] == []
+
+
+def test_pods_namespaces_and_nodes_can_be_applied_and_read_back_as_yaml(store: Path) -> None:
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {"tier": "gold"}}},
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "z1"}}},
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "team-a", "annotations": {"ipam.spidernet.io/ippool": "{}"}},
+            "status": {"phase": "Running"},
+        },
+    ]
+    done = spider("apply", "-f", "-", "--store", str(store), stdin=yaml.safe_dump_all(docs))
+    assert done.returncode == 0, done.stderr
+    pod = yaml.safe_load(spider("get", "pod", "web", "-n", "team-a", "-o", "yaml", "--store", str(store)).stdout)
+    assert pod["metadata"]["annotations"] == {"ipam.spidernet.io/ippool": "{}"}
+    assert pod["status"] == {"phase": "Running"}
+    assert pod["metadata"]["uid"]
+    listed = json.loads(spider("get", "ns", "-l", "tier=gold", "-o", "json", "--store", str(store)).stdout)
+    assert [o["metadata"]["name"] for o in listed["items"]] == ["team-a"]
+
+
+def test_delete_removes_an_object_and_a_missing_one_is_an_error(store: Path) -> None:
+    spider("apply", "-f", "deploy/examples/30-reservedip.yaml", "--store", str(store))
+    assert spider("delete", "sr", "demo-reserved", "--store", str(store)).returncode == 0
+    missing = spider("delete", "sr", "demo-reserved", "--store", str(store))
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr
+
+
+def test_unknown_kinds_are_named_in_the_error(store: Path) -> None:
+    done = spider("get", "frobs", "--store", str(store))
+    assert done.returncode == 1
+    assert "unknown kind 'frobs'" in done.stderr
+
+
+def test_install_cni_writes_an_executable_plugin_that_answers_version() -> None:
+    with short_tmp() as d:
+        done = spider("install-cni", "--bin-dir", str(d))
+        assert done.returncode == 0
+        plugin = d / "spiderpool"
+        assert os.access(plugin, os.X_OK)
+        assert plugin.read_text().startswith(f"#!{sys.executable} -IS\n")
+        answer = subprocess.run(
+            [str(plugin)],
+            input=b'{"cniVersion":"0.4.0"}',
+            env={"CNI_COMMAND": "VERSION"},
+            capture_output=True,
+            check=False,
+        )
+    assert json.loads(answer.stdout)["cniVersion"] == "0.4.0"
+
+
+def test_check_of_an_empty_store_is_consistent(store: Path) -> None:
+    spider("apply", "-f", "deploy/examples", "--store", str(store))
+    done = spider("check", "--store", str(store))
+    assert done.returncode == 0
+    assert "consistent" in done.stdout
+
+
+def test_the_agent_drains_and_exits_cleanly_on_sigterm() -> None:
+    with short_tmp() as d:
+        agent = AgentProcess(d / "store.db", d / "agent.sock", "node-9", d / "agent.log")
+        agent.start()
+        assert http_call_sync(agent.socket_path, "GET", "/v1/ipam/healthy")[0] == 200
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGTERM)
+        assert agent.proc.wait(30) == 0
+        assert not agent.socket_path.exists()
+        assert "draining" in agent.log.read_text()
+
+
+def test_the_agent_replaces_a_stale_socket_left_by_a_crash() -> None:
+    with short_tmp() as d:
+        first = AgentProcess(d / "store.db", d / "agent.sock", "node-9", d / "agent.log")
+        first.start()
+        first.kill()
+        assert first.socket_path.exists()
+        second = AgentProcess(d / "store.db", d / "agent.sock", "node-9", d / "agent.log")
+        second.start()
+        assert http_call_sync(second.socket_path, "GET", "/v1/ipam/healthy")[0] == 200
+        assert second.stop() == 0
+
+
+async def test_the_demo_without_interfaces_runs_the_ipam_part_and_says_what_it_skipped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo, "can_make_interfaces", lambda: "not running as root")
+    with trio.fail_after(60):
+        code = await demo.run_demo(2)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "skipping real interfaces (not running as root)" in out
+    assert "demo passed" in out
+    assert "demo-pod-2" in out

@@ -1,0 +1,68 @@
+"""The installed ``spiderpool`` plugin is a launcher that runs the byte-compiled shim beside it, and falls back
+to the shim's source whenever that compiled code is missing or was made by another Python."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import marshal
+import subprocess
+import sys
+from pathlib import Path
+
+from actors.tools.launcher import install_cni, install_launched
+from tests.support import short_tmp
+
+
+def version_of(plugin: Path) -> tuple[int, str]:
+    done = subprocess.run(
+        [str(plugin)],
+        input=b'{"cniVersion":"0.4.0"}',
+        env={"CNI_COMMAND": "VERSION"},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode, done.stdout.decode()
+
+
+def test_install_cni_puts_the_compiled_shim_and_its_source_beside_the_launcher() -> None:
+    with short_tmp() as d:
+        plugin = install_cni(d)[0]
+        code, out = version_of(plugin)
+        assert code == 0
+        assert json.loads(out)["cniVersion"] == "0.4.0"
+        assert (d / "spiderpool.py").read_text().startswith('"""The ``spiderpool`` IPAM plugin')
+        assert (d / "spiderpool.pyc").read_bytes()[:4] == importlib.util.MAGIC_NUMBER
+        assert plugin.read_text().startswith(f"#!{sys.executable} -IS\n")
+        assert not list(d.glob("*.tmp"))
+
+
+def test_the_launcher_runs_the_compiled_code_not_the_source() -> None:
+    with short_tmp() as d:
+        plugin = install_cni(d)[0]
+        decoy = compile('import sys; sys.stdout.write("from the pyc")', "decoy", "exec")
+        (d / "spiderpool.pyc").write_bytes(importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(decoy))
+        assert version_of(plugin) == (0, "from the pyc")
+
+
+def test_compiled_code_of_another_python_is_ignored_for_the_source() -> None:
+    with short_tmp() as d:
+        plugin = install_cni(d)[0]
+        pyc = d / "spiderpool.pyc"
+        pyc.write_bytes(b"\x00\x00\r\n" + pyc.read_bytes()[4:])  # another interpreter's magic number
+        code, out = version_of(plugin)
+        assert code == 0
+        assert json.loads(out)["cniVersion"] == "0.4.0"
+        pyc.unlink()
+        assert version_of(plugin)[0] == 0
+
+
+def test_an_interpreter_that_cannot_run_here_gets_the_source_only() -> None:
+    with short_tmp() as d:
+        source = 'import sys\nsys.stdout.write("source ran")\n'
+        launcher = install_launched(d, "demo", source, "/nonexistent/python3")
+        assert not (d / "demo.pyc").exists()
+        assert launcher.read_text().startswith("#!/nonexistent/python3 -IS\n")
+        done = subprocess.run([sys.executable, "-I", "-S", str(launcher)], capture_output=True, timeout=30, check=False)
+        assert done.stdout == b"source ran"
