@@ -39,3 +39,69 @@ def test_mypy_strict_passes() -> None:
 def test_layers_are_kept() -> None:
     done = run("lint-imports", "--no-cache")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+PRODUCT = ("spider", "actors", "cni")
+
+
+def test_no_import_cycle_between_product_modules() -> None:
+    import grimp
+
+    graph = grimp.build_graph(*PRODUCT, cache_dir=None)
+    modules = sorted(graph.modules)
+    index = {m: i for i, m in enumerate(modules)}
+    # Tarjan's strongly connected components: any component of two or more modules is a cycle.
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        order[m] = low[m] = len(order)
+        stack.append(m)
+        on_stack.add(m)
+        for n in sorted(graph.find_modules_directly_imported_by(m), key=index.__getitem__):
+            if n not in order:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in on_stack:
+                low[m] = min(low[m], order[n])
+        if low[m] == order[m]:
+            component = []
+            while True:
+                n = stack.pop()
+                on_stack.discard(n)
+                component.append(n)
+                if n == m:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for m in modules:
+        if m not in order:
+            visit(m)
+    assert cycles == []
+
+
+def test_no_product_module_is_over_1000_lines() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for package in PRODUCT
+        for p in (ROOT / package).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 1000
+    }
+    assert long == {}
+
+
+def test_actors_is_a_set_of_rooms_that_say_what_they_own() -> None:
+    loose = sorted(p.name for p in (ROOT / "actors").glob("*.py") if p.name != "__init__.py")
+    assert len(loose) <= 8, loose
+    rooms = [p for p in (ROOT / "actors").iterdir() if p.is_dir() and not p.name.startswith("__")]
+    assert len(rooms) >= 5
+    for room in rooms:
+        init = room / "__init__.py"
+        assert init.exists(), f"{room.name} is not a package"
+        text = init.read_text()
+        assert text.startswith('"""'), f"{room.name}/__init__.py must say what it owns"
+        assert "import" in text.lower(), f"{room.name}/__init__.py must say what it may import"
