@@ -24,15 +24,8 @@ import trio
 
 from actors.node import netlink
 from actors.runtime.mailbox import Reply
-from spider.coordinator import (
-    NsView,
-    Plan,
-    SetupSpec,
-    TeardownSpec,
-    check_setup,
-    plan_setup,
-    plan_teardown,
-)
+from spider.coordinator.observed import NsView
+from spider.coordinator.plan import Plan, SetupSpec, TeardownSpec, check_setup, plan_setup, plan_teardown
 from spider.errors import ActorUnavailable, SpiderError
 from spider.ifacer import IfacerConf
 

@@ -25,21 +25,12 @@ from actors.node import probing
 from actors.node.actor import NodeHandle
 from actors.stores.port import NotFound
 from spider import cni
-from spider.coordinator import (
-    KIND,
-    AddressConflict,
-    ClusterConfig,
-    CoordinatorConf,
-    CoordinatorRequest,
-    GatewayUnreachable,
-    NamespaceGone,
-    SetupSpec,
-    TeardownSpec,
-    family_of,
-    parse_request,
-    random_mac,
-    resolve_mode,
-)
+from spider.coordinator.config import KIND, ClusterConfig, CoordinatorConf
+from spider.coordinator.errors import AddressConflict, GatewayUnreachable, NamespaceGone
+from spider.coordinator.mode import resolve_mode
+from spider.coordinator.observed import family_of
+from spider.coordinator.plan import SetupSpec, TeardownSpec, random_mac
+from spider.coordinator.request import CoordinatorRequest, parse_request
 from spider.errors import CheckFailed, InvalidEnvironment, InvalidNetConf, SpiderError
 from spider.ifacer import IfacerConf
 from spider.ipam_request import DelRequest

@@ -37,15 +37,14 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.nftables.expressions import genex
 from pyroute2.nftables.main import NFTables
 
-from spider.coordinator import (
+from spider.coordinator.errors import InterfaceSetupFailed, NamespaceGone
+from spider.coordinator.mode import POD_MARK_TABLE, POD_VETH
+from spider.coordinator.observed import Address, Link, Neighbour, NsView, RouteEntry, RuleEntry, family_of
+from spider.coordinator.ops import (
     MARK,
     NFT_TABLE,
-    POD_MARK_TABLE,
-    POD_VETH,
-    RULE_PRIORITY,
     AddAddress,
     AddNeighbour,
-    Address,
     AddRoute,
     AddRule,
     AddVeth,
@@ -55,21 +54,14 @@ from spider.coordinator import (
     DelRoutes,
     DelRule,
     DropRuleIfUnused,
-    InterfaceSetupFailed,
-    Link,
     MarkReplies,
     MoveRoute,
-    NamespaceGone,
-    Neighbour,
-    NsView,
     Op,
-    RouteEntry,
-    RuleEntry,
     SetLink,
     Sysctl,
     UnmarkReplies,
-    family_of,
 )
+from spider.coordinator.plan import RULE_PRIORITY
 from spider.errors import InvalidEnvironment, InvalidNetConf
 from spider.ifacer import IfacerConf
 

@@ -28,7 +28,9 @@ import trio
 
 from actors.node.actor import NodeHandle
 from spider import packets
-from spider.coordinator import AddressConflict, DetectOptions, GatewayUnreachable, InterfaceSetupFailed, PrevIP
+from spider.coordinator.config import DetectOptions
+from spider.coordinator.errors import AddressConflict, GatewayUnreachable, InterfaceSetupFailed
+from spider.coordinator.request import PrevIP
 
 log = logging.getLogger(__name__)
 

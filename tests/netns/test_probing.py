@@ -13,7 +13,9 @@ import trio
 
 from actors.node import probing
 from actors.node.actor import NodeHandle, open_node
-from spider.coordinator import AddressConflict, DetectOptions, GatewayUnreachable, NamespaceGone, PrevIP
+from spider.coordinator.config import DetectOptions
+from spider.coordinator.errors import AddressConflict, GatewayUnreachable, NamespaceGone
+from spider.coordinator.request import PrevIP
 from tests.netns.coordinator_topology import in_ns, ip, why_not
 
 WHY_NOT = why_not()

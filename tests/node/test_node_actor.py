@@ -12,7 +12,7 @@ import trio.lowlevel
 
 from actors.node.actor import NodeHandle, open_node
 from actors.node.netlink import NetlinkWorker, Session
-from spider.coordinator import NamespaceGone
+from spider.coordinator.errors import NamespaceGone
 from spider.errors import ActorUnavailable, InvalidEnvironment
 
 

@@ -1,0 +1,160 @@
+"""One forwarded invocation of the coordinator (or ifacer), validated: ``parse_request``.
+
+Owns the checks of the ``CNI_*`` environment and of the configuration on stdin, in the order a reader of the
+error wants (verb, environment, decode, version, verb against version, ``prevResult``), and the
+``CoordinatorRequest`` they produce with the ``prevResult`` addresses of this interface (``PrevIP``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Final
+
+import attrs
+
+from spider.cni import SUPPORTED_VERSIONS, JsonObject, json_type, parse_args, version_key
+from spider.coordinator.observed import family_of
+from spider.errors import DecodeFailure, IncompatibleVersion, InvalidEnvironment, InvalidNetConf
+
+COMMANDS: Final = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+_REQUIRED_ENV: Final[Mapping[str, tuple[str, ...]]] = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "GC": (),
+    "STATUS": (),
+}
+_FIRST_VERSION: Final[Mapping[str, tuple[int, ...]]] = {"CHECK": (0, 4, 0), "GC": (1, 1, 0), "STATUS": (1, 1, 0)}
+_CONTAINER_ID: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*", re.ASCII)
+
+
+@attrs.frozen(kw_only=True)
+class PrevIP:
+    """One address of ``prevResult`` that belongs to this plugin's interface."""
+
+    address: str  # ip/prefix
+    gateway: str | None = None
+
+    @property
+    def ip(self) -> str:
+        return self.address.partition("/")[0]
+
+    @property
+    def family(self) -> int:
+        return family_of(self.address)
+
+
+@attrs.frozen(kw_only=True)
+class CoordinatorRequest:
+    """One validated invocation of the coordinator.  Fields a verb does not use are empty."""
+
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: Mapping[str, str] = attrs.field(factory=dict)
+    version: str = ""
+    conf: JsonObject = attrs.field(factory=dict)
+    prev_result: JsonObject | None = None
+
+    @property
+    def pod_name(self) -> str:
+        return self.args.get("K8S_POD_NAME", "")
+
+    @property
+    def pod_namespace(self) -> str:
+        return self.args.get("K8S_POD_NAMESPACE", "")
+
+    @property
+    def pod_uid(self) -> str:
+        return self.args.get("K8S_POD_UID", "")
+
+    def prev_ips(self) -> tuple[PrevIP, ...]:
+        """The addresses ``prevResult`` gives this interface (all of them when it names no interfaces)."""
+        result = self.prev_result or {}
+        interfaces = result.get("interfaces") or []
+        mine = {
+            i
+            for i, itf in enumerate(interfaces)
+            if isinstance(itf, dict) and itf.get("name") == self.ifname and itf.get("sandbox")
+        }
+        out = []
+        for ip in result.get("ips") or []:
+            if not isinstance(ip, dict) or not isinstance(ip.get("address"), str):
+                continue
+            index = ip.get("interface")
+            if mine and isinstance(index, int) and index not in mine:
+                continue
+            gateway = ip.get("gateway")
+            out.append(PrevIP(address=ip["address"], gateway=gateway if isinstance(gateway, str) else None))
+        return tuple(out)
+
+
+def parse_request(env: Mapping[str, str], stdin: bytes, *, chained: bool = True) -> CoordinatorRequest:
+    """Validate one forwarded invocation; raises the ``SpiderError`` whose code the plugin reports.
+
+    The order is the one a reader of the error wants: verb, environment, configuration (decode, version,
+    verb against version, ``prevResult``).  ADD needs a ``prevResult`` with at least one address: the
+    coordinator is chained after the main CNI (macvlan) and tunes what it made.  ``chained=False`` is for
+    ifacer, which runs before the main CNI and has no ``prevResult``.
+    """
+    command = env.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        reason = "is missing" if not command else f"is {command!r}, expected one of {', '.join(COMMANDS)}"
+        raise InvalidEnvironment(variable="CNI_COMMAND", reason=reason)
+    if command == "VERSION":
+        return CoordinatorRequest(command=command)
+    for variable in _REQUIRED_ENV[command]:
+        if not env.get(variable):
+            raise InvalidEnvironment(variable=variable, reason=f"is missing (required for {command})")
+    container_id = env.get("CNI_CONTAINERID", "")
+    if container_id and not _CONTAINER_ID.fullmatch(container_id):
+        raise InvalidEnvironment(
+            variable="CNI_CONTAINERID",
+            reason=f"must be a letter or digit followed by letters, digits, '_', '.' or '-': {container_id!r}",
+        )
+    ifname = env.get("CNI_IFNAME", "")
+    if ifname and (len(ifname.encode()) > 15 or "/" in ifname or any(c.isspace() for c in ifname)):
+        raise InvalidEnvironment(variable="CNI_IFNAME", reason=f"is not a valid interface name: {ifname!r}")
+    args = parse_args(env.get("CNI_ARGS", ""))
+    try:
+        conf = json.loads(stdin)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeFailure(what="network configuration on stdin", reason=str(exc)) from exc
+    if not isinstance(conf, dict):
+        raise DecodeFailure(
+            what="network configuration on stdin", reason=f"expected a JSON object, got {json_type(conf)}"
+        )
+    version = conf.get("cniVersion")
+    if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
+        raise IncompatibleVersion(version=str(version or ""), supported=SUPPORTED_VERSIONS)
+    first = _FIRST_VERSION.get(command)
+    if first is not None and version_key(version) < first:
+        raise IncompatibleVersion(version=version, supported=SUPPORTED_VERSIONS, command=command)
+    prev = conf.get("prevResult")
+    if prev is not None and not isinstance(prev, dict):
+        raise InvalidNetConf(reason=f"prevResult must be an object, not {json_type(prev)}")
+    request = CoordinatorRequest(
+        command=command,
+        container_id=container_id,
+        netns=env.get("CNI_NETNS", ""),
+        ifname=ifname,
+        args=args,
+        version=version,
+        conf=conf,
+        prev_result=prev,
+    )
+    if command == "ADD" and chained:
+        if prev is None:
+            raise InvalidNetConf(reason="coordinator must be chained after the main CNI: no prevResult")
+        if not request.prev_ips():
+            raise InvalidNetConf(reason=f"prevResult has no address for interface {ifname!r}")
+        for ip in request.prev_ips():
+            try:
+                ipaddress.ip_interface(ip.address)
+            except ValueError:
+                raise InvalidNetConf(reason=f"prevResult address {ip.address!r} is not ip/prefix") from None
+    return request
