@@ -28,7 +28,7 @@ from actors.runtime.supervisor import Supervisor
 from actors.stores.port import Obj, ObjectList, Store, WatchEvent
 from actors.stores.sqlite import SqliteStore
 from actors.stores.validating import ValidatingStore
-from actors.tools.cli import apply
+from actors.tools.manifests import apply
 from bench.common import Result
 from spider.ipam_request import AddRequest
 from spider.pool import Owner

@@ -13,8 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from actors.tools.loadreport import percentile
-from actors.tools.loadtest import machine
+from actors.tools.loadtest.report import machine, percentile
 
 
 def stats_ms(seconds: Sequence[float]) -> dict[str, float]:

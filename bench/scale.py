@@ -22,8 +22,8 @@ import trio
 
 from actors.stores.selection import StoreSettings
 from actors.stores.sqlite import SqliteStore
-from actors.tools.cli import apply
-from actors.tools.loadtest import AgentClient, AgentFleet, rss_kib
+from actors.tools.loadtest.fleet import AgentClient, AgentFleet, rss_kib
+from actors.tools.manifests import apply
 from bench.common import Result, stats_ms
 from spider.addr import ip_to_int
 from spider.pool import KIND, Record, encode_allocated

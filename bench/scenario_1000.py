@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from actors.tools.loadreport import run_command
-from actors.tools.loadtest import Comparison, Scenario
+from actors.tools.loadtest.report import run_command
+from actors.tools.loadtest.scenario import Comparison, Scenario
 
 
 def main(argv: list[str] | None = None) -> int:

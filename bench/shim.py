@@ -25,8 +25,10 @@ import trio
 
 from actors.stores.selection import StoreSettings
 from actors.stores.sqlite import SqliteStore
-from actors.tools.cli import apply, install_cni
-from actors.tools.loadtest import HOST_LOCAL, AgentFleet
+from actors.tools.launcher import install_cni
+from actors.tools.loadtest.fleet import AgentFleet
+from actors.tools.loadtest.scenario import HOST_LOCAL
+from actors.tools.manifests import apply
 from bench.common import Result, stats_ms
 
 

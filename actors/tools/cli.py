@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import trio
 import yaml
 
 from actors.stores.port import Obj, Store
+from actors.stores.retrying import DEFAULT_OUTAGE_BUDGET
 from actors.stores.selection import KUBECONFIG_ENV, StoreSettings, open_store
 from actors.stores.sqlite import default_store_path
 from actors.stores.validating import ValidatingStore
@@ -45,8 +47,11 @@ def _store_settings(args: argparse.Namespace) -> StoreSettings:
         raise InvalidInput(reason=str(exc)) from None
 
 
-async def _with_store(where: Path | StoreSettings, fn: Callable[[Store], Any]) -> Any:
-    store = ValidatingStore(await open_store(where if isinstance(where, StoreSettings) else StoreSettings(where)))
+async def _with_store(where: Path | StoreSettings, fn: Callable[[Store], Any], *, create: bool = False) -> Any:
+    """``fn(store)`` on the store, closed afterwards.  Only commands that write objects (``apply``) create a
+    missing embedded store; the others refuse it, so a mistyped ``--store`` is not a new, empty store."""
+    settings = where if isinstance(where, StoreSettings) else StoreSettings(where)
+    store = ValidatingStore(await open_store(settings, create=create))
     try:
         return await fn(store)
     finally:
@@ -62,6 +67,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     where = _store_settings(args)
     kwargs.update(kubeconfig=where.kubeconfig, in_cluster=where.in_cluster, context=where.context)
     kwargs["conflict_budget"] = args.conflict_budget
+    kwargs["store_outage_budget"] = args.store_outage_budget
     kwargs["ipam"] = IpamSettings(
         enable_statefulset=not args.no_statefulset_ips,
         enable_kubevirt_static_ip=not args.no_kubevirt_ips,
@@ -122,7 +128,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
                 outcome = await apply(store, obj)
                 out.print(f"{obj['kind'].lower()}/{obj['metadata']['name']} {outcome}", highlight=False)
 
-    trio.run(_with_store, _store_settings(args), run)
+    trio.run(partial(_with_store, _store_settings(args), run, create=True))
     return 0
 
 
@@ -186,8 +192,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_loadtest(args: argparse.Namespace) -> int:
-    from actors.tools.loadreport import run_command
-    from actors.tools.loadtest import Comparison, Scenario
+    from actors.tools.loadtest.report import run_command
+    from actors.tools.loadtest.scenario import Comparison, Scenario
 
     if args.compare and args.compare_plugin:
         raise InvalidInput(reason="--compare and --compare-plugin exclude each other")
@@ -222,15 +228,25 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``spider`` argument parser."""
+    """The ``spider`` argument parser; every option's help says its default."""
     store_default = default_store_path()
     parser = argparse.ArgumentParser(prog="spider", description="Spiderpool-compatible underlay IPAM, in Python.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging: -v info, -vv debug (default %(default)s: warnings; agent and controller log info)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
     def with_store(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--store", type=Path, default=store_default, help=f"embedded store file (default {store_default})"
+            "--store",
+            type=Path,
+            default=store_default,
+            help="embedded store file (default %(default)s: $SPIDER_STORE, else /var/lib/spider/store.db for root, "
+            "else under $XDG_STATE_HOME)",
         )
 
     def with_kube(p: argparse.ArgumentParser) -> None:
@@ -239,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=Path,
             default=None,
             help=f"use the Kubernetes API server this kubeconfig names instead of the embedded store "
-            f"(default ${KUBECONFIG_ENV})",
+            f"(default ${KUBECONFIG_ENV}, else the embedded store)",
         )
         p.add_argument("--context", default=None, help="kubeconfig context (default: its current one)")
         p.add_argument(
@@ -255,16 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--conflict-budget",
         type=float,
         default=20.0,
-        help="seconds a pool write may keep losing races to other agents before ADD fails with CNI 11 (default 20)",
+        metavar="SECONDS",
+        help="seconds a pool write may keep losing races to other agents before ADD fails with CNI 11 "
+        "(default %(default)g)",
     )
-    p.add_argument("--socket", type=Path, default=Path(DEFAULT_SOCKET), help=f"unix socket (default {DEFAULT_SOCKET})")
-    p.add_argument("--node", default="", help="node name (default: host name)")
+    p.add_argument(
+        "--store-outage-budget",
+        type=float,
+        default=DEFAULT_OUTAGE_BUDGET,
+        metavar="SECONDS",
+        help="seconds a request waits through a store outage (an API server restart) before it fails with "
+        "CNI 11 (default %(default)g; 0: at once)",
+    )
+    p.add_argument(
+        "--socket", type=Path, default=Path(DEFAULT_SOCKET), help="unix socket the agent serves (default %(default)s)"
+    )
+    p.add_argument("--node", default="", help="node name (default: this host's name)")
     p.add_argument(
         "--release-cooldown",
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="rest released addresses this long before reuse, oldest first (default 0: reuse at once)",
+        help="rest released addresses this long before reuse, oldest first (default %(default)g: reuse at once)",
     )
     p.add_argument("--no-statefulset-ips", action="store_true", help="StatefulSet pods do not keep their addresses")
     p.add_argument("--no-kubevirt-ips", action="store_true", help="KubeVirt VM pods do not keep their addresses")
@@ -272,18 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace",
         dest="agent_namespace",
         default=os.environ.get("SPIDERPOOL_NAMESPACE", "kube-system"),
-        help="the agent's namespace: where multusName entries without one live (env SPIDERPOOL_NAMESPACE)",
+        help="the agent's namespace: where multusName entries without one live "
+        "(default %(default)s: $SPIDERPOOL_NAMESPACE, else kube-system)",
     )
     p.add_argument(
         "--cluster-network",
         default=os.environ.get("MULTUS_CLUSTER_NETWORK", ""),
-        help="Multus' cluster network for eth0 (env MULTUS_CLUSTER_NETWORK)",
+        help="Multus' cluster network for eth0 (default '%(default)s': $MULTUS_CLUSTER_NETWORK, else none)",
     )
     p.add_argument(
         "--host-netns",
         default="",
         metavar="NAME",
-        help="network namespace the coordinator treats as the host (name or path; default: the agent's own)",
+        help="network namespace the coordinator treats as the host, a name or a path (default: the agent's own)",
     )
     p.set_defaults(func=_cmd_agent)
 
@@ -294,51 +323,127 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace",
         dest="controller_namespace",
         default="",
-        help="namespace of the Lease and webhook Secret (default $SPIDERPOOL_POD_NAMESPACE, the service account's)",
+        help="namespace of the Lease and webhook Secret (default: $SPIDERPOOL_POD_NAMESPACE, else the service "
+        "account's)",
     )
-    p.add_argument("--identity", default="", help="leader-election identity (default <pod or host name>_<random>)")
-    p.add_argument("--lease-name", default="spiderpool-controller-leases")
-    p.add_argument("--lease-duration", type=int, default=15, metavar="SECONDS", help="Lease duration (default 15)")
-    p.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS", help="(default 10)")
-    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS", help="(default 2)")
-    p.add_argument("--resync-period", type=float, default=300.0, metavar="SECONDS", help="full re-list (default 300)")
-    p.add_argument("--health-host", default="", help="address for health endpoints (default: all)")
+    p.add_argument("--identity", default="", help="leader-election identity (default: <pod or host name>_<random>)")
+    p.add_argument(
+        "--lease-name",
+        default="spiderpool-controller-leases",
+        help="the Lease the replicas elect their leader with (default %(default)s)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=int,
+        default=15,
+        metavar="SECONDS",
+        help="how long a Lease holds without renewal before a standby may take it (default %(default)s)",
+    )
+    p.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the leader keeps trying to renew before it steps down (default %(default)g)",
+    )
+    p.add_argument(
+        "--retry-period",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="time between tries to take or renew the Lease (default %(default)g)",
+    )
+    p.add_argument(
+        "--resync-period",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="time between full re-lists (default %(default)g)",
+    )
+    p.add_argument(
+        "--health-host",
+        default=os.environ.get("POD_IP", ""),
+        help="address of the health endpoints (default: $POD_IP, else every address; '' for every address)",
+    )
     # NB: string defaults go through type=int only when this command is parsed, so a bad variable cannot
     # break every other command
-    p.add_argument("--health-port", type=int, default=os.environ.get("SPIDERPOOL_HEALTH_PORT", "5720"))
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=os.environ.get("SPIDERPOOL_HEALTH_PORT", "5720"),
+        help="TCP port of the health endpoints (default %(default)s: $SPIDERPOOL_HEALTH_PORT, else 5720)",
+    )
     p.add_argument("--webhook", action="store_true", help="serve the admission webhook over TLS (off by default)")
-    p.add_argument("--webhook-host", default="", help="address for the webhook (default: all)")
-    p.add_argument("--webhook-port", type=int, default=os.environ.get("SPIDERPOOL_WEBHOOK_PORT", "5722"))
-    p.add_argument("--webhook-cert-dir", type=Path, default=None, help="mounted tls.crt/tls.key (else a CA is made)")
-    p.add_argument("--webhook-service", default="spiderpool-controller", help="Service the certificate names")
-    p.add_argument("--webhook-configuration", default="spiderpool-controller", help="webhook configurations' name")
-    p.add_argument("--webhook-secret", default="spiderpool-controller-server-certs", help="Secret of the made CA")
-    p.add_argument("--webhook-extra-host", action="append", default=[], help="extra certificate name (repeatable)")
+    p.add_argument("--webhook-host", default="", help="address of the webhook (default: all)")
+    p.add_argument(
+        "--webhook-port",
+        type=int,
+        default=os.environ.get("SPIDERPOOL_WEBHOOK_PORT", "5722"),
+        help="TCP port of the webhook (default %(default)s: $SPIDERPOOL_WEBHOOK_PORT, else 5722)",
+    )
+    p.add_argument(
+        "--webhook-cert-dir",
+        type=Path,
+        default=None,
+        help="directory of a mounted tls.crt and tls.key (default: none, a CA is made and kept in --webhook-secret)",
+    )
+    p.add_argument(
+        "--webhook-service", default="spiderpool-controller", help="Service the certificate names (default %(default)s)"
+    )
+    p.add_argument(
+        "--webhook-configuration",
+        default="spiderpool-controller",
+        help="name of the webhook configurations whose caBundle is kept (default %(default)s)",
+    )
+    p.add_argument(
+        "--webhook-secret",
+        default="spiderpool-controller-server-certs",
+        help="Secret that keeps the CA made when there is no --webhook-cert-dir (default %(default)s)",
+    )
+    p.add_argument(
+        "--webhook-extra-host",
+        action="append",
+        default=[],
+        help="extra name for the certificate, repeatable (default: none)",
+    )
     p.set_defaults(func=_cmd_controller)
 
     p = sub.add_parser("apply", help="create or update objects from YAML/JSON files or directories")
     with_store(p)
     with_kube(p)
-    p.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - (repeatable)")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="file, directory (its *.yaml, *.yml, *.json; not its subdirectories) or - for stdin; repeatable",
+    )
     p.set_defaults(func=_cmd_apply)
 
     p = sub.add_parser("get", help="list or show objects")
     with_store(p)
     with_kube(p)
     p.add_argument("kind", help="kind or alias: sp (SpiderIPPool), se, sr, pod, ns, node, ...")
-    p.add_argument("name", nargs="?", default="")
-    p.add_argument("-n", "--namespace", default=None)
-    p.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.add_argument("name", nargs="?", default="", help="the object to show (default: list every one of KIND)")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        default=None,
+        help="namespace of a namespaced KIND (default: every namespace when listing, 'default' for NAME)",
+    )
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="list every namespace (what no -n does)")
+    p.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db (default: every object)")
+    p.add_argument(
+        "-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format (default %(default)s)"
+    )
     p.set_defaults(func=_cmd_get)
 
     p = sub.add_parser("delete", help="delete an object")
     with_store(p)
     with_kube(p)
-    p.add_argument("kind")
-    p.add_argument("name")
-    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("kind", help="kind or alias, as for get")
+    p.add_argument("name", help="the object's name")
+    p.add_argument("-n", "--namespace", default="default", help="namespace of a namespaced KIND (default %(default)s)")
     p.set_defaults(func=_cmd_delete)
 
     p = sub.add_parser("check", help="compare pools with endpoints; report (and with --reclaim free) leaks")
@@ -348,12 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("install-cni", help="install the CNI plugin binaries (spiderpool, coordinator, ifacer)")
-    p.add_argument("--bin-dir", default="/opt/cni/bin")
-    p.add_argument("--python", default=sys.executable, help="interpreter the plugin runs with")
+    p.add_argument("--bin-dir", default="/opt/cni/bin", help="directory the plugins go to (default %(default)s)")
+    p.add_argument(
+        "--python", default=sys.executable, help="interpreter the plugins run with (default %(default)s, this one)"
+    )
     p.set_defaults(func=_cmd_install_cni)
 
     p = sub.add_parser("demo", help="start an agent, give real macvlan pods addresses, show them, clean up")
-    p.add_argument("--pods", type=int, default=3)
+    p.add_argument("--pods", type=int, default=3, help="pods to start (default %(default)s)")
     p.add_argument("--keep", action="store_true", help="leave the namespaces and store behind for a look")
     p.set_defaults(func=_cmd_demo)
 
@@ -361,22 +468,63 @@ def build_parser() -> argparse.ArgumentParser:
         "loadtest",
         help="N agent processes, M pods, P callers: ADD all, DEL all; times, store writes, correctness checks",
     )
-    p.add_argument("--nodes", type=int, default=10, help="simulated nodes, one agent process each (default 10)")
-    p.add_argument("--pods", type=int, default=1000, help="pods (default 1000)")
-    p.add_argument("--callers", type=int, default=10, help="concurrent CNI calls over all nodes (default 10)")
-    p.add_argument("--pool-size", type=int, default=None, help="addresses in the pool (default: one per pod)")
-    p.add_argument("--via", choices=("shim", "api"), default="shim", help="the CNI plugin (default) or the agent API")
-    p.add_argument("--churn", type=float, default=0.0, metavar="FRACTION", help="re-create this fraction during ADD")
-    p.add_argument("--call-timeout", type=float, default=120.0, metavar="SECONDS", help="per call (default 120)")
-    p.add_argument("--kubeconfig", type=Path, default=None, help="run against this API server (default: embedded)")
-    p.add_argument("--context", default=None, help="kubeconfig context (default: its current one)")
-    p.add_argument("--compare", choices=("host-local",), default=None, help="run the scenario through host-local too")
-    p.add_argument("--compare-plugin", default="", metavar="PATH", help="another IPAM plugin to run it through")
     p.add_argument(
-        "--compare-config", default="", metavar="FILE", help="its netconf (${NODE}, ${NODE_INDEX}, ${DIR} filled in)"
+        "--nodes", type=int, default=10, help="simulated nodes, one agent process each (default %(default)s)"
     )
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE", help="the report as JSON (- stdout)")
-    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="timeline and latency histogram")
+    p.add_argument("--pods", type=int, default=1000, help="pods (default %(default)s)")
+    p.add_argument("--callers", type=int, default=10, help="concurrent CNI calls over all nodes (default %(default)s)")
+    p.add_argument("--pool-size", type=int, default=None, help="addresses in the pool (default: one per pod)")
+    p.add_argument(
+        "--via",
+        choices=("shim", "api"),
+        default="shim",
+        help="the installed CNI plugin, or the agent API straight (default %(default)s)",
+    )
+    p.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="delete and re-create this fraction of the pods during ADD (default %(default)g)",
+    )
+    p.add_argument(
+        "--call-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="time one call may take before it counts as failed (default %(default)g)",
+    )
+    p.add_argument(
+        "--kubeconfig", type=Path, default=None, help="run against this API server (default: a throw-away store)"
+    )
+    p.add_argument("--context", default=None, help="kubeconfig context (default: its current one)")
+    p.add_argument(
+        "--compare", choices=("host-local",), default=None, help="run the scenario through host-local too (default: no)"
+    )
+    p.add_argument(
+        "--compare-plugin", default="", metavar="PATH", help="another IPAM plugin to run it through (default: none)"
+    )
+    p.add_argument(
+        "--compare-config",
+        default="",
+        metavar="FILE",
+        help="its netconf, ${NODE}, ${NODE_INDEX}, ${DIR} filled in (default: none; needed with --compare-plugin)",
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the report as JSON to FILE, or to stdout without FILE or with - (default: a table only)",
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="draw a timeline and an ADD latency histogram (default: none)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (store, agent logs)")
     p.set_defaults(func=_cmd_loadtest)
     return parser

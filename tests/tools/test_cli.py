@@ -1,7 +1,9 @@
-"""The ``spider`` command as people use it: apply, get, delete, check, install-cni, agent shutdown, demo."""
+"""The ``spider`` command as people use it: apply, get, delete, check, install-cni, agent shutdown, demo; its
+help, and which commands may create a store."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ import trio
 import yaml
 
 from actors.tools import demo
+from actors.tools.cli import build_parser
 from tests.support import ROOT, AgentProcess, http_call_sync, short_tmp
 
 
@@ -172,3 +175,105 @@ async def test_the_demo_without_interfaces_runs_the_ipam_part_and_says_what_it_s
     assert "skipping real interfaces (not running as root)" in out
     assert "demo passed" in out
     assert "demo-pod-2" in out
+
+
+def every_action(parser: argparse.ArgumentParser, path: str = "spider") -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield path, action
+            for name, child in action.choices.items():
+                yield from every_action(child, f"{path} {name}")
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield path, action
+
+
+def test_every_option_and_argument_has_help_that_states_its_default() -> None:
+    checked = 0
+    for command, action in every_action(build_parser()):
+        where = f"{command} {'/'.join(action.option_strings) or action.dest}"
+        assert action.help, f"{where} has no help"
+        assert action.help != argparse.SUPPRESS, f"{where} hides its help"
+        text = action.help % {**vars(action), "prog": command}
+        default = action.default
+        if default is None or default is False:
+            continue
+        if default in ("", []):  # nothing to print: the help must say what happens without it
+            assert "default" in text, f"{where}: {text!r} does not say what happens by default"
+        else:
+            shown = {str(default)} | ({f"{default:g}"} if isinstance(default, float) else set())
+            assert any(s in text for s in shown), f"{where}: {text!r} does not mention its default {default!r}"
+        checked += 1
+    assert checked > 30  # the walk reached every subcommand's options
+
+
+def test_help_names_the_defaults_people_asked_about() -> None:
+    parser = build_parser()
+    helps = {
+        (command, "/".join(a.option_strings) or a.dest): (a.help or "") % {**vars(a), "prog": command}
+        for command, a in every_action(parser)
+    }
+    assert "(default /opt/cni/bin)" in helps[("spider install-cni", "--bin-dir")]
+    assert "(default 3)" in helps[("spider demo", "--pods")]
+    assert "spiderpool-controller-leases" in helps[("spider controller", "--lease-name")]
+    assert "(default 10)" in helps[("spider controller", "--renew-deadline")]
+    assert "5722" in helps[("spider controller", "--webhook-port")]
+    assert "list every one" in helps[("spider get", "name")]
+    assert helps[("spider delete", "name")]
+
+
+# --- which commands may create a store ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["get", "sp"], ["get", "sp", "demo-v4"], ["check"], ["check", "--reclaim"], ["delete", "sp", "demo-v4"]],
+    ids=" ".join,
+)
+def test_commands_that_only_read_refuse_a_missing_store_and_create_nothing(command: list[str]) -> None:
+    with short_tmp() as d:
+        missing = d / "typo" / "store.db"
+        done = spider(*command, "--store", str(missing))
+        assert done.returncode == 1
+        assert done.stderr.strip() == f"spider {command[0]}: store unavailable: no store file at '{missing}'"
+        assert done.stdout == ""
+        assert not (d / "typo").exists()
+
+
+def test_apply_still_creates_a_new_store_where_none_exists() -> None:
+    with short_tmp() as d:
+        store = d / "new" / "store.db"
+        done = spider("apply", "-f", "deploy/examples/10-ippool-v4.yaml", "--store", str(store))
+        assert done.returncode == 0, done.stderr
+        assert store.stat().st_size > 0
+        assert spider("get", "sp", "demo-v4", "--store", str(store)).returncode == 0
+
+
+@pytest.mark.parametrize("command", [["get", "sp"], ["check"], ["apply", "-f", "deploy/examples/10-ippool-v4.yaml"]])
+def test_an_empty_store_file_is_an_error_for_every_command_and_stays_empty(command: list[str]) -> None:
+    with short_tmp() as d:
+        empty = d / "store.db"
+        empty.touch()
+        done = spider(*command, "--store", str(empty))
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert lines == [
+            f"spider {command[0]}: store unavailable: '{empty}' is an empty file, not a store (remove it to start anew)"
+        ]
+        assert empty.stat().st_size == 0
+
+
+def test_the_agent_refuses_an_empty_store_file_and_exits_1() -> None:
+    with short_tmp() as d:
+        empty = d / "store.db"
+        empty.touch()
+        done = subprocess.run(
+            [sys.executable, "-m", "actors", "agent", "--store", str(empty), "--socket", str(d / "a.sock")],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1
+        assert "is an empty file, not a store" in done.stderr
+        assert empty.stat().st_size == 0

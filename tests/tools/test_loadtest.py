@@ -15,21 +15,11 @@ import pytest
 import trio
 
 from actors.stores.port import AlreadyExists
-from actors.tools.loadreport import build_report, percentile, run_command, summarize
-from actors.tools.loadtest import (
-    HOST_LOCAL,
-    AddressPlan,
-    Comparison,
-    Op,
-    PodRef,
-    Scenario,
-    api_answer,
-    check_no_double,
-    cni_answer,
-    machine,
-    overlapping_holders,
-    run_loadtest,
-)
+from actors.tools.loadtest.checks import check_no_double, overlapping_holders
+from actors.tools.loadtest.drivers import api_answer, cni_answer
+from actors.tools.loadtest.report import build_report, machine, percentile, run_command, summarize
+from actors.tools.loadtest.run import run_loadtest
+from actors.tools.loadtest.scenario import HOST_LOCAL, AddressPlan, Check, Comparison, Op, PodRef, Scenario, TargetRun
 from tests.support import ROOT, short_tmp
 
 needs_host_local = pytest.mark.skipif(not HOST_LOCAL.is_file(), reason="Debian's host-local is not installed")
@@ -218,7 +208,7 @@ async def test_the_command_prints_json_and_draws_the_plot(tmp_path: Path) -> Non
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.read_text())
     assert report["ok"] is True
-    assert [t["name"] for t in report["targets"]] == ["spiderpool", "host-local"]
+    assert [t["name"] for t in report["targets"]] == ["spider", "host-local"]
     assert set(report["ratio"]) >= {"add_wall", "del_wall", "total_wall", "add_p50"}
     ours = report["targets"][0]
     assert ours["latency"]["add"]["count"] == 16
@@ -318,8 +308,6 @@ async def test_a_kubernetes_api_server_named_by_kubeconfig_is_used_instead_of_th
 def test_a_report_says_where_and_when_it_was_measured() -> None:
     scenario = Scenario(nodes=1, pods=1)
     from datetime import UTC, datetime
-
-    from actors.tools.loadtest import Check, TargetRun
 
     run = TargetRun("x", [op("add", 0, 0.0, 0.01, "10.0.0.2"), op("del", 0, 0.02, 0.03)], {}, [Check("c", True, "")])
     run.phases = {"add": (0.0, 0.01), "del": (0.02, 0.03)}

@@ -1,10 +1,10 @@
 """What ``spider loadtest`` shows: the live progress bar, the summary numbers, the table, the JSON and the plot.
 
-Owns turning the timed calls of ``actors.tools.loadtest`` into numbers (wall time per phase, calls per second,
-latency percentiles, failures by reason, the agents' store writes, conflicts and batch sizes, memory) and
-ratios against a comparison plugin, and showing them: a rich progress bar on stderr while the test runs, a
+Owns turning the timed calls of a run (``actors.tools.loadtest.run``) into numbers (wall time per phase,
+calls per second, latency percentiles, failures by reason, the agents' store writes, conflicts and batch sizes,
+memory) and ratios against a comparison plugin, and showing them: a rich progress bar on stderr while the test runs, a
 table at the end, ``--json`` for machines, ``--plot FILE.png`` (matplotlib, imported only when asked for).
-It measures nothing itself.
+It measures nothing itself, except where it ran (``machine``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -27,10 +28,36 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from actors.tools.loadtest import Comparison, Scenario, TargetRun, machine, run_loadtest, work_dir
+from actors.tools.loadtest.fleet import work_dir
+from actors.tools.loadtest.run import run_loadtest
+from actors.tools.loadtest.scenario import Comparison, Scenario, TargetRun
 
 ADD_KINDS = ("add", "churn-add")
 DEL_KINDS = ("del", "churn-del")
+
+
+def machine() -> dict[str, Any]:
+    """Where a result was measured: host, cores, memory, CPU model, load, Python."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    with suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "host": os.uname().nodename,
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "load": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "kernel": os.uname().release,
+    }
 
 
 def percentile(values: Sequence[float], q: float) -> float:
