@@ -2,8 +2,8 @@
 
 Owns the pure rules: whether a pod is alive, which owner reference is its controller, how ReplicaSets resolve
 to Deployments and Jobs to CronJobs, and when a StatefulSet ordinal or a KubeVirt VM/VMI is still valid (so
-its fixed addresses are kept across pod re-creation).  The agent walks the owner chain through the store and
-asks these functions at each step.
+its fixed addresses are kept across pod re-creation); and ``Workload``, the verdict the agent gathers for one
+pod.  The agent walks the owner chain through the store and asks these functions at each step.
 """
 
 from __future__ import annotations
@@ -16,6 +16,22 @@ import attrs
 
 KUBEVIRT_API = "kubevirt.io/v1"
 CORE_GROUPS = ("", "apps", "batch")
+STATIC_KINDS = ("StatefulSet", "VirtualMachineInstance")
+"""The owner kinds (``ownerControllerType``) of endpoints whose addresses may outlive the pod."""
+
+
+@attrs.frozen
+class Workload:
+    """What a pod belongs to, as far as its addresses are concerned."""
+
+    kind: str = "Pod"
+    name: str = ""
+    static: bool = False
+    """A StatefulSet or KubeVirt pod (feature on): its addresses outlive the pod."""
+    keeps: bool = False
+    """Static and still valid: a DEL keeps the addresses."""
+    endpoint_name: str = ""
+    """The SpiderEndpoint's (and pool records') name: the VMI's for KubeVirt, else the pod's."""
 
 
 @attrs.frozen
@@ -50,6 +66,11 @@ def controller_of(obj: Mapping[str, Any]) -> Controller | None:
         str(chosen.get("name", "")),
         chosen.get("uid", ""),
     )
+
+
+def is_vmi(ctrl: Controller) -> bool:
+    """A KubeVirt VirtualMachineInstance: its pods' addresses are recorded under the VMI's name."""
+    return ctrl.kind == "VirtualMachineInstance" and ctrl.api_version == KUBEVIRT_API
 
 
 def next_hop(controller: Controller) -> str | None:

@@ -1,11 +1,19 @@
 """The agent's IPAM service: allocate and release a pod's addresses across pools, keep its SpiderEndpoint.
 
-Owns the request flow of Spiderpool's agent (reference §2.1, §2.13) on top of the PoolActors:
-- ``allocate``: idempotent by pod UID and interface; picks pools by precedence and filters
-  (``spider.selection``), asks each pool's actor, all-or-nothing across families and NICs (giving back only
-  what this call took, also when cancelled), then records the SpiderEndpoint and answers with Spiderpool's
-  ``IpamAddResponse``; a request whose pod UID is not the live pod's fails before touching anything;
-- ``release``: from stored state alone (the endpoint), only what the same pod UID and sandbox hold;
+Owns the request flow of Spiderpool's agent (reference §2.1, §2.13) on top of the PoolActors, each request
+in three steps:
+- gather: read once every fact the request depends on (the Pod, its Namespace and Node, the workload chain,
+  the SpiderEndpoint, the pools' specs) into one frozen facts object (``spider.plan.AddFacts``,
+  ``ReleaseFacts``);
+- decide: one call into the pure ``spider.plan`` (``decide_add``, ``decide_release``) gives the plan of the
+  whole request, or the domain error to raise before anything is touched;
+- act: carry the plan out through the pool actors and write the endpoint.
+What the acts guarantee:
+- ``allocate``: idempotent by pod UID and interface; all-or-nothing across families and NICs (giving back
+  only what this call took, also when cancelled, retried within ``undo_budget``), then the SpiderEndpoint
+  and Spiderpool's ``IpamAddResponse``;
+- ``release``: from stored state alone (the endpoint), only what the same pod UID and sandbox hold; with no
+  endpoint, the pool records that name the sandbox (what a failed or interrupted ADD left);
 - ``release_ips``, ``endpoint``: the batch release and the workload-endpoint read of the agent API;
 - ``pools``: the registry that starts one supervised PoolActor per pool on first use;
 - short-lived caches of what changes rarely and is read on every ADD: the pools' specs and the pod's
@@ -15,9 +23,8 @@ It never touches a database or socket directly: everything goes through the ``St
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -32,23 +39,34 @@ from spider.endpoint import Endpoint, NicAllocation
 from spider.errors import (
     AllocationError,
     NoAvailablePool,
-    PodNotAlive,
     PoolExhausted,
     PoolNotFound,
     SpiderError,
     StaleWrite,
+    TransientError,
 )
 from spider.ipam_request import AddRequest, DelRequest
+from spider.plan import (
+    AddFacts,
+    AddPlan,
+    FamilyPlan,
+    ReleaseFacts,
+    Sandbox,
+    adopted,
+    decide_add,
+    decide_release,
+    sandbox_holdings,
+)
 from spider.pool import KIND as POOL
 from spider.pool import IPPool, Owner, Route, contested
-from spider.selection import NicRequest, PodContext, candidates, custom_routes, requested_pools
+from spider.selection import PodContext
 from spider.workload import (
-    KUBEVIRT_API,
-    Controller,
+    STATIC_KINDS,
+    Workload,
     controller_of,
+    is_vmi,
     kubevirt_keeps,
     next_hop,
-    pod_not_alive,
     statefulset_keeps,
 )
 
@@ -147,8 +165,11 @@ class IpamSettings:
     cluster_network: str = ""
     """``MULTUS_CLUSTER_NETWORK``: the NetworkAttachmentDefinition of eth0 when a pod names none."""
     endpoint_budget: float = 10.0
-    """Seconds an endpoint write may spend on conflicts before the request fails with CNI 11; also the most a
-    failed or cancelled ADD spends giving back what it took (shielded from cancellation)."""
+    """Seconds an endpoint write may spend on conflicts before the request fails with CNI 11."""
+    undo_budget: float = 10.0
+    """Seconds a failed or cancelled ADD may spend giving back what it took, shielded from cancellation: each
+    give-back is retried with backoff (an actor restarting, a store refusing a moment) until then; what is
+    still held is logged (a warning naming pool, address and pod) and freed by the pod's DEL or the check."""
     pool_cache_ttl: float = 1.0
     """Seconds a listing of the pools' specs is reused.  Listing every pool (statuses and all) on every ADD
     costs more than the allocation itself once pools are large; a pool that is missing or filters the pod out
@@ -159,26 +180,10 @@ class IpamSettings:
     read afresh (its UID, annotations and phase decide the allocation)."""
 
 
-@attrs.frozen
-class Workload:
-    """What a pod belongs to, as far as its addresses are concerned."""
-
-    kind: str = "Pod"
-    name: str = ""
-    static: bool = False
-    """A StatefulSet or KubeVirt pod (feature on): its addresses outlive the pod."""
-    keeps: bool = False
-    """Static and still valid: a DEL keeps the addresses."""
-    endpoint_name: str = ""
-    """The SpiderEndpoint's (and pool records') name: the VMI's for KubeVirt, else the pod's."""
-
-
-STATIC_KINDS = ("StatefulSet", "VirtualMachineInstance")
-
-
 @attrs.define
 class IpamService:
-    """Allocation and release for the pods of one node."""
+    """Allocation and release for the pods of one node, each request as gather (the ``_gather_*`` reads and the
+    caches behind them), decide (one call into ``spider.plan``), act (the pool actors, then the endpoint)."""
 
     store: Store
     pools: PoolRegistry
@@ -198,6 +203,7 @@ class IpamService:
             return None
 
     async def _pod_context(self, namespace: str, name: str, uid: str) -> tuple[PodContext, Obj | None]:
+        """Gather: the Pod (afresh) and what pool selection reads of it, its Namespace and its Node."""
         pod = await self._get("Pod", name, namespace)
         ns = await self._recent("Namespace", namespace)
         node = await self._recent("Node", self.node)
@@ -235,7 +241,8 @@ class IpamService:
         return obj
 
     async def _workload(self, pod: Obj | None, namespace: str, name: str) -> Workload:
-        """Resolve the pod's top controller (reference §2.1 step 2) and whether its addresses are fixed."""
+        """Gather: the pod's top controller (reference §2.1 step 2), walking the owner chain through the store
+        with ``spider.workload``'s rules, and whether its addresses are fixed."""
         if pod is None:
             return Workload("Pod", name, endpoint_name=name)
         ctrl = controller_of(pod)
@@ -250,7 +257,7 @@ class IpamService:
         if ctrl.kind == "StatefulSet" and ctrl.group == "apps" and self.settings.enable_statefulset:
             sts = await self._get("StatefulSet", ctrl.name, namespace)
             return Workload(ctrl.kind, ctrl.name, True, statefulset_keeps(sts, name), name)
-        if _is_vmi(ctrl):
+        if is_vmi(ctrl):
             if self.settings.enable_kubevirt_static_ip:
                 return Workload(ctrl.kind, ctrl.name, True, await self._vm_keeps(namespace, ctrl.name), ctrl.name)
             return Workload(ctrl.kind, ctrl.name, endpoint_name=ctrl.name)
@@ -288,184 +295,189 @@ class IpamService:
         self._pools_seen = out
         return out
 
+    async def _gather_add(self, req: AddRequest) -> AddFacts:
+        """Gather: the Pod (afresh), its Namespace and Node, its workload, its endpoint and the pools' specs."""
+        ctx, pod = await self._pod_context(req.pod_namespace, req.pod_name, req.pod_uid)
+        workload = await self._workload(pod, req.pod_namespace, req.pod_name)
+        endpoint = await self._read_endpoint(workload.endpoint_name or req.pod_name, req.pod_namespace)
+        return AddFacts(req, self.node, ctx, pod, workload, endpoint, await self._all_pools())
+
+    async def _read_endpoint(self, name: str, namespace: str) -> Endpoint | None:
+        obj = await self._get(ENDPOINT, name, namespace)
+        return Endpoint.from_object(obj) if obj else None
+
+    async def _decide_add(self, facts: AddFacts) -> tuple[AddFacts, AddPlan]:
+        """Decide, once; a pool named but missing or filtered out may have been made or changed a moment ago:
+        list the pools afresh and decide again before failing.  Raises the plan's error."""
+        plan = decide_add(facts)
+        if isinstance(plan.error, PoolNotFound | NoAvailablePool):
+            facts = attrs.evolve(facts, pools=await self._all_pools(max_age=0))
+            plan = decide_add(facts)
+        if plan.error is not None:
+            raise plan.error
+        return facts, plan
+
     async def allocate(self, req: AddRequest) -> list[NicResult]:
         """Every NIC's addresses for this ADD (usually one NIC); idempotent for the same pod UID and NIC.
 
-        Follows Spiderpool's order (reference §2.1): a same-name endpoint of another UID is either a fixed-IP
-        workload's (its addresses are re-owned, step 5) or a dead pod's (freed, step 6); a recorded NIC is
-        returned again; anything else is allocated fresh, all-or-nothing across NICs and families.
+        Gather (``_gather_add``), decide (``spider.plan.decide_add``: one plan, or the error, before anything
+        is done), act: free a dead same-name pod's endpoint, re-own a fixed-IP predecessor's addresses,
+        allocate every NIC and family all-or-nothing through the pool actors, record the endpoint.
         """
-        ctx, pod = await self._pod_context(req.pod_namespace, req.pod_name, req.pod_uid)
-        if pod is not None and (why := pod_not_alive(pod)) is not None:
-            raise PodNotAlive(pod=f"{req.pod_namespace}/{req.pod_name}", reason=why)
-        live_uid = (pod or {}).get("metadata", {}).get("uid", "")
-        if req.pod_uid and live_uid and req.pod_uid != live_uid:  # a late ADD for a pod replaced since
-            raise PodNotAlive(
-                pod=f"{req.pod_namespace}/{req.pod_name}", reason=f"UID {req.pod_uid} was replaced by {live_uid}"
-            )
-        workload = await self._workload(pod, req.pod_namespace, req.pod_name)
-        uid = ctx.uid or req.container_id
-        ep_name = workload.endpoint_name or req.pod_name
+        facts, plan = await self._decide_add(await self._gather_add(req))
+        if plan.free_first is not None:
+            await self._release_entries(plan.free_first, plan.free_first.nics, container_id="")
+            await self._drop_endpoint(plan.free_first)
+        if plan.adopt_from is not None:
+            kept = await self._adopt(plan)
+            if kept != plan.adopt:  # an adoption lost a race: decide again on the endpoint as rewritten
+                renewed = adopted(plan.adopt_from, kept, plan.holder) if kept else None
+                facts, plan = await self._decide_add(attrs.evolve(facts, endpoint=renewed))
+        return await self._allocate_planned(req, facts, plan)
 
-        def owner_of(nic: str) -> Owner:
-            return Owner(uid, nic, req.pod_namespace, ep_name, req.container_id, self.node)
-
-        pools = await self._all_pools()
-        obj = await self._get(ENDPOINT, ep_name, req.pod_namespace)
-        endpoint = Endpoint.from_object(obj) if obj else None
-        if endpoint is not None and endpoint.uid != uid:
-            if workload.static:
-                endpoint = await self._adopt(endpoint, ctx, req, owner_of, pools)
-            else:  # a same-name pod that is gone (Spiderpool #1187): free what the old UID holds, start afresh
-                await self._release_entries(endpoint, endpoint.nics, container_id="")
-                await self._drop_endpoint(endpoint)
-                endpoint = None
-
-        if endpoint is not None and (entry := endpoint.nic(req.ifname)) is not None:
-            # Repeated ADD (or re-owned fixed IPs): ask the recorded pools again; they return what is held.
-            requests = [_recorded_request(e) for e in endpoint.nics if e.interface == entry.interface]
-            if workload.static:
-                requests = [_recorded_request(e) for e in endpoint.nics]
-        else:
-            requests = requested_pools(ctx, req.ifname, req.default_ipv4_pools, req.default_ipv6_pools)
-            if endpoint is not None:  # NICs allocated by an earlier ADD of a multi-NIC pod keep theirs
-                requests = [r for r in requests if endpoint.nic(r.nic) is None or r.nic == req.ifname]
-
-        try:
-            plans = _plans(requests, ctx, pools)
-        except (PoolNotFound, NoAvailablePool):  # a pool made or changed a moment ago: look again before failing
-            plans = _plans(requests, ctx, await self._all_pools(max_age=0))
-        routes = custom_routes(ctx)  # NB: checked before anything is allocated, so bad input changes nothing
+    async def _allocate_planned(self, req: AddRequest, facts: AddFacts, plan: AddPlan) -> list[NicResult]:
+        """Act: every family of every NIC in parallel, all or nothing; then the endpoint."""
         made: list[tuple[str, Allocation]] = []
         results: dict[tuple[str, int], Allocation] = {}
         failures: list[SpiderError] = []
 
-        async def one(r: NicRequest, version: int, found: list[IPPool]) -> None:
+        async def one(family: FamilyPlan) -> None:
             # NB: siblings are never cancelled: a request already in a pool's mailbox is committed anyway, so
             # each one must finish and report before we know what to give back.
             try:
-                await self._allocate_one(owner_of(r.nic), version, found, results, made)
+                await self._allocate_one(plan.owner(family.nic), family, facts.pools, results, made)
             except SpiderError as exc:
                 failures.append(exc)
 
         try:
             async with trio.open_nursery() as nursery:
-                for r, version, found in plans:
-                    nursery.start_soon(one, r, version, found)
+                for family in plan.families:
+                    nursery.start_soon(one, family)
         except BaseException:  # cancelled (agent drain): give back what was answered; the rest is GC's
-            await self._undo(made, uid, req.container_id)
+            await self._undo(made, plan)
             raise
         if failures:
-            await self._undo(made, uid, req.container_id)
+            await self._undo(made, plan)
             raise failures[0]
         nic_results = []
-        for r in requests:
-            allocs = tuple(results[(r.nic, v)] for v in (4, 6) if (r.nic, v) in results)
+        for nic in plan.nics:
+            allocs = tuple(results[(nic.nic, v)] for v in (4, 6) if (nic.nic, v) in results)
             if not allocs:
                 continue
-            clean = r.clean_gateway if r.clean_gateway is not None else req.clean_gateway
-            extra = tuple(rt for rt in routes if any(_gw_in(rt.gw, a.address) for a in allocs))
-            nic_results.append(NicResult(r.nic, allocs, clean, tuple(x for a in allocs for x in a.routes) + extra))
+            extra = tuple(rt for rt in plan.routes if any(_gw_in(rt.gw, a.address) for a in allocs))
+            routes = tuple(x for a in allocs for x in a.routes) + extra
+            nic_results.append(NicResult(nic.nic, allocs, nic.clean_gateway, routes))
         try:
-            await self._record(req, uid, ep_name, workload, nic_results, maybe_exists=endpoint is not None)
+            await self._record(req, plan, facts.workload, nic_results)
         except BaseException:
-            await self._undo(made, uid, req.container_id)
+            await self._undo(made, plan)
             raise
         return nic_results
 
-    async def _adopt(
-        self,
-        endpoint: Endpoint,
-        ctx: PodContext,
-        req: AddRequest,
-        owner_of: Callable[[str], Owner],
-        pools: dict[str, IPPool],
-    ) -> Endpoint | None:
-        """Fixed IPs (reference §2.1 steps 4-5): the new pod of a StatefulSet ordinal or VM takes over the
-        addresses its predecessor held.  A NIC whose recorded pool is no longer a candidate for it is freed and
-        allocated afresh; so is one whose record is gone.  Returns the re-owned endpoint (``None`` if empty).
+    async def _adopt(self, plan: AddPlan) -> tuple[NicAllocation, ...]:
+        """Act on fixed IPs (reference §2.1 steps 4-5): the new pod of a StatefulSet ordinal or VM takes over
+        the addresses its predecessor held; an entry the plan abandons (its pool no longer a candidate) or
+        whose record is gone or someone else's is freed.  Rewrites the endpoint; returns the entries kept.
         """
+        assert plan.adopt_from is not None
+        endpoint = plan.adopt_from
         kept: list[NicAllocation] = []
         for entry in endpoint.nics:
-            wanted = _still_candidates(ctx, entry, req, pools)
-            if not wanted:
-                await self._release_entries(endpoint, [entry], container_id="")
-                continue
-            adopted = True
-            for _version, pool, address in entry.pools():
+            adopted_all = entry in plan.adopt
+            for _version, pool, address in entry.pools() if adopted_all else ():
                 handle = await self.pools.get(pool)
                 ip = address.partition("/")[0]
-                adopted &= await handle.adopt(ip, endpoint.uid, owner_of(entry.interface))
-            if adopted:
-                kept.append(attrs.evolve(entry, container_id=req.container_id))
+                adopted_all &= await handle.adopt(ip, endpoint.uid, plan.owner(entry.interface))
+            if adopted_all:
+                kept.append(entry)
             else:
                 await self._release_entries(endpoint, [entry], container_id="")
-        renewed = attrs.evolve(endpoint, uid=owner_of("").pod_uid, node=self.node, nics=tuple(kept))
-        await self._write_endpoint(renewed, exists=True)
-        if not kept:
-            return None
-        return Endpoint.from_object(await self.store.get(ENDPOINT, endpoint.name, endpoint.namespace))
+        await self._write_endpoint(adopted(endpoint, kept, plan.holder), exists=True)
+        return tuple(kept)
 
     async def _allocate_one(
         self,
         owner: Owner,
-        version: int,
-        found: list[IPPool],
+        family: FamilyPlan,
+        pools: Mapping[str, IPPool],
         results: dict[tuple[str, int], Allocation],
         made: list[tuple[str, Allocation]],
     ) -> None:
         exhausted: list[PoolExhausted] = []
-        for pool in found:
+        for pool in family.candidates:
             handle = await self.pools.get(pool.name)
             try:
-                allocation = await handle.allocate(owner, contested(pool, self._pools_seen.values()))
+                allocation = await handle.allocate(owner, contested(pool, pools.values()))
             except PoolExhausted as exc:
                 exhausted.append(exc)
                 continue
-            results[(owner.nic, version)] = allocation
+            results[(owner.nic, family.version)] = allocation
             made.append((owner.nic, allocation))
             return
         if len(exhausted) == 1:
             raise exhausted[0]
         raise NoAvailablePool(
-            nic=owner.nic, version=version, reason=f"all IP addresses used out in pools {[e.pool for e in exhausted]}"
+            nic=owner.nic,
+            version=family.version,
+            reason=f"all IP addresses used out in pools {[e.pool for e in exhausted]}",
         )
 
-    async def _undo(self, made: list[tuple[str, Allocation]], uid: str, container_id: str) -> None:
+    async def _undo(self, made: list[tuple[str, Allocation]], plan: AddPlan) -> None:
         """All-or-nothing: give back what this call took (only if the same sandbox still holds it).
 
-        An address the owner held before this call (a repeated ADD, a re-owned fixed IP) stays held.  Runs
-        shielded from the caller's cancellation, for at most ``endpoint_budget`` seconds (the pool actors may be
-        going away too); whatever it could not give back is the GC's.
+        An address the owner held before this call (a repeated ADD, a re-owned fixed IP) stays held.  Each
+        give-back is retried with backoff (the actor restarting, the store refusing a moment); the whole undo
+        runs shielded from the caller's cancellation for at most ``undo_budget`` seconds (the pool actors may
+        be going away too).  What it could not give back is logged, naming pool, address and pod, for
+        ``spider check`` and a later DEL (which finds the records by their sandbox) to free.
         """
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.endpoint_budget):
-            for nic, allocation in made:
-                if not allocation.fresh:
-                    continue
-                handle = await self.pools.get(allocation.pool)
-                with contextlib.suppress(SpiderError):  # the pool gone or its actor stopped: nothing to undo there
-                    await handle.release((uid, nic), container_id)
+        left = [(nic, a) for nic, a in made if a.fresh]
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.undo_budget):
+            for nic, allocation in list(left):
+                if await self._give_back(allocation, (plan.pod_uid, nic), plan.holder.container_id):
+                    left.remove((nic, allocation))
+        for nic, allocation in left:
+            log.warning(
+                "could not undo %s from pool %s for pod %s/%s (uid %s, interface %s) within %ss",
+                allocation.address,
+                allocation.pool,
+                plan.holder.namespace,
+                plan.endpoint_name,
+                plan.pod_uid,
+                nic,
+                self.settings.undo_budget,
+            )
 
-    async def _record(
-        self,
-        req: AddRequest,
-        uid: str,
-        ep_name: str,
-        workload: Workload,
-        results: list[NicResult],
-        *,
-        maybe_exists: bool = True,
-    ) -> None:
-        """Add the NICs' allocations to the endpoint, creating it if needed.  ``maybe_exists=False`` (there was
-        none a moment ago) tries the create first, without a read; ``AlreadyExists`` reads and merges."""
-        deadline = trio.current_time() + self.settings.endpoint_budget
+    async def _give_back(self, allocation: Allocation, key: tuple[str, str], container_id: str) -> bool:
+        """Release one address taken by a failed ADD, retrying transient failures; ``False``: cannot."""
+        delay = 0.01
         while True:
-            obj = await self._get(ENDPOINT, ep_name, req.pod_namespace) if maybe_exists else None
+            try:
+                await (await self.pools.get(allocation.pool)).release(key, container_id)
+                return True
+            except PoolNotFound:  # the pool is gone: nothing left to give back there
+                return True
+            except TransientError as exc:  # an actor restarting, a store refusing a moment: try again
+                log.info("undo of %s in pool %s failed, retrying: %s", allocation.address, allocation.pool, exc)
+            except SpiderError as exc:
+                log.warning("undo of %s in pool %s failed: %s", allocation.address, allocation.pool, exc)
+                return False
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _record(self, req: AddRequest, plan: AddPlan, workload: Workload, results: list[NicResult]) -> None:
+        """Add the NICs' allocations to the endpoint, creating it if needed.  When the plan says there is none,
+        the create is tried first, without a read; ``AlreadyExists`` reads and merges."""
+        deadline = trio.current_time() + self.settings.endpoint_budget
+        maybe_exists = plan.endpoint_exists
+        namespace, ep_name = req.pod_namespace, plan.endpoint_name
+        while True:
+            obj = await self._get(ENDPOINT, ep_name, namespace) if maybe_exists else None
             maybe_exists = True
             endpoint = (
                 Endpoint.from_object(obj)
                 if obj
-                else Endpoint(req.pod_namespace, ep_name, uid, self.node, (), workload.kind, workload.name)
+                else Endpoint(namespace, ep_name, plan.pod_uid, self.node, (), workload.kind, workload.name)
             )
             endpoint = attrs.evolve(endpoint, node=self.node)
             for r in results:
@@ -478,7 +490,7 @@ class IpamService:
             except (Conflict, AlreadyExists):
                 if trio.current_time() > deadline:
                     raise StaleWrite(
-                        kind=ENDPOINT, name=f"{req.pod_namespace}/{ep_name}", sent_version=endpoint.resource_version
+                        kind=ENDPOINT, name=f"{namespace}/{ep_name}", sent_version=endpoint.resource_version
                     ) from None
                 await trio.sleep(0.01)
 
@@ -488,34 +500,61 @@ class IpamService:
         else:
             await self.store.create(endpoint.to_object())
 
+    async def _gather_release(self, req: DelRequest, *, keep_live: bool) -> ReleaseFacts:
+        """Gather: the Pod (afresh), its workload, its endpoint; for a fixed-IP endpoint whose pod is gone,
+        whether its StatefulSet ordinal or VM is still valid."""
+        pod = await self._get("Pod", req.pod_name, req.pod_namespace)
+        workload = await self._workload(pod, req.pod_namespace, req.pod_name)
+        endpoint = await self._read_endpoint(workload.endpoint_name or req.pod_name, req.pod_namespace)
+        static_keeps = False
+        if endpoint is not None and endpoint.owner_controller_type in STATIC_KINDS and not workload.static:
+            static_keeps = await self._static_keeps(endpoint)
+        return ReleaseFacts(req, pod, workload, endpoint, static_keeps, keep_live)
+
     async def release(self, req: DelRequest, *, keep_live: bool = True) -> list[str]:
         """Free what this pod's sandbox holds (all its NICs, as Spiderpool); returns the freed addresses.
 
-        Works from stored state alone and succeeds when there is nothing to free.  A live pod keeps its
-        addresses (sandbox re-creation); so does a StatefulSet pod whose ordinal is still valid and a KubeVirt
-        VM pod whose VM is; a DEL from an older sandbox or an older pod of the same name frees nothing.
+        Gather (``_gather_release``), decide (``spider.plan.decide_release``), act.  Works from stored state
+        alone and succeeds when there is nothing to free.  A live pod keeps its addresses (sandbox
+        re-creation; a request without UID takes the Pod's); so does a StatefulSet pod whose ordinal is still
+        valid and a KubeVirt VM pod whose VM is; a DEL from an older sandbox or an older pod of the same name
+        frees nothing.  With no endpoint, the pool records naming this sandbox (a failed or interrupted ADD's)
+        are freed.
         """
-        pod = await self._get("Pod", req.pod_name, req.pod_namespace)
-        live = pod is not None and pod_not_alive(pod) is None and pod["metadata"].get("uid") == req.pod_uid
-        if keep_live and live:
+        plan = decide_release(await self._gather_release(req, keep_live=keep_live))
+        if plan.sweep is not None:
+            return await self._free_sandbox(plan.sweep)
+        if plan.endpoint is None:
             return []
-        workload = await self._workload(pod, req.pod_namespace, req.pod_name)
-        obj = await self._get(ENDPOINT, workload.endpoint_name or req.pod_name, req.pod_namespace)
-        if obj is None:
-            return []
-        endpoint = Endpoint.from_object(obj)
-        if req.pod_uid and endpoint.uid != req.pod_uid:
-            return []
-        if endpoint.owner_controller_type in STATIC_KINDS:
-            keeps = workload.keeps if workload.static else await self._static_keeps(endpoint)
-            if keeps:
-                return []  # the next pod of this ordinal / VM takes the same addresses
-            freed = await self._release_entries(endpoint, endpoint.nics, container_id="")
-            await self._drop_endpoint(endpoint)
-            return freed
-        mine = [n for n in endpoint.nics if not n.container_id or n.container_id == req.container_id]
-        freed = await self._release_entries(endpoint, mine, req.container_id)
-        await self._forget_entries(endpoint, {(n.interface, n.container_id) for n in mine})
+        freed = await self._release_entries(plan.endpoint, plan.free, plan.container_id)
+        if plan.drop_endpoint:
+            await self._drop_endpoint(plan.endpoint)
+        elif plan.forget is not None:
+            await self._forget_entries(plan.endpoint, set(plan.forget))
+        return freed
+
+    async def _free_sandbox(self, sandbox: Sandbox) -> list[str]:
+        """Free every pool record that names the sandbox, in every pool that lists one.
+
+        One listing of the pools, read only where the container ID appears (rare: a DEL normally finds the
+        endpoint); each record is freed by its pool's actor only if that sandbox still holds it.
+        """
+        freed: list[str] = []
+        for obj in (await self.store.list(POOL)).items:
+            name = obj.get("metadata", {}).get("name", "")
+            try:
+                keys = sandbox_holdings(obj, sandbox)
+            except SpiderError as exc:
+                log.warning("cannot look for sandbox %s in pool %s: %s", sandbox.container_id[:12], name, exc)
+                continue
+            for key in keys:
+                try:
+                    ip = await (await self.pools.get(name)).release(key, sandbox.container_id)
+                except AllocationError:  # the pool is gone meanwhile
+                    continue
+                if ip:
+                    log.info("freed %s in pool %s: left by an unfinished ADD of %s", ip, name, sandbox.pod)
+                    freed.append(ip)
         return freed
 
     async def _release_entries(
@@ -607,7 +646,7 @@ class IpamService:
         pod = await self._get("Pod", pod_name, namespace)
         ctrl = controller_of(pod) if pod is not None else None
         name = pod_name
-        if ctrl is not None and _is_vmi(ctrl):
+        if ctrl is not None and is_vmi(ctrl):
             name = ctrl.name  # NB: as _workload names it, without walking other owners (once per pod, per CHECK)
         obj = await self._get(ENDPOINT, name, namespace)
         return Endpoint.from_object(obj) if obj else None
@@ -618,65 +657,6 @@ class IpamService:
         for name in names:
             out[name] = (await (await self.pools.get(name)).inspect()).free
         return out
-
-
-def _is_vmi(ctrl: Controller) -> bool:
-    """A KubeVirt VirtualMachineInstance: its pods' addresses are recorded under the VMI's name."""
-    return ctrl.kind == "VirtualMachineInstance" and ctrl.api_version == KUBEVIRT_API
-
-
-def _recorded_request(entry: NicAllocation) -> NicRequest:
-    """Ask again exactly the pools an endpoint entry records."""
-    return NicRequest(
-        entry.interface,
-        (entry.ipv4_pool,) if entry.ipv4_pool else (),
-        (entry.ipv6_pool,) if entry.ipv6_pool else (),
-        entry.clean_gateway,
-        "endpoint",
-    )
-
-
-def _plans(
-    requests: Sequence[NicRequest], ctx: PodContext, pools: dict[str, IPPool]
-) -> list[tuple[NicRequest, int, list[IPPool]]]:
-    """For each NIC and family asked for, the candidate pools in order."""
-    plans: list[tuple[NicRequest, int, list[IPPool]]] = []
-    for r in requests:
-        if r.source == "endpoint":
-            for version, names in ((4, r.ipv4), (6, r.ipv6)):
-                if names:
-                    if names[0] not in pools:
-                        raise PoolNotFound(pool=names[0])
-                    plans.append((r, version, [pools[names[0]]]))
-            continue
-        for version in (4, 6):
-            found = candidates(r, version, ctx, pools)
-            if found:
-                plans.append((r, version, found))
-        if not any(p[0] is r for p in plans):
-            raise NoAvailablePool(
-                nic=r.nic, version=4, reason=f"no pool selection rules of any type are specified ({r.source})"
-            )
-    return plans
-
-
-def _still_candidates(ctx: PodContext, entry: NicAllocation, req: AddRequest, pools: dict[str, IPPool]) -> bool:
-    """Whether every pool an entry records is still a candidate for its NIC (pool annotation unchanged)."""
-    try:
-        requests = requested_pools(ctx, entry.interface, req.default_ipv4_pools, req.default_ipv6_pools)
-    except SpiderError:
-        return False
-    request = next((r for r in requests if r.nic == entry.interface), None)
-    if request is None:
-        return False
-    for version, pool, _ in entry.pools():
-        try:
-            names = [p.name for p in candidates(request, version, ctx, pools)]
-        except SpiderError:
-            return False
-        if pool not in names:
-            return False
-    return True
 
 
 def _nic_allocation(r: NicResult, req: AddRequest) -> NicAllocation:

@@ -93,7 +93,7 @@ async def test_an_add_cancelled_with_the_pool_actors_themselves_ends_within_the_
     store = HoldsOnePool(two_pools, held="v6")
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(service(nursery, store, endpoint_budget=0.5).allocate, DUAL)
+            nursery.start_soon(service(nursery, store, undo_budget=0.5).allocate, DUAL)
             await store.entered.wait()
             await eventually(held(two_pools, "v4", 1), what="the IPv4 answer")
             nursery.cancel_scope.cancel(reason="agent stopping")
