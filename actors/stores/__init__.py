@@ -4,6 +4,7 @@
 - ``sqlite``: the embedded backend, one SQLite file shared by every process on the machine;
 - ``kube``: the Kubernetes backend (the only module that imports kubernetes-asyncio);
 - ``validating``: admission at the store layer, the same for every backend;
+- ``retrying``: riding out short outages (an API server restart) within a budget;
 - ``selection``: which backend a process opens (``--store`` / ``--kubeconfig`` / ``--in-cluster``).
 May import ``actors.runtime`` and ``spider``; knows no actor, server or tool.
 """

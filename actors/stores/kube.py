@@ -24,9 +24,14 @@ response is read and released, every watch response closed.
 Errors.  404 ``NotFound`` (a 404 that is not a ``Status``, the API server's "page not found", means the kind
 is not served: a get finds nothing, anything else is ``StoreUnavailable`` asking whether the CRDs are
 installed); 409 ``AlreadyExists`` or ``Conflict`` by the ``Status`` reason; 410
-``Gone``; 400 and 422 ``Invalid``; 401, 403, 429, 5xx, timeouts and connection errors ``StoreUnavailable``
-(CNI 11: the runtime retries).  A 401 first makes the credentials re-read (token file, exec plugin) and the
-request is sent once more.
+``Gone``; 400 and 422 ``Invalid``; 429, 5xx, timeouts and connection errors ``StoreUnreachable`` (the server
+may be back in a moment: ``actors.stores.retrying`` waits for it); 401, 403 and a credential plugin that fails
+``StoreUnavailable`` (CNI 11 both: the runtime retries).  A 401 first makes the credentials re-read (token
+file, exec plugin) and the request is sent once more.  (aiohttp sends a GET, PUT or DELETE once more by itself
+when a kept-alive connection drops before the answer: a PUT that was applied then answers ``Conflict``, a
+DELETE ``NotFound``.)  One 500 is no outage: a ``resourceVersion`` the server
+cannot parse ("resourceVersion: Invalid value", what kube-apiserver answers for it) is ``Invalid``, so a watch
+from such a version fails at once instead of reconnecting to the same answer.
 
 Where the API server and the port differ, this adapter keeps the port (the contract tests run on both):
 - create with a ``resourceVersion``: the server answers 500; we refuse with ``Invalid`` before sending.
@@ -42,7 +47,8 @@ Where the API server and the port differ, this adapter keeps the port (the contr
 Watches.  ``allowWatchBookmarks`` is asked for, and bookmarks only move the version a watch resumes from.
 When the server ends a watch (``timeoutSeconds``) or the connection drops (API server restart, network), the
 watch reconnects from the last version seen, with jittered backoff while it fails; after
-``watch_reconnect_budget`` seconds of failures it raises ``StoreUnavailable``.  A watch the server ends at
+``watch_reconnect_budget`` seconds of failures it raises the last ``StoreUnavailable``.  The list a watch from
+``""`` or ``"0"`` starts with is retried the same way while it is unreachable.  A watch the server ends at
 once with nothing in it is re-opened after a growing pause (``QUICK_WATCH_END``), never in a hot loop.
 A 410 (an ``ERROR`` event with code 410, or an HTTP 410) raises ``Gone``: the caller re-lists, as the port
 says.
@@ -78,7 +84,17 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 from kubernetes_asyncio.config.kube_config import KubeConfigLoader, load_kube_config
 
-from actors.stores.port import AlreadyExists, Conflict, Gone, Invalid, NotFound, Obj, ObjectList, WatchEvent
+from actors.stores.port import (
+    AlreadyExists,
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    Obj,
+    ObjectList,
+    StoreUnreachable,
+    WatchEvent,
+)
 from spider.errors import SpiderError, StoreUnavailable
 from spider.kinds import Kind, kind_info
 from spider.selector import parse_selector
@@ -392,6 +408,8 @@ def _error(status: int, data: bytes, target: _Target) -> SpiderError:
         details = body.get("details") or {}
     else:
         reason, message, details = "", data[:200].decode(errors="replace").strip(), {}
+    if _INVALID_VERSION in message:  # NB: kube-apiserver answers 500 for it, but no retry can help
+        return Invalid(kind=target.kind, name=target.name, reason=message)
     if status == 404:
         if not _is_status(body) and target.verb != "get":  # NB: a get of a kind not served finds nothing
             return StoreUnavailable(
@@ -409,15 +427,23 @@ def _error(status: int, data: bytes, target: _Target) -> SpiderError:
         return Gone(resource_version=target.sent_version)
     if status in (400, 422):
         return Invalid(kind=target.kind, name=target.name, reason=message or reason or f"HTTP {status}")
-    return StoreUnavailable(reason=f"{target.verb} {target.kind}: HTTP {status} {reason}: {message}".strip())
+    why = f"{target.verb} {target.kind}: HTTP {status} {reason}: {message}".strip()
+    if status == 429 or status >= 500:  # overloaded, restarting, or behind a proxy that lost it: wait
+        return StoreUnreachable(reason=why)
+    return StoreUnavailable(reason=why)
 
 
 def _unavailable(target: _Target, exc: BaseException) -> StoreUnavailable:
+    """The port's error for a request that got no answer: ``StoreUnreachable``, except for a credential plugin
+    that failed (``ConfigException``), which waiting does not fix."""
     what = str(exc) or type(exc).__name__
-    return StoreUnavailable(reason=f"{target.verb} {target.kind}: {type(exc).__name__}: {what}")
+    reason = f"{target.verb} {target.kind}: {type(exc).__name__}: {what}"
+    return StoreUnavailable(reason=reason) if isinstance(exc, ConfigException) else StoreUnreachable(reason=reason)
 
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, ConfigException)
+_INVALID_VERSION = "resourceVersion: Invalid value"
+"""What kube-apiserver's message starts with when it cannot parse a ``resourceVersion`` (an HTTP 500)."""
 
 
 # --- the store ---------------------------------------------------------------------------------------------
@@ -727,16 +753,33 @@ class KubeStore:
         ns = namespace if info.namespaced and namespace else ""
         return self._watch(info, ns, selector, resource_version)
 
+    async def _watch_start(self, info: Kind, namespace: str, selector: str, start: str) -> tuple[Sequence[Obj], str]:
+        """The objects a watch from ``""`` (none) or ``"0"`` (all) starts with, and the version it goes on
+        from; retried while the server is unreachable, within ``watch_reconnect_budget``."""
+        failing_since: float | None = None
+        delay = 0.1
+        while True:
+            try:
+                if start == "":
+                    _, version, _ = await self._list_page(info, namespace, selector, 1)
+                    return [], version
+                listing = await self.list(info.kind, namespace=namespace or None, label_selector=selector)
+                return listing.items, listing.resource_version
+            except StoreUnreachable as exc:
+                now = trio.current_time()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since > self.settings.watch_reconnect_budget:
+                    raise
+                log.warning("watch %s cannot start (%s); retrying", info.plural, exc)
+            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 5.0)
+
     async def _watch(self, info: Kind, namespace: str, selector: str, start: str) -> AsyncIterator[WatchEvent]:
-        if start == "":
-            _, version, _ = await self._list_page(info, namespace, selector, 1)
-        elif start == "0":
-            listing = await self.list(info.kind, namespace=namespace or None, label_selector=selector)
-            for item in listing.items:
+        version = start
+        if start in ("", "0"):
+            initial, version = await self._watch_start(info, namespace, selector, start)
+            for item in initial:
                 yield WatchEvent("ADDED", item)
-            version = listing.resource_version
-        else:
-            version = start
         failing_since: float | None = None
         delay = 0.1
         while True:
@@ -815,6 +858,8 @@ class KubeStore:
                     code = obj.get("code")
                     if code == 410:
                         raise Gone(resource_version=version)
+                    if _INVALID_VERSION in str(obj.get("message") or ""):
+                        raise Invalid(kind=info.kind, name="", reason=str(obj["message"]))
                     raise StoreUnavailable(reason=f"watch {info.kind}: ERROR {code} {obj.get('message', '')}")
                 obj_version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                 if kind == "BOOKMARK":

@@ -14,6 +14,10 @@ Semantics every backend keeps (the contract tests in ``tests/store`` check them)
   update removes the last finalizer.
 - ``watch`` yields every change after ``resource_version`` in order; a version too old to replay raises
   ``Gone`` (HTTP 410), after which the caller re-lists.
+- A store that cannot be reached (connection refused or reset, a timeout, HTTP 5xx or 429) raises
+  ``StoreUnreachable``: the request may or may not have been applied, and the same request may succeed in a
+  moment (``actors.stores.retrying`` rides such outages out).  Other ``StoreUnavailable`` errors (no
+  credentials, CRDs not installed, a locked file) are not expected to clear by themselves.
 
 Optional capabilities, looked up with ``getattr`` by the code that can use them: ``AtomicStatusUpdate``
 (``update_status_atomically``), a read-modify-write of a status under a backend's own write lock, which the
@@ -27,7 +31,7 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
-from spider.errors import SpiderError, TransientError
+from spider.errors import SpiderError, StoreUnavailable, TransientError
 
 Obj = dict[str, Any]
 
@@ -78,6 +82,17 @@ class Gone(TransientError):
 
     def __str__(self) -> str:
         return f"resourceVersion {self.resource_version} is too old to watch from; re-list"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class StoreUnreachable(StoreUnavailable):
+    """The store did not answer (connection refused or reset, a timeout, HTTP 5xx or 429); CNI 11.
+
+    A write that raises it may have been applied all the same (only its answer was lost).
+    """
+
+    def __str__(self) -> str:
+        return f"store unreachable: {self.reason}"
 
 
 @attrs.define(auto_exc=True, kw_only=True)

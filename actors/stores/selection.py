@@ -64,10 +64,11 @@ class StoreSettings:
         return cls(**values)  # type: ignore[arg-type]
 
 
-async def open_store(settings: StoreSettings) -> Store:
-    """Open the store the settings name; the caller closes it (``aclose``)."""
+async def open_store(settings: StoreSettings, *, create: bool = True) -> Store:
+    """Open the store the settings name; the caller closes it (``aclose``).  Without ``create`` a missing
+    embedded store file is an error (``StoreUnavailable``) instead of a new, empty store."""
     if settings.kubernetes:
         from actors.stores.kube import KubeStore  # NB: lazily: kubernetes-asyncio is a heavy import
 
         return await KubeStore.open(settings.kubeconfig, context=settings.context, in_cluster=settings.in_cluster)
-    return await SqliteStore.open(settings.store_path)
+    return await SqliteStore.open(settings.store_path, create=create)

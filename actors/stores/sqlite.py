@@ -133,15 +133,27 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _connect(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, int]:
+def _connect(path: Path, busy_timeout: float, create: bool = True) -> tuple[sqlite3.Connection, int]:
     """Open the file, switch it to WAL and create the schema; safe when processes race on a fresh file.
-    Also opens the writers' lock file beside it."""
+    Also opens the writers' lock file beside it.  A missing file is an error unless ``create``; an empty
+    (0-byte) one always is, unless another process is creating it right now (it holds the lock meanwhile)."""
     path = path.expanduser()
+    if not create and not path.exists():
+        raise StoreUnavailable(reason=f"no store file at {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     lockfd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves.  The connection is used from several worker
-    # threads, never two at once (the store's limiter).
     try:
+        # NB: a new file is 0 bytes from sqlite3.connect until WAL mode is written: whoever creates one holds
+        # the writers' lock until it is initialised, so a 0-byte file nobody is creating is never a store.
+        fresh = not path.exists() or path.stat().st_size == 0
+        if fresh:
+            _flock_within(lockfd, path, busy_timeout)
+            if path.exists() and path.stat().st_size == 0:
+                raise StoreUnavailable(reason=f"{str(path)!r} is an empty file, not a store (remove it to start anew)")
+            if not create and not path.exists():
+                raise StoreUnavailable(reason=f"no store file at {str(path)!r}")
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.  The connection is used from several worker
+        # threads, never two at once (the store's limiter).
         conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     except BaseException:
         os.close(lockfd)
@@ -177,7 +189,22 @@ def _connect(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, int]:
         conn.close()
         os.close(lockfd)
         raise
+    if fresh:
+        fcntl.flock(lockfd, fcntl.LOCK_UN)
     return conn, lockfd
+
+
+def _flock_within(lockfd: int, path: Path, timeout: float) -> None:
+    """Take the writers' ``flock`` on ``lockfd`` within ``timeout`` seconds, polling."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"{path}.lock: busy for {timeout} s") from None
+            time.sleep(0.002)
 
 
 def _prune(conn: sqlite3.Connection, floor: int) -> None:
@@ -273,13 +300,17 @@ class SqliteStore:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         event_budget: int = DEFAULT_EVENT_BUDGET,
+        create: bool = True,
     ) -> SqliteStore:
-        """Open (creating directories, file and schema as needed) the store at ``path``."""
+        """Open the store at ``path``, creating directories, file and schema as needed when ``create``.
+
+        ``StoreUnavailable`` when the file is missing and not ``create``, is empty (0 bytes), or is no store.
+        """
         if event_retention < 1:
             raise ValueError("event_retention must be at least 1")
         p = Path(path)
         try:
-            conn, lockfd = await trio.to_thread.run_sync(_connect, p, busy_timeout)
+            conn, lockfd = await trio.to_thread.run_sync(_connect, p, busy_timeout, create)
         except (sqlite3.Error, OSError) as exc:
             # NB: also "file is not a database" and permission trouble: say which file, keep the cause.
             raise StoreUnavailable(reason=f"cannot open {str(p)!r}: {exc}") from exc

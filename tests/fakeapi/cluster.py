@@ -18,7 +18,8 @@ upstream code, see ``tests/fakeapi/__init__.py``):
 - delete: preconditions (409); finalizers only mark (deletionTimestamp, grace 0, generation + 1), once.
 - list: label selectors (400 when malformed), ``limit``/``continue`` over a snapshot (410 when compacted),
   items of built-in kinds without apiVersion/kind.
-- watch: ``""``/``"0"`` start with a synthetic ``ADDED`` per object; an unparseable version is 422; a
+- watch: ``""``/``"0"`` start with a synthetic ``ADDED`` per object; an unparseable version is a 500 whose
+  ``Status`` has no reason (the storage layer's invalid-field error, which no API error wraps); a
   compacted one an ``ERROR`` event (410 ``Expired``) on a 200 stream; selector transitions become
   ``ADDED``/``DELETED``; ``DELETED`` carries the last state stamped with the deletion's version.
 
@@ -71,9 +72,10 @@ class ApiError(Exception):
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         }
+        if self.reason:  # NB: StatusReasonUnknown is "" and omitted, as Go's omitempty does
+            out["reason"] = self.reason
         if self.details:
             out["details"] = self.details
         return out
@@ -468,7 +470,7 @@ class Cluster:
     def watch_start(self, r: Resource, namespace: str, selector: str, version: str) -> tuple[_Objs, int]:
         """The synthetic events a watch starts with, and the version it continues after.
 
-        ``ApiError`` 422 for an unparseable version (sent as the answer); 410 for a compacted one (sent as
+        ``ApiError`` 500 for an unparseable version (sent as the answer); 410 for a compacted one (sent as
         an ``ERROR`` event on a 200 stream, as the watch cache does).
         """
         matcher = self._selector(selector)
@@ -477,9 +479,10 @@ class Cluster:
             items = [dict(o, apiVersion=r.api_version, kind=r.kind) for o in listing["items"]]
             return [{"type": "ADDED", "object": o} for o in items if matcher.matches(_labels(o))], self.rv
         start = _parse_rv(version)
-        if start is None:
-            message = f'resourceVersion: Invalid value: "{version}": strconv.ParseUint: parsing "{version}"'
-            raise ApiError(422, "Invalid", message)
+        if start is None:  # NB: kube-apiserver's ErrorToAPIStatus: a 500 with StatusReasonUnknown ("")
+            why = f'strconv.ParseUint: parsing "{version}": invalid syntax'
+            message = f'resourceVersion: Invalid value: "{version}": {why}'
+            raise ApiError(500, "", message)
         if start < self.compacted:
             raise ApiError(410, "Expired", f"too old resource version: {start} ({self.compacted})")
         return [], start

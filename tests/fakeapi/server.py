@@ -36,7 +36,8 @@ T = TypeVar("T")
 @attrs.define
 class Fault:
     """Answer matching requests badly: with ``status`` (a ``Status`` body), or never (``hang``), or by
-    closing the connection (``drop``); ``times`` requests, then the fault is spent."""
+    closing the connection (``drop``); ``times`` requests, then the fault is spent.  With ``applied`` the
+    request is carried out first and only its answer is lost (a ``drop``) or replaced (a ``status``)."""
 
     method: str = ""
     path_contains: str = ""
@@ -45,6 +46,7 @@ class Fault:
     hang: bool = False
     drop: bool = False
     times: int = 1
+    applied: bool = False
 
     def matches(self, method: str, path: str, watch: bool) -> bool:
         return (
@@ -189,6 +191,10 @@ class FakeApiServer:
         for fault in self.faults:
             if fault.matches(method, path, watch):
                 fault.times -= 1
+                if fault.applied:
+                    with suppress(ApiError, NotServed):
+                        resource, namespace, name, sub = self._route(path)
+                        self._dispatch(method, resource, namespace, name, sub, query, body)
                 if fault.drop:
                     raise _Drop
                 if fault.hang:
@@ -404,6 +410,14 @@ class ServedInThread:
     def call_async(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await afn(*args)`` in the server's thread."""
         return trio.from_thread.run(afn, *args, trio_token=self._token)
+
+    def go_down(self) -> None:
+        """An outage of the server (``FakeApiServer.go_down``), from this thread."""
+        self.call(self.server.go_down)
+
+    def come_up(self) -> None:
+        """The end of an outage (``FakeApiServer.come_up``): back on the same port, from this thread."""
+        self.call_async(self.server.come_up)
 
     def stop(self) -> None:
         if self._scope is not None and self._thread.is_alive():

@@ -194,6 +194,58 @@ async def test_a_file_that_is_not_a_store_is_unavailable(tmp_path: Path) -> None
         await SqliteStore.open(path)
 
 
+async def test_a_missing_file_is_unavailable_when_not_to_be_created_and_nothing_is_made(tmp_path: Path) -> None:
+    path = tmp_path / "typo" / "store.db"
+    with trio.fail_after(TIMEOUT), pytest.raises(StoreUnavailable, match=r"no store file at .*typo/store\.db"):
+        await SqliteStore.open(path, create=False)
+    assert not (tmp_path / "typo").exists()
+
+
+async def test_an_existing_store_opens_without_creating(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with trio.fail_after(TIMEOUT):
+        async with await SqliteStore.open(path) as store:
+            await store.create(pool("kept"))
+        async with await SqliteStore.open(path, create=False) as store:
+            assert (await store.get("SpiderIPPool", "kept"))["spec"] == {}
+
+
+@pytest.mark.parametrize("create", [True, False])
+async def test_an_empty_file_is_not_a_store_and_is_left_alone(tmp_path: Path, create: bool) -> None:
+    path = tmp_path / "store.db"
+    path.touch()
+    with trio.fail_after(TIMEOUT), pytest.raises(StoreUnavailable, match="is an empty file, not a store"):
+        await SqliteStore.open(path, create=create)
+    assert path.stat().st_size == 0
+
+
+async def test_an_empty_file_another_process_is_creating_is_waited_for(tmp_path: Path) -> None:
+    path, made = tmp_path / "store.db", tmp_path / "made.db"
+    path.touch()  # NB: what a creator's sqlite3.connect leaves until it has written WAL mode
+    lockfd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT)
+    opened: list[SqliteStore] = []
+
+    async def opener() -> None:
+        opened.append(await SqliteStore.open(path))
+
+    try:
+        fcntl.flock(lockfd, fcntl.LOCK_EX)  # the creator holds the writers' lock while it initialises
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(opener)
+                await trio.sleep(0.2)
+                assert not opened  # waiting, neither refused nor opened
+                async with await SqliteStore.open(made) as store:
+                    await store.create(pool("from-the-creator"))
+                os.replace(made, path)
+                fcntl.flock(lockfd, fcntl.LOCK_UN)
+        (store,) = opened
+        async with store:
+            assert (await store.get("SpiderIPPool", "from-the-creator"))["metadata"]["name"] == "from-the-creator"
+    finally:
+        os.close(lockfd)
+
+
 async def test_events_beyond_the_retention_are_gone(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with await SqliteStore.open(tmp_path / "store.db", event_retention=3) as store:
