@@ -1,16 +1,22 @@
 # The image of the node agent, the controller and the CLI: `spider` is the entrypoint, the subcommand the
 # argument (the manifests in deploy/ pass `agent`, `install-cni ...` or `controller`).
 #   docker build -t REGISTRY/spider-ipam:TAG .
-# Stage 1 builds wheels of the project (from this repository) and of its dependencies; stage 2 installs them
-# without a compiler, build tools or the source tree.
+# Stage 1 fetches the locked dependencies (deploy/image/requirements.lock: every version pinned, every file
+# hashed, wheels only) and builds the wheel of the project; stage 2 installs them without a compiler, build
+# tools, an index or the source tree.
+# The base is named by tag, not digest: pin it as python:3.11-slim@sha256:... for reproducible builds, see
+# docs/operations.md ("Security").
 
 FROM python:3.11-slim AS build
 WORKDIR /src
+COPY deploy/image/requirements.lock ./
+# --require-hashes: a file on the index that differs from the locked one fails the build.
+RUN pip download --no-cache-dir --require-hashes --only-binary=:all: --dest /wheels -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY spider/ spider/
 COPY actors/ actors/
 COPY cni/ cni/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="spider-ipam" \
@@ -23,12 +29,18 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends iproute2 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
+COPY --from=build /src/requirements.lock /tmp/requirements.lock
+# The dependencies exactly as locked (hashes checked again), then the project alone: nothing unlocked comes in.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --no-index --find-links /wheels spider-ipam \
-    && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels --require-hashes -r /tmp/requirements.lock \
+    && pip install --no-cache-dir --no-index --no-deps /wheels/spider_ipam-*.whl \
+    && rm -rf /wheels /tmp/requirements.lock
 # The agent's probe (the kubelet cannot speak HTTP over the agent's unix socket).
 COPY deploy/image/spider-agent-healthy /usr/local/bin/spider-agent-healthy
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# Not root by default: the controller and the CLI need no privilege. The agent and its install-cni init
+# container ask for root in deploy/agent.yaml (runAsUser: 0), each saying why.
+USER 65532:65532
 ENTRYPOINT ["spider"]
 CMD ["--help"]

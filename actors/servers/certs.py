@@ -1,26 +1,43 @@
 """The admission webhook's TLS: a mounted certificate, or a self-made CA kept in a Secret and put in caBundle.
 
-Owns where the webhook's serving certificate comes from and how the API server learns to trust it
-(Spiderpool's ``tls.method``, reference §12.8):
+Owns where the webhook's serving certificate comes from, how the API server learns to trust it
+(Spiderpool's ``tls.method``, reference §12.8), and keeping the certificate being served current:
 
 - **mounted** (``certmanager`` or ``provided``): ``tls.crt`` and ``tls.key`` in the certificate directory
   (a Secret volume, as cert-manager writes it).  The caBundle is someone else's (cert-manager's CA injector,
-  or the manifests), so the webhook configurations are left alone.
+  or the manifests), so the webhook configurations are left alone.  The files are read again every
+  ``reload_interval`` seconds and a changed pair is served from the next TLS handshake on, so a certificate
+  cert-manager renews (and the kubelet swaps into the volume) is picked up without a restart.  A pair that
+  does not load (half written, key and certificate from different renewals) is ignored until it does.
 - **auto** (nothing mounted): the first controller replica to start makes a CA and a serving certificate
-  for the Service's DNS names with ``cryptography`` (ECDSA P-256, ten years) and stores them in a Secret
-  (``kubernetes.io/tls`` with ``ca.crt``); later replicas and restarts load that Secret, so every replica
-  behind the Service presents a certificate from the same CA.  The CA is then written into the
-  ``clientConfig.caBundle`` of every webhook of our Mutating- and ValidatingWebhookConfiguration, only when
-  it differs and guarded by resourceVersion.  A stored certificate that misses a wanted name or expires
-  within 30 days is replaced.
+  for the Service's DNS names with ``cryptography`` (ECDSA P-256) and stores them in a Secret
+  (``kubernetes.io/tls`` with ``ca.crt``, and ``ca.key`` to sign renewals); later replicas and restarts load
+  that Secret, so every replica behind the Service presents a certificate from the same CA.  The CA is
+  then written into the ``clientConfig.caBundle`` of every webhook of our Mutating- and
+  ValidatingWebhookConfiguration, only when it differs and guarded by resourceVersion.
 
-File reads and key generation run in worker threads; nothing here holds a lock or blocks the event loop.
+Rotation (auto).  The CA is valid for ``CA_VALIDITY`` (one year), the serving certificate for
+``CERT_VALIDITY`` (90 days).  Every replica re-reads the Secret every ``refresh_interval`` seconds and serves
+whatever certificate it holds; whichever replica first finds it due renews it in the Secret (the write is
+guarded by resourceVersion, so of two replicas only one renewal is stored and the other adopts it):
+
+- the serving certificate ``CERT_RENEW_BEFORE`` (30 days) before it expires, or when it misses a wanted name,
+  signed by the same CA, so the caBundle does not change;
+- the CA ``CA_RENEW_BEFORE`` (90 days) before it expires (or when the Secret has no CA key): a new CA signs
+  a new serving certificate, and ``ca.crt`` (and so the caBundle) lists the new CA followed by the old ones
+  that are still valid.  The caBundle is written before the new certificate is served, and replicas still
+  serving a certificate of the old CA stay trusted until they pick up the new one.
+
+Reading the mounted files and making keys run in worker threads.  Loading a certificate into the live
+context stays on the event loop (two small files in a private temporary directory), because the handshakes
+that read the context run there too.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import ipaddress
 import logging
 import os
@@ -31,17 +48,26 @@ from pathlib import Path
 import attrs
 import trio
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store
-from spider.errors import ConfigError
+from spider.errors import ConfigError, SpiderError
 
 log = logging.getLogger(__name__)
 
-VALIDITY = datetime.timedelta(days=3650)
-RENEW_BEFORE = datetime.timedelta(days=30)
+CA_VALIDITY = datetime.timedelta(days=365)
+"""How long a self-made CA is valid."""
+CA_RENEW_BEFORE = datetime.timedelta(days=90)
+"""A CA this close to expiry is replaced (it stays in the caBundle beside the new one until it expires)."""
+CERT_VALIDITY = datetime.timedelta(days=90)
+"""How long a self-made serving certificate is valid (never past its CA)."""
+CERT_RENEW_BEFORE = datetime.timedelta(days=30)
+"""A serving certificate this close to expiry is replaced, signed by the same CA."""
+CLOCK_SKEW = datetime.timedelta(minutes=5)
+"""Certificates are valid from this long before they are made, for API servers whose clock is behind."""
 CONFIG_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 
 
@@ -57,16 +83,27 @@ class CertificateError(ConfigError):
 
 @attrs.frozen
 class CertBundle:
-    """A serving certificate (PEM), its key (PEM) and the CA that signed it (PEM; empty if unknown)."""
+    """A serving certificate (PEM), its key (PEM), the CAs to trust (PEM, the signing CA first; empty if
+    unknown) and the signing CA's key (PEM; only for a self-made CA, which signs the renewals)."""
 
     cert: bytes
     key: bytes
     ca: bytes = b""
+    ca_key: bytes = attrs.field(default=b"", repr=False)
 
     def ssl_context(self) -> ssl.SSLContext:
         """A TLS 1.2+ server context presenting this certificate."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.load_into(context)
+        return context
+
+    def load_into(self, context: ssl.SSLContext) -> None:
+        """Present this certificate from ``context``'s next handshake on (connections open keep theirs).
+
+        Raises ``CertificateError`` when the pair does not load; ``context`` is then left as it was (the pair
+        is tried on a scratch context first, as a failed load could leave a certificate without its key).
+        """
         # NB: the ssl module loads a chain only from files; a private directory that lives for one call.
         with tempfile.TemporaryDirectory(prefix="spider-tls-") as d:
             cert, key = Path(d) / "tls.crt", Path(d) / "tls.key"
@@ -74,15 +111,20 @@ class CertBundle:
             key.touch(mode=0o600)
             key.write_bytes(self.key)
             try:
-                context.load_cert_chain(cert, key)
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
             except ssl.SSLError as exc:
                 raise CertificateError(reason=f"certificate and key do not load: {exc}") from None
-        return context
+            context.load_cert_chain(cert, key)
+
+    @property
+    def served(self) -> tuple[bytes, bytes]:
+        """What the server presents: the certificate and its key (a change in ``ca`` alone changes nothing)."""
+        return self.cert, self.key
 
 
 @attrs.frozen
 class CertSettings:
-    """Where the webhook's certificate comes from and which names it must cover."""
+    """Where the webhook's certificate comes from, which names it must cover, and how often it is checked."""
 
     namespace: str
     service: str = "spiderpool-controller"
@@ -95,6 +137,11 @@ class CertSettings:
     """A mounted ``tls.crt``/``tls.key`` (and optional ``ca.crt``) pair; when present nothing is generated."""
     extra_hosts: tuple[str, ...] = ()
     """More names or IP addresses for the self-made certificate (out-of-cluster runs, tests)."""
+    reload_interval: float = 10.0
+    """Seconds between reads of the mounted files (the kubelet updates a Secret volume within about a minute)."""
+    refresh_interval: float = 600.0
+    """Seconds between reads of the Secret (renewals are due weeks before expiry; this only bounds how late a
+    replica adopts another replica's renewal, and how soon a wiped caBundle is written again)."""
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -123,19 +170,28 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def generate(hosts: tuple[str, ...], *, common_name: str = "spiderpool-controller") -> CertBundle:
-    """A fresh CA and a serving certificate for ``hosts``, signed by it (CPU only; run it in a thread)."""
-    now = _now()
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _make_ca(common_name: str, now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name}-ca")])
+    # NB: the serial in the name tells two generations of the CA apart (a client picks the issuer by name)
+    serial = x509.random_serial_number()
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name}-ca"),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, f"{serial:x}"),
+        ]
+    )
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .serial_number(serial)
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -151,44 +207,75 @@ def generate(hosts: tuple[str, ...], *, common_name: str = "spiderpool-controlle
             ),
             critical=True,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca, ca_key
+
+
+def _issue(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, hosts: tuple[str, ...], common_name: str,
+    now: datetime.datetime,
+) -> tuple[bytes, bytes]:  # fmt: skip
+    """A serving certificate for ``hosts`` signed by ``ca``, never valid past it; (cert PEM, key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else common_name)]))
-        .issuer_name(ca_name)
+        .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + CERT_VALIDITY, ca.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(_san(hosts), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    return CertBundle(
-        cert=cert.public_bytes(serialization.Encoding.PEM),
-        key=_pem_key(key),
-        ca=ca.public_bytes(serialization.Encoding.PEM),
-    )
+    return _pem(cert), _pem_key(key)
 
 
-def problem(bundle: CertBundle, hosts: tuple[str, ...]) -> str | None:
-    """Why a stored bundle should be replaced (unreadable, a name missing, expiring soon), or ``None``."""
+def generate(
+    hosts: tuple[str, ...], *, common_name: str = "spiderpool-controller", now: datetime.datetime | None = None
+) -> CertBundle:
+    """A fresh CA and a serving certificate for ``hosts``, signed by it (CPU only; run it in a thread)."""
+    now = now or _now()
+    ca, ca_key = _make_ca(common_name, now)
+    cert, key = _issue(ca, ca_key, hosts, common_name, now)
+    return CertBundle(cert=cert, key=key, ca=_pem(ca), ca_key=_pem_key(ca_key))
+
+
+def _still_valid(bundle_pem: bytes, now: datetime.datetime) -> bytes:
+    """The certificates of a PEM bundle that have not expired, as PEM (unreadable input: none)."""
+    try:
+        certs = x509.load_pem_x509_certificates(bundle_pem) if bundle_pem.strip() else []
+    except ValueError:
+        return b""
+    return b"".join(_pem(c) for c in certs if c.not_valid_after_utc > now)
+
+
+def problem(bundle: CertBundle, hosts: tuple[str, ...], *, now: datetime.datetime | None = None) -> str | None:
+    """Why a bundle's serving certificate should be replaced (unreadable, a name missing, expiring soon, not
+    signed by the bundle's first CA), or ``None``."""
+    now = now or _now()
     try:
         cert = x509.load_pem_x509_certificate(bundle.cert)
         key = serialization.load_pem_private_key(bundle.key, password=None)
-        if bundle.ca:
-            x509.load_pem_x509_certificate(bundle.ca)
+        signer = x509.load_pem_x509_certificates(bundle.ca)[0] if bundle.ca.strip() else None
     except ValueError as exc:
         return f"unreadable: {exc}"
     if cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         return "the key does not belong to the certificate"
-    if cert.not_valid_after_utc - RENEW_BEFORE < _now():
+    if cert.not_valid_after_utc - CERT_RENEW_BEFORE < now:
         return f"expires {cert.not_valid_after_utc:%Y-%m-%d}"
+    if signer is not None:
+        try:
+            cert.verify_directly_issued_by(signer)
+        except (ValueError, TypeError, InvalidSignature):
+            return "not signed by the CA"
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -197,6 +284,50 @@ def problem(bundle: CertBundle, hosts: tuple[str, ...]) -> str | None:
     covered |= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
     missing = [h for h in hosts if h not in covered and str(_maybe_ip(h)) not in covered]
     return f"does not cover {', '.join(missing)}" if missing else None
+
+
+def ca_problem(bundle: CertBundle, *, now: datetime.datetime | None = None) -> str | None:
+    """Why a bundle's CA should be replaced (no key to sign with, unreadable, the key not the CA's, expiring
+    within ``CA_RENEW_BEFORE``), or ``None``."""
+    now = now or _now()
+    if not bundle.ca_key or not bundle.ca.strip():
+        return "has no CA key"
+    try:
+        ca = x509.load_pem_x509_certificates(bundle.ca)[0]
+        ca_key = serialization.load_pem_private_key(bundle.ca_key, password=None)
+    except ValueError as exc:
+        return f"CA unreadable: {exc}"
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or ca_key.public_key() != ca.public_key():
+        return "the CA key does not belong to the CA"
+    if ca.not_valid_after_utc - CA_RENEW_BEFORE < now:
+        return f"CA expires {ca.not_valid_after_utc:%Y-%m-%d}"
+    return None
+
+
+def renewal(
+    current: CertBundle | None, hosts: tuple[str, ...], *, common_name: str = "spiderpool-controller",
+    now: datetime.datetime | None = None,
+) -> tuple[CertBundle, str] | None:  # fmt: skip
+    """What should replace ``current`` and why, or ``None`` while it is fit (CPU only; run it in a thread).
+
+    A CA that is missing, keyless or due makes a new CA (the old CAs still valid stay in ``ca`` after it);
+    otherwise a serving certificate that is due is re-issued by the same CA.
+    """
+    now = now or _now()
+    if current is None:
+        return generate(hosts, common_name=common_name, now=now), "missing"
+    why_ca = ca_problem(current, now=now)
+    if why_ca is not None:
+        fresh = generate(hosts, common_name=common_name, now=now)
+        return attrs.evolve(fresh, ca=fresh.ca + _still_valid(current.ca, now)), why_ca
+    why = problem(current, hosts, now=now)
+    if why is None:
+        return None
+    ca = x509.load_pem_x509_certificates(current.ca)[0]
+    ca_key = serialization.load_pem_private_key(current.ca_key, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)  # NB: ca_problem checked it
+    cert, key = _issue(ca, ca_key, hosts, common_name, now)
+    return attrs.evolve(current, cert=cert, key=key, ca=_still_valid(current.ca, now)), why
 
 
 def _maybe_ip(host: str) -> object:
@@ -212,7 +343,10 @@ def _read_mounted(cert_dir: Path) -> CertBundle | None:
         return None
     if not (cert.exists() and key.exists()):
         raise CertificateError(reason=f"{cert_dir} must hold both tls.crt and tls.key")
-    return CertBundle(cert.read_bytes(), key.read_bytes(), ca.read_bytes() if ca.exists() else b"")
+    try:
+        return CertBundle(cert.read_bytes(), key.read_bytes(), ca.read_bytes() if ca.exists() else b"")
+    except OSError as exc:  # NB: a file swapped out between exists() and the read
+        raise CertificateError(reason=f"{cert_dir}: {exc}") from None
 
 
 def _b64(data: bytes) -> str:
@@ -223,7 +357,10 @@ def _secret_bundle(obj: Obj) -> CertBundle | None:
     data = obj.get("data") or {}
     try:
         return CertBundle(
-            base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]), base64.b64decode(data["ca.crt"])
+            base64.b64decode(data["tls.crt"]),
+            base64.b64decode(data["tls.key"]),
+            base64.b64decode(data["ca.crt"]),
+            base64.b64decode(data.get("ca.key") or ""),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -236,23 +373,31 @@ def _secret(settings: CertSettings, bundle: CertBundle, current: Obj | None = No
         "kind": "Secret",
         "metadata": meta,
         "type": "kubernetes.io/tls",
-        "data": {"tls.crt": _b64(bundle.cert), "tls.key": _b64(bundle.key), "ca.crt": _b64(bundle.ca)},
+        "data": {
+            "tls.crt": _b64(bundle.cert),
+            "tls.key": _b64(bundle.key),
+            "ca.crt": _b64(bundle.ca),
+            "ca.key": _b64(bundle.ca_key),
+        },
     }
 
 
-async def stored_certificate(store: Store, settings: CertSettings, *, attempts: int = 5) -> CertBundle:
-    """The CA and certificate from the Secret, made and stored first if missing or no longer fit."""
+async def stored_certificate(
+    store: Store, settings: CertSettings, *, attempts: int = 5, now: datetime.datetime | None = None
+) -> CertBundle:
+    """The CA and certificate from the Secret, renewed there first (or made) when due."""
     for _ in range(attempts):
         try:
             current: Obj | None = await store.get("Secret", settings.secret, settings.namespace)
         except NotFound:
             current = None
         bundle = _secret_bundle(current) if current is not None else None
-        why = "missing" if bundle is None else problem(bundle, settings.hosts)
-        if bundle is not None and why is None:
+        due = await trio.to_thread.run_sync(functools.partial(renewal, bundle, settings.hosts, now=now))
+        if due is None:
+            assert bundle is not None
             return bundle
-        log.info("webhook certificate in Secret %s/%s %s; making a new CA", settings.namespace, settings.secret, why)
-        fresh = await trio.to_thread.run_sync(generate, settings.hosts)
+        fresh, why = due
+        log.info("webhook certificate in Secret %s/%s %s; renewing it", settings.namespace, settings.secret, why)
         try:
             if current is None:
                 await store.create(_secret(settings, fresh))
@@ -305,6 +450,62 @@ async def webhook_certificate(store: Store, settings: CertSettings) -> tuple[Cer
     if changed:
         log.info("webhook CA written into the caBundle of %s", ", ".join(changed))
     return bundle, True
+
+
+@attrs.define(eq=False)
+class ServedCertificate:
+    """The certificate the webhook presents, kept current in one ``ssl.SSLContext`` the listener shares.
+
+    ``open`` obtains it (``webhook_certificate``); ``keep_current`` then checks, every ``reload_interval``
+    (mounted files) or ``refresh_interval`` (the Secret) seconds, whether it changed, and loads a changed one
+    into the same context, so new handshakes present it and connections already open are not disturbed.
+    """
+
+    store: Store
+    settings: CertSettings
+    bundle: CertBundle
+    self_made: bool
+    context: ssl.SSLContext
+    reloads: int = 0
+    """How many times a changed certificate has been loaded."""
+
+    @classmethod
+    async def open(cls, store: Store, settings: CertSettings) -> ServedCertificate:
+        """The current certificate, with a context presenting it; raises ``CertificateError``."""
+        bundle, self_made = await webhook_certificate(store, settings)
+        return cls(store, settings, bundle, self_made, bundle.ssl_context())
+
+    async def keep_current(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Check for a changed certificate until cancelled; trouble is logged and the current one kept."""
+        s = self.settings
+        interval = s.refresh_interval if self.self_made else s.reload_interval
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self.refresh()
+            except SpiderError as exc:
+                log.warning("webhook certificate not refreshed (serving the current one): %s", exc)
+
+    async def refresh(self) -> bool:
+        """Load the certificate again if it changed (renewing the Secret's when due); True when it did."""
+        if self.self_made:
+            bundle = await stored_certificate(self.store, self.settings)
+            changed = await patch_ca_bundle(self.store, self.settings, bundle.ca)
+            if changed:  # NB: before the new certificate is served, so the API server already trusts its CA
+                log.info("webhook CA written into the caBundle of %s", ", ".join(changed))
+        else:
+            assert self.settings.cert_dir is not None
+            mounted = await trio.to_thread.run_sync(_read_mounted, self.settings.cert_dir)
+            if mounted is None:
+                raise CertificateError(reason=f"{self.settings.cert_dir} no longer holds tls.crt and tls.key")
+            bundle = mounted
+        if bundle.served == self.bundle.served:
+            return False
+        bundle.load_into(self.context)
+        self.bundle, self.reloads = bundle, self.reloads + 1
+        log.info("webhook serves a new certificate (%s)", "from the Secret" if self.self_made else "mounted")
+        return True
 
 
 def write_bundle(directory: Path, bundle: CertBundle) -> None:

@@ -2,15 +2,20 @@
 
 What can be checked offline is: every file the Dockerfile copies exists and is not excluded by .dockerignore;
 the build stage's ``pip wheel`` succeeds on exactly the files that stage copies (run here, offline, on a copy
-of them); the entrypoint is the console script pyproject.toml declares; the manifests' containers call
-subcommands through it; hadolint finds nothing; and the agent's probe script, which the image ships, tells a
-healthy agent from a missing one. Whether ``docker build`` itself succeeds is not checked.
+of them); the dependencies come only from the hashed lock file, which pins what pyproject.toml asks for (and
+what that needs) at the versions the tests run with; the image runs as a non-root user and only the agent's
+containers ask for root; the entrypoint is the console script pyproject.toml declares; the manifests'
+containers call subcommands through it; hadolint finds nothing; and the agent's probe script, which the
+image ships, tells a healthy agent from a missing one. Whether ``docker build`` itself succeeds is not
+checked.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,11 +24,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.deploy.files import DEPLOY, ROOT, documents
 from tests.support import AgentProcess, short_tmp
 
 DOCKERFILE = ROOT / "Dockerfile"
+LOCK = DEPLOY / "image" / "requirements.lock"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -77,7 +85,8 @@ def ignored(relative: str) -> bool:
 
 
 def test_both_stages_build_on_python_3_11_slim() -> None:
-    assert [s[0][1].split()[0] for s in stages()] == ["python:3.11-slim", "python:3.11-slim"]
+    # NB: by name before any "@sha256:..." (docs/operations.md, "Security", says how to pin the digest)
+    assert [s[0][1].split()[0].partition("@")[0] for s in stages()] == ["python:3.11-slim", "python:3.11-slim"]
 
 
 def test_every_file_the_dockerfile_copies_exists_and_is_in_the_build_context() -> None:
@@ -173,3 +182,75 @@ def test_the_agent_probe_passes_for_a_healthy_agent_and_fails_without_one() -> N
         assert healthy.returncode == 0, healthy.stderr
         gone = subprocess.run([sys.executable, "-IS", str(PROBE), str(agent.socket_path)], capture_output=True)
         assert gone.returncode == 1
+
+
+def locked() -> dict[str, tuple[str, list[str]]]:
+    """``{name: (version, hashes)}`` of the lock file (continuation lines joined, comments dropped)."""
+    text = re.sub(r"\\\n\s*", " ", LOCK.read_text())
+    out: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, *options = line.split()
+        name, _, version = spec.partition("==")
+        out[canonicalize_name(name)] = (version, [o.removeprefix("--hash=") for o in options])
+    return out
+
+
+def test_the_image_installs_its_dependencies_only_from_the_hashed_lock_file() -> None:
+    build, final = stages()
+    build_runs = [args for word, args in build if word == "RUN"]
+    assert any(
+        "pip download" in r and "--require-hashes" in r and "--only-binary=:all:" in r and "-r requirements.lock" in r
+        for r in build_runs
+    )
+    assert any("pip wheel" in r and "--no-deps" in r for r in build_runs)  # the project alone
+    [install] = [args for word, args in final if word == "RUN" and "pip install" in args]
+    commands = [c.strip() for c in install.split("&&")]
+    assert commands[0].endswith("--no-index --find-links /wheels --require-hashes -r /tmp/requirements.lock")
+    assert "--no-index --no-deps" in commands[1]
+    for name, (version, hashes) in locked().items():
+        assert re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version), f"{name} is not pinned"
+        assert hashes, f"{name} has no hash"
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+
+
+def test_the_lock_pins_every_dependency_at_the_version_the_tests_run_with() -> None:
+    lock = locked()
+    environment = {"python_version": "3.11", "python_full_version": "3.11.0", "sys_platform": "linux",
+                   "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+                   "platform_python_implementation": "CPython", "os_name": "posix", "extra": ""}  # fmt: skip
+    wanted = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
+    needed: set[str] = set()
+    while wanted:  # pyproject.toml's dependencies and theirs, as the image's Python 3.11 on Linux needs them
+        requirement = wanted.pop()
+        name = canonicalize_name(requirement.name)
+        if name in needed or (requirement.marker and not requirement.marker.evaluate(environment)):
+            continue
+        needed.add(name)
+        assert name in lock, f"{name} is needed but not locked"
+        assert requirement.specifier.contains(lock[name][0], prereleases=True), f"{name}: {lock[name][0]}"
+        wanted.extend(Requirement(r) for r in importlib.metadata.requires(name) or [])
+    assert set(lock) == needed  # nothing more
+    stale = {n: (v, importlib.metadata.version(n)) for n, (v, _) in lock.items() if importlib.metadata.version(n) != v}
+    assert stale == {}, "regenerate deploy/image/requirements.lock (its header says how)"
+
+
+def test_the_image_runs_as_a_non_root_user_and_only_the_agents_containers_ask_for_root() -> None:
+    final = dict(stages()[-1])
+    user = final["USER"].split(":")[0]
+    assert user.isdigit()
+    assert int(user) != 0
+    for name in ("agent.yaml", "controller.yaml"):
+        for obj in documents(DEPLOY / name):
+            spec = obj["spec"]["template"]["spec"] if "template" in obj.get("spec", {}) else None
+            for c in (spec or {}).get("initContainers", []) + (spec or {}).get("containers", []):
+                context = c.get("securityContext", {})
+                if c["name"] in ("agent", "install-cni"):  # netlink and netns; the host's /opt/cni/bin
+                    assert context["runAsUser"] == 0
+                else:
+                    assert context["runAsNonRoot"] is True
+                    assert context["runAsUser"] != 0
+                    assert context["allowPrivilegeEscalation"] is False
+                    assert context["capabilities"] == {"drop": ["ALL"]}
