@@ -18,6 +18,7 @@ namespace.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from actors.servers.agent_api import AgentApi
 from actors.stores.sqlite import SqliteStore
 from actors.tools.launcher import install_cni
 from actors.tools.manifests import apply
+from tests.netns.reachability import require_ping
 from tests.support import PLUGIN_DIR, pod_args, run_plugin, short_tmp
 
 HOST_V4 = "10.77.0.2"
@@ -87,7 +89,9 @@ def in_ns(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedPr
 
 
 def ping(netns: str, target: str, *, source: str | None = None) -> bool:
-    """One ping from a namespace, two seconds to answer."""
+    """One ping from a namespace, two seconds to answer; skips the test when ``ping`` is missing (a test that pings
+    should also carry ``@needs_ping``, which skips it before it builds anything)."""
+    require_ping()
     argv = ["ping", "-c", "1", "-W", "2", *(["-I", source] if source else []), target]
     return in_ns(netns, *argv).returncode == 0
 
@@ -279,11 +283,31 @@ async def coordinator_lab() -> AsyncIterator[CoordinatorLab]:
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)  # noqa: ASYNC221
 
 
+def kernel_link_local_route(route: dict[str, Any]) -> bool:
+    """Whether ``route`` is one of the IPv6 routes the kernel keeps for each link by itself: ``fe80::/64``, the
+    ``local`` route of the link's own ``fe80::`` address, its subnet-router anycast and the ``ff00::/8`` multicast
+    route.
+
+    They follow the links (which ``host_state`` compares) on the kernel's own schedule: the link-local address is
+    made when the link's carrier comes up (after up to a second of link-watch delay) and its ``local`` route
+    appears only once duplicate address detection is done, a second or more later.  A snapshot taken soon after
+    ``build`` would otherwise miss routes a later one has, with nothing having changed but time.
+    """
+    if route.get("protocol") != "kernel":
+        return False
+    try:
+        dst = ipaddress.ip_network(str(route.get("dst")), strict=False)
+    except ValueError:  # "default", or a v4 route's "broadcast"/"local" spelling: not one of these
+        return False
+    return dst.version == 6 and (dst.is_link_local or dst.is_multicast)
+
+
 def host_state(netns: str, pod_ips: tuple[str, ...] = ()) -> dict[str, Any]:
     """Links, routes of every table, rules and neighbours of a namespace, for before/after comparisons.
 
     Neighbours are the permanent ones and any for ``pod_ips``: others come and go with traffic the test does
-    not control.
+    not control.  Routes leave out the kernel's own IPv6 link-local and multicast routes
+    (``kernel_link_local_route``): they come with links, which are compared, but settle seconds after them.
     """
 
     def j(*args: str) -> Any:
@@ -291,7 +315,10 @@ def host_state(netns: str, pod_ips: tuple[str, ...] = ()) -> dict[str, Any]:
 
     links = sorted(link["ifname"] for link in j("link"))
     routes = sorted(
-        json.dumps(r, sort_keys=True) for family in ("-4", "-6") for r in j(family, "route", "show", "table", "all")
+        json.dumps(r, sort_keys=True)
+        for family in ("-4", "-6")
+        for r in j(family, "route", "show", "table", "all")
+        if not kernel_link_local_route(r)
     )
     rules = sorted(json.dumps(r, sort_keys=True) for family in ("-4", "-6") for r in j(family, "rule"))
     neighbours = sorted(

@@ -5,6 +5,7 @@ runs a conflist, in namespaces the test makes (a host with a bridge as the under
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -23,6 +24,7 @@ from tests.netns.coordinator_topology import (
     ping,
     why_not,
 )
+from tests.netns.reachability import needs_ping
 from tests.support import pool_object
 
 WHY_NOT = why_not()
@@ -44,6 +46,7 @@ def routes(netns: str, *args: str) -> list[dict[str, object]]:
     return result
 
 
+@needs_ping
 async def test_an_underlay_pod_reaches_its_host_another_pod_and_a_service_through_the_host(
     lab: CoordinatorLab,
 ) -> None:
@@ -62,6 +65,7 @@ async def test_an_underlay_pod_reaches_its_host_another_pod_and_a_service_throug
     assert any(r.get("dst") == "10.96.0.0/16" and r.get("gateway") == HOST_V4 for r in via_veth)
 
 
+@needs_ping
 async def test_replies_to_a_connection_the_host_opens_from_a_foreign_address_go_back_through_the_veth(
     lab: CoordinatorLab,
 ) -> None:
@@ -74,6 +78,26 @@ async def test_replies_to_a_connection_the_host_opens_from_a_foreign_address_go_
     assert ping(lab.host, "10.77.0.20", source="192.0.2.1")
     table = in_ns(pod, "ip", "route", "show", "table", "100").stdout
     assert f"default via {HOST_V4} dev veth0" in table
+
+
+def test_the_host_snapshot_ignores_the_link_local_routes_the_kernel_adds_late_but_not_other_ipv6_routes() -> None:
+    # What the kernel does a second or two after a link comes up (the link-local address, then its local route
+    # once DAD is done), done here at once by hand, so the snapshots are taken on either side of it for sure.
+    netns = f"spsnap-{uuid.uuid4().hex[:6]}"
+    ip("netns", "add", netns)
+    try:
+        ip("link", "add", "a0", "type", "veth", "peer", "name", "b0", netns=netns)
+        for link in ("a0", "b0"):
+            ip("link", "set", link, "addrgenmode", "none", netns=netns)  # no link-local of the kernel's own
+            ip("link", "set", link, "up", netns=netns)
+        raw_before, before = ip("-6", "route", "show", "table", "all", netns=netns), host_state(netns)
+        ip("addr", "add", "fe80::1/64", "dev", "a0", "nodad", netns=netns)
+        assert ip("-6", "route", "show", "table", "all", netns=netns) != raw_before
+        assert host_state(netns) == before
+        ip("addr", "add", "fd99::1/64", "dev", "a0", "nodad", netns=netns)
+        assert host_state(netns) != before
+    finally:
+        ip("netns", "del", netns, check=False)
 
 
 async def test_del_leaves_the_host_as_it_was_before_the_first_add(lab: CoordinatorLab) -> None:
@@ -158,6 +182,7 @@ async def test_check_passes_after_add_and_fails_once_the_host_route_is_gone(lab:
     assert "10.77.0.20/32" in error["msg"]
 
 
+@needs_ping
 async def test_mac_prefix_txqueuelen_rp_filters_and_the_veth_link_address_are_applied(lab: CoordinatorLab) -> None:
     pod = lab.pod()
     conf = lab.coordinator_conf(
@@ -177,6 +202,7 @@ async def test_mac_prefix_txqueuelen_rp_filters_and_the_veth_link_address_are_ap
     assert ping(pod, HOST_V4)
 
 
+@needs_ping
 async def test_a_gratuitous_arp_tells_the_neighbours_the_new_mac(lab: CoordinatorLab) -> None:
     pod = lab.pod()
     with trio.fail_after(30):
@@ -214,6 +240,7 @@ async def test_without_a_synced_spidercoordinator_add_fails_with_spiderpools_mes
     assert error["msg"] == "spidercoordinator: default no ready"
 
 
+@needs_ping
 async def test_a_dual_stack_pod_reaches_the_host_over_both_families(lab: CoordinatorLab) -> None:
     await lab.apply(pool_object("under-v6", "fd77::/64", ["fd77::20-fd77::29"], gateway="fd77::1"))
     pod = lab.pod()
@@ -225,6 +252,7 @@ async def test_a_dual_stack_pod_reaches_the_host_over_both_families(lab: Coordin
     assert in_ns(pod, "ping", "-6", "-c", "1", "-W", "2", HOST_V6).returncode == 0
 
 
+@needs_ping
 async def test_overlay_mode_gives_the_underlay_nic_its_own_table_and_keeps_the_default_on_eth0(
     lab: CoordinatorLab,
 ) -> None:
@@ -252,6 +280,7 @@ async def test_overlay_mode_gives_the_underlay_nic_its_own_table_and_keeps_the_d
     assert host_side in ip("link", netns=lab.host)  # the overlay's veth is not ours to delete
 
 
+@needs_ping
 async def test_add_cleans_dirty_host_routes_and_neighbours_left_for_the_pods_address(lab: CoordinatorLab) -> None:
     # A crashed earlier pod of this address left a route in table 500 and a neighbour entry behind (C00010).
     ip("link", "add", "stale0", "type", "veth", "peer", "name", "stale1", netns=lab.host)
@@ -264,12 +293,13 @@ async def test_add_cleans_dirty_host_routes_and_neighbours_left_for_the_pods_add
     assert code == 0, result
     devs = [r["dev"] for r in routes(lab.host, "table", "500")]
     assert len(devs) == 1
-    assert devs[0].startswith("veth")
+    assert str(devs[0]).startswith("veth")
     neighbours = json.loads(ip("-j", "neigh", "show", "10.77.0.20", netns=lab.host))
     assert [n["dev"] for n in neighbours] == devs
     assert ping(pod, HOST_V4)
 
 
+@needs_ping
 async def test_a_repeated_add_keeps_the_pods_veth_and_a_repeated_del_is_fine(lab: CoordinatorLab) -> None:
     before = host_state(lab.host, ("10.77.0.20",))
     pod = lab.pod()
@@ -301,6 +331,7 @@ async def test_an_add_that_fails_half_way_leaves_nothing_on_the_host(lab: Coordi
     assert "veth0" not in ip("link", netns=pod)
 
 
+@needs_ping
 async def test_a_custom_host_rule_table_is_used_and_cleaned(lab: CoordinatorLab) -> None:
     before = host_state(lab.host, ("10.77.0.20",))
     pod = lab.pod()
@@ -315,6 +346,7 @@ async def test_a_custom_host_rule_table_is_used_and_cleaned(lab: CoordinatorLab)
     assert host_state(lab.host, ("10.77.0.20",)) == before
 
 
+@needs_ping
 async def test_a_second_underlay_nic_gets_its_own_table_and_replies_leave_through_it(lab: CoordinatorLab) -> None:
     await lab.apply(pool_object("second", "10.77.0.0/24", ["10.77.0.40-10.77.0.49"], gateway=GATEWAY_V4))
     pod = lab.pod()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.netns.reachability import needs_ping
 from tests.support import PLUGIN_DIR, RunningAgent, pod_args, pool_object, run_plugin, running_agent
 
 
@@ -141,6 +142,7 @@ async def test_macvlan_pod_gets_the_address_and_gateway_and_del_returns_it(
     assert (await agent.pool_status("under-v4"))["allocatedIPCount"] == 0
 
 
+@needs_ping
 async def test_two_macvlan_pods_reach_each_other(topology: Topology, agent: RunningAgent) -> None:
     await agent.apply(
         pool_object("under-v4", "10.77.0.0/24", ["10.77.0.20-10.77.0.29"], gateway="10.77.0.1", default=True)

@@ -17,6 +17,7 @@ from spider.coordinator.config import DetectOptions
 from spider.coordinator.errors import AddressConflict, GatewayUnreachable, NamespaceGone
 from spider.coordinator.request import PrevIP
 from tests.netns.coordinator_topology import in_ns, ip, why_not
+from tests.netns.reachability import needs_ping
 
 WHY_NOT = why_not()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")]
@@ -113,6 +114,7 @@ async def test_a_silent_gateway_is_unreachable_after_the_probe_windows(
     assert trio.current_time() - start >= 0.1
 
 
+@needs_ping
 async def test_an_unsolicited_advertisement_updates_a_neighbours_cache(pair: Pair, node: NodeHandle) -> None:
     ip("addr", "add", "fd09::6/64", "dev", "eth0", "nodad", netns=pair.pod)
     assert in_ns(pair.peer, "ping", "-6", "-c", "1", "-W", "2", "fd09::6").returncode == 0
