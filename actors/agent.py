@@ -1,10 +1,11 @@
 """``spider agent``: the per-node daemon, wired together.
 
-Owns the agent's settings and its life cycle: open the store, start the supervisor that keeps the pool
-actors, serve the API on the unix socket, and on SIGTERM or SIGINT drain in order (stop accepting, let
-requests in flight finish within a grace period, stop the actors, close the store).  Wiring only: the logic
-lives in ``actors.ipam`` (the IPAM service, the plugin's verbs) and ``actors.servers.agent_api``; the NodeActor
-(``actors.node``) owns the node's network changes for the coordinator.
+Owns the agent's settings and its life cycle: claim the unix socket (refusing a path another agent serves),
+open the store, start the supervisor that keeps the pool actors, serve the API on the socket, and on SIGTERM
+or SIGINT drain in order (stop accepting, let requests in flight finish within a grace period, stop the
+actors, close the store).  Wiring only: the logic lives in ``actors.ipam`` (the IPAM service, the plugin's
+verbs) and ``actors.servers.agent_api``; the NodeActor (``actors.node``) owns the node's network changes for
+the coordinator.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from actors.node.actor import open_node
 from actors.node.coordinating import Coordinator
 from actors.node.netlink import netns_path
 from actors.runtime.supervisor import Supervisor
-from actors.servers.agent_api import AgentApi
+from actors.servers.agent_api import AgentApi, close_unix_listener, open_unix_listener
+from actors.servers.httpserver import READ_TIMEOUT
 from actors.stores.port import Store
+from actors.stores.retrying import DEFAULT_OUTAGE_BUDGET, RetryingStore
 from actors.stores.selection import StoreSettings, open_store
 from actors.stores.sqlite import default_store_path
 from actors.stores.validating import ValidatingStore
@@ -48,6 +51,8 @@ class AgentSettings:
     """The node this agent serves; pools' node affinity and endpoints use it."""
     grace: float = 30.0
     """Seconds requests in flight may take to finish after SIGTERM."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds a client may take to send one request on the socket; an idle connection is closed after it."""
     release_cooldown: float = 0.0
     """Seconds a released address rests before any pool reuses it (a pool's annotation overrides it); 0: at once."""
     ipam: IpamSettings = attrs.field(factory=IpamSettings)
@@ -65,6 +70,9 @@ class AgentSettings:
     """The kubeconfig context (default: its current one)."""
     conflict_budget: float = 20.0
     """Seconds a pool write may keep losing races to other agents before the request fails with CNI 11."""
+    store_outage_budget: float = DEFAULT_OUTAGE_BUDGET
+    """Seconds a request waits through a store outage (an API server restart) before it fails with CNI 11;
+    well inside the runtime's CNI timeout.  0: fail at once."""
 
     @property
     def store(self) -> StoreSettings:
@@ -76,13 +84,19 @@ class AgentSettings:
 async def open_agent(settings: AgentSettings, store: Store | None = None) -> AsyncIterator[AgentApi]:
     """A running agent (API served, actors supervised) for the body of the ``async with``.
 
-    Leaving the block drains it: no new connections, requests in flight finish, actors stop.
+    Leaving the block drains it: no new connections, requests in flight finish, actors stop.  Raises
+    ``SocketUnusable`` before anything starts when another agent serves the socket or the path cannot be one.
     """
     if settings.host_netns is not None and not await trio.Path(netns_path(settings.host_netns)).exists():
         raise InvalidInput(reason=f"host network namespace {settings.host_netns!r} does not exist")
+    listener = await open_unix_listener(settings.socket_path)
     own_store = store is None
-    if store is None:
-        store = ValidatingStore(await open_store(settings.store))
+    try:
+        if store is None:
+            store = ValidatingStore(RetryingStore(await open_store(settings.store), settings.store_outage_budget))
+    except BaseException:
+        close_unix_listener(listener)
+        raise
     try:
         async with trio.open_nursery() as actors:
             registry = PoolRegistry(store, Supervisor(actors), default_cooldown=settings.release_cooldown)
@@ -93,15 +107,18 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
                 node, node_actor = open_node(settings.host_netns)
                 await Supervisor(actors).start("node", node_actor.run)
                 coordinator = Coordinator(ipam, node)
-            api = AgentApi(ipam, Plugin(ipam), grace=settings.grace, coordinator=coordinator)
+            api = AgentApi(
+                ipam, Plugin(ipam), grace=settings.grace, read_timeout=settings.read_timeout, coordinator=coordinator
+            )
             async with trio.open_nursery() as server:
-                await server.start(api.serve, settings.socket_path)
+                await server.start(api.serve, listener)
                 try:
                     yield api
                 finally:
                     api.stop_accepting()
             actors.cancel_scope.cancel(reason="agent stopped")
     finally:
+        close_unix_listener(listener)  # NB: only when it never served (a failed start); serving cleans up itself
         if own_store:
             with trio.CancelScope(shield=True):
                 await store.aclose()

@@ -13,7 +13,8 @@ speaks the same wire (one request per connection over the agent's unix socket)::
 ``<plugin>`` is the name the binary is installed under: ``coordinator`` or ``ifacer`` (``spider install-cni``
 installs this file as both).  The socket is Spiderpool's default unless the configuration has a top-level
 ``"ipam_unix_socket_path"`` (our extension: Spiderpool's coordinator always uses the default).  VERSION is
-answered here; an unreachable agent gives CNI code 11 (50 for STATUS).
+answered here; a request the agent refuses for good (413, 431, or any answer with an ``X-Cni-Code`` header)
+gives that code and the agent's message; an unreachable agent gives CNI code 11 (50 for STATUS).
 """
 
 import _socket
@@ -33,6 +34,15 @@ CODE_TRY_AGAIN_LATER = 11
 CODE_NOT_AVAILABLE = 50
 
 _WHITESPACE = b" \t\r\n"
+
+
+class _Refused(Exception):
+    """The agent refused the request for good: a CNI code and its message."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
 
 
 def _top_level_string(data: bytes, key: bytes) -> bytes | None:
@@ -108,15 +118,30 @@ def _exchange(path: bytes, request: bytes) -> bytes:
     try:
         sock.settimeout(TIMEOUT)
         sock.connect(path)
-        sock.sendall(request)
-        chunks = []
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            # The agent stopped reading: it refused the request (413) and its answer waits in our buffer.
+            reply = _receive_all(sock)
+            if not reply:
+                raise
+            return reply
+        return _receive_all(sock)
+    finally:
+        sock.close()
+
+
+def _receive_all(sock: "_socket.socket") -> bytes:
+    chunks = []
+    try:
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             chunks.append(chunk)
-    finally:
-        sock.close()
+    except ConnectionResetError:
+        if not chunks:
+            raise
     return b"".join(chunks)
 
 
@@ -127,19 +152,33 @@ def _parse_reply(reply: bytes) -> tuple[int, bytes]:
     status = lines[0].split(None, 2)
     if not sep or len(status) < 2 or not status[0].startswith(b"HTTP/1."):
         raise ValueError("not an HTTP reply")
-    if status[1] != b"200":
-        raise ValueError("HTTP status " + b" ".join(status[1:]).decode("utf-8", "replace")[:80])
     headers = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if colon:
             headers[name.strip().lower()] = value.strip()
+    if status[1] != b"200":
+        code = headers.get(b"x-cni-code", b"")
+        if code.isdigit():
+            raise _Refused(int(code), _message(body) or "HTTP status " + status[1].decode("utf-8", "replace"))
+        raise ValueError("HTTP status " + b" ".join(status[1:]).decode("utf-8", "replace")[:80])
     if b"x-cni-exit" not in headers:
         raise ValueError("no X-Cni-Exit header")
     length = int(headers.get(b"content-length", str(len(body)).encode()))
     if len(body) < length:
         raise ValueError(f"body cut short ({len(body)} of {length} bytes)")
     return int(headers[b"x-cni-exit"]), body[:length]
+
+
+def _message(body: bytes) -> str:
+    """The agent's error message: its body is one JSON string (``json`` is imported on this error path only)."""
+    import json
+
+    try:
+        text = json.loads(body)
+    except ValueError:
+        text = None
+    return text if isinstance(text, str) else body[:1000].decode("utf-8", "replace")
 
 
 def _write(out: "BinaryIO | None", data: bytes) -> None:
@@ -183,6 +222,9 @@ def main(
                 return 1
         try:
             code, body = _parse_reply(_exchange(path, _request(name, env, data)))
+        except _Refused as exc:
+            _write(out, _error(version, exc.code, exc.msg, "the agent refused the request"))
+            return 1
         except TimeoutError:
             reason = f"no reply within {TIMEOUT:g} s"
         except OSError as exc:

@@ -12,8 +12,11 @@ Wire (over the agent's unix socket, one request per connection)::
     body:  NAME=VALUE\\n for every CNI_* variable, \\n, then stdin verbatim   (spider.cni.split_forwarded)
     reply: 200 with "X-Cni-Exit: <status>"; the body is what the plugin prints, the status how it exits
 
-VERSION is answered here without the agent.  When the agent cannot be reached, or answers something else,
-the plugin prints a CNI error with code 11 (try again later; 50 "not available" for STATUS) and exits 1.
+VERSION is answered here without the agent.  When the agent refuses the request itself (a body over its size
+limit: HTTP 413; a head too large: 431; anything else it answers with an ``X-Cni-Code`` header), the plugin
+prints a CNI error with that code and the agent's message: the error is permanent, and retrying the same
+request would fail again.  When the agent cannot be reached, or answers something else, the plugin prints a
+CNI error with code 11 (try again later; 50 "not available" for STATUS) and exits 1.
 """
 
 import _socket
@@ -41,6 +44,15 @@ class _NeedsJson(Exception):
 
 class _BadReply(Exception):
     """The agent answered something that is not a reply of ours."""
+
+
+class _Refused(Exception):
+    """The agent refused the request for good: a CNI code and its message."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
 
 
 def _scan_string(data: bytes, key: bytes) -> bytes | None:
@@ -150,15 +162,30 @@ def _exchange(path: bytes, request: bytes) -> bytes:
     try:
         sock.settimeout(TIMEOUT)
         sock.connect(path)
-        sock.sendall(request)
-        chunks = []
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            # The agent stopped reading: it refused the request (413) and its answer waits in our buffer.
+            reply = _receive_all(sock)
+            if not reply:
+                raise
+            return reply
+        return _receive_all(sock)
+    finally:
+        sock.close()
+
+
+def _receive_all(sock: "_socket.socket") -> bytes:
+    chunks = []
+    try:
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             chunks.append(chunk)
-    finally:
-        sock.close()
+    except ConnectionResetError:
+        if not chunks:
+            raise
     return b"".join(chunks)
 
 
@@ -193,13 +220,16 @@ def _parse_reply(reply: bytes) -> tuple[int, bytes]:
     status = lines[0].split(None, 2)
     if len(status) < 2 or not status[0].startswith(b"HTTP/1."):
         raise _BadReply(f"not an HTTP reply: {_text(lines[0][:80])!r}")
-    if status[1] != b"200":
-        raise _BadReply(f"HTTP status {_text(b' '.join(status[1:])[:80])}")
     headers = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if colon:
             headers[name.strip().lower()] = value.strip()
+    if status[1] != b"200":
+        code = headers.get(b"x-cni-code", b"")
+        if code.isdigit():
+            raise _Refused(int(code), _message(body) or f"HTTP status {_text(status[1])}")
+        raise _BadReply(f"HTTP status {_text(b' '.join(status[1:])[:80])}")
     exit_text = headers.get(b"x-cni-exit")
     if exit_text is None:
         raise _BadReply("no X-Cni-Exit header")
@@ -218,6 +248,17 @@ def _parse_reply(reply: bytes) -> tuple[int, bytes]:
             raise _BadReply(f"body cut short ({len(body)} of {length} bytes)")
         body = body[:length]
     return status_code, body
+
+
+def _message(body: bytes) -> str:
+    """The agent's error message: its body is one JSON string (``json`` is imported on this error path only)."""
+    import json
+
+    try:
+        text = json.loads(body)
+    except ValueError:
+        return _text(body[:1000])
+    return text if isinstance(text, str) else _text(body[:1000])
 
 
 def _write(out: "BinaryIO | None", data: bytes) -> None:
@@ -254,6 +295,9 @@ def main(
                 return 1
         try:
             code, body = _parse_reply(_exchange(path, _request(env, data)))
+        except _Refused as exc:
+            _write(out, _error(version, exc.code, exc.msg))
+            return 1
         except _BadReply as exc:
             reason = f"bad reply: {exc}"
         except TimeoutError:

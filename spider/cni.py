@@ -16,12 +16,12 @@ The shim exits with the status the agent chooses: 0 on success, 1 on error, with
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 
+from spider import limits
 from spider.errors import (
     DecodeFailure,
     IncompatibleVersion,
@@ -61,10 +61,12 @@ _REQUIRED_ENV: Final[Mapping[str, tuple[str, ...]]] = {
 # The first spec version that defines each verb.
 _FIRST_VERSION: Final[Mapping[str, str]] = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-# SPEC.md: "Must start with an alphanumeric character, optionally followed by any combination of one or more
-# alphanumeric characters, underscore (), dot (.) or hyphen (-)."  Same as libcni's ValidateContainerID.
-_CONTAINER_ID: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*", re.ASCII)
-_IFNAMSIZ: Final = 16
+# The CNI_ARGS a kubelet passes that we store, and what each must be (Kubernetes' own rules, bounded).
+_POD_ARGS: Final = {
+    "K8S_POD_NAMESPACE": limits.dns_label_problem,
+    "K8S_POD_NAME": limits.dns_subdomain_problem,
+    "K8S_POD_UID": limits.uid_problem,
+}
 
 JsonObject = dict[str, Any]
 
@@ -120,7 +122,12 @@ def _names(d: Mapping[str, Any], key: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidNetConf(reason=f"ipam.{key} must be a list of pool names (strings), not {value!r}")
+        raise InvalidNetConf(reason=f"ipam.{key} must be a list of pool names (strings), not {json_type(value)}")
+    if len(value) > limits.MAX_POOL_NAMES:
+        raise InvalidNetConf(reason=f"ipam.{key} names {len(value)} pools; the limit is {limits.MAX_POOL_NAMES}")
+    for name in value:
+        if problem := limits.pool_name_problem(name):
+            raise InvalidNetConf(reason=f"ipam.{key}: pool name {problem}: {limits.preview(name)}")
     return tuple(value)
 
 
@@ -169,9 +176,8 @@ class IpamConf:
             raise InvalidNetConf(reason=f"ipam must be an object, not {json_type(d)}")
         level = _string(d, "log_level", DEFAULT_LOG_LEVEL).lower()
         if level not in LOG_LEVELS:
-            raise InvalidNetConf(
-                reason=f"ipam.log_level must be one of {', '.join(LOG_LEVELS)}, not {d['log_level']!r}"
-            )
+            shown = limits.preview(str(d["log_level"]))
+            raise InvalidNetConf(reason=f"ipam.log_level must be one of {', '.join(LOG_LEVELS)}, not {shown}")
         return cls(
             type=_string(d, "type", "spiderpool"),
             ipam_unix_socket_path=_string(d, "ipam_unix_socket_path", DEFAULT_SOCKET),
@@ -234,38 +240,27 @@ def parse_args(text: str) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidEnvironment(
-                variable="CNI_ARGS", reason=f"is not K=V(;K=V)*: invalid pair {pair!r} in {text!r}"
+                variable="CNI_ARGS",
+                reason=f"is not K=V(;K=V)*: invalid pair {limits.preview(pair)} in {limits.preview(text)}",
             )
         args[key] = value
+    for key, check in _POD_ARGS.items():
+        if args.get(key) and (problem := check(args[key])):
+            raise InvalidEnvironment(
+                variable="CNI_ARGS", reason=f"has {key} that {problem}: {limits.preview(args[key])}"
+            )
     return args
 
 
-def _check_container_id(value: str) -> None:
-    if not _CONTAINER_ID.fullmatch(value):
-        raise InvalidEnvironment(
-            variable="CNI_CONTAINERID",
-            reason=f"must be a letter or digit followed by letters, digits, '_', '.' or '-': {value!r}",
-        )
-
-
-def _check_ifname(value: str) -> None:
-    """libcni's ValidateInterfaceName: what the kernel accepts as a link name."""
-    size = len(value.encode("utf-8", "surrogateescape"))
-    if size == 0 or size >= _IFNAMSIZ:
-        reason = f"must be 1 to {_IFNAMSIZ - 1} bytes long: {value!r}"
-    elif value in (".", ".."):
-        reason = f"must not be {value!r}"
-    elif "/" in value or ":" in value or any(c.isspace() for c in value):
-        reason = f"must not contain '/', ':' or whitespace: {value!r}"
-    else:
-        return
-    raise InvalidEnvironment(variable="CNI_IFNAME", reason=reason)
+def _check_env(variable: str, value: str, check: Callable[[str], str | None]) -> None:
+    if problem := check(value):
+        raise InvalidEnvironment(variable=variable, reason=f"{problem}: {limits.preview(value)}")
 
 
 def _decode_conf(stdin: bytes) -> JsonObject:
     try:
-        conf = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        conf = limits.loads(stdin)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DecodeFailure(what="network configuration on stdin", reason=str(exc)) from exc
     if not isinstance(conf, dict):
         raise DecodeFailure(
@@ -282,10 +277,11 @@ def _version_of(conf: Mapping[str, Any]) -> str:
         )
     if not isinstance(version, str):
         raise InvalidVersionField(
-            version=str(version), supported=SUPPORTED_VERSIONS, reason=f"must be a string, not {version!r}"
+            version="", supported=SUPPORTED_VERSIONS, reason=f"must be a string, not {json_type(version)}"
         )
     if version not in SUPPORTED_VERSIONS:
-        raise IncompatibleVersion(version=version, supported=SUPPORTED_VERSIONS)
+        shown = version if len(version) <= 80 else f"{version[:80]}... ({len(version)} characters)"
+        raise IncompatibleVersion(version=shown, supported=SUPPORTED_VERSIONS)
     return version
 
 
@@ -316,8 +312,8 @@ def _attachments(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
 def _parse_version_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     """VERSION never fails: like Go's skel, it does not need the configuration, only reads its version."""
     try:
-        conf = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError):
+        conf = limits.loads(stdin)
+    except ValueError:
         conf = None
     if not isinstance(conf, dict):
         conf = {}
@@ -344,7 +340,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
         raise InvalidEnvironment(variable="CNI_COMMAND", reason="is missing")
     if command not in COMMANDS:
         raise InvalidEnvironment(
-            variable="CNI_COMMAND", reason=f"is {command!r}, expected one of {', '.join(COMMANDS)}"
+            variable="CNI_COMMAND", reason=f"is {limits.preview(command)}, expected one of {', '.join(COMMANDS)}"
         )
     if command == "VERSION":
         return _parse_version_request(env, stdin)
@@ -355,9 +351,11 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     container_id = env.get("CNI_CONTAINERID", "")
     ifname = env.get("CNI_IFNAME", "")
     if "CNI_CONTAINERID" in _REQUIRED_ENV[command]:
-        _check_container_id(container_id)
+        _check_env("CNI_CONTAINERID", container_id, limits.container_id_problem)
     if "CNI_IFNAME" in _REQUIRED_ENV[command]:
-        _check_ifname(ifname)
+        _check_env("CNI_IFNAME", ifname, limits.ifname_problem)
+    if env.get("CNI_NETNS"):
+        _check_env("CNI_NETNS", env["CNI_NETNS"], limits.path_problem)
     args = parse_args(env.get("CNI_ARGS", ""))
 
     conf = _decode_conf(stdin)
@@ -369,6 +367,8 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     name = conf.get("name")
     if name is not None and not isinstance(name, str):
         raise InvalidNetConf(reason=f"name must be a string, not {json_type(name)}")
+    if name and len(name) > limits.MAX_NAME:
+        raise InvalidNetConf(reason=f"name is {len(name)} characters long; the limit is {limits.MAX_NAME}")
 
     raw_ipam = conf.get("ipam")
     ipam: IpamConf | None
@@ -411,6 +411,8 @@ def split_forwarded(body: bytes) -> tuple[dict[str, str], bytes]:
     The frame is one ``NAME=VALUE\\n`` line per ``CNI_*`` variable (UTF-8; the value may contain ``=``), an
     empty line, then stdin verbatim.  A frame with no empty line, or a line with no ``=``, is a
     ``DecodeFailure``; a name or value that is not UTF-8 is an ``InvalidEnvironment`` naming the variable.
+    Stdin nested deeper than ``spider.limits.MAX_JSON_DEPTH`` is a ``DecodeFailure`` too, so no plugin behind
+    the frame (IPAM, coordinator, ifacer) decodes a bomb.
     """
     if body.startswith(b"\n"):
         head, stdin = b"", body[1:]
@@ -422,7 +424,9 @@ def split_forwarded(body: bytes) -> tuple[dict[str, str], bytes]:
     for line in head.split(b"\n") if head else ():
         raw_name, sep, raw_value = line.partition(b"=")
         if not sep or not raw_name:
-            raise DecodeFailure(what="forwarded CNI request", reason=f"environment line {line!r} is not NAME=VALUE")
+            raise DecodeFailure(
+                what="forwarded CNI request", reason=f"environment line {line[:80]!r} is not NAME=VALUE"
+            )
         try:
             name = raw_name.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -430,7 +434,13 @@ def split_forwarded(body: bytes) -> tuple[dict[str, str], bytes]:
         try:
             env[name] = raw_value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidEnvironment(variable=name, reason=f"is not UTF-8: {raw_value!r}") from exc
+            raise InvalidEnvironment(variable=name, reason=f"is not UTF-8: {raw_value[:80]!r}") from exc
+    depth = limits.json_depth(stdin.decode("utf-8", "replace"), stop_above=limits.MAX_JSON_DEPTH)
+    if depth > limits.MAX_JSON_DEPTH:
+        raise DecodeFailure(
+            what="network configuration on stdin",
+            reason=f"JSON nested more than {limits.MAX_JSON_DEPTH} levels deep (the limit)",
+        )
     return env, stdin
 
 

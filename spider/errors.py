@@ -115,6 +115,23 @@ class IncompatibleVersion(SpiderError):
 
 
 @attrs.define(auto_exc=True, kw_only=True)
+class PoolTooLarge(AllocationError):
+    """A pool's status would outgrow what its store can hold (an API server's etcd refuses objects over 1.5 MiB)."""
+
+    cni_code = CNI_POOL_EXHAUSTED
+    pool: str
+    records: int
+    limit: int
+    """``--max-pool-status-bytes``: the most ``allocatedIPs`` plus ``releasedIPs`` may take, in bytes."""
+
+    def __str__(self) -> str:
+        return (
+            f"pool {self.pool!r} is too large for its store: {self.records} records and one more would pass the "
+            f"status limit of {self.limit} bytes; split its addresses over several pools (a SpiderSubnet)"
+        )
+
+
+@attrs.define(auto_exc=True, kw_only=True)
 class PoolExhausted(AllocationError):
     """No free address is left in a pool."""
 
@@ -164,6 +181,12 @@ class InvalidInput(AllocationError):
 
     def __str__(self) -> str:
         return f"wrong input: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class MalformedRequest(InvalidInput):
+    """A request to the agent's API is not what its schema says: not JSON, nested too deep, a field missing,
+    of the wrong type or over its bound (``spider.limits``).  The API answers it with HTTP 400."""
 
 
 @attrs.define(auto_exc=True, kw_only=True)
@@ -233,3 +256,14 @@ class AgentUnavailable(TransientError):
 
     def __str__(self) -> str:
         return f"spider agent not available: {self.reason}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class SocketUnusable(ConfigError):
+    """The agent cannot serve on its socket path: another agent answers there, or the path is no socket."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"cannot serve on {self.path}: {self.reason}"

@@ -1,17 +1,30 @@
 """The IPAM requests the agent serves: Spiderpool's ``IpamAddArgs`` and ``IpamDelArgs``, parsed and checked.
 
 Owns turning a request body (the agent API's JSON, or the plugin's decoded CNI call) into a typed request, and
-refusing a malformed one with ``InvalidInput`` before anything is read or stored.  Pure: no I/O.
+refusing a malformed one with ``MalformedRequest`` before anything is read or stored: every field is checked
+for its JSON type and bounded as Kubernetes bounds it (``spider.limits``).  Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
-from spider.errors import InvalidInput
+from spider import limits
+from spider.cni import json_type
+from spider.errors import MalformedRequest
+
+_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "containerID": limits.container_id_problem,
+    "ifName": limits.ifname_problem,
+    "netNamespace": limits.path_problem,
+    "podNamespace": limits.dns_label_problem,
+    "podName": limits.dns_subdomain_problem,
+    "podUID": limits.uid_problem,
+}
+"""The bound of each string field of ``IpamAddArgs`` and ``IpamDelArgs``."""
 
 
 @attrs.frozen
@@ -31,7 +44,7 @@ class AddRequest:
 
     @classmethod
     def from_api(cls, body: Any) -> AddRequest:
-        """Parse the JSON body of ``POST /v1/ipam/ip``; ``InvalidInput`` names a missing field."""
+        """Parse the JSON body of ``POST /v1/ipam/ip``; ``MalformedRequest`` names the first wrong field."""
         fields = _required(body, ("containerID", "ifName", "netNamespace", "podNamespace", "podName", "podUID"))
         return cls(
             container_id=fields["containerID"],
@@ -42,7 +55,7 @@ class AddRequest:
             pod_uid=fields["podUID"],
             default_ipv4_pools=_str_tuple(body, "defaultIPv4IPPool"),
             default_ipv6_pools=_str_tuple(body, "defaultIPv6IPPool"),
-            clean_gateway=bool(body.get("cleanGateway", False)),
+            clean_gateway=_boolean(body, "cleanGateway"),
         )
 
 
@@ -72,18 +85,38 @@ class DelRequest:
 
 def _required(body: Any, names: Sequence[str]) -> dict[str, str]:
     if not isinstance(body, dict):
-        raise InvalidInput(reason="request body must be a JSON object")
+        raise MalformedRequest(reason="request body must be a JSON object")
     out = {}
     for name in names:
         value = body.get(name)
-        if not isinstance(value, str) or not value:
-            raise InvalidInput(reason=f"{name!r} is required")
+        if value is None or value == "":
+            raise MalformedRequest(reason=f"{name!r} is required")
+        if not isinstance(value, str):
+            raise MalformedRequest(reason=f"{name!r} must be a string, not {json_type(value)}")
+        if problem := _CHECKS[name](value):
+            raise MalformedRequest(reason=f"{name!r} {problem}: {limits.preview(value)}")
         out[name] = value
     return out
 
 
 def _str_tuple(body: dict[str, Any], name: str) -> tuple[str, ...]:
-    value = body.get(name) or []
+    value = body.get(name)
+    if value is None:
+        return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInput(reason=f"{name!r} must be a list of strings")
+        raise MalformedRequest(reason=f"{name!r} must be a list of strings")
+    if len(value) > limits.MAX_POOL_NAMES:
+        raise MalformedRequest(reason=f"{name!r} names {len(value)} pools; the limit is {limits.MAX_POOL_NAMES}")
+    for pool in value:
+        if problem := limits.pool_name_problem(pool):
+            raise MalformedRequest(reason=f"{name!r}: pool name {problem}: {limits.preview(pool)}")
     return tuple(value)
+
+
+def _boolean(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise MalformedRequest(reason=f"{name!r} must be true or false, not {json_type(value)}")
+    return value

@@ -841,6 +841,19 @@ class PoolLedger:
             return None
         return "{" + ",".join(map(self._all_fragments().__getitem__, sorted(self.records))) + "}"
 
+    def status_bytes(self) -> int:
+        """The length of ``allocatedIPs`` plus ``releasedIPs`` as ``to_status`` writes them (the bulk of the
+        object an API server stores: etcd refuses objects over 1.5 MiB)."""
+        held = self._all_fragments()
+        released = self._all_released_fragments()
+        allocated = sum(len(held[ip]) + 1 for ip in self.records) + 1 if self.records else 0
+        return allocated + (sum(len(released[ip]) + 1 for ip in self.released) + 1 if self.released else 0)
+
+    def record_bytes(self, owner: Owner) -> int:
+        """What a new record for ``owner`` adds to ``status_bytes`` at most (the longest address of the family)."""
+        longest = "255.255.255.255" if self.pool.version == 4 else "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        return len(json.dumps(longest)) + 2 + len(json.dumps(Record.for_owner(owner).to_json(), separators=(",", ":")))
+
     def address(self, ip: int) -> str:
         """``ip/prefix`` of an address of this pool, as CNI results and endpoints carry it."""
         return f"{int_to_ip(ip, self.pool.version)}/{self.pool.prefix_length}"

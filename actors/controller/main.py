@@ -6,7 +6,8 @@ the Lease; while this instance leads, the ``PoolReconciler`` keeps pool and subn
 finalizers.  On SIGTERM or SIGINT the leading work stops first, then the Lease is released (so a successor
 takes over within one retry period instead of a whole lease duration), then the servers close.
 
-Health (``GET``, answered 200 or 500 with a JSON string saying why):
+Health (``GET``, answered 200 or 500 with a JSON string saying why), on the pod's own address (``$POD_IP``,
+from the downward API) when it is set, else on every address:
 - ``/v1/runtime/startup``: the process has started everything it runs;
 - ``/v1/runtime/liveness``: the event loop answers (a wedged process stops answering);
 - ``/v1/runtime/readiness``: the store answers, a leader is known (us, or a holder renewing its Lease), the
@@ -36,7 +37,7 @@ from actors.controller.leader import DEFAULT_LEASE_NAME, LeaderElector, LeaderSe
 from actors.controller.leader import KIND as LEASE
 from actors.controller.reconciler import DEFAULT_RESYNC, PoolReconciler
 from actors.servers.certs import CertSettings
-from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
+from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
 from actors.servers.webhook import DEFAULT_PORT as DEFAULT_WEBHOOK_PORT
 from actors.servers.webhook import AdmissionWebhook, WebhookSettings
 from actors.stores.port import NotFound, Store
@@ -61,6 +62,12 @@ def default_namespace(environ: dict[str, str] | None = None) -> str:
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "kube-system"
     except OSError:
         return "kube-system"
+
+
+def default_health_host(environ: dict[str, str] | None = None) -> str | None:
+    """``$POD_IP`` (downward API ``status.podIP``) when set, else ``None``: every address."""
+    env = os.environ if environ is None else environ
+    return env.get("POD_IP") or None
 
 
 def default_identity(environ: dict[str, str] | None = None) -> str:
@@ -90,9 +97,11 @@ class ControllerSettings:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     resync_period: float = DEFAULT_RESYNC
-    health_host: str | None = None
-    """Address for the health server; ``None`` binds every address."""
+    health_host: str | None = attrs.field(factory=default_health_host)
+    """Address for the health server: ``$POD_IP`` when set; ``None`` binds every address."""
     health_port: int = DEFAULT_HEALTH_PORT
+    health_read_timeout: float = READ_TIMEOUT
+    """Seconds a health client may take to send one request; an idle connection is closed after it."""
     webhook: bool = False
     """Serve the admission webhook (off by default: the store layer keeps the invariants without it)."""
     webhook_host: str | None = None
@@ -225,7 +234,8 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
             controller._scope = nursery.cancel_scope
             listeners = await trio.open_tcp_listeners(settings.health_port, host=settings.health_host)
             controller.health_port = bound_port(listeners[0])
-            await nursery.start(HttpServer(controller.health, name="health").serve, listeners)
+            health = HttpServer(controller.health, name="health", read_timeout=settings.health_read_timeout)
+            await nursery.start(health.serve, listeners)
             if settings.webhook:
                 controller.webhook = AdmissionWebhook(store)
                 await nursery.start(controller.webhook.serve, settings.webhook_settings())

@@ -28,7 +28,7 @@ import trio
 from actors.runtime.mailbox import Reply, drain
 from actors.stores.port import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
 from spider.addr import IPSet, ip_to_int
-from spider.errors import ActorUnavailable, PoolNotFound, SpiderError, StaleWrite
+from spider.errors import ActorUnavailable, PoolNotFound, PoolTooLarge, SpiderError, StaleWrite
 from spider.pool import KIND, Owner, PoolLedger, ReservedIP, Route, reserved_set
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,9 @@ class PoolActor:
     """Seconds a released address rests before reuse, unless the pool says otherwise (0: reuse at once)."""
     clock: Callable[[], float] = time.time
     """Wall-clock seconds: release times are compared across agents on different machines."""
+    max_status_bytes: int | None = None
+    """The most the pool's ``allocatedIPs`` plus ``releasedIPs`` may take; an allocation that would pass it
+    fails with ``PoolTooLarge`` (permanent).  ``None``: no limit (the embedded store holds any size)."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
     _ledger: PoolLedger | None = None
     _version: str = ""
@@ -257,7 +260,7 @@ class PoolActor:
             ledger = self._ledger
             if reserved is not None:
                 ledger.set_reserved(reserved_set(ledger.pool.version, reserved))
-            results[:] = [self._apply(ledger, msg) for msg in batch]
+            results[:] = self._fold(ledger, batch)
             return ledger.to_status() if any(changed for _, changed in results) else None
 
         try:
@@ -287,7 +290,7 @@ class PoolActor:
                 assert self._ledger is not None
                 if any(isinstance(msg, Allocate) for msg in batch):
                     self._ledger.set_reserved(reserved_set(self._ledger.pool.version, await self._reservations()))
-                results = [self._apply(self._ledger, msg) for msg in batch]
+                results = self._fold(self._ledger, batch)
                 if any(changed for _, changed in results):
                     await self._write(self._ledger)
                 elif not loaded_now and await self._answers_need_a_fresh_ledger(batch):
@@ -327,6 +330,23 @@ class PoolActor:
         except NotFound:  # deleted since we read it: the domain error, not the store's (CNI 101, not 999)
             raise PoolNotFound(pool=self.name) from None
         self._version = written["metadata"]["resourceVersion"]
+
+    def _fold(self, ledger: PoolLedger, batch: list[PoolMsg]) -> list[tuple[outcome.Outcome[Any], bool]]:
+        """Fold a batch in order; a new record that would push the status past ``max_status_bytes`` is refused
+        (counting what the batch adds, not what it frees: the bound holds whatever order the writes land in)."""
+        limit = self.max_status_bytes
+        room = 0 if limit is None else limit - ledger.status_bytes()
+        results: list[tuple[outcome.Outcome[Any], bool]] = []
+        for msg in batch:
+            if limit is not None and isinstance(msg, Allocate) and ledger.lookup(msg.owner.key) is None:
+                need = ledger.record_bytes(msg.owner)
+                if need > room:
+                    too_large = PoolTooLarge(pool=self.name, records=len(ledger.records), limit=limit)
+                    results.append((outcome.Error(too_large), False))
+                    continue
+                room -= need
+            results.append(self._apply(ledger, msg))
+        return results
 
     def _apply(self, ledger: PoolLedger, msg: PoolMsg) -> tuple[outcome.Outcome[Any], bool]:
         """Fold one request into the ledger; domain errors become values, bugs stay exceptions."""

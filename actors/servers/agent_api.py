@@ -11,11 +11,19 @@ Owns the routes, JSON bodies and the mapping of errors to HTTP statuses; the con
   shim and answers with the plugin's stdout and an ``X-Cni-Exit`` header (``/v1/cni/coordinator`` and
   ``/v1/cni/ifacer`` likewise); ``GET /v1/spider/stats`` reports the pool actors' counters (requests,
   batches, writes, conflicts, largest batch) for ``spider loadtest`` and the benchmarks.
+
+A request body that is not the JSON its schema says (not JSON, nested too deep, a field missing, of the wrong
+type or over its bound: ``spider.limits``) is answered 400, with the same JSON string and ``X-Cni-Code``; what
+the wire refuses (413, 431, 408, 400) carries an ``X-Cni-Code`` too, so the shims report a permanent error
+with that code instead of "agent unreachable".
+
+The socket belongs to one agent: ``open_unix_listener`` refuses a path another agent answers on, replaces a
+stale socket file nobody answers on, and at shutdown removes only the socket it made.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import os
 import socket as stdsocket
@@ -29,17 +37,36 @@ import trio
 from actors.ipam.plugin import Plugin, PluginOutput
 from actors.ipam.service import IpamService, add_response
 from actors.node.coordinating import Coordinator
-from actors.servers.httpserver import HttpServer, Request, Response, json_response
-from spider import cni
-from spider.errors import AgentUnavailable, InvalidInput, SpiderError, TransientError
+from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, json_response
+from spider import cni, limits
+from spider.errors import (
+    AgentUnavailable,
+    DecodeFailure,
+    MalformedRequest,
+    SocketUnusable,
+    SpiderError,
+    TransientError,
+)
 from spider.ipam_request import AddRequest, DelRequest
 
 log = logging.getLogger(__name__)
 
 
-def error_response(exc: SpiderError) -> Response:
-    """Spiderpool's error shape: status 500 and the message as a JSON string; plus the CNI code."""
-    return json_response(500, str(exc), ("X-Cni-Code", str(exc.cni_code)))
+PROBE_TIMEOUT = 2.0
+"""Seconds ``open_unix_listener`` waits for an existing socket to accept a connection."""
+
+
+def error_response(exc: SpiderError, status: int = 500) -> Response:
+    """Spiderpool's error shape: status 500 (or ``status``) and the message as a JSON string; plus the CNI code."""
+    return json_response(status, str(exc), ("X-Cni-Code", str(exc.cni_code)))
+
+
+def wire_refusal(status: int, reason: str) -> Response:
+    """The answer to a request the HTTP server refused (413, 431, 408, 400: undecodable, CNI code 6) or that
+    failed on a bug (500: CNI code 11, as another agent or a restarted one may well serve it)."""
+    if status >= 500:
+        return json_response(status, reason, ("X-Cni-Code", str(TransientError.cni_code)))
+    return error_response(DecodeFailure(what="HTTP request", reason=reason), status)
 
 
 Route = Callable[[dict[str, list[str]], bytes], Awaitable[Response]]
@@ -48,9 +75,9 @@ Route = Callable[[dict[str, list[str]], bytes], Awaitable[Response]]
 
 def _body(raw: bytes) -> Any:
     try:
-        return json.loads(raw or b"{}")
+        return limits.loads(raw or b"{}")
     except ValueError as exc:
-        raise InvalidInput(reason=f"request body is not JSON: {exc}") from None
+        raise MalformedRequest(reason=f"request body is not JSON: {exc}") from None
 
 
 @attrs.define
@@ -61,6 +88,8 @@ class AgentApi:
     plugin: Plugin
     grace: float = 30.0
     """Seconds requests in flight may take to finish once the agent stops accepting."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds a client may take to send one request; an idle connection is closed after it."""
     requests: int = 0
     coordinator: Coordinator | None = None
     """The coordinator and ifacer plugins and ``GET /v1/coordinator/config`` (``None``: not served)."""
@@ -68,7 +97,9 @@ class AgentApi:
     _routes: dict[tuple[str, str], Route] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._server = HttpServer(self.handle, "agent", grace=self.grace)
+        self._server = HttpServer(
+            self.handle, "agent", read_timeout=self.read_timeout, grace=self.grace, refuse=wire_refusal
+        )
         self._routes = self.routes()
 
     def routes(self) -> dict[tuple[str, str], Route]:
@@ -139,7 +170,7 @@ class AgentApi:
         # Spiderpool's GET with a body (GetCoordinatorArgs); query parameters work too.
         args = _body(body)
         if not isinstance(args, dict):
-            raise InvalidInput(reason="GetCoordinatorArgs must be a JSON object")
+            raise MalformedRequest(reason="GetCoordinatorArgs must be a JSON object")
         namespace = str(args.get("podNamespace") or (query.get("podNamespace") or [""])[0])
         name = str(args.get("podName") or (query.get("podName") or [""])[0])
         config = await self._coordinating().cluster_config(namespace, name)
@@ -173,15 +204,27 @@ class AgentApi:
         except SpiderError as exc:
             if not isinstance(exc, TransientError):
                 log.info("%s %s: %s", request.method, request.path, exc)
-            return error_response(exc)
+            return error_response(exc, 400 if isinstance(exc, MalformedRequest) else 500)
 
-    async def serve(self, path: str | Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on the unix socket until ``stop_accepting``; then finish the requests in flight."""
-        listener = await open_unix_listener(path)
+    @property
+    def server(self) -> HttpServer:
+        """The HTTP server (its counters say what it survived)."""
+        return self._server
+
+    async def serve(
+        self,
+        where: str | Path | trio.SocketListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on the unix socket (a path, or a listener ``open_unix_listener`` made) until
+        ``stop_accepting``; then finish the requests in flight and remove the socket file if it is still ours."""
+        listener = where if isinstance(where, trio.SocketListener) else await open_unix_listener(where)
+        path, made = _socket_identity(listener)
         try:
             await self._server.serve([listener], task_status=task_status)
         finally:
-            Path(path).unlink(missing_ok=True)  # noqa: ASYNC240  (one unlink at shutdown, no await needed)
+            _remove_if_ours(path, made)
 
     def stop_accepting(self) -> None:
         """Close the listener; connections already accepted are served to the end."""
@@ -189,12 +232,76 @@ class AgentApi:
 
 
 async def open_unix_listener(path: str | Path, backlog: int = 4096) -> trio.SocketListener:
-    """A listener on a fresh unix socket; a stale socket file from a crashed agent is removed first."""
+    """A listener on a fresh unix socket at ``path``; ``SocketUnusable`` says why there can be none.
+
+    A socket another process answers on is left alone (another agent serves it); a socket file nobody answers
+    on (left by an agent that was killed) is replaced.  The directory is made when missing.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SocketUnusable(path=str(path), reason=f"cannot make its directory: {exc.strerror or exc}") from None
+    if path.is_symlink() or (path.exists() and not path.is_socket()):
+        raise SocketUnusable(path=str(path), reason="the path exists and is not a socket")
     if path.is_socket():
-        path.unlink()
+        if await _answers(path):
+            raise SocketUnusable(path=str(path), reason="another agent serves this socket (it accepts connections)")
+        log.info("replacing the stale socket %s (nothing answers on it)", path)
+        path.unlink(missing_ok=True)
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    await sock.bind(os.fspath(path))
-    sock.listen(backlog)
+    try:
+        await sock.bind(os.fspath(path))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:  # another agent bound it between our probe and our bind
+            raise SocketUnusable(path=str(path), reason="another agent serves this socket (it was just made)") from None
+        raise SocketUnusable(path=str(path), reason=exc.strerror or str(exc)) from None
     return trio.SocketListener(sock)
+
+
+async def _answers(path: Path) -> bool:
+    """Whether a process accepts connections on the unix socket ``path``."""
+    probe = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    with probe:
+        with trio.move_on_after(PROBE_TIMEOUT):
+            try:
+                await probe.connect(os.fspath(path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                return False
+            except OSError as exc:  # EAGAIN: its backlog is full, so someone is there
+                return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+            return True
+    return True  # it neither accepts nor refuses: a live process too busy to answer
+
+
+def close_unix_listener(listener: trio.SocketListener) -> None:
+    """Close a listener ``open_unix_listener`` made but never served, and remove its socket file if it is still
+    the one it made (serving does both itself at its end: then this does nothing)."""
+    if listener.socket.fileno() == -1:
+        return
+    path, made = _socket_identity(listener)
+    listener.socket.close()
+    _remove_if_ours(path, made)
+
+
+def _socket_identity(listener: trio.SocketListener) -> tuple[str, tuple[int, int] | None]:
+    """The path of a unix listener and the (device, inode) of the file it made there."""
+    path = listener.socket.getsockname()
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path, None
+    return path, (info.st_dev, info.st_ino)
+
+
+def _remove_if_ours(path: str, made: tuple[int, int] | None) -> None:
+    """Remove the socket file at shutdown unless it is no longer the one we made (another agent's now)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    if made == (info.st_dev, info.st_ino):
+        os.unlink(path)

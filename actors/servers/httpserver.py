@@ -1,12 +1,23 @@
-"""A small HTTP/1.1 server on h11 and trio, for the controller's health and admission-webhook endpoints.
+"""A small HTTP/1.1 server on h11 and trio, for the agent's socket and the controller's health and webhook ports.
 
-Owns the wire only: reading one request at a time per connection (keep-alive allowed), bounding how long a
-client may take to send it and how large its body may be, and writing the handler's ``Response``.  It serves
-any trio listeners, so the same code runs plain TCP (health, port 5720) and TLS (webhook, port 5722, through
-``trio.SSLListener``).  It knows nothing of routes or JSON schemas: the handler does.
+Owns the wire only: reading one request at a time per connection (keep-alive allowed), bounding what a client
+may send and how long it may take, and writing the handler's ``Response``.  It serves any trio listeners, so
+the same code runs a unix socket (the agent), plain TCP (health, port 5720) and TLS (webhook, port 5722,
+through ``trio.SSLListener``).  It knows nothing of routes or JSON schemas: the handler does.
 
-The agent's unix-socket API (``actors.servers.agent_api``) serves through it too, with the graceful drain it needs:
-``stop_accepting`` closes the listeners at once and gives the requests in flight ``grace`` seconds.
+What a client gets wrong is answered, never fatal (``docs/operations.md``, "Limits and bad input"):
+- a head over ``max_header_bytes`` or with more than ``max_headers`` fields: 431;
+- a body over ``max_body``: 413, as soon as ``Content-Length`` says so or the bytes pass it;
+- a request h11 cannot parse, or a target we cannot split: 400;
+- a request not complete within ``read_timeout``: 408 (an idle keep-alive connection is just closed).
+Each error answer goes through ``refuse`` (the agent adds its ``X-Cni-Code``) and closes the connection.
+
+One connection never ends a server: each one runs in its own task, which logs and closes only itself whatever
+goes wrong (a handler's bug is answered 500); an unexpected error in an accept loop is logged and the loop
+serves on with the same listener.  A timed-out read ends its connection: nothing is ever handled twice.
+
+The agent's unix-socket API (``actors.servers.agent_api``) serves through it, with the graceful drain it
+needs: ``stop_accepting`` closes the listeners at once and gives the requests in flight ``grace`` seconds.
 """
 
 from __future__ import annotations
@@ -25,8 +36,18 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
 """Largest request body accepted; an AdmissionReview of the largest pool is far below this."""
+MAX_HEADER_BYTES = 64 * 1024
+"""Largest request head (request line and header fields)."""
+MAX_HEADERS = 100
+"""Most header fields in one request."""
+MAX_QUERY_FIELDS = 100
+"""Most query parameters in one request target."""
 READ_TIMEOUT = 30.0
-"""Seconds a client may take to send one request (TLS handshake included)."""
+"""Seconds a client may take to send one request (TLS handshake included), or to read one answer."""
+LINGER = 1.0
+"""Seconds an error answer waits for the client to stop sending before the connection closes."""
+ACCEPT_BACKOFF = 0.1
+"""Seconds an accept loop rests after an error before it accepts again."""
 
 
 @attrs.frozen
@@ -37,7 +58,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]
-    """Header names in lower case; a repeated header keeps its last value."""
+    """Header names in lower case; a repeated header keeps its last value; values decoded as ISO-8859-1."""
     body: bytes
 
 
@@ -57,6 +78,21 @@ def json_response(status: int, obj: Any, *headers: tuple[str, str]) -> Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Refusal = Callable[[int, str], Response]
+"""Builds the answer to a request refused on the wire: HTTP status and reason in."""
+
+
+def plain_refusal(status: int, reason: str) -> Response:
+    """The default error answer: the status and the reason as a JSON string."""
+    return json_response(status, reason)
+
+
+@attrs.frozen
+class _Refused:
+    """A request that will not reach the handler, and why."""
+
+    status: int
+    reason: str
 
 
 @attrs.define
@@ -67,8 +103,16 @@ class HttpServer:
     name: str = "http"
     read_timeout: float = READ_TIMEOUT
     max_body: int = MAX_BODY
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_headers: int = MAX_HEADERS
     grace: float = 30.0
     """Seconds the requests in flight may take to finish after ``stop_accepting``."""
+    refuse: Refusal = plain_refusal
+    """The answer to a request refused on the wire (400, 408, 413, 431) or failed by a bug (500)."""
+    accept_errors: int = 0
+    """Unexpected errors the accept loops survived."""
+    connection_errors: int = 0
+    """Connections that ended on an unexpected error (a bug), each logged with its traceback."""
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     async def serve(
@@ -92,58 +136,149 @@ class HttpServer:
         self._accepting.cancel(reason=reason)
 
     async def _accept(self, listener: trio.abc.Listener[Any], connections: trio.Nursery) -> None:
+        """Accept for as long as the listener is open; errors are logged and accepting goes on."""
         async with listener:
             while True:
                 try:
                     stream = await listener.accept()
+                except trio.ClosedResourceError:
+                    log.warning("%s: listener closed; no longer accepting on it", self.name)
+                    return
                 except OSError as exc:  # EMFILE and friends: back off instead of spinning or dying
                     log.warning("%s: accept failed: %s", self.name, exc)
-                    await trio.sleep(0.1)
+                    await trio.sleep(ACCEPT_BACKOFF)
+                    continue
+                except Exception:  # the listener outlives any one failure (see the docstring)
+                    self.accept_errors += 1
+                    log.exception("%s: unexpected error in the accept loop; serving on", self.name)
+                    await trio.sleep(ACCEPT_BACKOFF)
                     continue
                 connections.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.abc.Stream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        """Serve one connection; whatever happens, only this connection ends."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
         try:
             async with stream:
-                while True:
-                    with trio.move_on_after(self.read_timeout):
-                        request = await self._read(stream, conn)
-                    if request is None:  # closed, or too slow
-                        return
-                    response = await self.handler(request)
-                    await _send(stream, conn, response)
-                    if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                        return
-                    conn.start_next_cycle()
-        except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._exchange(stream, conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # NB: a failed TLS handshake (a client that does not trust our CA) lands here too.
             log.debug("%s: connection dropped: %s", self.name, exc)
+        except Exception:  # one connection must never end the server
+            self.connection_errors += 1
+            log.exception("%s: connection failed; closing it", self.name)
 
-    async def _read(self, stream: trio.abc.Stream, conn: h11.Connection) -> Request | None:
-        head: Any = None
+    async def _exchange(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+        while True:
+            request = await self._next_request(stream, conn)
+            if request is None:  # the client closed, or left an idle connection
+                return
+            if isinstance(request, _Refused):
+                await self._refuse(stream, conn, request)
+                return
+            try:
+                response = await self.handler(request)
+            except Exception:  # a bug: answered 500, logged, this connection only
+                self.connection_errors += 1
+                log.exception("%s: %s %s failed", self.name, request.method, request.path)
+                await self._refuse(stream, conn, _Refused(500, "internal error; see the server's log"))
+                return
+            with trio.move_on_after(self.read_timeout) as sending:
+                await _send(stream, conn, response)
+            if sending.cancelled_caught:
+                log.debug("%s: client did not read its answer within %gs", self.name, self.read_timeout)
+                return
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return  # MUST_CLOSE (HTTP/1.0, "Connection: close") or a pipelined error
+            conn.start_next_cycle()
+
+    async def _next_request(self, stream: trio.abc.Stream, conn: h11.Connection) -> Request | _Refused | None:
+        """The next request, a refusal, or ``None`` when the client closed or idled past ``read_timeout``."""
+        with trio.move_on_after(self.read_timeout):
+            try:
+                return await self._read(stream, conn)
+            except h11.RemoteProtocolError as exc:
+                return _Refused(exc.error_status_hint, f"malformed HTTP request: {exc}")
+        started = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
+        if not started:
+            return None
+        return _Refused(408, f"request not complete within {self.read_timeout:g}s")
+
+    async def _read(self, stream: trio.abc.Stream, conn: h11.Connection) -> Request | _Refused | None:
+        head: h11.Request | None = None
         body = bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
                 conn.receive_data(bytes(await stream.receive_some(65536)))
             elif isinstance(event, h11.Request):
                 head = event
+                if refused := self._check_head(event):
+                    return refused
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > self.max_body:
-                    raise h11.RemoteProtocolError("request body too large")
+                    return _Refused(413, f"request body is over the limit of {self.max_body} bytes")
             elif isinstance(event, h11.EndOfMessage):
-                url = urlsplit(head.target.decode())
-                return Request(
-                    method=head.method.decode(),
-                    path=url.path,
-                    query=parse_qs(url.query),
-                    headers={k.decode().lower(): v.decode() for k, v in head.headers},
-                    body=bytes(body),
-                )
+                assert head is not None  # h11 gives the head before the end of its message
+                return _request(head, bytes(body))
             elif isinstance(event, h11.ConnectionClosed):
                 return None
+            else:  # h11.PAUSED: cannot happen between cycles; end the connection rather than loop
+                return None
+
+    def _check_head(self, head: h11.Request) -> _Refused | None:
+        if len(head.headers) > self.max_headers:
+            return _Refused(431, f"more than {self.max_headers} header fields")
+        # NB: h11 bounds only a head still incomplete in its buffer; one that arrived whole is measured here.
+        size = len(head.method) + len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
+        if size > self.max_header_bytes:
+            return _Refused(431, f"request head is over the limit of {self.max_header_bytes} bytes")
+        for name, value in head.headers:
+            if name == b"content-length" and int(value) > self.max_body:
+                return _Refused(413, f"request body of {int(value)} bytes is over the limit of {self.max_body}")
+        return None
+
+    async def _refuse(self, stream: trio.abc.Stream, conn: h11.Connection, refused: _Refused) -> None:
+        """Answer an error (when the connection still allows an answer) and let the client finish sending."""
+        log.info("%s: refused a request: %d %s", self.name, refused.status, refused.reason)
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        response = self.refuse(refused.status, refused.reason)
+        response = attrs.evolve(response, headers=(*response.headers, ("Connection", "close")))
+        with trio.move_on_after(self.read_timeout):
+            await _send(stream, conn, response)
+        # A client still sending its body gets EPIPE on its next write and reads the answer; over TCP, closing
+        # with unread bytes would reset the connection and lose it, so read (and drop) for a moment first.
+        with trio.move_on_after(LINGER):
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            dropped = 0
+            while dropped <= self.max_body and (chunk := await stream.receive_some(65536)):
+                dropped += len(chunk)
+
+
+def _request(head: h11.Request, body: bytes) -> Request | _Refused:
+    """The request ``head`` and ``body`` make, or a 400 when its target does not split."""
+    target = head.target.decode("ascii")  # h11 admits only visible ASCII in a target
+    try:
+        if target.startswith("/"):  # origin form, the usual one: urlsplit would take "//x" for a host
+            path, _, query = target.partition("?")
+        else:  # absolute form ("http://host/path"), asterisk form
+            url = urlsplit(target)
+            path, query = url.path or "/", url.query
+        fields = parse_qs(query, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError as exc:
+        return _Refused(400, f"bad request target {target[:80]!r}: {exc}")
+    return Request(
+        method=head.method.decode("ascii"),
+        path=path,
+        query=fields,
+        headers={k.decode("ascii").lower(): v.decode("iso-8859-1") for k, v in head.headers},
+        body=body,
+    )
 
 
 async def _send(stream: trio.abc.Stream, conn: h11.Connection, response: Response) -> None:

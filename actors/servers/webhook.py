@@ -20,9 +20,10 @@ from typing import Any
 import attrs
 import trio
 
-from actors.servers.certs import CertSettings, webhook_certificate
+from actors.servers.certs import CertSettings, ServedCertificate
 from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
 from actors.stores.port import Store
+from spider import limits
 from spider.admission import (
     AdmissionRequest,
     denied,
@@ -72,6 +73,9 @@ class AdmissionWebhook:
         if request.method != "POST":
             return json_response(405, f"{request.path} takes POST")
         action, kind = route
+        depth = limits.json_depth(request.body.decode("utf-8", "replace"), stop_above=limits.MAX_JSON_DEPTH)
+        if depth > limits.MAX_JSON_DEPTH:
+            return json_response(400, f"AdmissionReview nested more than {limits.MAX_JSON_DEPTH} levels deep")
         try:
             review = parse_review(request.body)
         except SpiderError as exc:
@@ -103,13 +107,14 @@ class AdmissionWebhook:
     async def serve(
         self, settings: WebhookSettings, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Obtain the certificate (writing the caBundle when self-made), then serve HTTPS; reports the port."""
-        bundle, _ = await webhook_certificate(self.store, settings.certs)
-        context = bundle.ssl_context()
+        """Obtain the certificate (writing the caBundle when self-made), then serve HTTPS, presenting a renewed
+        or re-mounted certificate from the next handshake on; reports the port."""
+        certificate = await ServedCertificate.open(self.store, settings.certs)
         listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
-        tls = [trio.SSLListener(listener, context, https_compatible=True) for listener in listeners]
+        tls = [trio.SSLListener(listener, certificate.context, https_compatible=True) for listener in listeners]
         self.port = bound_port(tls[0])
         log.info("admission webhook serving HTTPS on port %d", self.port)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(certificate.keep_current)  # NB: a renewed or re-mounted certificate, no restart
             await nursery.start(HttpServer(self.handle, name="webhook").serve, tls)
             task_status.started(self.port)

@@ -298,6 +298,37 @@ ERRORS: list[tuple[str, dict[str, object], Any, type[SpiderError], int, str]] = 
     ("ifname, slash", {"CNI_IFNAME": "a/b"}, None, InvalidEnvironment, CNI_INVALID_ENV, "CNI_IFNAME"),
     ("ifname, colon", {"CNI_IFNAME": "eth0:1"}, None, InvalidEnvironment, CNI_INVALID_ENV, "CNI_IFNAME"),
     ("ifname, space", {"CNI_IFNAME": "eth 0"}, None, InvalidEnvironment, CNI_INVALID_ENV, "CNI_IFNAME"),
+    ("ifname, NUL", {"CNI_IFNAME": "et\0h"}, None, InvalidEnvironment, CNI_INVALID_ENV, "CNI_IFNAME"),
+    ("id, 257", {"CNI_CONTAINERID": "c" * 257}, None, InvalidEnvironment, CNI_INVALID_ENV, "CNI_CONTAINERID"),
+    ("netns, NUL", {"CNI_NETNS": "/run/\0x"}, None, InvalidEnvironment, CNI_INVALID_ENV, "CNI_NETNS"),
+    ("netns, long", {"CNI_NETNS": "/" * 4097}, None, InvalidEnvironment, CNI_INVALID_ENV, "CNI_NETNS"),
+    (
+        "pod uid, long",
+        {"CNI_ARGS": "K8S_POD_UID=" + "u" * 129},
+        None,
+        InvalidEnvironment,
+        CNI_INVALID_ENV,
+        "K8S_POD_UID",
+    ),
+    (
+        "pod name, long",
+        {"CNI_ARGS": "K8S_POD_NAME=" + "p" * 254},
+        None,
+        InvalidEnvironment,
+        CNI_INVALID_ENV,
+        "K8S_POD_NAME",
+    ),
+    ("pod name, upper", {"CNI_ARGS": "K8S_POD_NAME=Web"}, None, InvalidEnvironment, CNI_INVALID_ENV, "K8S_POD_NAME"),
+    (
+        "pod namespace, not a label",
+        {"CNI_ARGS": "K8S_POD_NAMESPACE=a.b"},
+        None,
+        InvalidEnvironment,
+        CNI_INVALID_ENV,
+        "K8S_POD_NAMESPACE",
+    ),
+    ("netconf, deep", {}, b"[" * 1000 + b"]" * 1000, DecodeFailure, 6, "nested more than 64 levels"),
+    ("name, long", {}, {"name": "n" * 254}, InvalidNetConf, CNI_INVALID_CONFIG, "name"),
     ("ifname, tab", {"CNI_IFNAME": "eth\t0"}, None, InvalidEnvironment, CNI_INVALID_ENV, "CNI_IFNAME"),
     # stdin (6)
     ("stdin empty", {}, b"", DecodeFailure, CNI_DECODE_FAILURE, "stdin"),
@@ -403,6 +434,9 @@ IPAM_FIELD_ERRORS: list[tuple[str, object]] = [
     ("log_file_max_size", True),
     ("log_file_max_age", -1),
     ("log_file_max_count", "7"),
+    ("default_ipv4_ippool", ["p" * 254]),
+    ("default_ipv4_ippool", ["a b"]),
+    ("default_ipv6_ippool", [f"p{i}" for i in range(65)]),
 ]
 
 

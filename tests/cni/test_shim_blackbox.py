@@ -371,3 +371,30 @@ def test_an_unexpected_failure_is_still_a_cni_error(monkeypatch: pytest.MonkeyPa
 )
 def test_the_hand_written_json_quoting_round_trips(text: str) -> None:
     assert json.loads(shim._quote(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(b"413 Payload Too Large", 6), (b"431 Request Header Fields Too Large", 6), (b"400 Bad Request", 102)],
+)
+def test_a_request_the_agent_refuses_for_good_is_reported_with_its_code_not_as_unreachable(
+    agent: FakeAgent, status: bytes, code: int
+) -> None:
+    message = b'"cannot decode HTTP request: request body is over the limit of 4194304 bytes"'
+    agent.answer(
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: application/json\r\n"
+        + f"X-Cni-Code: {code}\r\nContent-Length: {len(message)}\r\n\r\n".encode()
+        + message
+    )
+    proc = run_shim(add_env(), conf(agent.path))
+    assert proc.returncode == 1
+    error = json.loads(proc.stdout)
+    assert error == {"cniVersion": "1.0.0", "code": code, "msg": json.loads(message)}
+
+
+def test_an_http_error_without_a_cni_code_is_still_try_again_later(agent: FakeAgent) -> None:
+    agent.answer(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    proc = run_shim(add_env(), conf(agent.path))
+    assert (proc.returncode, cni_error(proc.stdout)["code"]) == (1, 11)

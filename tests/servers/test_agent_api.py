@@ -73,12 +73,12 @@ async def test_repeated_add_returns_the_same_address(agent: RunningAgent) -> Non
     assert (await agent.pool_status("v4"))["allocatedIPCount"] == 1
 
 
-async def test_missing_field_is_a_500_with_a_json_string_naming_it(agent: RunningAgent) -> None:
+async def test_missing_field_is_a_400_with_a_json_string_naming_it(agent: RunningAgent) -> None:
     body = add_args()
     del body["podUID"]
     with trio.fail_after(10):
         status, message, headers = await http_call(agent.socket, "POST", "/v1/ipam/ip", body)
-    assert status == 500
+    assert status == 400
     assert isinstance(message, str)
     assert "podUID" in message
     assert headers["X-Cni-Code"] == "102"

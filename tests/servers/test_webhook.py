@@ -337,3 +337,15 @@ def test_the_manifests_call_exactly_the_paths_the_webhook_serves_and_never_block
                 assert not any("/" in r for r in rule["resources"])  # never the status subresource
             called.add(service["path"])
     assert called == set(served)
+
+
+async def test_a_review_nested_a_thousand_deep_is_a_400_and_the_webhook_serves_on(store: Store) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store)
+            status, answer = await post(webhook.port, VALIDATE, b"[" * 1000 + b"]" * 1000, ca)
+            assert status == 400
+            assert "nested more than 64 levels" in answer
+            status, _ = await post(webhook.port, VALIDATE, review("CREATE", pool("p")), ca)
+            assert status == 200

@@ -536,3 +536,23 @@ def test_a_persisted_status_reads_back_to_the_same_records(
 def test_allocatable_is_ips_minus_excluded_gateway_and_ipv4_network_broadcast(obj: dict[str, Any]) -> None:
     pool = IPPool.from_object(obj)
     assert set(pool.allocatable()) == allocatable_model(obj["spec"])
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=40))
+def test_status_bytes_is_the_length_of_the_status_strings_and_record_bytes_bounds_each_new_record(
+    steps: list[tuple[bool, int]],
+) -> None:
+    pool = ledger(subnet="10.9.0.0/24", ips=["10.9.0.1-10.9.0.60"])
+    for allocate, n in steps:
+        who = owner(f"u{n}", container_id=f"c{n}" * n, node="node-" + "x" * n)
+        if allocate:
+            before = pool.status_bytes()
+            fresh = pool.lookup(who.key) is None
+            with contextlib.suppress(PoolExhausted):
+                pool.allocate(who, cooldown=0.0)
+                if fresh:
+                    assert pool.status_bytes() - before <= pool.record_bytes(who)
+        else:
+            pool.release(who.key, now=1.0)
+        status = pool.to_status()
+        assert pool.status_bytes() == len(status.get("allocatedIPs", "")) + len(status.get("releasedIPs", ""))

@@ -1,0 +1,93 @@
+"""The HTTP server's own guarantees, on plain TCP: an accept loop outlives an unexpected error on the same
+listener, a handler's bug is one 500 on one connection, and the bounds answer with their status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from actors.servers.httpserver import HttpServer, Request, Response, bound_port
+
+TIMEOUT = 10
+
+
+@attrs.define
+class FlakyListener(trio.abc.Listener[trio.SocketStream]):
+    """A TCP listener whose first ``accept`` fails with an error no one planned for."""
+
+    inner: trio.SocketListener
+    failures: int = 1
+
+    async def accept(self) -> trio.SocketStream:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("an unexpected failure in accept")
+        return await self.inner.accept()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def handler(request: Request) -> Response:
+    if request.path == "/bug":
+        raise KeyError("a bug in a handler")
+    return Response(200, request.path.encode())
+
+
+@asynccontextmanager
+async def serving(listener: trio.abc.Listener[Any], **options: Any) -> AsyncIterator[HttpServer]:
+    server = HttpServer(handler, name="test", **options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, [listener])
+        yield server
+        nursery.cancel_scope.cancel(reason="test over")
+
+
+async def get(port: int, raw: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw)
+        await stream.send_eof()
+        out = b""
+        while chunk := await stream.receive_some(65536):
+            out += chunk
+        return out
+
+
+def request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+
+
+async def test_an_unexpected_error_in_the_accept_loop_leaves_the_listener_serving() -> None:
+    (tcp,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    with trio.fail_after(TIMEOUT):
+        async with serving(FlakyListener(tcp)) as server:
+            reply = await get(bound_port(tcp), request("/after"))
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert reply.endswith(b"/after")
+    assert server.accept_errors == 1
+
+
+async def test_a_handlers_bug_is_a_500_on_its_connection_and_the_server_serves_on() -> None:
+    (tcp,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = bound_port(tcp)
+    with trio.fail_after(TIMEOUT):
+        async with serving(tcp) as server:
+            assert (await get(port, request("/bug"))).startswith(b"HTTP/1.1 500")
+            assert (await get(port, request("/fine"))).startswith(b"HTTP/1.1 200")
+    assert server.connection_errors == 1
+
+
+async def test_a_request_with_a_body_over_the_limit_gets_a_413_it_can_read_over_tcp() -> None:
+    (tcp,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = bound_port(tcp)
+    with trio.fail_after(TIMEOUT):
+        async with serving(tcp, max_body=1000):
+            head = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1500\r\n\r\n"
+            assert (await get(port, head + b"x" * 1500)).startswith(b"HTTP/1.1 413")
+            chunked = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024
+            assert (await get(port, chunked + b"\r\n0\r\n\r\n")).startswith(b"HTTP/1.1 413")
