@@ -15,6 +15,10 @@ installs this file as both).  The socket is Spiderpool's default unless the conf
 ``"ipam_unix_socket_path"`` (our extension: Spiderpool's coordinator always uses the default).  VERSION is
 answered here; a request the agent refuses for good (413, 431, or any answer with an ``X-Cni-Code`` header)
 gives that code and the agent's message; an unreachable agent gives CNI code 11 (50 for STATUS).
+
+For the coordinator's ADD and CHECK, a ``CNI_NETNS`` that ``stat`` shows is a directory, FIFO, socket or
+device is refused here with CNI code 4 (a cheap first look; the agent checks every path thoroughly before
+entering it).  DEL is always forwarded: it cleans the host side whatever the pod's namespace has become.
 """
 
 import _socket
@@ -32,6 +36,16 @@ PLUGINS = ("coordinator", "ifacer")
 TIMEOUT = 100.0  # seconds; Spiderpool's DefaultCNIClientTimeout
 CODE_TRY_AGAIN_LATER = 11
 CODE_NOT_AVAILABLE = 50
+CODE_INVALID_ENV = 4
+# File types (stat.h) that are never a network namespace; ``stat`` is not built in, ``posix`` is.
+_S_IFMT = 0o170000
+_NOT_A_NAMESPACE = {
+    0o040000: "a directory",
+    0o010000: "a FIFO (named pipe)",
+    0o140000: "a socket",
+    0o020000: "a character device",
+    0o060000: "a block device",
+}
 
 _WHITESPACE = b" \t\r\n"
 
@@ -181,6 +195,18 @@ def _message(body: bytes) -> str:
     return text if isinstance(text, str) else body[:1000].decode("utf-8", "replace")
 
 
+def _netns_problem(netns: bytes) -> str | None:
+    """Why ``netns`` is certainly no network namespace, by its file type alone; None when it may be one."""
+    try:
+        mode = posix.stat(netns).st_mode
+    except OSError:
+        return None  # missing or unreadable: the agent tells which, with its own code
+    kind = _NOT_A_NAMESPACE.get(mode & _S_IFMT)
+    if kind is None:
+        return None
+    return f"environment variable CNI_NETNS {netns.decode('utf-8', 'replace')!r} is {kind}, not a network namespace"
+
+
 def _write(out: "BinaryIO | None", data: bytes) -> None:
     stream = sys.stdout.buffer if out is None else out
     stream.write(data)
@@ -219,6 +245,12 @@ def main(
         for key, value in env.items():
             if key.startswith(b"CNI_") and b"\n" in value:
                 _write(out, _error(version, 4, "environment variable contains a newline", key.decode()))
+                return 1
+        netns = env.get(b"CNI_NETNS", b"")
+        if name == "coordinator" and command in (b"ADD", b"CHECK") and netns:
+            problem = _netns_problem(netns)
+            if problem is not None:
+                _write(out, _error(version, CODE_INVALID_ENV, problem, "checked by the plugin"))
                 return 1
         try:
             code, body = _parse_reply(_exchange(path, _request(name, env, data)))

@@ -9,6 +9,12 @@ changes interleave with a half-read state.  Messages are served one at a time, i
 
 ``host_netns`` names the namespace that plays the host (default: the agent's own).  Tests and the demo pass a
 namespace they made, so nothing here ever touches the machine's root namespace.
+
+A pod's ``CNI_NETNS`` is checked before the worker thread ever sees it (``actors.node.netns_file``, in a
+thread this actor can abandon, under ``netlink_timeout``): a missing path is ``NamespaceGone`` (CNI 3), a
+FIFO, directory, device, plain file or other kind of namespace is ``InvalidEnvironment`` (CNI 4).  DEL goes
+on without the pod's side when its namespace is no longer usable.  Every transaction is bounded by the same
+timeout (``NetlinkTimeout``, CNI 11; the worker replaces a stuck thread and keeps serving).
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import attrs
 import outcome
 import trio
 
-from actors.node import netlink
+from actors.node import netlink, netns_file
 from actors.runtime.mailbox import Reply
+from spider.coordinator.errors import NamespaceGone
 from spider.coordinator.observed import NsView
 from spider.coordinator.plan import Plan, SetupSpec, TeardownSpec, check_setup, plan_setup, plan_teardown
-from spider.errors import ActorUnavailable, SpiderError
+from spider.errors import ActorUnavailable, InvalidEnvironment, SpiderError
 from spider.ifacer import IfacerConf
 
 log = logging.getLogger(__name__)
@@ -172,11 +179,13 @@ class NodeActor:
     mailbox: trio.MemoryReceiveChannel[NodeMsg]
     host_netns: str | None = None
     """The namespace playing the host: a name under /var/run/netns or a path; ``None`` is the agent's own."""
+    netlink_timeout: float = netlink.NETLINK_TIMEOUT
+    """Seconds one transaction (or one check of a ``CNI_NETNS``) may take before the request fails with CNI 11."""
     stats: NodeStatistics = attrs.field(factory=NodeStatistics)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the netlink thread, then serve the mailbox until every handle is closed or we are cancelled."""
-        worker = netlink.NetlinkWorker(self.host_netns)
+        worker = netlink.NetlinkWorker(self.host_netns, timeout=self.netlink_timeout)
         await worker.start()
         try:
             task_status.started()
@@ -199,22 +208,43 @@ class NodeActor:
     async def _serve(self, worker: netlink.NetlinkWorker, msg: NodeMsg) -> Any:
         match msg:
             case InspectPod(netns=netns, ifname=ifname, set_up=set_up):
+                await self._check_netns(netns)
                 return await worker.call(netlink.inspect_pod, netns, ifname, set_up)
             case InspectHost(route_sources_for=sources):
                 return await worker.call(netlink.inspect_host, sources)
             case SetupPod(netns=netns, spec=spec, prev_ips=prev_ips):
                 self.stats.setups += 1
+                await self._check_netns(netns)
                 return await worker.call(_setup, netns, spec, prev_ips)
             case CheckPod(netns=netns, spec=spec):
+                await self._check_netns(netns)
                 return await worker.call(_check, netns, spec)
             case TeardownPod(netns=netns, spec=spec, families=families):
                 self.stats.teardowns += 1
+                if spec.netns_exists and netns and not await self._netns_usable(netns):
+                    netns = ""  # the host side is cleaned all the same; the pod's side went or never was
                 return await worker.call(_teardown, netns, spec, families)
             case OpenProbe(netns=netns, ifname=ifname, ethertype=ethertype):
+                await self._check_netns(netns)
                 return await worker.call(netlink.open_packet_socket, netns, ifname, ethertype)
             case EnsureParents(conf=conf):
                 return await worker.call(netlink.ensure_parents, conf)
         raise AssertionError(f"unhandled message {msg!r}")
+
+    async def _check_netns(self, netns: str) -> None:
+        """Raise unless ``netns`` is a network namespace; the check runs in a thread left behind if it hangs."""
+        with trio.move_on_after(self.netlink_timeout) as waited:
+            await trio.to_thread.run_sync(netns_file.check_netns, netns, abandon_on_cancel=True)
+        if waited.cancelled_caught:
+            raise netlink.NetlinkTimeout(action=f"examining CNI_NETNS {netns!r}", seconds=self.netlink_timeout)
+
+    async def _netns_usable(self, netns: str) -> bool:
+        try:
+            await self._check_netns(netns)
+        except (NamespaceGone, InvalidEnvironment) as exc:
+            log.info("DEL goes on without the pod's namespace: %s", exc)
+            return False
+        return True
 
 
 # The transactions below run in the worker thread; they only combine netlink steps with pure planning.
@@ -250,7 +280,9 @@ def _teardown(session: netlink.Session, netns: str, spec: TeardownSpec, families
     return plans[0]
 
 
-def open_node(host_netns: str | None = None, *, buffer: int = 64) -> tuple[NodeHandle, NodeActor]:
+def open_node(
+    host_netns: str | None = None, *, buffer: int = 64, netlink_timeout: float = netlink.NETLINK_TIMEOUT
+) -> tuple[NodeHandle, NodeActor]:
     """A handle and its actor; the mailbox outlives any one ``run()``, so handles survive restarts."""
     send, recv = trio.open_memory_channel[NodeMsg](buffer)
-    return NodeHandle(send), NodeActor(recv, host_netns)
+    return NodeHandle(send), NodeActor(recv, host_netns, netlink_timeout)

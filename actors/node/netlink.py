@@ -13,6 +13,10 @@ thread each call, so the worker is a plain ``threading.Thread`` fed by a queue, 
 token.  ``setns`` changes the namespace of the calling thread only: the worker enters a pod's namespace for
 one transaction and always returns to its home, the "host" namespace (the agent's own, or the one named by
 ``host_netns`` so tests and the demo never touch the machine's root namespace).
+
+Nothing may wedge that thread: a pod's namespace is opened only once ``netns_file`` has seen that it is a
+network namespace (a FIFO would block the open), and every transaction is bounded by a timeout, after which
+a stuck thread is left behind and a fresh one takes over (``NetlinkWorker``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.nftables.expressions import genex
 from pyroute2.nftables.main import NFTables
 
+from actors.node.netns_file import open_netns
 from spider.coordinator.errors import InterfaceSetupFailed, NamespaceGone
 from spider.coordinator.mode import POD_MARK_TABLE, POD_VETH
 from spider.coordinator.observed import Address, Link, Neighbour, NsView, RouteEntry, RuleEntry, family_of
@@ -62,7 +67,7 @@ from spider.coordinator.ops import (
     UnmarkReplies,
 )
 from spider.coordinator.plan import RULE_PRIORITY
-from spider.errors import InvalidEnvironment, InvalidNetConf
+from spider.errors import InvalidEnvironment, InvalidNetConf, TransientError
 from spider.ifacer import IfacerConf
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,21 @@ def _fail(action: str, exc: NetlinkError | OSError) -> InterfaceSetupFailed:
 
 # --- the thread ---------------------------------------------------------------------------------------------
 
+NETLINK_TIMEOUT = 5.0
+"""Seconds a transaction may run in the worker thread (a few milliseconds is usual) before its caller gets
+``NetlinkTimeout`` and the thread is replaced."""
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class NetlinkTimeout(TransientError):
+    """A netlink transaction did not finish in time (CNI 11): its thread was left to it and replaced."""
+
+    action: str
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.action} did not finish within {self.seconds:g} s; try again"
+
 
 @attrs.define(eq=False)
 class Session:
@@ -113,19 +133,18 @@ class Session:
 
     @contextlib.contextmanager
     def entered(self, path: str) -> Iterator[IPRoute]:
-        """Run the body inside the namespace at ``path`` with a socket there; always come home after."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise NamespaceGone(netns=path) from None
-        except OSError as exc:
-            raise InvalidEnvironment(variable="CNI_NETNS", reason=f"cannot be opened: {exc.strerror}") from None
+        """Run the body inside the namespace at ``path`` with a socket there; always come home after.
+
+        ``path`` is checked before it is opened (``netns_file.open_netns``): ``NamespaceGone`` when it is
+        missing, ``InvalidEnvironment`` when it is anything but a network namespace.
+        """
+        fd = open_netns(path)
         try:
             try:
                 pyroute2_netns.setns(fd)
             except OSError as exc:
                 raise InvalidEnvironment(
-                    variable="CNI_NETNS", reason=f"{path!r} is not a network namespace ({exc})"
+                    variable="CNI_NETNS", reason=f"{path!r} cannot be entered: {exc.strerror or exc}"
                 ) from None
             self.pod_fd = fd
             try:
@@ -158,77 +177,192 @@ class Session:
 _STOP = object()
 
 
-class NetlinkWorker:
-    """The thread that owns the node's netlink sockets; ``call`` runs one transaction in it.
+@attrs.define(eq=False)
+class _Job:
+    """One transaction on its way through a lane; ``deliver`` runs in the trio thread."""
 
-    Transactions run one at a time, in the order they were submitted.  A caller that is cancelled while its
-    transaction runs stops waiting, but the transaction itself completes: it is a whole unit.
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: outcome.Outcome[Any] | None = None
+    abandoned: bool = False
+    """Its caller stopped waiting (cancelled, or timed out): nobody will take the result."""
+
+    def deliver(self, result: outcome.Outcome[Any]) -> None:
+        self.result = result
+        self.done.set()
+        if self.abandoned and isinstance(result, outcome.Value) and isinstance(result.value, socket.socket):
+            result.value.close()  # an OpenProbe nobody waits for any more
+
+
+class _Lane:
+    """One worker thread, its queue and its session; retired (never fed again) when a transaction in it hangs.
+
+    The worker feeds a lane one job at a time, so ``idle`` tells whether the thread is free.  A retired lane's
+    thread finishes the transaction in hand (if it ever returns), drops the result and exits.
     """
 
-    def __init__(self, host_netns: str | None = None) -> None:
+    def __init__(self, host_netns: str | None, token: trio.lowlevel.TrioToken, name: str) -> None:
         self.host_netns = host_netns
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
-        self.transactions = 0
+        self.token = token
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.ready = threading.Event()
+        self.startup_error: BaseException | None = None
+        self.idle = trio.Event()
+        self.idle.set()
+        self.retired = False
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
-    async def start(self) -> None:
-        """Start the thread and wait until it is in the host namespace with its socket open."""
-        token = trio.lowlevel.current_trio_token()
-        self._thread = threading.Thread(target=self._main, args=(token,), name="netlink", daemon=True)
-        self._thread.start()
-        await trio.to_thread.run_sync(self._ready.wait)
-        if self._startup_error is not None:
-            raise self._startup_error
+    def submit(self, job: _Job) -> None:
+        self.idle = trio.Event()
+        self.jobs.put(job)
 
-    def stop(self) -> None:
-        """Let the thread finish the transaction in hand and exit; does not wait."""
-        self._jobs.put(_STOP)
+    def retire(self) -> None:
+        """Feed this lane nothing more; its thread exits once it is free."""
+        if not self.retired:
+            self.retired = True
+            self.jobs.put(_STOP)
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(session, *args)`` in the worker thread and return its result (or raise its error)."""
-        if self._thread is None or not self._thread.is_alive():
-            raise RuntimeError("the netlink worker is not running")
-        done = trio.Event()
-        box: list[outcome.Outcome[T]] = []
+    def _finished(self, job: _Job, result: outcome.Outcome[Any]) -> None:
+        job.deliver(result)
+        self.idle.set()
 
-        def deliver(result: outcome.Outcome[T]) -> None:
-            box.append(result)
-            done.set()
-
-        self._jobs.put((fn, args, deliver))
-        await done.wait()
-        return box[0].unwrap()
-
-    def _main(self, token: trio.lowlevel.TrioToken) -> None:
+    def _main(self) -> None:
         try:
             if self.host_netns is not None:
-                fd = os.open(netns_path(self.host_netns), os.O_RDONLY)
+                # NB: O_NONBLOCK: a FIFO given as the host namespace must fail setns, not block here.
+                fd = os.open(netns_path(self.host_netns), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 try:
                     pyroute2_netns.setns(fd)
                 finally:
                     os.close(fd)
-            home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             session = Session(home_fd, IPRoute())
         except BaseException as exc:  # reported to start(), which raises it in the agent
-            self._startup_error = exc
-            self._ready.set()
+            self.startup_error = exc
+            self.ready.set()
             return
-        self._ready.set()
+        self.ready.set()
         try:
             while True:
-                job = self._jobs.get()
+                job = self.jobs.get()
                 if job is _STOP:
                     return
-                fn, args, deliver = job
-                self.transactions += 1
-                result = outcome.capture(fn, session, *args)
+                result = outcome.capture(job.fn, session, *job.args)
                 with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(deliver, result)
+                    self.token.run_sync_soon(self._finished, job, result)
         finally:
             session.host.close()
             os.close(home_fd)
+
+
+class NetlinkWorker:
+    """The thread that owns the node's netlink sockets; ``call`` runs one transaction in it.
+
+    Transactions run one at a time, in the order they were submitted.  A caller that is cancelled while its
+    transaction runs stops waiting, but the transaction itself completes: it is a whole unit, and the next one
+    starts after it.
+
+    Every transaction is bounded by ``timeout`` seconds.  A thread stuck in a syscall cannot be killed, so a
+    transaction that overruns is left to its thread: the caller gets ``NetlinkTimeout`` (CNI 11), the thread
+    is retired (it drops the late result and exits if the call ever returns) and the next call starts a fresh
+    thread with fresh sockets.  The same happens when the transaction of a cancelled caller is still running
+    ``timeout`` seconds after the next caller came.  Only then may two threads touch netlink at once: the
+    stuck one, if it wakes up, finishes the one transaction it had.  ``replacements`` counts these.
+    """
+
+    def __init__(self, host_netns: str | None = None, *, timeout: float = NETLINK_TIMEOUT) -> None:
+        self.host_netns = host_netns
+        self.timeout = timeout
+        self._lane: _Lane | None = None
+        self._turn = trio.Lock()  # fair: callers take turns in the order they came
+        self._lanes_opened = 0
+        self._stopped = False
+        self.transactions = 0
+        self.replacements = 0
+
+    async def start(self) -> None:
+        """Start the thread and wait until it is in the host namespace with its socket open."""
+        self._lane = await self._open_lane()
+
+    def stop(self) -> None:
+        """Let the thread finish the transaction in hand and exit; does not wait."""
+        self._stopped = True
+        if self._lane is not None:
+            self._lane.retire()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(session, *args)`` in the worker thread and return its result (or raise its error).
+
+        Raises ``NetlinkTimeout`` when the transaction does not finish within ``timeout`` seconds.
+        """
+        async with self._turn:
+            lane = await self._free_lane()
+            job = _Job(fn, args)
+            lane.submit(job)
+            self.transactions += 1
+            try:
+                with trio.move_on_after(self.timeout):
+                    await job.done.wait()
+            except BaseException:
+                job.abandoned = True
+                raise
+            if job.result is None:
+                job.abandoned = True
+                action = f"the netlink transaction {_describe_fn(fn)}"
+                self._retire(lane, action)
+                raise NetlinkTimeout(action=action, seconds=self.timeout)
+            return job.result.unwrap()  # type: ignore[no-any-return]
+
+    async def _free_lane(self) -> _Lane:
+        """The lane to feed: the current one once it is free, or a fresh one when it is retired or stays busy."""
+        lane = self._lane
+        if lane is None or self._stopped:
+            raise RuntimeError("the netlink worker is not running")
+        if not lane.retired and not lane.idle.is_set():
+            # the transaction of a caller who stopped waiting still runs: it finishes first, within the bound
+            with trio.move_on_after(self.timeout):
+                await lane.idle.wait()
+            if not lane.idle.is_set():
+                self._retire(lane, "a transaction whose caller stopped waiting")
+        if lane.retired:
+            self._lane = await self._open_lane()
+            self.replacements += 1
+            return self._lane
+        if not lane.thread.is_alive():
+            raise RuntimeError("the netlink worker is not running")
+        return lane
+
+    def _retire(self, lane: _Lane, what: str) -> None:
+        log.warning(
+            "netlink thread %s: %s did not finish within %g s; leaving the thread to it and starting a fresh one",
+            lane.thread.name,
+            what,
+            self.timeout,
+        )
+        lane.retire()
+
+    async def _open_lane(self) -> _Lane:
+        self._lanes_opened += 1
+        name = "netlink" if self._lanes_opened == 1 else f"netlink-{self._lanes_opened}"
+        lane = _Lane(self.host_netns, trio.lowlevel.current_trio_token(), name)
+        lane.thread.start()
+        try:
+            with trio.move_on_after(self.timeout):
+                await trio.to_thread.run_sync(lane.ready.wait, self.timeout, abandon_on_cancel=True)
+        except BaseException:
+            lane.retire()
+            raise
+        if not lane.ready.is_set():
+            lane.retire()
+            raise NetlinkTimeout(action=f"starting the netlink thread {name}", seconds=self.timeout)
+        if lane.startup_error is not None:
+            raise lane.startup_error
+        return lane
+
+
+def _describe_fn(fn: Callable[..., Any]) -> str:
+    return repr(getattr(fn, "__name__", fn))
 
 
 # --- observing ----------------------------------------------------------------------------------------------
