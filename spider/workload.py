@@ -1,9 +1,10 @@
 """Who a pod belongs to, and whether its addresses must outlive it (reference §2.1 step 2, §2.10, §2.11).
 
-Owns the pure rules: whether a pod is alive, which owner reference is its controller, how ReplicaSets resolve
-to Deployments and Jobs to CronJobs, and when a StatefulSet ordinal or a KubeVirt VM/VMI is still valid (so
-its fixed addresses are kept across pod re-creation); and ``Workload``, the verdict the agent gathers for one
-pod.  The agent walks the owner chain through the store and asks these functions at each step.
+Owns the pure rules: whether a pod is alive (not terminating, not in a terminal phase), which owner reference
+is its controller, how ReplicaSets resolve to Deployments and Jobs to CronJobs, and when a StatefulSet ordinal
+or a KubeVirt VM/VMI is still valid (so its fixed addresses are kept across pod re-creation); and ``Workload``,
+the verdict the agent gathers for one pod.  The agent walks the owner chain through the store and asks these
+functions at each step.
 """
 
 from __future__ import annotations
@@ -83,17 +84,23 @@ def next_hop(controller: Controller) -> str | None:
 
 
 def pod_not_alive(pod: Mapping[str, Any]) -> str | None:
-    """Why a pod is not alive (``IsPodAlive``), or ``None``: terminating, or finished for good."""
+    """Why a pod is not alive, or ``None``: terminating, or in a terminal phase (``Succeeded``, ``Failed``).
+
+    Stricter than Spiderpool's ``IsPodAlive``, which looks at ``restartPolicy`` too (``Succeeded`` is dead only
+    when it is not ``Always``; ``Failed`` only when it is ``Never`` or the reason is ``Evicted``).  A terminal
+    phase is final whatever the policy: the kubelet never starts the pod's containers again, so a Job pod with
+    ``OnFailure`` failed by ``activeDeadlineSeconds``, or a pod failed by a graceful node shutdown, would
+    otherwise keep its addresses for as long as the Pod object stays (docs/compatibility.md).
+    """
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
-    restart = (pod.get("spec") or {}).get("restartPolicy", "Always")
     phase = status.get("phase", "")
     if meta.get("deletionTimestamp"):
         return "terminating"
-    if phase == "Succeeded" and restart != "Always":
+    if phase == "Succeeded":
         return "succeeded"
-    if phase == "Failed" and (restart == "Never" or status.get("reason") == "Evicted"):
-        return "failed" if status.get("reason") != "Evicted" else "evicted"
+    if phase == "Failed":
+        return "evicted" if status.get("reason") == "Evicted" else "failed"
     return None
 
 
