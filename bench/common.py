@@ -1,11 +1,17 @@
 """What every benchmark shares: where it ran (machine, load before and after), timing statistics, and
-printing a result as a table and, with ``--json FILE``, as JSON.  Measures nothing itself."""
+printing a result as a table and, with ``--json FILE``, as JSON; and starting the fake API server of
+``tests/fakeapi`` as a process, latency model on, for runs against "a Kubernetes API server" on a machine
+that has none.  Measures nothing itself."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,3 +83,35 @@ def _cell(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+FAKE_API_LATENCY_ENV = "SPIDER_FAKEAPI_LATENCY"
+
+
+@contextmanager
+def fake_api_server(directory: Path, latency: str = "measured", seed: int = 0) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """``python -m tests.fakeapi`` in its own process with the latency model ``latency`` (``off``, ``measured``,
+    ``measured*F`` or JSON; ``tests/fakeapi/latency.py``): yields its kubeconfig and a dict that, once the
+    ``with`` is over, holds what the server served (per request kind and code) and the model's parameters."""
+    kubeconfig, stats_file = directory / "fakeapi.kubeconfig", directory / "fakeapi-stats.json"
+    cmd = [sys.executable, "-m", "tests.fakeapi", "--kubeconfig", str(kubeconfig), "--latency", latency]
+    cmd += ["--seed", str(seed), "--stats", str(stats_file)]
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(cmd, cwd=root)
+    stats: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while not kubeconfig.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the fake API server did not start (exit code {process.poll()})")
+            time.sleep(0.05)
+        yield kubeconfig, stats
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if stats_file.exists():
+            stats.update(json.loads(stats_file.read_text()))

@@ -215,10 +215,20 @@ def _holds(stored: Obj, sent: Obj, kind: str) -> bool:
     fields = (set(sent) | set(stored)) - _SERVER_FIELDS
     if not kind_info(kind).status_subresource:
         fields.add("status")
-    if any(_empty_is_none(sent.get(f)) != _empty_is_none(stored.get(f)) for f in fields):
+    if not all(_holds_value(stored.get(f), sent.get(f)) for f in fields):
         return False
     sent_meta, stored_meta = sent.get("metadata") or {}, stored.get("metadata") or {}
     return all(_empty_is_none(sent_meta.get(f)) == _empty_is_none(stored_meta.get(f)) for f in _SENT_METADATA)
+
+
+def _holds_value(stored: Any, sent: Any) -> bool:
+    """``stored`` is ``sent`` with, at most, fields added inside objects: the defaults an API server fills in
+    from the CRD schema (a SpiderIPPool created without ``spec.disable`` is stored with ``disable: false``)."""
+    if isinstance(stored, dict) and isinstance(sent, dict):
+        return all(_holds_value(stored.get(k), v) for k, v in sent.items())
+    if isinstance(stored, list) and isinstance(sent, list):
+        return len(stored) == len(sent) and all(map(_holds_value, stored, sent))
+    return bool(_empty_is_none(sent) == _empty_is_none(stored))
 
 
 def _empty_is_none(value: Any) -> Any:

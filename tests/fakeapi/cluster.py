@@ -6,6 +6,11 @@ answers the real API server gives, each as an ``ApiError`` carrying the ``Status
 (kube-apiserver's generic registry, the custom resource strategy, the watch cache; checked against the
 upstream code, see ``tests/fakeapi/__init__.py``):
 
+- defaulting: the OpenAPI ``default:`` values of a custom resource's schema (its CRD's
+  ``openAPIV3Schema``; for our kinds, ``deploy/crds/*.yaml``) fill in absent fields on create and on every
+  update, status subresource included, as the structural-schema defaulting of apiextensions-apiserver does
+  (``apiserver/schema/defaulting``): top down, a set default defaulted in turn, ``null`` defaulted unless the
+  field is ``nullable``.  So a SpiderEndpoint status written without ``vlan`` comes back with ``vlan: 0``.
 - create: 201; system fields wiped and set (uid, creationTimestamp, generation 1); ``generateName``; status
   dropped for kinds with a status subresource (Pods start ``Pending``, Namespaces ``Active``); a set
   resourceVersion is a 500 ("resourceVersion should not be set on objects to be created"); a name taken is
@@ -24,7 +29,7 @@ upstream code, see ``tests/fakeapi/__init__.py``):
   ``ADDED``/``DELETED``; ``DELETED`` carries the last state stamped with the deletion's version.
 
 Not modelled: managedFields, admission webhooks, field selectors, dry run, patch, per-kind validation of
-built-in specs, and garbage collection by owner references.
+built-in specs, schema validation and pruning of custom resources, and garbage collection by owner references.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ import re
 import secrets
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+import yaml
 
 from spider.errors import InvalidInput
 from spider.kinds import KINDS, SPIDER_GROUP
@@ -52,6 +59,8 @@ _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's names.Simpl
 _SNAPSHOTS_KEPT = 64
 INTERFERENCE_ANNOTATION = "fakeapi.spider.test/interference"
 CRD_GROUP = "apiextensions.k8s.io"
+CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+"""Our CustomResourceDefinitions: the schemas whose defaults the fake applies to our kinds."""
 
 
 def now() -> str:
@@ -156,6 +165,53 @@ def _parse_rv(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def apply_defaults(value: object, schema: Obj) -> None:
+    """Fill in, in place, the ``default:`` values an OpenAPI v3 (structural) schema gives for absent fields.
+
+    As apiextensions-apiserver's ``structuraldefaulting.Default``: an object's absent properties (and those
+    that are ``null`` without ``nullable: true``) get a copy of their default, then every property is defaulted
+    in turn (a default's own fields included), through ``properties``, ``additionalProperties`` and ``items``.
+    """
+    if isinstance(value, dict):
+        properties: Obj = schema.get("properties") or {}
+        for key, sub in properties.items():
+            defaulted = isinstance(sub, dict) and "default" in sub
+            if defaulted and (key not in value or (value[key] is None and not sub.get("nullable"))):
+                value[key] = copy.deepcopy(sub["default"])
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, extra)
+            if isinstance(sub, dict):
+                apply_defaults(item, sub)
+    elif isinstance(value, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for item in value:
+                apply_defaults(item, items)
+
+
+def crd_schemas(crd: Obj) -> dict[tuple[str, str, str], Obj]:
+    """(group, version, plural) to ``openAPIV3Schema`` of each version a CustomResourceDefinition defines."""
+    spec = crd.get("spec") or {}
+    group, plural = str(spec.get("group", "")), str((spec.get("names") or {}).get("plural", ""))
+    out: dict[tuple[str, str, str], Obj] = {}
+    for v in spec.get("versions") or []:
+        schema = (v.get("schema") or {}).get("openAPIV3Schema")
+        if isinstance(schema, dict):
+            out[group, str(v.get("name", "")), plural] = schema
+    return out
+
+
+def our_crd_schemas(crd_dir: Path = CRD_DIR) -> dict[tuple[str, str, str], Obj]:
+    """The schemas of the CRDs under ``deploy/crds`` (none when the directory is missing)."""
+    out: dict[tuple[str, str, str], Obj] = {}
+    for path in sorted(crd_dir.glob("*.y*ml")) if crd_dir.is_dir() else []:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                out.update(crd_schemas(doc))
+    return out
+
+
 @attrs.define(eq=False)
 class Cluster:
     """The storage behind one fake API server; every method runs in the server's trio thread."""
@@ -169,6 +225,8 @@ class Cluster:
     interfere: set[tuple[str, str]] = attrs.Factory(set)
     """(plural, name) of objects another writer always updates just before a PUT to them arrives."""
     writes: int = 0
+    schemas: dict[tuple[str, str, str], Obj] = attrs.Factory(dict)
+    """(group, version, plural) to the ``openAPIV3Schema`` whose defaults writes of that resource get."""
     _snapshots: dict[str, tuple[int, list[Obj]]] = attrs.Factory(dict)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
@@ -176,6 +234,8 @@ class Cluster:
     def new(cls, *, crds_installed: bool = True, event_retention: int = 10_000) -> Cluster:
         """A cluster with the built-in kinds, the default namespaces and (unless not asked) our CRDs."""
         cluster = cls(event_retention=event_retention)
+        if crds_installed:
+            cluster.schemas.update(our_crd_schemas())
         for k in KINDS:
             custom = not (k.group in ("", "apps", "batch") or k.group.endswith(".k8s.io"))
             if k.group != SPIDER_GROUP or crds_installed:
@@ -205,11 +265,15 @@ class Cluster:
         """Serve (or stop serving) the versions a CustomResourceDefinition describes."""
         spec = crd.get("spec") or {}
         group, names = str(spec.get("group", "")), spec.get("names") or {}
+        schemas = crd_schemas(crd)
         for v in spec.get("versions") or []:
             key = (group, str(v.get("name", "")), str(names.get("plural", "")))
             if gone or not v.get("served", True):
                 self.resources.pop(key, None)
+                self.schemas.pop(key, None)
                 continue
+            if key in schemas:
+                self.schemas[key] = schemas[key]
             status = "status" in ((v.get("subresources") or {}) or {})
             namespaced = spec.get("scope") == "Namespaced"
             self.serve(Resource(key[0], key[1], key[2], str(names.get("kind", "")), namespaced, status, True))
@@ -265,6 +329,11 @@ class Cluster:
         if body.get("apiVersion") != r.api_version or body.get("kind") != r.kind:
             got = f"{body.get('apiVersion')}, Kind={body.get('kind')}"
             raise ApiError(400, "BadRequest", f"the API version in the data ({got}) does not match the resource")
+        schema = self.schemas.get((r.group, r.version, r.plural)) if r.custom else None
+        if schema is not None:  # NB: defaults never touch metadata (the schema cannot describe it)
+            metadata = body.pop("metadata", {})
+            apply_defaults(body, schema)
+            body["metadata"] = metadata
         m = body.setdefault("metadata", {})
         if r.namespaced:
             if not m.get("namespace"):

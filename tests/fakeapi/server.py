@@ -7,6 +7,12 @@ resources it does not serve, watch streams (chunked JSON lines, ``allowWatchBook
 faults (an answer code, a hang, a dropped connection), a request log, outages and restarts on the same port
 (the storage survives, as etcd does), kubeconfig files, and a host thread so that code outside trio, or
 other processes, can use it.
+
+Latency (``tests.fakeapi.latency``, off unless given): each request is served after the time the model gives
+for its kind and size, concurrently with other requests (each connection's task sleeps on its own).  A write
+sleeps *first* and is then checked and committed in one step, as etcd's compare-and-swap ends a write: of two
+PUTs sent at one resourceVersion both wait, and the one that finishes second gets 409 Conflict.  A read is
+answered from the state at its start and delivered after its latency; watch events are delayed per batch.
 """
 
 from __future__ import annotations
@@ -28,9 +34,20 @@ import trio
 import yaml
 
 from tests.fakeapi.cluster import ApiError, Cluster, NotServed, Obj, Resource
+from tests.fakeapi.latency import LatencyModel
 
 JSON = "application/json"
 T = TypeVar("T")
+WRITES = frozenset({"create", "update", "updateStatus", "patch", "delete"})
+
+
+def request_kind(method: str, name: str, subresource: str, watch: bool = False) -> str:
+    """The latency model's kind of a request (``tests.fakeapi.latency.VERBS``)."""
+    if method == "GET":
+        return "watch-event" if watch and not name else "get" if name else "list"
+    if method == "PUT":
+        return "updateStatus" if subresource == "status" else "update"
+    return {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(method, "get")
 
 
 @attrs.define
@@ -79,6 +96,10 @@ class FakeApiServer:
     """(method, path?query) of every request, in order."""
     answers: Counter[int] = attrs.Factory(Counter)
     """How many answers of each HTTP code were sent (watch streams not counted)."""
+    latency: LatencyModel = attrs.Factory(LatencyModel)
+    """How long requests take (``LatencyModel()``: no time at all, the default for tests)."""
+    served: Counter[tuple[str, int]] = attrs.Factory(Counter)
+    """(request kind, HTTP code) of every answered request that reached the storage."""
     _scope: trio.CancelScope | None = None
     _up: trio.Event = attrs.Factory(trio.Event)
     _resume: trio.Event = attrs.Factory(trio.Event)
@@ -217,13 +238,30 @@ class FakeApiServer:
             if method == "GET" and not name and watch:
                 await self._watch(conn, stream, resource, namespace, query)
                 return
-            code, answer = self._dispatch(method, resource, namespace, name, sub, query, body)
         except NotServed:
             await self._answer(conn, stream, 404, b"404 page not found\n", "text/plain; charset=utf-8")
             return
         except ApiError as exc:
+            await self._answer(conn, stream, exc.code, exc.status())
+            return
+        kind = request_kind(method, name, sub)
+        if kind in WRITES:  # NB: the wait first, then check and commit in one step: etcd's compare-and-swap
+            await self._wait(kind, len(body))
+        try:
+            code, answer = self._dispatch(method, resource, namespace, name, sub, query, body)
+        except ApiError as exc:
             code, answer = exc.code, exc.status()
-        await self._answer(conn, stream, code, answer)
+        self.served[kind, code] += 1
+        data = json.dumps(answer).encode()
+        if kind not in WRITES:
+            await self._wait(kind, len(data))
+        await self._answer(conn, stream, code, data)
+
+    async def _wait(self, kind: str, size: int) -> None:
+        """The latency model's time for one request (nothing when the model is off)."""
+        seconds = self.latency.seconds(kind, size)
+        if seconds > 0:
+            await trio.sleep(seconds)
 
     def _route(self, path: str) -> tuple[Resource, str, str, str]:
         """(resource, namespace, name, subresource) of a REST path."""
@@ -284,6 +322,7 @@ class FakeApiServer:
         async def send(events: list[Obj]) -> None:
             if events:
                 lines = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+                await self._wait("watch-event", len(lines))
                 await self._send(conn, stream, h11.Data(data=lines))
 
         seconds = float(query.get("timeoutSeconds") or math.inf)

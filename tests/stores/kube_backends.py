@@ -6,7 +6,8 @@ otherwise minimal ones made here from ``spider.kinds``) and the namespaces the t
 
 - ``kube-fake``: a ``KubeStore`` talking over TCP on 127.0.0.1, through a generated kubeconfig, to a fresh
   ``tests.fakeapi`` server running in its own thread (so the store's asyncio thread and the server never
-  share a loop with the test).
+  share a loop with the test).  Its latency model is off unless ``$SPIDER_FAKEAPI_LATENCY`` sets one
+  (``measured``, ``measured*20``: ``tests/fakeapi/latency.py``), to run a suite against a slow server.
 - ``kube-real``: a ``KubeStore`` on the cluster ``$SPIDER_TEST_KUBECONFIG`` names.  Use a throw-away cluster
   (kind, k3d): the tests create objects labelled ``test-run`` and delete what they leave behind.
 """
@@ -122,11 +123,13 @@ class KubeFakeBackend:
     opened: list[KubeStore] = attrs.Factory(list)
 
     async def open(self) -> Store:
-        from tests.fakeapi import FakeApiServer, ServedInThread
+        from tests.fakeapi import FakeApiServer, LatencyModel, ServedInThread
+        from tests.fakeapi.latency import ENV
 
         first = self.host is None
         if first:
-            self.host = await trio.to_thread.run_sync(lambda: ServedInThread(FakeApiServer()).start())
+            latency = LatencyModel.parse(os.environ.get(ENV, "off"))
+            self.host = await trio.to_thread.run_sync(lambda: ServedInThread(FakeApiServer(latency=latency)).start())
             self.kubeconfig = self.host.server.kubeconfig(self.dir / "kubeconfig")
         store = await KubeStore.open(self.kubeconfig, settings=self.settings)
         self.opened.append(store)

@@ -339,9 +339,12 @@ async def test_generation_follows_spec_not_status_or_metadata(store: Store, run:
 
 
 def endpoint_status(uid: str) -> dict[str, Any]:
-    """A SpiderEndpoint status that the CRD's schema accepts (a real API server checks it)."""
+    """A SpiderEndpoint status that the CRD's schema accepts (a real API server checks it), with every field
+    the schema defaults given (``vlan``), as our IPAM service writes it: an API server fills in absent defaulted
+    fields (``vlan: 0``) and the embedded store does not, so only a status without absent defaults reads back
+    the same from every backend.  (``tests/stores/test_kube.py`` checks the defaulting itself.)"""
     return {
-        "current": {"uid": uid, "node": "node-1", "ips": [{"interface": "eth0"}]},
+        "current": {"uid": uid, "node": "node-1", "ips": [{"interface": "eth0", "vlan": 0}]},
         "ownerControllerType": "Pod",
         "ownerControllerName": "web",
     }

@@ -296,6 +296,33 @@ async def test_missing_crds_are_reported_and_installing_them_fixes_it(nursery: t
             assert (await kube.list("SpiderEndpoint", namespace="default")).items == []
 
 
+async def test_custom_resources_come_back_with_the_defaults_of_their_crd_schema(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # a real API server answered a SpiderEndpoint status written without vlan with vlan: 0
+    fake: FakeApiServer = await nursery.start(FakeApiServer(Cluster.new(crds_installed=False)).run)
+    async with client(fake, tmp_path) as kube:
+        with trio.fail_after(TIMEOUT):
+            await install_crds(kube, crd_documents())
+            status = {
+                "current": {
+                    "uid": "u1",
+                    "node": "n1",
+                    "ips": [{"interface": "eth0"}, {"interface": "net1", "vlan": 7}],
+                },
+                "ownerControllerType": "Pod",
+                "ownerControllerName": "web",
+            }
+            created = await kube.create(
+                dict(endpoint("web"), metadata={"name": "web", "namespace": "default"}, status=status)
+            )
+            assert [ip.get("vlan") for ip in created["status"]["current"]["ips"]] == [0, 7]
+            got = await kube.get("SpiderEndpoint", "web", "default")
+            assert got["status"] == created["status"]
+            made = await kube.create(pool("p"))
+            assert (made["spec"]["default"], made["spec"]["disable"]) == (False, False)
+
+
 # --- credentials -------------------------------------------------------------------------------------------
 
 

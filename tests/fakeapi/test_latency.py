@@ -1,0 +1,201 @@
+"""The fake API server's latency model: concurrent requests wait concurrently, and a write is checked and
+committed at the end of its wait, so two writes racing at one resourceVersion both wait and one loses.
+
+The server runs in the test's trio run on a ``MockClock`` that only moves when the test jumps it: a request
+sleeping out its latency stays unanswered until the jump, whatever the machine's load, so nothing here
+depends on wall time.  Clients speak HTTP/1.1 through h11, one connection per request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h11
+import pytest
+import trio
+import trio.testing
+
+from spider.kinds import SPIDER_API_VERSION
+from tests.fakeapi import Cost, FakeApiServer, LatencyModel
+from tests.fakeapi.latency import MEASURED, VERBS
+
+POOLS = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools"
+
+
+async def call(server: FakeApiServer, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    """One request on a connection of its own: the answer's code and decoded JSON."""
+    stream = await trio.open_tcp_stream(server.host, server.port)
+    conn = h11.Connection(h11.CLIENT)
+    data = b"" if body is None else json.dumps(body).encode()
+    headers = [("Host", "fake"), ("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    async with stream:
+        await stream.send_all(conn.send(h11.Request(method=method, target=path, headers=headers)) or b"")
+        await stream.send_all(
+            (conn.send(h11.Data(data=data)) if data else b"") + (conn.send(h11.EndOfMessage()) or b"")
+        )
+        code, received = 0, bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(bytes(await stream.receive_some(65536)))
+            elif isinstance(event, h11.Response):
+                code = event.status_code
+            elif isinstance(event, h11.Data):
+                received += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return code, json.loads(received)
+
+
+def pool(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": SPIDER_API_VERSION,
+        "kind": "SpiderIPPool",
+        "metadata": {"name": name},
+        "spec": {"subnet": "10.6.0.0/16", "ips": ["10.6.0.10-10.6.0.20"]},
+    }
+
+
+def slow(**costs_ms: float) -> LatencyModel:
+    """A model where only the named request kinds take time (``updateStatus`` spelled ``update_status``)."""
+    return LatencyModel({k.replace("update_status", "updateStatus"): Cost(v) for k, v in costs_ms.items()})
+
+
+class Calls:
+    """Requests run in the background; ``answers`` fills in as they are answered."""
+
+    def __init__(self, nursery: trio.Nursery, server: FakeApiServer) -> None:
+        self.nursery, self.server, self.answers = nursery, server, dict[str, tuple[int, Any]]()
+
+    def start(self, label: str, method: str, path: str, body: object = None) -> None:
+        async def one() -> None:
+            self.answers[label] = await call(self.server, method, path, body)
+
+        self.nursery.start_soon(one)
+
+
+async def served(nursery: trio.Nursery, latency: LatencyModel) -> FakeApiServer:
+    server: FakeApiServer = await nursery.start(FakeApiServer(latency=latency).run)
+    return server
+
+
+async def settled() -> None:
+    """Until every task waits: requests sent are received and sleeping out their latency, or answered."""
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_the_latency_model_is_off_unless_asked_for(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    server: FakeApiServer = await nursery.start(FakeApiServer().run)
+    assert not server.latency.enabled
+    with trio.fail_after(10):  # NB: the mock clock never moves here: any wait at all would hang
+        code, _ = await call(server, "POST", POOLS, pool("p"))
+    assert code == 201
+
+
+async def test_concurrent_writes_to_different_objects_wait_at_the_same_time(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    server = await served(nursery, slow(create=1000))
+    calls = Calls(nursery, server)
+    for name in ("a", "b", "c"):
+        calls.start(name, "POST", POOLS, pool(name))
+    await settled()
+    assert calls.answers == {}  # all three are waiting out their latency
+    mock_clock.jump(1.0)  # one latency: with one request served at a time, only the first would be done
+    await settled()
+    assert {label: code for label, (code, _) in calls.answers.items()} == {"a": 201, "b": 201, "c": 201}
+
+
+async def test_two_writes_at_one_resource_version_both_wait_and_the_second_to_finish_gets_409(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    server = await served(nursery, slow(update_status=1000))
+    _, created = await call(server, "POST", POOLS, pool("p"))
+    calls = Calls(nursery, server)
+    for agent in ("a", "b"):
+        calls.start(agent, "PUT", f"{POOLS}/p/status", dict(created, status={"allocatedIPCount": 1 + len(agent)}))
+    await settled()
+    assert calls.answers == {}  # the loser is not refused up front: it pays the latency too
+    mock_clock.jump(1.0)
+    await settled()
+    codes = sorted(code for code, _ in calls.answers.values())
+    assert codes == [200, 409]
+    assert server.served["updateStatus", 409] == 1
+
+
+async def test_the_resource_version_is_checked_when_the_write_ends_not_when_it_arrives(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    server = await served(nursery, slow(update_status=1000))  # spec updates take no time
+    _, created = await call(server, "POST", POOLS, pool("p"))
+    calls = Calls(nursery, server)
+    calls.start("status", "PUT", f"{POOLS}/p/status", dict(created, status={"allocatedIPCount": 1}))
+    await settled()
+    code, _ = await call(server, "PUT", f"{POOLS}/p", dict(created, spec={"subnet": "10.7.0.0/16"}))
+    assert code == 200  # committed while the status write, sent at the same version, was still under way
+    mock_clock.jump(1.0)
+    await settled()
+    assert calls.answers["status"][0] == 409
+
+
+async def test_a_read_is_answered_after_its_latency_and_does_not_hold_up_other_requests(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    server = await served(nursery, slow(get=1000))
+    await call(server, "POST", POOLS, pool("p"))
+    calls = Calls(nursery, server)
+    calls.start("get", "GET", f"{POOLS}/p")
+    await settled()
+    code, listing = await call(server, "GET", POOLS)  # a list costs nothing in this model
+    assert (code, [i["metadata"]["name"] for i in listing["items"]]) == (200, ["p"])
+    assert calls.answers == {}
+    mock_clock.jump(1.0)
+    await settled()
+    assert calls.answers["get"][0] == 200
+
+
+def test_the_measured_model_reproduces_the_two_measured_pool_status_writes() -> None:
+    model = LatencyModel.measured(jitter=0)
+    record = 220  # bytes of one allocation record in a pool's status
+    assert model.seconds("updateStatus", 1000 * record) * 1000 == pytest.approx(16, rel=0.05)
+    assert model.seconds("updateStatus", 10 * record) * 1000 == pytest.approx(3, rel=0.05)
+    assert model.seconds("get", 10 * record) < model.seconds("updateStatus", 10 * record)
+    assert set(MEASURED) == set(VERBS)
+
+
+def test_jitter_stays_within_its_bounds_and_the_same_seed_gives_the_same_delays() -> None:
+    def delays(seed: int) -> list[float]:
+        model = LatencyModel({"get": Cost(10.0)}, jitter=0.5, seed=seed)
+        return [model.seconds("get", 0) for _ in range(200)]
+
+    first = delays(7)
+    assert first == delays(7)
+    assert first != delays(8)
+    assert all(0.005 <= d <= 0.015 for d in first)
+    assert len(set(first)) > 100
+
+
+@pytest.mark.parametrize(
+    ("text", "update_status_ms", "jitter"),
+    [
+        ("off", None, 0.0),
+        ("", None, 0.0),
+        ("measured", 2.87, 0.2),
+        ("measured*2", 5.74, 0.2),
+        ('{"costs": {"updateStatus": [5, 0.1]}, "jitter": 0}', 5.0, 0.0),
+        ('{"costs": {"get": 1}, "only": true}', None, 0.2),
+    ],
+)
+def test_a_model_is_read_from_its_text_form(text: str, update_status_ms: float | None, jitter: float) -> None:
+    model = LatencyModel.parse(text)
+    cost = model.costs.get("updateStatus")
+    assert (None if cost is None else pytest.approx(cost.base_ms)) == update_status_ms
+    assert model.jitter == jitter
+
+
+@pytest.mark.parametrize("text", ["fast", '{"costs": {"put": 1}}', "[1, 2]", '{"jitter": 1.5}'])
+def test_a_model_that_makes_no_sense_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"latency model|unknown request kinds|jitter"):
+        LatencyModel.parse(text)
