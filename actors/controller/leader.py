@@ -17,6 +17,9 @@ renewal), and others wait ``lease_duration`` after *seeing* that renewal; ``rene
 lease_duration`` leaves the difference as margin for clock-rate skew and slow calls.  A leader that sees
 another holder in the Lease stops at once.
 
+The elector keeps who leads and whether the store answered its last Lease call; the controller's readiness
+reports from that, so a probe (unauthenticated) never costs an API call.
+
 Defaults are Spiderpool's: Lease ``spiderpool-controller-leases``, 15 s duration, 10 s renew deadline,
 2 s retry period (reference §7.6).
 """
@@ -135,6 +138,10 @@ class LeaderElector:
     _lead_until: float = -math.inf
     """trio time until which we lead: the start of the last successful renewal plus the renew deadline."""
     _scope: trio.CancelScope | None = None
+    store_answered_at: float = -math.inf
+    """trio time at which the store last answered one of our Lease attempts (a refusal is an answer too)."""
+    store_problem: str | None = None
+    """Why our last Lease attempt got no answer from the store; ``None`` once one is answered."""
 
     @property
     def leading(self) -> bool:
@@ -169,7 +176,8 @@ class LeaderElector:
         finally:
             if self.settings.release_on_cancel:
                 with trio.CancelScope(shield=True) as cleanup:
-                    cleanup.deadline = trio.current_time() + self.settings.retry_period
+                    # NB: client-go's release has the renew deadline too; a retry period is too short for a slow server
+                    cleanup.deadline = trio.current_time() + self.settings.renew_deadline
                     await self.release()
 
     async def _acquire(self) -> None:
@@ -229,12 +237,16 @@ class LeaderElector:
                 await trio.sleep(self.settings.retry_period)
 
     async def _attempt(self) -> bool:
-        """One ``tryAcquireOrRenew``; store trouble counts as a failed attempt."""
+        """One ``tryAcquireOrRenew``; store trouble counts as a failed attempt.  Either way the outcome is kept
+        (``store_answered_at``, ``store_problem``): readiness reports the store from it, without a call of its own."""
         try:
-            return await self.try_acquire_or_renew()
+            held = await self.try_acquire_or_renew()
         except SpiderError as exc:
             log.warning("%s: Lease %s: %s", self.settings.identity, self._where(), exc)
+            self.store_problem = str(exc)
             return False
+        self.store_answered_at, self.store_problem = trio.current_time(), None
+        return held
 
     async def try_acquire_or_renew(self) -> bool:
         """Take or keep the Lease if it is free, expired (as we observed it) or ours; True when we hold it."""

@@ -6,13 +6,17 @@ the Lease; while this instance leads, the ``PoolReconciler`` keeps pool and subn
 finalizers.  On SIGTERM or SIGINT the leading work stops first, then the Lease is released (so a successor
 takes over within one retry period instead of a whole lease duration), then the servers close.
 
-Health (``GET``, answered 200 or 500 with a JSON string saying why), on the pod's own address (``$POD_IP``,
-from the downward API) when it is set, else on every address:
+Health (``GET``, answered 200 or 500 with a JSON string saying why) and the webhook bind the pod's own address
+(``$POD_IP``, from the downward API) when it is set, else every address (logged as such):
 - ``/v1/runtime/startup``: the process has started everything it runs;
 - ``/v1/runtime/liveness``: the event loop answers (a wedged process stops answering);
-- ``/v1/runtime/readiness``: the store answers, a leader is known (us, or a holder renewing its Lease), the
-  webhook serves when enabled, and when we lead our informers have listed everything once;
+- ``/v1/runtime/readiness``: the store answered the elector's last Lease call (within a lease duration), a
+  leader is known (us, or a holder renewing its Lease), the webhook serves and its cache has listed when
+  enabled, and when we lead our informers have listed everything once;
 - ``/v1/runtime/leader`` (ours): who leads, who we are, as JSON.
+
+The health endpoints are unauthenticated, so they answer from what the process already knows (the elector's
+last Lease call, the informers' state): no request costs an API call.
 
 Wiring only: the rules live in ``actors.controller.leader``, ``actors.controller.reconciler`` and
 ``actors.servers.webhook``.
@@ -21,6 +25,7 @@ Wiring only: the rules live in ``actors.controller.leader``, ``actors.controller
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -34,23 +39,19 @@ import attrs
 import trio
 
 from actors.controller.leader import DEFAULT_LEASE_NAME, LeaderElector, LeaderSettings
-from actors.controller.leader import KIND as LEASE
 from actors.controller.reconciler import DEFAULT_RESYNC, PoolReconciler
 from actors.servers.certs import CertSettings
 from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
 from actors.servers.webhook import DEFAULT_PORT as DEFAULT_WEBHOOK_PORT
-from actors.servers.webhook import AdmissionWebhook, WebhookSettings
-from actors.stores.port import NotFound, Store
+from actors.servers.webhook import AdmissionWebhook, WebhookSettings, describe_host
+from actors.stores.port import Store
 from actors.stores.selection import StoreSettings, open_store
 from actors.stores.sqlite import default_store_path
-from spider.errors import SpiderError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HEALTH_PORT = 5720
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-STORE_PROBE_TIMEOUT = 2.0
-"""Seconds the readiness probe waits for the store before calling it unreachable."""
 
 
 def default_namespace(environ: dict[str, str] | None = None) -> str:
@@ -64,10 +65,14 @@ def default_namespace(environ: dict[str, str] | None = None) -> str:
         return "kube-system"
 
 
-def default_health_host(environ: dict[str, str] | None = None) -> str | None:
+def default_bind_host(environ: dict[str, str] | None = None) -> str | None:
     """``$POD_IP`` (downward API ``status.podIP``) when set, else ``None``: every address."""
     env = os.environ if environ is None else environ
     return env.get("POD_IP") or None
+
+
+default_health_host = default_bind_host
+"""The health server's default address (the same as the webhook's)."""
 
 
 def default_identity(environ: dict[str, str] | None = None) -> str:
@@ -97,14 +102,15 @@ class ControllerSettings:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     resync_period: float = DEFAULT_RESYNC
-    health_host: str | None = attrs.field(factory=default_health_host)
+    health_host: str | None = attrs.field(factory=default_bind_host)
     """Address for the health server: ``$POD_IP`` when set; ``None`` binds every address."""
     health_port: int = DEFAULT_HEALTH_PORT
     health_read_timeout: float = READ_TIMEOUT
     """Seconds a health client may take to send one request; an idle connection is closed after it."""
     webhook: bool = False
     """Serve the admission webhook (off by default: the store layer keeps the invariants without it)."""
-    webhook_host: str | None = None
+    webhook_host: str | None = attrs.field(factory=default_bind_host)
+    """Address for the webhook: ``$POD_IP`` when set; ``None`` binds every address."""
     webhook_port: int = DEFAULT_WEBHOOK_PORT
     webhook_cert_dir: Path | None = None
     """Mounted ``tls.crt``/``tls.key`` (cert-manager or provided); without them a CA is made and stored."""
@@ -168,25 +174,25 @@ class Controller:
         """Stop everything: the leading work, then the Lease (released), then the servers."""
         self._scope.cancel(reason=reason)
 
-    async def readiness_problems(self) -> list[str]:
-        """Why this instance is not ready; empty when it is."""
+    def readiness_problems(self) -> list[str]:
+        """Why this instance is not ready; empty when it is.  From state only: no store call."""
         problems = []
-        s = self.settings
-        with trio.move_on_after(STORE_PROBE_TIMEOUT) as probe:
-            try:
-                await self.store.get(LEASE, s.lease_name, s.namespace)
-            except NotFound:
-                pass
-            except (SpiderError, trio.ClosedResourceError) as exc:
-                problems.append(f"store unreachable: {exc}")
-        if probe.cancelled_caught:
-            problems.append(f"store did not answer within {STORE_PROBE_TIMEOUT:g}s")
-        if self.elector.leader is None:
+        elector = self.elector
+        silent = trio.current_time() - elector.store_answered_at
+        if elector.store_problem is not None:
+            problems.append(f"store unreachable: {elector.store_problem}")
+        elif silent == math.inf:
+            problems.append("store unreachable: no Lease call answered yet")
+        elif silent > self.settings.lease_duration:
+            problems.append(f"store unreachable: no Lease call answered for {silent:.0f}s")
+        if elector.leader is None:
             problems.append("no leader known")
         if self.elector.leading and (self.reconciler is None or not self.reconciler.synced):
             problems.append("leading, but the pool informers have not listed everything yet")
         if self.webhook is not None and self.webhook.port is None:
             problems.append("the admission webhook is not serving yet")
+        elif self.webhook is not None and not self.webhook.cache.synced:
+            problems.append("the admission webhook has not listed the pools and subnets yet")
         return problems
 
     async def health(self, request: Request) -> Response:
@@ -198,7 +204,7 @@ class Controller:
         if request.path == "/v1/runtime/liveness":
             return Response(200)
         if request.path == "/v1/runtime/readiness":
-            problems = await self.readiness_problems()
+            problems = self.readiness_problems()
             return json_response(500, "; ".join(problems)) if problems else Response(200)
         if request.path == "/v1/runtime/leader":
             return json_response(200, self.leader_info())
@@ -242,8 +248,9 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
             await nursery.start(controller.elector.run, controller.lead)
             controller.started = True
             log.info(
-                "controller %s started: health on port %d, Lease %s/%s, store %s",
+                "controller %s started: health on %s port %d, Lease %s/%s, store %s",
                 settings.identity,
+                describe_host(settings.health_host),
                 controller.health_port,
                 settings.namespace,
                 settings.lease_name,

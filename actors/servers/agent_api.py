@@ -18,15 +18,21 @@ the wire refuses (413, 431, 408, 400) carries an ``X-Cni-Code`` too, so the shim
 with that code instead of "agent unreachable".
 
 The socket belongs to one agent: ``open_unix_listener`` refuses a path another agent answers on, replaces a
-stale socket file nobody answers on, and at shutdown removes only the socket it made.
+stale socket file nobody answers on, and at shutdown removes only the socket it made.  Whoever can connect can
+allocate and release addresses, so the socket is mode 0600 (the agent's user only), or 0660 with a group given
+(``socket_group``: a name or a gid).  The mode is set between ``bind`` and ``listen``, when nothing can connect
+yet whatever the umask made, and checked before the agent listens: a socket whose mode or group is not the one
+asked for is refused (``SocketUnusable``), never served.
 """
 
 from __future__ import annotations
 
 import errno
+import grp
 import logging
 import os
 import socket as stdsocket
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,21 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 2.0
 """Seconds ``open_unix_listener`` waits for an existing socket to accept a connection."""
+OWNER_ONLY = 0o600
+"""The socket's mode without a group: only the agent's user (root, as the CNI runtime) may connect."""
+OWNER_AND_GROUP = 0o660
+"""The socket's mode with a group: the agent's user and that group's members may connect."""
+
+
+def socket_group_id(group: str | int, path: str | Path = "") -> int:
+    """The gid of ``group`` (a group name, or a gid as a number or digits); ``SocketUnusable`` for the socket at
+    ``path`` when there is no such group."""
+    if isinstance(group, int) or group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SocketUnusable(path=str(path), reason=f"no group {group!r} to give it") from None
 
 
 def error_response(exc: SpiderError, status: int = 500) -> Response:
@@ -231,13 +252,17 @@ class AgentApi:
         self._server.stop_accepting("agent is shutting down")
 
 
-async def open_unix_listener(path: str | Path, backlog: int = 4096) -> trio.SocketListener:
+async def open_unix_listener(
+    path: str | Path, backlog: int = 4096, *, group: str | int | None = None
+) -> trio.SocketListener:
     """A listener on a fresh unix socket at ``path``; ``SocketUnusable`` says why there can be none.
 
     A socket another process answers on is left alone (another agent serves it); a socket file nobody answers
-    on (left by an agent that was killed) is replaced.  The directory is made when missing.
+    on (left by an agent that was killed) is replaced.  The directory is made when missing.  The socket is
+    mode 0600, or 0660 owned by ``group`` (a name or a gid) when one is given, checked before it listens.
     """
     path = Path(path)
+    gid = None if group is None else socket_group_id(group, path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -252,13 +277,44 @@ async def open_unix_listener(path: str | Path, backlog: int = 4096) -> trio.Sock
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     try:
         await sock.bind(os.fspath(path))
-        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:  # another agent bound it between our probe and our bind
             raise SocketUnusable(path=str(path), reason="another agent serves this socket (it was just made)") from None
         raise SocketUnusable(path=str(path), reason=exc.strerror or str(exc)) from None
+    made: tuple[int, int] | None = None
+    try:
+        bound = os.lstat(path)
+        made = (bound.st_dev, bound.st_ino)
+        # NB: bound but not listening: a connect is refused whatever mode the umask gave, so there is no window
+        _restrict(path, gid)
+        sock.listen(backlog)
+    except BaseException as exc:
+        sock.close()
+        _remove_if_ours(str(path), made)
+        if isinstance(exc, OSError):
+            raise SocketUnusable(path=str(path), reason=exc.strerror or str(exc)) from None
+        raise
+    mode = OWNER_ONLY if gid is None else OWNER_AND_GROUP
+    log.info("socket %s made with mode %04o%s", path, mode, "" if gid is None else f", group {gid}")
     return trio.SocketListener(sock)
+
+
+def _restrict(path: Path, gid: int | None) -> None:
+    """Give the socket just bound at ``path`` its mode (and group), then check it; ``SocketUnusable`` if not so.
+
+    The group bits are set only after the group is, so no other group is ever let in.
+    """
+    os.chmod(path, OWNER_ONLY)
+    if gid is not None:
+        os.chown(path, -1, gid)
+        os.chmod(path, OWNER_AND_GROUP)
+    info = os.lstat(path)
+    want = OWNER_ONLY if gid is None else OWNER_AND_GROUP
+    if not stat.S_ISSOCK(info.st_mode) or stat.S_IMODE(info.st_mode) != want:
+        raise SocketUnusable(path=str(path), reason=f"its mode is {stat.S_IMODE(info.st_mode):04o}, not {want:04o}")
+    if gid is not None and info.st_gid != gid:
+        raise SocketUnusable(path=str(path), reason=f"its group is {info.st_gid}, not {gid}")
 
 
 async def _answers(path: Path) -> bool:

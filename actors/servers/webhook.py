@@ -1,20 +1,29 @@
 """The optional admission webhook: Spiderpool's validate and mutate paths for its IPAM kinds, over TLS.
 
 Owns the HTTPS side: routing Spiderpool's paths (``/validate-spiderpool-spidernet-io-v2beta1-spiderippool``,
-``/mutate-...``, for SpiderIPPool, SpiderSubnet and SpiderReservedIP), reading the objects a rule compares
-against from the store, and serving it all on port 5722 with the certificate ``actors.servers.certs`` provides.
+``/mutate-...``, for SpiderIPPool, SpiderSubnet and SpiderReservedIP), the cache of the objects a rule compares
+against (``SpecCache``), and serving it all on port 5722 with the certificate ``actors.servers.certs`` provides.
 The decisions are ``spider.admission``'s (pure), the rules behind them the store layer's own
 (``spider.validation``, which ``actors.stores.validating`` applies to every write whatever the backend).
 
 Off by default: the store layer keeps every invariant without it, so the webhook only gives ``kubectl`` users
 an early, clear "denied" instead of an object that the controller and agents report as invalid.  Every
-replica serves it (it needs no leadership).  When the store cannot be read, the answer is HTTP 500, so the
-API server applies the configuration's ``failurePolicy`` rather than a guess of ours.
+replica serves it (it needs no leadership).
+
+Anyone who reaches the port can send a review (TLS authenticates the server only), so a review costs no API
+call: the pools and subnets come from a cache that one list and one watch per kind keep (an informer, as
+controller-runtime's cached client gives Spiderpool's webhook), holding only what the rules read (kind,
+metadata, spec; no status).  Like Spiderpool's, it sees a change once the watch brings it.  Until the cache has
+listed both kinds once (the store unreachable since the start), a review that needs it is answered HTTP 500
+after ``sync_wait``, so the API server applies the configuration's ``failurePolicy`` rather than a guess of
+ours; afterwards an outage leaves the last state served while the informer re-lists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -22,7 +31,7 @@ import trio
 
 from actors.servers.certs import CertSettings, ServedCertificate
 from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
-from actors.stores.port import Store
+from actors.stores.port import Gone, Obj, Store, WatchEvent
 from spider import limits
 from spider.admission import (
     AdmissionRequest,
@@ -34,12 +43,21 @@ from spider.admission import (
     validate_review,
     webhook_path,
 )
-from spider.errors import SpiderError, TransientError
+from spider.errors import SpiderError, StoreUnavailable, TransientError
 from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5722
+CACHED = (POOL, SUBNET)
+"""The kinds the rules compare a reviewed object against."""
+RESYNC_PERIOD = 300.0
+"""Seconds between the cache's full re-lists (a missed event is repaired by the next)."""
+RETRY_DELAY = 1.0
+"""Seconds the cache waits before listing again after the store failed it."""
+SYNC_WAIT = 5.0
+"""Seconds a review waits for the cache's first listing before it is answered 500 (within the API server's
+10 s webhook timeout)."""
 ROUTES = {webhook_path(action, kind): (action, kind) for kind in KINDS for action in ("validate", "mutate")}
 """``path -> (action, kind)`` for every path the webhook serves (Spiderpool's)."""
 
@@ -51,7 +69,103 @@ class WebhookSettings:
     certs: CertSettings
     port: int = DEFAULT_PORT
     host: str | None = None
-    """Address to bind; ``None`` binds every address (the controller runs on the host network)."""
+    """Address to bind; ``None`` binds every address.  The controller passes ``$POD_IP`` when it knows it (it
+    runs on the host network, where every address would include public ones)."""
+
+
+def describe_host(host: str | None) -> str:
+    """A bind address for the log; ``None`` says that it is every address, and why."""
+    return host if host else "every address (no $POD_IP known)"
+
+
+def cached_copy(kind: str, obj: Obj) -> Obj:
+    """What the cache keeps of a pool or subnet: what the rules read (kind, metadata, spec), not its status."""
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {**{k: v for k, v in obj.items() if k != "status"}, "kind": kind, "metadata": metadata}
+
+
+@attrs.define(eq=False)
+class SpecCache:
+    """The pools and subnets, kept current by a list and a watch per kind; ``run`` it in a nursery.
+
+    Each kind is re-listed after a ``Gone`` (its watch fell too far behind), a store failure, and every
+    ``resync_period``; until a kind's first listing, ``synced`` is false.
+    """
+
+    store: Store
+    resync_period: float = RESYNC_PERIOD
+    retry_delay: float = RETRY_DELAY
+    lists: int = 0
+    """How many listings it made (one per kind at the start, then one per re-list)."""
+    _objects: dict[str, dict[str, Obj]] = attrs.field(factory=lambda: {kind: {} for kind in CACHED})
+    _listed: set[str] = attrs.field(factory=set)
+    _synced: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def synced(self) -> bool:
+        """Whether every kind has been listed at least once."""
+        return self._synced.is_set()
+
+    def items(self, *kinds: str) -> list[Obj]:
+        """The cached objects of ``kinds`` (every cached kind when none is named)."""
+        return [obj for kind in kinds or CACHED for obj in self._objects[kind].values()]
+
+    async def wait_synced(self) -> None:
+        """Wait for the first listing of every kind."""
+        await self._synced.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Inform every kind until cancelled; started at once (``synced`` says when the listings came)."""
+        async with trio.open_nursery() as nursery:
+            for kind in CACHED:
+                nursery.start_soon(self._inform, kind)
+            task_status.started()
+
+    async def _inform(self, kind: str) -> None:
+        while True:
+            try:
+                listing = await self.store.list(kind)
+            except SpiderError as exc:
+                log.warning("webhook cache: listing %s failed (%s); retrying", kind, exc)
+                await trio.sleep(self.retry_delay)
+                continue
+            self.lists += 1
+            self._objects[kind] = {_name(obj): cached_copy(kind, obj) for obj in listing.items}
+            self._listed.add(kind)
+            if self._listed == set(CACHED):
+                self._synced.set()
+            version = listing.resource_version
+            with trio.move_on_after(self.resync_period):  # NB: the periodic resync is a fresh list
+                while True:
+                    try:
+                        version, seen = await self._follow(kind, version)
+                    except Gone:
+                        log.info("webhook cache: watch of %s from version %s is too old; re-listing", kind, version)
+                        break
+                    except SpiderError as exc:
+                        log.warning("webhook cache: watch of %s failed (%s); re-listing", kind, exc)
+                        await trio.sleep(self.retry_delay)
+                        break
+                    if not seen:  # the stream ended at once: do not spin on a backend that keeps closing it
+                        await trio.sleep(self.retry_delay)
+
+    async def _follow(self, kind: str, version: str) -> tuple[str, bool]:
+        """Apply watch events from ``version`` until the stream ends; the last version seen and whether any."""
+        seen = False
+        events = self.store.watch(kind, resource_version=version)
+        async with _closing(events):
+            async for event in events:
+                seen = True
+                self._apply(kind, event)
+                version = str((event.object.get("metadata") or {}).get("resourceVersion") or version)
+        return version, seen
+
+    def _apply(self, kind: str, event: WatchEvent) -> None:
+        name = _name(event.object)
+        if event.type == "DELETED":
+            self._objects[kind].pop(name, None)
+        else:
+            self._objects[kind][name] = cached_copy(kind, event.object)
 
 
 @attrs.define(eq=False)
@@ -61,9 +175,13 @@ class AdmissionWebhook:
     store: Store
     settings: AdmissionSettings = attrs.field(factory=AdmissionSettings)
     """The configmap switches the rules depend on (IPv4/IPv6 enabled, subnets)."""
+    sync_wait: float = SYNC_WAIT
+    """Seconds a review that needs the cache waits for its first listing before it is answered 500."""
     reviews: int = 0
     port: int | None = None
     """The port it serves on, once serving."""
+    cache: SpecCache = attrs.field(default=attrs.Factory(lambda self: SpecCache(self.store), takes_self=True))
+    """The pools and subnets the rules compare against (filled while ``serve`` runs)."""
 
     async def handle(self, request: Request) -> Response:
         """One HTTP request: an AdmissionReview in, an AdmissionReview out."""
@@ -97,12 +215,20 @@ class AdmissionWebhook:
         writing = review.operation in ("CREATE", "UPDATE") and not finalizer_only(review)
         if action == "mutate":
             # NB: a pool inherits gateway and routes from the SpiderSubnet of its CIDR
-            subnets = (await self.store.list(SUBNET)).items if writing and review.kind == POOL else []
+            subnets = await self._cached(SUBNET) if writing and review.kind == POOL else []
             return mutate_review(review, subnets)
         existing: list[dict[str, Any]] = []
         if writing and review.kind in (POOL, SUBNET):
-            existing = (await self.store.list(POOL)).items + (await self.store.list(SUBNET)).items
+            existing = await self._cached(POOL, SUBNET)
         return validate_review(review, existing, self.settings)
+
+    async def _cached(self, *kinds: str) -> list[Obj]:
+        """The cached objects of ``kinds``; ``StoreUnavailable`` (HTTP 500) when the cache has never listed."""
+        with trio.move_on_after(self.sync_wait):
+            await self.cache.wait_synced()
+        if not self.cache.synced:
+            raise StoreUnavailable(reason="the webhook has not listed the pools and subnets yet")
+        return self.cache.items(*kinds)
 
     async def serve(
         self, settings: WebhookSettings, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -113,8 +239,25 @@ class AdmissionWebhook:
         listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
         tls = [trio.SSLListener(listener, certificate.context, https_compatible=True) for listener in listeners]
         self.port = bound_port(tls[0])
-        log.info("admission webhook serving HTTPS on port %d", self.port)
+        log.info("admission webhook serving HTTPS on %s port %d", describe_host(settings.host), self.port)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.cache.run)
             nursery.start_soon(certificate.keep_current)  # NB: a renewed or re-mounted certificate, no restart
             await nursery.start(HttpServer(self.handle, name="webhook").serve, tls)
             task_status.started(self.port)
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+@contextlib.asynccontextmanager
+async def _closing(events: AsyncIterator[Any]) -> AsyncIterator[None]:
+    """Close a watch stream however the loop over it ends (a backend's session must not leak)."""
+    try:
+        yield
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()

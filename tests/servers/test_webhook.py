@@ -65,8 +65,10 @@ def cert_settings(cert_dir: Path | None = None) -> CertSettings:
 
 
 @asynccontextmanager
-async def serving(store: Store, certs: CertSettings | None = None) -> AsyncIterator[AdmissionWebhook]:
-    webhook = AdmissionWebhook(store)
+async def serving(
+    store: Store, certs: CertSettings | None = None, *, sync_wait: float = 5.0
+) -> AsyncIterator[AdmissionWebhook]:
+    webhook = AdmissionWebhook(store, sync_wait=sync_wait)
     async with trio.open_nursery() as nursery:
         await nursery.start(webhook.serve, WebhookSettings(certs or cert_settings(), port=0, host="127.0.0.1"))
         yield webhook
@@ -248,17 +250,38 @@ async def test_requests_that_are_not_reviews_for_the_path_are_refused(store: Sto
             assert status == 404
 
 
-async def test_the_answer_is_500_when_the_store_cannot_be_read_so_failure_policy_decides(store: Store) -> None:
+async def test_the_answer_is_500_until_the_pools_could_be_listed_so_failure_policy_decides(
+    store: Store, tmp_path: Path
+) -> None:
+    mounted = generate((SERVICE_DNS,))
+    write_bundle(tmp_path / "tls", mounted)  # NB: so that serving needs no store
+    faulty = FaultyStore(store, down=True)
+    with trio.fail_after(TIMEOUT):
+        async with serving(faulty, cert_settings(tmp_path / "tls"), sync_wait=0.2) as webhook:
+            assert webhook.port is not None
+            status, answer = await post(webhook.port, VALIDATE, review("CREATE", mutated_pool("p")), mounted.ca)
+            assert status == 500
+            assert "has not listed the pools and subnets yet" in answer
+            faulty.down = False
+            webhook.sync_wait = TIMEOUT  # the cache lists again within its retry delay; the review waits for it
+            status, answer = await post(webhook.port, VALIDATE, review("CREATE", mutated_pool("p")), mounted.ca)
+            assert status == 200
+            assert answer["response"]["allowed"] is True
+
+
+async def test_once_listed_an_outage_leaves_the_last_state_served(store: Store) -> None:
     faulty = FaultyStore(store)
+    await store.create(mutated_pool("first", ips=["10.6.0.10-10.6.0.20"]))
     with trio.fail_after(TIMEOUT):
         async with serving(faulty) as webhook:
             assert webhook.port is not None
+            ca = await ca_bundle(store)
+            await webhook.cache.wait_synced()
             faulty.down = True
-            status, answer = await post(
-                webhook.port, VALIDATE, review("CREATE", mutated_pool("p")), await ca_bundle(store)
-            )
-            assert status == 500
-            assert "store down" in answer
+            second = mutated_pool("second", ips=["10.6.0.15-10.6.0.30"])
+            status, answer = await post(webhook.port, VALIDATE, review("CREATE", second), ca)
+            assert status == 200
+            assert "overlap with IPPool first" in answer["response"]["status"]["message"]
 
 
 async def test_a_client_that_does_not_trust_the_ca_gets_no_answer(store: Store) -> None:
