@@ -21,7 +21,8 @@ import attrs
 import trio
 
 from actors.ipam.plugin import Plugin
-from actors.ipam.service import IpamService, IpamSettings, PoolRegistry
+from actors.ipam.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STATUS_BYTES, PoolRegistry
+from actors.ipam.service import IpamService, IpamSettings
 from actors.node.actor import open_node
 from actors.node.coordinating import Coordinator
 from actors.node.netlink import netns_path
@@ -47,6 +48,8 @@ class AgentSettings:
     """The embedded store file, shared by every agent and the CLI on this machine."""
     socket_path: Path = attrs.field(default=Path(DEFAULT_SOCKET), converter=Path)
     """Where the API listens; Spiderpool's default, which CNI configs name in ``ipam_unix_socket_path``."""
+    socket_group: str | None = None
+    """A group (name or gid) whose members may use the socket too (mode 0660); ``None``: mode 0600, owner only."""
     node: str = attrs.field(factory=socket.gethostname)
     """The node this agent serves; pools' node affinity and endpoints use it."""
     grace: float = 30.0
@@ -70,6 +73,11 @@ class AgentSettings:
     """The kubeconfig context (default: its current one)."""
     conflict_budget: float = 20.0
     """Seconds a pool write may keep losing races to other agents before the request fails with CNI 11."""
+    max_pool_status_bytes: int | None = DEFAULT_MAX_STATUS_BYTES
+    """The most a pool's status (its records) may take; an allocation past it fails with CNI 100 naming the
+    pool and the cap, before etcd refuses the object (1.5 MiB).  ``None``: no cap."""
+    pool_idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    """Seconds a pool actor may go without a request before it stops and frees its ledger; ``None``: never."""
     store_outage_budget: float = DEFAULT_OUTAGE_BUDGET
     """Seconds a request waits through a store outage (an API server restart) before it fails with CNI 11;
     well inside the runtime's CNI timeout.  0: fail at once."""
@@ -89,7 +97,7 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
     """
     if settings.host_netns is not None and not await trio.Path(netns_path(settings.host_netns)).exists():
         raise InvalidInput(reason=f"host network namespace {settings.host_netns!r} does not exist")
-    listener = await open_unix_listener(settings.socket_path)
+    listener = await open_unix_listener(settings.socket_path, group=settings.socket_group)
     own_store = store is None
     try:
         if store is None:
@@ -99,8 +107,14 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
         raise
     try:
         async with trio.open_nursery() as actors:
-            registry = PoolRegistry(store, Supervisor(actors), default_cooldown=settings.release_cooldown)
-            registry.conflict_budget = settings.conflict_budget
+            registry = PoolRegistry(
+                store,
+                Supervisor(actors),
+                default_cooldown=settings.release_cooldown,
+                conflict_budget=settings.conflict_budget,
+                max_status_bytes=settings.max_pool_status_bytes,
+                idle_timeout=settings.pool_idle_timeout,
+            )
             ipam = IpamService(store, registry, settings.node, settings.ipam)
             coordinator = None
             if settings.node_actor:  # the node's netlink owner, for the coordinator and ifacer plugins

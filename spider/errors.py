@@ -228,6 +228,18 @@ class StaleWrite(TransientError):
 
 
 @attrs.define(auto_exc=True, kw_only=True)
+class AddAbandoned(TransientError):
+    """An ADD gave back what it took instead of answering: an address is no longer recorded as the pod's, or the
+    ADD outlasted ``spider.pool.ADD_WINDOW`` (after which reclaim may free its records)."""
+
+    pod: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"the ADD of pod {self.pod!r} gave back its addresses instead of answering them: {self.reason}; retry"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
 class ActorUnavailable(TransientError):
     """The actor that owned a request stopped before answering."""
 

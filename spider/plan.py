@@ -13,9 +13,12 @@ Owns Spiderpool's rules for what a request must do (reference §2.1 steps 4-6, �
   dropped first); a NIC already recorded is asked again from the pools it records (repeated ADD); anything
   else gets, per NIC and family, its candidate pools in order, its gateway choice and the custom routes;
 - DEL: a live pod keeps its addresses (its UID taken from the Pod when the request carries none, as
-  Spiderpool does); a fixed-IP workload whose ordinal or VM is still valid keeps them; otherwise the
-  sandbox's entries are freed and the endpoint shrunk or dropped; with no endpoint at all, the pool records
-  naming the sandbox are freed (``sandbox_holdings``: what a failed or interrupted ADD left behind).
+  Spiderpool does; a pod in a terminal phase is not alive, whatever its restart policy); a fixed-IP workload
+  whose ordinal or VM is still valid keeps them; otherwise the sandbox's entries are freed and the endpoint
+  shrunk or dropped; a KubeVirt VM's endpoint goes whole, once the VM is deleted, with the DEL of any of its
+  launcher pods (after a failed live migration it is the gone target's UID); with no endpoint at all, the
+  pool records naming the sandbox are freed (``sandbox_holdings``: what a failed or interrupted ADD left
+  behind).  CNI GC of one network frees only the interfaces it names (``ReleaseFacts.interfaces``).
 Pure: no I/O, no trio.
 """
 
@@ -267,6 +270,9 @@ class ReleaseFacts:
     StatefulSet ordinal or the VM is still valid."""
     keep_live: bool = True
     """A live pod keeps its addresses (a DEL); ``False`` for the batch release after a conflict."""
+    interfaces: frozenset[str] | None = None
+    """Free only these interfaces of the sandbox (CNI GC of one network); ``None``: every NIC of the sandbox
+    (a DEL, as Spiderpool)."""
 
 
 @attrs.frozen
@@ -276,13 +282,16 @@ class Sandbox:
     pod: str
     pod_uid: str
     container_id: str
+    interfaces: frozenset[str] | None = None
+    """Only the records of these interfaces (CNI GC of one network); ``None``: every one."""
 
     def holds(self, record: Record) -> bool:
-        """Whether a pool record was written for this sandbox."""
+        """Whether a pool record was written for this sandbox (and one of its interfaces asked for)."""
         return (
             record.container_id == self.container_id
             and record.pod == self.pod
             and (not self.pod_uid or record.pod_uid == self.pod_uid)
+            and (self.interfaces is None or record.nic in self.interfaces)
         )
 
 
@@ -305,7 +314,12 @@ class ReleasePlan:
 
 
 def decide_release(facts: ReleaseFacts) -> ReleasePlan:
-    """The plan of one DEL (reference §2.13): from stored state alone, only what this pod's sandbox holds."""
+    """The plan of one DEL (reference §2.13): from stored state alone, only what this pod's sandbox holds.
+
+    Two departures from Spiderpool: a pod in a terminal phase is not alive whatever its restart policy
+    (``pod_not_alive``), and a deleted KubeVirt VM's endpoint is freed by the DEL of any of its launcher pods,
+    not only of the one whose UID it records last (a failed live migration's target adopted it, then went).
+    """
     req = facts.request
     meta = (facts.pod or {}).get("metadata") or {}
     uid = req.pod_uid or str(meta.get("uid", ""))  # NB: as Spiderpool: a request without UID takes the Pod's
@@ -313,20 +327,43 @@ def decide_release(facts: ReleaseFacts) -> ReleasePlan:
     if facts.keep_live and live:
         return ReleasePlan(reason="the pod is alive (sandbox re-created)")
     endpoint = facts.endpoint
+    wanted = facts.interfaces
     if endpoint is None:
         if not req.container_id:
             return ReleasePlan(reason="nothing recorded")
         pod = f"{req.pod_namespace}/{facts.workload.endpoint_name or req.pod_name}"
-        return ReleasePlan(sweep=Sandbox(pod, uid, req.container_id), reason="no endpoint")
-    if uid and endpoint.uid != uid:
+        return ReleasePlan(sweep=Sandbox(pod, uid, req.container_id, wanted), reason="no endpoint")
+    if uid and endpoint.uid != uid and not _deleted_vms_launcher(facts, endpoint):
         return ReleasePlan(reason=f"the endpoint is UID {endpoint.uid}'s")
     if endpoint.owner_controller_type in STATIC_KINDS:
         keeps = facts.workload.keeps if facts.workload.static else facts.static_keeps
         if keeps:
             return ReleasePlan(reason="the next pod of this ordinal or VM takes the same addresses")
-        return ReleasePlan(endpoint, endpoint.nics, drop_endpoint=True)
-    mine = tuple(n for n in endpoint.nics if not n.container_id or n.container_id == req.container_id)
+        if wanted is None:
+            return ReleasePlan(endpoint, endpoint.nics, drop_endpoint=True)
+    mine = tuple(
+        n
+        for n in endpoint.nics
+        if (not n.container_id or n.container_id == req.container_id) and (wanted is None or n.interface in wanted)
+    )
     return ReleasePlan(endpoint, mine, req.container_id, forget=frozenset((n.interface, n.container_id) for n in mine))
+
+
+def _deleted_vms_launcher(facts: ReleaseFacts, endpoint: Endpoint) -> bool:
+    """Whether the DEL is a launcher pod's of the KubeVirt VM whose endpoint this is, and the VM is deleted.
+
+    Then the endpoint goes whichever launcher pod's DEL comes: every one of them is being torn down, and the
+    UID it records may be a pod that will never DEL again (a failed live migration's target, whose DEL kept
+    the addresses while the VMI was valid).  Only a Pod still stored can say it is a launcher of this VMI.
+    """
+    workload = facts.workload
+    return (
+        workload.static
+        and not workload.keeps
+        and workload.kind == "VirtualMachineInstance"
+        and endpoint.owner_controller_type == "VirtualMachineInstance"
+        and workload.endpoint_name == endpoint.name
+    )
 
 
 def sandbox_holdings(pool: Mapping[str, Any], sandbox: Sandbox) -> list[tuple[str, str]]:

@@ -4,15 +4,17 @@ Owns:
 - ``IPPool``: a pool's spec with Spiderpool's v2beta1 field names (reference §1.1), parsed and checked from the
   stored object by ``IPPool.from_object``;
 - ``ReservedIP``: a SpiderReservedIP (reference §1.3);
-- ``Owner`` and ``Record``: who holds an address (pod UID and interface are the key, DESIGN §5.2);
+- ``Owner`` and ``Record``: who holds an address (pod UID and interface are the key, DESIGN §5.2), and since
+  when (``addedAt``): ``ADD_WINDOW`` and ``RECLAIM_AFTER``, the one rule an ADD and the reclaim of records no
+  endpoint accounts for share, so that reclaim never frees a record whose ADD may still answer it;
 - ``PoolLedger``: the allocation state of one pool and the choice of a free address (lowest first, like
   Spiderpool's ``genRandomIP``), with the status encoding (``allocatedIPs`` JSON string, counts, our
   ``releasedIPs``), cached per address so a write joins text, and ``catch_up``: levelling a ledger with a
   newer stored version of its pool by comparing those per-address fragments, parsing only what differs.
 
-Pure: no I/O and no clocks.  The ledger is mutable on purpose: exactly one PoolActor owns each ledger, and
-copying a map of 20,000 records per allocation would make large pools slow.  Whoever needs a snapshot calls
-``copy()``.
+Pure: no I/O and no clocks (times are passed in).  The ledger is mutable on purpose: exactly one PoolActor owns
+each ledger, and copying a map of 20,000 records per allocation would make large pools slow.  Whoever needs a
+snapshot calls ``copy()``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,21 @@ MAX_COUNT = 2**63 - 1
 """Counts are int64 in the CRD; Spiderpool caps a huge IPv6 pool's ``totalIPCount`` here."""
 ANNO_COOLDOWN = "ipam.spider.io/release-cooldown-seconds"
 """Ours: seconds a released address rests before this pool hands it out again (overrides the agent's)."""
+
+ADD_WINDOW = 60.0
+"""Seconds an ADD may take from its start (the time its records carry as ``addedAt``) until it answers: one that
+takes longer gives back what it took and fails with CNI 11 instead.  It covers what an ADD may spend once it has
+started: 20 s losing pool write races (``--conflict-budget``), 10 s on endpoint conflicts
+(``IpamSettings.endpoint_budget``), 8 s per store call riding out an outage (``--store-outage-budget``), and the
+calls themselves (``tests/ipam/test_reclaim_inflight.py`` keeps it above the sum of those defaults)."""
+CLOCK_SKEW = 60.0
+"""Seconds the wall clocks of two machines (the agent that stamped a record, whoever reclaims it) may disagree."""
+RECLAIM_AFTER = 2 * ADD_WINDOW + CLOCK_SKEW
+"""Seconds after its ``addedAt`` before a record no endpoint accounts for may be reclaimed (``spider check
+--reclaim``).  Its ADD answers within ``ADD_WINDOW`` of its start; a repeated ADD keeps a stamp up to
+``ADD_WINDOW`` old (so a kubelet retry writes nothing), so its start may follow the stamp by that much; the clocks
+may differ by ``CLOCK_SKEW``.  Any ADD that may still answer the record has therefore written its endpoint before
+a scan that finds the record this old reads the endpoints."""
 
 
 @attrs.frozen
@@ -270,6 +287,10 @@ def reserved_set(version: int, reservations: Iterable[ReservedIP]) -> IPSet:
     return out
 
 
+def _to_millisecond(seconds: float) -> float:
+    return round(seconds, 3)
+
+
 @attrs.frozen
 class Owner:
     """Who asks for an address: a pod's interface, with the sandbox (container) and node of the request."""
@@ -280,6 +301,9 @@ class Owner:
     name: str = ""
     container_id: str = ""
     node: str = ""
+    added_at: float | None = attrs.field(default=None, converter=attrs.converters.optional(_to_millisecond))
+    """When the ADD asking started (wall-clock Unix seconds, to the millisecond): the ``addedAt`` of the records
+    it writes.  ``None``: unstamped (the record carries no ``addedAt``)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -292,41 +316,65 @@ class Owner:
         return f"{self.namespace}/{self.name}"
 
 
+def _stamp(raw: object) -> float | None:
+    """An ``addedAt`` as read: a number of Unix seconds, or ``None`` (absent, or not a number)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    return float(raw)
+
+
 @attrs.frozen
 class Record:
-    """One entry of ``status.allocatedIPs``: the holder of one address."""
+    """One entry of ``status.allocatedIPs``: the holder of one address, and since when."""
 
     pod: str
     pod_uid: str
     nic: str = ""
     container_id: str = ""
     node: str = ""
+    added_at: float | None = None
+    """``addedAt`` (ours): when the ADD that wrote or last refreshed this record started, in Unix seconds.
+    ``None`` for a record written by Spiderpool or an older version of ours."""
 
     @classmethod
     def for_owner(cls, owner: Owner) -> Record:
-        """The record that says ``owner`` holds an address."""
-        return cls(owner.pod, owner.pod_uid, owner.nic, owner.container_id, owner.node)
+        """The record that says ``owner`` holds an address (stamped with the owner's ``added_at``)."""
+        return cls(owner.pod, owner.pod_uid, owner.nic, owner.container_id, owner.node, owner.added_at)
 
-    def to_json(self) -> dict[str, str]:
-        """Spiderpool's ``{"pod", "podUid"}`` plus our ``nic``, ``containerID`` and ``node``."""
-        out = {"pod": self.pod, "podUid": self.pod_uid}
+    def same_holder(self, other: Record) -> bool:
+        """Whether both name the same pod, interface, sandbox and node (the stamps aside)."""
+        return attrs.evolve(self, added_at=None) == attrs.evolve(other, added_at=None)
+
+    def may_be_in_flight(self, now: float) -> bool:
+        """Whether an ADD may still answer this record at ``now`` (wall-clock seconds), its endpoint unwritten:
+        then nothing that frees records no endpoint accounts for may free it (``RECLAIM_AFTER``).  A record
+        without ``addedAt`` (Spiderpool's, an older version's) is judged as before: never in flight."""
+        return self.added_at is not None and now - self.added_at < RECLAIM_AFTER
+
+    def to_json(self) -> dict[str, Any]:
+        """Spiderpool's ``{"pod", "podUid"}`` plus our ``nic``, ``containerID``, ``node`` and ``addedAt`` (which
+        Spiderpool's readers ignore)."""
+        out: dict[str, Any] = {"pod": self.pod, "podUid": self.pod_uid}
         if self.nic:
             out["nic"] = self.nic
         if self.container_id:
             out["containerID"] = self.container_id
         if self.node:
             out["node"] = self.node
+        if self.added_at is not None:
+            out["addedAt"] = self.added_at
         return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Record:
-        """Read a record written by us or by Spiderpool (which has no ``nic``)."""
+        """Read a record written by us or by Spiderpool (which has no ``nic`` and no ``addedAt``)."""
         return cls(
             pod=str(raw.get("pod", "")),
             pod_uid=str(raw.get("podUid", "")),
             nic=str(raw.get("nic", "")),
             container_id=str(raw.get("containerID", "")),
             node=str(raw.get("node", "")),
+            added_at=_stamp(raw.get("addedAt")),
         )
 
     def matches(self, raw: Mapping[str, Any]) -> bool:
@@ -337,6 +385,7 @@ class Record:
             and raw.get("nic", "") == self.nic
             and raw.get("containerID", "") == self.container_id
             and raw.get("node", "") == self.node
+            and _stamp(raw.get("addedAt")) == self.added_at
         )
 
 
@@ -466,6 +515,14 @@ def encode_allocated(version: int, records: Mapping[int, Record]) -> str | None:
     if not records:
         return None
     return json.dumps({int_to_ip(ip, version): records[ip].to_json() for ip in sorted(records)}, separators=(",", ":"))
+
+
+def _restamp(held: Record, new: Record) -> bool:
+    """Whether a repeated ADD stamps the record it finds anew: its stamp is missing or more than ``ADD_WINDOW``
+    older than the ADD's (an unstamped request changes nothing)."""
+    if new.added_at is None:
+        return False
+    return held.added_at is None or new.added_at - held.added_at > ADD_WINDOW
 
 
 class PoolLedger:
@@ -711,15 +768,17 @@ class PoolLedger:
         """The address for ``owner`` and whether the ledger changed.
 
         A repeated request returns the address the owner already holds (its record is refreshed with the
-        new container and node, so a late DEL of the old sandbox cannot free it).  Otherwise the lowest free
+        new container and node, so a late DEL of the old sandbox cannot free it, and with the owner's
+        ``added_at`` once the stamp it has is more than ``ADD_WINDOW`` older: see ``RECLAIM_AFTER``; a retry
+        soon after writes nothing).  Otherwise the lowest free
         allocatable address is taken; with a ``cooldown`` (seconds) never-used addresses go first, then
         released ones in the order they were released (FIFO), each only ``cooldown`` seconds after its release.
         Addresses in ``avoid`` (shared with an overlapping pool, see ``contested``) are never taken.
         """
         ip = self.lookup(owner.key)
         if ip is not None:
-            new = Record.for_owner(owner)
-            if self.records[ip] == new:
+            held, new = self.records[ip], Record.for_owner(owner)
+            if held.same_holder(new) and not _restamp(held, new):
                 return ip, False
             self._drop(ip)
             self._put(ip, new)
@@ -788,7 +847,7 @@ class PoolLedger:
         if rec is None or rec.pod_uid not in (previous_uid, owner.pod_uid) or rec.pod != owner.pod:
             return False, False
         new = Record.for_owner(owner)
-        if rec == new:
+        if rec.same_holder(new) and not _restamp(rec, new):
             return True, False
         stray = self._by_owner.get(owner.key)
         if stray is not None and stray != ip:
@@ -799,10 +858,11 @@ class PoolLedger:
         self._put(ip, new)
         return True, True
 
-    def release_ip(self, ip: int, pod_uid: str, *, now: float = 0.0) -> bool:
-        """Free one address if its record still names ``pod_uid`` (GC and the consistency check)."""
+    def release_ip(self, ip: int, holder: str | Record, *, now: float = 0.0) -> bool:
+        """Free one address if its record still names the pod UID ``holder`` (GC), or still is exactly the record
+        ``holder`` (the consistency check's reclaim: a record refreshed since it was judged is left alone)."""
         rec = self.records.get(ip)
-        if rec is None or rec.pod_uid != pod_uid:
+        if rec is None or (rec.pod_uid != holder if isinstance(holder, str) else rec != holder):
             return False
         self._free(ip, now)
         return True
@@ -852,7 +912,8 @@ class PoolLedger:
     def record_bytes(self, owner: Owner) -> int:
         """What a new record for ``owner`` adds to ``status_bytes`` at most (the longest address of the family)."""
         longest = "255.255.255.255" if self.pool.version == 4 else "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
-        return len(json.dumps(longest)) + 2 + len(json.dumps(Record.for_owner(owner).to_json(), separators=(",", ":")))
+        record = Record.for_owner(owner).to_json()
+        return len(json.dumps(longest)) + 2 + len(json.dumps(record, separators=(",", ":")))
 
     def address(self, ip: int) -> str:
         """``ip/prefix`` of an address of this pool, as CNI results and endpoints carry it."""

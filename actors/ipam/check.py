@@ -3,29 +3,33 @@
 Owns the consistency rules between the two places an allocation is written (the pool status first, then the
 endpoint; DESIGN §5.5):
 - a pool record no endpoint accounts for is *reclaimable* (an agent died between the two writes, or a DEL
-  was lost); it is freed only with ``reclaim`` and only if it is seen in two scans ``grace`` seconds apart
-  with the same holder and sandbox, and the pool actor re-checks the holder's UID at the moment of release;
+  was lost); it is freed only with ``reclaim``, only once no ADD can still answer it (older than
+  ``spider.pool.RECLAIM_AFTER`` by its ``addedAt`` when the second scan starts, ``Record.may_be_in_flight``), only
+  if it is seen in two scans ``grace`` seconds apart, and only if the pool actor finds exactly that record (holder,
+  sandbox, stamp) at the moment of release: an ADD that refreshed it meanwhile keeps it;
 - an endpoint entry whose pool no longer holds the address for that pod is *dangling*;
 - an address recorded in two pools, or a count that disagrees with the records, is *inconsistent*.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import attrs
 import trio
 from rich.console import Console
 from rich.table import Table
 
-from actors.ipam.pool import open_pool
+from actors.ipam.pool import PoolHandle, open_pool
 from actors.stores.port import Store
 from spider.addr import int_to_ip, ip_to_int
 from spider.endpoint import KIND as ENDPOINT
 from spider.endpoint import Endpoint
 from spider.errors import SpiderError
 from spider.pool import KIND as POOL
-from spider.pool import PoolLedger, Record
+from spider.pool import RECLAIM_AFTER, PoolLedger, Record
 
 
 @attrs.frozen
@@ -48,6 +52,8 @@ class Report:
     endpoints: int
     findings: tuple[Finding, ...]
     reclaimed: tuple[Finding, ...] = ()
+    left_alone: tuple[Finding, ...] = ()
+    """Reclaimable records ``reclaim`` did not free because their ADD may still be in flight (too young)."""
 
     @property
     def consistent(self) -> bool:
@@ -79,14 +85,28 @@ async def _scan(store: Store) -> tuple[dict[str, PoolLedger], list[Endpoint], li
     return ledgers, endpoints, findings
 
 
-def _analyse(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint]) -> list[Finding]:
+def _unaccounted(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint]) -> list[tuple[str, int, Record]]:
+    """``(pool, address, record)`` of every record no endpoint of the same pod UID lists."""
+    accounted = {
+        (pool, ip_to_int(address.partition("/")[0], version), ep.uid)
+        for ep in endpoints
+        for entry in ep.nics
+        for version, pool, address in entry.pools()
+    }
+    return [
+        (name, ip, record)
+        for name, ledger in ledgers.items()
+        for ip, record in ledger.holders()
+        if (name, ip, record.pod_uid) not in accounted
+    ]
+
+
+def _analyse(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint], now: float) -> list[Finding]:
     findings: list[Finding] = []
-    accounted: dict[tuple[str, int], tuple[str, str]] = {}
     for ep in endpoints:
         for entry in ep.nics:
             for version, pool, address in entry.pools():
                 ip = ip_to_int(address.partition("/")[0], version)
-                accounted[(pool, ip)] = (ep.uid, entry.interface)
                 ledger = ledgers.get(pool)
                 record = ledger.records.get(ip) if ledger else None
                 if record is None or record.pod_uid != ep.uid:
@@ -99,14 +119,13 @@ def _analyse(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint]) -> list[
                             f"interface {entry.interface}",
                         )
                     )
+    for name, ip, record in _unaccounted(ledgers, endpoints):
+        version = ledgers[name].pool.version
+        findings.append(Finding("reclaimable", name, int_to_ip(ip, version), record.pod, _describe(record, now)))
     holders: dict[tuple[int, int], list[str]] = defaultdict(list)
     for name, ledger in ledgers.items():
-        for ip, record in ledger.holders():
+        for ip, _record in ledger.holders():
             holders[(ledger.pool.version, ip)].append(name)
-            if accounted.get((name, ip), ("", ""))[0] != record.pod_uid:
-                findings.append(
-                    Finding("reclaimable", name, int_to_ip(ip, ledger.pool.version), record.pod, _describe(record))
-                )
     for (version, ip), pools in holders.items():
         if len(pools) > 1:
             findings.append(
@@ -115,34 +134,61 @@ def _analyse(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint]) -> list[
     return findings
 
 
-def _describe(record: Record) -> str:
+def _describe(record: Record, now: float) -> str:
     container = record.container_id[:12] or "-"
-    return f"uid {record.pod_uid} nic {record.nic or '-'} container {container} node {record.node or '-'}"
+    added = "" if record.added_at is None else f" added {max(0.0, now - record.added_at):.0f} s ago"
+    return f"uid {record.pod_uid} nic {record.nic or '-'} container {container} node {record.node or '-'}{added}"
 
 
-async def check_store(store: Store, *, reclaim: bool = False, grace: float = 5.0) -> Report:
-    """Scan the store; with ``reclaim``, free reclaimable records seen in two scans ``grace`` apart."""
+async def check_store(
+    store: Store, *, reclaim: bool = False, grace: float = 5.0, clock: Callable[[], float] = time.time
+) -> Report:
+    """Scan the store; with ``reclaim``, free reclaimable records no ADD can still answer, seen in two scans
+    ``grace`` apart.  ``clock``: wall-clock seconds, what the records' ``addedAt`` is compared with."""
+    now = clock()
     ledgers, endpoints, findings = await _scan(store)
-    findings += _analyse(ledgers, endpoints)
+    findings += _analyse(ledgers, endpoints, now)
     report = Report(len(ledgers), sum(len(x.records) for x in ledgers.values()), len(endpoints), tuple(findings))
-    if not reclaim or not report.of("reclaimable"):
+    if not reclaim:
         return report
-    await trio.sleep(grace)  # an ADD in flight writes the pool first and the endpoint a moment later
-    ledgers2, endpoints2, _ = await _scan(store)
-    again = {(f.pool, f.ip, f.detail) for f in _analyse(ledgers2, endpoints2) if f.problem == "reclaimable"}
-    confirmed = [f for f in report.of("reclaimable") if (f.pool, f.ip, f.detail) in again]
-    reclaimed: list[Finding] = []
-    async with trio.open_nursery() as nursery:
-        for pool in sorted({f.pool for f in confirmed}):
-            handle, actor = open_pool(pool, store)
-            await nursery.start(actor.run)
-            mine = [f for f in confirmed if f.pool == pool]
-            version = ledgers2[pool].pool.version
-            batch = tuple((f.ip, ledgers2[pool].records[ip_to_int(f.ip, version)].pod_uid) for f in mine)
-            if await handle.release_ips(batch):
-                reclaimed += mine
-        nursery.cancel_scope.cancel(reason="reclaim done")
-    return attrs.evolve(report, reclaimed=tuple(reclaimed))
+    leaks = {(pool, ip): record for pool, ip, record in _unaccounted(ledgers, endpoints)}
+    report = attrs.evolve(report, left_alone=_in_flight(report, ledgers, leaks, now))
+    candidates = {where: record for where, record in leaks.items() if not record.may_be_in_flight(now)}
+    if not candidates:
+        return report
+    await trio.sleep(grace)  # a record some process is about to account for: seen twice, or left alone
+    now = clock()  # NB: read before the endpoints: a record this old had its endpoint written before they are read
+    ledgers, endpoints, _ = await _scan(store)
+    confirmed: dict[str, list[tuple[int, Record]]] = defaultdict(list)
+    for pool, ip, record in _unaccounted(ledgers, endpoints):
+        if candidates.get((pool, ip)) == record and not record.may_be_in_flight(now):
+            confirmed[pool].append((ip, record))
+    freed: set[tuple[str, str]] = set()
+
+    async def free(handle: PoolHandle, ip: str, record: Record) -> None:
+        if await handle.release_ips(((ip, record),)):  # NB: one by one, to know which; the actor batches them
+            freed.add((handle.name, ip))
+
+    async with trio.open_nursery() as actors:
+        async with trio.open_nursery() as releases:
+            for pool in sorted(confirmed):
+                handle, actor = open_pool(pool, store)
+                await actors.start(actor.run)
+                for ip, record in confirmed[pool]:
+                    releases.start_soon(free, handle, int_to_ip(ip, ledgers[pool].pool.version), record)
+        actors.cancel_scope.cancel(reason="reclaim done")
+    reclaimed = tuple(f for f in report.of("reclaimable") if (f.pool, f.ip) in freed)
+    return attrs.evolve(report, reclaimed=reclaimed)
+
+
+def _in_flight(
+    report: Report, ledgers: dict[str, PoolLedger], leaks: dict[tuple[str, int], Record], now: float
+) -> tuple[Finding, ...]:
+    """The reclaimable findings whose record an ADD may still answer."""
+    young = {
+        (pool, int_to_ip(ip, ledgers[pool].pool.version)) for (pool, ip), r in leaks.items() if r.may_be_in_flight(now)
+    }
+    return tuple(f for f in report.of("reclaimable") if (f.pool, f.ip) in young)
 
 
 def print_report(console: Console, report: Report) -> None:
@@ -159,3 +205,9 @@ def print_report(console: Console, report: Report) -> None:
         console.print(table)
     if report.reclaimed:
         console.print(f"reclaimed {len(report.reclaimed)} addresses", highlight=False)
+    if report.left_alone:
+        console.print(
+            f"left {len(report.left_alone)} alone: recorded less than {RECLAIM_AFTER:.0f} s ago, their ADD may "
+            "still be in flight",
+            highlight=False,
+        )

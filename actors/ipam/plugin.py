@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import attrs
 import trio
 
+from actors.ipam.pool import decode_ledger
 from actors.ipam.service import IpamService
 from actors.stores.port import NotFound
 from spider import cni
@@ -23,7 +24,6 @@ from spider.endpoint import Endpoint
 from spider.errors import AgentUnavailable, CheckFailed, InvalidNetConf, SpiderError
 from spider.ipam_request import AddRequest, DelRequest
 from spider.pool import KIND as POOL
-from spider.pool import PoolLedger
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Plugin:
         held = []
         for version, pool, address in entry.pools():
             try:
-                ledger = PoolLedger.from_object(await self.ipam.store.get(POOL, pool))
+                ledger = await decode_ledger(await self.ipam.store.get(POOL, pool))
             except NotFound:
                 raise CheckFailed(reason=f"pool {pool!r} of {address} no longer exists") from None
             ip = int(parse_ip(address.partition("/")[0], version))
@@ -145,7 +145,11 @@ class Plugin:
             raise CheckFailed(reason=f"prevResult lists {sorted(prev_ips)}, the store holds {held}")
 
     async def gc(self, request: cni.CniRequest) -> None:
-        """CNI GC: release this node's attachments of this network that the runtime no longer knows."""
+        """CNI GC: release this node's attachments of this network that the runtime no longer knows.
+
+        Each attachment is released alone (its interface only): the same sandbox's attachments of other
+        networks are not this GC's to judge (a DEL, by contrast, frees every NIC of the sandbox).
+        """
         valid = set(request.valid_attachments or ())
         for obj in (await self.ipam.store.list(ENDPOINT)).items:
             endpoint = Endpoint.from_object(obj)
@@ -158,7 +162,8 @@ class Plugin:
                     continue
                 log.info("CNI GC releases %s/%s %s", endpoint.namespace, endpoint.name, entry.interface)
                 await self.ipam.release(
-                    DelRequest(entry.container_id, entry.interface, endpoint.namespace, endpoint.name, endpoint.uid)
+                    DelRequest(entry.container_id, entry.interface, endpoint.namespace, endpoint.name, endpoint.uid),
+                    interfaces=frozenset({entry.interface}),
                 )
 
     async def status(self, request: cni.CniRequest) -> None:

@@ -11,27 +11,42 @@ depends on the store:
   a read confirms the ledger is still current.
 Either way a ledger another agent has overtaken is levelled with the stored pool (``PoolLedger.catch_up``),
 not decoded anew.  No address leaves the actor before it is durable; pools serialize independently.
+
+Also owns ``PoolRegistry``, the process's pool actors: started (under the supervisor) by the first request
+for a pool the store holds, stopped when idle or when their pool is gone, so memory follows the pools in use;
+and the rule that a big pool is decoded in a worker thread, not the trio thread (``OFF_LOOP_BYTES``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import outcome
 import trio
 
 from actors.runtime.mailbox import Reply, drain
+from actors.runtime.supervisor import Supervisor
 from actors.stores.port import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
 from spider.addr import IPSet, ip_to_int
 from spider.errors import ActorUnavailable, PoolNotFound, PoolTooLarge, SpiderError, StaleWrite
-from spider.pool import KIND, Owner, PoolLedger, ReservedIP, Route, reserved_set
+from spider.pool import KIND, Owner, PoolLedger, Record, ReservedIP, Route, reserved_set
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_STATUS_BYTES = 1 << 20
+"""The agent's default pool status-size cap (1 MiB): well under etcd's 1.5 MiB object limit, with room for the
+spec and metadata; the same for the embedded store, so a pool behaves alike on both (docs/operations.md)."""
+DEFAULT_IDLE_TIMEOUT = 300.0
+"""Seconds a pool actor may go without a request before it stops and frees its ledger."""
+OFF_LOOP_BYTES = 32_768
+"""A pool whose ``allocatedIPs`` text is longer than this (a few hundred records) is decoded in a worker thread,
+not in the trio thread (see docs/benchmarks.md, "Loop stall"); a smaller one decodes faster than a thread wakes."""
 
 
 @attrs.frozen
@@ -73,9 +88,9 @@ class Release:
 
 @attrs.frozen
 class ReleaseIPs:
-    """Free addresses whose records still name the given pod UID (consistency check, GC)."""
+    """Free addresses whose records still name the given pod UID (GC), or still are the given record (reclaim)."""
 
-    ips: tuple[tuple[str, str], ...]  # (ip, podUid)
+    ips: tuple[tuple[str, str | Record], ...]  # (ip, podUid or the exact record)
     reply: Reply[int]
 
 
@@ -96,7 +111,16 @@ class Inspect:
     reply: Reply[PoolLedger]
 
 
-PoolMsg = Allocate | Release | ReleaseIPs | Adopt | Inspect
+@attrs.frozen
+class Verify:
+    """Whether the owner key still holds this address in the pool as stored now (an ADD's last look)."""
+
+    ip: str
+    key: tuple[str, str]
+    reply: Reply[bool]
+
+
+PoolMsg = Allocate | Release | ReleaseIPs | Adopt | Inspect | Verify
 
 
 @attrs.define
@@ -108,6 +132,27 @@ class PoolStatistics:
     writes: int = 0
     conflicts: int = 0
     largest_batch: int = 0
+    looks: int = 0
+    """``Verify`` requests (an ADD's last look, a read): not counted in ``requests`` and ``batches``."""
+
+
+def is_big(stored: Obj) -> bool:
+    """Whether decoding this stored pool would stall the trio loop (``OFF_LOOP_BYTES``)."""
+    return len(str((stored.get("status") or {}).get("allocatedIPs") or "")) > OFF_LOOP_BYTES
+
+
+async def decode_ledger(stored: Obj) -> PoolLedger:
+    """``PoolLedger.from_object``, in a worker thread when the pool is big (for readers outside the actor)."""
+    if not is_big(stored):
+        return PoolLedger.from_object(stored)
+    return await trio.to_thread.run_sync(PoolLedger.from_object, stored)
+
+
+class PoolMailbox(Protocol):
+    """Where a handle puts requests: the actor's own channel, or the registry, which finds the actor."""
+
+    async def send(self, msg: PoolMsg, /) -> None:
+        """Queue one request; ``trio.BrokenResourceError`` or ``trio.ClosedResourceError`` when nobody serves it."""
 
 
 @attrs.frozen
@@ -115,7 +160,7 @@ class PoolHandle:
     """The only thing other tasks hold: sends requests to the actor and awaits the answers."""
 
     name: str
-    _mailbox: trio.MemorySendChannel[PoolMsg]
+    _mailbox: PoolMailbox
 
     async def allocate(self, owner: Owner, avoid: IPSet | None = None) -> Allocation:
         """The owner's address in this pool; ``PoolExhausted`` and other domain errors raise here."""
@@ -129,8 +174,9 @@ class PoolHandle:
         await self._send(Release(key, container_id, reply))
         return await reply.wait()
 
-    async def release_ips(self, ips: tuple[tuple[str, str], ...]) -> int:
-        """Free each ``(ip, podUid)`` whose record still names that UID; returns how many were freed."""
+    async def release_ips(self, ips: tuple[tuple[str, str | Record], ...]) -> int:
+        """Free each ``(ip, podUid)`` whose record still names that UID, or ``(ip, record)`` whose record still is
+        exactly that one; returns how many were freed."""
         reply = Reply[int].open()
         await self._send(ReleaseIPs(ips, reply))
         return await reply.wait()
@@ -139,6 +185,12 @@ class PoolHandle:
         """Re-own a fixed address for the workload's new pod; ``False`` when it is gone or someone else's."""
         reply = Reply[bool].open()
         await self._send(Adopt(ip, previous_uid, owner, reply))
+        return await reply.wait()
+
+    async def verify(self, ip: str, key: tuple[str, str]) -> bool:
+        """Whether ``key`` still holds ``ip`` in the pool as stored now (read afresh, not from this actor's ledger)."""
+        reply = Reply[bool].open()
+        await self._send(Verify(ip, key, reply))
         return await reply.wait()
 
     async def inspect(self) -> PoolLedger:
@@ -171,6 +223,11 @@ class PoolActor:
     max_status_bytes: int | None = None
     """The most the pool's ``allocatedIPs`` plus ``releasedIPs`` may take; an allocation that would pass it
     fails with ``PoolTooLarge`` (permanent).  ``None``: no limit (the embedded store holds any size)."""
+    idle_timeout: float | None = None
+    """Seconds without a request after which ``run`` closes the mailbox, drops the ledger and returns (the
+    registry starts a successor on the next request).  ``None``: serve until the mailbox is closed."""
+    gone: bool = False
+    """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
     _ledger: PoolLedger | None = None
     _version: str = ""
@@ -178,13 +235,17 @@ class PoolActor:
     """The ledger a lost write race left behind: never served, only lends its decoded records to the re-read."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the mailbox until every handle is closed (the graceful drain) or we are cancelled."""
+        """Serve the mailbox until every handle is closed (the graceful drain), the actor has been idle for
+        ``idle_timeout`` or its pool is gone (then the mailbox is closed first), or we are cancelled."""
         task_status.started()
-        async for first in self.mailbox:
+        while (first := await self._next()) is not None:
+            self.gone = False
             batch = drain(self.mailbox, first, self.max_batch)
-            self.stats.requests += len(batch)
-            self.stats.batches += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            looks = sum(isinstance(msg, Verify) for msg in batch)
+            self.stats.looks += looks
+            self.stats.requests += len(batch) - looks
+            self.stats.batches += looks < len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch) - looks)
             try:
                 await self._commit(batch)
             except BaseException:
@@ -194,16 +255,47 @@ class PoolActor:
                 for msg in batch:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
 
+    async def _next(self) -> PoolMsg | None:
+        """The next request, or ``None`` to stop: the mailbox is closed, or it stayed empty for ``idle_timeout``
+        (at once when the pool is gone).  Stopping closes the mailbox in the same step as finding it empty (no
+        checkpoint between), so a request is either queued here and served, or refused to its sender, whose
+        registry hands it to a successor; the ledger is dropped with the actor."""
+        wait = 0.0 if self.gone else self.idle_timeout
+        try:
+            if wait is None:
+                return await self.mailbox.receive()
+            with trio.move_on_after(wait):
+                return await self.mailbox.receive()
+            return self.mailbox.receive_nowait()
+        except trio.EndOfChannel:
+            return None
+        except trio.WouldBlock:
+            self.mailbox.close()
+            self._ledger = self._stale = None
+            return None
+
+    async def prime(self, stored: Obj) -> None:
+        """Start from the pool as just read (by the registry, which read it to know it exists)."""
+        self._ledger = await self._read_off_loop(stored)
+        self._version = stored["metadata"]["resourceVersion"]
+
     async def _fetch(self) -> Obj:
         try:
             return await self.store.get(KIND, self.name)
         except NotFound:  # the domain error, not the store's (CNI 101, not 999)
+            self.gone = True
             raise PoolNotFound(pool=self.name) from None
 
     async def _load(self) -> None:
         obj = await self._fetch()
-        self._ledger = self._read(obj)
+        self._ledger = await self._read_off_loop(obj)
         self._version = obj["metadata"]["resourceVersion"]
+
+    async def _read_off_loop(self, stored: Obj) -> PoolLedger:
+        """``_read``, in a worker thread for a big pool: decoding 20,000 records takes a quarter of a second."""
+        if not is_big(stored):
+            return self._read(stored)
+        return await trio.to_thread.run_sync(self._read, stored)  # NB: the actor awaits it: nothing else runs _read
 
     def _read(self, stored: Obj) -> PoolLedger:
         """A ledger of the stored pool; one a lost race left behind is levelled with it, not decoded anew."""
@@ -214,9 +306,9 @@ class PoolActor:
         """For a batch that writes nothing: whether its answers came from a ledger that is out of date.
 
         An address handed out without a write must not come from a ledger another process has since changed
-        (GC freed it, someone else took it); a failure (exhausted) must not either.
+        (GC freed it, someone else took it); a failure (exhausted) must not either, nor a ``Verify``'s answer.
         """
-        if not any(isinstance(msg, Allocate | Adopt) for msg in batch):
+        if not any(isinstance(msg, Allocate | Adopt | Verify) for msg in batch):
             return False
         return bool((await self._fetch())["metadata"]["resourceVersion"] != self._version)
 
@@ -232,9 +324,9 @@ class PoolActor:
 
     async def _commit(self, batch: list[PoolMsg]) -> None:
         atomically = getattr(self.store, "update_status_atomically", None)
-        if atomically is not None and not all(isinstance(msg, Inspect) for msg in batch):
+        if atomically is not None and not all(isinstance(msg, Inspect | Verify) for msg in batch):
             await self._commit_atomically(batch, atomically)
-        else:  # NB: also a batch of snapshots only: it writes nothing, so it need not take the file's lock
+        else:  # NB: also a batch of snapshots and looks only: it writes nothing, so it need not take the file's lock
             await self._commit_optimistically(batch)
 
     async def _commit_atomically(self, batch: list[PoolMsg], atomically: AtomicStatusUpdate) -> None:
@@ -267,7 +359,8 @@ class PoolActor:
             written = await atomically(KIND, self.name, change)
         except SpiderError as exc:
             self._ledger = None  # NB: it may hold the batch unwritten
-            error = PoolNotFound(pool=self.name) if isinstance(exc, NotFound) else exc
+            self.gone = isinstance(exc, NotFound)
+            error = PoolNotFound(pool=self.name) if self.gone else exc
             for msg in batch:
                 msg.reply.error(error)
             return
@@ -328,6 +421,7 @@ class PoolActor:
         try:
             written = await self.store.update_status(body)
         except NotFound:  # deleted since we read it: the domain error, not the store's (CNI 101, not 999)
+            self.gone = True
             raise PoolNotFound(pool=self.name) from None
         self._version = written["metadata"]["resourceVersion"]
 
@@ -370,6 +464,8 @@ class PoolActor:
                 case Adopt(ip=ip, previous_uid=previous_uid, owner=owner):
                     held, changed = ledger.adopt(ip_to_int(ip, ledger.pool.version), previous_uid, owner)
                     return outcome.Value(held), changed
+                case Verify(ip=ip, key=key):
+                    return outcome.Value(ledger.lookup(key) == ip_to_int(ip, ledger.pool.version)), False
                 case Inspect():
                     return outcome.Value(ledger.copy()), False
         except SpiderError as exc:
@@ -383,3 +479,125 @@ def open_pool(
     """A handle and its actor; the mailbox outlives any one ``run()``, so handles survive restarts."""
     send, recv = trio.open_memory_channel[PoolMsg](max_batch)
     return PoolHandle(name, send), PoolActor(name, store, recv, max_batch, default_cooldown=default_cooldown)
+
+
+@attrs.define
+class PoolRegistry:
+    """The pool actors of this process: one supervised PoolActor per pool, started by the first request for it.
+
+    ``get`` hands out a handle without starting anything.  A request through it finds the pool's running actor
+    or starts one, but only after reading the pool: a name the store does not hold raises ``PoolNotFound`` to
+    the sender and leaves nothing behind.  An actor idle for ``idle_timeout`` seconds, or whose pool was
+    deleted, stops (under the supervisor) and frees its ledger; a request that reaches it as it stops is
+    refused by its closed mailbox and handed to a successor, so none is lost or served twice.
+    """
+
+    store: Store
+    supervisor: Supervisor
+    default_cooldown: float = 0.0
+    """Seconds released addresses rest before reuse, for pools that do not say (``--release-cooldown``)."""
+    conflict_budget: float = 20.0
+    """Seconds a pool's batch may keep losing write races before it fails with CNI 11 (``--conflict-budget``)."""
+    max_status_bytes: int | None = None
+    """Each pool's status-size cap (``PoolActor.max_status_bytes``, ``--max-pool-status-bytes``)."""
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    """Seconds an actor may go without a request before it stops; ``None``: actors run until the process ends."""
+    max_batch: int = 256
+    actors: dict[str, PoolActor] = attrs.field(factory=dict)
+    """The running actors, by pool."""
+    _mailboxes: dict[str, trio.MemorySendChannel[PoolMsg]] = attrs.field(factory=dict)
+    _starting: dict[str, trio.Event] = attrs.field(factory=dict)
+    _stats: dict[str, PoolStatistics] = attrs.field(factory=dict)
+    """Per pool, kept across an idle actor's restarts (counters only grow); dropped with a deleted pool."""
+
+    async def get(self, name: str) -> PoolHandle:
+        """The pool's handle; its actor is started (or found) by the first request sent through it."""
+        return PoolHandle(name, _RegisteredMailbox(self, name))
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """Per pool: requests, batches, writes, conflicts, largest batch."""
+        return {name: attrs.asdict(stats) for name, stats in self._stats.items()}
+
+    async def deliver(self, name: str, msg: PoolMsg) -> None:
+        """Queue ``msg`` for the pool's actor, starting one if none runs; ``PoolNotFound`` for an unknown pool."""
+        while True:
+            mailbox = await self._mailbox_of(name)
+            try:
+                await mailbox.send(msg)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._retire(name, mailbox)  # NB: it stopped (idle, pool gone) after we found it: a successor serves
+
+    async def _mailbox_of(self, name: str) -> trio.MemorySendChannel[PoolMsg]:
+        while (mailbox := self._mailboxes.get(name)) is None:
+            starting = self._starting.get(name)
+            if starting is None:
+                return await self._start(name)
+            await starting.wait()  # NB: that start may have failed (no such pool): then we try ourselves
+        return mailbox
+
+    async def _start(self, name: str) -> trio.MemorySendChannel[PoolMsg]:
+        self._starting[name] = done = trio.Event()
+        try:
+            try:
+                stored = await self.store.get(KIND, name)
+            except NotFound:
+                raise PoolNotFound(pool=name) from None
+            send, recv = trio.open_memory_channel[PoolMsg](self.max_batch)
+            actor = PoolActor(
+                name,
+                self.store,
+                recv,
+                self.max_batch,
+                conflict_budget=self.conflict_budget,
+                default_cooldown=self.default_cooldown,
+                max_status_bytes=self.max_status_bytes,
+                idle_timeout=self.idle_timeout,
+                stats=self._stats.setdefault(name, PoolStatistics()),
+            )
+            await actor.prime(stored)
+            self._mailboxes[name], self.actors[name] = send, actor
+            try:
+                await self.supervisor.start(f"pool/{name}", functools.partial(self._serve, name, actor, send))
+            except BaseException:
+                self._retire(name, send)
+                raise
+            return send
+        finally:
+            del self._starting[name]
+            done.set()
+
+    async def _serve(
+        self,
+        name: str,
+        actor: PoolActor,
+        mailbox: trio.MemorySendChannel[PoolMsg],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The supervised child: the actor's ``run`` (again after a transient failure) and, when it returns
+        (idle, or its pool gone), forgetting it in the same step, so the next request starts a successor."""
+        await actor.run(task_status=task_status)
+        self._retire(name, mailbox)
+        if actor.gone:
+            self._stats.pop(name, None)
+            log.info("pool %s is gone from the store; its actor stopped", name)
+
+    def _retire(self, name: str, mailbox: trio.MemorySendChannel[PoolMsg]) -> None:
+        """Forget the actor behind ``mailbox`` if it is still the pool's current one."""
+        if self._mailboxes.get(name) is mailbox:
+            del self._mailboxes[name]
+            del self.actors[name]
+        mailbox.close()
+
+
+@attrs.frozen
+class _RegisteredMailbox:
+    """A handle's way to a pool actor of the registry, whichever one runs now."""
+
+    registry: PoolRegistry
+    name: str
+
+    async def send(self, msg: PoolMsg, /) -> None:
+        """Hand ``msg`` to the pool's current actor (starting one if needed)."""
+        await self.registry.deliver(self.name, msg)

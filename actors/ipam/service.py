@@ -12,10 +12,11 @@ What the acts guarantee:
 - ``allocate``: idempotent by pod UID and interface; all-or-nothing across families and NICs (giving back
   only what this call took, also when cancelled, retried within ``undo_budget``), then the SpiderEndpoint
   and Spiderpool's ``IpamAddResponse``;
-- ``release``: from stored state alone (the endpoint), only what the same pod UID and sandbox hold; with no
-  endpoint, the pool records that name the sandbox (what a failed or interrupted ADD left);
+- ``release``: from stored state alone (the endpoint), only what the same pod UID and sandbox hold (a
+  deleted KubeVirt VM's endpoint: whichever launcher pod's DEL; CNI GC: only the interfaces it names); with
+  no endpoint, the pool records that name the sandbox (what a failed or interrupted ADD left);
 - ``release_ips``, ``endpoint``: the batch release and the workload-endpoint read of the agent API;
-- ``pools``: the registry that starts one supervised PoolActor per pool on first use;
+- ``pools``: the registry of supervised PoolActors (``actors.ipam.pool.PoolRegistry``), one per pool in use;
 - short-lived caches of what changes rarely and is read on every ADD: the pools' specs and the pod's
   Namespace and Node (``IpamSettings``); the Pod itself is always read afresh.
 It never touches a database or socket directly: everything goes through the ``Store`` port.
@@ -24,19 +25,20 @@ It never touches a database or socket directly: everything goes through the ``St
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from actors.ipam.pool import Allocation, PoolActor, PoolHandle, open_pool
-from actors.runtime.supervisor import Supervisor
+from actors.ipam.pool import Allocation, PoolRegistry
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store
 from spider.addr import parse_ip, parse_network
 from spider.endpoint import KIND as ENDPOINT
 from spider.endpoint import Endpoint, NicAllocation
 from spider.errors import (
+    AddAbandoned,
     AllocationError,
     NoAvailablePool,
     PoolExhausted,
@@ -57,8 +59,8 @@ from spider.plan import (
     decide_release,
     sandbox_holdings,
 )
+from spider.pool import ADD_WINDOW, IPPool, Owner, Route, contested
 from spider.pool import KIND as POOL
-from spider.pool import IPPool, Owner, Route, contested
 from spider.selection import PodContext
 from spider.workload import (
     STATIC_KINDS,
@@ -114,44 +116,6 @@ def add_response(results: Sequence[NicResult]) -> dict[str, Any]:
     return {"ips": ips, "routes": routes}
 
 
-@attrs.define
-class PoolRegistry:
-    """Starts one supervised PoolActor per pool on first use and hands out its handle."""
-
-    store: Store
-    supervisor: Supervisor
-    handles: dict[str, PoolHandle] = attrs.field(factory=dict)
-    actors: dict[str, PoolActor] = attrs.field(factory=dict)
-    _starting: dict[str, trio.Event] = attrs.field(factory=dict)
-    default_cooldown: float = 0.0
-    """Seconds released addresses rest before reuse, for pools that do not say (``--release-cooldown``)."""
-    conflict_budget: float = 20.0
-    """Seconds a pool's batch may keep losing write races before it fails with CNI 11 (``--conflict-budget``)."""
-
-    async def get(self, name: str) -> PoolHandle:
-        """The handle of the pool's actor, starting the actor if needed."""
-        handle = self.handles.get(name)
-        if handle is not None:
-            return handle
-        if name in self._starting:
-            await self._starting[name].wait()
-            return self.handles[name]
-        self._starting[name] = event = trio.Event()
-        try:
-            handle, actor = open_pool(name, self.store, default_cooldown=self.default_cooldown)
-            actor.conflict_budget = self.conflict_budget
-            await self.supervisor.start(f"pool/{name}", actor.run)
-            self.handles[name], self.actors[name] = handle, actor
-        finally:
-            del self._starting[name]
-            event.set()
-        return handle
-
-    def statistics(self) -> dict[str, dict[str, int]]:
-        """Per pool: requests, batches, writes, conflicts, largest batch."""
-        return {name: attrs.asdict(actor.stats) for name, actor in self.actors.items()}
-
-
 @attrs.frozen
 class IpamSettings:
     """The agent's IPAM switches (Spiderpool's ``spiderpool-conf`` keys in brackets)."""
@@ -189,6 +153,8 @@ class IpamService:
     pools: PoolRegistry
     node: str
     settings: IpamSettings = attrs.field(factory=IpamSettings)
+    clock: Callable[[], float] = time.time
+    """Wall-clock seconds: the ``addedAt`` of the records an ADD writes, compared by reclaim on any machine."""
     _pools_seen: dict[str, IPPool] = attrs.field(factory=dict)
     """The pools as last listed: pool choice reads them, and the overlap check (``contested``) too."""
     _pools_listed_at: float = float("-inf")
@@ -322,21 +288,33 @@ class IpamService:
 
         Gather (``_gather_add``), decide (``spider.plan.decide_add``: one plan, or the error, before anything
         is done), act: free a dead same-name pod's endpoint, re-own a fixed-IP predecessor's addresses,
-        allocate every NIC and family all-or-nothing through the pool actors, record the endpoint.
+        allocate every NIC and family all-or-nothing through the pool actors, record the endpoint, confirm.
+
+        Every record it writes carries the time it started (``addedAt``), and it answers only within
+        ``spider.pool.ADD_WINDOW`` of that time and only addresses the pools still record as the pod's after the
+        endpoint is written; otherwise it gives back what it took and fails with ``AddAbandoned`` (CNI 11).
+        ``spider check --reclaim`` leaves records alone for ``RECLAIM_AFTER``, so it never frees what an ADD
+        answers.
         """
         facts, plan = await self._decide_add(await self._gather_add(req))
         if plan.free_first is not None:
             await self._release_entries(plan.free_first, plan.free_first.nics, container_id="")
             await self._drop_endpoint(plan.free_first)
+        started, stamp = trio.current_time(), self.clock()  # NB: together, before the first record is written
+        plan = _stamped(plan, stamp)
         if plan.adopt_from is not None:
             kept = await self._adopt(plan)
             if kept != plan.adopt:  # an adoption lost a race: decide again on the endpoint as rewritten
                 renewed = adopted(plan.adopt_from, kept, plan.holder) if kept else None
                 facts, plan = await self._decide_add(attrs.evolve(facts, endpoint=renewed))
-        return await self._allocate_planned(req, facts, plan)
+                plan = _stamped(plan, stamp)
+        return await self._allocate_planned(req, facts, plan, started)
 
-    async def _allocate_planned(self, req: AddRequest, facts: AddFacts, plan: AddPlan) -> list[NicResult]:
-        """Act: every family of every NIC in parallel, all or nothing; then the endpoint."""
+    async def _allocate_planned(
+        self, req: AddRequest, facts: AddFacts, plan: AddPlan, started: float
+    ) -> list[NicResult]:
+        """Act: every family of every NIC in parallel, all or nothing; then the endpoint; then the last look
+        (``_confirm``).  ``started``: when the ADD started (``trio.current_time()``), for ``ADD_WINDOW``."""
         made: list[tuple[str, Allocation]] = []
         results: dict[tuple[str, int], Allocation] = {}
         failures: list[SpiderError] = []
@@ -367,12 +345,62 @@ class IpamService:
             extra = tuple(rt for rt in plan.routes if any(_gw_in(rt.gw, a.address) for a in allocs))
             routes = tuple(x for a in allocs for x in a.routes) + extra
             nic_results.append(NicResult(nic.nic, allocs, nic.clean_gateway, routes))
+        pod = f"{req.pod_namespace}/{req.pod_name}"
         try:
-            await self._record(req, plan, facts.workload, nic_results)
+            _within_window(pod, started)  # NB: too late already: do not write the endpoint at all
+            recorded = await self._record(req, plan, facts.workload, nic_results)
+        except BaseException:
+            await self._undo(made, plan)
+            raise
+        try:
+            await self._confirm(pod, plan, results, started)
+        except SpiderError:
+            await self._withdraw(recorded, {(r.nic, req.container_id) for r in nic_results})
+            await self._undo(made, plan)
+            raise
         except BaseException:
             await self._undo(made, plan)
             raise
         return nic_results
+
+    async def _confirm(
+        self, pod: str, plan: AddPlan, results: Mapping[tuple[str, int], Allocation], started: float
+    ) -> None:
+        """Act, last, once the endpoint is written: every address is still recorded as the pod's in its pool as
+        stored now (nothing freed it meanwhile: a reclaim by an older version, a concurrent ADD's undo of the same
+        pod), and the ADD is still within ``ADD_WINDOW``; ``AddAbandoned`` otherwise.  The window is checked
+        last: nothing awaits between it and the answer."""
+        lost: list[Allocation] = []
+        failures: list[SpiderError] = []
+
+        async def look(nic: str, allocation: Allocation) -> None:
+            try:
+                if not await (await self.pools.get(allocation.pool)).verify(allocation.ip, (plan.pod_uid, nic)):
+                    lost.append(allocation)
+            except PoolNotFound:  # the pool is gone: so is the record
+                lost.append(allocation)
+            except SpiderError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for (nic, _version), allocation in results.items():
+                nursery.start_soon(look, nic, allocation)
+        if lost:
+            which = ", ".join(f"{a.address} in pool {a.pool}" for a in sorted(lost, key=lambda a: a.version))
+            raise AddAbandoned(pod=pod, reason=f"{which} is no longer recorded as its own")
+        if failures:
+            raise failures[0]
+        _within_window(pod, started)
+
+    async def _withdraw(self, recorded: Endpoint, entries: set[tuple[str, str]]) -> None:
+        """Take a failed ADD's ``(interface, container)`` entries out of the endpoint it wrote (best effort:
+        what stays is dangling, and the pod's DEL drops it)."""
+        try:
+            await self._forget_entries(recorded, entries)
+        except SpiderError as exc:
+            log.warning(
+                "could not withdraw %s from endpoint %s/%s: %s", sorted(entries), recorded.namespace, recorded.name, exc
+            )
 
     async def _adopt(self, plan: AddPlan) -> tuple[NicAllocation, ...]:
         """Act on fixed IPs (reference §2.1 steps 4-5): the new pod of a StatefulSet ordinal or VM takes over
@@ -465,9 +493,9 @@ class IpamService:
             await trio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _record(self, req: AddRequest, plan: AddPlan, workload: Workload, results: list[NicResult]) -> None:
-        """Add the NICs' allocations to the endpoint, creating it if needed.  When the plan says there is none,
-        the create is tried first, without a read; ``AlreadyExists`` reads and merges."""
+    async def _record(self, req: AddRequest, plan: AddPlan, workload: Workload, results: list[NicResult]) -> Endpoint:
+        """Add the NICs' allocations to the endpoint, creating it if needed; returns it as stored.  When the plan
+        says there is none, the create is tried first, without a read; ``AlreadyExists`` reads and merges."""
         deadline = trio.current_time() + self.settings.endpoint_budget
         maybe_exists = plan.endpoint_exists
         namespace, ep_name = req.pod_namespace, plan.endpoint_name
@@ -483,10 +511,9 @@ class IpamService:
             for r in results:
                 endpoint = endpoint.with_nic(_nic_allocation(r, req))
             if obj is not None and Endpoint.from_object(obj) == endpoint:
-                return
+                return endpoint
             try:
-                await self._write_endpoint(endpoint, exists=obj is not None)
-                return
+                return Endpoint.from_object(await self._write_endpoint(endpoint, exists=obj is not None))
             except (Conflict, AlreadyExists):
                 if trio.current_time() > deadline:
                     raise StaleWrite(
@@ -494,13 +521,14 @@ class IpamService:
                     ) from None
                 await trio.sleep(0.01)
 
-    async def _write_endpoint(self, endpoint: Endpoint, *, exists: bool) -> None:
+    async def _write_endpoint(self, endpoint: Endpoint, *, exists: bool) -> Obj:
         if exists:
-            await self.store.update(endpoint.to_object())
-        else:
-            await self.store.create(endpoint.to_object())
+            return await self.store.update(endpoint.to_object())
+        return await self.store.create(endpoint.to_object())
 
-    async def _gather_release(self, req: DelRequest, *, keep_live: bool) -> ReleaseFacts:
+    async def _gather_release(
+        self, req: DelRequest, *, keep_live: bool, interfaces: frozenset[str] | None = None
+    ) -> ReleaseFacts:
         """Gather: the Pod (afresh), its workload, its endpoint; for a fixed-IP endpoint whose pod is gone,
         whether its StatefulSet ordinal or VM is still valid."""
         pod = await self._get("Pod", req.pod_name, req.pod_namespace)
@@ -509,19 +537,22 @@ class IpamService:
         static_keeps = False
         if endpoint is not None and endpoint.owner_controller_type in STATIC_KINDS and not workload.static:
             static_keeps = await self._static_keeps(endpoint)
-        return ReleaseFacts(req, pod, workload, endpoint, static_keeps, keep_live)
+        return ReleaseFacts(req, pod, workload, endpoint, static_keeps, keep_live, interfaces)
 
-    async def release(self, req: DelRequest, *, keep_live: bool = True) -> list[str]:
+    async def release(
+        self, req: DelRequest, *, keep_live: bool = True, interfaces: frozenset[str] | None = None
+    ) -> list[str]:
         """Free what this pod's sandbox holds (all its NICs, as Spiderpool); returns the freed addresses.
 
         Gather (``_gather_release``), decide (``spider.plan.decide_release``), act.  Works from stored state
         alone and succeeds when there is nothing to free.  A live pod keeps its addresses (sandbox
-        re-creation; a request without UID takes the Pod's); so does a StatefulSet pod whose ordinal is still
-        valid and a KubeVirt VM pod whose VM is; a DEL from an older sandbox or an older pod of the same name
-        frees nothing.  With no endpoint, the pool records naming this sandbox (a failed or interrupted ADD's)
-        are freed.
+        re-creation; a request without UID takes the Pod's; a pod in a terminal phase is not alive); so does
+        a StatefulSet pod whose ordinal is still valid and a KubeVirt VM pod whose VM is; a DEL from an older
+        sandbox or an older pod of the same name frees nothing, except that a deleted VM's endpoint goes with
+        any of its launcher pods' DEL.  With no endpoint, the pool records naming this sandbox (a failed or
+        interrupted ADD's) are freed.  ``interfaces`` (CNI GC of one network) frees only those NICs.
         """
-        plan = decide_release(await self._gather_release(req, keep_live=keep_live))
+        plan = decide_release(await self._gather_release(req, keep_live=keep_live, interfaces=interfaces))
         if plan.sweep is not None:
             return await self._free_sandbox(plan.sweep)
         if plan.endpoint is None:
@@ -657,6 +688,20 @@ class IpamService:
         for name in names:
             out[name] = (await (await self.pools.get(name)).inspect()).free
         return out
+
+
+def _stamped(plan: AddPlan, at: float) -> AddPlan:
+    """The plan whose records say the ADD started at ``at`` (wall-clock seconds: their ``addedAt``)."""
+    return attrs.evolve(plan, holder=attrs.evolve(plan.holder, added_at=at))
+
+
+def _within_window(pod: str, started: float) -> None:
+    """``AddAbandoned`` once the ADD that started at ``started`` (``trio.current_time()``) has outlasted
+    ``ADD_WINDOW``: reclaim may free its records from then on."""
+    took = trio.current_time() - started
+    if took > ADD_WINDOW:
+        reason = f"it took {took:.0f} s, longer than the {ADD_WINDOW:.0f} s within which its records are safe"
+        raise AddAbandoned(pod=pod, reason=reason)
 
 
 def _nic_allocation(r: NicResult, req: AddRequest) -> NicAllocation:

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 import yaml
 
+from actors.ipam.pool import DEFAULT_MAX_STATUS_BYTES
 from actors.stores.port import Obj, Store
 from actors.stores.retrying import DEFAULT_OUTAGE_BUDGET
 from actors.stores.selection import KUBECONFIG_ENV, StoreSettings, open_store
@@ -63,10 +64,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from actors.ipam.service import IpamSettings
 
     kwargs: dict[str, Any] = {"store_path": args.store, "socket_path": args.socket}
+    kwargs["socket_group"] = args.socket_group or None
     kwargs["release_cooldown"] = args.release_cooldown
     where = _store_settings(args)
     kwargs.update(kubeconfig=where.kubeconfig, in_cluster=where.in_cluster, context=where.context)
     kwargs["conflict_budget"] = args.conflict_budget
+    kwargs["max_pool_status_bytes"] = args.max_pool_status_bytes or None
     kwargs["store_outage_budget"] = args.store_outage_budget
     kwargs["ipam"] = IpamSettings(
         enable_statefulset=not args.no_statefulset_ips,
@@ -276,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)g)",
     )
     p.add_argument(
+        "--max-pool-status-bytes",
+        type=int,
+        default=DEFAULT_MAX_STATUS_BYTES,
+        metavar="BYTES",
+        help="the most a pool's records may take; an ADD past it fails with CNI 100 naming the pool and the cap, "
+        "before etcd refuses the object (1.5 MiB); use a SpiderSubnet for bigger address spaces "
+        "(default %(default)d = 1 MiB; 0: no cap)",
+    )
+    p.add_argument(
         "--store-outage-budget",
         type=float,
         default=DEFAULT_OUTAGE_BUDGET,
@@ -285,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--socket", type=Path, default=Path(DEFAULT_SOCKET), help="unix socket the agent serves (default %(default)s)"
+    )
+    p.add_argument(
+        "--socket-group",
+        default="",
+        metavar="GROUP",
+        help="group (name or gid) whose members may use the socket: mode 0660 (default: none, mode 0600)",
     )
     p.add_argument("--node", default="", help="node name (default: this host's name)")
     p.add_argument(
@@ -374,7 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="TCP port of the health endpoints (default %(default)s: $SPIDERPOOL_HEALTH_PORT, else 5720)",
     )
     p.add_argument("--webhook", action="store_true", help="serve the admission webhook over TLS (off by default)")
-    p.add_argument("--webhook-host", default="", help="address of the webhook (default: all)")
+    p.add_argument(
+        "--webhook-host",
+        default=os.environ.get("POD_IP", ""),
+        help="address of the webhook (default: $POD_IP, else every address; '' for every address)",
+    )
     p.add_argument(
         "--webhook-port",
         type=int,

@@ -6,6 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
+import attrs
 import outcome
 import pytest
 import trio
@@ -13,8 +14,9 @@ import trio.testing
 
 from actors.ipam.pool import Allocation, PoolActor, PoolHandle, PoolMsg, open_pool
 from actors.stores.sqlite import SqliteStore
+from spider.addr import ip_to_int
 from spider.errors import ActorUnavailable, PoolExhausted, PoolNotFound, StaleWrite
-from spider.pool import KIND, Owner, PoolLedger
+from spider.pool import ADD_WINDOW, KIND, Owner, PoolLedger
 from tests.ipam.conftest import (
     CAPACITY,
     POOL,
@@ -120,6 +122,34 @@ async def test_release_of_an_owner_that_holds_nothing_returns_none_and_writes_no
     with trio.fail_after(TIMEOUT):
         assert await handle.release(owner(9).key) is None
     assert store.writes == 0
+
+
+@pytest.mark.parametrize("write_lock", [False, True], ids=["optimistic", "atomic"])
+async def test_verify_reads_the_stored_pool_not_the_actor_s_ledger(
+    nursery: trio.Nursery, store: InterferingStore, sqlite: SqliteStore, write_lock: bool
+) -> None:
+    handle, actor = open_pool(POOL, sqlite if write_lock else store)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        mine = await handle.allocate(owner(1))
+        assert await handle.verify(mine.ip, owner(1).key)
+        assert not await handle.verify(mine.ip, owner(2).key)
+        stored = await sqlite.get(KIND, POOL)  # another process frees it behind the actor's back
+        ledger = PoolLedger.from_object(stored)
+        assert ledger.release_ip(ip_to_int(mine.ip), "uid-1")
+        await sqlite.update_status({**stored, "status": ledger.to_status()})
+        assert not await handle.verify(mine.ip, owner(1).key)
+
+
+async def test_release_ips_of_exact_records_frees_only_records_still_exactly_so(handle: PoolHandle) -> None:
+    with trio.fail_after(TIMEOUT):
+        a = await handle.allocate(attrs.evolve(owner(1), added_at=1000.0))
+        b = await handle.allocate(attrs.evolve(owner(2), added_at=1000.0))
+        judged = (await handle.inspect()).records
+        await handle.allocate(attrs.evolve(owner(2), added_at=1000.0 + ADD_WINDOW + 1))  # restamped since
+        freed = await handle.release_ips(((a.ip, judged[ip_to_int(a.ip)]), (b.ip, judged[ip_to_int(b.ip)])))
+        assert freed == 1
+        assert set((await handle.inspect()).records) == {ip_to_int(b.ip)}
 
 
 async def test_release_ips_frees_only_records_that_still_name_the_pod(

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from spider.addr import IPSet, ip_to_int
 from spider.errors import InvalidSpec, PoolExhausted
-from spider.pool import IPPool, Owner, PoolLedger, Record, ReservedIP, Route, reserved_set
+from spider.pool import ADD_WINDOW, RECLAIM_AFTER, IPPool, Owner, PoolLedger, Record, ReservedIP, Route, reserved_set
 from tests.spider.strategies import allocatable_model, owners, pool_objects
 
 
@@ -556,3 +556,71 @@ def test_status_bytes_is_the_length_of_the_status_strings_and_record_bytes_bound
             pool.release(who.key, now=1.0)
         status = pool.to_status()
         assert pool.status_bytes() == len(status.get("allocatedIPs", "")) + len(status.get("releasedIPs", ""))
+
+
+# --- addedAt: when the ADD that wrote a record started ----------------------------------------------------------
+
+
+def stamped(uid: str = "u1", at: float = 1000.0, container_id: str = "c1") -> Owner:
+    return attrs.evolve(owner(uid, container_id=container_id), added_at=at)
+
+
+def test_a_record_carries_its_add_s_start_as_added_at_and_spiderpool_s_reads_without_one() -> None:
+    record = Record.for_owner(stamped(at=1700000000.12345))
+    assert record.to_json()["addedAt"] == 1700000000.123
+    assert Record.from_json(record.to_json()) == record
+    assert record.matches(record.to_json())
+    assert Record.from_json({"pod": "ns/p", "podUid": "u"}).added_at is None
+    assert Record.from_json({"pod": "ns/p", "podUid": "u", "addedAt": "yesterday"}).added_at is None
+    assert "addedAt" not in Record("ns/p", "u").to_json()
+
+
+def test_a_pool_of_stamped_records_is_levelled_with_its_stored_status_exactly() -> None:
+    pool = PoolLedger.from_object(pool_obj(**V4))
+    behind = pool.copy()
+    pool.allocate(stamped("a", 1000.5))
+    pool.allocate(stamped("b", 1001.25))
+    stored = pool_obj(status=pool.to_status(), **V4)
+    assert behind.catch_up(stored).records == pool.records
+    assert PoolLedger.from_object(stored).to_status() == pool.to_status()
+
+
+def test_a_record_may_be_in_flight_until_reclaim_after_its_stamp_and_an_unstamped_one_never() -> None:
+    record = Record.for_owner(stamped(at=1000.0))
+    assert record.may_be_in_flight(1000.0 + RECLAIM_AFTER - 1)
+    assert record.may_be_in_flight(900.0), "a stamp from a clock ahead of ours is in flight too"
+    assert not record.may_be_in_flight(1000.0 + RECLAIM_AFTER)
+    assert not Record("ns/p", "u1").may_be_in_flight(0.0)
+
+
+def test_a_repeated_allocation_keeps_a_stamp_younger_than_the_add_window_and_changes_nothing() -> None:
+    pool = ledger(**V4)
+    ip, _ = pool.allocate(stamped(at=1000.0))
+    assert pool.allocate(stamped(at=1000.0 + ADD_WINDOW)) == (ip, False)
+    assert pool.records[ip].added_at == 1000.0
+
+
+def test_a_repeated_allocation_restamps_a_record_older_than_the_add_window_or_unstamped() -> None:
+    pool = ledger(**V4)
+    ip, _ = pool.allocate(owner())
+    assert pool.allocate(stamped(at=1000.0)) == (ip, True)
+    assert pool.records[ip].added_at == 1000.0
+    assert pool.allocate(stamped(at=1001.0 + ADD_WINDOW)) == (ip, True)
+    assert pool.records[ip].added_at == 1001.0 + ADD_WINDOW
+
+
+def test_an_adoption_stamps_the_address_with_the_new_pod_s_add() -> None:
+    pool = ledger(**V4)
+    ip, _ = pool.allocate(stamped("old", 1000.0))
+    assert pool.adopt(ip, "old", attrs.evolve(stamped("new", 5000.0), name="pod-old")) == (True, True)
+    assert pool.records[ip].added_at == 5000.0
+
+
+def test_release_ip_of_an_exact_record_frees_only_that_record() -> None:
+    pool = ledger(**V4)
+    ip, _ = pool.allocate(stamped(at=1000.0))
+    judged = pool.records[ip]
+    pool.allocate(stamped(at=1000.0 + ADD_WINDOW + 1))  # a repeated ADD restamped it since
+    assert not pool.release_ip(ip, judged)
+    assert pool.release_ip(ip, pool.records[ip])
+    assert pool.records == {}
