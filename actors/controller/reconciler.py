@@ -19,16 +19,13 @@ changes ``allocatedIPs``, and it computes the counts with the same rules as ``Po
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
-from typing import Any
 
 import attrs
 import trio
 
-from actors.stores.port import Conflict, Gone, NotFound, Obj, Store, WatchEvent
+from actors.stores.port import Conflict, Gone, NotFound, Obj, Store, WatchEvent, closing_watch
 from spider.errors import InvalidSpec, SpiderError, TransientError
 from spider.pool import ReservedIP
 from spider.reconcile import (
@@ -178,7 +175,7 @@ class PoolReconciler:
         """Apply watch events from ``version`` until the stream ends; the last version seen and whether any."""
         seen = False
         events = self.store.watch(kind, resource_version=version)
-        async with _closing(events):
+        async with closing_watch(events):
             async for event in events:
                 seen = True
                 self._event(kind, event)
@@ -315,15 +312,3 @@ def _name(obj: Obj) -> str:
 
 def _subnet_of(obj: Obj) -> str:
     return str((obj.get("spec") or {}).get("subnet", ""))
-
-
-@contextlib.asynccontextmanager
-async def _closing(events: AsyncIterator[Any]) -> AsyncIterator[None]:
-    """Close a watch stream however the loop over it ends (a backend's session must not leak)."""
-    try:
-        yield
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            with trio.CancelScope(shield=True):
-                await aclose()

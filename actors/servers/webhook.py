@@ -21,9 +21,7 @@ ours; afterwards an outage leaves the last state served while the informer re-li
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -31,7 +29,7 @@ import trio
 
 from actors.servers.certs import CertSettings, ServedCertificate
 from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
-from actors.stores.port import Gone, Obj, Store, WatchEvent
+from actors.stores.port import Gone, Obj, Store, WatchEvent, closing_watch
 from spider import limits
 from spider.admission import (
     AdmissionRequest,
@@ -153,7 +151,7 @@ class SpecCache:
         """Apply watch events from ``version`` until the stream ends; the last version seen and whether any."""
         seen = False
         events = self.store.watch(kind, resource_version=version)
-        async with _closing(events):
+        async with closing_watch(events):
             async for event in events:
                 seen = True
                 self._apply(kind, event)
@@ -249,15 +247,3 @@ class AdmissionWebhook:
 
 def _name(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
-
-
-@contextlib.asynccontextmanager
-async def _closing(events: AsyncIterator[Any]) -> AsyncIterator[None]:
-    """Close a watch stream however the loop over it ends (a backend's session must not leak)."""
-    try:
-        yield
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            with trio.CancelScope(shield=True):
-                await aclose()

@@ -21,15 +21,18 @@ Semantics every backend keeps (the contract tests in ``tests/store`` check them)
 
 Optional capabilities, looked up with ``getattr`` by the code that can use them: ``AtomicStatusUpdate``
 (``update_status_atomically``), a read-modify-write of a status under a backend's own write lock, which the
-embedded store has and the API server does not.
+embedded store has and the API server does not; ``TokenReviewer`` (``review_token``), which only the API server
+has.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol
 
 import attrs
+import trio
 
 from spider.errors import SpiderError, StoreUnavailable, TransientError
 
@@ -169,6 +172,18 @@ class Store(Protocol):
         ...
 
 
+@contextlib.asynccontextmanager
+async def closing_watch(events: AsyncIterator[Any]) -> AsyncIterator[None]:
+    """Close a ``watch`` stream however the loop over it ends (a backend's session must not leak)."""
+    try:
+        yield
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()
+
+
 class AtomicStatusUpdate(Protocol):
     """An optional capability of a backend that has a write lock of its own (the embedded store):
     ``update_status_atomically(kind, name, change)`` reads the object, lets ``change(stored)`` compute the new
@@ -177,6 +192,14 @@ class AtomicStatusUpdate(Protocol):
     (the API server has no such lock: there a write races and retries)."""
 
     async def __call__(self, kind: str, name: str, change: Callable[[Obj], Obj | None], namespace: str = "") -> Obj: ...
+
+
+class TokenReviewer(Protocol):
+    """An optional capability of the API server backend: ``review_token(token)`` asks the server who a bearer
+    token belongs to (a TokenReview) and returns the user name, or ``None`` when the token is not valid.  The
+    embedded store has none (nothing authenticates against it); callers look it up with ``getattr``."""
+
+    async def __call__(self, token: str) -> str | None: ...
 
 
 def meta(obj: Obj) -> dict[str, Any]:
