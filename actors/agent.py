@@ -1,8 +1,9 @@
 """``spider agent``: the per-node daemon, wired together.
 
 Owns the agent's settings and its life cycle: claim the unix socket (refusing a path another agent serves),
-open the store, start the supervisor that keeps the pool actors, serve the API on the socket, and on SIGTERM
-or SIGINT drain in order (stop accepting, let requests in flight finish within a grace period, stop the
+open the store, start the supervisor that keeps the pool actors (and, with an API server store, the forwarder
+that sends pool writes to the controller's pool host: ``actors.ipam.remote``), serve the API on the socket, and
+on SIGTERM or SIGINT drain in order (stop accepting, let requests in flight finish within a grace period, stop the
 actors, close the store).  Wiring only: the logic lives in ``actors.ipam`` (the IPAM service, the plugin's
 verbs) and ``actors.servers.agent_api``; the NodeActor (``actors.node``) owns the node's network changes for
 the coordinator.
@@ -22,10 +23,20 @@ import trio
 
 from actors.ipam.plugin import Plugin
 from actors.ipam.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STATUS_BYTES, PoolRegistry
+from actors.ipam.remote import (
+    DEFAULT_BUDGET,
+    DEFAULT_CA_CONFIGMAP,
+    DEFAULT_LEASE,
+    DEFAULT_POOL_HOST_PORT,
+    DEFAULT_TOKEN_FILE,
+    HostLocator,
+    PoolForwarder,
+    ServiceAccountToken,
+)
 from actors.ipam.service import IpamService, IpamSettings
 from actors.node.actor import open_node
 from actors.node.coordinating import Coordinator
-from actors.node.netlink import netns_path
+from actors.node.netlink import NETLINK_TIMEOUT, netns_path
 from actors.runtime.supervisor import Supervisor
 from actors.servers.agent_api import AgentApi, close_unix_listener, open_unix_listener
 from actors.servers.httpserver import READ_TIMEOUT
@@ -71,6 +82,9 @@ class AgentSettings:
     """Keep objects on the API server of the cluster the agent runs in (its service account)."""
     context: str | None = None
     """The kubeconfig context (default: its current one)."""
+    netlink_timeout: float = NETLINK_TIMEOUT
+    """Seconds one netlink transaction (a pod's interface setup, a host read) may take before it fails with
+    CNI 11 and its worker thread is replaced."""
     conflict_budget: float = 20.0
     """Seconds a pool write may keep losing races to other agents before the request fails with CNI 11."""
     max_pool_status_bytes: int | None = DEFAULT_MAX_STATUS_BYTES
@@ -81,6 +95,25 @@ class AgentSettings:
     store_outage_budget: float = DEFAULT_OUTAGE_BUDGET
     """Seconds a request waits through a store outage (an API server restart) before it fails with CNI 11;
     well inside the runtime's CNI timeout.  0: fail at once."""
+    pool_host: bool = True
+    """With an API server store, send pool writes to the controller's pool host (``actors.ipam.remote``)."""
+    pool_host_port: int = DEFAULT_POOL_HOST_PORT
+    """The controllers' ``--pool-host-port``."""
+    pool_host_budget: float = DEFAULT_BUDGET
+    """Seconds a forwarded batch may take (connect and answer) before the agent serves it itself."""
+    pool_host_token_file: Path = attrs.field(default=DEFAULT_TOKEN_FILE, converter=Path)
+    """The ServiceAccount token shown to the pool host (read again when it changes); none: no forwarding."""
+    controller_namespace: str = ""
+    """Where the controllers' Lease and CA ConfigMap live; empty: the agent's namespace (``ipam``)."""
+    controller_lease: str = DEFAULT_LEASE
+    ca_configmap: str = DEFAULT_CA_CONFIGMAP
+    pool_host_address: tuple[str, int] | None = None
+    """The pool host's address, instead of the Lease holder's Pod IP (a controller outside the cluster)."""
+
+    @property
+    def forwards(self) -> bool:
+        """Whether pool writes go to the pool host: asked for, and the store is an API server."""
+        return self.pool_host and (self.kubeconfig is not None or self.in_cluster)
 
     @property
     def store(self) -> StoreSettings:
@@ -115,10 +148,23 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
                 max_status_bytes=settings.max_pool_status_bytes,
                 idle_timeout=settings.pool_idle_timeout,
             )
+            if settings.forwards:  # one writer per pool in the cluster; our own actors when it does not answer
+                locator = HostLocator(
+                    store,
+                    settings.controller_namespace or settings.ipam.agent_namespace,
+                    port=settings.pool_host_port,
+                    lease=settings.controller_lease,
+                    ca_configmap=settings.ca_configmap,
+                    fixed=settings.pool_host_address,
+                )
+                token = ServiceAccountToken(settings.pool_host_token_file)
+                forwarder = PoolForwarder(registry, locator, token, budget=settings.pool_host_budget)
+                await actors.start(forwarder.run)
+                registry.route = forwarder
             ipam = IpamService(store, registry, settings.node, settings.ipam)
             coordinator = None
             if settings.node_actor:  # the node's netlink owner, for the coordinator and ifacer plugins
-                node, node_actor = open_node(settings.host_netns)
+                node, node_actor = open_node(settings.host_netns, netlink_timeout=settings.netlink_timeout)
                 await Supervisor(actors).start("node", node_actor.run)
                 coordinator = Coordinator(ipam, node)
             api = AgentApi(

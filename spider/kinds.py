@@ -85,6 +85,8 @@ KINDS: tuple[Kind, ...] = (
     # and serving certificate, and the webhook configurations whose caBundle it fills in.
     Kind("Lease", "coordination.k8s.io", "v1", "leases", True, False, ()),
     Kind("Secret", "", "v1", "secrets", True, False, ()),
+    # The CA the pool host's certificate is from, published for the agents (public part only).
+    Kind("ConfigMap", "", "v1", "configmaps", True, False, ("cm",)),
     Kind(
         "MutatingWebhookConfiguration",
         "admissionregistration.k8s.io",

@@ -15,6 +15,13 @@ Health (``GET``, answered 200 or 500 with a JSON string saying why) and the webh
   enabled, and when we lead our informers have listed everything once;
 - ``/v1/runtime/leader`` (ours): who leads, who we are, as JSON.
 
+- ``/v1/spider/stats`` (ours): ``{"leader": bool, "pools": {...}}``, the hosted pool actors' counters (the
+  same ``PoolStatistics`` as the agents' ``GET /v1/spider/stats``), of this leadership or the last.
+
+With an API server store the controller also serves the pool host (``actors.servers.pool_host``, HTTPS on
+``--pool-host-port``, 5723): while it leads, its PoolActors take the agents' forwarded pool requests, so each
+pool has one writer in the cluster; the agents fall back to their own actors whenever it does not answer.
+
 The health endpoints are unauthenticated, so they answer from what the process already knows (the elector's
 last Lease call, the informers' state): no request costs an API call.
 
@@ -40,13 +47,18 @@ import trio
 
 from actors.controller.leader import DEFAULT_LEASE_NAME, LeaderElector, LeaderSettings
 from actors.controller.reconciler import DEFAULT_RESYNC, PoolReconciler
-from actors.servers.certs import CertSettings
+from actors.ipam.pool import DEFAULT_MAX_STATUS_BYTES, PoolRegistry
+from actors.ipam.remote import DEFAULT_AGENT_ACCOUNT, DEFAULT_CA_CONFIGMAP, DEFAULT_POOL_HOST_PORT
+from actors.runtime.supervisor import Supervisor
+from actors.servers.certs import CertSettings, pool_host_certificate
 from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
+from actors.servers.pool_host import PoolHost, keep_certificate, open_listeners
 from actors.servers.webhook import DEFAULT_PORT as DEFAULT_WEBHOOK_PORT
 from actors.servers.webhook import AdmissionWebhook, WebhookSettings, describe_host
 from actors.stores.port import Store
 from actors.stores.selection import StoreSettings, open_store
 from actors.stores.sqlite import default_store_path
+from spider.errors import SpiderError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +130,31 @@ class ControllerSettings:
     webhook_configuration: str = "spiderpool-controller"
     webhook_secret: str = "spiderpool-controller-server-certs"
     webhook_extra_hosts: tuple[str, ...] = ()
+    pool_host: bool = True
+    """With an API server store, host the pools while leading (agents forward their requests here)."""
+    pool_host_host: str | None = attrs.field(factory=default_bind_host)
+    """Address of the pool host and the IP its certificate names: ``$POD_IP`` (the Pod's IP, which agents
+    read from the Pod); ``None`` binds every address and names 127.0.0.1."""
+    pool_host_port: int = DEFAULT_POOL_HOST_PORT
+    pool_host_client: str = ""
+    """The only user the pool host serves; empty: ``system:serviceaccount:<namespace>:spiderpool-agent``."""
+    pool_host_conflict_budget: float = 1.0
+    """Seconds a hosted pool's batch may keep losing write races (to agents writing locally) before it fails;
+    keep it under the agents' ``--pool-host-budget`` (see ``actors.ipam.remote`` on why)."""
+    pool_host_linger: float = 0.1
+    """Seconds a hosted pool, once busy, waits before each write so that requests from many nodes share it
+    (``PoolActor.linger``); a lone request is never delayed."""
+    release_cooldown: float = 0.0
+    """What the hosted pools rest released addresses for when the pool does not say: the agents' value."""
+    max_pool_status_bytes: int | None = DEFAULT_MAX_STATUS_BYTES
+    """The hosted pools' status-size cap: the agents' ``--max-pool-status-bytes``."""
+    ca_configmap: str = DEFAULT_CA_CONFIGMAP
+    """The ConfigMap (in ``namespace``) the CA of the pool host's certificate is published in."""
+
+    @property
+    def pool_host_user(self) -> str:
+        """Who may use the pool host."""
+        return self.pool_host_client or f"system:serviceaccount:{self.namespace}:{DEFAULT_AGENT_ACCOUNT}"
 
     @property
     def store(self) -> StoreSettings:
@@ -157,6 +194,11 @@ class Controller:
     elector: LeaderElector
     webhook: AdmissionWebhook | None = None
     reconciler: PoolReconciler | None = None
+    pool_host: PoolHost | None = None
+    """The pool host (API server store only); it serves while ``pools`` is set on it (we lead)."""
+    pools: PoolRegistry | None = None
+    """The hosted pool actors of the current (or last) leadership, for ``GET /v1/spider/stats``."""
+    pool_host_port: int | None = None
     health_port: int | None = None
     started: bool = False
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -166,7 +208,24 @@ class Controller:
         reconciler = PoolReconciler(self.store, resync_period=self.settings.resync_period)
         self.reconciler = reconciler
         try:
-            await reconciler.run()
+            async with trio.open_nursery() as actors:
+                if self.pool_host is not None:  # NB: a new leader's actors start by reading (PoolRegistry)
+                    s = self.settings
+                    self.pools = PoolRegistry(
+                        self.store,
+                        Supervisor(actors),
+                        default_cooldown=s.release_cooldown,
+                        conflict_budget=s.pool_host_conflict_budget,
+                        linger=s.pool_host_linger,
+                        max_status_bytes=s.max_pool_status_bytes,
+                    )
+                    self.pool_host.registry = self.pools
+                try:
+                    await reconciler.run()
+                finally:  # NB: first, so no batch reaches actors being cancelled: they get 421 instead
+                    if self.pool_host is not None:
+                        self.pool_host.registry = None
+                actors.cancel_scope.cancel(reason="leading work finished")
         finally:
             self.reconciler = None
 
@@ -208,7 +267,50 @@ class Controller:
             return json_response(500, "; ".join(problems)) if problems else Response(200)
         if request.path == "/v1/runtime/leader":
             return json_response(200, self.leader_info())
+        if request.path == "/v1/spider/stats":
+            return json_response(200, self.stats())
         return json_response(404, f"no route for GET {request.path}")
+
+    def stats(self) -> dict[str, Any]:
+        """The hosted pools' counters (``PoolStatistics``, as the agents report theirs), of this leadership or
+        the last one, and whether we lead."""
+        host = self.pool_host
+        return {
+            "leader": self.elector.leading,
+            "pools": self.pools.statistics() if self.pools is not None else {},
+            "host": {"batches": host.batches, "refused": host.refused} if host is not None else None,
+        }
+
+    async def host_pools(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the pool host: get its certificate (retried while the store fails), then serve until cancelled.
+        Never holds the controller's start up: the agents serve locally until it answers."""
+        s = self.settings
+        hosts = (s.pool_host_host or "127.0.0.1",)
+        certs = s.webhook_settings().certs
+        task_status.started()
+        delay = 1.0
+        while True:
+            try:
+                bundle = await pool_host_certificate(self.store, certs, hosts, s.ca_configmap)
+                break
+            except SpiderError as exc:
+                log.warning("pool host not serving yet (retrying in %gs): %s", delay, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        context = bundle.ssl_context()
+        try:
+            listeners = await open_listeners(s.pool_host_host, s.pool_host_port, context)
+        except OSError as exc:  # NB: the agents serve locally without it; the controller's other work goes on
+            log.error("pool host cannot listen on port %d: %s; agents will serve their pools", s.pool_host_port, exc)
+            return
+        self.pool_host_port = bound_port(listeners[0])
+        log.info("pool host on %s port %d (serving %s)", describe_host(s.pool_host_host), self.pool_host_port,
+                 s.pool_host_user)  # fmt: skip
+        assert self.pool_host is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_certificate, self.store, certs, hosts, s.ca_configmap, bundle, context,
+                               certs.refresh_interval)  # fmt: skip
+            await nursery.start(self.pool_host.serve, listeners)
 
     def leader_info(self) -> dict[str, Any]:
         """Who leads, as far as this instance knows."""
@@ -245,6 +347,11 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
             if settings.webhook:
                 controller.webhook = AdmissionWebhook(store)
                 await nursery.start(controller.webhook.serve, settings.webhook_settings())
+            review = getattr(store, "review_token", None)  # NB: only an API server store hosts pools
+            if settings.pool_host and review is not None:
+                user = settings.pool_host_user
+                controller.pool_host = PoolHost(review, user, leader=lambda: controller.elector.leader)
+                await nursery.start(controller.host_pools)
             await nursery.start(controller.elector.run, controller.lead)
             controller.started = True
             log.info(

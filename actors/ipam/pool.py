@@ -14,7 +14,9 @@ not decoded anew.  No address leaves the actor before it is durable; pools seria
 
 Also owns ``PoolRegistry``, the process's pool actors: started (under the supervisor) by the first request
 for a pool the store holds, stopped when idle or when their pool is gone, so memory follows the pools in use;
-and the rule that a big pool is decoded in a worker thread, not the trio thread (``OFF_LOOP_BYTES``).
+and the rule that a big pool is decoded in a worker thread, not the trio thread (``OFF_LOOP_BYTES``).  A
+registry may be given a ``route`` (``actors.ipam.remote.PoolForwarder``): its handles then send there, and the
+route serves what it cannot forward with this registry's actors.
 """
 
 from __future__ import annotations
@@ -148,6 +150,13 @@ async def decode_ledger(stored: Obj) -> PoolLedger:
     return await trio.to_thread.run_sync(PoolLedger.from_object, stored)
 
 
+class PoolRoute(Protocol):
+    """Where a registry's handles send their requests instead of its own actors (``actors.ipam.remote``)."""
+
+    async def deliver(self, name: str, msg: PoolMsg, /) -> None:
+        """Queue ``msg`` for pool ``name`` somewhere that will answer it."""
+
+
 class PoolMailbox(Protocol):
     """Where a handle puts requests: the actor's own channel, or the registry, which finds the actor."""
 
@@ -226,6 +235,9 @@ class PoolActor:
     idle_timeout: float | None = None
     """Seconds without a request after which ``run`` closes the mailbox, drops the ledger and returns (the
     registry starts a successor on the next request).  ``None``: serve until the mailbox is closed."""
+    linger: float = 0.0
+    """Seconds the actor waits, once the last batch held more than one request, before it drains its mailbox,
+    so that requests arriving from many nodes share one write (the pool host); 0: drain at once."""
     gone: bool = False
     """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
@@ -238,9 +250,13 @@ class PoolActor:
         """Serve the mailbox until every handle is closed (the graceful drain), the actor has been idle for
         ``idle_timeout`` or its pool is gone (then the mailbox is closed first), or we are cancelled."""
         task_status.started()
+        busy = False
         while (first := await self._next()) is not None:
             self.gone = False
+            if busy and self.linger > 0:  # NB: under load only; a lone request is never delayed
+                await trio.sleep(self.linger)
             batch = drain(self.mailbox, first, self.max_batch)
+            busy = len(batch) > 1
             looks = sum(isinstance(msg, Verify) for msg in batch)
             self.stats.looks += looks
             self.stats.requests += len(batch) - looks
@@ -306,9 +322,11 @@ class PoolActor:
         """For a batch that writes nothing: whether its answers came from a ledger that is out of date.
 
         An address handed out without a write must not come from a ledger another process has since changed
-        (GC freed it, someone else took it); a failure (exhausted) must not either, nor a ``Verify``'s answer.
+        (GC freed it, someone else took it); a failure (exhausted) must not either, nor a ``Verify``'s answer;
+        nor "nothing to free" (another writer, such as the pool host or another agent, may have given the owner
+        its address since this ledger was read).
         """
-        if not any(isinstance(msg, Allocate | Adopt | Verify) for msg in batch):
+        if not any(isinstance(msg, Allocate | Adopt | Verify | Release | ReleaseIPs) for msg in batch):
             return False
         return bool((await self._fetch())["metadata"]["resourceVersion"] != self._version)
 
@@ -503,6 +521,10 @@ class PoolRegistry:
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     """Seconds an actor may go without a request before it stops; ``None``: actors run until the process ends."""
     max_batch: int = 256
+    linger: float = 0.0
+    """Each actor's ``PoolActor.linger`` (the pool host's ``--pool-host-linger``)."""
+    route: PoolRoute | None = None
+    """Where handles send requests (the pool host's forwarder); ``None``: this registry's own actors."""
     actors: dict[str, PoolActor] = attrs.field(factory=dict)
     """The running actors, by pool."""
     _mailboxes: dict[str, trio.MemorySendChannel[PoolMsg]] = attrs.field(factory=dict)
@@ -527,6 +549,21 @@ class PoolRegistry:
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._retire(name, mailbox)  # NB: it stopped (idle, pool gone) after we found it: a successor serves
+
+    async def deliver_all(self, name: str, msgs: list[PoolMsg]) -> None:
+        """Queue every message in one step when the mailbox has room (so the actor folds them into one batch)."""
+        pending = list(msgs)
+        while pending:
+            mailbox = await self._mailbox_of(name)
+            try:
+                while pending:
+                    try:
+                        mailbox.send_nowait(pending[0])
+                    except trio.WouldBlock:
+                        await mailbox.send(pending[0])
+                    pending.pop(0)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._retire(name, mailbox)
 
     async def _mailbox_of(self, name: str) -> trio.MemorySendChannel[PoolMsg]:
         while (mailbox := self._mailboxes.get(name)) is None:
@@ -553,6 +590,7 @@ class PoolRegistry:
                 default_cooldown=self.default_cooldown,
                 max_status_bytes=self.max_status_bytes,
                 idle_timeout=self.idle_timeout,
+                linger=self.linger,
                 stats=self._stats.setdefault(name, PoolStatistics()),
             )
             await actor.prime(stored)
@@ -599,5 +637,8 @@ class _RegisteredMailbox:
     name: str
 
     async def send(self, msg: PoolMsg, /) -> None:
-        """Hand ``msg`` to the pool's current actor (starting one if needed)."""
-        await self.registry.deliver(self.name, msg)
+        """Hand ``msg`` to the registry's route, or to the pool's current actor (starting one if needed)."""
+        if self.registry.route is not None:
+            await self.registry.route.deliver(self.name, msg)
+        else:
+            await self.registry.deliver(self.name, msg)

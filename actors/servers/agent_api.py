@@ -10,7 +10,8 @@ Owns the routes, JSON bodies and the mapping of errors to HTTP statuses; the con
 - Ours: ``POST /v1/cni`` takes a whole forwarded plugin invocation (environment and stdin) from the stdlib
   shim and answers with the plugin's stdout and an ``X-Cni-Exit`` header (``/v1/cni/coordinator`` and
   ``/v1/cni/ifacer`` likewise); ``GET /v1/spider/stats`` reports the pool actors' counters (requests,
-  batches, writes, conflicts, largest batch) for ``spider loadtest`` and the benchmarks.
+  batches, writes, conflicts, largest batch) for ``spider loadtest`` and the benchmarks, and ``forwarded``:
+  requests sent to the controller's pool host, the calls they took, requests served here as its fallback.
 
 A request body that is not the JSON its schema says (not JSON, nested too deep, a field missing, of the wrong
 type or over its bound: ``spider.limits``) is answered 400, with the same JSON string and ``X-Cni-Code``; what
@@ -41,6 +42,7 @@ import attrs
 import trio
 
 from actors.ipam.plugin import Plugin, PluginOutput
+from actors.ipam.remote import ForwardStatistics, PoolForwarder
 from actors.ipam.service import IpamService, add_response
 from actors.node.coordinating import Coordinator
 from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, json_response
@@ -145,7 +147,10 @@ class AgentApi:
     async def _stats(self, query: dict[str, list[str]], body: bytes) -> Response:
         # Ours (not Spiderpool's): what the group commit did, for ``spider loadtest`` and the benchmarks.
         pools = self.ipam.pools.statistics()
-        return json_response(200, {"node": self.ipam.node, "requests": self.requests, "pools": pools})
+        route = self.ipam.pools.route
+        forwarded = attrs.asdict(route.stats if isinstance(route, PoolForwarder) else ForwardStatistics())
+        answer = {"node": self.ipam.node, "requests": self.requests, "pools": pools, "forwarded": forwarded}
+        return json_response(200, answer)
 
     async def _add(self, query: dict[str, list[str]], body: bytes) -> Response:
         results = await self.ipam.allocate(AddRequest.from_api(_body(body)))

@@ -28,6 +28,10 @@ guarded by resourceVersion, so of two replicas only one renewal is stored and th
   that are still valid.  The caBundle is written before the new certificate is served, and replicas still
   serving a certificate of the old CA stay trusted until they pick up the new one.
 
+The pool host (``actors.servers.pool_host``) serves a certificate for the controller Pod's IP signed by the same
+self-made CA (``pool_host_certificate``), and the CA's public part is published in a ConfigMap
+(``publish_ca``, ``spiderpool-ca``) for the agents, who cannot read the Secret.
+
 Reading the mounted files and making keys run in worker threads.  Loading a certificate into the live
 context stays on the event loop (two small files in a private temporary directory), because the handshakes
 that read the context run there too.
@@ -506,6 +510,60 @@ class ServedCertificate:
         self.bundle, self.reloads = bundle, self.reloads + 1
         log.info("webhook serves a new certificate (%s)", "from the Secret" if self.self_made else "mounted")
         return True
+
+
+def issue_for(bundle: CertBundle, hosts: tuple[str, ...], *, now: datetime.datetime | None = None) -> CertBundle:
+    """A serving certificate for ``hosts`` (names or IP addresses) signed by ``bundle``'s CA, which must be a
+    self-made one with its key; ``ca`` is the bundle's, the key is not passed on (CPU only; run it in a thread)."""
+    if not bundle.ca_key or not bundle.ca.strip():
+        raise CertificateError(reason="no CA key to sign a certificate with")
+    ca = x509.load_pem_x509_certificates(bundle.ca)[0]
+    ca_key = serialization.load_pem_private_key(bundle.ca_key, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(reason="the CA key is not an EC key")
+    cert, key = _issue(ca, ca_key, hosts, "spiderpool-controller", now or _now())
+    return CertBundle(cert=cert, key=key, ca=bundle.ca)
+
+
+async def publish_ca(store: Store, namespace: str, name: str, ca: bytes, *, attempts: int = 5) -> bool:
+    """Keep ConfigMap ``namespace/name`` holding ``ca.crt`` = ``ca`` (public certificates only, never a key),
+    for the agents to trust the pool host with; written only when it differs.  True when it was written."""
+    wanted = ca.decode()
+    for _ in range(attempts):
+        try:
+            current: Obj | None = await store.get("ConfigMap", name, namespace)
+        except NotFound:
+            current = None
+        if current is not None and (current.get("data") or {}).get("ca.crt") == wanted:
+            return False
+        try:
+            if current is None:
+                await store.create(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {"name": name, "namespace": namespace},
+                        "data": {"ca.crt": wanted},
+                    }
+                )
+            else:
+                await store.update({**current, "data": {**(current.get("data") or {}), "ca.crt": wanted}})
+        except (AlreadyExists, Conflict):
+            continue
+        return True
+    raise CertificateError(reason=f"ConfigMap {namespace}/{name} kept changing; CA not published")
+
+
+async def pool_host_certificate(
+    store: Store, settings: CertSettings, hosts: tuple[str, ...], ca_configmap: str
+) -> CertBundle:
+    """The pool host's serving certificate: for ``hosts`` (the controller Pod's IP), signed by the CA kept in the
+    webhook's Secret (made there first when missing), whose public part is published in ConfigMap
+    ``ca_configmap`` (``publish_ca``) before the certificate is served."""
+    stored = await stored_certificate(store, settings)
+    if await publish_ca(store, settings.namespace, ca_configmap, stored.ca):
+        log.info("pool host CA published in ConfigMap %s/%s", settings.namespace, ca_configmap)
+    return await trio.to_thread.run_sync(functools.partial(issue_for, stored, hosts))
 
 
 def write_bundle(directory: Path, bundle: CertBundle) -> None:

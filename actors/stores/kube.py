@@ -728,6 +728,41 @@ class KubeStore:
             raise Invalid(kind=p.info.kind, name=p.name, reason=reason)
         return await self._write(p, "status")
 
+    async def review_token(self, token: str) -> str | None:
+        """Who a bearer token belongs to, by a TokenReview (``authentication.k8s.io/v1``): the user name, or
+        ``None`` when the server does not accept the token.  The ``TokenReviewer`` capability of the port."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        target = _Target("TokenReview", verb="create")
+        answer = await self._call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", target, body=body)
+        status = answer.get("status") or {}
+        if not status.get("authenticated"):
+            return None
+        return str((status.get("user") or {}).get("username") or "") or None
+
+    async def request_token(self, namespace: str, account: str, *, create: bool = False) -> tuple[str, bool]:
+        """A token of ServiceAccount ``namespace/account`` by a TokenRequest, as ``kubectl create token`` gets
+        one, and whether the account was made here (``create``: when missing; a server that keeps no
+        ServiceAccounts, 404, is asked anyway).  For ``spider loadtest``'s agents, which run outside a Pod."""
+        created = False
+        if create:
+            body = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}}
+            target = _Target("ServiceAccount", account, namespace, verb="create")
+            # NB: StoreUnavailable too: a server without ServiceAccounts answers 404 without a Status; a server that
+            # is down fails the TokenRequest below the same way
+            with contextlib.suppress(AlreadyExists, NotFound, StoreUnavailable):
+                await self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts", target, body=body)
+                created = True
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+        target = _Target("TokenRequest", account, namespace, verb="create")
+        path = f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(account)}/token"
+        answer = await self._call("POST", path, target, body=request)
+        return str((answer.get("status") or {}).get("token") or ""), created
+
+    async def delete_service_account(self, namespace: str, account: str) -> None:
+        """Delete a ServiceAccount (``request_token(create=True)`` made it); ``NotFound`` when it is gone."""
+        target = _Target("ServiceAccount", account, namespace, verb="delete")
+        await self._call("DELETE", f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(account)}", target)
+
     async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
         """Delete, or mark for deletion when finalizers remain; ``NotFound``, ``Conflict``."""
         info = kind_info(kind)

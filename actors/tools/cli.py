@@ -21,6 +21,8 @@ import trio
 import yaml
 
 from actors.ipam.pool import DEFAULT_MAX_STATUS_BYTES
+from actors.ipam.remote import DEFAULT_BUDGET as DEFAULT_POOL_HOST_BUDGET
+from actors.ipam.remote import DEFAULT_POOL_HOST_PORT, DEFAULT_TOKEN_FILE
 from actors.stores.port import Obj, Store
 from actors.stores.retrying import DEFAULT_OUTAGE_BUDGET
 from actors.stores.selection import KUBECONFIG_ENV, StoreSettings, open_store
@@ -69,8 +71,19 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     where = _store_settings(args)
     kwargs.update(kubeconfig=where.kubeconfig, in_cluster=where.in_cluster, context=where.context)
     kwargs["conflict_budget"] = args.conflict_budget
+    if args.netlink_timeout is not None:
+        kwargs["netlink_timeout"] = args.netlink_timeout
     kwargs["max_pool_status_bytes"] = args.max_pool_status_bytes or None
     kwargs["store_outage_budget"] = args.store_outage_budget
+    kwargs["pool_host"] = not args.no_pool_host
+    kwargs["pool_host_port"] = args.pool_host_port
+    kwargs["pool_host_budget"] = args.pool_host_budget
+    kwargs["pool_host_token_file"] = args.pool_host_token_file
+    kwargs["controller_namespace"] = args.controller_namespace
+    kwargs["controller_lease"] = args.controller_lease
+    if args.pool_host:
+        host, _, port = args.pool_host.rpartition(":")
+        kwargs["pool_host_address"] = (host.strip("[]"), int(port))
     kwargs["ipam"] = IpamSettings(
         enable_statefulset=not args.no_statefulset_ips,
         enable_kubevirt_static_ip=not args.no_kubevirt_ips,
@@ -108,6 +121,14 @@ def _cmd_controller(args: argparse.Namespace) -> int:
         "webhook_configuration": args.webhook_configuration,
         "webhook_secret": args.webhook_secret,
         "webhook_extra_hosts": tuple(args.webhook_extra_host),
+        "pool_host": not args.no_pool_host,
+        "pool_host_host": args.pool_host_host or None,
+        "pool_host_port": args.pool_host_port,
+        "pool_host_client": args.pool_host_client,
+        "pool_host_conflict_budget": args.pool_host_conflict_budget,
+        "pool_host_linger": args.pool_host_linger,
+        "release_cooldown": args.release_cooldown,
+        "max_pool_status_bytes": args.max_pool_status_bytes or None,
     }
     if args.controller_namespace:
         kwargs["namespace"] = args.controller_namespace
@@ -227,6 +248,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         json_to=args.json,
         plot_to=args.plot,
         keep=args.keep,
+        controller=not args.no_controller,
     )
 
 
@@ -277,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds a pool write may keep losing races to other agents before ADD fails with CNI 11 "
         "(default %(default)g)",
+    )
+    p.add_argument(
+        "--netlink-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds one netlink transaction may take before it fails with CNI 11 and its worker thread "
+        "is replaced (default 5)",
     )
     p.add_argument(
         "--max-pool-status-bytes",
@@ -331,6 +360,50 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="NAME",
         help="network namespace the coordinator treats as the host, a name or a path (default: the agent's own)",
+    )
+    p.add_argument(
+        "--no-pool-host",
+        action="store_true",
+        help="with --kubeconfig/--in-cluster, write pools from this agent instead of sending the writes to the "
+        "leading controller's pool host (default: send them, and write here only when it does not answer)",
+    )
+    p.add_argument(
+        "--pool-host-port",
+        type=int,
+        default=DEFAULT_POOL_HOST_PORT,
+        help="the controllers' pool-host port (default %(default)s)",
+    )
+    p.add_argument(
+        "--pool-host-budget",
+        type=float,
+        default=DEFAULT_POOL_HOST_BUDGET,
+        metavar="SECONDS",
+        help="seconds a forwarded batch may take, connect and answer, before this agent writes it itself "
+        "(default %(default)g)",
+    )
+    p.add_argument(
+        "--pool-host-token-file",
+        type=Path,
+        default=DEFAULT_TOKEN_FILE,
+        help="ServiceAccount token shown to the pool host, read again when it changes (default %(default)s; "
+        "missing: nothing is forwarded)",
+    )
+    p.add_argument(
+        "--controller-namespace",
+        default="",
+        help="namespace of the controllers' Lease and the spiderpool-ca ConfigMap (default: --namespace)",
+    )
+    p.add_argument(
+        "--controller-lease",
+        default="spiderpool-controller-leases",
+        help="the controllers' Lease, whose holder hosts the pools (default %(default)s)",
+    )
+    p.add_argument(
+        "--pool-host",
+        default="",
+        metavar="HOST:PORT",
+        help="the pool host's address instead of the Lease holder's Pod IP, for a controller outside the "
+        "cluster (default: from the Lease)",
     )
     p.set_defaults(func=_cmd_agent)
 
@@ -428,6 +501,59 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra name for the certificate, repeatable (default: none)",
     )
+    p.add_argument(
+        "--no-pool-host",
+        action="store_true",
+        help="do not host the pools while leading (default: host them when the store is an API server)",
+    )
+    p.add_argument(
+        "--pool-host-host",
+        default=os.environ.get("POD_IP", ""),
+        help="address of the pool host, and the IP its certificate names (default: $POD_IP, else every address "
+        "and 127.0.0.1)",
+    )
+    p.add_argument(
+        "--pool-host-port",
+        type=int,
+        default=DEFAULT_POOL_HOST_PORT,
+        help="HTTPS port of the pool host, where agents send pool writes (default %(default)s)",
+    )
+    p.add_argument(
+        "--pool-host-client",
+        default="",
+        metavar="USER",
+        help="the only user the pool host serves (default: system:serviceaccount:<namespace>:spiderpool-agent)",
+    )
+    p.add_argument(
+        "--pool-host-conflict-budget",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds a hosted pool's batch may keep losing write races; keep it under the agents' "
+        "--pool-host-budget (default %(default)g)",
+    )
+    p.add_argument(
+        "--pool-host-linger",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="seconds a busy hosted pool waits before each write so requests from many nodes share it; "
+        "a lone request is never delayed (default %(default)g)",
+    )
+    p.add_argument(
+        "--release-cooldown",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="hosted pools rest released addresses this long; the agents' value (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-pool-status-bytes",
+        type=int,
+        default=DEFAULT_MAX_STATUS_BYTES,
+        metavar="BYTES",
+        help="hosted pools' status-size cap; the agents' value (default %(default)d; 0: no cap)",
+    )
     p.set_defaults(func=_cmd_controller)
 
     p = sub.add_parser("apply", help="create or update objects from YAML/JSON files or directories")
@@ -520,6 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig", type=Path, default=None, help="run against this API server (default: a throw-away store)"
     )
     p.add_argument("--context", default=None, help="kubeconfig context (default: its current one)")
+    p.add_argument(
+        "--no-controller",
+        action="store_true",
+        help="with --kubeconfig, start no controller: measures the agents' fallback without the pool host "
+        "(default: a controller runs, as in a cluster; the embedded store never has one)",
+    )
     p.add_argument(
         "--compare", choices=("host-local",), default=None, help="run the scenario through host-local too (default: no)"
     )

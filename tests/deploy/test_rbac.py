@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,8 @@ from pathlib import Path
 import trio
 
 from actors.agent import AgentSettings, open_agent
-from actors.controller.main import ControllerSettings, open_controller
+from actors.controller.main import Controller, ControllerSettings, open_controller
+from actors.ipam.remote import HostAddress, HostClient
 from actors.servers.certs import generate
 from actors.stores.kube import KubeStore
 from actors.stores.port import Obj
@@ -122,7 +124,21 @@ async def run_the_agent(d: Path) -> list[Attributes]:
         for obj in PODS:
             uids[obj["metadata"]["name"]] = (await admin.create(obj))["metadata"]["uid"]
         store = await KubeStore.open(component.kubeconfig(d / "agent.kubeconfig", token="agent"))
-        settings = AgentSettings(store_path=d / "unused.db", socket_path=d / "agent.sock", node=NODE, grace=5)
+        await admin.create(
+            {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "spiderpool-controller-leases", "namespace": NAMESPACE},
+             "spec": {"holderIdentity": "ctl_1"}}
+        )  # fmt: skip
+        ctl = await admin.create(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ctl", "namespace": NAMESPACE}}
+        )
+        await admin.update_status({**ctl, "status": {"podIP": "127.0.0.9"}})
+        token = d / "token"
+        token.write_text(component.cluster.mint_token(NAMESPACE, "spiderpool-agent"))
+        # NB: the kubeconfig only makes it forward (the store is given); the host it finds does not answer
+        settings = AgentSettings(store_path=d / "unused.db", socket_path=d / "agent.sock", node=NODE, grace=5,
+                                 kubeconfig=d / "agent.kubeconfig", pool_host_token_file=token,
+                                 pool_host_budget=0.5)  # fmt: skip
         shim = installed_shim(d / "bin")
         conf = netconf(settings.socket_path, default_ipv4_ippool=["v4"])
         try:
@@ -172,7 +188,7 @@ def controller_settings(kubeconfig: Path, identity: str) -> ControllerSettings:
     return ControllerSettings(
         kubeconfig=kubeconfig, namespace=NAMESPACE, identity=identity, lease_duration=2, renew_deadline=1.5,
         retry_period=0.2, health_host="127.0.0.1", health_port=0, webhook=True, webhook_host="127.0.0.1",
-        webhook_port=0, webhook_extra_hosts=("127.0.0.1",),
+        webhook_port=0, webhook_extra_hosts=("127.0.0.1",), pool_host_host="127.0.0.1", pool_host_port=0,
     )  # fmt: skip
 
 
@@ -203,6 +219,7 @@ async def run_the_controllers(d: Path) -> list[Attributes]:
 
         async with open_controller(first_settings) as first:
             await eventually(counted_and_finalized, TIMEOUT, "pool and subnet counted, the pool finalized")
+            await forward_to_the_pool_host(first, admin, component)
             await admin.delete("SpiderIPPool", "p1")  # the controller removes the finalizers of both
             await admin.delete("SpiderSubnet", "s1")
             await eventually(pool_and_subnet_gone, TIMEOUT, "the pool and the subnet deleted")
@@ -224,6 +241,30 @@ async def run_the_controllers(d: Path) -> list[Attributes]:
         renewed = await admin.get("Secret", certs.secret, NAMESPACE)
         assert renewed["data"]["tls.crt"] != due["data"]["tls.crt"]
         return requests_of(component)
+
+
+async def forward_to_the_pool_host(controller: Controller, admin: KubeStore, api: FakeApiServer) -> None:
+    """An agent's batch (an ADD and its DEL) sent to the leading controller's pool host, as the agents do."""
+
+    async def hosting() -> bool:
+        return controller.elector.leading and controller.pool_host_port is not None
+
+    await eventually(hosting, TIMEOUT, "the pool host serving")
+    assert controller.pool_host_port is not None
+    ca = (await admin.get("ConfigMap", "spiderpool-ca", NAMESPACE))["data"]["ca.crt"].encode()
+    address = HostAddress("127.0.0.1", controller.pool_host_port, ca)
+    token = api.cluster.mint_token(NAMESPACE, "spiderpool-agent")
+    owner = {"pod_uid": "u1", "nic": "eth0", "namespace": "default", "name": "p", "container_id": "c",
+             "node": NODE, "added_at": None}  # fmt: skip
+    client = HostClient()
+    try:
+        for message in ({"op": "allocate", "owner": owner, "avoid": None},
+                        {"op": "release", "key": ["u1", "eth0"], "containerID": ""}):  # fmt: skip
+            body = json.dumps({"messages": [message]}).encode()
+            answer = json.loads(await client.post(address, address.ssl_context(), "/v1/pools/p1", body, token))
+            assert "value" in answer["results"][0], answer
+    finally:
+        await client.aclose()
 
 
 def denied(account: str, requests: list[Attributes]) -> list[str]:

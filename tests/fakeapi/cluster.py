@@ -222,6 +222,8 @@ class Cluster:
     resources: dict[tuple[str, str, str], Resource] = attrs.Factory(dict)
     objects: dict[tuple[str, str, str, str], Obj] = attrs.Factory(dict)
     events: list[Event] = attrs.Factory(list)
+    service_account_tokens: dict[str, str] = attrs.Factory(dict)
+    """Bearer token to the user name a TokenReview answers for it (``mint_token``)."""
     interfere: set[tuple[str, str]] = attrs.Factory(set)
     """(plural, name) of objects another writer always updates just before a PUT to them arrives."""
     writes: int = 0
@@ -245,6 +247,28 @@ class Cluster:
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             cluster.create(namespaces, "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         return cluster
+
+    # --- service account tokens ---------------------------------------------------------------------------
+
+    def mint_token(self, namespace: str, account: str) -> str:
+        """A new token of ServiceAccount ``namespace/account``, as kubelet would project into a pod."""
+        token = f"sa-{account}-{secrets.token_hex(12)}"
+        self.service_account_tokens[token] = f"system:serviceaccount:{namespace}:{account}"
+        return token
+
+    def review_token(self, body: object) -> Obj:
+        """The TokenReview kube-apiserver answers (``authentication.k8s.io/v1``): who the token is, if anyone."""
+        spec = body.get("spec") if isinstance(body, dict) else None
+        token = spec.get("token") if isinstance(spec, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ApiError(422, "Invalid", "TokenReview.authentication.k8s.io is invalid: spec.token: Required value")
+        user = self.service_account_tokens.get(token)
+        status: Obj = {"authenticated": user is not None}
+        if user is not None:
+            status["user"] = {"username": user, "groups": ["system:serviceaccounts", "system:authenticated"]}
+        else:
+            status["error"] = "invalid bearer token"
+        return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec, "status": status}
 
     # --- resources ---------------------------------------------------------------------------------------
 

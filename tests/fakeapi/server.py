@@ -3,10 +3,10 @@
 Owns the wire: routing of ``/api/v1/...`` and ``/apis/GROUP/VERSION/...`` paths (namespaced and cluster
 scoped, the ``status`` subresource), JSON answers and ``Status`` errors, plain-text "404 page not found" for
 resources it does not serve, watch streams (chunked JSON lines, ``allowWatchBookmarks``, ``timeoutSeconds``,
-``ERROR`` events), bearer-token authentication (401), optional TLS, and what tests need on top: injected
-faults (an answer code, a hang, a dropped connection), a request log, outages and restarts on the same port
-(the storage survives, as etcd does), kubeconfig files, and a host thread so that code outside trio, or
-other processes, can use it.
+``ERROR`` events), bearer-token authentication (401), TokenReviews of minted ServiceAccount tokens
+(``Cluster.mint_token``), optional TLS, and what tests need on top: injected faults (an answer code, a hang,
+a dropped connection), a request log, outages and restarts on the same port (the storage survives, as etcd
+does), kubeconfig files, and a host thread so that code outside trio, or other processes, can use it.
 
 Latency (``tests.fakeapi.latency``, off unless given): each request is served after the time the model gives
 for its kind and size, concurrently with other requests (each connection's task sleeps on its own).  A write
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import ssl
 import threading
 from collections import Counter
@@ -39,6 +40,10 @@ from tests.fakeapi.latency import LatencyModel
 JSON = "application/json"
 T = TypeVar("T")
 WRITES = frozenset({"create", "update", "updateStatus", "patch", "delete"})
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+"""TokenReviews are created and answered, never stored (``Cluster.review_token``; tokens from ``mint_token``)."""
+TOKEN_REQUEST = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/serviceaccounts/(?P<account>[^/]+)/token")
+"""TokenRequests of any ServiceAccount (none is stored) are answered with a token ``mint_token`` made."""
 
 
 def request_kind(method: str, name: str, subresource: str, watch: bool = False) -> str:
@@ -230,6 +235,24 @@ class FakeApiServer:
                 return
         if path in ("/version", "/healthz", "/readyz", "/livez"):
             await self._answer(conn, stream, 200, {"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake"})
+            return
+        if path == TOKEN_REVIEWS and method == "POST":  # not stored: answered from the cluster's minted tokens
+            try:
+                code, review = 201, self.cluster.review_token(json.loads(body or b"null"))
+            except ValueError:
+                code, review = 400, ApiError(400, "BadRequest", "the body is not JSON").status()
+            except ApiError as exc:
+                code, review = exc.code, exc.status()
+            await self._wait("create", len(body))
+            await self._answer(conn, stream, code, review)
+            return
+        requested = TOKEN_REQUEST.fullmatch(path)
+        if requested and method == "POST":  # a TokenRequest (kubectl create token): a minted token, not stored
+            token = self.cluster.mint_token(requested["namespace"], requested["account"])
+            answer = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+            answer["status"] = {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}
+            await self._wait("create", len(body))
+            await self._answer(conn, stream, 201, answer)
             return
         try:
             resource, namespace, name, sub = self._route(path)

@@ -459,3 +459,32 @@ async def test_a_snapshot_does_not_wait_for_the_files_write_lock(
     finally:
         os.close(holder)
     assert [rec.pod_uid for _, rec in snapshot.holders()] == ["uid-1"]
+
+
+async def test_a_busy_actor_lingers_so_requests_arriving_close_together_share_one_write(
+    nursery: trio.Nursery, store: InterferingStore
+) -> None:
+    handle, actor = open_pool(POOL, store)
+    actor.linger = 2.0  # NB: far longer than the gap below, so a loaded machine cannot split the pair
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        await handle.allocate(owner(1))  # alone: not busy, so not held
+        assert actor.stats.batches == 1
+        await burst(handle, [owner(2), owner(3)])  # queued together: now busy
+        batches = actor.stats.batches
+        async with trio.open_nursery() as callers:
+            callers.start_soon(handle.allocate, owner(4))
+            await trio.sleep(0.1)
+            callers.start_soon(handle.allocate, owner(5))
+    assert actor.stats.batches == batches + 1
+    assert actor.stats.largest_batch >= 2
+
+
+async def test_a_lone_request_is_never_held_for_the_linger(nursery: trio.Nursery, store: InterferingStore) -> None:
+    handle, actor = open_pool(POOL, store)
+    actor.linger = 600.0
+    with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it
+        await nursery.start(actor.run)
+        for n in range(3):
+            await handle.allocate(owner(n))
+    assert actor.stats.batches == 3

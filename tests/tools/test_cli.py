@@ -219,6 +219,9 @@ def test_help_names_the_defaults_people_asked_about() -> None:
     assert "5722" in helps[("spider controller", "--webhook-port")]
     assert "list every one" in helps[("spider get", "name")]
     assert helps[("spider delete", "name")]
+    from actors.node.netlink import NETLINK_TIMEOUT  # NB: the CLI does not import pyroute2 to print its help
+
+    assert f"(default {NETLINK_TIMEOUT:g})" in helps[("spider agent", "--netlink-timeout")]
 
 
 # --- which commands may create a store ---------------------------------------------------------------------

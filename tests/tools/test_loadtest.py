@@ -1,25 +1,62 @@
 """``spider loadtest``: its pure parts (address plan, churn, outcome classification, the double-allocation
-detector, percentiles) and whole runs with real agent processes, the real shim and Debian's host-local, whose
-correctness checks must all pass.  Times are reported, never asserted."""
+detector, percentiles, the pool host's and the agents' counters apart, which pools are leftovers) and whole runs
+with real agent processes, the real shim and Debian's host-local, whose correctness checks must all pass; on the
+fake API server with the controller, without it, after a crashed run, and failing midway, each leaving nothing
+behind.  Times are reported, never asserted."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
+from rich.console import Console
 
-from actors.stores.port import AlreadyExists
+from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
+from actors.stores.kube import KubeStore
+from actors.stores.port import AlreadyExists, Store
+from actors.stores.validating import ValidatingStore
 from actors.tools.loadtest.checks import check_no_double, overlapping_holders
 from actors.tools.loadtest.drivers import api_answer, cni_answer
-from actors.tools.loadtest.report import build_report, machine, percentile, run_command, summarize
+from actors.tools.loadtest.fleet import (
+    LABEL,
+    OWNER,
+    TcpClient,
+    forwarded_totals,
+    get_json,
+    is_leftover,
+    owner,
+    pool_object,
+)
+from actors.tools.loadtest.report import (
+    Terminated,
+    build_report,
+    machine,
+    percentile,
+    pool_writes,
+    print_summary,
+    run_command,
+    stopped_by_sigterm,
+    summarize,
+)
 from actors.tools.loadtest.run import run_loadtest
 from actors.tools.loadtest.scenario import HOST_LOCAL, AddressPlan, Check, Comparison, Op, PodRef, Scenario, TargetRun
+from actors.tools.manifests import apply
+from spider.endpoint import KIND as ENDPOINT
+from spider.kinds import FINALIZER
+from spider.pool import KIND as POOL
+from tests.fakeapi import FakeApiServer, ServedInThread
 from tests.support import ROOT, short_tmp
 
 needs_host_local = pytest.mark.skipif(not HOST_LOCAL.is_file(), reason="Debian's host-local is not installed")
@@ -279,36 +316,264 @@ async def test_any_ipam_plugin_can_be_compared_with_a_templated_config() -> None
     assert data_dirs == ["data-node-0", "data-node-1"]
 
 
+@contextlib.asynccontextmanager
+async def fake_cluster(d: Path) -> AsyncIterator[tuple[Path, ServedInThread]]:
+    """The fake API server in a thread of its own, with the ``default`` namespace; its kubeconfig."""
+    host = await trio.to_thread.run_sync(lambda: ServedInThread(FakeApiServer()).start())
+    try:
+        kubeconfig = host.server.kubeconfig(d / "kubeconfig")
+        store = await KubeStore.open(kubeconfig)
+        try:
+            with contextlib.suppress(AlreadyExists):
+                await store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+        finally:
+            await store.aclose()
+        yield kubeconfig, host
+    finally:
+        await trio.to_thread.run_sync(host.stop)
+
+
+@contextlib.asynccontextmanager
+async def opened(kubeconfig: Path) -> AsyncIterator[Store]:
+    store = await KubeStore.open(kubeconfig)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def load_test_objects(kubeconfig: Path) -> tuple[list[str], list[str]]:
+    """The load test pools and the SpiderEndpoints in ``default`` still on the server."""
+    async with opened(kubeconfig) as store:
+        pools = [o["metadata"]["name"] for o in (await store.list(POOL, label_selector=f"{LABEL}=true")).items]
+        endpoints = [o["metadata"]["name"] for o in (await store.list(ENDPOINT, namespace="default")).items]
+    return pools, endpoints
+
+
 @pytest.mark.slow
 async def test_a_kubernetes_api_server_named_by_kubeconfig_is_used_instead_of_the_embedded_store() -> None:
-    from actors.stores.kube import KubeStore
-    from tests.fakeapi import FakeApiServer, ServedInThread
-
     with short_tmp() as d:
-        host = await trio.to_thread.run_sync(lambda: ServedInThread(FakeApiServer()).start())
-        try:
-            kubeconfig = host.server.kubeconfig(d / "kubeconfig")
-            store = await KubeStore.open(kubeconfig)
-            try:
-                with contextlib.suppress(AlreadyExists):
-                    await store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
-            finally:
-                await store.aclose()
+        async with fake_cluster(d) as (kubeconfig, host):
             scenario = Scenario(nodes=2, pods=12, callers=3, via="api", churn=0.25)
             with trio.fail_after(180):
                 (run,) = await run_loadtest(scenario, d, kubeconfig=kubeconfig)
+                left = await load_test_objects(kubeconfig)
             served = [path for method, path in host.server.log if method == "PUT" and "spiderippools" in path]
-        finally:
-            await trio.to_thread.run_sync(host.stop)
+            leases = [path for method, path in host.server.log if "/leases" in path]
     assert_all_checks_pass([run])
     assert not (d / "store.db").exists()
     assert served, "no pool status was written through the API server"
+    # The controller ran as a cluster runs it, on a Lease of its own, and the run left nothing behind.
+    assert run.controller["started"] is True
+    assert run.controller["lease"].startswith("default/spider-lt-")
+    assert leases, "the controller never campaigned"
+    assert left == ([], [])
+    assert any("deleted" in note for note in run.cleanup), run.cleanup
+    # Pool writes were counted, by the pool host or (when it is absent or refuses) by the agents.
+    assert run.store["add"]["writes"] + run.host.get("add", {}).get("writes", 0) > 0
+
+
+@pytest.mark.slow
+async def test_a_pool_left_terminating_by_a_crashed_run_does_not_make_the_next_run_fail() -> None:
+    scenario = Scenario(nodes=2, pods=8, callers=2, via="api")
+    with short_tmp() as d:
+        async with fake_cluster(d) as (kubeconfig, _):
+            # A run that crashed after deleting its pool: Terminating, our finalizer on, and with no controller
+            # to remove it, holding the very range the next run asks for.
+            crashed = pool_object("loadtest-crashed", AddressPlan.for_scenario(scenario))
+            async with opened(kubeconfig) as raw:
+                store = ValidatingStore(raw)
+                await apply(store, crashed)
+                await store.delete(POOL, "loadtest-crashed")
+                assert FINALIZER in (await store.get(POOL, "loadtest-crashed"))["metadata"]["finalizers"]
+            with trio.fail_after(180):
+                (run,) = await run_loadtest(scenario, d, kubeconfig=kubeconfig, controller=False)
+                left = await load_test_objects(kubeconfig)
+    assert_all_checks_pass([run])
+    assert "leftover pool loadtest-crashed: removed" in run.cleanup
+    # Without a controller the harness removed its own pool's finalizer, once it saw the pool empty.
+    assert run.controller["started"] is False
+    assert run.host == {}
+    assert run.store["add"]["writes"] > 0
+    assert any("finalizer removed" in note for note in run.cleanup), run.cleanup
+    assert left == ([], [])
+
+
+@pytest.mark.slow
+async def test_a_run_that_fails_midway_releases_what_its_pods_hold_and_leaves_nothing_behind() -> None:
+    scenario = Scenario(nodes=2, pods=10, callers=2, via="api")
+
+    def announce(target: str, phase: str, total: int) -> None:
+        if phase == "del":
+            raise RuntimeError("interrupted before the DEL phase")
+
+    with short_tmp() as d:
+        async with fake_cluster(d) as (kubeconfig, _):
+            with trio.fail_after(240), pytest.raises(RuntimeError, match="interrupted"):
+                await run_loadtest(scenario, d, kubeconfig=kubeconfig, announce=announce)
+            with trio.fail_after(30):
+                left = await load_test_objects(kubeconfig)
+    assert left == ([], [])
+
+
+# --- the pool host's counters, apart from the agents' ---------------------------------------------------------
+
+
+def test_the_agents_forwarding_counters_are_summed_per_phase_and_absent_when_no_agent_has_them() -> None:
+    assert forwarded_totals([{"pools": {}}], [{"pools": {}}]) is None
+    before = [{"forwarded": {"requests": 1, "calls": 1, "fallback": 0}}, {}]
+    after = [{"forwarded": {"requests": 11, "calls": 3, "fallback": 2}}, {"forwarded": {"requests": 5}}]
+    assert forwarded_totals(before, after) == {"requests": 15, "calls": 2, "fallback": 2}
+
+
+def _target(**extra: Any) -> dict[str, Any]:
+    store = {"requests": 100, "batches": 80, "writes": 90, "conflicts": 9, "largest_batch": 3, "mean_batch": 1.25}
+    base = {
+        "name": "spider",
+        "phases": {"add": {"wall_s": 1.0, "per_s": 100.0}, "del": {"wall_s": 1.0, "per_s": 100.0}},
+        "total_wall_s": 2.0,
+        "latency": {},
+        "failures": {},
+        "checks": [],
+        "store": {"add": store, "del": store},
+    }
+    return base | extra
+
+
+def _printed(target: dict[str, Any]) -> str:
+    report = {
+        "scenario": {"pods": 100, "nodes": 2, "callers": 2, "addresses": 100, "via": "api", "churned": 0},
+        "store": "kubernetes",
+        "machine": {"load": [0.0], "load_after": [0.0]},
+        "targets": [target],
+        "ok": True,
+    }
+    console = Console(record=True, width=200)
+    print_summary(console, report)
+    return console.export_text()
+
+
+def test_the_report_shows_the_pool_hosts_writes_apart_from_the_agents() -> None:
+    host = {"requests": 900, "batches": 40, "writes": 41, "conflicts": 1, "largest_batch": 60, "mean_batch": 22.5}
+    target = _target(
+        host={"add": host},
+        forwarded={"add": {"requests": 900, "calls": 300, "fallback": 100}},
+        controller={"started": True, "lease": "default/spider-lt-x", "leader": True, "stats": True},
+        cleanup=["pool loadtest-x: deleted (the controller removed its finalizer)"],
+    )
+    text = _printed(target)
+    assert "pool writes ADD (host)" in text
+    assert "pool writes ADD (agents)" in text
+    assert "40 (22.5 / 60)" in text
+    assert "900 / 300 / 100" in text
+    assert "controller started, Lease default/spider-lt-x, leading" in text
+    assert "cleanup: pool loadtest-x: deleted" in text
+    split = pool_writes(target)
+    assert (split["add"]["writes"], split["add"]["conflicts"]) == (131, 10)
+    assert split["del"]["host"] is None
+    assert split["add"]["forwarded"] == {"requests": 900, "calls": 300, "fallback": 100}
+
+
+def test_a_controller_without_pool_host_counters_shows_a_dash_not_a_crash() -> None:
+    text = _printed(_target(controller={"started": True, "lease": "default/spider-lt-y", "stats": None}))
+    host_rows = [line for line in text.splitlines() if "pool writes ADD (host)" in line]
+    assert host_rows
+    assert host_rows[0].split("(host)")[1].strip().strip("│ ") == "-"
+    assert "reports no pool host counters" in text
+    assert "fell back" not in text
+
+
+def test_without_a_controller_every_pool_write_is_an_agents() -> None:
+    text = _printed(_target(controller={"started": False, "why": "--no-controller: the agents' fallback alone"}))
+    assert "pool writes ADD " in text
+    assert "(host)" not in text
+    assert "(agents)" not in text
+    assert "controller not started (--no-controller" in text
+
+
+async def test_the_controllers_counters_are_read_over_http_and_a_silent_one_reads_as_none() -> None:
+    stats = {"leader": True, "pools": {"p": {"requests": 3, "batches": 1, "writes": 1, "conflicts": 0}}}
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/v1/spider/stats":
+            return json_response(200, stats)
+        return json_response(404, "no such path")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = bound_port(listeners[0])
+            await nursery.start(HttpServer(handler).serve, listeners)
+            assert await get_json(TcpClient.for_url(f"http://127.0.0.1:{port}/"), "/v1/spider/stats") == stats
+            assert await get_json(TcpClient.for_url(f"http://127.0.0.1:{port}/"), "/nothing") is None
+            nursery.cancel_scope.cancel()
+        assert await get_json(TcpClient.for_url(f"http://127.0.0.1:{port}/"), "/v1/spider/stats") is None
+
+
+async def test_sigterm_stops_a_run_after_its_cleanup_ran() -> None:
+    cleaned = []
+
+    async def run() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.01)
+                cleaned.append(True)
+
+    async def terminate_soon() -> None:
+        await trio.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    ended = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(terminate_soon)
+            try:
+                await stopped_by_sigterm(run)
+            except Terminated:
+                ended.append("terminated")
+    assert ended == ["terminated"]
+    assert cleaned == [True]
+
+
+async def test_a_run_that_ends_is_not_stopped_by_the_sigterm_watch() -> None:
+    async def run() -> int:
+        await trio.lowlevel.checkpoint()
+        return 7
+
+    with trio.fail_after(10):
+        assert await stopped_by_sigterm(run) == 7
+
+
+# --- which pools are an earlier run's leftovers ------------------------------------------------------------------
+
+
+def _pool(name: str = "loadtest-abc", *, maker: str | None = None, deleting: bool = False, label: bool = True) -> Any:
+    obj = pool_object(name, AddressPlan.for_scenario(Scenario(nodes=1, pods=4)))
+    if not label:
+        obj["metadata"]["labels"] = {}
+    if maker is not None:
+        obj["metadata"]["annotations"][OWNER] = maker
+    if deleting:
+        obj["metadata"]["deletionTimestamp"] = "2026-12-06T00:00:00Z"
+    return obj
+
+
+def test_a_terminating_or_orphaned_load_test_pool_is_a_leftover_and_a_live_runs_is_not() -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    gone = f"{os.uname().nodename}:{int(dead.stdout)}"
+    assert is_leftover(_pool(deleting=True))
+    assert is_leftover(_pool(maker=gone))
+    assert not is_leftover(_pool())  # made by this very process, which is running
+    assert _pool()["metadata"]["annotations"][OWNER] == owner()
+    assert not is_leftover(_pool(maker="another-host:1"))  # cannot tell: left alone
+    assert not is_leftover(_pool(deleting=True, label=False))
+    assert not is_leftover(_pool("someone-elses", deleting=True))
 
 
 def test_a_report_says_where_and_when_it_was_measured() -> None:
     scenario = Scenario(nodes=1, pods=1)
-    from datetime import UTC, datetime
-
     run = TargetRun("x", [op("add", 0, 0.0, 0.01, "10.0.0.2"), op("del", 0, 0.02, 0.03)], {}, [Check("c", True, "")])
     run.phases = {"add": (0.0, 0.01), "del": (0.02, 0.03)}
     report = build_report(

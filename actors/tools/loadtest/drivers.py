@@ -201,20 +201,39 @@ class Recorder:
     clock: Callable[[], float]
     progress: Progress
     ops: list[Op] = attrs.field(factory=list)
+    in_flight: set[PodRef] = attrs.field(factory=set)
+    """Pods whose ADD was sent and not yet answered (a run stopped now may leave them holding an address)."""
 
     async def call(
         self, kind: OpKind, phase: str, pod: PodRef, node: int, fn: Callable[[PodRef, int], Awaitable[Answer]]
     ) -> Op:
         """Time ``fn(pod, node)`` and record it."""
         start = self.clock()
+        adding = kind in ("add", "churn-add")
+        if adding:
+            self.in_flight.add(pod)
         try:
             answer = await fn(pod, node)
         except (OSError, SpiderError) as exc:  # e.g. the plugin cannot be exec'd: a failure, not a crash
             answer = Answer(False, reason=f"{type(exc).__name__}: {_normalize(str(exc))}")
+        finally:
+            if adding:
+                self.in_flight.discard(pod)
         op = Op(kind, pod, node, start, self.clock(), answer.ok, answer.address, answer.reason)
         self.ops.append(op)
         self.progress(phase, 1)
         return op
+
+    def holding(self) -> list[PodRef]:
+        """The pods that may hold an address now: ADD answered with one (or still unanswered) and no DEL
+        answered since; what a run that stopped early leaves in the pool."""
+        held: dict[PodRef, None] = dict.fromkeys(self.in_flight)
+        for op in self.ops:
+            if op.kind in ("add", "churn-add") and op.ok:
+                held[op.pod] = None
+            elif op.kind in ("del", "churn-del") and op.ok:
+                held.pop(op.pod, None)
+        return list(held)
 
 
 async def add_phase(scenario: Scenario, target: Target, recorder: Recorder, run: str) -> dict[int, PodRef]:

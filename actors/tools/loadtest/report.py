@@ -1,9 +1,11 @@
 """What ``spider loadtest`` shows: the live progress bar, the summary numbers, the table, the JSON and the plot.
 
 Owns turning the timed calls of a run (``actors.tools.loadtest.run``) into numbers (wall time per phase,
-calls per second, latency percentiles, failures by reason, the agents' store writes, conflicts and batch sizes,
-memory) and ratios against a comparison plugin, and showing them: a rich progress bar on stderr while the test runs, a
-table at the end, ``--json`` for machines, ``--plot FILE.png`` (matplotlib, imported only when asked for).
+calls per second, latency percentiles, failures by reason, pool writes, conflicts and batch sizes of the pool
+host (the controller) and of the agents' own pool actors apart, what the agents forwarded or fell back on,
+memory, what cleaning up did) and ratios against a comparison plugin, and showing them: a rich progress bar
+on stderr while the test runs, a table at the end, ``--json`` for machines, ``--plot FILE.png`` (matplotlib,
+imported only when asked for).
 It measures nothing itself, except where it ran (``machine``).
 """
 
@@ -12,15 +14,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -32,6 +36,7 @@ from actors.tools.loadtest.fleet import work_dir
 from actors.tools.loadtest.run import run_loadtest
 from actors.tools.loadtest.scenario import Comparison, Scenario, TargetRun
 
+T = TypeVar("T")
 ADD_KINDS = ("add", "churn-add")
 DEL_KINDS = ("del", "churn-del")
 
@@ -86,6 +91,33 @@ def latency(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def with_mean_batch(totals: dict[str, int]) -> dict[str, Any]:
+    """Pool actor counters with the mean batch (requests per batch) added."""
+    batches = totals.get("batches", 0)
+    return totals | {"mean_batch": round(totals.get("requests", 0) / batches, 2) if batches else 0}
+
+
+def pool_writes(target: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per phase, the pool host's and the agents' writes, conflicts and batches side by side, and their sum:
+    ``{"add": {"host": {...} or None, "agents": {...}, "writes": n, "conflicts": n}, ...}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for phase in ("add", "del"):
+        agents = target.get("store", {}).get(phase)
+        host = target.get("host", {}).get(phase)
+        if agents is None and host is None:
+            continue
+        parts = [x for x in (agents, host) if x]
+        out[phase] = {
+            "host": host,
+            "agents": agents,
+            "writes": sum(x.get("writes", 0) for x in parts),
+            "conflicts": sum(x.get("conflicts", 0) for x in parts),
+        }
+        if target.get("forwarded", {}).get(phase) is not None:
+            out[phase]["forwarded"] = target["forwarded"][phase]
+    return out
+
+
 def summarize(run: TargetRun) -> dict[str, Any]:
     """One target's numbers: phases, latency per kind of call, failures by reason, store, memory, checks."""
     phases: dict[str, Any] = {}
@@ -118,10 +150,15 @@ def summarize(run: TargetRun) -> dict[str, Any]:
         "ok": run.ok,
     }
     if run.store:
-        out["store"] = {
-            phase: totals | {"mean_batch": round(totals["requests"] / totals["batches"], 2) if totals["batches"] else 0}
-            for phase, totals in run.store.items()
-        }
+        out["store"] = {phase: with_mean_batch(totals) for phase, totals in run.store.items()}
+    if run.host:
+        out["host"] = {phase: with_mean_batch(totals) for phase, totals in run.host.items()}
+    if run.forwarded:
+        out["forwarded"] = dict(run.forwarded)
+    if run.controller:
+        out["controller"] = dict(run.controller)
+    if run.cleanup:
+        out["cleanup"] = list(run.cleanup)
     if run.agents:
         out["agents"] = {
             "count": len(run.agents),
@@ -182,6 +219,13 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
+def _conflicts(totals: dict[str, Any] | None) -> str:
+    if not totals:
+        return "-"
+    share = f" ({totals['conflicts'] / totals['writes']:.0%})" if totals.get("writes") else ""
+    return f"{totals['conflicts']:,}{share}"
+
+
 def print_summary(console: Console, report: dict[str, Any]) -> None:
     """The summary table, the checks, and the failures by reason."""
     s = report["scenario"]
@@ -193,6 +237,10 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         + f"; store: {report['store']}; load {report['machine']['load']} -> {report['machine']['load_after']}",
         highlight=False,
     )
+    for t in targets:
+        controller = t.get("controller")
+        if controller:
+            console.print(f"{t['name']}: controller {_describe_controller(controller)}", highlight=False)
     compared = len(targets) > 1
     table = Table("", *(t["name"] for t in targets), *(["ours / theirs"] if compared else []), header_style="bold")
     ratio = report.get("ratio", {})
@@ -222,16 +270,30 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
             )
     row("failed calls", None, [_num(sum(t["failures"].values())) for t in targets])
     for phase in ("add", "del"):
-        stores = [t.get("store", {}).get(phase) for t in targets]
-        if not any(stores):
-            continue
-        row(f"pool writes {phase.upper()}", None, [_num(x["writes"]) if x else "-" for x in stores])
-        row(f"write conflicts {phase.upper()}", None, [_num(x["conflicts"]) if x else "-" for x in stores])
-        row(
-            f"batches {phase.upper()} (mean / largest)",
-            None,
-            [f"{x['batches']:,} ({x['mean_batch']:.1f} / {x['largest_batch']})" if x else "-" for x in stores],
-        )
+        upper = phase.upper()
+        for who, key in (("host", "host"), ("agents", "store")):
+            if not any(key in t for t in targets):
+                continue
+            if who == "agents" and not any("host" in t or t.get("controller", {}).get("started") for t in targets):
+                who = ""  # NB: no controller: every pool write is an agent's
+            label = f" ({who})" if who else ""
+            counts = [t.get(key, {}).get(phase) for t in targets]
+            row(f"pool writes {upper}{label}", None, [_num(x["writes"]) if x else "-" for x in counts])
+            row(f"write conflicts {upper}{label}", None, [_conflicts(x) for x in counts])
+            row(
+                f"batches {upper}{label} (mean / largest)",
+                None,
+                [f"{x['batches']:,} ({x['mean_batch']:.1f} / {x['largest_batch']})" if x else "-" for x in counts],
+            )
+        if any(t.get("controller", {}).get("started") for t in targets) and not any("host" in t for t in targets):
+            row(f"pool writes {upper} (host)", None, ["-" if "controller" in t else "" for t in targets])
+        forwarded = [t.get("forwarded", {}).get(phase) for t in targets]
+        if any(forwarded):
+            row(
+                f"forwarded {upper}: requests / calls / fell back",
+                None,
+                [f"{x['requests']:,} / {x['calls']:,} / {x['fallback']:,}" if x else "-" for x in forwarded],
+            )
     if any("agents" in t for t in targets):
         row(
             "agent RSS max (MiB)",
@@ -251,7 +313,24 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
             for reason, count in t["failures"].items():
                 failures.add_row(reason, str(count))
             console.print(failures)
+    for t in targets:
+        for note in t.get("cleanup", []):
+            console.print(f"{t['name']}: cleanup: {note}", highlight=False)
     console.print("[bold green]all checks passed[/]" if report["ok"] else "[bold red]some checks FAILED[/]")
+
+
+def _describe_controller(controller: dict[str, Any]) -> str:
+    if not controller.get("started"):
+        return f"not started ({controller.get('why', '')})"
+    where = f"started, Lease {controller.get('lease')}"
+    if controller.get("agent_token_problem"):
+        where += f"; the agents have no token, so forward nothing ({controller['agent_token_problem']})"
+    if not controller.get("stats"):
+        return f"{where}; it reports no pool host counters (GET /v1/spider/stats)"
+    leader = controller.get("leader")
+    leading = "leading" if leader is True else "NOT leading" if leader is False else "leadership unknown"
+    rss = controller.get("rss_kib")
+    return f"{where}, {leading}" + (f", RSS {rss / 1024:.1f} MiB" if rss else "")
 
 
 def plot(runs: Sequence[TargetRun], path: Path, title: str) -> None:
@@ -339,6 +418,35 @@ class LiveProgress:
         self._progress.update(task, advance=1, rate=rate)
 
 
+class Terminated(Exception):
+    """The run was stopped by SIGTERM (after cleaning up)."""
+
+
+async def stopped_by_sigterm(run: Callable[[], Awaitable[T]]) -> T:
+    """``run()``, cancelled by SIGTERM so that its cleanup runs (the default handler would exit at once);
+    ``Terminated`` then.  Outside the main thread (no signals there) just ``run()``."""
+    if threading.current_thread() is not threading.main_thread():
+        return await run()
+    result: list[T] = []
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def body() -> None:
+                result.append(await run())
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            nursery.start_soon(body)
+    if not result:
+        raise Terminated("stopped by SIGTERM")
+    return result[0]
+
+
 def run_command(
     scenario: Scenario,
     *,
@@ -349,8 +457,12 @@ def run_command(
     plot_to: Path | None = None,
     keep: bool = False,
     out: Console | None = None,
+    controller: bool = True,
 ) -> int:
-    """``spider loadtest``: run, then print the table (or JSON), write the plot; exit 1 when a check failed."""
+    """``spider loadtest``: run, then print the table (or JSON), write the plot; exit 1 when a check failed.
+
+    With a Kubernetes store, ``controller`` starts ``spider controller`` beside the agents (``False``: the
+    agents' fallback alone).  SIGTERM, like Ctrl-C, stops the run and cleans up before exiting."""
     out = out or Console(width=None if sys.stdout.isatty() else 140)
     started = datetime.now(UTC)
     where = f"kubernetes ({kubeconfig})" if kubeconfig else "embedded (SQLite WAL)"
@@ -358,14 +470,18 @@ def run_command(
     with work_dir(keep) as directory, LiveProgress() as live:
         runs = trio.run(
             partial(
-                run_loadtest,
-                scenario,
-                directory,
-                comparison=comparison,
-                kubeconfig=kubeconfig,
-                context=context,
-                announce=live.announce,
-                advance=live.advance,
+                stopped_by_sigterm,
+                partial(
+                    run_loadtest,
+                    scenario,
+                    directory,
+                    comparison=comparison,
+                    kubeconfig=kubeconfig,
+                    context=context,
+                    announce=live.announce,
+                    advance=live.advance,
+                    controller=controller,
+                ),
             )
         )
         if keep:

@@ -1,19 +1,25 @@
 """One ``spider loadtest`` run: our agents through the scenario, then (optionally) a comparison plugin.
 
-Owns the order of a run: the pool applied, the agents started, ADD timed then checked against the store, DEL
-timed then checked for leaks, the agents' counters snapshotted around each phase, everything cleaned up even
-when a phase fails.  It uses the fleet, the drivers and the checks; it shows nothing (that is ``report``).
+Owns the order of a run: on a Kubernetes store an earlier crashed run's leftovers removed and the controller
+started (its leader hosts the pools; ``controller=False`` measures the agents' fallback alone), the pool
+applied, the agents started, ADD timed then checked against the store, DEL timed then checked for leaks, the
+agents' and the controller's counters snapshotted around each phase, and everything cleaned up even when a
+phase fails or the run is interrupted: what a failed run's pods still hold is released through the agents, the
+processes stopped, the pool and endpoints deleted and our finalizer gone (shielded, within a time budget).
+It uses the fleet, the drivers and the checks; it shows nothing (that is ``report``).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
 
+from actors.stores.port import Store
 from actors.stores.selection import StoreSettings
 from actors.tools.launcher import install_cni
 from actors.tools.loadtest.checks import (
@@ -35,12 +41,56 @@ from actors.tools.loadtest.drivers import (
     spider_netconfs,
     templated_netconfs,
 )
-from actors.tools.loadtest.fleet import AgentFleet, delete_pool, opened_store, pool_object, store_totals
-from actors.tools.loadtest.scenario import AddressPlan, Check, Comparison, Scenario, TargetRun
+from actors.tools.loadtest.fleet import (
+    AgentFleet,
+    ControllerProcess,
+    forwarded_totals,
+    opened_store,
+    pool_object,
+    remove_controller_objects,
+    remove_leftovers,
+    remove_pool,
+    request_agent_token,
+    store_totals,
+)
+from actors.tools.loadtest.scenario import AddressPlan, Check, Comparison, PodRef, Scenario, TargetRun
 from actors.tools.manifests import apply
+from spider.errors import SpiderError
 
 OURS = "spider"
 """Our target's name in tables, plots and JSON (not ``spiderpool``: that reads as Spiderpool's own Go plugin)."""
+RELEASE_BUDGET = 120.0
+"""Seconds a failed or interrupted run may spend releasing what its pods still hold, through the agents."""
+CLEANUP_BUDGET = 60.0
+"""Seconds for the rest of the cleanup: stopping the processes, removing the pool, endpoints and finalizer."""
+
+
+async def release_outstanding(target: Target, pods: Sequence[PodRef], nodes: int, callers: int) -> int:
+    """DEL every pod in ``pods`` (concurrently, ``callers`` at a time); how many DELs succeeded."""
+    released = 0
+    queue = list(pods)
+
+    async def caller() -> None:
+        nonlocal released
+        while queue:
+            pod = queue.pop()
+            try:
+                if (await target.delete(pod, pod.node(nodes))).ok:
+                    released += 1
+            except (OSError, SpiderError):
+                pass
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, min(callers, len(pods)))):
+            nursery.start_soon(caller)
+    return released
+
+
+def controller_totals(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """The pool host's counters over a phase; ``None`` without a controller or its counters."""
+    if after is None or not isinstance(after.get("pools"), Mapping):
+        return None
+    return store_totals([before or {}], [after])
 
 
 @attrs.define
@@ -55,6 +105,9 @@ class LoadTest:
     """``progress(target, phase, total)`` announces a phase; ``advance(target, phase)`` ticks it."""
     advance: Callable[[str, str], None] = lambda target, phase: None
     run_id: str = attrs.field(factory=lambda: secrets.token_hex(4))
+    controller: bool = True
+    """With a Kubernetes store: start ``spider controller`` (its leader hosts the pools); ``False`` measures
+    the agents' fallback alone.  The embedded store never has one (its write lock needs no pool host)."""
 
     @property
     def store_settings(self) -> StoreSettings:
@@ -72,31 +125,48 @@ class LoadTest:
         scenario, plan = self.scenario, AddressPlan.for_scenario(self.scenario)
         pool = f"loadtest-{self.run_id}"
         settings = self.store_settings
+        notes: list[str] = []
         async with opened_store(settings) as store:
+            if settings.kubernetes:
+                notes += await remove_leftovers(store)
             await apply(store, pool_object(pool, plan))
-            fleet = AgentFleet(self.dir, scenario.nodes, settings)
+            controller = None
+            if settings.kubernetes:
+                controller = ControllerProcess(self.dir, settings, self.run_id)
+                try:
+                    controller.token = await request_agent_token(store, self.dir, controller.namespace)
+                except (LookupError, SpiderError) as exc:
+                    controller.token_problem = str(exc)
+            fleet = AgentFleet(self.dir, scenario.nodes, settings, pool_host=controller)
+            sockets = [fleet.socket(n) for n in range(scenario.nodes)]
             target: Target
             api: ApiTarget | None = None
             if scenario.via == "shim":
                 shim = install_cni(self.dir / "bin")[0]
-                conf = spider_netconfs([fleet.socket(n) for n in range(scenario.nodes)], pool)
-                target = PluginTarget(OURS, shim, conf, scenario.call_timeout)
+                target = PluginTarget(OURS, shim, spider_netconfs(sockets, pool), scenario.call_timeout)
             else:
-                target = api = ApiTarget(OURS, [fleet.socket(n) for n in range(scenario.nodes)], pool)
+                target = api = ApiTarget(OURS, sockets, pool)
                 api.timeout = scenario.call_timeout
+            recorder = self._recorder(OURS, trio.current_time())
+            checks: list[Check] = []
+            phases: dict[str, tuple[float, float]] = {}
+            snapshots: list[tuple[list[dict[str, Any]], dict[str, Any] | None]] = []
+
+            async def snapshot() -> None:
+                host = await controller.statistics() if controller is not None else None
+                snapshots.append((await fleet.statistics(), host))
+
             try:
+                if controller is not None and self.controller:
+                    await controller.start()
                 await fleet.start()
-                t0 = trio.current_time()
-                recorder = self._recorder(OURS, t0)
-                checks: list[Check] = []
-                phases: dict[str, tuple[float, float]] = {}
-                snapshots = [await fleet.statistics()]
+                await snapshot()
 
                 self.progress(OURS, "add", scenario.pods + 2 * len(scenario.churned))
                 start = recorder.clock()
                 live = await add_phase(scenario, target, recorder, self.run_id)
                 phases["add"] = (start, recorder.clock())
-                snapshots.append(await fleet.statistics())
+                await snapshot()
                 checks.append(await pool_matches_replies(store, pool, live, recorder.ops))
                 checks.append(await store_consistent(store, pool, "after-add"))
 
@@ -104,21 +174,77 @@ class LoadTest:
                 start = recorder.clock()
                 await del_phase(scenario, target, recorder, live)
                 phases["del"] = (start, recorder.clock())
-                snapshots.append(await fleet.statistics())
+                await snapshot()
                 checks.append(await nothing_leaked(store, pool, self.run_id))
                 checks.append(await store_consistent(store, pool, "after-del"))
             finally:
-                if api is not None:
-                    await api.aclose()
                 with trio.CancelScope(shield=True):
-                    await fleet.stop()
-                if settings.kubernetes:
-                    with trio.CancelScope(shield=True):
-                        await delete_pool(store, pool)
+                    notes += await self._clean_up(store, pool, target, recorder, fleet, controller)
+                    if api is not None:
+                        await api.aclose()
         checks[:0] = [check_no_double(recorder.ops), check_served(scenario, recorder.ops)]
-        run = TargetRun(OURS, recorder.ops, phases, checks, agents=snapshots[-1])
-        run.store = {"add": store_totals(snapshots[0], snapshots[1]), "del": store_totals(snapshots[1], snapshots[2])}
+        agents = [s[0] for s in snapshots]
+        hosts = [s[1] for s in snapshots]
+        run = TargetRun(OURS, recorder.ops, phases, checks, agents=agents[-1], cleanup=notes)
+        for n, phase in enumerate(("add", "del"), start=1):
+            run.store[phase] = store_totals(agents[n - 1], agents[n])
+            host = controller_totals(hosts[n - 1], hosts[n])
+            if host is not None:
+                run.host[phase] = host
+            forwarded = forwarded_totals(agents[n - 1], agents[n])
+            if forwarded is not None:
+                run.forwarded[phase] = forwarded
+        run.controller = self._controller_summary(controller, hosts[-1])
         return run
+
+    def _controller_summary(
+        self, controller: ControllerProcess | None, stats: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        if controller is None:
+            return {"started": False, "why": "the embedded store needs no pool host"}
+        if not self.controller:
+            return {"started": False, "why": "--no-controller: the agents' fallback alone"}
+        out: dict[str, Any] = {"started": True, "lease": f"{controller.namespace}/{controller.lease_name}"}
+        out["agent_token"] = controller.token.user if controller.token else None
+        if controller.token_problem:
+            out["agent_token_problem"] = controller.token_problem
+        if stats is None:
+            return out | {"stats": None}
+        return out | {"leader": stats.get("leader"), "rss_kib": stats.get("rss_kib"), "stats": True}
+
+    async def _clean_up(
+        self,
+        store: Store,
+        pool: str,
+        target: Target,
+        recorder: Recorder,
+        fleet: AgentFleet,
+        controller: ControllerProcess | None,
+    ) -> list[str]:
+        """Everything the run made, gone (shielded by the caller, each step within its budget); what was done."""
+        notes = []
+        held = recorder.holding()
+        if held and fleet.processes:
+            with trio.move_on_after(RELEASE_BUDGET):
+                released = await release_outstanding(target, held, self.scenario.nodes, self.scenario.callers)
+                notes.append(f"released {released} of {len(held)} addresses the run's pods still held")
+        with trio.move_on_after(CLEANUP_BUDGET) as scope:
+            await fleet.stop()
+            if self.store_settings.kubernetes:
+                try:
+                    alive = controller is not None and controller.running
+                    notes.append(await remove_pool(store, pool, endpoints_of=self.run_id, controller=alive))
+                except (SpiderError, OSError) as exc:
+                    notes.append(f"pool {pool}: not removed: {exc}")
+            if controller is not None:
+                await controller.stop()
+                notes += await remove_controller_objects(store, controller)
+        if scope.cancelled_caught:
+            notes.append(f"cleanup stopped after {CLEANUP_BUDGET:g} s: run again to remove the leftovers")
+        if controller is not None:
+            await controller.stop(grace=0)  # NB: a no-op unless the budget ran out before it stopped
+        await fleet.stop(grace=0)
+        return notes
 
     async def run_comparison(self, comparison: Comparison) -> TargetRun:
         """The same scenario through another IPAM plugin, exec'd per call with a netconf per node."""
@@ -157,11 +283,13 @@ async def run_loadtest(
     context: str | None = None,
     announce: Callable[[str, str, int], None] = lambda target, phase, total: None,
     advance: Callable[[str, str], None] = lambda target, phase: None,
+    controller: bool = True,
 ) -> list[TargetRun]:
-    """Our agents through the scenario, then the comparison plugin (if any) through the same one."""
+    """Our agents through the scenario (with a Kubernetes store and ``controller``, the controller hosting the
+    pools), then the comparison plugin (if any) through the same one."""
     if comparison is not None and not comparison.plugin.is_file():
         raise FileNotFoundError(f"comparison plugin {comparison.plugin} does not exist")
-    test = LoadTest(scenario, directory, kubeconfig, context, announce, advance)
+    test = LoadTest(scenario, directory, kubeconfig, context, announce, advance, controller=controller)
     runs = [await test.run_ours()]
     if comparison is not None:
         runs.append(await test.run_comparison(comparison))

@@ -187,9 +187,17 @@ class TargetRun:
     """Phase name -> (start, end) in seconds since the run started."""
     checks: list[Check]
     store: dict[str, dict[str, int]] = attrs.field(factory=dict)
-    """Per phase: the pool actors' writes, conflicts, batches, requests (ours only)."""
+    """Per phase: the agents' own pool actors' writes, conflicts, batches, requests (ours only)."""
     agents: list[dict[str, Any]] = attrs.field(factory=list)
     """Each agent's final statistics and memory (ours only)."""
+    host: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    """Per phase: the pool host's (the controller's) pool actors' counters; empty when it reported none."""
+    forwarded: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    """Per phase: requests the agents sent to the pool host, calls, and requests that fell back to their own."""
+    controller: dict[str, Any] = attrs.field(factory=dict)
+    """Whether a controller ran, its Lease, whether it led, its memory (ours only)."""
+    cleanup: list[str] = attrs.field(factory=list)
+    """What cleaning up before and after the run removed or had to leave (ours only)."""
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,167 @@
+"""The pool host: the leading controller's HTTPS endpoint where agents send their pool requests.
+
+Owns the server side of "one writer per pool across the cluster" (the agent side, the wire format and the
+safety argument are in ``actors.ipam.remote``; docs/architecture.md, "The pool host"):
+
+- ``POST /v1/pools/<name>`` with ``{"messages": [...]}``: every message is queued for the pool's PoolActor in
+  one step (``PoolRegistry.deliver_all``), so the actor folds it with whatever other agents sent meanwhile into
+  one status write; the answer is ``{"results": [...]}`` in the same order, each a value or a structured error
+  (its type, fields and CNI code), so the agent answers the plugin exactly as if it had run the request.
+- when this controller does not lead (``registry`` is ``None``): 421 "not leading", and the agent serves the
+  request with its own actor.  The host's actors are the same optimistic ones: nothing here is needed for
+  safety, only for fewer write races.
+- authentication: the agent's ServiceAccount token as a bearer token, checked with a TokenReview (the store's
+  ``review_token``), remembered ``review_ttl`` seconds (valid or not); only ``allowed_user`` is served
+  (``system:serviceaccount:<namespace>:spiderpool-agent``).  No or an invalid token: 401; another account: 403.
+  Either changes nothing.
+
+TLS: a certificate for the Pod IP signed by the controller's CA (``actors.servers.certs.pool_host_certificate``),
+renewed with the Secret's CA every ``refresh_interval`` seconds.  The counters (``GET /v1/spider/stats``) are
+served on the health port, not here (``actors.controller.main``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import outcome
+import trio
+
+from actors.ipam.pool import PoolMsg, PoolRegistry
+from actors.ipam.remote import BATCH_PATH, NOT_LEADING, decode_message, encode_outcome
+from actors.servers.certs import CertBundle, CertSettings, issue_for, problem, publish_ca, stored_certificate
+from actors.servers.httpserver import HttpServer, Request, Response, json_response
+from actors.stores.port import Store
+from spider.errors import SpiderError
+
+log = logging.getLogger(__name__)
+
+REVIEW_TTL = 60.0
+"""Seconds a TokenReview's verdict on a token is reused."""
+MAX_CACHED_TOKENS = 1024
+"""Most token verdicts kept; the cache starts over when it is full."""
+
+TokenReview = Callable[[str], Awaitable[str | None]]
+
+
+@attrs.define(eq=False)
+class PoolHost:
+    """Serves pool batches while ``registry`` is set (this controller leads); run ``serve`` under a nursery."""
+
+    review: TokenReview
+    """Who a bearer token belongs to (``KubeStore.review_token``)."""
+    allowed_user: str
+    """The only user served: the agents' ServiceAccount."""
+    registry: PoolRegistry | None = None
+    """The pool actors while this controller leads; ``None``: it does not, and every batch is refused (421)."""
+    review_ttl: float = REVIEW_TTL
+    leader: Callable[[], str | None] = lambda: None
+    """Who leads as far as we know (said in a 421, for the logs)."""
+    batches: int = 0
+    refused: int = 0
+    _verdicts: dict[str, tuple[str | None, float]] = attrs.field(factory=dict)
+
+    async def handle(self, request: Request) -> Response:
+        """The HTTP handler."""
+        if request.method != "POST" or not request.path.startswith(BATCH_PATH):
+            return json_response(404, f"no route for {request.method} {request.path}")
+        denied = await self._authenticate(request)
+        if denied is not None:
+            self.refused += 1
+            return denied
+        registry = self.registry
+        if registry is None:
+            self.refused += 1
+            return json_response(NOT_LEADING, f"not leading (leader: {self.leader() or 'unknown'})")
+        name = request.path.removeprefix(BATCH_PATH)
+        if not name or "/" in name:
+            return json_response(404, f"no pool in {request.path}")
+        try:
+            messages = [decode_message(raw) for raw in json.loads(request.body)["messages"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            return json_response(400, f"malformed batch: {type(exc).__name__}: {exc}")
+        self.batches += 1
+        try:
+            await registry.deliver_all(name, messages)
+        except SpiderError as exc:  # no such pool: every request gets that answer
+            for msg in messages:
+                msg.reply.error(exc)
+        results = [encode_outcome(await _outcome(msg)) for msg in messages]
+        return json_response(200, {"results": results})
+
+    async def _authenticate(self, request: Request) -> Response | None:
+        """``None`` when the bearer token is the allowed account's; else the 401 or 403 to answer."""
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not auth.removeprefix("Bearer ").strip():
+            return json_response(401, "a bearer token (the agent's ServiceAccount token) is required")
+        token = auth.removeprefix("Bearer ").strip()
+        now = trio.current_time()
+        verdict = self._verdicts.get(token)
+        if verdict is None or verdict[1] < now:
+            try:
+                user = await self.review(token)
+            except SpiderError as exc:  # the API server is down: we cannot tell, so we do not serve
+                log.warning("pool host: TokenReview failed: %s", exc)
+                return json_response(503, f"cannot review the token now: {exc}")
+            if len(self._verdicts) >= MAX_CACHED_TOKENS:
+                self._verdicts.clear()
+            self._verdicts[token] = verdict = (user, now + self.review_ttl)
+        user = verdict[0]
+        if user is None:
+            return json_response(401, "the token is not valid")
+        if user != self.allowed_user:
+            log.warning("pool host: refused %s (only %s is served)", user, self.allowed_user)
+            return json_response(403, f"{user} may not use the pool host")
+        return None
+
+    async def serve(
+        self,
+        listeners: list[trio.SSLListener[Any]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the listeners until cancelled."""
+        await HttpServer(self.handle, name="pool-host").serve(listeners, task_status=task_status)
+
+
+async def _outcome(msg: PoolMsg) -> outcome.Outcome[Any]:
+    try:
+        return outcome.Value(await msg.reply.wait())
+    except SpiderError as exc:
+        return outcome.Error(exc)
+
+
+async def keep_certificate(
+    store: Store,
+    settings: CertSettings,
+    hosts: tuple[str, ...],
+    ca_configmap: str,
+    bundle: CertBundle,
+    context: ssl.SSLContext,
+    interval: float,
+) -> None:
+    """Every ``interval`` seconds: publish the Secret's CA again, and serve a new certificate when the CA
+    changed or ours is due (``certs.problem``); trouble is logged and the current certificate kept."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            stored = await stored_certificate(store, settings)
+            await publish_ca(store, settings.namespace, ca_configmap, stored.ca)
+            if stored.ca != bundle.ca or problem(bundle, hosts) is not None:
+                bundle = await trio.to_thread.run_sync(functools.partial(issue_for, stored, hosts))
+                bundle.load_into(context)
+                log.info("pool host serves a new certificate")
+        except SpiderError as exc:
+            log.warning("pool host certificate not refreshed (serving the current one): %s", exc)
+
+
+async def open_listeners(host: str | None, port: int, context: ssl.SSLContext) -> list[trio.SSLListener[Any]]:
+    """TLS listeners on ``host`` (every address when ``None``) and ``port``."""
+    plain = await trio.open_tcp_listeners(port, host=host)
+    return [trio.SSLListener(listener, context, https_compatible=True) for listener in plain]

@@ -1,0 +1,406 @@
+"""The pool host in one process: a controller on the fake API server hosting the pools, agents' registries
+forwarding to it through ``PoolForwarder`` (HTTPS, the CA from the ConfigMap, a minted ServiceAccount token),
+and what happens when it is not there, refuses, is slow, or is two."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from actors.controller.main import Controller, ControllerSettings, open_controller
+from actors.ipam.check import check_store
+from actors.ipam.pool import PoolRegistry
+from actors.ipam.remote import (
+    HostAddress,
+    HostClient,
+    HostLocator,
+    HostRefused,
+    PoolForwarder,
+    ServiceAccountToken,
+)
+from actors.runtime.supervisor import Supervisor
+from actors.stores.kube import KubeStore
+from actors.stores.port import Store
+from spider.errors import PoolExhausted
+from spider.pool import Owner
+from tests.controller.support import eventually
+from tests.fakeapi import Cost, FakeApiServer, LatencyModel
+from tests.support import pool_object
+
+NS = "kube-system"
+POOL = pool_object("shared", "10.40.0.0/24", ["10.40.0.10-10.40.0.69"])  # 60 addresses
+TIMEOUT = 30
+
+
+def owner(n: int) -> Owner:
+    return Owner(f"uid-{n}", "eth0", "default", f"pod-{n}", f"ctr-{n}", "node-1")
+
+
+@attrs.define
+class Bench:
+    api: FakeApiServer
+    slow_api: FakeApiServer
+    """Another frontend of the same cluster whose status writes take a second."""
+    admin: KubeStore
+    dir: Path
+    nursery: trio.Nursery
+    token_file: Path
+    port: int = 0
+    controllers: dict[str, Controller] = attrs.field(factory=dict)
+    scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
+
+    async def store(self, *, slow: bool = False) -> KubeStore:
+        api = self.slow_api if slow else self.api
+        return await KubeStore.open(api.kubeconfig(self.dir / f"kubeconfig-{slow}"))
+
+    async def controller(self, pod: str, ip: str, *, slow: bool = False, **more: Any) -> Controller:
+        """A controller as Pod ``pod`` with IP ``ip`` (the Pod object is made for it), hosting on ``port``."""
+        created = await self.admin.create(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS}, "spec": {}}
+        )
+        await self.admin.update_status({**created, "status": {"phase": "Running", "podIP": ip}})
+        settings = ControllerSettings(
+            store_path=self.dir / "unused.db",
+            namespace=NS,
+            identity=f"{pod}_1",
+            lease_duration=2,
+            renew_deadline=1.5,
+            retry_period=0.2,
+            health_host="127.0.0.1",
+            health_port=0,
+            pool_host_host=ip,
+            pool_host_port=self.port,
+            **more,
+        )
+        store = await self.store(slow=slow)
+        started = trio.Event()
+        box: list[Controller] = []
+
+        async def run(*, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                try:
+                    async with open_controller(settings, store) as controller:
+                        box.append(controller)
+                        task_status.started(scope)
+                        started.set()
+                        await trio.sleep_forever()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await store.aclose()
+
+        self.scopes[pod] = await self.nursery.start(run)
+        controller = self.controllers[pod] = box[0]
+        if controller.settings.pool_host:
+            await eventually(lambda: _true(controller.pool_host_port is not None), what="pool host listening")
+        self.port = self.port or controller.pool_host_port or 0
+        return controller
+
+    async def agent(self, registry_store: Store, nursery: trio.Nursery, budget: float = 2.0) -> PoolForwarder:
+        registry = PoolRegistry(registry_store, Supervisor(nursery))
+        locator = HostLocator(registry_store, NS, port=self.port, refresh=0.2)
+        forwarder = PoolForwarder(registry, locator, ServiceAccountToken(self.token_file), budget=budget)
+        await nursery.start(forwarder.run)
+        registry.route = forwarder
+        return forwarder
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@asynccontextmanager
+async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
+    async with trio.open_nursery() as nursery:
+        api: FakeApiServer = await nursery.start(FakeApiServer().run)
+        slow_latency = LatencyModel({"updateStatus": Cost(1000.0)})
+        slow: FakeApiServer = await nursery.start(FakeApiServer(api.cluster, latency=slow_latency).run)
+        admin = await KubeStore.open(api.kubeconfig(tmp_path / "admin.kubeconfig"))
+        await admin.create(POOL)
+        token_file = tmp_path / "token"
+        token_file.write_text(api.cluster.mint_token(NS, "spiderpool-agent"))
+        try:
+            yield Bench(api, slow, admin, tmp_path, nursery, token_file)
+        finally:
+            await admin.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def hosted(forwarder: PoolForwarder, controller: Controller) -> None:
+    await eventually(lambda: _true(controller.elector.leading), what="leading")
+    await eventually(lambda: _true(forwarder.locator.holder == controller.settings.identity), what="host located")
+    await eventually(lambda: _true(forwarder.host_available()), what="host available")
+
+
+async def no_duplicates(store: Store) -> list[str]:
+    pool = await store.get("SpiderIPPool", "shared")
+    allocated = json.loads(pool["status"].get("allocatedIPs") or "{}")
+    uids = [r["podUid"] for r in allocated.values()]
+    assert len(uids) == len(set(uids)), "an owner holds two addresses"
+    return sorted(allocated)
+
+
+async def test_forwarded_allocations_from_many_callers_are_folded_into_few_writes(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            controller = await b.controller("ctl-a", "127.0.0.2")
+            agent_store = await b.store()
+            async with trio.open_nursery() as nursery:
+                forwarder = await b.agent(agent_store, nursery)
+                await hosted(forwarder, controller)
+                handle = await forwarder.local.get("shared")
+                got: dict[int, str] = {}
+
+                async def add(n: int) -> None:
+                    got[n] = (await handle.allocate(owner(n))).ip
+
+                async with trio.open_nursery() as burst:
+                    for n in range(40):
+                        burst.start_soon(add, n)
+                assert len(set(got.values())) == 40
+                assert forwarder.stats.requests == 40
+                assert forwarder.stats.fallback == 0
+                assert forwarder.stats.calls < 40  # NB: queued requests share a call
+                host = controller.stats()["pools"]["shared"]
+                assert host["requests"] == 40
+                assert host["writes"] < 40
+                assert host["conflicts"] == 0
+                assert forwarder.local.statistics() == {}  # nothing was written by the agent itself
+                assert await no_duplicates(b.admin) == sorted(got.values())
+                nursery.cancel_scope.cancel()
+            await agent_store.aclose()
+
+
+async def test_a_domain_error_comes_back_as_the_same_type_and_cni_code(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            controller = await b.controller("ctl-a", "127.0.0.2")
+            agent_store = await b.store()
+            async with trio.open_nursery() as nursery:
+                forwarder = await b.agent(agent_store, nursery)
+                await hosted(forwarder, controller)
+                handle = await forwarder.local.get("shared")
+                for n in range(60):
+                    await handle.allocate(owner(n))
+                with pytest.raises(PoolExhausted) as raised:
+                    await handle.allocate(owner(99))
+                assert raised.value.cni_code == 100
+                assert forwarder.stats.fallback == 0
+                assert await handle.release(("uid-3", "eth0")) == "10.40.0.13/24"
+                assert await handle.release(("uid-3", "eth0")) is None  # released twice: nothing the second time
+                nursery.cancel_scope.cancel()
+            await agent_store.aclose()
+
+
+async def _post(b: Bench, controller: Controller, token: str | None) -> tuple[int, str]:
+    ca = (await b.admin.get("ConfigMap", "spiderpool-ca", NS))["data"]["ca.crt"].encode()
+    address = HostAddress(controller.settings.pool_host_host or "", b.port, ca)
+    body = json.dumps({"messages": [{"op": "release", "key": ["uid-1", "eth0"], "containerID": ""}]}).encode()
+    client = HostClient()
+    try:
+        await client.post(address, address.ssl_context(), "/v1/pools/shared", body, token or "")
+    except HostRefused as exc:
+        return exc.status, str(exc)
+    finally:
+        await client.aclose()
+    return 200, ""
+
+
+async def test_a_missing_wrong_or_foreign_token_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            controller = await b.controller("ctl-a", "127.0.0.2")
+            await eventually(lambda: _true(controller.elector.leading), what="leading")
+            before = await b.admin.get("SpiderIPPool", "shared")
+            assert (await _post(b, controller, None))[0] == 401
+            assert (await _post(b, controller, "not-a-token"))[0] == 401
+            other = b.api.cluster.mint_token(NS, "spiderpool-controller")
+            assert (await _post(b, controller, other))[0] == 403
+            assert (await _post(b, controller, b.api.cluster.mint_token("default", "spiderpool-agent")))[0] == 403
+            after = await b.admin.get("SpiderIPPool", "shared")
+            assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+            assert controller.pool_host is not None
+            assert controller.pool_host.batches == 0
+            assert (await _post(b, controller, b.token_file.read_text()))[0] == 200
+
+
+async def test_a_client_that_does_not_trust_the_ca_cannot_talk_to_the_host(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            controller = await b.controller("ctl-a", "127.0.0.2")
+            context = ssl.create_default_context()  # NB: the system's CAs, not ours
+            stream = await trio.open_ssl_over_tcp_stream("127.0.0.2", b.port, ssl_context=context)
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.do_handshake()
+            await trio.aclose_forcefully(stream)
+            assert controller.pool_host is not None
+            assert controller.pool_host.batches == 0
+
+
+async def test_a_standby_answers_not_leading_and_the_agent_serves_locally(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            leader = await b.controller("ctl-a", "127.0.0.2")
+            await eventually(lambda: _true(leader.elector.leading), what="leading")
+            standby = await b.controller("ctl-b", "127.0.0.3")
+            assert (await _post(b, standby, b.token_file.read_text()))[0] == 421
+            agent_store = await b.store()
+            async with trio.open_nursery() as nursery:
+                forwarder = await b.agent(agent_store, nursery)
+                forwarder.locator.refresh = 3600  # NB: it keeps believing the standby leads
+                await eventually(lambda: _true(forwarder.locator.current is not None), what="located")
+                forwarder.locator.current = attrs.evolve(forwarder.locator.current, host="127.0.0.3")
+                handle = await forwarder.local.get("shared")
+                assert (await handle.allocate(owner(1))).ip == "10.40.0.10"
+                assert forwarder.stats.fallback == 1
+                assert forwarder.stats.requests == 0
+                assert forwarder.local.statistics()["shared"]["writes"] == 1
+                nursery.cancel_scope.cancel()
+            await agent_store.aclose()
+
+
+async def test_an_unknown_or_refusing_host_leaves_every_request_to_the_local_actor(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            agent_store = await b.store()
+            async with trio.open_nursery() as nursery:
+                b.port = 1  # NB: nobody leads yet: no Lease at all
+                forwarder = await b.agent(agent_store, nursery)
+                handle = await forwarder.local.get("shared")
+                assert (await handle.allocate(owner(1))).ip == "10.40.0.10"
+                assert forwarder.stats.fallback == 1
+                # a holder whose port refuses connections
+                controller = await b.controller("ctl-a", "127.0.0.2", pool_host=False)
+                await eventually(lambda: _true(controller.elector.leading), what="leading")
+                await b.admin.create(
+                    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "spiderpool-ca", "namespace": NS},
+                     "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}}
+                )  # fmt: skip
+                await eventually(lambda: _true(forwarder.locator.holder is not None), what="holder seen")
+                for n in range(2, 6):
+                    await handle.allocate(owner(n))
+                assert forwarder.stats.requests == 0
+                assert forwarder.stats.fallback == 5
+                assert len(await no_duplicates(b.admin)) == 5
+                nursery.cancel_scope.cancel()
+            await agent_store.aclose()
+
+
+async def test_a_host_that_answers_after_the_agent_gave_up_costs_no_address(tmp_path: Path) -> None:
+    """The host's status writes take a second (its own API server frontend is slow); the agent gives up after
+    half a second, serves the same ADDs itself, then the pods' DELs.  The host's late write carries the
+    resourceVersion it read, so it conflicts; its conflict budget is over by then, so it re-reads nothing and
+    writes nothing: every ADD answered once, no address held twice, nothing left behind."""
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            controller = await b.controller("ctl-a", "127.0.0.2", slow=True, pool_host_conflict_budget=0.25)
+            agent_store = await b.store()
+            async with trio.open_nursery() as nursery:
+                forwarder = await b.agent(agent_store, nursery, budget=0.5)
+                await hosted(forwarder, controller)
+                handle = await forwarder.local.get("shared")
+                got: dict[int, str] = {}
+
+                async def add(n: int) -> None:
+                    got[n] = (await handle.allocate(owner(n))).ip
+
+                async with trio.open_nursery() as burst:
+                    for n in range(5):
+                        burst.start_soon(add, n)
+                assert forwarder.stats.fallback == 5
+                assert len(set(got.values())) == 5
+                assert sorted(got.values()) == await no_duplicates(b.admin)
+                for n in range(5):
+                    assert await handle.release((f"uid-{n}", "eth0")) == f"{got[n]}/24"
+                host = controller.stats()["pools"]
+                await eventually(lambda: _true(controller.stats()["pools"]["shared"]["conflicts"] >= 1),
+                                 within=10, what="the host's late write conflicted")  # fmt: skip
+                await trio.sleep(1.5)  # NB: long enough for any retry the host might (wrongly) make to land
+                assert await no_duplicates(b.admin) == []
+                assert host["shared"]["requests"] == 5
+                assert (await check_store(b.admin)).consistent
+                nursery.cancel_scope.cancel()
+            await agent_store.aclose()
+
+
+async def test_two_controllers_hosting_at_once_cost_no_address(tmp_path: Path) -> None:
+    """Split brain: the standby believes it leads too and hosts the same pool; agents forward to either.  The
+    two hosts' writes race at the resourceVersion like any two writers: no owner holds two addresses, no address
+    two owners, and every ADD is answered."""
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            first = await b.controller("ctl-a", "127.0.0.2")
+            await eventually(lambda: _true(first.elector.leading), what="leading")
+            second = await b.controller("ctl-b", "127.0.0.3")
+            stores = [await b.store(), await b.store()]
+            async with trio.open_nursery() as nursery:
+                assert second.pool_host is not None
+                second.pool_host.registry = PoolRegistry(stores[1], Supervisor(nursery), conflict_budget=1.0)
+                forwarders = [await b.agent(s, nursery) for s in stores]
+                for forwarder, ip in zip(forwarders, ("127.0.0.2", "127.0.0.3"), strict=True):
+                    forwarder.locator.refresh = 3600
+                    await eventually(lambda f=forwarder: _true(f.locator.current is not None), what="located")
+                    forwarder.locator.current = attrs.evolve(forwarder.locator.current, host=ip)
+                got: dict[int, str] = {}
+
+                async def add(n: int) -> None:
+                    handle = await forwarders[n % 2].local.get("shared")
+                    got[n] = (await handle.allocate(owner(n))).ip
+
+                async with trio.open_nursery() as burst:
+                    for n in range(50):
+                        burst.start_soon(add, n)
+                assert len(got) == 50
+                assert sorted(got.values()) == await no_duplicates(b.admin)
+                assert second.pool_host.batches > 0
+                for n in range(50):  # NB: the pods' DELs, through either host
+                    await (await forwarders[(n + 1) % 2].local.get("shared")).release((f"uid-{n}", "eth0"))
+                assert await no_duplicates(b.admin) == []
+                assert (await check_store(b.admin)).consistent
+                nursery.cancel_scope.cancel()
+            for s in stores:
+                await s.aclose()
+
+
+async def test_an_api_server_restart_mid_burst_answers_every_add_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            controller = await b.controller("ctl-a", "127.0.0.2")
+            agent_store = await b.store()
+            async with trio.open_nursery() as nursery:
+                forwarder = await b.agent(agent_store, nursery)
+                await hosted(forwarder, controller)
+                handle = await forwarder.local.get("shared")
+                answers: dict[int, str | int] = {}
+
+                async def add(n: int) -> None:
+                    try:
+                        answers[n] = (await handle.allocate(owner(n))).ip
+                    except Exception as exc:
+                        answers[n] = getattr(exc, "cni_code", 999)
+
+                async with trio.open_nursery() as burst:
+                    for n in range(30):
+                        burst.start_soon(add, n)
+                        if n == 10:
+                            b.api.go_down()
+                            await trio.sleep(0.3)
+                            await b.api.come_up()
+                assert len(answers) == 30
+                assert {a for a in answers.values() if isinstance(a, int)} <= {11}
+                held = await no_duplicates(b.admin)
+                ips = sorted(a for a in answers.values() if isinstance(a, str))
+                assert set(ips) <= set(held)
+                for n, _answer in answers.items():  # the DELs of every ADD, answered or not
+                    await handle.release((f"uid-{n}", "eth0"))
+                assert await no_duplicates(b.admin) == []
+                assert (await check_store(b.admin)).consistent
+                nursery.cancel_scope.cancel()
+            await agent_store.aclose()
