@@ -19,13 +19,15 @@ changes ``allocatedIPs``, and it computes the counts with the same rules as ``Po
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
 import attrs
 import trio
 
-from actors.stores.port import Conflict, Gone, NotFound, Obj, Store, WatchEvent, closing_watch
+from actors.stores.informer import inform
+from actors.stores.port import Conflict, NotFound, Obj, Store, WatchEvent
 from spider.errors import InvalidSpec, SpiderError, TransientError
 from spider.pool import ReservedIP
 from spider.reconcile import (
@@ -139,48 +141,24 @@ class PoolReconciler:
     # --- informers ---------------------------------------------------------------------------------------
 
     async def _inform(self, kind: str) -> None:
-        failures = 0
-        while True:
-            try:
-                listing = await self.store.list(kind)
-            except SpiderError as exc:  # NB: also "no such kind" (CRD not installed): say so, keep trying
-                failures += 1
-                log.warning("listing %s failed (%s); retrying", kind, exc)
-                await trio.sleep(self._delay(failures))
-                continue
-            failures = 0
-            self.stats.lists += 1
-            self._replace(kind, listing.items)
-            if kind not in self._listed:
-                self._listed.add(kind)
-                self._queue_waiting_for(kind)
-                if self.synced:
-                    self._all_listed.set()
-            version = listing.resource_version
-            with trio.move_on_after(self.resync_period):  # NB: the periodic resync is a fresh list
-                while True:
-                    try:
-                        version, seen = await self._follow(kind, version)
-                    except Gone:
-                        log.info("watch of %s from version %s is too old; re-listing", kind, version)
-                        break
-                    except SpiderError as exc:
-                        log.warning("watch of %s failed (%s); re-listing", kind, exc)
-                        await trio.sleep(self._delay(1))
-                        break
-                    if not seen:  # the stream ended at once: do not spin on a backend that keeps closing it
-                        await trio.sleep(self._delay(1))
+        await inform(
+            self.store,
+            kind,
+            on_list=functools.partial(self._listed_kind, kind),
+            on_event=functools.partial(self._event, kind),
+            resync_period=self.resync_period,
+            delay=self._delay,
+            who="reconciler",
+        )
 
-    async def _follow(self, kind: str, version: str) -> tuple[str, bool]:
-        """Apply watch events from ``version`` until the stream ends; the last version seen and whether any."""
-        seen = False
-        events = self.store.watch(kind, resource_version=version)
-        async with closing_watch(events):
-            async for event in events:
-                seen = True
-                self._event(kind, event)
-                version = str((event.object.get("metadata") or {}).get("resourceVersion") or version)
-        return version, seen
+    def _listed_kind(self, kind: str, items: list[Obj]) -> None:
+        self.stats.lists += 1
+        self._replace(kind, items)
+        if kind not in self._listed:
+            self._listed.add(kind)
+            self._queue_waiting_for(kind)
+            if self.synced:
+                self._all_listed.set()
 
     def _queue_waiting_for(self, listed: str) -> None:
         """A kind's first listing: queue the objects whose rules were held back waiting for it."""

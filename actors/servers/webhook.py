@@ -21,6 +21,7 @@ ours; afterwards an outage leaves the last state served while the informer re-li
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -29,7 +30,8 @@ import trio
 
 from actors.servers.certs import CertSettings, ServedCertificate
 from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
-from actors.stores.port import Gone, Obj, Store, WatchEvent, closing_watch
+from actors.stores.informer import inform
+from actors.stores.port import Obj, Store, WatchEvent
 from spider import limits
 from spider.admission import (
     AdmissionRequest,
@@ -120,43 +122,22 @@ class SpecCache:
             task_status.started()
 
     async def _inform(self, kind: str) -> None:
-        while True:
-            try:
-                listing = await self.store.list(kind)
-            except SpiderError as exc:
-                log.warning("webhook cache: listing %s failed (%s); retrying", kind, exc)
-                await trio.sleep(self.retry_delay)
-                continue
-            self.lists += 1
-            self._objects[kind] = {_name(obj): cached_copy(kind, obj) for obj in listing.items}
-            self._listed.add(kind)
-            if self._listed == set(CACHED):
-                self._synced.set()
-            version = listing.resource_version
-            with trio.move_on_after(self.resync_period):  # NB: the periodic resync is a fresh list
-                while True:
-                    try:
-                        version, seen = await self._follow(kind, version)
-                    except Gone:
-                        log.info("webhook cache: watch of %s from version %s is too old; re-listing", kind, version)
-                        break
-                    except SpiderError as exc:
-                        log.warning("webhook cache: watch of %s failed (%s); re-listing", kind, exc)
-                        await trio.sleep(self.retry_delay)
-                        break
-                    if not seen:  # the stream ended at once: do not spin on a backend that keeps closing it
-                        await trio.sleep(self.retry_delay)
+        await inform(
+            self.store,
+            kind,
+            on_list=functools.partial(self._listed_kind, kind),
+            on_event=functools.partial(self._apply, kind),
+            resync_period=self.resync_period,
+            delay=lambda failures: self.retry_delay,
+            who="webhook cache",
+        )
 
-    async def _follow(self, kind: str, version: str) -> tuple[str, bool]:
-        """Apply watch events from ``version`` until the stream ends; the last version seen and whether any."""
-        seen = False
-        events = self.store.watch(kind, resource_version=version)
-        async with closing_watch(events):
-            async for event in events:
-                seen = True
-                self._apply(kind, event)
-                version = str((event.object.get("metadata") or {}).get("resourceVersion") or version)
-        return version, seen
+    def _listed_kind(self, kind: str, items: list[Obj]) -> None:
+        self.lists += 1
+        self._objects[kind] = {_name(obj): cached_copy(kind, obj) for obj in items}
+        self._listed.add(kind)
+        if self._listed == set(CACHED):
+            self._synced.set()
 
     def _apply(self, kind: str, event: WatchEvent) -> None:
         name = _name(event.object)
