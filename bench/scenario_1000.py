@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-controller", action="store_true", help="start no controller (no pool host): the agents' fallback"
     )
+    parser.add_argument(
+        "--controller-arg",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an option for the controller, as given, e.g. --controller-arg=--pool-host-linger=0.02 (repeatable)",
+    )
     args = parser.parse_args(argv)
     scenario = Scenario(nodes=10, pods=args.pods, callers=10, via=args.via)
 
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 json_to=json_to,
                 plot_to=args.plot,
                 controller=not args.no_controller,
+                controller_args=args.controller_arg,
             )
 
         served: dict[str, Any] | None = None

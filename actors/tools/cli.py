@@ -249,6 +249,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         plot_to=args.plot,
         keep=args.keep,
         controller=not args.no_controller,
+        controller_args=args.controller_arg,
     )
 
 
@@ -651,6 +652,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --kubeconfig, start no controller: measures the agents' fallback without the pool host "
         "(default: a controller runs, as in a cluster; the embedded store never has one)",
+    )
+    p.add_argument(
+        "--controller-arg",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an option for the controller the run starts, as given, e.g. --controller-arg=--pool-host-linger=0.02 "
+        "(repeatable; default: none)",
     )
     p.add_argument(
         "--compare", choices=("host-local",), default=None, help="run the scenario through host-local too (default: no)"

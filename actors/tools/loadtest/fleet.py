@@ -243,6 +243,8 @@ class ControllerProcess:
     health_port: int = attrs.field(factory=free_port)
     pool_host_port: int = attrs.field(factory=free_port)
     webhook_port: int = attrs.field(factory=free_port)
+    extra: tuple[str, ...] = ()
+    """Options added to its command line as given."""
     token: AgentToken | None = None
     """The agents' ServiceAccount token for the pool host (``None``: they have none and forward nothing)."""
     token_problem: str = ""
@@ -282,7 +284,7 @@ class ControllerProcess:
         cmd += ["--namespace", self.namespace, "--identity", self.identity, "--lease-name", self.lease_name]
         cmd += ["--health-host", self.host, "--health-port", str(self.health_port)]
         cmd += ["--webhook-host", self.host, "--webhook-port", str(self.webhook_port)]
-        return cmd + _flags(CONTROLLER_POOL_HOST_FLAGS, self, known)
+        return cmd + _flags(CONTROLLER_POOL_HOST_FLAGS, self, known) + list(self.extra)
 
     def agent_flags(self, known: frozenset[str]) -> list[str]:
         """What an agent is told to find this controller's pool host by (only the options it knows)."""

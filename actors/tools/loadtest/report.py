@@ -458,6 +458,7 @@ def run_command(
     keep: bool = False,
     out: Console | None = None,
     controller: bool = True,
+    controller_args: Sequence[str] = (),
 ) -> int:
     """``spider loadtest``: run, then print the table (or JSON), write the plot; exit 1 when a check failed.
 
@@ -481,6 +482,7 @@ def run_command(
                     announce=live.announce,
                     advance=live.advance,
                     controller=controller,
+                    controller_args=tuple(controller_args),
                 ),
             )
         )

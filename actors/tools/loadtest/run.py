@@ -108,6 +108,8 @@ class LoadTest:
     controller: bool = True
     """With a Kubernetes store: start ``spider controller`` (its leader hosts the pools); ``False`` measures
     the agents' fallback alone.  The embedded store never has one (its write lock needs no pool host)."""
+    controller_args: tuple[str, ...] = ()
+    """Extra options for that controller (``--pool-host-linger=0.02``)."""
 
     @property
     def store_settings(self) -> StoreSettings:
@@ -132,7 +134,7 @@ class LoadTest:
             await apply(store, pool_object(pool, plan))
             controller = None
             if settings.kubernetes:
-                controller = ControllerProcess(self.dir, settings, self.run_id)
+                controller = ControllerProcess(self.dir, settings, self.run_id, extra=self.controller_args)
                 try:
                     controller.token = await request_agent_token(store, self.dir, controller.namespace)
                 except (LookupError, SpiderError) as exc:
@@ -284,12 +286,22 @@ async def run_loadtest(
     announce: Callable[[str, str, int], None] = lambda target, phase, total: None,
     advance: Callable[[str, str], None] = lambda target, phase: None,
     controller: bool = True,
+    controller_args: tuple[str, ...] = (),
 ) -> list[TargetRun]:
     """Our agents through the scenario (with a Kubernetes store and ``controller``, the controller hosting the
     pools), then the comparison plugin (if any) through the same one."""
     if comparison is not None and not comparison.plugin.is_file():
         raise FileNotFoundError(f"comparison plugin {comparison.plugin} does not exist")
-    test = LoadTest(scenario, directory, kubeconfig, context, announce, advance, controller=controller)
+    test = LoadTest(
+        scenario,
+        directory,
+        kubeconfig,
+        context,
+        announce,
+        advance,
+        controller=controller,
+        controller_args=controller_args,
+    )
     runs = [await test.run_ours()]
     if comparison is not None:
         runs.append(await test.run_comparison(comparison))
