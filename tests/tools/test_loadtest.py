@@ -583,3 +583,13 @@ def test_a_report_says_where_and_when_it_was_measured() -> None:
     assert report["machine"]["load_after"] == [0.1, 0.2, 0.3]
     assert {"host", "cores", "cpu", "memory_gib", "load", "python"} <= set(report["machine"])
     assert report["targets"][0]["phases"]["add"]["per_s"] == pytest.approx(100.0)
+
+
+def test_the_controller_a_run_starts_gets_the_options_it_was_given_after_its_own(tmp_path: Path) -> None:
+    from actors.stores.selection import StoreSettings
+    from actors.tools.loadtest.fleet import ControllerProcess
+
+    store = StoreSettings(tmp_path / "store.db", tmp_path / "kubeconfig")
+    given = ControllerProcess(tmp_path, store, "r1", extra=("--pool-host-linger=0.02",)).command()
+    assert given[-1] == "--pool-host-linger=0.02"  # NB: last, so it overrides any default the harness sets
+    assert "--pool-host-linger=0.02" not in ControllerProcess(tmp_path, store, "r1").command()
