@@ -114,6 +114,9 @@ class HttpServer:
     connection_errors: int = 0
     """Connections that ended on an unexpected error (a bug), each logged with its traceback."""
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _idle: set[trio.CancelScope] = attrs.field(factory=set)
+    """The waits of keep-alive connections between requests: a drain closes them at once."""
+    _draining: bool = False
 
     async def serve(
         self,
@@ -132,8 +135,12 @@ class HttpServer:
             connections.cancel_scope.deadline = trio.current_time() + self.grace
 
     def stop_accepting(self, reason: str = "shutting down") -> None:
-        """Close the listeners; connections already accepted are served to the end (within ``grace``)."""
+        """Close the listeners; requests in flight are served to the end (within ``grace``), idle keep-alive
+        connections are closed at once (a client's pooled connection must not hold the drain up)."""
+        self._draining = True
         self._accepting.cancel(reason=reason)
+        for idle in self._idle:
+            idle.cancel(reason=reason)
 
     async def _accept(self, listener: trio.abc.Listener[Any], connections: trio.Nursery) -> None:
         """Accept for as long as the listener is open; errors are logged and accepting goes on."""
@@ -195,6 +202,8 @@ class HttpServer:
     async def _next_request(self, stream: trio.abc.Stream, conn: h11.Connection) -> Request | _Refused | None:
         """The next request, a refusal, or ``None`` when the client closed or idled past ``read_timeout``."""
         with trio.move_on_after(self.read_timeout):
+            if not conn.trailing_data[0] and not await self._first_bytes(stream, conn):
+                return None
             try:
                 return await self._read(stream, conn)
             except h11.RemoteProtocolError as exc:
@@ -203,6 +212,19 @@ class HttpServer:
         if not started:
             return None
         return _Refused(408, f"request not complete within {self.read_timeout:g}s")
+
+    async def _first_bytes(self, stream: trio.abc.Stream, conn: h11.Connection) -> bool:
+        """Wait, idle, for the next request's first bytes and hand them to ``conn``; ``False`` when draining."""
+        if self._draining:
+            return False
+        with trio.CancelScope() as idle:
+            self._idle.add(idle)
+            try:
+                conn.receive_data(bytes(await stream.receive_some(65536)))  # NB: b"" (closed) is news too
+                return True
+            finally:
+                self._idle.discard(idle)
+        return False  # the drain cancelled the wait
 
     async def _read(self, stream: trio.abc.Stream, conn: h11.Connection) -> Request | _Refused | None:
         head: h11.Request | None = None

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import trio
+import trio.testing
 
 from actors.servers.httpserver import HttpServer, Request, Response, bound_port
 
@@ -91,3 +92,33 @@ async def test_a_request_with_a_body_over_the_limit_gets_a_413_it_can_read_over_
             assert (await get(port, head + b"x" * 1500)).startswith(b"HTTP/1.1 413")
             chunked = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024
             assert (await get(port, chunked + b"\r\n0\r\n\r\n")).startswith(b"HTTP/1.1 413")
+
+
+async def test_a_drain_closes_idle_keep_alive_connections_at_once_and_finishes_requests_in_flight() -> None:
+    release = trio.Event()
+
+    async def slow_or_fast(request: Request) -> Response:
+        if request.path == "/slow":
+            await release.wait()
+        return Response(200, request.path.encode())
+
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = bound_port(listener)
+    server = HttpServer(slow_or_fast, name="test", read_timeout=600, grace=600)  # NB: neither may be waited out
+    keep_alive = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, [listener])
+            idle = await trio.open_tcp_stream("127.0.0.1", port)
+            await idle.send_all(keep_alive % b"fast")
+            assert (await idle.receive_some(65536)).startswith(b"HTTP/1.1 200")  # and it stays open, idle
+            busy = await trio.open_tcp_stream("127.0.0.1", port)
+            await busy.send_all(keep_alive % b"slow")
+            await trio.testing.wait_all_tasks_blocked()
+            server.stop_accepting()
+            assert await idle.receive_some(65536) == b""  # closed by the drain, not by the read timeout
+            release.set()
+            assert (await busy.receive_some(65536)).startswith(b"HTTP/1.1 200")  # the request in flight is served
+            await idle.aclose()
+            await busy.aclose()
+        # NB: serve returned: the drain waited for nothing but the request in flight
