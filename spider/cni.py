@@ -196,8 +196,27 @@ class IpamConf:
 # --- requests -----------------------------------------------------------------------------------------------
 
 
+class PodArgs:
+    """The pod a call is for, as the runtime names it in ``CNI_ARGS`` (``K8S_POD_*``; empty when absent)."""
+
+    __slots__ = ()
+    args: Mapping[str, str]
+
+    @property
+    def pod_name(self) -> str:
+        return self.args.get("K8S_POD_NAME", "")
+
+    @property
+    def pod_namespace(self) -> str:
+        return self.args.get("K8S_POD_NAMESPACE", "")
+
+    @property
+    def pod_uid(self) -> str:
+        return self.args.get("K8S_POD_UID", "")
+
+
 @attrs.frozen(kw_only=True)
-class CniRequest:
+class CniRequest(PodArgs):
     """One validated plugin invocation.  Fields a verb does not use are empty (``""``, ``{}``, ``None``)."""
 
     command: str
@@ -213,18 +232,6 @@ class CniRequest:
     valid_attachments: tuple[tuple[str, str], ...] | None = None
     runtime_config: JsonObject = attrs.field(factory=dict)
     conf: JsonObject = attrs.field(factory=dict)
-
-    @property
-    def pod_name(self) -> str:
-        return self.args.get("K8S_POD_NAME", "")
-
-    @property
-    def pod_namespace(self) -> str:
-        return self.args.get("K8S_POD_NAMESPACE", "")
-
-    @property
-    def pod_uid(self) -> str:
-        return self.args.get("K8S_POD_UID", "")
 
 
 def parse_args(text: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Final
 
 import attrs
 
-from spider.cni import SUPPORTED_VERSIONS, JsonObject, json_type, parse_args, version_key
+from spider.cni import SUPPORTED_VERSIONS, JsonObject, PodArgs, json_type, parse_args, version_key
 from spider.coordinator.observed import family_of
 from spider.errors import DecodeFailure, IncompatibleVersion, InvalidEnvironment, InvalidNetConf
 
@@ -48,7 +48,7 @@ class PrevIP:
 
 
 @attrs.frozen(kw_only=True)
-class CoordinatorRequest:
+class CoordinatorRequest(PodArgs):
     """One validated invocation of the coordinator.  Fields a verb does not use are empty."""
 
     command: str
@@ -59,18 +59,6 @@ class CoordinatorRequest:
     version: str = ""
     conf: JsonObject = attrs.field(factory=dict)
     prev_result: JsonObject | None = None
-
-    @property
-    def pod_name(self) -> str:
-        return self.args.get("K8S_POD_NAME", "")
-
-    @property
-    def pod_namespace(self) -> str:
-        return self.args.get("K8S_POD_NAMESPACE", "")
-
-    @property
-    def pod_uid(self) -> str:
-        return self.args.get("K8S_POD_UID", "")
 
     def prev_ips(self) -> tuple[PrevIP, ...]:
         """The addresses ``prevResult`` gives this interface (all of them when it names no interfaces)."""
