@@ -23,10 +23,12 @@ LABEL org.opencontainers.image.title="spider-ipam" \
       org.opencontainers.image.description="Spiderpool-compatible underlay IPAM, actor-based, in Python" \
       org.opencontainers.image.licenses="Apache-2.0"
 # iproute2: `ip` for looking at a node's links, addresses, routes and rules from inside the agent's container.
+# patchelf: points the self-contained CNI runtime's interpreter at its own loader and libraries (below, and at
+# install time when a node's CNI bin directory is not /opt/cni/bin).
 # Not pinned: the slim base tracks Debian stable, whose security updates we want at every rebuild.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 \
+    && apt-get install -y --no-install-recommends iproute2 patchelf \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 COPY --from=build /src/requirements.lock /tmp/requirements.lock
@@ -35,6 +37,11 @@ COPY --from=build /src/requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir --no-index --find-links /wheels --require-hashes -r /tmp/requirements.lock \
     && pip install --no-cache-dir --no-index --no-deps /wheels/spider_ipam-*.whl \
     && rm -rf /wheels /tmp/requirements.lock
+# The self-contained CNI runtime, built now for the nodes' /opt/cni/bin (docs/operations.md): the agent's
+# install-cni init container copies it from /opt/spider/cni to the node as is, nothing patched or fetched then.
+# The VERSION call proves it starts on its own files (its loader and libraries named by absolute path).
+RUN spider install-cni --self-contained --bin-dir /opt/spider/cni --host-bin-dir /opt/cni/bin \
+    && ls -d /opt/spider/cni/spider-runtime-*/python3
 # The agent's probe (the kubelet cannot speak HTTP over the agent's unix socket).
 COPY deploy/image/spider-agent-healthy /usr/local/bin/spider-agent-healthy
 ENV PYTHONDONTWRITEBYTECODE=1 \

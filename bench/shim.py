@@ -6,7 +6,9 @@ Debian's host-local ADD.
 
 Each round runs every command once, in turn (so load changes hit them alike): the bare interpreter, the
 shim's VERSION (answered without the agent: start-up alone), the shim's ADD against a running agent process
-(a new pod each time), and host-local's ADD (its own data directory).  Times are wall clock around the exec.
+(a new pod each time), the same two through the self-contained install (``install-cni --self-contained``: the
+runtime copied beside the plugin; skipped when ``patchelf`` is missing), and host-local's ADD (its own data
+directory).  Times are wall clock around the exec.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import trio
 
 from actors.stores.selection import StoreSettings
 from actors.stores.sqlite import SqliteStore
-from actors.tools.launcher import install_cni
+from actors.tools.launcher import RuntimeBuildError, install_cni
 from actors.tools.loadtest.fleet import AgentFleet
 from actors.tools.loadtest.scenario import HOST_LOCAL
 from actors.tools.manifests import apply
@@ -83,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     fleet = trio.run(prepare, directory)
     try:
         shim = install_cni(directory / "bin")[0]
+        try:
+            contained: Path | None = install_cni(directory / "contained", self_contained=True)[0]
+        except RuntimeBuildError as error:
+            print(f"no self-contained runtime here: {error}", file=sys.stderr)
+            contained = None
         ours = json.dumps(
             {
                 "cniVersion": "1.0.0",
@@ -108,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             }
         ).encode()
         bare_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        times: dict[str, list[float]] = {k: [] for k in ("bare", "version", "add", "host-local")}
+        keys = ("bare", "version", "add", "contained-version", "contained-add", "host-local")
+        times: dict[str, list[float]] = {k: [] for k in keys}
         for n in range(args.rounds):
             times["bare"].append(timed([sys.executable, "-I", "-S", "-c", "pass"], bare_env, b""))
             times["version"].append(timed([str(shim)], cni_env("VERSION", n), ours))
             times["add"].append(timed([str(shim)], cni_env("ADD", n), ours))
+            if contained is not None:
+                times["contained-version"].append(timed([str(contained)], cni_env("VERSION", n), ours))
+                times["contained-add"].append(timed([str(contained)], cni_env("ADD", args.rounds + n), ours))
             times["host-local"].append(timed([str(HOST_LOCAL)], cni_env("ADD", n), theirs))
     finally:
         trio.run(fleet.stop)
@@ -121,15 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         "bare": f"{Path(sys.executable).name} -I -S -c pass",
         "version": "spiderpool VERSION (no agent)",
         "add": "spiderpool ADD (agent answers)",
+        "contained-version": "self-contained spiderpool VERSION",
+        "contained-add": "self-contained spiderpool ADD",
         "host-local": "host-local ADD",
     }
     base = stats_ms(times["bare"])["p50_ms"]
     for key, label in labels.items():
+        if not times[key]:
+            continue
         s = stats_ms(times[key])
         result.add(command=label, **s, vs_bare=round(s["p50_ms"] / base, 2))
     add = stats_ms(times["add"])["p50_ms"]
+    extra = {}
+    if times["contained-add"]:
+        extra["contained_add_vs_add"] = round(stats_ms(times["contained-add"])["p50_ms"] / add, 2)
     result.finish(
         args.json,
+        **extra,
         add_vs_bare=round(add / base, 2),
         add_vs_host_local=round(add / stats_ms(times["host-local"])["p50_ms"], 2),
         target="shim ADD p50 <= 1.5x the bare interpreter start",

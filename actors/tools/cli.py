@@ -20,7 +20,7 @@ from typing import Any
 import trio
 import yaml
 
-from actors.ipam.pool import DEFAULT_MAX_STATUS_BYTES
+from actors.ipam.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STATUS_BYTES
 from actors.ipam.remote import DEFAULT_BUDGET as DEFAULT_POOL_HOST_BUDGET
 from actors.ipam.remote import DEFAULT_POOL_HOST_PORT, DEFAULT_TOKEN_FILE
 from actors.stores.port import Obj, Store
@@ -74,6 +74,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     if args.netlink_timeout is not None:
         kwargs["netlink_timeout"] = args.netlink_timeout
     kwargs["max_pool_status_bytes"] = args.max_pool_status_bytes or None
+    kwargs["pool_idle_timeout"] = args.pool_idle_timeout or None
     kwargs["store_outage_budget"] = args.store_outage_budget
     kwargs["pool_host"] = not args.no_pool_host
     kwargs["pool_host_port"] = args.pool_host_port
@@ -204,7 +205,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_install_cni(args: argparse.Namespace) -> int:
-    for path in install_cni(Path(args.bin_dir), args.python):
+    host_bin_dir = Path(args.host_bin_dir) if args.host_bin_dir else None
+    for path in install_cni(Path(args.bin_dir), args.python, args.self_contained, host_bin_dir):
         print(f"installed {path}")
     return 0
 
@@ -316,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the most a pool's records may take; an ADD past it fails with CNI 100 naming the pool and the cap, "
         "before etcd refuses the object (1.5 MiB); use a SpiderSubnet for bigger address spaces "
         "(default %(default)d = 1 MiB; 0: no cap)",
+    )
+    p.add_argument(
+        "--pool-idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds a pool actor may go without a request before it stops and frees its ledger "
+        "(default %(default)g; 0: never)",
     )
     p.add_argument(
         "--store-outage-budget",
@@ -605,6 +615,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bin-dir", default="/opt/cni/bin", help="directory the plugins go to (default %(default)s)")
     p.add_argument(
         "--python", default=sys.executable, help="interpreter the plugins run with (default %(default)s, this one)"
+    )
+    p.add_argument(
+        "--self-contained",
+        action="store_true",
+        help="copy this Python's runtime into a sub-folder of --bin-dir and run the plugins with it: the node "
+        "needs no python3 (default: off, the plugins run with --python)",
+    )
+    p.add_argument(
+        "--host-bin-dir",
+        default=None,
+        help="where the node sees --bin-dir, when installing through a mount (default: --bin-dir)",
     )
     p.set_defaults(func=_cmd_install_cni)
 

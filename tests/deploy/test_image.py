@@ -143,6 +143,28 @@ def test_iproute2_comes_from_debian_in_the_final_image() -> None:
     assert "rm -rf /var/lib/apt/lists/*" in runs
 
 
+def test_the_image_builds_the_self_contained_cni_runtime_the_agents_install_step_copies() -> None:
+    from actors.tools.cli import build_parser
+    from actors.tools.launcher import PREBUILT_RUNTIMES
+
+    final = stages()[-1]
+    runs = [args for word, args in final if word == "RUN"]
+    assert any("apt-get install" in run and " patchelf" in run for run in runs)  # the runtime is patched with it
+    [build] = [run for run in runs if "spider install-cni" in run]
+    built = build_parser().parse_args(build.split("&&")[0].split()[1:])
+    assert built.self_contained is True
+    assert Path(built.bin_dir) == PREBUILT_RUNTIMES  # where install-cni looks for a runtime built by the image
+    order = [args for _, args in final]
+    assert order.index(build) > max(i for i, run in enumerate(order) if "pip install" in run)  # spider is there
+    assert order.index(build) < next(i for i, (word, _) in enumerate(final) if word == "USER")  # root writes /opt
+    [agent] = [obj for obj in documents(DEPLOY / "agent.yaml") if obj["kind"] == "DaemonSet"]
+    spec = agent["spec"]["template"]["spec"]
+    [install] = [c for c in spec["initContainers"] if c["name"] == "install-cni"]
+    installing = build_parser().parse_args(install["args"])
+    # The same host folder: the runtime the init container needs is the one the image built, copied as is.
+    assert (installing.self_contained, installing.host_bin_dir) == (True, built.host_bin_dir)
+
+
 def test_the_manifests_run_spider_subcommands_through_the_entrypoint_and_ship_the_probe() -> None:
     copied = {dest: sources for sources, dest in copies(stages()[-1])}
     for name in ("agent.yaml", "controller.yaml"):

@@ -200,15 +200,13 @@ def test_the_agent_and_install_arguments_are_accepted_by_spiders_parser() -> Non
     assert install.bin_dir == mounts(container(spec, "install-cni", init=True))["cni-bin"]
 
 
-def test_the_shims_interpreter_is_the_host_file_the_kubelet_checks_before_starting_the_agent() -> None:
+def test_the_plugins_are_installed_self_contained_naming_the_hosts_cni_bin_directory() -> None:
     spec = pod_spec("DaemonSet", "spiderpool-agent")
-    install = container(spec, "install-cni", init=True)
-    python = build_parser().parse_args(install["args"]).python
-    [volume] = [v for v in spec["volumes"] if v["name"] == "host-python"]
-    assert volume["hostPath"] == {"path": python, "type": "File"}
-    assert "host-python" in mounts(install)
-    assert python.startswith("/")
-    assert "python3" in python
+    install = build_parser().parse_args(container(spec, "install-cni", init=True)["args"])
+    assert install.self_contained is True  # no python3 needed on the node
+    [volume] = [v for v in spec["volumes"] if v["name"] == "cni-bin"]
+    assert install.host_bin_dir == volume["hostPath"]["path"]  # the launchers name the runtime as the node sees it
+    assert not [v for v in spec["volumes"] if v["name"] == "host-python"]
 
 
 def controller_defaults() -> argparse.Namespace:
@@ -366,7 +364,7 @@ def test_the_webhook_component_adds_its_rbac_and_turns_the_webhook_on() -> None:
     assert canonical(without_controller) == canonical(expected)
 
 
-def test_the_documented_interpreter_patch_changes_exactly_the_two_places() -> None:
+def test_the_documented_cni_bin_dir_patch_changes_exactly_the_two_places() -> None:
     text = (DEPLOY.parent / "docs" / "operations.md").read_text()
     block = re.search(r"```yaml\n(patches:.*?)```", text, re.DOTALL)
     assert block is not None
@@ -378,9 +376,9 @@ def test_the_documented_interpreter_patch_changes_exactly_the_two_places() -> No
         for step in parents:
             node = node[int(step)] if isinstance(node, list) else node[step]
         key: Any = int(last) if isinstance(node, list) else last
-        assert node[key] == "/usr/bin/python3"
+        assert node[key] == "/opt/cni/bin"
         node[key] = op["value"]
     spec = daemonset["spec"]["template"]["spec"]
     install = container(spec, "install-cni", init=True)
-    [volume] = [v for v in spec["volumes"] if v["name"] == "host-python"]
-    assert build_parser().parse_args(install["args"]).python == volume["hostPath"]["path"] == op["value"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == "cni-bin"]
+    assert build_parser().parse_args(install["args"]).host_bin_dir == volume["hostPath"]["path"] == op["value"]

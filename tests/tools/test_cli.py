@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -280,3 +281,27 @@ def test_the_agent_refuses_an_empty_store_file_and_exits_1() -> None:
         assert done.returncode == 1
         assert "is an empty file, not a store" in done.stderr
         assert empty.stat().st_size == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], {"netlink_timeout": 5.0, "pool_idle_timeout": 300.0}),
+        (["--netlink-timeout", "2", "--pool-idle-timeout", "60"], {"netlink_timeout": 2.0, "pool_idle_timeout": 60.0}),
+        (["--pool-idle-timeout", "0"], {"pool_idle_timeout": None}),
+    ],
+)
+def test_spider_agent_passes_its_timeouts_to_the_agent(
+    argv: list[str], expected: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import actors.agent
+
+    seen: list[Any] = []
+
+    async def run_agent(settings: Any) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(actors.agent, "run_agent", run_agent)
+    args = build_parser().parse_args(["agent", *argv])
+    assert args.func(args) == 0
+    assert [{key: getattr(s, key) for key in expected} for s in seen] == [expected]

@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from actors.tools.launcher import install_cni, install_launched
+import pytest
+
+from actors.tools.launcher import SHEBANG_MAX, RuntimeBuildError, install_cni, install_launched
 from tests.support import short_tmp
 
 
@@ -66,3 +68,9 @@ def test_an_interpreter_that_cannot_run_here_gets_the_source_only() -> None:
         assert launcher.read_text().startswith("#!/nonexistent/python3 -IS\n")
         done = subprocess.run([sys.executable, "-I", "-S", str(launcher)], capture_output=True, timeout=30, check=False)
         assert done.stdout == b"source ran"
+
+
+def test_an_interpreter_path_too_long_for_a_shebang_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeBuildError, match="too long"):
+        install_cni(tmp_path / "bin", python="/" + "p" * SHEBANG_MAX)
+    assert not any((tmp_path / "bin").iterdir())
