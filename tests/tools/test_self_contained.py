@@ -74,6 +74,15 @@ async def test_the_plugins_serve_every_command_in_a_chroot_with_nothing_but_what
         code, version, err = await run(plugin, cni_env("VERSION"))
         assert (code, err) == (0, b"")
         assert "1.1.0" in version["supportedVersions"]
+    # The coordinator's launcher reaches the agent too: a DEL of a sandbox it never set up is a clean no-op.
+    conf = {
+        "cniVersion": "1.1.0",
+        "name": "net",
+        "type": "coordinator",
+        "ipam_unix_socket_path": conf["ipam"]["ipam_unix_socket_path"],
+    }
+    code, out, err = await run("coordinator", cni_env("DEL", "ctr-1", "eth0", args))
+    assert (code, out, err) == (0, None, b"")
 
 
 def test_an_escaped_netconf_and_an_unreachable_agent_are_handled_with_the_runtimes_own_json(tmp_path: Path) -> None:
