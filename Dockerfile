@@ -39,7 +39,7 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels --require-hashes 
     && rm -rf /wheels /tmp/requirements.lock
 # The self-contained CNI runtime, built now for the nodes' /opt/cni/bin (docs/operations.md): the agent's
 # install-cni init container copies it from /opt/spider/cni to the node as is, nothing patched or fetched then.
-# The VERSION call proves it starts on its own files (its loader and libraries named by absolute path).
+# Its paths name /opt/cni/bin (where the node runs it), so it cannot be run here; tests/tools runs it in a chroot.
 RUN spider install-cni --self-contained --bin-dir /opt/spider/cni --host-bin-dir /opt/cni/bin \
     && ls -d /opt/spider/cni/spider-runtime-*/python3
 # The agent's probe (the kubelet cannot speak HTTP over the agent's unix socket).
