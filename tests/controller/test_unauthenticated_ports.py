@@ -43,10 +43,7 @@ async def fake(tmp_path: Path) -> AsyncIterator[KubeFakeBackend]:
 
 async def lease_calls(backend: KubeFakeBackend) -> list[str]:
     """The Lease requests the fake API server has received so far (``verb name``)."""
-    logged: list[tuple[str, str]] = await trio.to_thread.run_sync(
-        backend.host.call, lambda: list(backend.host.server.log)
-    )
-    seen = [request_attributes(method, target) for method, target in logged]
+    seen = [request_attributes(method, target) for method, target in await backend.logged()]
     return [f"{r.verb} {r.name}" for r in seen if r.resource == "leases"]
 
 

@@ -42,10 +42,7 @@ async def fake(tmp_path: Path) -> AsyncIterator[KubeFakeBackend]:
 
 async def requests(backend: KubeFakeBackend) -> list[Attributes]:
     """Every request the fake API server has received so far, as the authorizer sees it."""
-    logged: list[tuple[str, str]] = await trio.to_thread.run_sync(
-        backend.host.call, lambda: list(backend.host.server.log)
-    )
-    return [request_attributes(method, target) for method, target in logged]
+    return [request_attributes(method, target) for method, target in await backend.logged()]
 
 
 def lists(seen: list[Attributes]) -> list[Attributes]:

@@ -140,6 +140,10 @@ class KubeFakeBackend:
     async def compact(self, store: Store) -> None:
         await trio.to_thread.run_sync(self.host.call, self.host.server.cluster.compact)
 
+    async def logged(self) -> list[tuple[str, str]]:
+        """Every request the fake API server has received so far, as ``(method, target)``."""
+        return list(await trio.to_thread.run_sync(self.host.call, lambda: list(self.host.server.log)))
+
     async def aclose(self) -> None:
         for store in self.opened:
             await store.aclose()
