@@ -81,6 +81,19 @@ KINDS: tuple[Kind, ...] = (
     # KubeVirt: a VM pod's fixed addresses follow its VirtualMachineInstance / VirtualMachine (reference §2.11).
     Kind("VirtualMachineInstance", "kubevirt.io", "v1", "virtualmachineinstances", True, True, ("vmi",)),
     Kind("VirtualMachine", "kubevirt.io", "v1", "virtualmachines", True, True, ("vm",)),
+    # Multus's NetworkAttachmentDefinition, which the controller generates from each SpiderMultusConfig.
+    Kind(
+        "NetworkAttachmentDefinition",
+        "k8s.cni.cncf.io",
+        "v1",
+        "network-attachment-definitions",
+        True,
+        False,
+        ("net-attach-def",),
+    ),
+    # Where a cluster says its pod CIDRs (SpiderCoordinator's podCIDRType calico): Calico's own IPPool.  Its
+    # CLI names never win over SpiderIPPool's aliases (``kind_info`` prefers the earlier kind).
+    Kind("IPPool", "crd.projectcalico.org", "v1", "ippools", False, False),
     # The controller's own objects: its leader-election Lease, the Secret holding the webhook's self-made CA
     # and serving certificate, and the webhook configurations whose caBundle it fills in.
     Kind("Lease", "coordination.k8s.io", "v1", "leases", True, False, ()),
@@ -116,7 +129,7 @@ KINDS: tuple[Kind, ...] = (
 )
 
 _BY_KIND = {k.kind: k for k in KINDS}
-_BY_NAME = {name: k for k in KINDS for name in k.names}
+_BY_NAME = {name: k for k in reversed(KINDS) for name in k.names}  # NB: reversed, so earlier kinds win
 
 
 def kind_info(kind: str) -> Kind:
