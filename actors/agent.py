@@ -21,6 +21,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from actors.ipam.autopools import ActorRanges, AutoPools
 from actors.ipam.plugin import Plugin
 from actors.ipam.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STATUS_BYTES, PoolRegistry
 from actors.ipam.remote import (
@@ -34,12 +35,15 @@ from actors.ipam.remote import (
     ServiceAccountToken,
 )
 from actors.ipam.service import IpamService, IpamSettings
+from actors.ipam.subnet import SubnetRegistry
 from actors.node.actor import open_node
 from actors.node.coordinating import Coordinator
 from actors.node.netlink import NETLINK_TIMEOUT, netns_path
+from actors.node.rdma import RdmaCollector, endpoint_pods
 from actors.runtime.supervisor import Supervisor
 from actors.servers.agent_api import AgentApi, close_unix_listener, open_unix_listener
 from actors.servers.httpserver import READ_TIMEOUT
+from actors.servers.metrics import AGENT_PORT, AgentMetrics, MetricsServer, MetricsSettings
 from actors.stores.port import Store
 from actors.stores.retrying import DEFAULT_OUTAGE_BUDGET, RetryingStore
 from actors.stores.selection import StoreSettings, open_store
@@ -109,6 +113,10 @@ class AgentSettings:
     ca_configmap: str = DEFAULT_CA_CONFIGMAP
     pool_host_address: tuple[str, int] | None = None
     """The pool host's address, instead of the Lease holder's Pod IP (a controller outside the cluster)."""
+    metrics: MetricsSettings = attrs.field(factory=lambda: MetricsSettings(port=AGENT_PORT))
+    """``GET /metrics`` on port 5711 (``actors.servers.metrics``); off unless enabled, as Spiderpool's."""
+    rdma_metrics: bool = False
+    """Add the node's RDMA counters to ``GET /metrics`` (``SPIDERPOOL_ENABLED_RDMA_METRIC``; ``actors.node.rdma``)."""
 
     @property
     def forwards(self) -> bool:
@@ -161,7 +169,9 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
                 forwarder = PoolForwarder(registry, locator, token, budget=settings.pool_host_budget)
                 await actors.start(forwarder.run)
                 registry.route = forwarder
-            ipam = IpamService(store, registry, settings.node, settings.ipam)
+            subnets = SubnetRegistry(store, Supervisor(actors))  # NB: third-party applications' auto pools
+            auto_pools = AutoPools(store, settings.ipam.auto_pools, ActorRanges(store, subnets))
+            ipam = IpamService(store, registry, settings.node, settings.ipam, auto_pools=auto_pools)
             coordinator = None
             if settings.node_actor:  # the node's netlink owner, for the coordinator and ifacer plugins
                 node, node_actor = open_node(settings.host_netns, netlink_timeout=settings.netlink_timeout)
@@ -170,6 +180,15 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
             api = AgentApi(
                 ipam, Plugin(ipam), grace=settings.grace, read_timeout=settings.read_timeout, coordinator=coordinator
             )
+            if settings.metrics.enabled:  # NB: under the actors' nursery: cancelled with them at the end
+                api.metrics = AgentMetrics(api, debug=settings.metrics.debug)
+                metrics = MetricsServer(api.metrics.render, settings.metrics, name="agent metrics")
+                await actors.start(metrics.serve)
+                api.metrics_port = metrics.port
+                if settings.rdma_metrics:
+                    rdma = RdmaCollector(settings.node, pods_by_ip=endpoint_pods(store, settings.node))
+                    await actors.start(rdma.serve)
+                    api.metrics.add_source(rdma.samples)
             async with trio.open_nursery() as server:
                 await server.start(api.serve, listener)
                 try:

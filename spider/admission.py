@@ -55,6 +55,8 @@ class AdmissionRequest:
     object: Obj | None
     old_object: Obj | None
     dry_run: bool = False
+    namespace: str = ""
+    """``request.namespace``: the object's namespace (set by the API server even when the object has none)."""
 
 
 def parse_review(body: bytes) -> AdmissionRequest:
@@ -91,6 +93,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
         object=objects[0],
         old_object=objects[1],
         dry_run=bool(request.get("dryRun", False)),
+        namespace=str(request.get("namespace") or ""),
     )
 
 

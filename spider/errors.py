@@ -240,6 +240,18 @@ class AddAbandoned(TransientError):
 
 
 @attrs.define(auto_exc=True, kw_only=True)
+class AutoPoolNotReady(TransientError):
+    """A pod's auto-created pool (SpiderSubnet) did not appear with its desired size within the agent's wait:
+    the controller may still be making or resizing it, so a later ADD may succeed."""
+
+    selector: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"no matching auto-created IPPool candidate with matchLabels {self.selector!r}: {self.reason}; retry"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
 class ActorUnavailable(TransientError):
     """The actor that owned a request stopped before answering."""
 

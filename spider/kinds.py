@@ -94,6 +94,9 @@ KINDS: tuple[Kind, ...] = (
     # Where a cluster says its pod CIDRs (SpiderCoordinator's podCIDRType calico): Calico's own IPPool.  Its
     # CLI names never win over SpiderIPPool's aliases (``kind_info`` prefers the earlier kind).
     Kind("IPPool", "crd.projectcalico.org", "v1", "ippools", False, False),
+    # ... Cilium's pools of its multi-pool IPAM (podCIDRType cilium), and the cluster's service CIDRs.
+    Kind("CiliumPodIPPool", "cilium.io", "v2alpha1", "ciliumpodippools", False, False),
+    Kind("ServiceCIDR", "networking.k8s.io", "v1", "servicecidrs", False, True),
     # The controller's own objects: its leader-election Lease, the Secret holding the webhook's self-made CA
     # and serving certificate, and the webhook configurations whose caBundle it fills in.
     Kind("Lease", "coordination.k8s.io", "v1", "leases", True, False, ()),

@@ -20,6 +20,7 @@ Pure: no I/O; objects are the store's JSON-shaped dicts and are never mutated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -154,6 +155,9 @@ def subnet_status(subnet: Obj, pools: Iterable[Obj]) -> dict[str, Any] | None:
         old = previous.get(pool_name)
         if isinstance(old, dict) and old.get("application"):
             entry["application"] = old["application"]
+            # NB: the SubnetActor records a growth before the pool holds it, and trims after a shrink
+            with contextlib.suppress(ValueError, TypeError):
+                entry["ips"] = ips.union(IPSet.parse(parsed.version, old.get("ips") or [])).to_strings()
         controlled[pool_name] = entry
     for pool_name, old in previous.items():
         if pool_name not in controlled and isinstance(old, dict) and old.get("application"):

@@ -1,9 +1,16 @@
 """Which pools may serve a pod's interface, in which order (reference §2.2, §2.4, §2.5).
 
-Owns the precedence of the pool sources (pod annotations, namespace defaults, CNI config defaults, cluster
-default pools; the first source present wins entirely), the expansion of glob patterns in pool names, the
-filters (disabled, terminating, family, node, namespace, pod affinity) and the priority order.  Unlike
-Spiderpool the order is stable: pools of equal priority keep the order the user wrote them in.  Pure.
+Owns the precedence of the pool sources (SpiderSubnet annotations, pod annotations, namespace defaults, CNI
+config defaults, cluster default pools; the first source present wins entirely), the expansion of glob patterns
+in pool names, the filters (disabled, terminating, family, node, namespace, pod affinity: an auto-created pool's
+names the pod's top-level controller) and the priority order.  Unlike Spiderpool the order is stable: pools of
+equal priority keep the order the user wrote them in.  Pure.
+
+SpiderSubnet annotations (``ipam.spidernet.io/subnet``, ``subnets``) name subnets, not pools: the agent first
+finds (or, for a third-party controller, makes) the application's auto-created pool of each family
+(``actors.ipam.autopools``), puts the names in ``PodContext.auto_pools``, and selection then reads them as if
+the pod had named those pools (reference §2.2 row 1).  ``subnet_claim`` says what must be found, and refuses
+what Spiderpool refuses: subnet annotations while the auto-pool feature is off, and orphan pods.
 """
 
 from __future__ import annotations
@@ -16,6 +23,15 @@ from typing import Any
 import attrs
 
 from spider.addr import parse_ip, parse_network
+from spider.autopool import (
+    AFFINITY_KEYS,
+    LABEL_APP_NAME,
+    AppRef,
+    SubnetClaim,
+    app_affinity_labels,
+    has_subnet_claims,
+    subnet_claims,
+)
 from spider.errors import InvalidInput, NoAvailablePool, PoolNotFound
 from spider.pool import IPPool, Route
 from spider.selector import selector_from_label_selector
@@ -29,6 +45,14 @@ ANNO_NS_DEFAULT_V4 = "ipam.spidernet.io/default-ipv4-ippool"
 ANNO_NS_DEFAULT_V6 = "ipam.spidernet.io/default-ipv6-ippool"
 ANNO_MULTUS_DEFAULT = "v1.multus-cni.io/default-network"
 ANNO_MULTUS_NETWORKS = "k8s.v1.cni.cncf.io/networks"
+SOURCE_SUBNET = "SpiderSubnet annotations"
+"""The ``NicRequest.source`` of the auto-created pools found for ``ipam.spidernet.io/subnet(s)``."""
+AUTO_POOL_DISABLED = (
+    f"it's invalid to use '{ANNO_SUBNETS}' or '{ANNO_SUBNET}' annotation when Auto-Pool feature is disabled"
+)
+"""Spiderpool's answer to subnet annotations while ``enableAutoPoolForApplication`` is off (I00024)."""
+ORPHAN_POD = "SpiderSubnet feature doesn't support no-controller pod"
+"""Spiderpool's answer to subnet annotations on a pod without a controller (I00023)."""
 
 
 @attrs.frozen
@@ -48,6 +72,60 @@ class PodContext:
     """Where the agent runs: the namespace of a ``multusName`` or default network given without one."""
     cluster_network: str = ""
     """``MULTUS_CLUSTER_NETWORK``: the NetworkAttachmentDefinition of eth0 when the pod names none."""
+    app: AppRef | None = None
+    """The pod's top-level controller (a Deployment rather than its ReplicaSet, a CronJob rather than its Job);
+    ``None``: it has none, or it was not looked up (the pod itself then stands for it)."""
+    auto_pools: Mapping[tuple[str, int], str] = attrs.field(factory=dict)
+    """The auto-created pools found for the SpiderSubnet annotations, by ``(interface, IP version)``."""
+    enable_spider_subnet: bool = True
+    """``enableSpiderSubnet``: off, subnet annotations are ignored (the next pool source decides)."""
+    enable_auto_pool: bool = True
+    """``enableAutoPoolForApplication``: off (with subnets on), subnet annotations are refused."""
+
+    @property
+    def top_controller(self) -> AppRef:
+        """The application the pod belongs to: its top-level controller, or the pod itself (``v1`` ``Pod``)."""
+        return self.app or AppRef("v1", "Pod", self.namespace, self.name, self.uid)
+
+    @property
+    def uses_subnets(self) -> bool:
+        """Whether the SpiderSubnet annotations decide the pod's pools (present, and the feature on)."""
+        return self.enable_spider_subnet and has_subnet_claims(self.annotations)
+
+
+def subnet_claim(pod: PodContext, nic: str) -> SubnetClaim:
+    """What the SpiderSubnet annotations ask for ``nic`` (reference §2.2 row 1, Spiderpool's
+    ``getPoolFromSubnetAnno``): the subnet of each family, the pool size and reclaim choice.
+
+    ``subnets`` is looked up by interface; the single ``subnet`` serves whichever NIC asks (as in Spiderpool).
+    Refused, with Spiderpool's texts: the auto-pool feature off (I00024), an orphan pod (I00023); a NIC that
+    ``subnets`` does not list has no pool.
+    """
+    if not pod.enable_auto_pool:
+        raise InvalidInput(reason=AUTO_POOL_DISABLED)
+    claims = subnet_claims(pod.annotations)
+    app = pod.top_controller
+    if app.api_version == "v1" and app.kind == "Pod":
+        raise InvalidInput(reason=ORPHAN_POD)
+    if ANNO_SUBNETS not in pod.annotations:
+        return attrs.evolve(claims[0], interface=nic)
+    for claim in claims:
+        if claim.interface == nic:
+            return claim
+    raise NoAvailablePool(nic=nic, version=4, reason=f"interface {nic} is not listed in {ANNO_SUBNETS}")
+
+
+def _subnet_request(pod: PodContext, nic: str) -> NicRequest:
+    """The auto-created pools found for ``nic``, as if the pod had named them (one per family asked for)."""
+    claim = subnet_claim(pod, nic)
+    names: dict[int, tuple[str, ...]] = {}
+    for version in claim.versions:
+        found = pod.auto_pools.get((nic, version))
+        if found is None:
+            reason = f"no auto-created IPPool of SpiderSubnet {claim.subnet(version)!r} was found for it"
+            raise NoAvailablePool(nic=nic, version=version, reason=reason)
+        names[version] = (found,)
+    return NicRequest(nic, names.get(4, ()), names.get(6, ()), source=SOURCE_SUBNET)
 
 
 @attrs.frozen
@@ -84,11 +162,12 @@ def requested_pools(
     """The NICs to allocate on this call and the pools named for each, by Spiderpool's precedence.
 
     Usually one entry (``nic``).  With the named ``ipam.spidernet.io/ippools`` annotation every listed NIC
-    is allocated on the first ADD, as Spiderpool does, and the current NIC must be listed.
+    is allocated on the first ADD, as Spiderpool does, and the current NIC must be listed.  With SpiderSubnet
+    annotations (feature on) the NIC's auto-created pools, which the caller found (``PodContext.auto_pools``).
     """
     annos = pod.annotations
-    if ANNO_SUBNETS in annos or ANNO_SUBNET in annos:
-        raise InvalidInput(reason="SpiderSubnet annotations are not supported yet; use ipam.spidernet.io/ippool(s)")
+    if pod.uses_subnets:  # NB: one NIC per call, as Spiderpool: each NIC's ADD finds its own auto pools
+        return [_subnet_request(pod, nic)]
     if ANNO_IPPOOLS in annos:
         items = _json(annos[ANNO_IPPOOLS], ANNO_IPPOOLS)
         if not isinstance(items, list) or not items:
@@ -238,14 +317,29 @@ def _reject(pool: IPPool, pod: PodContext, version: int, nic: str = "eth0") -> s
         pod.namespace_labels
     ):
         return f"namespaceAffinity does not match namespace {pod.namespace!r}"
-    if pool.pod_affinity is not None and not selector_from_label_selector(pool.pod_affinity).matches(pod.labels):
-        return "podAffinity does not match the pod's labels"
+    if pool.pod_affinity is not None:
+        if LABEL_APP_NAME in pool.labels:  # an auto-created pool serves only its application (I00020)
+            if not _serves_app(pool.pod_affinity, pod.top_controller):
+                return f"auto-created pool of another application than {_app_text(pod.top_controller)}"
+        elif not selector_from_label_selector(pool.pod_affinity).matches(pod.labels):
+            return "podAffinity does not match the pod's labels"
     if pool.multus_name:  # NB: only pools that set multusName look at Multus (Spiderpool before Aug 2025)
         network = multus_network(pod, nic)
         wanted = {_qualified(m, pod.agent_namespace) for m in pool.multus_name}
         if network not in wanted:
             return f"multusName {sorted(wanted)} does not match the NIC's network {network or 'none'}"
     return None
+
+
+def _serves_app(pod_affinity: Mapping[str, Any], app: AppRef) -> bool:
+    """Spiderpool's ``IsMatchAutoPoolAffinity``: the pool's ``app-*`` matchLabels name the application."""
+    wanted = pod_affinity.get("matchLabels") or {}
+    mine = app_affinity_labels(app)
+    return all(wanted.get(key) == mine[key] for key in AFFINITY_KEYS)
+
+
+def _app_text(app: AppRef) -> str:
+    return f"{app.kind} {app.namespace}/{app.name}"
 
 
 def _priority(pool: IPPool) -> tuple[bool, ...]:

@@ -36,6 +36,7 @@ KINDS = (POOL, SUBNET, RESERVED)
 LABEL_POOL_CIDR = "ipam.spidernet.io/ippool-cidr"
 LABEL_SUBNET_CIDR = "ipam.spidernet.io/subnet-cidr"
 LABEL_OWNER_SUBNET = "ipam.spidernet.io/owner-spider-subnet"
+LABEL_APP_UID = "ipam.spidernet.io/owner-application-uid"
 
 Obj = dict[str, Any]
 
@@ -406,6 +407,34 @@ def _validate_pool(
                     f"{_name(subnet)}, total IP addresses of a Subnet are jointly determined by 'spec.ips' and "
                     "'spec.excludeIPs'",
                 )
+            _auto_pool_ips(new, old, subnet, parsed)
+
+
+def _auto_pool_ips(
+    new: Mapping[str, Any], old: Mapping[str, Any] | None, subnet: Mapping[str, Any], parsed: _Parsed
+) -> None:
+    """I00018: an auto pool's ``ips`` are what its subnet recorded for it (``controlledIPPools``); only the
+    controller changes them: growing to the recorded ranges, or shrinking within them."""
+    if LABEL_APP_UID not in ((new.get("metadata") or {}).get("labels") or {}):
+        return
+    controlled = (subnet.get("status") or {}).get("controlledIPPools")
+    try:
+        entry = (json.loads(controlled) if isinstance(controlled, str) and controlled else {}).get(_name(new))
+        recorded = IPSet.parse(parsed.version, entry.get("ips") or []) if isinstance(entry, dict) else None
+        before = IPSet.parse(parsed.version, (old.get("spec") or {}).get("ips") or []) if old else None
+    except (ValueError, AttributeError):
+        return
+    if recorded is None or parsed.ips == recorded:
+        return
+    if not parsed.ips.issubset(recorded) or before is None or not parsed.ips.issubset(before):
+        raise _fail(
+            POOL,
+            new,
+            "spec.ips",
+            "Forbidden",
+            f"it's illegal to update AutoPool.Spec.IPs: SpiderSubnet {_name(subnet)} controls "
+            f"{recorded.to_strings()} for it",
+        )
 
 
 def _validate_subnet(

@@ -3,8 +3,9 @@
 Owns the controller's settings and life cycle: open the store, serve health and readiness on TCP (Spiderpool's
 controller paths on port 5720), serve the optional admission webhook over TLS (port 5722), and campaign for
 the Lease; while this instance leads, the ``PoolReconciler`` keeps pool and subnet status counts and
-finalizers.  On SIGTERM or SIGINT the leading work stops first, then the Lease is released (so a successor
-takes over within one retry period instead of a whole lease duration), then the servers close.
+finalizers, and ``CoordinatorSync`` the SpiderCoordinators' status (the cluster's pod and service CIDRs).
+On SIGTERM or SIGINT the leading work stops first, then the Lease is released (so a successor takes over
+within one retry period instead of a whole lease duration), then the servers close.
 
 Health (``GET``, answered 200 or 500 with a JSON string saying why) and the webhook bind the pod's own address
 (``$POD_IP``, from the downward API) when it is set, else every address (logged as such):
@@ -45,13 +46,20 @@ from typing import Any
 import attrs
 import trio
 
+from actors.controller.applications import ApplicationController, ApplicationSettings
+from actors.controller.coordinator_sync import CoordinatorSync, CoordinatorSyncSettings
+from actors.controller.gc import IpGarbageCollector
 from actors.controller.leader import DEFAULT_LEASE_NAME, LeaderElector, LeaderSettings
+from actors.controller.multus import MultusReconciler, MultusSettings
 from actors.controller.reconciler import DEFAULT_RESYNC, PoolReconciler
 from actors.ipam.pool import DEFAULT_MAX_STATUS_BYTES, PoolRegistry
 from actors.ipam.remote import DEFAULT_AGENT_ACCOUNT, DEFAULT_CA_CONFIGMAP, DEFAULT_POOL_HOST_PORT
+from actors.ipam.subnet import SubnetRegistry
 from actors.runtime.supervisor import Supervisor
 from actors.servers.certs import CertSettings, pool_host_certificate
 from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
+from actors.servers.metrics import CONTROLLER_PORT, ControllerMetrics, MetricsServer, MetricsSettings
+from actors.servers.pod_webhook import PodResourceWebhook
 from actors.servers.pool_host import PoolHost, keep_certificate, open_listeners
 from actors.servers.webhook import DEFAULT_PORT as DEFAULT_WEBHOOK_PORT
 from actors.servers.webhook import AdmissionWebhook, WebhookSettings, describe_host
@@ -59,6 +67,8 @@ from actors.stores.port import Store
 from actors.stores.selection import StoreSettings, open_store
 from actors.stores.sqlite import default_store_path
 from spider.errors import SpiderError
+from spider.gc import GcSettings
+from spider.podinject import PodInjectSettings
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +140,9 @@ class ControllerSettings:
     webhook_configuration: str = "spiderpool-controller"
     webhook_secret: str = "spiderpool-controller-server-certs"
     webhook_extra_hosts: tuple[str, ...] = ()
+    pod_inject: PodInjectSettings = attrs.field(factory=PodInjectSettings)
+    """Spiderpool's ``podResourceInject``: when enabled the webhook also serves the pod mutating webhook
+    (``actors.servers.pod_webhook``), and is served for it even without ``webhook``."""
     pool_host: bool = True
     """With an API server store, host the pools while leading (agents forward their requests here)."""
     pool_host_host: str | None = attrs.field(factory=default_bind_host)
@@ -150,6 +163,24 @@ class ControllerSettings:
     """The hosted pools' status-size cap: the agents' ``--max-pool-status-bytes``."""
     ca_configmap: str = DEFAULT_CA_CONFIGMAP
     """The ConfigMap (in ``namespace``) the CA of the pool host's certificate is published in."""
+    gc: GcSettings = attrs.field(factory=lambda: GcSettings.from_environ(os.environ))
+    """IP garbage collection while leading (``actors.controller.gc``): Spiderpool's ``SPIDERPOOL_GC_*``."""
+    enable_spider_subnet: bool = True
+    """[enableSpiderSubnet] Manage SpiderSubnets' auto pools and adopt manual pools inside a subnet."""
+    enable_auto_pool: bool = True
+    """[enableAutoPoolForApplication] Create, size and reclaim a pool per application (reference §7.1)."""
+    auto_pool_default_redundant: int = 0
+    """[clusterSubnetAutoPoolDefaultRedundantIPNumber] Spare addresses of an auto pool whose application names
+    no ``ippool-ip-number`` (Spiderpool's effective default is 0)."""
+    metrics: MetricsSettings = attrs.field(factory=lambda: MetricsSettings(port=CONTROLLER_PORT))
+    """``GET /metrics`` on port 5721 (``actors.servers.metrics``); off unless enabled, as Spiderpool's."""
+
+    multus: MultusSettings | None = attrs.field(factory=MultusSettings)
+    """Keep each SpiderMultusConfig's NetworkAttachmentDefinition while leading (``actors.controller.multus``);
+    ``None``: do not (Spiderpool's ``SPIDERPOOL_MULTUS_CONFIG_ENABLED=false``)."""
+    coordinator: CoordinatorSyncSettings | None = attrs.field(factory=CoordinatorSyncSettings)
+    """Keep the SpiderCoordinators' status while leading (``actors.controller.coordinator_sync``); ``None``:
+    do not (Spiderpool's ``SPIDERPOOL_COORDINATOR_ENABLED=false``)."""
 
     @property
     def pool_host_user(self) -> str:
@@ -198,8 +229,18 @@ class Controller:
     """The pool host (API server store only); it serves while ``pools`` is set on it (we lead)."""
     pools: PoolRegistry | None = None
     """The hosted pool actors of the current (or last) leadership, for ``GET /v1/spider/stats``."""
+    gc: IpGarbageCollector | None = None
+    """The IP garbage collector of the current (or last) leadership."""
+    applications: ApplicationController | None = None
+    """The auto-pool work of the current leadership (SpiderSubnet on)."""
     pool_host_port: int | None = None
     health_port: int | None = None
+    metrics_port: int | None = None
+    """The port of ``GET /metrics`` when served."""
+    coordinator_sync: CoordinatorSync | None = None
+    """The SpiderCoordinator status keeper of the current (or last) leadership."""
+    multus: MultusReconciler | None = None
+    """The SpiderMultusConfig controller of the current (or last) leadership."""
     started: bool = False
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
@@ -220,6 +261,26 @@ class Controller:
                         max_status_bytes=s.max_pool_status_bytes,
                     )
                     self.pool_host.registry = self.pools
+                self.gc = IpGarbageCollector(self.store, self.settings.gc, pools=self.pools)
+                actors.start_soon(self.gc.run)
+                if self.settings.enable_spider_subnet:
+                    self.applications = ApplicationController(
+                        self.store,
+                        SubnetRegistry(self.store, Supervisor(actors)),
+                        ApplicationSettings(
+                            enable_spider_subnet=self.settings.enable_spider_subnet,
+                            enable_auto_pool=self.settings.enable_auto_pool,
+                            default_redundant=self.settings.auto_pool_default_redundant,
+                            resync_period=self.settings.resync_period,
+                        ),
+                    )
+                    actors.start_soon(self.applications.run)
+                if self.settings.multus is not None:
+                    self.multus = MultusReconciler(self.store, self.settings.multus)
+                    actors.start_soon(self.multus.run)
+                if self.settings.coordinator is not None:
+                    self.coordinator_sync = CoordinatorSync(self.store, self.settings.coordinator)
+                    actors.start_soon(self.coordinator_sync.run)
                 try:
                     await reconciler.run()
                 finally:  # NB: first, so no batch reaches actors being cancelled: they get 421 instead
@@ -248,10 +309,14 @@ class Controller:
             problems.append("no leader known")
         if self.elector.leading and (self.reconciler is None or not self.reconciler.synced):
             problems.append("leading, but the pool informers have not listed everything yet")
+        if self.elector.leading and (self.gc is None or not self.gc.synced):
+            problems.append("leading, but the IP GC's pod informer has not listed the pods yet")
         if self.webhook is not None and self.webhook.port is None:
             problems.append("the admission webhook is not serving yet")
         elif self.webhook is not None and not self.webhook.cache.synced:
             problems.append("the admission webhook has not listed the pools and subnets yet")
+        elif self.webhook is not None and self.webhook.pods is not None and not self.webhook.pods.cache.synced:
+            problems.append("the pod webhook has not listed the SpiderMultusConfigs and Namespaces yet")
         return problems
 
     async def health(self, request: Request) -> Response:
@@ -278,6 +343,7 @@ class Controller:
         return {
             "leader": self.elector.leading,
             "pools": self.pools.statistics() if self.pools is not None else {},
+            "gc": self.gc.statistics() if self.gc is not None else None,
             "host": {"batches": host.batches, "refused": host.refused} if host is not None else None,
         }
 
@@ -344,8 +410,14 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
             controller.health_port = bound_port(listeners[0])
             health = HttpServer(controller.health, name="health", read_timeout=settings.health_read_timeout)
             await nursery.start(health.serve, listeners)
-            if settings.webhook:
-                controller.webhook = AdmissionWebhook(store)
+            if settings.metrics.enabled:
+                metrics = ControllerMetrics(controller, debug=settings.metrics.debug)
+                server = MetricsServer(metrics.render, settings.metrics, name="controller metrics")
+                await nursery.start(server.serve)
+                controller.metrics_port = server.port
+            if settings.webhook or settings.pod_inject.enabled:
+                pods = PodResourceWebhook(store, settings.pod_inject) if settings.pod_inject.enabled else None
+                controller.webhook = AdmissionWebhook(store, pods=pods)
                 await nursery.start(controller.webhook.serve, settings.webhook_settings())
             review = getattr(store, "review_token", None)  # NB: only an API server store hosts pools
             if settings.pool_host and review is not None:

@@ -120,6 +120,10 @@ class PoolReconciler:
         """Whether every watched kind has been listed at least once."""
         return self._listed == set(WATCHED)
 
+    def cached(self, kind: str) -> list[Obj]:
+        """The objects of a watched kind as last listed and watched (the controller's metrics count them)."""
+        return list(self._cache.get(kind, {}).values())
+
     @property
     def idle(self) -> bool:
         """Whether nothing waits in the queue (for tests that wait for the reconciler to settle)."""

@@ -77,6 +77,8 @@ class Allocate:
     reply: Reply[Allocation]
     avoid: IPSet | None = None
     """Addresses this pool shares with an overlapping pool: never handed out (``spider.pool.contested``)."""
+    sent_at: float = attrs.field(factory=trio.current_time, eq=False)
+    """When it was queued (trio clock): its wait in the mailbox is measured from here (``PoolActor.on_wait``)."""
 
 
 @attrs.frozen
@@ -86,6 +88,7 @@ class Release:
     key: tuple[str, str]
     container_id: str
     reply: Reply[str | None]
+    sent_at: float = attrs.field(factory=trio.current_time, eq=False)
 
 
 @attrs.frozen
@@ -94,6 +97,7 @@ class ReleaseIPs:
 
     ips: tuple[tuple[str, str | Record], ...]  # (ip, podUid or the exact record)
     reply: Reply[int]
+    sent_at: float = attrs.field(factory=trio.current_time, eq=False)
 
 
 @attrs.frozen
@@ -136,6 +140,10 @@ class PoolStatistics:
     largest_batch: int = 0
     looks: int = 0
     """``Verify`` requests (an ADD's last look, a read): not counted in ``requests`` and ``batches``."""
+    allocation_conflicts: int = 0
+    """Lost write races of batches that held an allocation (``conflicts`` counts every lost race)."""
+    release_conflicts: int = 0
+    """Lost write races of batches that held a release."""
 
 
 def is_big(stored: Obj) -> bool:
@@ -241,6 +249,8 @@ class PoolActor:
     gone: bool = False
     """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
+    on_wait: Callable[[PoolMsg, float], None] | None = None
+    """Told each request's wait in the mailbox (seconds from ``sent_at`` to its batch), for the metrics."""
     _ledger: PoolLedger | None = None
     _version: str = ""
     _stale: PoolLedger | None = None
@@ -262,6 +272,10 @@ class PoolActor:
             self.stats.requests += len(batch) - looks
             self.stats.batches += looks < len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch) - looks)
+            if self.on_wait is not None:
+                now = trio.current_time()
+                for msg in batch:
+                    self.on_wait(msg, now - getattr(msg, "sent_at", now))
             try:
                 await self._commit(batch)
             except BaseException:
@@ -409,6 +423,8 @@ class PoolActor:
                     continue
             except Conflict:
                 self.stats.conflicts += 1
+                self.stats.allocation_conflicts += any(isinstance(msg, Allocate) for msg in batch)
+                self.stats.release_conflicts += any(isinstance(msg, Release | ReleaseIPs) for msg in batch)
                 # NB: the ledger holds the failed batch; re-read and re-apply from scratch (reusing what still matches)
                 self._stale, self._ledger = self._ledger, None
                 if trio.current_time() + delay > deadline:
@@ -525,6 +541,8 @@ class PoolRegistry:
     """Each actor's ``PoolActor.linger`` (the pool host's ``--pool-host-linger``)."""
     route: PoolRoute | None = None
     """Where handles send requests (the pool host's forwarder); ``None``: this registry's own actors."""
+    on_wait: Callable[[PoolMsg, float], None] | None = None
+    """Each actor's ``PoolActor.on_wait`` (the IPAM service's meter)."""
     actors: dict[str, PoolActor] = attrs.field(factory=dict)
     """The running actors, by pool."""
     _mailboxes: dict[str, trio.MemorySendChannel[PoolMsg]] = attrs.field(factory=dict)
@@ -537,7 +555,8 @@ class PoolRegistry:
         return PoolHandle(name, _RegisteredMailbox(self, name))
 
     def statistics(self) -> dict[str, dict[str, int]]:
-        """Per pool: requests, batches, writes, conflicts, largest batch."""
+        """Per pool: requests, batches, writes, conflicts (and of them, allocations' and releases'), largest
+        batch, looks."""
         return {name: attrs.asdict(stats) for name, stats in self._stats.items()}
 
     async def deliver(self, name: str, msg: PoolMsg) -> None:
@@ -592,6 +611,7 @@ class PoolRegistry:
                 idle_timeout=self.idle_timeout,
                 linger=self.linger,
                 stats=self._stats.setdefault(name, PoolStatistics()),
+                on_wait=self.on_wait,
             )
             await actor.prime(stored)
             self._mailboxes[name], self.actors[name] = send, actor

@@ -32,6 +32,8 @@ from typing import Any
 import attrs
 import trio
 
+from actors.ipam.autopools import AutoPools, AutoPoolSettings
+from actors.ipam.metering import IpamMeter
 from actors.ipam.pool import Allocation, PoolRegistry
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store
 from spider.addr import parse_ip, parse_network
@@ -142,6 +144,8 @@ class IpamSettings:
     """Seconds a Namespace or Node read for a pod's context (labels and annotations for affinities and default
     pools) is reused: a burst of pods in one namespace on one node reads each once.  The Pod itself is always
     read afresh (its UID, annotations and phase decide the allocation)."""
+    auto_pools: AutoPoolSettings = attrs.field(factory=AutoPoolSettings)
+    """SpiderSubnet: the feature switches and the wait for an application's auto-created pool."""
 
 
 @attrs.define
@@ -159,6 +163,16 @@ class IpamService:
     """The pools as last listed: pool choice reads them, and the overlap check (``contested``) too."""
     _pools_listed_at: float = float("-inf")
     _context_seen: dict[tuple[str, str], tuple[float, Obj | None]] = attrs.field(factory=dict)
+    meter: IpamMeter = attrs.field(factory=IpamMeter)
+    """What this service measured of its requests (``actors.servers.metrics`` reads it)."""
+    auto_pools: AutoPools | None = None
+    """Finds a pod's SpiderSubnet auto pools (``actors.ipam.autopools``); ``None``: one on ``store``."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.pools.on_wait is None:  # NB: the pool actors report their requests' waits to this meter
+            self.pools.on_wait = self.meter.queued
+        if self.auto_pools is None:
+            self.auto_pools = AutoPools(self.store, self.settings.auto_pools)
 
     async def _get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
         if not name:
@@ -262,11 +276,19 @@ class IpamService:
         return out
 
     async def _gather_add(self, req: AddRequest) -> AddFacts:
-        """Gather: the Pod (afresh), its Namespace and Node, its workload, its endpoint and the pools' specs."""
+        """Gather: the Pod (afresh), its Namespace and Node, its workload, its endpoint and the pools' specs; with
+        SpiderSubnet annotations, the application's auto pools (``actors.ipam.autopools``: waits until ready)."""
         ctx, pod = await self._pod_context(req.pod_namespace, req.pod_name, req.pod_uid)
         workload = await self._workload(pod, req.pod_namespace, req.pod_name)
         endpoint = await self._read_endpoint(workload.endpoint_name or req.pod_name, req.pod_namespace)
-        return AddFacts(req, self.node, ctx, pod, workload, endpoint, await self._all_pools())
+        pools = await self._all_pools()
+        assert self.auto_pools is not None
+        if endpoint is not None and endpoint.uid == ctx.uid and endpoint.nic(req.ifname) is not None:
+            ctx = self.auto_pools.switched(ctx)  # NB: a repeated ADD asks the recorded pools: nothing to find
+        else:  # SpiderSubnet annotations: the application's auto pools, once ready (may wait for the controller)
+            found = await self.auto_pools.find(ctx, pod, req.ifname)
+            ctx, pools = found.context, {**pools, **found.pools} if found.pools else pools
+        return AddFacts(req, self.node, ctx, pod, workload, endpoint, pools)
 
     async def _read_endpoint(self, name: str, namespace: str) -> Endpoint | None:
         obj = await self._get(ENDPOINT, name, namespace)
@@ -284,6 +306,11 @@ class IpamService:
         return facts, plan
 
     async def allocate(self, req: AddRequest) -> list[NicResult]:
+        """Every NIC's addresses for this ADD (``_add``), counted and timed in ``meter``."""
+        with self.meter.allocation.measure():
+            return await self._add(req)
+
+    async def _add(self, req: AddRequest) -> list[NicResult]:
         """Every NIC's addresses for this ADD (usually one NIC); idempotent for the same pod UID and NIC.
 
         Gather (``_gather_add``), decide (``spider.plan.decide_add``: one plan, or the error, before anything
@@ -542,6 +569,11 @@ class IpamService:
     async def release(
         self, req: DelRequest, *, keep_live: bool = True, interfaces: frozenset[str] | None = None
     ) -> list[str]:
+        """Free what this pod's sandbox holds (``_release``), counted and timed in ``meter``."""
+        with self.meter.release.measure():
+            return await self._release(req, keep_live=keep_live, interfaces=interfaces)
+
+    async def _release(self, req: DelRequest, *, keep_live: bool, interfaces: frozenset[str] | None) -> list[str]:
         """Free what this pod's sandbox holds (all its NICs, as Spiderpool); returns the freed addresses.
 
         Gather (``_gather_release``), decide (``spider.plan.decide_release``), act.  Works from stored state

@@ -34,9 +34,9 @@ import logging
 import os
 import socket as stdsocket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -58,6 +58,19 @@ from spider.errors import (
 from spider.ipam_request import AddRequest, DelRequest
 
 log = logging.getLogger(__name__)
+
+
+class ServedMetrics(Protocol):
+    """The agent's metrics as the rest of the agent sees them (``actors.servers.metrics.AgentMetrics``, which
+    reads this API's counters: named here by shape only, so neither module imports the other's)."""
+
+    def render(self) -> bytes:
+        """The exposition text of every family."""
+        ...
+
+    def add_source(self, source: Callable[[], Iterable[Any]]) -> None:
+        """Serve the samples ``source`` returns at each scrape too."""
+        ...
 
 
 PROBE_TIMEOUT = 2.0
@@ -116,6 +129,10 @@ class AgentApi:
     requests: int = 0
     coordinator: Coordinator | None = None
     """The coordinator and ifacer plugins and ``GET /v1/coordinator/config`` (``None``: not served)."""
+    metrics: ServedMetrics | None = None
+    """The agent's metrics when they are served (more families: ``AgentMetrics.add_source``)."""
+    metrics_port: int | None = None
+    """The TCP port of ``GET /metrics`` when served."""
     _server: HttpServer = attrs.field(init=False)
     _routes: dict[tuple[str, str], Route] = attrs.field(init=False)
 

@@ -1,7 +1,8 @@
 """The optional admission webhook: Spiderpool's validate and mutate paths for its IPAM kinds, over TLS.
 
 Owns the HTTPS side: routing Spiderpool's paths (``/validate-spiderpool-spidernet-io-v2beta1-spiderippool``,
-``/mutate-...``, for SpiderIPPool, SpiderSubnet and SpiderReservedIP), the cache of the objects a rule compares
+``/mutate-...``, for SpiderIPPool, SpiderSubnet and SpiderReservedIP; with ``pods`` also the pod webhook's
+``/mutate--v1-pod``, ``actors.servers.pod_webhook``), the cache of the objects a rule compares
 against (``SpecCache``), and serving it all on port 5722 with the certificate ``actors.servers.certs`` provides.
 The decisions are ``spider.admission``'s (pure), the rules behind them the store layer's own
 (``spider.validation``, which ``actors.stores.validating`` applies to every write whatever the backend).
@@ -30,6 +31,7 @@ import trio
 
 from actors.servers.certs import CertSettings, ServedCertificate
 from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
+from actors.servers.pod_webhook import PodResourceWebhook
 from actors.stores.informer import inform
 from actors.stores.port import Obj, Store, WatchEvent
 from spider import limits
@@ -44,6 +46,7 @@ from spider.admission import (
     webhook_path,
 )
 from spider.errors import SpiderError, StoreUnavailable, TransientError
+from spider.podinject import POD_WEBHOOK_PATH
 from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings
 
 log = logging.getLogger(__name__)
@@ -161,9 +164,13 @@ class AdmissionWebhook:
     """The port it serves on, once serving."""
     cache: SpecCache = attrs.field(default=attrs.Factory(lambda self: SpecCache(self.store), takes_self=True))
     """The pools and subnets the rules compare against (filled while ``serve`` runs)."""
+    pods: PodResourceWebhook | None = None
+    """The pod resource-injection webhook, served on ``/mutate--v1-pod`` when given (``podResourceInject``)."""
 
     async def handle(self, request: Request) -> Response:
         """One HTTP request: an AdmissionReview in, an AdmissionReview out."""
+        if self.pods is not None and request.path == POD_WEBHOOK_PATH:
+            return await self.pods.handle(request)
         route = ROUTES.get(request.path)
         if route is None:
             return json_response(404, f"no webhook at {request.path}")
@@ -221,6 +228,8 @@ class AdmissionWebhook:
         log.info("admission webhook serving HTTPS on %s port %d", describe_host(settings.host), self.port)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.cache.run)
+            if self.pods is not None:
+                await nursery.start(self.pods.run)
             nursery.start_soon(certificate.keep_current)  # NB: a renewed or re-mounted certificate, no restart
             await nursery.start(HttpServer(self.handle, name="webhook").serve, tls)
             task_status.started(self.port)

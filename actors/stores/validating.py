@@ -1,6 +1,6 @@
-"""Admission at the store layer: every create and update of a pool, subnet or reserved IP is mutated and
-validated (``spider.validation``) before it reaches any backend, so a bad object never gets in — with or
-without the optional admission webhook.
+"""Admission at the store layer: every create and update of a pool, subnet, reserved IP or SpiderMultusConfig
+is mutated and validated (``spider.validation``, ``spider.multus``) before it reaches any backend, so a bad
+object never gets in — with or without the optional admission webhook.
 
 Owns ``ValidatingStore``, a ``Store`` that wraps another one.  Reads, status writes and deletes pass through
 untouched (status is the agents' and the controller's, and deletion must never be blocked).  The cross-object
@@ -20,6 +20,8 @@ import attrs
 from actors.stores.port import AtomicStatusUpdate, Invalid, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
 from spider.errors import InvalidInput, InvalidSpec
 from spider.kinds import kind_info
+from spider.multus import KIND as MULTUS
+from spider.multus import NAD_KIND, mutate_multus_config, nad_name, validate_multus_config
 from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings, mutate, validate
 
 
@@ -42,6 +44,8 @@ class ValidatingStore:
             kind = kind_info(alias).kind  # NB: "sp" or "spiderippools" names a pool too
         except InvalidInput:
             return obj  # the inner store rejects an unknown kind
+        if kind == MULTUS:
+            return await self._admit_multus({**obj, "kind": kind}, creating=creating)
         if kind not in KINDS:
             return obj
         obj = {**obj, "kind": kind}
@@ -61,6 +65,26 @@ class ValidatingStore:
                 validate(kind, new, old, existing, self.settings)
             except InvalidSpec as exc:
                 raise Invalid(kind=kind, name=name, reason=exc.reason) from None
+        return new
+
+    async def _admit_multus(self, obj: Obj, *, creating: bool) -> Obj:
+        """A SpiderMultusConfig: mutated, then checked against the stored one and the NAD it would own."""
+        _, namespace, name = key_of(obj)
+        old = None
+        if not creating:
+            try:
+                old = await self.inner.get(MULTUS, name, namespace)
+            except NotFound:
+                old = None
+        new = mutate_multus_config(obj)
+        try:
+            nad = await self.inner.get(NAD_KIND, nad_name(new), namespace)
+        except NotFound:
+            nad = None
+        try:
+            validate_multus_config(new, old, nad)
+        except InvalidSpec as exc:
+            raise Invalid(kind=MULTUS, name=name, reason=exc.reason) from None
         return new
 
     async def get(self, kind: str, name: str, namespace: str = "") -> Obj:

@@ -1,4 +1,4 @@
-"""``spider``: the command line for people (agent, apply, get, delete, check, install-cni, demo,
+"""``spider``: the command line for people (agent, apply, get, delete, check, init, ip, install-cni, demo,
 loadtest).
 
 Owns argument parsing, the output formats (tables with rich, ``-o json|yaml``) and exit codes; each command
@@ -63,6 +63,7 @@ async def _with_store(where: Path | StoreSettings, fn: Callable[[Store], Any], *
 
 def _cmd_agent(args: argparse.Namespace) -> int:
     from actors.agent import AgentSettings, run_agent
+    from actors.ipam.autopools import AutoPoolSettings
     from actors.ipam.service import IpamSettings
 
     kwargs: dict[str, Any] = {"store_path": args.store, "socket_path": args.socket}
@@ -90,10 +91,17 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         enable_kubevirt_static_ip=not args.no_kubevirt_ips,
         agent_namespace=args.agent_namespace,
         cluster_network=args.cluster_network,
+        auto_pools=AutoPoolSettings.from_env(
+            enable_spider_subnet=not args.no_spider_subnet,
+            enable_auto_pool=not args.no_auto_pool,
+            default_redundant=args.auto_pool_redundant_ips,
+        ),
     )
     if args.node:
         kwargs["node"] = args.node
     kwargs["host_netns"] = args.host_netns or None
+    kwargs["metrics"] = _metrics_settings(args)
+    kwargs["rdma_metrics"] = args.rdma_metrics
     trio.run(run_agent, AgentSettings(**kwargs))
     return 0
 
@@ -122,6 +130,7 @@ def _cmd_controller(args: argparse.Namespace) -> int:
         "webhook_configuration": args.webhook_configuration,
         "webhook_secret": args.webhook_secret,
         "webhook_extra_hosts": tuple(args.webhook_extra_host),
+        "pod_inject": _pod_inject_settings(args),
         "pool_host": not args.no_pool_host,
         "pool_host_host": args.pool_host_host or None,
         "pool_host_port": args.pool_host_port,
@@ -130,6 +139,8 @@ def _cmd_controller(args: argparse.Namespace) -> int:
         "pool_host_linger": args.pool_host_linger,
         "release_cooldown": args.release_cooldown,
         "max_pool_status_bytes": args.max_pool_status_bytes or None,
+        "metrics": _metrics_settings(args),
+        "coordinator": _coordinator_sync_settings(args),
     }
     if args.controller_namespace:
         kwargs["namespace"] = args.controller_namespace
@@ -204,11 +215,49 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.consistent or args.reclaim else 1
 
 
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from actors.controller.gc import gc_command
+
+    code: int = trio.run(_with_store, _store_settings(args), partial(gc_command, gap=args.gap))
+    return code
+
+
 def _cmd_install_cni(args: argparse.Namespace) -> int:
     host_bin_dir = Path(args.host_bin_dir) if args.host_bin_dir else None
     for path in install_cni(Path(args.bin_dir), args.python, args.self_contained, host_bin_dir):
         print(f"installed {path}")
     return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from actors.tools.init import InitSettings, run_init
+
+    settings = InitSettings.from_env(wait=args.wait_controller, lease=args.controller_lease)
+    if args.controller_namespace:
+        settings = settings.evolve(namespace=args.controller_namespace)
+    init = partial(run_init, settings=settings)
+    for outcome in trio.run(partial(_with_store, _store_settings(args), init, create=True)):
+        print(outcome)
+    return 0
+
+
+def _cmd_ip(args: argparse.Namespace) -> int:
+    from actors.tools.ip import find_address, print_holdings, print_released, release_address
+
+    if args.ip_command == "show":
+        holdings = trio.run(_with_store, _store_settings(args), lambda store: find_address(store, args.ip))
+        if args.output == "json":
+            import time
+
+            print(json.dumps([h.to_json(time.time()) for h in holdings], indent=2))
+        else:
+            print_holdings(console(), args.ip, holdings)
+        return 0 if holdings else 1
+    released = trio.run(
+        _with_store, _store_settings(args), lambda store: release_address(store, args.ip, force=args.force)
+    )
+    print_released(console(), released)
+    return 0 if all(r.freed for r in released) else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -252,6 +301,73 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         keep=args.keep,
         controller=not args.no_controller,
         controller_args=args.controller_arg,
+    )
+
+
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+"""What Go's ``strconv.ParseBool`` takes for true: Spiderpool's switches (``SPIDERPOOL_ENABLED_METRIC``)."""
+
+
+def _with_metrics(p: argparse.ArgumentParser, port: int) -> None:
+    """``--metrics``, ``--debug-metrics``, ``--metrics-host``, ``--metrics-port`` (``actors.servers.metrics``)."""
+    p.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("SPIDERPOOL_ENABLED_METRIC", "").strip() in _TRUE,
+        help="serve Prometheus metrics on GET /metrics (default: $SPIDERPOOL_ENABLED_METRIC, else off)",
+    )
+    p.add_argument(
+        "--debug-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("SPIDERPOOL_ENABLED_DEBUG_METRIC", "").strip() in _TRUE,
+        help="add the spiderpool_debug_* metrics (default: $SPIDERPOOL_ENABLED_DEBUG_METRIC, else off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=os.environ.get("POD_IP", ""),
+        help="address of the metrics port (default: $POD_IP, else every address; '' for every address)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=os.environ.get("SPIDERPOOL_METRIC_HTTP_PORT", str(port)),
+        help=f"TCP port of GET /metrics (default %(default)s: $SPIDERPOOL_METRIC_HTTP_PORT, else {port})",
+    )
+
+
+def _pod_inject_settings(args: argparse.Namespace) -> Any:
+    from spider.podinject import DEFAULT_NAMESPACES_EXCLUDE, DEFAULT_SUB_ENI_RESOURCE, PodInjectSettings
+
+    excluded = args.pod_inject_exclude_namespace
+    if excluded is None:
+        excluded = DEFAULT_NAMESPACES_EXCLUDE
+    return PodInjectSettings(
+        enabled=args.pod_resource_inject,
+        namespaces_exclude=tuple(excluded),
+        namespaces_include=tuple(args.pod_inject_include_namespace),
+        master_nic=args.pod_inject_master_nic,
+        sub_eni=bool(args.pod_inject_sub_eni_resource),
+        sub_eni_resource=args.pod_inject_sub_eni_resource or DEFAULT_SUB_ENI_RESOURCE,
+    )
+
+
+def _coordinator_sync_settings(args: argparse.Namespace) -> Any:
+    from actors.controller.coordinator_sync import CoordinatorSyncSettings
+
+    if not args.coordinator:
+        return None
+    return CoordinatorSyncSettings(
+        resync_period=args.coordinator_resync_period,
+        cni_config_dir=args.cni_config_dir or None,
+        cilium_config=args.cilium_configmap,
+    )
+
+
+def _metrics_settings(args: argparse.Namespace) -> Any:
+    from actors.servers.metrics import MetricsSettings
+
+    return MetricsSettings(
+        enabled=args.metrics, debug=args.debug_metrics, host=args.metrics_host or None, port=args.metrics_port
     )
 
 
@@ -355,6 +471,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-statefulset-ips", action="store_true", help="StatefulSet pods do not keep their addresses")
     p.add_argument("--no-kubevirt-ips", action="store_true", help="KubeVirt VM pods do not keep their addresses")
     p.add_argument(
+        "--no-spider-subnet",
+        action="store_true",
+        help="ignore SpiderSubnet annotations (enableSpiderSubnet false); the wait for an application's pool is "
+        "$SPIDERPOOL_WAIT_SUBNET_POOL_MAX_RETRIES (25) looks $SPIDERPOOL_WAIT_SUBNET_POOL_TIME_IN_SECOND (2) apart",
+    )
+    p.add_argument(
+        "--no-auto-pool",
+        action="store_true",
+        help="refuse SpiderSubnet annotations (enableAutoPoolForApplication false)",
+    )
+    p.add_argument(
+        "--auto-pool-redundant-ips",
+        type=int,
+        default=0,
+        metavar="N",
+        help="spare addresses of an application's pool when it sets no ippool-ip-number; must match the "
+        "controller's (default %(default)s, Spiderpool's effective default)",
+    )
+    p.add_argument(
         "--namespace",
         dest="agent_namespace",
         default=os.environ.get("SPIDERPOOL_NAMESPACE", "kube-system"),
@@ -415,6 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the pool host's address instead of the Lease holder's Pod IP, for a controller outside the "
         "cluster (default: from the Lease)",
+    )
+    _with_metrics(p, 5711)
+    p.add_argument(
+        "--rdma-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("SPIDERPOOL_ENABLED_RDMA_METRIC", "").strip() in _TRUE,
+        help="add the rdma_* metrics of the node's RDMA devices, with --metrics (default: "
+        "$SPIDERPOOL_ENABLED_RDMA_METRIC, else off)",
     )
     p.set_defaults(func=_cmd_agent)
 
@@ -513,6 +656,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra name for the certificate, repeatable (default: none)",
     )
     p.add_argument(
+        "--pod-resource-inject",
+        action="store_true",
+        help="serve the pod mutating webhook that injects RDMA/network resources (podResourceInject.enabled; "
+        "serves the webhook port even without --webhook; default off)",
+    )
+    p.add_argument(
+        "--pod-inject-exclude-namespace",
+        action="append",
+        default=None,
+        help="a namespace whose pods are never mutated, repeatable (default: kube-system, spiderpool, "
+        "metallb-system, istio-system)",
+    )
+    p.add_argument(
+        "--pod-inject-include-namespace",
+        action="append",
+        default=[],
+        help="only these namespaces' pods are mutated, repeatable (default: every namespace not excluded)",
+    )
+    p.add_argument(
+        "--pod-inject-master-nic",
+        action="store_true",
+        help="inject spidernet.io/<master>-nic requests (the network resource plugin has masterNIC rules)",
+    )
+    p.add_argument(
+        "--pod-inject-sub-eni-resource",
+        default="",
+        help="inject this sub-ENI resource per vlanMode=auto network, e.g. spidernet.io/sub-eni (IaaS provider "
+        "and network resource plugin on; default: none)",
+    )
+    p.add_argument(
         "--no-pool-host",
         action="store_true",
         help="do not host the pools while leading (default: host them when the store is an API server)",
@@ -565,6 +738,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="hosted pools' status-size cap; the agents' value (default %(default)d; 0: no cap)",
     )
+    _with_metrics(p, 5721)
+    p.add_argument(
+        "--coordinator",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("SPIDERPOOL_COORDINATOR_ENABLED", "true").strip() in _TRUE,
+        help="keep the SpiderCoordinators' status while leading (default %(default)s: $SPIDERPOOL_COORDINATOR_ENABLED, "
+        "else on)",
+    )
+    p.add_argument(
+        "--coordinator-resync-period",
+        type=float,
+        default=os.environ.get("SPIDERPOOL_COORDINATOR_INFORMER_RESYNC_PERIOD", "60"),
+        metavar="SECONDS",
+        help="time between the coordinator sync's full re-lists (default %(default)s: "
+        "$SPIDERPOOL_COORDINATOR_INFORMER_RESYNC_PERIOD, else 60)",
+    )
+    p.add_argument(
+        "--cni-config-dir",
+        default=os.environ.get("SPIDERPOOL_CNI_CONFIG_DIR", "/etc/cni/net.d"),
+        help="where podCIDRType auto finds the default CNI (default %(default)s: $SPIDERPOOL_CNI_CONFIG_DIR, "
+        "else /etc/cni/net.d; '' for nowhere)",
+    )
+    p.add_argument(
+        "--cilium-configmap",
+        default=os.environ.get("SPIDERPOOL_CILIUM_CONFIGMAP_NAMESPACE_NAME", "kube-system/cilium-config"),
+        metavar="NAMESPACE/NAME",
+        help="Cilium's ConfigMap (default %(default)s: $SPIDERPOOL_CILIUM_CONFIGMAP_NAMESPACE_NAME)",
+    )
     p.set_defaults(func=_cmd_controller)
 
     p = sub.add_parser("apply", help="create or update objects from YAML/JSON files or directories")
@@ -611,6 +812,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reclaim", action="store_true", help="free pool records no endpoint accounts for")
     p.set_defaults(func=_cmd_check)
 
+    p = sub.add_parser("gc", help="one IP GC scan-all now, with the controller's rules: look at every pool "
+                       "record, wait one trace gap, look again, release only what both looks found releasable; "
+                       "print why")  # fmt: skip
+    with_store(p)
+    with_kube(p)
+    p.add_argument("--gap", type=float, default=None, metavar="SECONDS",
+                   help="seconds between the two looks (default $SPIDERPOOL_GC_TRACE_POD_GAP_DURATION, "
+                   "else 5)")  # fmt: skip
+    p.set_defaults(func=_cmd_gc)
+
     p = sub.add_parser("install-cni", help="install the CNI plugin binaries (spiderpool, coordinator, ifacer)")
     p.add_argument("--bin-dir", default="/opt/cni/bin", help="directory the plugins go to (default %(default)s)")
     p.add_argument(
@@ -628,6 +839,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the node sees --bin-dir, when installing through a mount (default: --bin-dir)",
     )
     p.set_defaults(func=_cmd_install_cni)
+
+    p = sub.add_parser(
+        "init",
+        help="create the default SpiderCoordinator, subnets and pools from $SPIDERPOOL_INIT_* (once; a second "
+        "run changes nothing)",
+    )
+    with_store(p)
+    with_kube(p)
+    p.add_argument(
+        "--wait-controller",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="wait this long for a leading controller first (default %(default)g; 0: do not wait)",
+    )
+    p.add_argument(
+        "--controller-namespace",
+        default="",
+        help="namespace of the controllers' Lease (default: $SPIDERPOOL_NAMESPACE, else kube-system)",
+    )
+    p.add_argument(
+        "--controller-lease",
+        default="spiderpool-controller-leases",
+        help="the controllers' Lease (default %(default)s)",
+    )
+    p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser("ip", help="show who holds an address, or release it by hand")
+    ip_sub = p.add_subparsers(dest="ip_command", required=True, metavar="SUBCOMMAND", help="show or release")
+    q = ip_sub.add_parser("show", help="which pool, pod, UID, node, interface and since when")
+    with_store(q)
+    with_kube(q)
+    q.add_argument("ip", help="the address")
+    q.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output (default %(default)s)")
+    q = ip_sub.add_parser("release", help="free an address whose pod is gone (its pool record and endpoint entry)")
+    with_store(q)
+    with_kube(q)
+    q.add_argument("ip", help="the address")
+    q.add_argument(
+        "-f", "--force", action="store_true", help="release it even from a live pod (default: refuse, saying why)"
+    )
+    p.set_defaults(func=_cmd_ip)
 
     p = sub.add_parser("demo", help="start an agent, give real macvlan pods addresses, show them, clean up")
     p.add_argument("--pods", type=int, default=3, help="pods to start (default %(default)s)")

@@ -1,6 +1,7 @@
 """``spider demo``: the whole product on one machine, no cluster, in about five seconds.
 
-Owns the demo script: start an agent on a throw-away embedded store, apply ``deploy/examples/``, install the
+Owns the demo script: start a controller and an agent on a throw-away embedded store (the controller syncs the
+SpiderCoordinator's status from a kubeadm-config, as in a cluster), apply ``deploy/examples/``, install the
 ``spiderpool`` plugin, make a "host" network namespace with a veth as the macvlan parent and one namespace per
 pod, run Debian's ``macvlan`` plugin with our IPAM for each pod and then our ``coordinator`` chained after it
 (exactly as a container runtime runs a conflist), print who got what, ping between the pods and from each pod
@@ -27,6 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.agent import AgentSettings, open_agent
+from actors.controller.coordinator_sync import CoordinatorSyncSettings
+from actors.controller.main import ControllerSettings, open_controller
 from actors.stores.port import Store
 from actors.stores.sqlite import SqliteStore
 from actors.stores.validating import ValidatingStore
@@ -131,8 +134,16 @@ async def run_plugin(
     return done.returncode, (json.loads(out) if out else {})
 
 
-async def _coordinator_synced(store: Store) -> None:
-    """A SpiderCoordinator as the controller leaves it once synced (this demo has no controller)."""
+KUBEADM_CONFIG = """kind: ClusterConfiguration
+networking:
+  podSubnet: 10.244.0.0/16
+  serviceSubnet: 10.96.0.0/12
+"""
+"""What a kubeadm cluster's ``kube-system/kubeadm-config`` says of its networks: the controller reads it."""
+
+
+async def _coordinator(store: Store) -> None:
+    """The default SpiderCoordinator and the kubeadm-config a cluster would have; the controller syncs it."""
     await apply(
         store,
         {
@@ -142,9 +153,31 @@ async def _coordinator_synced(store: Store) -> None:
             "spec": {"podCIDRType": "none", "mode": "auto"},
         },
     )
-    obj = await store.get("SpiderCoordinator", "default")
-    obj["status"] = {"phase": "Synced", "overlayPodCIDR": [], "serviceCIDR": []}
-    await store.update_status(obj)
+    await apply(
+        store,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+            "data": {"ClusterConfiguration": KUBEADM_CONFIG},
+        },
+    )
+
+
+async def _wait_synced(out: Console, store: Store, patience: float = 10.0) -> None:
+    """Wait (bounded) until the controller has synced the coordinator; says what it wrote."""
+    with trio.move_on_after(patience):
+        while True:
+            status = (await store.get("SpiderCoordinator", "default")).get("status") or {}
+            if status.get("phase"):
+                out.print(
+                    f"  spidercoordinator/default {status['phase']} by the controller: overlayPodCIDR "
+                    f"{status.get('overlayPodCIDR')}, serviceCIDR {status.get('serviceCIDR')}",
+                    highlight=False,
+                )
+                return
+            await trio.sleep(0.05)
+    out.print("[red]the controller did not sync the SpiderCoordinator[/]")
 
 
 def _addresses(result: dict[str, Any]) -> list[str]:
@@ -226,15 +259,19 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
             await _ip("netns", "add", HOST_NS)
             made_namespaces.append(HOST_NS)
             settings = attrs.evolve(settings, host_netns=HOST_NS)
-            await _coordinator_synced(store)
+            await _coordinator(store)
         coordinator: dict[str, Any] = {
             "cniVersion": "1.0.0",
             "name": "spider-demo",
             "type": "coordinator",
             "ipam_unix_socket_path": str(settings.socket_path),
         }
-        async with open_agent(settings, store):
+        controller = ControllerSettings(store_path=settings.store_path, identity="spider-demo", health_host="127.0.0.1",
+                                        health_port=0, pool_host=False,
+                                        coordinator=CoordinatorSyncSettings(cni_config_dir=None))  # fmt: skip
+        async with open_controller(controller, store), open_agent(settings, store):
             if why_not is None:
+                await _wait_synced(out, store)
                 await _ip("-n", HOST_NS, "link", "add", PARENT, "type", "veth", "peer", "name", f"{PARENT}-peer")
                 await _ip("-n", HOST_NS, "link", "set", PARENT, "up")
                 await _ip("-n", HOST_NS, "link", "set", f"{PARENT}-peer", "up")

@@ -28,6 +28,7 @@ BUILTIN: tuple[tuple[str, str, str, str, bool], ...] = (
     ("apps", "v1", "daemonsets", "DaemonSet", True),
     ("apps", "v1", "deployments", "Deployment", True),
     ("apps", "v1", "statefulsets", "StatefulSet", True),
+    ("batch", "v1", "jobs", "Job", True),
     ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
     ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
     ("rbac.authorization.k8s.io", "v1", "roles", "Role", True),

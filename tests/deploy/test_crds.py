@@ -16,12 +16,14 @@ import kubernetes_validate
 import pytest
 
 from spider.endpoint import Endpoint, NicAllocation
-from spider.kinds import FINALIZER, KINDS, SPIDER_GROUP, SPIDER_VERSION, Kind
+from spider.kinds import FINALIZER, KINDS, SPIDER_GROUP, SPIDER_VERSION, Kind, kind_info
 from spider.pool import Owner, PoolLedger
 from tests.deploy import crdschema
 from tests.deploy.files import CRD_DIR, documents, example_files
 
 SPIDER_KINDS = [k for k in KINDS if k.group == SPIDER_GROUP]
+NAD = kind_info("NetworkAttachmentDefinition")
+"""Multus's own kind, whose CRD we ship as Multus does (SpiderMultusConfig generates them)."""
 CRDS = {doc["spec"]["names"]["kind"]: doc for p in sorted(CRD_DIR.glob("*.yaml")) for doc in documents(p)}
 API = f"{SPIDER_GROUP}/{SPIDER_VERSION}"
 OLDEST_K8S, NEWEST_K8S = "1.25", kubernetes_validate.latest_version()
@@ -253,7 +255,22 @@ def test_each_kind_of_the_kind_table_has_a_crd_with_its_names_scope_and_status_s
 
 
 def test_there_is_no_crd_without_a_kind_in_the_table() -> None:
-    assert set(CRDS) == {k.kind for k in SPIDER_KINDS}
+    assert set(CRDS) == {k.kind for k in SPIDER_KINDS} | {NAD.kind}
+
+
+def test_the_network_attachment_definition_crd_is_multuss_own() -> None:
+    crd = CRDS[NAD.kind]
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == f"{NAD.plural}.{NAD.group}"
+    assert (spec["group"], spec["scope"], spec["names"]["plural"]) == (NAD.group, "Namespaced", NAD.plural)
+    assert spec["names"]["singular"] == "network-attachment-definition"
+    assert tuple(spec["names"]["shortNames"]) == NAD.short_names == ("net-attach-def",)
+    [version] = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == (NAD.version, True, True)
+    nad = {"apiVersion": NAD.api_version, "kind": NAD.kind, "metadata": {"name": "n", "namespace": "d"},
+           "spec": {"config": '{"cniVersion":"0.3.1","plugins":[]}'}}  # fmt: skip
+    assert crdschema.errors(crd, nad) == []
+    assert crdschema.errors(crd, {**nad, "spec": {"config": {}}}) != []
 
 
 def test_short_names_are_spiderpools_and_no_cli_alias_leaks_into_a_crd() -> None:
@@ -265,6 +282,7 @@ def test_short_names_are_spiderpools_and_no_cli_alias_leaks_into_a_crd() -> None
         "SpiderEndpoint": ("se",),
         "SpiderMultusConfig": ("smc",),
         "SpiderCoordinator": ("scc",),
+        "NetworkAttachmentDefinition": ("net-attach-def",),
     }
 
 

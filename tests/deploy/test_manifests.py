@@ -116,12 +116,16 @@ def test_every_rbac_rule_is_commented_with_why() -> None:
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 
 
-def test_the_agent_writes_only_pool_status_and_endpoints() -> None:
+def test_the_agent_writes_only_pool_status_endpoints_and_third_party_auto_pools() -> None:
     # Which calls it makes is tests/deploy/test_rbac.py's (from the code); this is the line it must not cross.
     written = {
         resource for (_, resource), verbs in rules("ClusterRole", "spiderpool-agent").items() if WRITES & set(verbs)
     }
-    assert written == {"spiderippools/status", "spiderendpoints"}
+    # NB: pools and subnets' status only for third-party controllers' SpiderSubnet auto pools, which no
+    # controller makes (Spiderpool's agent has the same rights); never a pool's delete, nor a subnet's spec.
+    assert written == {"spiderippools/status", "spiderendpoints", "spiderippools", "spidersubnets/status"}
+    pools = rules("ClusterRole", "spiderpool-agent")[("spiderpool.spidernet.io", "spiderippools")]
+    assert WRITES & set(pools) == {"create", "update"}
 
 
 def test_the_controller_renews_only_its_own_lease_in_its_own_namespace() -> None:
@@ -133,15 +137,22 @@ def test_the_controller_renews_only_its_own_lease_in_its_own_namespace() -> None
     assert role[("coordination.k8s.io", f"leases {[DEFAULT_LEASE_NAME]}")] == ("get", "update")
 
 
-def test_the_controller_neither_writes_network_attachment_definitions_nor_creates_or_deletes_cluster_wide() -> None:
+def test_the_controller_writes_network_attachment_definitions_and_creates_only_auto_pools_and_gc_endpoints() -> None:
     # A NetworkAttachmentDefinition names the CNI plugin and config the runtime runs as root on a node: write
-    # access to NADs is root on every node, granted only with the code that needs it (SpiderMultusConfig).
+    # access to NADs is root on every node, granted only to the code that needs it (SpiderMultusConfig).
+    nads = ("k8s.cni.cncf.io", "network-attachment-definitions")
+    assert rules("ClusterRole", "spiderpool-controller")[nads] == ("create", "delete", "list", "update", "watch")
+    assert nads not in rules("ClusterRole", "spiderpool-controller-webhook")
     for name in ("spiderpool-controller", "spiderpool-controller-webhook"):
         granted = rules("ClusterRole", name)
-        assert not [key for key in granted if key[0] == "k8s.cni.cncf.io"]
+        assert not [key for key in granted if key[0] == "k8s.cni.cncf.io" and key != nads]
         # NB: a TokenReview (the pool host's) is a question to the API server, never a stored object
-        stored = {key: verbs for key, verbs in granted.items() if key != ("authentication.k8s.io", "tokenreviews")}
-        assert not [key for key, verbs in stored.items() if {"create", "delete"} & set(verbs)]
+        not_stored_or_allowed = (("authentication.k8s.io", "tokenreviews"), nads)
+        stored = {key: verbs for key, verbs in granted.items() if key not in not_stored_or_allowed}
+        creates_or_deletes = {key for key, verbs in stored.items() if {"create", "delete"} & set(verbs)}
+        # NB: SpiderSubnet auto pools (created and reclaimed with their application) and the endpoints GC drops
+        allowed = {("spiderpool.spidernet.io", "spiderippools"), ("spiderpool.spidernet.io", "spiderendpoints")}
+        assert creates_or_deletes <= (allowed if name == "spiderpool-controller" else set())
 
 
 def test_webhook_permissions_come_only_with_the_webhook_overlay() -> None:
@@ -382,3 +393,16 @@ def test_the_documented_cni_bin_dir_patch_changes_exactly_the_two_places() -> No
     install = container(spec, "install-cni", init=True)
     [volume] = [v for v in spec["volumes"] if v["name"] == "cni-bin"]
     assert build_parser().parse_args(install["args"]).host_bin_dir == volume["hostPath"]["path"] == op["value"]
+
+
+def test_metrics_are_switched_off_by_default_on_spiderpools_ports_in_both_processes() -> None:
+    for kind, name, box, port in (
+        ("DaemonSet", "spiderpool-agent", "agent", 5711),
+        ("Deployment", "spiderpool-controller", "controller", 5721),
+    ):
+        spec = container(pod_spec(kind, name), box)
+        env = {e["name"]: e.get("value") for e in spec["env"]}
+        assert env["SPIDERPOOL_ENABLED_METRIC"] == "false"
+        assert env["SPIDERPOOL_METRIC_HTTP_PORT"] == str(port)
+        assert "POD_IP" in env  # bound to the pod's address, as the health port
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in spec["ports"]

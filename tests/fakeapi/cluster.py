@@ -233,13 +233,19 @@ class Cluster:
     _changed: trio.Event = attrs.Factory(trio.Event)
 
     @classmethod
-    def new(cls, *, crds_installed: bool = True, event_retention: int = 10_000) -> Cluster:
-        """A cluster with the built-in kinds, the default namespaces and (unless not asked) our CRDs."""
+    def new(
+        cls, *, crds_installed: bool = True, event_retention: int = 10_000, calico: bool = False, cilium: bool = False
+    ) -> Cluster:
+        """A cluster with the built-in kinds, the default namespaces and (unless not asked) our CRDs; Calico's
+        IPPool and Cilium's CiliumPodIPPool only when asked, as a real cluster serves them only with their CRDs."""
         cluster = cls(event_retention=event_retention)
         if crds_installed:
             cluster.schemas.update(our_crd_schemas())
+        foreign = {"crd.projectcalico.org": calico, "cilium.io": cilium}
         for k in KINDS:
             custom = not (k.group in ("", "apps", "batch") or k.group.endswith(".k8s.io"))
+            if not foreign.get(k.group, True):
+                continue
             if k.group != SPIDER_GROUP or crds_installed:
                 status = k.status_subresource
                 cluster.serve(Resource(k.group, k.version, k.plural, k.kind, k.namespaced, status, custom))

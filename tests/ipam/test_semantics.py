@@ -217,11 +217,14 @@ async def test_a00003_invalid_annotations_fail_the_pod_and_change_nothing(agent:
     assert await records(agent, "v4-a") == {}
 
 
-async def test_subnet_annotations_say_they_are_not_supported_yet(agent: RunningAgent) -> None:
+async def test_i00023_subnet_annotations_on_a_pod_without_a_controller_fail_and_take_nothing(
+    agent: RunningAgent,
+) -> None:
     await agent.apply(V4A, pod("sub", annotations={"ipam.spidernet.io/subnet": '{"ipv4": ["s"]}'}))
     status, message = await add(agent, "sub")
     assert status == 500
-    assert "not supported yet" in message
+    assert "SpiderSubnet feature doesn't support no-controller pod" in message
+    assert await records(agent, "v4-a") == {}
 
 
 async def test_a_duplicate_pool_in_an_annotation_is_wrong_input(agent: RunningAgent) -> None:

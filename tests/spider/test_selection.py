@@ -11,10 +11,12 @@ import json
 import re
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spider.autopool import LABEL_APP_NAME, LABEL_APP_UID, AppRef, app_affinity_labels
 from spider.errors import InvalidInput, NoAvailablePool, PoolNotFound
 from spider.pool import IPPool, Route
 from spider.selection import (
@@ -27,12 +29,16 @@ from spider.selection import (
     ANNO_ROUTES,
     ANNO_SUBNET,
     ANNO_SUBNETS,
+    AUTO_POOL_DISABLED,
+    ORPHAN_POD,
+    SOURCE_SUBNET,
     NicRequest,
     PodContext,
     candidates,
     custom_routes,
     expand,
     requested_pools,
+    subnet_claim,
 )
 
 
@@ -177,17 +183,84 @@ def test_no_cluster_default_pool_of_a_family_means_no_candidates_for_it() -> Non
     assert candidates(request, 6, make_pod(), by_name(make_pool("v4", default=True))) == []
 
 
-@pytest.mark.parametrize(
-    "annotations",
-    [
-        pytest.param({ANNO_SUBNET: json.dumps({"ipv4": ["s4"]})}, id="subnet"),
-        pytest.param({ANNO_SUBNETS: json.dumps([{"interface": "eth0", "ipv4": ["s4"]}])}, id="subnets"),
-        pytest.param({ANNO_SUBNET: "{}", **ippool(ipv4=["from-ippool"])}, id="subnet-beside-ippool"),
-    ],
-)
-def test_subnet_annotations_are_refused_as_not_supported_yet(annotations: dict[str, str]) -> None:
-    with pytest.raises(InvalidInput, match="not supported yet"):
-        requested_pools(make_pod(annotations=annotations), "eth0")
+DEPLOY = AppRef("apps/v1", "Deployment", "ns1", "web", "0000-1111-abcde")
+
+
+def auto_pool(name: str, app: AppRef = DEPLOY, subnet: str = "10.0.0.0/24") -> IPPool:
+    """An auto-created pool of ``app``: its podAffinity names the application, not pod labels."""
+    net = ipaddress.ip_network(subnet)
+    meta = {"name": name, "labels": {LABEL_APP_NAME: app.name, LABEL_APP_UID: app.uid}}
+    spec = {"subnet": subnet, "ips": [str(net[10])], "podAffinity": {"matchLabels": app_affinity_labels(app)}}
+    return IPPool.from_object({"metadata": meta, "spec": spec})
+
+
+SUBNET_V4 = {ANNO_SUBNET: json.dumps({"ipv4": ["s4"]})}
+
+
+def test_subnet_annotations_name_the_auto_pools_found_for_the_nic_and_beat_every_other_source() -> None:
+    pod = make_pod(
+        annotations={**SUBNET_V4, **ippool(ipv4=["from-ippool"])},
+        app=DEPLOY,
+        auto_pools={("eth0", 4): "auto4-web-eth0-abcde"},
+    )
+    (request,) = requested_pools(pod, "eth0")
+    assert (request.nic, request.ipv4, request.ipv6, request.source) == (
+        "eth0",
+        ("auto4-web-eth0-abcde",),
+        (),
+        SOURCE_SUBNET,
+    )
+
+
+def test_subnets_annotation_gives_each_nic_its_own_auto_pools_and_only_the_nic_asked_for() -> None:
+    annotations = {
+        ANNO_SUBNETS: json.dumps([{"interface": "eth0", "ipv4": ["a4"]}, {"interface": "net1", "ipv6": ["b6"]}])
+    }
+    found = {("eth0", 4): "auto4-web-eth0-abcde", ("net1", 6): "auto6-web-net1-abcde"}
+    pod = make_pod(annotations=annotations, app=DEPLOY, auto_pools=found)
+    assert [(r.nic, r.ipv4, r.ipv6) for r in requested_pools(pod, "net1")] == [("net1", (), ("auto6-web-net1-abcde",))]
+    claim = subnet_claim(pod, "net1")
+    assert (claim.interface, claim.versions, claim.subnet(6)) == ("net1", (6,), "b6")
+
+
+def test_a_nic_the_subnets_annotation_does_not_list_has_no_pool() -> None:
+    pod = make_pod(annotations={ANNO_SUBNETS: json.dumps([{"interface": "eth0", "ipv4": ["a4"]}])}, app=DEPLOY)
+    with pytest.raises(NoAvailablePool, match="net1 is not listed"):
+        requested_pools(pod, "net1")
+
+
+def test_i00023_subnet_annotations_on_an_orphan_pod_are_refused_with_spiderpools_text() -> None:
+    with pytest.raises(InvalidInput, match=re.escape(ORPHAN_POD)):
+        requested_pools(make_pod(annotations=SUBNET_V4), "eth0")
+
+
+def test_i00024_subnet_annotations_are_refused_while_the_auto_pool_feature_is_off() -> None:
+    pod = make_pod(annotations=SUBNET_V4, app=DEPLOY, enable_auto_pool=False)
+    with pytest.raises(InvalidInput, match=re.escape(AUTO_POOL_DISABLED)):
+        requested_pools(pod, "eth0")
+
+
+def test_subnet_annotations_are_ignored_while_the_spider_subnet_feature_is_off() -> None:
+    pod = make_pod(annotations={**SUBNET_V4, **ippool(ipv4=["from-ippool"])}, enable_spider_subnet=False)
+    assert [r.source for r in requested_pools(pod, "eth0")] == [ANNO_IPPOOL]
+
+
+def test_an_auto_pool_not_found_for_a_family_the_annotation_asks_for_is_no_available_pool() -> None:
+    pod = make_pod(annotations={ANNO_SUBNET: json.dumps({"ipv4": ["s4"], "ipv6": ["s6"]})}, app=DEPLOY)
+    pod = attrs.evolve(pod, auto_pools={("eth0", 4): "auto4-web-eth0-abcde"})
+    with pytest.raises(NoAvailablePool, match="'s6'"):
+        requested_pools(pod, "eth0")
+
+
+def test_i00020_an_auto_pool_serves_only_the_application_it_was_made_for() -> None:
+    pool = auto_pool("auto4-web-eth0-abcde")
+    request = NicRequest("eth0", (pool.name,))
+    assert names(candidates(request, 4, make_pod(app=DEPLOY), by_name(pool))) == [pool.name]
+    other = AppRef("apps/v1", "StatefulSet", "ns1", "web", "9999")  # same name, another kind (I00016)
+    with pytest.raises(NoAvailablePool, match="another application"):
+        candidates(request, 4, make_pod(app=other), by_name(pool))
+    with pytest.raises(NoAvailablePool, match="another application"):  # an orphan pod is its own application
+        candidates(request, 4, make_pod(labels=dict(app_affinity_labels(DEPLOY))), by_name(pool))
 
 
 # --- malformed annotations -----------------------------------------------------------------------------

@@ -1,0 +1,472 @@
+"""The controller's leading work on SpiderSubnet auto pools: one pool per application NIC and family (§7.1).
+
+Owns ``ApplicationController``: informers on Deployment, ReplicaSet, StatefulSet, DaemonSet, Job and CronJob
+(top-level objects only: one with a controller owner is managed through its owner), on SpiderIPPool and on
+SpiderSubnet; a de-duplicating work queue; one worker that, for each application whose pod template carries
+``ipam.spidernet.io/subnet(s)``:
+
+- finds its pool by the labels naming subnet, application kind/namespace/name, NIC and family (so a pool kept
+  with ``ippool-reclaim: "false"`` is re-used by a new application of the same kind and name, its UID label
+  rewritten; another kind gets a pool of its own), and creates it when there is none;
+- sizes it (``ippool-ip-number``, replicas per kind): growth asks the subnet's SubnetActor first (the promise is
+  durable in the subnet's status before the pool holds it), shrink writes the pool first (guarded by its
+  resourceVersion, so an address an agent just handed out is never taken away) and then the subnet;
+- on the application's deletion deletes its ``ippool-reclaim`` pools (each goes once its addresses are
+  released: the reconciler keeps its finalizer until then); the subnet's entry goes with the pool.
+
+It also adopts manual pools inside a subnet (controller ownerRef, owner label, gateway and routes inherited)
+and, on every resync, deletes reclaim pools whose application is gone and forgets subnet entries whose pool
+and application are both gone (I00022).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import attrs
+import trio
+
+from actors.ipam.subnet import SubnetRegistry
+from actors.stores.informer import inform
+from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store, WatchEvent
+from spider.addr import IPSet
+from spider.autopool import (
+    ANNO_IP_NUMBER,
+    BUILTIN_KINDS,
+    LABEL_APP_UID,
+    LABEL_RECLAIM,
+    AppRef,
+    SubnetClaim,
+    auto_pool_name,
+    auto_pool_object,
+    desired_ip_count,
+    ip_number_text,
+    is_auto_pool,
+    parse_application,
+    pod_template_annotations,
+    pool_reclaims,
+    replicas_of,
+    reuse_labels,
+    subnet_claims,
+)
+from spider.errors import SpiderError, TransientError
+from spider.kinds import SPIDER_API_VERSION, kind_info
+from spider.pool import IPPool, decode_allocated
+from spider.subnet import FreeIPsNotEnough, InsufficientSubnetIPs, decode_controlled, shrink
+from spider.validation import LABEL_OWNER_SUBNET
+from spider.workload import controller_of
+
+log = logging.getLogger(__name__)
+
+POOL = "SpiderIPPool"
+SUBNET = "SpiderSubnet"
+RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+Key = tuple[str, str, str]  # (kind, namespace, name); ("", "", "") is the sweep
+
+
+@attrs.frozen
+class ApplicationSettings:
+    """The controller's SpiderSubnet switches (Spiderpool's ``spiderpool-conf``)."""
+
+    enable_spider_subnet: bool = True
+    """[enableSpiderSubnet]"""
+    enable_auto_pool: bool = True
+    """[enableAutoPoolForApplication] Off: no auto pool is created (I00024)."""
+    default_redundant: int = 0
+    """[clusterSubnetAutoPoolDefaultRedundantIPNumber] Spare addresses when an application names no
+    ``ippool-ip-number`` (Spiderpool's effective default is 0: its Helm chart writes another key)."""
+    resync_period: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this work runs at all."""
+        return self.enable_spider_subnet and self.enable_auto_pool
+
+
+@attrs.define
+class ApplicationStats:
+    """What the controller did, for tests and logs."""
+
+    syncs: int = 0
+    created: int = 0
+    resized: int = 0
+    deleted: int = 0
+    adopted: int = 0
+    released: int = 0
+    failures: int = 0
+
+
+@attrs.define(eq=False)
+class ApplicationController:
+    """Creates, sizes and reclaims auto pools; run with ``await nursery.start(c.run)``."""
+
+    store: Store
+    subnets: SubnetRegistry
+    settings: ApplicationSettings = attrs.field(factory=ApplicationSettings)
+    stats: ApplicationStats = attrs.field(factory=ApplicationStats)
+    _cache: dict[str, dict[tuple[str, str], Obj]] = attrs.field(factory=dict)
+    _gone: dict[Key, Obj] = attrs.field(factory=dict)
+    _queue_send: trio.MemorySendChannel[Key] | None = None
+    _queued: set[Key] = attrs.field(factory=set)
+    _failures: dict[Key, int] = attrs.field(factory=dict)
+    _listed: set[str] = attrs.field(factory=set)
+    _all_listed: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind this controller informs on."""
+        return (*BUILTIN_KINDS, POOL, SUBNET)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued (for tests)."""
+        return not self._queued
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Inform, and work the queue until cancelled; started once every kind is listed."""
+        send, recv = trio.open_memory_channel[Key](math.inf)
+        self._queue_send = send
+        self._cache = {kind: {} for kind in self.kinds}
+        async with trio.open_nursery() as nursery:
+            for kind in self.kinds:
+                nursery.start_soon(self._inform, kind)
+            nursery.start_soon(self._work, recv, nursery)
+            await self._all_listed.wait()
+            task_status.started()
+
+    # --- informers ---------------------------------------------------------------------------------------
+
+    async def _inform(self, kind: str) -> None:
+        await inform(
+            self.store,
+            kind,
+            on_list=functools.partial(self._on_list, kind),
+            on_event=functools.partial(self._on_event, kind),
+            resync_period=self.settings.resync_period,
+            delay=self._delay,
+            who="applications",
+        )
+
+    def _on_list(self, kind: str, items: list[Obj]) -> None:
+        old = self._cache[kind]
+        self._cache[kind] = {_key(obj): obj for obj in items}
+        for key, obj in old.items():
+            if key not in self._cache[kind]:
+                self._changed(kind, obj, deleted=True)
+        for obj in items:
+            self._changed(kind, obj)
+        self._listed.add(kind)
+        if self._listed >= set(self.kinds):
+            self._all_listed.set()
+        self._queue(("", "", ""))  # NB: every listing (and so every resync) sweeps
+
+    def _on_event(self, kind: str, event: WatchEvent) -> None:
+        key = _key(event.object)
+        if event.type == "DELETED":
+            self._cache[kind].pop(key, None)
+        else:
+            self._cache[kind][key] = event.object
+        self._changed(kind, event.object, deleted=event.type == "DELETED")
+
+    def _changed(self, kind: str, obj: Obj, *, deleted: bool = False) -> None:
+        ns, name = _key(obj)
+        if kind in BUILTIN_KINDS:
+            if deleted:
+                self._gone[(kind, ns, name)] = obj
+            self._queue((kind, ns, name))
+        elif kind == POOL:
+            self._queue((POOL, "", name))
+
+    def _queue(self, key: Key) -> None:
+        if key not in self._queued and self._queue_send is not None:
+            self._queued.add(key)
+            self._queue_send.send_nowait(key)
+
+    # --- the worker --------------------------------------------------------------------------------------
+
+    async def _work(self, recv: trio.MemoryReceiveChannel[Key], nursery: trio.Nursery) -> None:
+        async for key in recv:
+            self._queued.discard(key)
+            if not self._listed >= set(self.kinds):
+                nursery.start_soon(self._later, key, self._delay(1))
+                continue
+            self.stats.syncs += 1
+            try:
+                if key == ("", "", ""):
+                    await self._sweep()
+                elif key[0] == POOL:
+                    await self._sync_pool(key[2])
+                else:
+                    await self._sync_app(key)
+            except (TransientError, Conflict, InsufficientSubnetIPs, FreeIPsNotEnough, AlreadyExists) as exc:
+                self.stats.failures += 1
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                log.info("auto pools of %s: %s; retrying", "/".join(k for k in key if k) or "sweep", exc)
+                nursery.start_soon(self._later, key, self._delay(failures))
+            except SpiderError as exc:
+                self.stats.failures += 1
+                log.warning("auto pools of %s: %s", "/".join(k for k in key if k) or "sweep", exc)
+            else:
+                self._failures.pop(key, None)
+
+    async def _later(self, key: Key, delay: float) -> None:
+        await trio.sleep(delay)
+        self._queue(key)
+
+    def _delay(self, failures: int) -> float:
+        return RETRY_DELAYS[min(max(failures, 1), len(RETRY_DELAYS)) - 1]
+
+    # --- applications ------------------------------------------------------------------------------------
+
+    async def _sync_app(self, key: Key) -> None:
+        kind, ns, name = key
+        obj = self._cache[kind].get((ns, name))
+        if obj is None:
+            gone = self._gone.pop(key, None)
+            if gone is not None:
+                await self._reclaim(AppRef.from_object(_with_type(kind, gone)))
+            return
+        if not self.settings.enabled or controller_of(obj) is not None:
+            return
+        obj = _with_type(kind, obj)
+        try:
+            claims = subnet_claims(pod_template_annotations(obj))
+        except SpiderError as exc:
+            log.warning("%s %s/%s: %s", kind, ns, name, exc)
+            return
+        app = AppRef.from_object(obj)
+        replicas = replicas_of(obj)
+        for claim in claims:
+            for version in claim.versions:
+                await self._size(app, claim, version, replicas)
+
+    async def _size(self, app: AppRef, claim: SubnetClaim, version: int, replicas: int) -> None:
+        subnet_name = claim.subnet(version)
+        assert subnet_name is not None
+        subnet = self._cache[SUBNET].get(("", subnet_name))
+        if subnet is None:
+            raise NotFoundSubnet(subnet=subnet_name, app=app.application)
+        desired = desired_ip_count(claim.ip_number, replicas, self.settings.default_redundant)
+        pool = await self._find_pool(app, claim.interface, version, subnet_name)
+        handle = self.subnets.get(subnet_name)
+        if pool is None:
+            name = auto_pool_name(app, claim.interface, version)
+            ips = await handle.claim(name, app.application, desired, IPSet(version))
+            body = auto_pool_object(
+                app,
+                claim.interface,
+                version,
+                subnet,
+                ips.to_strings(),
+                ip_number_text(claim.ip_number, self.settings.default_redundant),
+                claim.reclaim,
+            )
+            await self.store.create(body)
+            self.stats.created += 1
+            log.info("auto pool %s created for %s with %d IPs", name, app.application, ips.count)
+            return
+        name = str(pool["metadata"]["name"])
+        current = IPPool.from_object(pool).ips
+        labels = dict(pool["metadata"].get("labels") or {})
+        new_labels = {**labels, LABEL_APP_UID: app.uid, LABEL_RECLAIM: "true" if claim.reclaim else "false"}
+        annotations = dict(pool["metadata"].get("annotations") or {})
+        annotations[ANNO_IP_NUMBER] = ip_number_text(claim.ip_number, self.settings.default_redundant)
+        meta_changed = new_labels != labels or annotations != (pool["metadata"].get("annotations") or {})
+        if current.count < desired:
+            ips = await handle.claim(name, app.application, desired, current)
+        elif current.count > desired:
+            allocated = IPSet.of(version, decode_allocated(version, (pool.get("status") or {}).get("allocatedIPs")))
+            ips = shrink(name, current, allocated, desired)
+        else:
+            ips = current
+        if ips != current or meta_changed:
+            meta = {**pool["metadata"], "labels": new_labels, "annotations": annotations}
+            await self.store.update({**pool, "metadata": meta, "spec": {**pool["spec"], "ips": ips.to_strings()}})
+            if ips != current:
+                self.stats.resized += 1
+                log.info(
+                    "auto pool %s of %s resized from %d to %d IPs", name, app.application, current.count, ips.count
+                )
+        await handle.record(name, app.application, ips)  # NB: after a shrink, or to repair an interrupted one
+
+    async def _find_pool(self, app: AppRef, nic: str, version: int, subnet: str) -> Obj | None:
+        labels = reuse_labels(app, nic, version, subnet)
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        pools = (await self.store.list(POOL, label_selector=selector)).items
+        pools = [p for p in pools if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        if len(pools) > 1:
+            names = sorted(str(p["metadata"]["name"]) for p in pools)
+            raise AmbiguousAutoPool(app=app.application, pools=tuple(names))
+        if not pools:
+            others = (await self.store.list(POOL, label_selector=_selector_without_subnet(labels))).items
+            for other in others:
+                if (other.get("metadata") or {}).get("deletionTimestamp"):
+                    continue
+                log.warning(
+                    "ApplicationSubnetChanged: %s had auto pool %s from SpiderSubnet %s, now asks for %s",
+                    app.application,
+                    other["metadata"]["name"],
+                    (other["metadata"].get("labels") or {}).get(LABEL_OWNER_SUBNET),
+                    subnet,
+                )
+                raise ApplicationSubnetChanged(app=app.application, subnet=subnet)
+        return pools[0] if pools else None
+
+    async def _reclaim(self, app: AppRef) -> None:
+        """Delete the application's ``ippool-reclaim`` pools (they go once their addresses are released)."""
+        selector = f"{LABEL_APP_UID}={app.uid},{LABEL_RECLAIM}=true"
+        for pool in (await self.store.list(POOL, label_selector=selector)).items:
+            await self._delete_pool(pool)
+
+    async def _delete_pool(self, pool: Obj) -> None:
+        if (pool.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        try:
+            await self.store.delete(POOL, str(pool["metadata"]["name"]))
+        except NotFound:
+            return
+        self.stats.deleted += 1
+        log.info("auto pool %s deleted with its application", pool["metadata"]["name"])
+
+    # --- pools: adoption and release ---------------------------------------------------------------------
+
+    async def _sync_pool(self, name: str) -> None:
+        pool = self._cache[POOL].get(("", name))
+        if pool is None:
+            for subnet in self._cache[SUBNET].values():
+                if name in _entry_apps(subnet) and await self.subnets.get(_name(subnet)).release(name):
+                    self.stats.released += 1
+            return
+        if not self.settings.enable_spider_subnet or is_auto_pool(pool):
+            return
+        if (pool.get("metadata") or {}).get("deletionTimestamp") or controller_of(pool) is not None:
+            return
+        cidr = str((pool.get("spec") or {}).get("subnet", ""))
+        subnets = [s for s in self._cache[SUBNET].values() if (s.get("spec") or {}).get("subnet") == cidr]
+        owner = subnets[0] if subnets else None
+        if owner is None or (owner.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        await self._adopt(pool, owner)
+
+    async def _adopt(self, pool: Obj, subnet: Obj) -> None:
+        """A manual pool inside a subnet: controller ownerRef, owner label, gateway and routes inherited."""
+        meta = dict(pool["metadata"])
+        smeta = subnet["metadata"]
+        owner = {
+            "apiVersion": SPIDER_API_VERSION,
+            "kind": SUBNET,
+            "name": smeta["name"],
+            "uid": smeta.get("uid", ""),
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        meta["ownerReferences"] = [*(meta.get("ownerReferences") or []), owner]
+        meta["labels"] = {**(meta.get("labels") or {}), LABEL_OWNER_SUBNET: smeta["name"]}
+        spec = dict(pool.get("spec") or {})
+        sspec = subnet.get("spec") or {}
+        if spec.get("gateway") is None and sspec.get("gateway") is not None:
+            spec["gateway"] = sspec["gateway"]
+        if spec.get("routes") is None and sspec.get("routes") is not None:
+            spec["routes"] = sspec["routes"]
+        await self.store.update({**pool, "metadata": meta, "spec": spec})
+        self.stats.adopted += 1
+        log.info("pool %s adopted by SpiderSubnet %s", meta["name"], smeta["name"])
+
+    # --- sweep -------------------------------------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        """Reclaim pools whose application is gone (or is another one now); forget entries nobody holds."""
+        apps: dict[tuple[str, str, str], str] = {}
+        for kind in BUILTIN_KINDS:
+            for (ns, name), obj in self._cache[kind].items():
+                apps[(kind, ns, name)] = str((obj.get("metadata") or {}).get("uid", ""))
+        for pool in list(self._cache[POOL].values()):
+            labels = (pool.get("metadata") or {}).get("labels") or {}
+            if not is_auto_pool(pool) or not pool_reclaims(pool):
+                continue
+            kind = str(labels.get("ipam.spidernet.io/owner-application-kind", ""))
+            if kind not in BUILTIN_KINDS:
+                continue  # NB: third-party applications are the agent's (and their own informers')
+            app_key = (
+                kind,
+                str(labels.get("ipam.spidernet.io/owner-application-namespace", "")),
+                str(labels.get("ipam.spidernet.io/owner-application-name", "")),
+            )
+            if apps.get(app_key) != labels.get(LABEL_APP_UID) and not _allocated(pool):
+                await self._delete_pool(pool)
+        pools = {name for (_, name) in self._cache[POOL]}
+        for subnet in list(self._cache[SUBNET].values()):
+            for pool_name, application in _entry_apps(subnet).items():
+                if pool_name in pools or application is None:
+                    continue
+                parsed = parse_application(application)
+                if parsed is not None and (parsed[1], parsed[2], parsed[3]) in apps:
+                    continue  # NB: recorded just before its pool is created
+                if await self.subnets.get(_name(subnet)).release(pool_name):
+                    self.stats.released += 1
+                    log.info("SpiderSubnet %s: forgot %s of %s (dirty data)", _name(subnet), pool_name, application)
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class ApplicationSubnetChanged(SpiderError):
+    """An application asks for another subnet than its auto pool is from (Spiderpool's event)."""
+
+    app: str
+    subnet: str
+
+    def __str__(self) -> str:
+        return f"ApplicationSubnetChanged: {self.app} already has an auto pool from another subnet than {self.subnet}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class AmbiguousAutoPool(SpiderError):
+    """More than one auto pool matches one application NIC and family."""
+
+    app: str
+    pools: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.app}: more than one auto pool matches: {', '.join(self.pools)}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class NotFoundSubnet(TransientError):
+    """An application names a SpiderSubnet that does not exist (yet): retried."""
+
+    subnet: str
+    app: str
+
+    def __str__(self) -> str:
+        return f"SpiderSubnet {self.subnet!r} of {self.app} not found"
+
+
+def _with_type(kind: str, obj: Obj) -> Obj:
+    if obj.get("apiVersion") and obj.get("kind"):
+        return obj
+    return {**obj, "apiVersion": kind_info(kind).api_version, "kind": kind}
+
+
+def _key(obj: Obj) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _entry_apps(subnet: Obj) -> dict[str, str | None]:
+    version = int((subnet.get("spec") or {}).get("ipVersion") or 4)
+    entries = decode_controlled(version, (subnet.get("status") or {}).get("controlledIPPools"))
+    return {pool: entry.application for pool, entry in entries.items()}
+
+
+def _allocated(pool: Obj) -> bool:
+    return bool((pool.get("status") or {}).get("allocatedIPs"))
+
+
+def _selector_without_subnet(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != LABEL_OWNER_SUBNET)

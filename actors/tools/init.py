@@ -1,0 +1,309 @@
+"""``spider init``: the install defaults, Spiderpool's ``spiderpool-init`` (reference §7.5).
+
+Owns the settings (``InitSettings.from_env``: Spiderpool's environment names and the Helm chart's defaults) and
+the run: wait (bounded) until a controller leads, then create the default SpiderCoordinator, the default
+IPv4/IPv6 SpiderSubnets and the default IPv4/IPv6 SpiderIPPools (``default: true``), each only when its name is
+set, and each only if it does not exist yet: an object that exists is left exactly as it is (someone may have
+changed it since), so a second run changes nothing.
+
+Environment (as Spiderpool's): ``SPIDERPOOL_INIT_DEFAULT_COORDINATOR_{NAME, MODE, POD_CIDR_TYPE,
+TUNE_POD_ROUTES, HIJACK_CIDR, POLICY_ROUTES, VETH_LINK_ADDRESS, VETH_MTU, DETECT_GATEWAY, DETECT_IP_CONFLICT}``;
+``SPIDERPOOL_INIT_DEFAULT_IPV{4,6}_{SUBNET_NAME, IPPOOL_NAME, IPPOOL_SUBNET, IPPOOL_IPRANGES, IPPOOL_GATEWAY}``.
+Lists (hijack CIDRs, IP ranges) are written as Spiderpool's chart writes them, ``["a","b"]`` or ``a,b``;
+policy routes as JSON (``[{"dst": ..., "gw": ...}]``).  A value that does not parse stops the run before
+anything is written, naming the variable.
+
+Departures: Spiderpool waits for the controller Service's endpoints (its webhook); ours waits for the
+controller's Lease to have a holder (the webhook is optional here, and the store checks the same rules
+without it).  Spiderpool's default SpiderMultusConfig for the node's default CNI is not made here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from actors.stores.port import AlreadyExists, NotFound, Obj, Store
+from spider.errors import InvalidInput, SpiderError
+from spider.kinds import SPIDER_API_VERSION
+
+log = logging.getLogger(__name__)
+
+PREFIX = "SPIDERPOOL_INIT_"
+DEFAULT_WAIT = 300.0
+"""Seconds to wait for a leading controller (Spiderpool's init gives up after 300 s)."""
+DEFAULT_LEASE = "spiderpool-controller-leases"
+
+
+def _clean(raw: str) -> str:
+    return raw.replace('"', "").strip()
+
+
+def _list(raw: str) -> list[str]:
+    """A list as Spiderpool's chart writes it in an environment variable: ``["a","b"]``, ``a,b`` or ``a b``."""
+    for char in '"\\[]':
+        raw = raw.replace(char, "")
+    return raw.replace(",", " ").split()
+
+
+def _bool(name: str, raw: str, default: bool) -> bool:
+    text = _clean(raw).lower()
+    if not text:
+        return default
+    if text in ("1", "t", "true"):
+        return True
+    if text in ("0", "f", "false"):
+        return False
+    raise InvalidInput(reason=f"${name} must be true or false, not {raw!r}")
+
+
+def _network(name: str, text: str, version: int | None = None) -> str:
+    try:
+        net = ipaddress.ip_network(text, strict=False) if "/" in text else ipaddress.ip_network(text)
+    except ValueError:
+        raise InvalidInput(reason=f"${name}: {text!r} is not a CIDR") from None
+    if version is not None and net.version != version:
+        raise InvalidInput(reason=f"${name}: {text!r} is not an IPv{version} CIDR")
+    return str(net) if version is None else text
+
+
+@attrs.frozen(kw_only=True)
+class CoordinatorDefaults:
+    """The default SpiderCoordinator (Helm ``coordinator.*``)."""
+
+    name: str
+    mode: str = "auto"
+    pod_cidr_type: str = "auto"
+    tune_pod_routes: bool = True
+    hijack_cidr: tuple[str, ...] = ("169.254.0.0/16",)
+    policy_routes: tuple[Mapping[str, str], ...] = ()
+    veth_link_address: str = ""
+    veth_mtu: int = 1500
+    detect_gateway: bool = False
+    detect_ip_conflict: bool = False
+
+    def to_object(self) -> Obj:
+        """The SpiderCoordinator to create."""
+        spec: dict[str, Any] = {
+            "mode": self.mode,
+            "podCIDRType": self.pod_cidr_type,
+            "tunePodRoutes": self.tune_pod_routes,
+            "hijackCIDR": list(self.hijack_cidr),
+            "detectGateway": self.detect_gateway,
+            "detectIPConflict": self.detect_ip_conflict,
+            "vethMTU": self.veth_mtu,
+        }
+        if self.policy_routes:
+            spec["policyRoutes"] = [dict(r) for r in self.policy_routes]
+        if self.veth_link_address:
+            spec["vethLinkAddress"] = self.veth_link_address
+        return {"apiVersion": SPIDER_API_VERSION, "kind": "SpiderCoordinator", "metadata": {"name": self.name},
+                "spec": spec}  # fmt: skip
+
+
+@attrs.frozen(kw_only=True)
+class FamilyDefaults:
+    """The default subnet and pool of one IP family (Helm ``clusterDefaultPool.*``)."""
+
+    version: int
+    subnet_name: str = ""
+    pool_name: str = ""
+    cidr: str = ""
+    ip_ranges: tuple[str, ...] = ()
+    gateway: str = ""
+
+    def _spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"ipVersion": self.version, "subnet": self.cidr, "ips": list(self.ip_ranges)}
+        if self.gateway:
+            spec["gateway"] = self.gateway
+        return spec
+
+    def objects(self) -> list[Obj]:
+        """The SpiderSubnet, then the SpiderIPPool (``default: true``), whichever is named."""
+        out: list[Obj] = []
+        if self.subnet_name:
+            out.append({"apiVersion": SPIDER_API_VERSION, "kind": "SpiderSubnet",
+                        "metadata": {"name": self.subnet_name}, "spec": self._spec()})  # fmt: skip
+        if self.pool_name:
+            out.append({"apiVersion": SPIDER_API_VERSION, "kind": "SpiderIPPool",
+                        "metadata": {"name": self.pool_name}, "spec": {**self._spec(), "default": True}})  # fmt: skip
+        return out
+
+
+@attrs.frozen(kw_only=True)
+class InitSettings:
+    """What ``spider init`` creates, and how long it waits for a controller."""
+
+    namespace: str = "kube-system"
+    """The controller's namespace (its Lease's)."""
+    lease: str = DEFAULT_LEASE
+    wait: float = DEFAULT_WAIT
+    """Seconds to wait for a leading controller before giving up; 0: do not wait."""
+    coordinator: CoordinatorDefaults | None = None
+    families: tuple[FamilyDefaults, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> InitSettings:
+        """The settings Spiderpool's environment names give; ``InvalidInput`` names a variable that is wrong."""
+        env = os.environ if environ is None else environ
+
+        def get(suffix: str) -> str:
+            return _clean(env.get(PREFIX + suffix, ""))
+
+        coordinator = None
+        if name := get("DEFAULT_COORDINATOR_NAME"):
+            coordinator = _coordinator(name, env)
+        families = []
+        for version in (4, 6):
+            subnet, pool = get(f"DEFAULT_IPV{version}_SUBNET_NAME"), get(f"DEFAULT_IPV{version}_IPPOOL_NAME")
+            if not (subnet or pool):
+                continue
+            families.append(_family(version, subnet, pool, env))
+        if len(families) == 2:
+            for what, first, second in (("Subnet", *[f.subnet_name for f in families]),
+                                        ("IPPool", *[f.pool_name for f in families])):  # fmt: skip
+                if first and first == second:
+                    raise InvalidInput(reason=f"the default IPv4 and IPv6 {what} cannot both be named {first!r}")
+        namespace = _clean(env.get("SPIDERPOOL_NAMESPACE", "")) or "kube-system"
+        return cls(namespace=namespace, coordinator=coordinator, families=tuple(families)).evolve(**overrides)
+
+    def evolve(self, **changes: Any) -> InitSettings:
+        """These settings with some fields changed."""
+        return attrs.evolve(self, **changes)
+
+    def objects(self) -> list[Obj]:
+        """Everything to create, in order: the coordinator, the subnets, then the pools."""
+        out: list[Obj] = [self.coordinator.to_object()] if self.coordinator else []
+        made = [f.objects() for f in self.families]
+        out += [o for objs in made for o in objs if o["kind"] == "SpiderSubnet"]
+        out += [o for objs in made for o in objs if o["kind"] == "SpiderIPPool"]
+        return out
+
+
+def _coordinator(name: str, env: Mapping[str, str]) -> CoordinatorDefaults:
+    def var(suffix: str) -> tuple[str, str]:
+        key = f"{PREFIX}DEFAULT_COORDINATOR_{suffix}"
+        return key, env.get(key, "")
+
+    hijack_key, hijack_raw = var("HIJACK_CIDR")
+    hijack = tuple(_network(hijack_key, c) for c in _list(hijack_raw)) if hijack_key in env else ("169.254.0.0/16",)
+    routes_key, routes_raw = var("POLICY_ROUTES")
+    routes: tuple[Mapping[str, str], ...] = ()
+    if routes_raw.strip():
+        try:
+            parsed = json.loads(routes_raw)
+        except ValueError:
+            raise InvalidInput(reason=f'${routes_key} must be JSON like [{{"dst": ..., "gw": ...}}]') from None
+        if not isinstance(parsed, list) or not all(isinstance(r, dict) and {"dst", "gw"} <= set(r) for r in parsed):
+            raise InvalidInput(reason=f'${routes_key} must be a list of {{"dst", "gw"}} objects')
+        routes = tuple({"dst": str(r["dst"]), "gw": str(r["gw"])} for r in parsed)
+    link_key, link = var("VETH_LINK_ADDRESS")
+    if _clean(link):
+        try:
+            ipaddress.IPv4Address(_clean(link))
+        except ValueError:
+            raise InvalidInput(reason=f"${link_key}: {link!r} is not an IPv4 address") from None
+    mtu_key, mtu_raw = var("VETH_MTU")
+    try:
+        mtu = int(_clean(mtu_raw) or 1500)
+    except ValueError:
+        raise InvalidInput(reason=f"${mtu_key} must be a number, not {mtu_raw!r}") from None
+    if mtu <= 0:
+        raise InvalidInput(reason=f"${mtu_key} must be positive, not {mtu}")
+    pod_cidr_type = _clean(var("POD_CIDR_TYPE")[1]) or "auto"
+    if pod_cidr_type not in ("auto", "cluster", "calico", "cilium", "none"):
+        raise InvalidInput(reason=f"${var('POD_CIDR_TYPE')[0]} must be auto, cluster, calico, cilium or none")
+    return CoordinatorDefaults(
+        name=name,
+        mode=_clean(var("MODE")[1]) or "auto",
+        pod_cidr_type=pod_cidr_type,
+        tune_pod_routes=_bool(*var("TUNE_POD_ROUTES"), True),
+        hijack_cidr=hijack,
+        policy_routes=routes,
+        veth_link_address=_clean(link),
+        veth_mtu=mtu,
+        detect_gateway=_bool(*var("DETECT_GATEWAY"), False),
+        detect_ip_conflict=_bool(*var("DETECT_IP_CONFLICT"), False),
+    )
+
+
+def _family(version: int, subnet: str, pool: str, env: Mapping[str, str]) -> FamilyDefaults:
+    def var(suffix: str) -> tuple[str, str]:
+        key = f"{PREFIX}DEFAULT_IPV{version}_IPPOOL_{suffix}"
+        return key, _clean(env.get(key, ""))
+
+    cidr_key, cidr = var("SUBNET")
+    if not cidr:
+        raise InvalidInput(reason=f"${cidr_key} is required to create a default IPv{version} subnet or pool")
+    _network(cidr_key, cidr, version)
+    gateway_key, gateway = var("GATEWAY")
+    if gateway:
+        try:
+            if ipaddress.ip_address(gateway).version != version:
+                raise ValueError
+        except ValueError:
+            raise InvalidInput(reason=f"${gateway_key}: {gateway!r} is not an IPv{version} address") from None
+    ranges_key = f"{PREFIX}DEFAULT_IPV{version}_IPPOOL_IPRANGES"
+    ranges = tuple(_list(env.get(ranges_key, "")))
+    return FamilyDefaults(version=version, subnet_name=subnet, pool_name=pool, cidr=cidr, ip_ranges=ranges,
+                          gateway=gateway)  # fmt: skip
+
+
+@attrs.frozen
+class Outcome:
+    """What happened to one default object."""
+
+    kind: str
+    name: str
+    created: bool
+
+    def __str__(self) -> str:
+        verb = "created" if self.created else "exists, left as it is"
+        return f"{self.kind.lower()}/{self.name} {verb}"
+
+
+async def wait_for_controller(store: Store, settings: InitSettings) -> str:
+    """Wait until the controller's Lease has a holder; returns it.  ``InvalidInput`` after ``settings.wait``."""
+    delay = 0.5
+    last = "no Lease yet"
+    with trio.move_on_after(settings.wait):
+        while True:
+            try:
+                lease = await store.get("Lease", settings.lease, settings.namespace)
+                holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+                if holder:
+                    return holder
+                last = "the Lease has no holder"
+            except NotFound:
+                last = "no Lease yet"
+            except SpiderError as exc:
+                last = str(exc)
+            log.info("waiting for a leading controller (%s)", last)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise InvalidInput(
+        reason=f"no controller leads after {settings.wait:g}s (Lease {settings.namespace}/{settings.lease}: {last})"
+    )
+
+
+async def run_init(store: Store, settings: InitSettings) -> list[Outcome]:
+    """Wait for a controller (unless ``settings.wait`` is 0), then create what does not exist yet."""
+    if settings.wait > 0:
+        holder = await wait_for_controller(store, settings)
+        log.info("controller %s leads", holder)
+    outcomes = []
+    for obj in settings.objects():
+        name = obj["metadata"]["name"]
+        try:
+            await store.create(obj)
+            outcomes.append(Outcome(obj["kind"], name, True))
+        except AlreadyExists:
+            outcomes.append(Outcome(obj["kind"], name, False))
+    return outcomes

@@ -1,0 +1,212 @@
+"""Auto pools follow their applications: created, grown, shrunk and reclaimed (reference §7.1), on every store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from actors.controller.applications import ApplicationController
+from actors.ipam.subnet import SubnetRegistry
+from actors.runtime.supervisor import Supervisor
+from actors.stores.port import NotFound, Obj, Store
+from spider.autopool import LABEL_RECLAIM
+from tests.controller.support import eventually, subnet
+from tests.controller.test_reconciler import reconciling
+
+TIMEOUT = 30
+SELECTOR = "ipam.spidernet.io/owner-application-name=web"
+
+
+def deployment(replicas: int, *, kind: str = "Deployment", reclaim: bool = True, number: str = "") -> Obj:
+    annotations = {"ipam.spidernet.io/subnet": json.dumps({"ipv4": ["s4"]})}
+    if not reclaim:
+        annotations["ipam.spidernet.io/ippool-reclaim"] = "false"
+    if number:
+        annotations["ipam.spidernet.io/ippool-ip-number"] = number
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": replicas, "template": {"metadata": {"annotations": annotations}}},
+    }
+
+
+@asynccontextmanager
+async def controlling(store: Store) -> AsyncIterator[ApplicationController]:
+    async with reconciling(store), trio.open_nursery() as nursery:
+        controller = ApplicationController(store, SubnetRegistry(store, Supervisor(nursery)))
+        await nursery.start(controller.run)
+        yield controller
+        nursery.cancel_scope.cancel(reason="test over")
+
+
+async def auto_pools(store: Store) -> list[Obj]:
+    return list((await store.list("SpiderIPPool", label_selector=SELECTOR)).items)
+
+
+def pool_with(store: Store, test: Callable[[list[Obj]], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return test(await auto_pools(store))
+
+    return check
+
+
+def controlled(obj: Obj) -> dict[str, Any]:
+    return json.loads((obj.get("status") or {}).get("controlledIPPools") or "{}")
+
+
+async def seed_subnet(store: Store) -> None:
+    await store.create(subnet("s4", "10.6.0.0/24", ["10.6.0.1-10.6.0.10"], ipVersion=4, gateway="10.6.0.254"))
+
+
+async def test_a_deployment_gets_a_pool_of_its_replicas_that_grows_shrinks_and_goes_with_it(
+    private_store: Store,
+) -> None:
+    store = private_store
+    await seed_subnet(store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store):
+            app = await store.create(deployment(2))
+            await eventually(
+                pool_with(store, lambda ps: len(ps) == 1 and ps[0]["spec"]["ips"] == ["10.6.0.1-10.6.0.2"])
+            )
+            (pool,) = await auto_pools(store)
+            assert pool["metadata"]["name"].startswith("auto4-web-eth0-")
+            assert pool["spec"]["gateway"] == "10.6.0.254"
+            entry = controlled(await store.get("SpiderSubnet", "s4"))[pool["metadata"]["name"]]
+            assert entry == {"ips": ["10.6.0.1-10.6.0.2"], "application": "apps_v1_Deployment_default_web"}
+            await store.update({**app, "spec": {**app["spec"], "replicas": 4}, "metadata": {**app["metadata"]}})
+            await eventually(pool_with(store, lambda ps: ps[0]["spec"]["ips"] == ["10.6.0.1-10.6.0.4"]))
+            app = await store.get("Deployment", "web", "default")
+            await store.update({**app, "spec": {**app["spec"], "replicas": 1}})
+            await eventually(pool_with(store, lambda ps: ps[0]["spec"]["ips"] == ["10.6.0.4"]))
+
+            async def subnet_trimmed() -> bool:
+                entries = controlled(await store.get("SpiderSubnet", "s4"))
+                return [e["ips"] for e in entries.values()] == [["10.6.0.4"]]
+
+            await eventually(subnet_trimmed)
+            await store.delete("Deployment", "web", "default")
+            await eventually(pool_with(store, lambda ps: ps == []))
+
+            async def subnet_restored() -> bool:
+                return controlled(await store.get("SpiderSubnet", "s4")) == {}
+
+            await eventually(subnet_restored)
+
+
+async def test_a_kept_pool_is_reused_by_the_same_kind_and_name_but_not_by_another_kind(private_store: Store) -> None:
+    store = private_store
+    await seed_subnet(store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store):
+            await store.create(deployment(2, reclaim=False))
+            await eventually(pool_with(store, lambda ps: len(ps) == 1))
+            (kept,) = await auto_pools(store)
+            await store.delete("Deployment", "web", "default")
+            again = await store.create(deployment(3, reclaim=False))
+            uid = again["metadata"]["uid"]
+            await eventually(
+                pool_with(
+                    store,
+                    lambda ps: (
+                        len(ps) == 1
+                        and ps[0]["metadata"]["labels"]["ipam.spidernet.io/owner-application-uid"] == uid
+                        and len(ps[0]["spec"]["ips"]) >= 1
+                        and ps[0]["spec"]["ips"] == ["10.6.0.1-10.6.0.3"]
+                    ),
+                )
+            )
+            assert (await auto_pools(store))[0]["metadata"]["name"] == kept["metadata"]["name"]
+            await store.create(deployment(1, kind="StatefulSet"))
+            await eventually(pool_with(store, lambda ps: len(ps) == 2))
+            names = {
+                p["metadata"]["labels"]["ipam.spidernet.io/owner-application-kind"] for p in await auto_pools(store)
+            }
+            assert names == {"Deployment", "StatefulSet"}
+
+
+async def test_a_subnet_too_small_creates_no_pool_until_it_has_room(private_store: Store) -> None:
+    store = private_store
+    await seed_subnet(store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store) as controller:
+            await store.create(deployment(2, number="20"))
+            await eventually(lambda: _true(controller.stats.failures > 0))
+            assert await auto_pools(store) == []
+            app = await store.get("Deployment", "web", "default")
+            meta = app["spec"]["template"]["metadata"]
+            meta["annotations"]["ipam.spidernet.io/ippool-ip-number"] = "5"
+            await store.update(app)
+            await eventually(
+                pool_with(store, lambda ps: len(ps) == 1 and ps[0]["spec"]["ips"] == ["10.6.0.1-10.6.0.5"])
+            )
+
+
+async def test_a_manual_pool_inside_a_subnet_is_adopted(private_store: Store) -> None:
+    store = private_store
+    await seed_subnet(store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store):
+            await store.create(
+                {
+                    "apiVersion": "spiderpool.spidernet.io/v2beta1",
+                    "kind": "SpiderIPPool",
+                    "metadata": {"name": "manual"},
+                    "spec": {"ipVersion": 4, "subnet": "10.6.0.0/24", "ips": ["10.6.0.9"]},
+                }
+            )
+
+            async def adopted() -> bool:
+                try:
+                    pool = await store.get("SpiderIPPool", "manual")
+                except NotFound:
+                    return False
+                refs = pool["metadata"].get("ownerReferences") or []
+                return (
+                    any(r.get("kind") == "SpiderSubnet" for r in refs) and pool["spec"].get("gateway") == "10.6.0.254"
+                )
+
+            await eventually(adopted)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_i00022_dirty_subnet_records_of_gone_pools_and_applications_are_recycled(private_store: Store) -> None:
+    store = private_store
+    await seed_subnet(store)
+    stored = await store.get("SpiderSubnet", "s4")
+    dirty = {"auto4-old-eth0-12345": {"ips": ["10.6.0.1-10.6.0.3"], "application": "apps_v1_Deployment_default_old"}}
+    await store.update_status({**stored, "status": {"controlledIPPools": json.dumps(dirty)}})
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store):
+
+            async def recycled() -> bool:
+                return controlled(await store.get("SpiderSubnet", "s4")) == {}
+
+            await eventually(recycled)
+            await store.create(deployment(1))
+            await eventually(pool_with(store, lambda ps: len(ps) == 1 and ps[0]["spec"]["ips"] == ["10.6.0.1"]))
+
+
+async def test_i00019_turning_reclaim_on_makes_a_kept_pool_go_with_its_application(private_store: Store) -> None:
+    store = private_store
+    await seed_subnet(store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store):
+            app = await store.create(deployment(1, reclaim=False))
+            await eventually(
+                pool_with(store, lambda ps: len(ps) == 1 and ps[0]["metadata"]["labels"][LABEL_RECLAIM] == "false")
+            )
+            app = await store.get("Deployment", "web", "default")
+            del app["spec"]["template"]["metadata"]["annotations"]["ipam.spidernet.io/ippool-reclaim"]
+            await store.update(app)
+            await eventually(pool_with(store, lambda ps: ps[0]["metadata"]["labels"][LABEL_RECLAIM] == "true"))
+            await store.delete("Deployment", "web", "default")
+            await eventually(pool_with(store, lambda ps: ps == []))

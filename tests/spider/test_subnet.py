@@ -1,0 +1,159 @@
+"""A subnet's free set, pre-allocation, growth, shrink and counts (reference §1.2, §7.1)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spider.addr import IPSet, ip_to_int
+from spider.subnet import FreeIPsNotEnough, InsufficientSubnetIPs, SubnetLedger, shrink
+
+
+def subnet(ips: list[str], exclude: list[str] | None = None, controlled: dict[str, Any] | None = None) -> Any:
+    obj: dict[str, Any] = {
+        "metadata": {"name": "s"},
+        "spec": {"ipVersion": 4, "subnet": "10.6.0.0/24", "ips": ips, "excludeIPs": exclude or []},
+    }
+    if controlled:
+        obj["status"] = {"controlledIPPools": json.dumps(controlled)}
+    return obj
+
+
+def ips(*texts: str) -> IPSet:
+    return IPSet.parse(4, list(texts))
+
+
+def test_pre_allocation_takes_the_lowest_free_addresses() -> None:
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.20"], ["10.6.0.2"], {"m": {"ips": ["10.6.0.3"]}}))
+    got = ledger.claim("p", "apps_v1_Deployment_ns_a", 3, IPSet(4), reserved=ips("10.6.0.4"))
+    assert got.to_strings() == ["10.6.0.1", "10.6.0.5-10.6.0.6"]
+
+
+def test_growth_keeps_the_old_addresses_and_adds_the_lowest_free() -> None:
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.20"]))
+    ledger.claim("a", "app-a", 2, IPSet(4))
+    ledger.claim("b", "app-b", 2, IPSet(4))
+    grown = ledger.claim("a", "app-a", 4, ips("10.6.0.1-10.6.0.2"))
+    assert grown.to_strings() == ["10.6.0.1-10.6.0.2", "10.6.0.5-10.6.0.6"]
+
+
+def test_addresses_of_an_unrecorded_pool_of_the_cidr_are_never_handed_out() -> None:
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.20"]))
+    got = ledger.claim("a", "app-a", 1, IPSet(4), taken=ips("10.6.0.1-10.6.0.5"))
+    assert got.to_strings() == ["10.6.0.6"]
+
+
+def test_an_insufficient_subnet_says_how_many_were_required_and_left() -> None:
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.3"]))
+    with pytest.raises(InsufficientSubnetIPs, match="required '5' but only left '3'"):
+        ledger.claim("a", "app-a", 5, IPSet(4))
+    assert ledger.controlled == {}
+
+
+def test_shrink_gives_back_only_unallocated_addresses_lowest_first() -> None:
+    current = ips("10.6.0.1-10.6.0.5")
+    assert shrink("p", current, ips("10.6.0.1", "10.6.0.3"), 3).to_strings() == ["10.6.0.1", "10.6.0.3", "10.6.0.5"]
+    with pytest.raises(FreeIPsNotEnough, match="not enough"):
+        shrink("p", current, ips("10.6.0.1-10.6.0.4"), 2)
+
+
+def test_status_counts_the_addresses_handed_to_pools() -> None:
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.10"], ["10.6.0.10"]))
+    ledger.claim("a", "apps_v1_Deployment_ns_a", 2, IPSet(4))
+    ledger.record("m", None, ips("10.6.0.8"))
+    status = ledger.to_status()
+    assert (status["totalIPCount"], status["allocatedIPCount"]) == (9, 3)
+    assert json.loads(status["controlledIPPools"]) == {
+        "a": {"ips": ["10.6.0.1-10.6.0.2"], "application": "apps_v1_Deployment_ns_a"},
+        "m": {"ips": ["10.6.0.8"]},
+    }
+    ledger.release("a")
+    ledger.release("m")
+    assert "controlledIPPools" not in ledger.to_status()
+
+
+# --- a model of applications scaling and going away while pods allocate ------------------------------------
+
+SIZE = 24
+Step = tuple[str, int, int]  # (action, app, number)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["scale", "allocate", "release", "delete"]), st.integers(0, 3), st.integers(0, 9)),
+        max_size=40,
+    )
+)
+def test_applications_scaling_and_deleted_while_pods_allocate_never_share_or_overdraw(steps: list[Step]) -> None:
+    ledger = SubnetLedger.from_object(subnet([f"10.6.0.1-10.6.0.{SIZE}"]))
+    pools: dict[int, IPSet] = {}
+    used: dict[int, set[int]] = {}
+    reclaimed: list[int] = []
+    for action, app, n in steps:
+        name = f"auto4-app{app}-eth0-00000"
+        if action == "scale":
+            current = pools.get(app, IPSet(4))
+            try:
+                if n > current.count:
+                    pools[app] = ledger.claim(name, f"apps_v1_Deployment_ns_app{app}", n, current)
+                else:
+                    pools[app] = shrink(name, current, IPSet.of(4, used.get(app, set())), n)
+                    ledger.record(name, f"apps_v1_Deployment_ns_app{app}", pools[app])
+            except (InsufficientSubnetIPs, FreeIPsNotEnough):
+                pass
+        elif action == "allocate" and app in pools:
+            spare = pools[app].difference(IPSet.of(4, used.get(app, set())))
+            if spare:
+                used.setdefault(app, set()).add(next(iter(spare)))
+        elif action == "release" and used.get(app):
+            used[app].discard(min(used[app]))
+        elif action == "delete" and app in pools:
+            used.pop(app, None)  # NB: the pods go first; the pool is deleted once empty
+            reclaimed.append(app)
+            del pools[app]
+            ledger.release(name)
+        # Invariants after every step:
+        seen: set[int] = set()
+        for held in pools.values():
+            assert not seen & set(held), "an address is in two pools"
+            seen |= set(held)
+        assert len(seen) <= SIZE
+        assert ledger.held().count <= SIZE
+        for app_id, addresses in used.items():
+            assert addresses <= set(pools[app_id]), "a pod's address left its pool"
+        for gone in reclaimed:
+            if gone not in pools:
+                assert not used.get(gone), "a reclaimed pool still has addresses in use"
+        assert all(ip_to_int("10.6.0.1") <= a <= ip_to_int(f"10.6.0.{SIZE}") for a in seen)
+
+
+def test_an_auto_pools_ips_cannot_be_edited_by_hand_only_grown_or_shrunk_within_its_record() -> None:
+    from spider.errors import InvalidSpec
+    from spider.validation import validate
+
+    record = {"auto4-web-eth0-abcde": {"ips": ["10.6.0.1-10.6.0.4"], "application": "apps_v1_Deployment_ns_web"}}
+    owner = {**subnet(["10.6.0.1-10.6.0.20"], controlled=record), "kind": "SpiderSubnet"}
+
+    def pool(*ranges: str) -> dict[str, Any]:
+        return {
+            "kind": "SpiderIPPool",
+            "metadata": {
+                "name": "auto4-web-eth0-abcde",
+                "labels": {"ipam.spidernet.io/owner-application-uid": "u"},
+                "finalizers": ["spiderpool.spidernet.io"],
+            },
+            "spec": {"ipVersion": 4, "subnet": "10.6.0.0/24", "ips": list(ranges)},
+        }
+
+    old = pool("10.6.0.1-10.6.0.2")
+    validate("SpiderIPPool", pool("10.6.0.1-10.6.0.4"), old, [owner])  # grown to its record
+    validate("SpiderIPPool", pool("10.6.0.2"), old, [owner])  # shrunk within it
+    with pytest.raises(InvalidSpec, match=r"illegal to update AutoPool\.Spec\.IPs"):
+        validate("SpiderIPPool", pool("10.6.0.1-10.6.0.5"), old, [owner])
+    with pytest.raises(InvalidSpec, match=r"illegal to update AutoPool\.Spec\.IPs"):
+        validate("SpiderIPPool", pool("10.6.0.3"), old, [owner])
