@@ -25,10 +25,11 @@ LABEL org.opencontainers.image.title="spider-ipam" \
 # iproute2: `ip` for looking at a node's links, addresses, routes and rules from inside the agent's container.
 # patchelf: points the self-contained CNI runtime's interpreter at its own loader and libraries (below, and at
 # install time when a node's CNI bin directory is not /opt/cni/bin).
+# ethtool: the RDMA metrics' `ethtool -S` counters (*vport*, pause, discards; actors/node/rdma.py).
 # Not pinned: the slim base tracks Debian stable, whose security updates we want at every rebuild.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 patchelf \
+    && apt-get install -y --no-install-recommends iproute2 patchelf ethtool \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 COPY --from=build /src/requirements.lock /tmp/requirements.lock

@@ -39,7 +39,7 @@ from actors.ipam.subnet import SubnetRegistry
 from actors.node.actor import open_node
 from actors.node.coordinating import Coordinator
 from actors.node.netlink import NETLINK_TIMEOUT, netns_path
-from actors.node.rdma import RdmaCollector, endpoint_pods
+from actors.node.rdma import RdmaCollector, pods_by_address
 from actors.runtime.supervisor import Supervisor
 from actors.servers.agent_api import AgentApi, close_unix_listener, open_unix_listener
 from actors.servers.httpserver import READ_TIMEOUT
@@ -186,7 +186,7 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
                 await actors.start(metrics.serve)
                 api.metrics_port = metrics.port
                 if settings.rdma_metrics:
-                    rdma = RdmaCollector(settings.node, pods_by_ip=endpoint_pods(store, settings.node))
+                    rdma = RdmaCollector(settings.node, pods_by_ip=pods_by_address(store, settings.node))
                     await actors.start(rdma.serve)
                     api.metrics.add_source(rdma.samples)
             async with trio.open_nursery() as server:

@@ -7,7 +7,10 @@ Owns the webhook's decisions, without any I/O (``actors.servers.webhook`` serves
 - ``validate_review`` allows or denies (``code`` 422, ``reason`` ``Invalid`` and the rule's message, as
   Spiderpool's webhook answers); ``mutate_review`` allows with a base64 JSONPatch and never denies
   (Spiderpool's CRD mutating webhooks never reject: a mutation that fails leaves the object to validation);
-- ``json_patch`` turns "before" and "after" into RFC 6902 operations.
+- ``json_patch`` turns "before" and "after" into RFC 6902 operations;
+- ``mutate_multus_review`` and ``validate_multus_review`` do the same for SpiderMultusConfig with
+  ``spider.multus``'s rules (its defaults and the inject annotations copied to labels; its validation, given
+  the NetworkAttachmentDefinition of that name if one exists).
 
 Rules that always hold, whatever the validation says: a DELETE is allowed; an UPDATE that changes only
 ``metadata.finalizers`` (the controller draining a pool, or a person) is neither validated nor mutated, so
@@ -26,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from spider import validation
+from spider import multus, validation
 from spider.errors import DecodeFailure, InvalidInput, InvalidSpec
 from spider.kinds import SPIDER_GROUP, SPIDER_VERSION
 from spider.validation import AdmissionSettings
@@ -180,3 +183,38 @@ def mutate_review(request: AdmissionRequest, subnets: Sequence[Mapping[str, Any]
     if request.operation not in ("CREATE", "UPDATE") or obj is None or _deleting(obj) or finalizer_only(request):
         return allowed()
     return patched(json_patch(obj, validation.mutate(request.kind, obj, subnets)))
+
+
+def multus_object(request: AdmissionRequest) -> Obj | None:
+    """The reviewed SpiderMultusConfig, its namespace filled from the request when its metadata has none (a
+    create's object may lack it), so the NAD lookup and the texts name the right namespace."""
+    obj = request.object
+    if obj is None:
+        return None
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and not meta.get("namespace") and request.namespace:
+        return {**obj, "metadata": {**meta, "namespace": request.namespace}}
+    return obj
+
+
+def mutate_multus_review(request: AdmissionRequest) -> Obj:
+    """The SpiderMultusConfig mutating webhook's answer: Spiderpool's defaults as a patch; never a denial."""
+    obj = request.object
+    if request.operation not in ("CREATE", "UPDATE") or obj is None or _deleting(obj) or finalizer_only(request):
+        return allowed()
+    return patched(json_patch(obj, multus.mutate_multus_config(obj)))
+
+
+def validate_multus_review(request: AdmissionRequest, existing_nad: Mapping[str, Any] | None = None) -> Obj:
+    """The SpiderMultusConfig validating webhook's answer, the store layer's rules on the object as mutated
+    (``existing_nad``: the NetworkAttachmentDefinition named ``multus.nad_name`` of it, if one exists)."""
+    if request.operation in ("DELETE", "CONNECT") or finalizer_only(request):
+        return allowed()
+    obj = multus_object(request)
+    if obj is None:
+        return denied(f"{request.operation} of {request.kind} {request.name!r} without an object", code=400)
+    try:
+        multus.validate_multus_config(multus.mutate_multus_config(obj), request.old_object, existing_nad)
+    except InvalidSpec as exc:
+        return denied(str(exc))
+    return allowed()

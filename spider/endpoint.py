@@ -3,7 +3,8 @@
 Owns the endpoint's shape (reference §1.4: ``status.current.{uid,node,ips[]}``, ``ownerControllerType``,
 ``ownerControllerName``) and its conversion to and from stored objects and to the agent API's
 ``WorkloadEndpointStatus``.  Each interface entry also records the sandbox (``containerID``) and the CNI
-network name that made it, so a DEL of a stale sandbox and CNI GC can tell whose entry it is.  Pure.
+network name that made it, so a DEL of a stale sandbox and CNI GC can tell whose entry it is; and the mark of
+a pod served without a Pod object (``ANNO_POD_OBJECT``), which IP GC reads.  Pure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from spider.kinds import FINALIZER, SPIDER_API_VERSION
 from spider.pool import Route
 
 KIND = "SpiderEndpoint"
+ANNO_POD_OBJECT = "ipam.spider.io/pod-object"
+"""Ours: ``absent`` on the endpoint of a pod the agent served without a Pod object in the store (the embedded
+store's no-cluster mode, the load test): GC cannot tell such a pod's death, so it leaves its addresses to the
+pod's CNI DEL or CNI GC.  An annotation rather than a status field: a real API server prunes the fields the
+CRD's schema does not name, never ``metadata.annotations``."""
+POD_OBJECT_ABSENT = "absent"
 
 
 @attrs.frozen
@@ -110,6 +117,8 @@ class Endpoint:
     owner_controller_name: str = ""
     resource_version: str = ""
     terminating: bool = False
+    pod_object_absent: bool = False
+    """The agent served its pod without a Pod object in the store (``ANNO_POD_OBJECT``)."""
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Endpoint:
@@ -127,6 +136,7 @@ class Endpoint:
             owner_controller_name=str(status.get("ownerControllerName", meta.get("name", ""))),
             resource_version=str(meta.get("resourceVersion", "")),
             terminating=bool(meta.get("deletionTimestamp")),
+            pod_object_absent=(meta.get("annotations") or {}).get(ANNO_POD_OBJECT) == POD_OBJECT_ABSENT,
         )
 
     def to_object(self) -> dict[str, Any]:
@@ -134,6 +144,8 @@ class Endpoint:
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace, "finalizers": [FINALIZER]}
         if self.resource_version:
             meta["resourceVersion"] = self.resource_version
+        if self.pod_object_absent:
+            meta["annotations"] = {ANNO_POD_OBJECT: POD_OBJECT_ABSENT}
         return {
             "apiVersion": SPIDER_API_VERSION,
             "kind": KIND,

@@ -8,28 +8,33 @@ Owns, as pure functions of what the controller has read:
 - the scan-all table (§3.2): ``decide`` gives, for one pool record, the Pod of its name (or ``None``), the
   SpiderEndpoint of its name (or ``None``), whether the pod's node is Ready and whether a StatefulSet or KubeVirt
   workload still wants the address, one ``GcDecision``: keep, trace until a time, release the address, or
-  release it and drop the endpoint, with the reason as text.
+  release it and drop the endpoint, with the reason as text;
+- outdated endpoints (``enableCleanOutdatedEndpoint``): ``judge_endpoint`` on an endpoint no pool record names.
 
 Two departures from Spiderpool, both safer, are decided here: an address whose record names a live pod's UID is
-never released (Spiderpool releases it when the endpoint names another UID, or when a pod in phase ``Unknown``
-reports no ``podIPs``), except by the one explicit opt-in ``SPIDERPOOL_GC_ENABLE_STATELESS_RUNNING_POD_ON_EMPTY_
-POD_STATUS_IPS``; and an endpoint is dropped only when it records the same pod UID as the released record.  The
-two-observation rule (a release needs the same record seen twice, a trace gap apart) is the controller's
-(``actors.controller.gc``): it needs a clock.  Pure: no I/O, no trio.
+never released (Spiderpool releases it when the endpoint names another UID, when a pod in phase ``Unknown``
+reports no ``podIPs``, or when a StatefulSet or KubeVirt pod reports none and its workload is no longer valid),
+except by the one explicit opt-in ``SPIDERPOOL_GC_ENABLE_STATELESS_RUNNING_POD_ON_EMPTY_POD_STATUS_IPS``; and an
+endpoint is dropped only when it records the same pod UID as the released record (an outdated one only when no
+pod of its UID is alive).  Two keeps are ours: the addresses of a pod the agent served without a Pod object
+(its endpoint says so) are left to its CNI DEL, and a record no endpoint accounts for is never released while its
+ADD may still be in flight (``Record.may_be_in_flight``), unless its pod was seen deleted.  The two-observation
+rule (a release needs the same record seen twice, a trace gap apart) is the controller's (``actors.controller.gc``):
+it needs a clock.  Pure: no I/O, no trio.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 
 from spider.endpoint import Endpoint
 from spider.errors import InvalidSpec
-from spider.pool import Record
+from spider.pool import RECLAIM_AFTER, Record
 from spider.workload import KUBEVIRT_API, controller_of
 
 ENV_PREFIX = "SPIDERPOOL_GC_"
@@ -111,6 +116,9 @@ class GcSettings:
     """Pods traced at once; more are not traced (scan-all still finds them) [SPIDERPOOL_GC_MAX_PODENTRY_DB_CAP]."""
     max_retries: int = 5
     """Rounds a traced pod whose release failed is tried again [SPIDERPOOL_GC_PODENTRY_MAX_RETRIES]."""
+    clean_outdated_endpoints: bool = False
+    """Scan-all also drops SpiderEndpoints no pool record names (Spiderpool's configmap key
+    ``enableCleanOutdatedEndpoint``) [SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT]."""
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> GcSettings:
@@ -139,6 +147,9 @@ class GcSettings:
             channel_buffer=_env_int(env, "SPIDERPOOL_GC_CHANNEL_BUFFER", d.channel_buffer),
             max_traced=_env_int(env, "SPIDERPOOL_GC_MAX_PODENTRY_DB_CAP", d.max_traced),
             max_retries=_env_int(env, "SPIDERPOOL_GC_PODENTRY_MAX_RETRIES", d.max_retries),
+            clean_outdated_endpoints=_env_bool(
+                env, "SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT", d.clean_outdated_endpoints
+            ),
         )
 
     def node_allows(self, node_ready: bool) -> bool:
@@ -311,6 +322,8 @@ class Action(enum.Enum):
     TRACE = "trace"
     RELEASE = "release"
     RELEASE_AND_DROP_ENDPOINT = "release-and-drop-endpoint"
+    DROP_ENDPOINT = "drop-endpoint"
+    """An outdated endpoint (no pool record names it) goes; it holds no address."""
 
 
 @attrs.frozen
@@ -360,6 +373,10 @@ def _deadline_rule(
     return GcDecision(Action.TRACE, f"{what}: within its grace period", until)
 
 
+NO_POD_OBJECT = "no Pod object: freed by its CNI DEL or CNI GC"
+"""Why a record whose endpoint says the agent served its pod without a Pod object is kept."""
+
+
 def decide(
     record: Record,
     pod: Mapping[str, Any] | None,
@@ -369,14 +386,45 @@ def decide(
     static_valid: bool | None,
     settings: GcSettings,
     now: float,
+    pod_gone: bool = False,
 ) -> GcDecision:
     """Spiderpool's scan-all verdict on one pool record (reference §3.2), made safer.
 
     ``pod``: the Pod named as the record names it (``None``: none; for a KubeVirt VM the record names the VMI,
     so there is none); ``endpoint``: the SpiderEndpoint of that name; ``node_ready``: whether the pod's node is
     Ready; ``static_valid``: ``None`` when the workload is stateless, else whether its StatefulSet ordinal or VM
-    is still valid; ``now``: Unix seconds.
+    is still valid; ``now``: wall-clock Unix seconds; ``pod_gone``: a Pod of the record's UID was seen in the
+    store and is gone since (deleted: whatever its ADD still does, it answers no live pod).
+
+    Two more keeps than Spiderpool's table: a record whose endpoint (of its UID) says the agent served the pod
+    without a Pod object (``Endpoint.pod_object_absent``) is kept while no pod of its UID is seen: GC cannot
+    tell such a pod's death, its CNI DEL or CNI GC frees it; and a record no endpoint of its UID accounts for is
+    never released while its ADD may still write the endpoint and answer (``Record.may_be_in_flight``, the rule
+    ``spider check --reclaim`` keeps), whatever the pod says, unless ``pod_gone``.
     """
+    accounted = endpoint is not None and endpoint.uid == record.pod_uid
+    unseen = pod is None or pod_uid(pod) != record.pod_uid
+    if accounted and endpoint is not None and endpoint.pod_object_absent and unseen:
+        return _keep(NO_POD_OBJECT)
+    decision = _decide(record, pod, endpoint, node_ready=node_ready, static_valid=static_valid, settings=settings,
+                       now=now)  # fmt: skip
+    if decision.releases and not accounted and not pod_gone and record.may_be_in_flight(now):
+        return _keep(f"{decision.reason}, but no endpoint records it yet and its ADD may still be in flight "
+                     f"(recorded less than {RECLAIM_AFTER:.0f} s ago): looked at again later")  # fmt: skip
+    return decision
+
+
+def _decide(
+    record: Record,
+    pod: Mapping[str, Any] | None,
+    endpoint: Endpoint | None,
+    *,
+    node_ready: bool,
+    static_valid: bool | None,
+    settings: GcSettings,
+    now: float,
+) -> GcDecision:
+    """Spiderpool's table itself (``decide`` adds the keeps around it)."""
     static = static_valid is not None
     if pod is None:
         if endpoint is None:
@@ -415,13 +463,25 @@ def decide(
         return _deadline_rule(pod, until, endpoint, record, node_ready, settings, now, "deleting")
     if has_pod_ips(pod):
         return _keep("the pod runs with its addresses")
-    if static:
-        if static_valid:
-            return _keep("no podIPs reported, but its workload keeps the address")
-        return _release("no podIPs reported, and its workload does not want the address any more", endpoint, record)
+    if static:  # NB: Spiderpool releases it when the workload is invalid; the pod is alive with this UID
+        return _keep(f"{phase(pod)} without podIPs, but alive with this UID")
     if phase(pod) == "Running" and settings.running_on_empty_pod_ips:
         return _release("Running without podIPs (GC of such pods switched on)", endpoint, record)
     return _keep(f"{phase(pod)} without podIPs, but alive with this UID")  # NB: Spiderpool releases an Unknown one
+
+
+def judge_endpoint(
+    endpoint: Endpoint, *, named_by_a_record: bool, pod_of_its_uid: Mapping[str, Any] | None
+) -> GcDecision:
+    """Whether an endpoint is outdated (``enableCleanOutdatedEndpoint``, reference §3.2): dropped when no pool
+    record names its ``namespace/name`` (``named_by_a_record``), unless a pod with its UID is still alive
+    (``pod_of_its_uid``: that pod, under whatever name, or ``None``), as one is between its ADD's pool write and
+    its endpoint write.  Keep, or ``DROP_ENDPOINT``."""
+    if named_by_a_record:
+        return _keep("a pool record names it")
+    if pod_of_its_uid is not None and not finished(pod_of_its_uid):
+        return _keep(f"its pod {_meta(pod_of_its_uid).get('name', '')} (UID {endpoint.uid}) is alive")
+    return GcDecision(Action.DROP_ENDPOINT, "no pool record names it")
 
 
 def node_ready(node: Mapping[str, Any] | None) -> bool:
@@ -435,10 +495,15 @@ def node_ready(node: Mapping[str, Any] | None) -> bool:
 # --- seen twice before released -----------------------------------------------------------------------------
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
 @attrs.define
-class Observations:
-    """The release candidates seen so far: an address goes only when the same record (same holder, same pod UID,
-    same sandbox) was judged releasable twice, at least ``gap`` seconds apart.
+class Observations(Generic[K, V]):
+    """The release candidates seen so far: an address (or an outdated endpoint) goes only when the same thing
+    (the same record: holder, pod UID and sandbox; the same endpoint version) was judged releasable twice, at
+    least ``gap`` seconds apart.
 
     A pod the informer has not caught up with, an ADD between its pool write and its endpoint write: whatever a
     first look got wrong, the second look, a trace gap later, sees otherwise; a record that changed between the
@@ -446,25 +511,26 @@ class Observations:
     """
 
     gap: float
-    _first: dict[tuple[str, int], tuple[Record, float]] = attrs.field(factory=dict)
+    _first: dict[K, tuple[V, float]] = attrs.field(factory=dict)
 
-    def note(self, key: tuple[str, int], record: Record, now: float) -> bool:
-        """Note a releasable record at ``key`` (pool, address) seen at ``now``; whether it may go now."""
+    def note(self, key: K, seen_as: V, now: float) -> bool:
+        """Note a releasable ``seen_as`` at ``key`` (pool and address; endpoint) seen at ``now``; whether it may
+        go now."""
         seen = self._first.get(key)
-        if seen is not None and seen[0] == record:
+        if seen is not None and seen[0] == seen_as:
             return now - seen[1] >= self.gap
-        self._first[key] = (record, now)
+        self._first[key] = (seen_as, now)
         return False
 
-    def forget(self, key: tuple[str, int]) -> None:
-        """The record at ``key`` was released or judged worth keeping: start over next time."""
+    def forget(self, key: K) -> None:
+        """The candidate at ``key`` was released or judged worth keeping: start over next time."""
         self._first.pop(key, None)
 
-    def keep_only(self, keys: set[tuple[str, int]]) -> None:
+    def keep_only(self, keys: set[K]) -> None:
         """Forget every candidate a complete scan did not find releasable again."""
         self._first = {k: v for k, v in self._first.items() if k in keys}
 
-    def pending(self) -> set[tuple[str, int]]:
+    def pending(self) -> set[K]:
         """The candidates seen once and waiting for their second look."""
         return set(self._first)
 

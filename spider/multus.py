@@ -8,7 +8,10 @@ Owns, as pure functions over stored objects (reference §1.5, §7.2):
 - ``validate_multus_config``: Spiderpool's validating webhook: annotations (``multus.spidernet.io/cr-name``,
   ``multus.spidernet.io/cni-version``), the one block matching ``cniType``, VLAN IDs, bonds, the coordinator
   block, chained plugins, custom JSON, the resource-inject annotations.  ``InvalidSpec`` carries Spiderpool's
-  field path and text (``spec.macvlanConfig: Invalid value: 5000: invalid vlanId 5000, ...``).
+  field path and text (``spec.macvlanConfig: Invalid value: 5000: invalid vlanId 5000, ...``).  Every field
+  first has to be of the CRD schema's JSON type (``SPEC_SHAPE``; refused in the API server's words), so any
+  JSON either validates into a conflist that can be generated or is refused; ``mutate_multus_config`` never
+  fails on any JSON.
 - ``network_attachment``: the NetworkAttachmentDefinition (name, namespace, annotations, owner reference,
   ``spec.config``) the controller keeps in step with a SpiderMultusConfig; ``nad_differs`` says whether a
   stored one needs an update, the three things Spiderpool compares (annotations, config, controller owner).
@@ -89,11 +92,14 @@ _DNS1123_SUBDOMAIN_TEXT: Final = (
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
 
 
 def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
-    return dict(_meta(obj).get("annotations") or {})
+    """The string-valued annotations (the API server allows no others; validation refuses them here)."""
+    raw = _meta(obj).get("annotations")
+    return {str(k): v for k, v in raw.items() if isinstance(v, str)} if isinstance(raw, Mapping) else {}
 
 
 def _shown(value: object) -> str:
@@ -117,15 +123,18 @@ def nad_name(smc: Mapping[str, Any]) -> str:
 
 def cni_type(smc: Mapping[str, Any]) -> str:
     """``spec.cniType`` (``custom`` when absent, as the CRD's default)."""
-    return str((smc.get("spec") or {}).get("cniType") or "custom")
+    spec = smc.get("spec")
+    return str(spec.get("cniType") or "custom") if isinstance(spec, Mapping) else "custom"
 
 
 def _block(spec: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    return dict(spec.get(BLOCKS[kind]) or {})
+    block = spec.get(BLOCKS[kind])
+    return dict(block) if isinstance(block, Mapping) else {}
 
 
 def _pools(block: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(block.get("ippools") or {})
+    pools = block.get("ippools")
+    return dict(pools) if isinstance(pools, Mapping) else {}
 
 
 def _has_pools(block: Mapping[str, Any]) -> bool:
@@ -135,14 +144,21 @@ def _has_pools(block: Mapping[str, Any]) -> bool:
 
 def resource_name(smc: Mapping[str, Any]) -> str:
     """The device-plugin resource the network's pods need: ``rdmaResourceName`` of macvlan, ipvlan and vlan,
-    ``resourceName`` of sriov and ib-sriov, else ``""``."""
-    spec = smc.get("spec") or {}
-    kind = cni_type(smc)
+    ``resourceName`` of sriov and ib-sriov, else ``""``.  Never fails: a spec, block or value of the wrong
+    shape (a stored object the pod webhook reads) counts as none."""
+    spec = smc.get("spec")
+    if not isinstance(spec, Mapping):
+        return ""
+    kind = str(spec.get("cniType") or "custom")
     if kind in _MASTER_TYPES:
-        return str(_block(spec, kind).get("rdmaResourceName") or "")
-    if kind in ("sriov", "ib-sriov"):
-        return str(_block(spec, kind).get("resourceName") or "")
-    return ""
+        key = "rdmaResourceName"
+    elif kind in ("sriov", "ib-sriov"):
+        key = "resourceName"
+    else:
+        return ""
+    block = spec.get(BLOCKS[kind])
+    value = block.get(key) if isinstance(block, Mapping) else None
+    return value if isinstance(value, str) else ""
 
 
 # --- mutation -----------------------------------------------------------------------------------------------
@@ -175,7 +191,7 @@ def mutate_multus_config(smc: Mapping[str, Any]) -> Obj:
     obj["spec"] = spec
     if spec.get("cniType") is None:
         spec["cniType"] = "custom"
-    kind = spec["cniType"]
+    kind = spec["cniType"] if isinstance(spec["cniType"], str) else ""  # NB: validation refuses any other
     block = spec.get(BLOCKS.get(kind, ""))
     if isinstance(block, dict):
         if kind in ("macvlan", "ipvlan", "sriov"):
@@ -206,22 +222,139 @@ def mutate_multus_config(smc: Mapping[str, Any]) -> Obj:
     else:
         if spec.get("enableCoordinator") is None:
             spec["enableCoordinator"] = True  # NB: the CRD's default, for a store without CRD defaulting
-        spec["coordinator"] = _default_coordinator(spec.get("coordinator"))
+        if spec.get("coordinator") is None or isinstance(spec["coordinator"], Mapping):
+            spec["coordinator"] = _default_coordinator(spec.get("coordinator"))
     if spec.get("disableIPAM") is None:
         spec["disableIPAM"] = False
     if spec.get("chainCNIJsonData") is None:
         spec["chainCNIJsonData"] = []
     annotations = _annotations(obj)
-    labels = dict(_meta(obj).get("labels") or {})
+    raw_labels = _meta(obj).get("labels")
+    if raw_labels is not None and not isinstance(raw_labels, Mapping):
+        return obj  # NB: labels of another shape are validation's to refuse
+    labels = dict(raw_labels or {})
     for key in (ANNO_RDMA_INJECT, ANNO_NETWORK_INJECT):
         if key in annotations:
             labels[key] = annotations[key]
-    if labels:
+    if labels and isinstance(obj.get("metadata"), Mapping):
         obj["metadata"] = {**_meta(obj), "labels": labels}
     return obj
 
 
 # --- validation ---------------------------------------------------------------------------------------------
+
+_STRING, _INTEGER, _BOOLEAN = "string", "integer", "boolean"
+_POOLS_SHAPE: Final = {"ipv4": [_STRING], "ipv6": [_STRING], "matchMasterSubnet": _BOOLEAN}
+_MASTER_SHAPE: Final = {
+    "master": [_STRING],
+    "mtu": _INTEGER,
+    "vlanID": _INTEGER,
+    "bond": {"name": _STRING, "mode": _INTEGER, "options": _STRING},
+    "rdmaResourceName": _STRING,
+    "enableRdma": _BOOLEAN,
+    "ippools": _POOLS_SHAPE,
+}
+SPEC_SHAPE: Final[dict[str, Any]] = {
+    "cniType": _STRING,
+    "macvlan": _MASTER_SHAPE,
+    "ipvlan": _MASTER_SHAPE,
+    "vlan": {**_MASTER_SHAPE, "vlanMode": _STRING},
+    "sriov": {
+        "resourceName": _STRING,
+        "vlanID": _INTEGER,
+        "mtu": _INTEGER,
+        "minTxRateMbps": _INTEGER,
+        "maxTxRateMbps": _INTEGER,
+        "rdmaIsolation": _BOOLEAN,
+        "enableRdma": _BOOLEAN,
+        "ippools": _POOLS_SHAPE,
+    },
+    "ibsriov": {
+        "resourceName": _STRING,
+        "pkey": _STRING,
+        "linkState": _STRING,
+        "rdmaIsolation": _BOOLEAN,
+        "enableIbKubernetes": _BOOLEAN,
+        "ibKubernetesEnabled": _BOOLEAN,
+        "ippools": _POOLS_SHAPE,
+    },
+    "ipoib": {"master": _STRING, "ippools": _POOLS_SHAPE},
+    "ovs": {
+        "bridge": _STRING,
+        "vlan": _INTEGER,
+        "trunk": [{"minID": _INTEGER, "maxID": _INTEGER, "id": _INTEGER}],
+        "deviceID": _STRING,
+        "ippools": _POOLS_SHAPE,
+    },
+    "enableCoordinator": _BOOLEAN,
+    "disableIPAM": _BOOLEAN,
+    "coordinator": {
+        "mode": _STRING,
+        "podCIDRType": _STRING,
+        "hijackCIDR": [_STRING],
+        "policyRoutes": [{"dst": _STRING, "gw": _STRING}],
+        "podMACPrefix": _STRING,
+        "tunePodRoutes": _BOOLEAN,
+        "podDefaultRouteNIC": _STRING,
+        "hostRuleTable": _INTEGER,
+        "podRPFilter": _INTEGER,
+        "txQueueLen": _INTEGER,
+        "vethLinkAddress": _STRING,
+        "vethMTU": _INTEGER,
+        "hostRPFilter": _INTEGER,
+        "detectGateway": _BOOLEAN,
+        "detectIPConflict": _BOOLEAN,
+        "enableVethLinkLocalAddress": _BOOLEAN,
+    },
+    "chainCNIJsonData": [_STRING],
+    "customCNI": _STRING,
+}
+"""The JSON type of every spec field the CRD's schema declares: a type name, ``[item]`` or ``{field: shape}``."""
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return "object" if isinstance(value, Mapping) else type(value).__name__
+
+
+def _check_shape(smc: Mapping[str, Any], path: str, value: object, shape: object) -> None:
+    """``InvalidSpec`` in the API server's words when ``value`` is not of the CRD schema's type; a ``null``
+    field counts as absent (the API server drops it), a ``null`` item does not."""
+    want = "array" if isinstance(shape, list) else "object" if isinstance(shape, dict) else str(shape)
+    got = _json_type(value)
+    if got != want:
+        raise _error(smc, path, "Invalid value", f'"{got}": {path} in body must be of type {want}: "{got}"')
+    if isinstance(shape, list) and isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_shape(smc, f"{path}[{i}]", item, shape[0])
+    elif isinstance(shape, dict) and isinstance(value, Mapping):
+        for key, sub in shape.items():
+            if value.get(key) is not None:
+                _check_shape(smc, f"{path}.{key}", value[key], sub)
+
+
+def _check_metadata(smc: Mapping[str, Any]) -> None:
+    """Annotations and labels are maps of strings (what ``kubectl`` could never send otherwise)."""
+    for key in ("annotations", "labels"):
+        value = _meta(smc).get(key)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            _check_shape(smc, f"metadata.{key}", value, {})
+        for name, text in value.items():
+            if not isinstance(text, str):
+                _check_shape(smc, f"metadata.{key}.{name}", text, _STRING)
 
 
 def _dns_subdomain_problems(name: str) -> list[str]:
@@ -320,16 +453,24 @@ def _inject(smc: Mapping[str, Any], kind: str, field: str, block: Mapping[str, A
             f"the cniType {kind} does not support RDMA resource or network resource injected",
         )  # fmt: skip
     where = f"{_meta(smc).get('namespace', '')}/{_meta(smc).get('name', '')}"
-    resource = str(block.get("master") or "") if kind == "ipoib" else resource_name(smc)
     if rdma:
+        resource = str(block.get("master") or "") if kind == "ipoib" else resource_name(smc)
         if not resource:
-            raise _invalid(smc, field, block, f"rdmaResourceName can not be empty for spidermultusconfig {where}")
+            raise _invalid(smc, field, block, rdma_resource_missing(where))
         if not _has_pools(block):
-            raise _invalid(smc, field, block, f"default IPPools can not be empty for spidermultusconfig {where}")
-    if network and kind in _MASTER_TYPES and resource and not _has_pools(block):
-        raise _invalid(
-            smc, field, block, f"resourceName {resource} needs default IPPools for spidermultusconfig {where}"
-        )
+            raise _invalid(smc, field, block, pools_missing(where))
+    if network and resource_name(smc) and not _has_pools(block):  # NB: every type with a resource name
+        raise _invalid(smc, field, block, pools_missing(where))
+
+
+def rdma_resource_missing(where: str) -> str:
+    """Spiderpool's text for an SMC (``namespace/name``) that RDMA injection needs a resource name of."""
+    return f"rdmaResourceName can not empty for spidermultusconfig {where}"
+
+
+def pools_missing(where: str) -> str:
+    """Spiderpool's text for an SMC (``namespace/name``) that injection needs default pools of."""
+    return f"no any ippools config for spidermultusconfig {where}"
 
 
 def _validate_coordinator(smc: Mapping[str, Any], raw: object) -> None:
@@ -464,6 +605,8 @@ def validate_multus_config(
     """
     if not isinstance(new.get("spec"), dict):
         raise _error(new, "spec", "Required value", "spec is required")
+    _check_metadata(new)
+    _check_shape(new, "spec", new["spec"], SPEC_SHAPE)
     if old is not None:
         _validate_name_unchanged(new, old)
     _validate_annotations(new, existing_nad)

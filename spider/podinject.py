@@ -7,10 +7,11 @@ Owns, without any I/O (``actors.servers.pod_webhook`` serves it):
   handler repeats, so a configuration edited by hand cannot widen what is mutated;
 - RDMA / network resource injection: when the pod (or else its Namespace) is annotated
   ``cni.spidernet.io/rdma-resource-inject: <v>`` or ``cni.spidernet.io/network-resource-inject: <v>`` (the
-  first of the two found wins), every SpiderMultusConfig of any namespace labelled ``<key>=<v>`` is chosen, they
-  are sorted (master, bond or resource name, then ``namespace/name``), ``k8s.v1.cni.cncf.io/networks`` is
-  overwritten with them and each distinct resource name no container limits yet gets ``limits[<name>]: "1"``
-  in container 0; none found, or an SMC that cannot serve the kind of injection asked, refuses the pod;
+  first of the two found wins), every SpiderMultusConfig of any namespace labelled (or annotated) ``<key>=<v>``
+  is chosen, they are sorted (master, bond or resource name, then ``namespace/name``),
+  ``k8s.v1.cni.cncf.io/networks`` is overwritten with their NADs and each distinct resource name no container
+  limits yet gets ``limits[<name>]: "1"`` in container 0; none found, or a chosen SMC without a resource name
+  (an ipoib's master) or default pools, whichever annotation chose it, refuses the pod;
 - master-NIC resources (the network resource plugin with ``masterNIC`` rules): one ``spidernet.io/<master>-nic``
   limit and request per distinct master of the SpiderMultusConfigs the pod's Multus annotations name (each
   physical NIC of a bond: the plugin advertises physical NICs), unless a container asks for it already;
@@ -21,7 +22,9 @@ The result is a JSONPatch (``spider.admission.json_patch`` of the pod before and
 with Spiderpool's text.  Deliberate differences from Spiderpool: only CREATE is mutated (a pod's resources are
 immutable afterwards); a Multus reference that is no SpiderMultusConfig (a hand-written NAD) is skipped where
 Spiderpool's ENI path refuses the pod with the lookup's "not found"; a reference by the NAD name of an SMC that
-renames its NAD (``multus.spidernet.io/cr-name``) finds that SMC.
+renames its NAD (``multus.spidernet.io/cr-name``) finds that SMC; the injected networks name each SMC's NAD
+(``namespace/<cr-name>``, Spiderpool writes the SMC's name, which Multus cannot find when the NAD is renamed);
+an SMC is chosen by its inject annotation as well as by the label the SMC webhook copies from it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import attrs
 
 from spider.admission import json_patch
 from spider.errors import InvalidInput
+from spider.multus import nad_name, pools_missing, rdma_resource_missing, resource_name
 from spider.selection import ANNO_MULTUS_DEFAULT, ANNO_MULTUS_NETWORKS
 
 Obj = dict[str, Any]
@@ -48,7 +52,8 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 POD_WEBHOOK_PATH = "/mutate--v1-pod"
 """controller-runtime's path for core/v1 pods, which Spiderpool registers."""
 POD_WEBHOOK_NAME = "pods.mutate.spiderpool.spidernet.io"
-DEFAULT_NAMESPACES_EXCLUDE = ("kube-system", "spiderpool", "metallb-system", "istio-system")
+DEFAULT_NAMESPACES_EXCLUDE = ("kube-system", "kube-public", "spiderpool", "metallb-system", "istio-system")
+"""Spiderpool's ``PodWebhookExcludeNamespaces``."""
 RESOURCE_DOMAIN = "spidernet.io"
 MASTER_NIC_SUFFIX = "-nic"
 DEFAULT_SUB_ENI_RESOURCE = "spidernet.io/sub-eni"
@@ -136,18 +141,11 @@ def _masters(sub: Mapping[str, Any]) -> list[str]:
     return [m for m in master if isinstance(m, str) and m] if isinstance(master, list) else []
 
 
-def resource_name(smc: Mapping[str, Any]) -> str:
-    """The device-plugin resource an SMC's pods need: ``rdmaResourceName`` (macvlan, ipvlan, vlan) or the SR-IOV
-    ``resourceName`` (sriov, ib-sriov); ``""`` for none."""
-    cni_type = _cni_type(smc)
-    if cni_type in MASTER_TYPES:
-        key = "rdmaResourceName"
-    elif cni_type in ("sriov", "ib-sriov"):
-        key = "resourceName"
-    else:
-        return ""
-    value = _sub_spec(smc).get(key)
-    return value if isinstance(value, str) else ""
+def network_ref(smc: Mapping[str, Any]) -> str:
+    """``namespace/<NAD name>``: the entry of ``k8s.v1.cni.cncf.io/networks`` that attaches an SMC's network
+    (Spiderpool writes the SMC's name, which Multus cannot find when ``multus.spidernet.io/cr-name`` renames
+    the NAD)."""
+    return f"{_meta(smc).get('namespace', '')}/{nad_name(smc)}"
 
 
 def sort_key(smc: Mapping[str, Any]) -> tuple[str, str]:
@@ -173,18 +171,18 @@ def _has_pools(sub: Mapping[str, Any]) -> bool:
     return any(isinstance(pools.get(k), list) and pools[k] for k in ("ipv4", "ipv6"))
 
 
-def check_injectable(smc: Mapping[str, Any], annotation: str) -> None:
-    """``InjectionRefused`` unless the SMC can serve this kind of injection (Spiderpool's texts)."""
+def check_injectable(smc: Mapping[str, Any]) -> None:
+    """``InjectionRefused`` unless the SMC can be injected: Spiderpool's ``DoValidateRdmaResouce``, which its
+    ``InjectPodNetwork`` applies to every chosen SMC whichever annotation chose it: a resource name (an
+    ipoib's master) and default pools, with Spiderpool's texts."""
     cni_type, sub, ref = _cni_type(smc), _sub_spec(smc), smc_ref(smc)
     if cni_type not in (*MASTER_TYPES, "sriov", "ib-sriov", "ipoib"):
         raise InjectionRefused(reason=f"RDMA resource injection does not support cniType: {cni_type}")
-    name = resource_name(smc)
-    if annotation == ANNO_RDMA_INJECT and cni_type != "ipoib" and not name:
-        field = "rdmaResourceName" if cni_type in MASTER_TYPES else "resourceName"
-        raise InjectionRefused(reason=f"{field} can not empty for spidermultusconfig {ref}")
-    needs_pools = annotation == ANNO_RDMA_INJECT or bool(name)
-    if needs_pools and not _has_pools(sub):
-        raise InjectionRefused(reason=f"no any ippools config for spidermultusconfig {ref}")
+    name = resource_name(smc) if cni_type != "ipoib" else next(iter(_masters(sub)), "")
+    if not name:
+        raise InjectionRefused(reason=rdma_resource_missing(ref))
+    if not _has_pools(sub):
+        raise InjectionRefused(reason=pools_missing(ref))
 
 
 def inject_value(pod: Mapping[str, Any], namespace_annotations: Mapping[str, str]) -> tuple[str, str] | None:
@@ -198,8 +196,15 @@ def inject_value(pod: Mapping[str, Any], namespace_annotations: Mapping[str, str
     return None
 
 
+def inject_group(smc: Mapping[str, Any], key: str) -> str | None:
+    """The SMC's value of an inject key: its annotation (which the SMC mutating webhook copies to the label
+    Spiderpool selects by), else its label; so an SMC written while no webhook ran is still found."""
+    annotations = _strings(_meta(smc).get("annotations"))
+    return annotations[key] if key in annotations else _strings(_meta(smc).get("labels")).get(key)
+
+
 def _labelled(smcs: Iterable[Mapping[str, Any]], key: str, value: str) -> list[Mapping[str, Any]]:
-    return [s for s in smcs if _strings(_meta(s).get("labels")).get(key) == value]
+    return [s for s in smcs if inject_group(s, key) == value]
 
 
 def network_refs(annotation: str, namespace: str) -> list[tuple[str, str]]:
@@ -286,7 +291,7 @@ def _inject_networks(pod: Obj, annotation: str, value: str, smcs: Sequence[Mappi
         raise InjectionRefused(reason=f"no spidermultusconfigs with annotation: {annotation}:{value} found")
     resources: list[str] = []
     for smc in chosen:
-        check_injectable(smc, annotation)
+        check_injectable(smc)
         name = resource_name(smc)
         if name and name not in resources:
             resources.append(name)
@@ -295,7 +300,7 @@ def _inject_networks(pod: Obj, annotation: str, value: str, smcs: Sequence[Mappi
         meta = pod["metadata"] = {}
     if not isinstance(meta.get("annotations"), dict):
         meta["annotations"] = {}
-    meta["annotations"][ANNO_MULTUS_NETWORKS] = ",".join(smc_ref(s) for s in chosen)
+    meta["annotations"][ANNO_MULTUS_NETWORKS] = ",".join(network_ref(s) for s in chosen)
     containers = _containers(pod)
     missing = [r for r in resources if not _asked(containers, r, ("limits",))]
     if containers:

@@ -1,16 +1,18 @@
 """A SpiderSubnet's addresses and the ranges it has handed to its pools (reference §1.2, §7.1).
 
 Owns ``SubnetLedger``, the pure state a SubnetActor folds requests through: the subnet's usable addresses
-(``ips - excludeIPs``), its ``controlledIPPools`` (per pool: the ranges it holds and, for auto pools, the
-application), the free set (usable minus every controlled range, minus the addresses of every other pool of
-the same CIDR, minus reserved addresses), pre-allocation of the **lowest** free addresses, growth (old ranges
-kept, lowest free added), shrink (``shrink``: only unallocated addresses given back, lowest first) and the
-status counts (``totalIPCount``, ``allocatedIPCount`` = addresses handed to pools).  Errors carry
-Spiderpool's texts.
+(``ips - excludeIPs``), its ``controlledIPPools`` (per pool: the ranges it holds, for auto pools the
+application, and our ``claimedAt``: when they were last claimed), the free set (usable minus every controlled
+range, minus the addresses of every other pool of the subnet's CIDR, minus reserved addresses), pre-allocation
+of the **lowest** free addresses (a pool's stale record re-used only where nothing else holds it now), growth
+(old ranges kept, lowest free added), shrink (``shrink``: only unallocated addresses given back, lowest
+first), a release that can refuse an entry claimed again since, and the status counts (``totalIPCount``,
+``allocatedIPCount`` = addresses handed to pools).  Errors carry Spiderpool's texts.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -60,13 +62,35 @@ class Controlled:
 
     ips: IPSet
     application: str | None = None
+    claimed_at: str | None = None
+    """When the addresses were last claimed (RFC 3339, UTC): an auto pool's are claimed before the pool is
+    written, so a young entry without a pool may be a pool about to be created.  Our addition: Spiderpool
+    ignores the key (and drops it when its own controller rewrites the entry)."""
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as Spiderpool stores it."""
+        """The entry as Spiderpool stores it (plus ``claimedAt`` when known)."""
         out: dict[str, Any] = {"ips": self.ips.to_strings()}
         if self.application:
             out["application"] = self.application
+        if self.claimed_at:
+            out["claimedAt"] = self.claimed_at
         return out
+
+
+def rfc3339(epoch: float) -> str:
+    """``epoch`` (seconds) as a Kubernetes timestamp, UTC, to the second (``2024-05-01T12:00:00Z``)."""
+    return datetime.datetime.fromtimestamp(int(epoch), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> float | None:
+    """A Kubernetes timestamp as epoch seconds; ``None`` when it is not one."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def lowest(candidates: IPSet, count: int) -> IPSet:
@@ -100,8 +124,8 @@ def decode_controlled(version: int, raw: object) -> dict[str, Controlled]:
             ips = IPSet.parse(version, entry.get("ips") or [])
         except (ValueError, TypeError):
             continue
-        app = entry.get("application")
-        out[str(pool)] = Controlled(ips, str(app) if app else None)
+        app, claimed = entry.get("application"), entry.get("claimedAt")
+        out[str(pool)] = Controlled(ips, str(app) if app else None, claimed if isinstance(claimed, str) else None)
     return out
 
 
@@ -166,35 +190,52 @@ class SubnetLedger:
         *,
         taken: IPSet | None = None,
         reserved: IPSet | None = None,
+        now: str | None = None,
     ) -> IPSet:
         """Record ``pool`` with ``count`` addresses: its ``current`` ones kept, then the ones already recorded for
-        it, then the lowest free; returns them.  ``InsufficientSubnetIPs`` when the subnet cannot cover it."""
+        it that nothing else holds now, then the lowest free; returns them, the entry stamped ``claimedAt`` =
+        ``now``.  ``InsufficientSubnetIPs`` when the subnet cannot cover it.
+
+        NB: an entry may be stale (its pool deleted, a manual pool created over its addresses since): its
+        addresses are re-used only where no other entry, no pool in ``taken`` and no reservation holds them.
+        """
         mine = current.intersection(self.available)
         entry = self.controlled.get(pool)
+        others = None if taken is None else taken.difference(current)
         need = count - mine.count
         if need > 0 and entry is not None:
-            mine = mine.union(lowest(entry.ips.difference(mine), need))
+            recorded = self.free(taken=others, reserved=reserved, but=pool).intersection(entry.ips)
+            mine = mine.union(lowest(recorded.difference(mine), need))
             need = count - mine.count
         if need > 0:
-            others = None if taken is None else taken.difference(current)
             free = self.free(taken=others, reserved=reserved, but=pool).difference(mine)
             if free.count < need:
                 raise InsufficientSubnetIPs(subnet=self.name, required=count, left=free.count + mine.count)
             mine = mine.union(lowest(free, need))
-        self.controlled[pool] = Controlled(mine, application)
+        self.controlled[pool] = Controlled(mine, application, now)
         return mine
 
     def record(self, pool: str, application: str | None, ips: IPSet) -> bool:
         """Set ``pool``'s entry to ``ips`` (after a shrink, or to adopt a manual pool); whether it changed."""
-        new = Controlled(ips.intersection(self.available), application)
+        old = self.controlled.get(pool)
+        new = Controlled(ips.intersection(self.available), application, old.claimed_at if old else None)
         if self.controlled.get(pool) == new:
             return False
         self.controlled[pool] = new
         return True
 
-    def release(self, pool: str) -> bool:
-        """Forget ``pool`` (deleted); its addresses are free again.  Whether it was recorded."""
-        return self.controlled.pop(pool, None) is not None
+    def release(self, pool: str, *, unless_claimed_since: str | None = None) -> bool:
+        """Forget ``pool`` (deleted); its addresses are free again.  Whether it was forgotten.
+
+        With ``unless_claimed_since`` (the ``claimedAt`` the caller saw, ``""`` for none), the entry is kept
+        when it was claimed again since: an agent about to create the pool anew."""
+        entry = self.controlled.get(pool)
+        if entry is None:
+            return False
+        if unless_claimed_since is not None and (entry.claimed_at or "") != unless_claimed_since:
+            return False
+        del self.controlled[pool]
+        return True
 
     def counts(self) -> dict[str, int]:
         """``totalIPCount`` and ``allocatedIPCount`` (addresses handed to pools, not to pods)."""

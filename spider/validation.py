@@ -27,6 +27,7 @@ from spider.errors import InvalidInput, InvalidSpec
 from spider.kinds import FINALIZER
 from spider.pool import decode_allocated
 from spider.selector import selector_from_label_selector
+from spider.subnet import decode_controlled
 
 POOL = "SpiderIPPool"
 SUBNET = "SpiderSubnet"
@@ -388,6 +389,8 @@ def _validate_pool(
     if settings.enable_subnet:
         for subnet in existing:
             sspec = subnet.get("spec") or {}
+            if old is None and subnet.get("kind") == SUBNET:
+                _inside_subnet_cidr(new, subnet, parsed)
             if subnet.get("kind") != SUBNET or sspec.get("subnet") != str(parsed.subnet) or _terminating(subnet):
                 continue
             try:
@@ -407,7 +410,59 @@ def _validate_pool(
                     f"{_name(subnet)}, total IP addresses of a Subnet are jointly determined by 'spec.ips' and "
                     "'spec.excludeIPs'",
                 )
+            _promised_ips(new, old, subnet, parsed)
             _auto_pool_ips(new, old, subnet, parsed)
+
+
+def _inside_subnet_cidr(new: Mapping[str, Any], subnet: Mapping[str, Any], parsed: _Parsed) -> None:
+    """A pool whose CIDR overlaps a SpiderSubnet's must have exactly that CIDR: the subnet hands out (and
+    counts as taken) only the addresses of pools of its own CIDR, so a wider or narrower one could share them."""
+    sspec = subnet.get("spec") or {}
+    if not isinstance(sspec.get("subnet"), str):
+        return
+    try:
+        snet = parse_network(sspec["subnet"], strict=False)
+    except ValueError:
+        return
+    if snet.version == parsed.version and str(snet) != str(parsed.subnet) and snet.overlaps(parsed.subnet):
+        raise _fail(
+            POOL,
+            new,
+            "spec.subnet",
+            "Invalid",
+            f"overlap with Subnet {_name(subnet)} which 'spec.subnet' is {sspec['subnet']}, an IPPool inside a "
+            "Subnet must have the same 'spec.subnet'",
+            sspec["subnet"],
+        )
+
+
+def _promised_ips(
+    new: Mapping[str, Any], old: Mapping[str, Any] | None, subnet: Mapping[str, Any], parsed: _Parsed
+) -> None:
+    """A pool may not add addresses its subnet has promised to another pool (``controlledIPPools``): an auto
+    pool's are recorded before the pool is written, and a manual pool created in between would share them.
+    Only added addresses are checked, so a pool that already holds some (before this rule) can still be edited."""
+    try:
+        before = IPSet.parse(parsed.version, (old.get("spec") or {}).get("ips") or []) if old else None
+    except ValueError:
+        before = None
+    added = parsed.ips if before is None else parsed.ips.difference(before)
+    if not added:
+        return
+    raw = (subnet.get("status") or {}).get("controlledIPPools")
+    for pool, entry in sorted(decode_controlled(parsed.version, raw).items()):
+        if pool == _name(new):
+            continue
+        shared = added.intersection(entry.ips)
+        if shared:
+            raise _fail(
+                POOL,
+                new,
+                "spec.ips",
+                "Forbidden",
+                f"overlap with IPPool {pool} in IP ranges {shared.to_strings()} pre-allocated by Subnet "
+                f"{_name(subnet)}",
+            )
 
 
 def _auto_pool_ips(

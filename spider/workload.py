@@ -119,6 +119,8 @@ def statefulset_keeps(sts: Mapping[str, Any] | None, pod_name: str) -> bool:
     """Whether a StatefulSet pod's addresses are kept: the set exists, is not deleting, and the ordinal is valid.
 
     Valid means ``start <= ordinal < start + replicas``, ``start`` being ``spec.ordinals.start`` (default 0).
+    A ``replicas`` or ``start`` that is not an integer (``null``, a string) cannot be judged: kept, the safe
+    answer (a wrongly kept address is released later; a wrongly freed one may be handed to another pod).
     """
     if sts is None or (sts.get("metadata") or {}).get("deletionTimestamp"):
         return False
@@ -126,9 +128,23 @@ def statefulset_keeps(sts: Mapping[str, Any] | None, pod_name: str) -> bool:
     if ordinal is None:
         return False
     spec = sts.get("spec") or {}
-    replicas = spec.get("replicas", 1)
-    start = (spec.get("ordinals") or {}).get("start", 0)
-    return bool(start <= ordinal < start + replicas)
+    if not isinstance(spec, Mapping):
+        return True
+    ordinals = spec.get("ordinals") or {}
+    if not isinstance(ordinals, Mapping):
+        return True
+    replicas = int_or_none(spec.get("replicas", 1))
+    start = int_or_none(ordinals.get("start", 0))
+    if replicas is None or start is None:
+        return True
+    return start <= ordinal < start + replicas
+
+
+def int_or_none(value: object) -> int | None:
+    """``value`` if it is an integer (a bool is not), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
 
 
 def kubevirt_keeps(vmi: Mapping[str, Any] | None, vm: Mapping[str, Any] | None) -> bool:

@@ -15,8 +15,11 @@ SpiderSubnet; a de-duplicating work queue; one worker that, for each application
   released: the reconciler keeps its finalizer until then); the subnet's entry goes with the pool.
 
 It also adopts manual pools inside a subnet (controller ownerRef, owner label, gateway and routes inherited)
-and, on every resync, deletes reclaim pools whose application is gone and forgets subnet entries whose pool
-and application are both gone (I00022).
+and, on every resync, deletes reclaim pools whose application is gone (a third-party application's, such as
+a KubeVirt VirtualMachine, read from the store by the kind its labels name) and forgets subnet entries whose
+pool and application are both gone (I00022).  An entry is forgotten only when a fresh read finds no pool of
+its name and, for a third-party application (whose agent records the entry before it creates the pool), once
+it is older than ``claim_window``; the release is refused when the entry was claimed again meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -35,6 +40,10 @@ from spider.addr import IPSet
 from spider.autopool import (
     ANNO_IP_NUMBER,
     BUILTIN_KINDS,
+    LABEL_APP_GV,
+    LABEL_APP_KIND,
+    LABEL_APP_NAME,
+    LABEL_APP_NAMESPACE,
     LABEL_APP_UID,
     LABEL_RECLAIM,
     AppRef,
@@ -54,7 +63,7 @@ from spider.autopool import (
 from spider.errors import SpiderError, TransientError
 from spider.kinds import SPIDER_API_VERSION, kind_info
 from spider.pool import IPPool, decode_allocated
-from spider.subnet import FreeIPsNotEnough, InsufficientSubnetIPs, decode_controlled, shrink
+from spider.subnet import Controlled, FreeIPsNotEnough, InsufficientSubnetIPs, decode_controlled, parse_rfc3339, shrink
 from spider.validation import LABEL_OWNER_SUBNET
 from spider.workload import controller_of
 
@@ -63,6 +72,8 @@ log = logging.getLogger(__name__)
 POOL = "SpiderIPPool"
 SUBNET = "SpiderSubnet"
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+RECHECK = 1.0
+"""Seconds before the sweep looks again at an entry whose guarded release was refused."""
 
 Key = tuple[str, str, str]  # (kind, namespace, name); ("", "", "") is the sweep
 
@@ -79,6 +90,10 @@ class ApplicationSettings:
     """[clusterSubnetAutoPoolDefaultRedundantIPNumber] Spare addresses when an application names no
     ``ippool-ip-number`` (Spiderpool's effective default is 0: its Helm chart writes another key)."""
     resync_period: float = 300.0
+    claim_window: float = 60.0
+    """Seconds an agent may take between recording a third-party pool's addresses in the subnet and creating
+    the pool (a read and a create, each waiting out a store outage); a third-party entry without a pool is
+    forgotten only once it is older than this (its ``claimedAt``, or when this controller first saw it)."""
 
     @property
     def enabled(self) -> bool:
@@ -114,6 +129,14 @@ class ApplicationController:
     _failures: dict[Key, int] = attrs.field(factory=dict)
     _listed: set[str] = attrs.field(factory=set)
     _all_listed: trio.Event = attrs.field(factory=trio.Event)
+    clock: Callable[[], float] = time.time
+    """Wall-clock seconds, compared with entries' ``claimedAt``."""
+    _first_seen: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    """(subnet, pool) -> when a third-party entry without ``claimedAt`` and without a pool was first seen."""
+    _sweep_in: float | None = None
+    """Seconds until an entry now too young to forget is old enough: the worker queues a sweep for then."""
+    _unserved: set[tuple[str, str]] = attrs.field(factory=set)
+    """Third-party kinds this store cannot read (logged once each)."""
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -211,6 +234,9 @@ class ApplicationController:
                 log.warning("auto pools of %s: %s", "/".join(k for k in key if k) or "sweep", exc)
             else:
                 self._failures.pop(key, None)
+            if self._sweep_in is not None:
+                nursery.start_soon(self._later, ("", "", ""), self._sweep_in)
+                self._sweep_in = None
 
     async def _later(self, key: Key, delay: float) -> None:
         await trio.sleep(delay)
@@ -336,9 +362,10 @@ class ApplicationController:
     async def _sync_pool(self, name: str) -> None:
         pool = self._cache[POOL].get(("", name))
         if pool is None:
-            for subnet in self._cache[SUBNET].values():
-                if name in _entry_apps(subnet) and await self.subnets.get(_name(subnet)).release(name):
-                    self.stats.released += 1
+            for subnet in list(self._cache[SUBNET].values()):
+                entry = _entries(subnet).get(name)
+                if entry is not None:
+                    await self._forget(subnet, name, entry)
             return
         if not self.settings.enable_spider_subnet or is_auto_pool(pool):
             return
@@ -387,27 +414,80 @@ class ApplicationController:
             labels = (pool.get("metadata") or {}).get("labels") or {}
             if not is_auto_pool(pool) or not pool_reclaims(pool):
                 continue
-            kind = str(labels.get("ipam.spidernet.io/owner-application-kind", ""))
-            if kind not in BUILTIN_KINDS:
-                continue  # NB: third-party applications are the agent's (and their own informers')
-            app_key = (
-                kind,
-                str(labels.get("ipam.spidernet.io/owner-application-namespace", "")),
-                str(labels.get("ipam.spidernet.io/owner-application-name", "")),
-            )
-            if apps.get(app_key) != labels.get(LABEL_APP_UID) and not _allocated(pool):
+            kind = str(labels.get(LABEL_APP_KIND, ""))
+            app_key = (kind, str(labels.get(LABEL_APP_NAMESPACE, "")), str(labels.get(LABEL_APP_NAME, "")))
+            if not _builtin(str(labels.get(LABEL_APP_GV, "")), kind):
+                await self._reclaim_third_party(pool, labels)
+            elif apps.get(app_key) != labels.get(LABEL_APP_UID) and not _allocated(pool):
                 await self._delete_pool(pool)
         pools = {name for (_, name) in self._cache[POOL]}
+        absent: set[tuple[str, str]] = set()
         for subnet in list(self._cache[SUBNET].values()):
-            for pool_name, application in _entry_apps(subnet).items():
-                if pool_name in pools or application is None:
+            for pool_name, entry in _entries(subnet).items():
+                if pool_name in pools or entry.application is None:
                     continue
-                parsed = parse_application(application)
-                if parsed is not None and (parsed[1], parsed[2], parsed[3]) in apps:
+                absent.add((_name(subnet), pool_name))
+                parsed = parse_application(entry.application)
+                if parsed is not None and _builtin(parsed[0], parsed[1]) and (parsed[1], parsed[2], parsed[3]) in apps:
                     continue  # NB: recorded just before its pool is created
-                if await self.subnets.get(_name(subnet)).release(pool_name):
-                    self.stats.released += 1
-                    log.info("SpiderSubnet %s: forgot %s of %s (dirty data)", _name(subnet), pool_name, application)
+                await self._forget(subnet, pool_name, entry)
+        self._first_seen = {key: seen for key, seen in self._first_seen.items() if key in absent}
+
+    async def _forget(self, subnet: Obj, pool_name: str, entry: Controlled) -> None:
+        """Forget the subnet's entry for a pool the cache does not hold, once that is safe: a fresh read finds
+        no such pool, and (a third-party application's, which an agent records before it creates the pool)
+        the entry is older than ``claim_window``.  The release is refused when the entry was claimed again
+        meanwhile (``claimedAt`` changed: an agent is making the pool anew)."""
+        key = (_name(subnet), pool_name)
+        parsed = parse_application(entry.application) if entry.application else None
+        if entry.application is not None and not (parsed is not None and _builtin(parsed[0], parsed[1])):
+            now = self.clock()
+            claimed = parse_rfc3339(entry.claimed_at) if entry.claimed_at else None
+            since = claimed if claimed is not None else self._first_seen.setdefault(key, now)
+            wait = since + self.settings.claim_window - now
+            if wait > 0:
+                self._sweep_in = wait if self._sweep_in is None else min(self._sweep_in, wait)
+                return
+        try:
+            await self.store.get(POOL, pool_name)
+            return  # NB: the cache is behind (a DELETED event for an older pool of this name)
+        except NotFound:
+            pass
+        handle = self.subnets.get(key[0])
+        if await handle.release(pool_name, unless_claimed_since=entry.claimed_at or ""):
+            self._first_seen.pop(key, None)
+            self.stats.released += 1
+            log.info("SpiderSubnet %s: forgot %s of %s", key[0], pool_name, entry.application or "a manual pool")
+        else:  # NB: claimed again, or our copy of the subnet is behind: look again soon
+            self._sweep_in = min(self._sweep_in or RECHECK, RECHECK)
+
+    async def _reclaim_third_party(self, pool: Obj, labels: dict[str, str]) -> None:
+        """Delete a reclaim pool of a third-party application whose owner is gone or is another one (another
+        UID).  The owner is read from the store by the kind the labels name; a kind the store cannot serve
+        (unknown, or known under another group/version) keeps the pool, logged once per kind."""
+        gv, kind = str(labels.get(LABEL_APP_GV, "")), str(labels.get(LABEL_APP_KIND, ""))
+        try:
+            info = kind_info(kind)
+        except SpiderError:
+            info = None
+        if info is None or f"{info.group}_{info.version}" != gv:
+            if (gv, kind) not in self._unserved:
+                self._unserved.add((gv, kind))
+                log.warning("auto pools of %s %s are kept: this store cannot read that kind", gv, kind)
+            return
+        try:
+            owner = await self.store.get(
+                kind, str(labels.get(LABEL_APP_NAME, "")), str(labels.get(LABEL_APP_NAMESPACE, ""))
+            )
+        except NotFound:
+            owner = None
+        except SpiderError as exc:
+            if (gv, kind) not in self._unserved:
+                self._unserved.add((gv, kind))
+                log.warning("auto pools of %s %s are kept: reading their owners failed: %s", gv, kind, exc)
+            return
+        if owner is None or str((owner.get("metadata") or {}).get("uid", "")) != labels.get(LABEL_APP_UID):
+            await self._delete_pool(pool)
 
 
 @attrs.define(auto_exc=True, kw_only=True)
@@ -458,10 +538,14 @@ def _name(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
-def _entry_apps(subnet: Obj) -> dict[str, str | None]:
+def _entries(subnet: Obj) -> dict[str, Controlled]:
     version = int((subnet.get("spec") or {}).get("ipVersion") or 4)
-    entries = decode_controlled(version, (subnet.get("status") or {}).get("controlledIPPools"))
-    return {pool: entry.application for pool, entry in entries.items()}
+    return decode_controlled(version, (subnet.get("status") or {}).get("controlledIPPools"))
+
+
+def _builtin(gv_label: str, kind: str) -> bool:
+    """A kind whose auto pools this controller makes (``apps``/``batch``), from an auto pool's labels."""
+    return kind in BUILTIN_KINDS and gv_label.partition("_")[0] in ("apps", "batch")
 
 
 def _allocated(pool: Obj) -> bool:

@@ -8,7 +8,8 @@ resourceVersion (a ``Conflict`` is retried once the watch has brought the newer 
 
 The sources (reference §1.6, Spiderpool's ``coordinator_informer.go``): the SpiderCoordinators; the ConfigMaps
 of ``kube-system`` (``kubeadm-config``) and of Cilium's namespace (``cilium-config``); the Pods labelled
-``component=kube-controller-manager`` in ``kube-system``; Calico's IPPools, Cilium's CiliumPodIPPools and the
+``component=kube-controller-manager`` in ``kube-system`` (Spiderpool lists them in every namespace; kubeadm's
+static Pod is in kube-system, and the Role grants no more); Calico's IPPools, Cilium's CiliumPodIPPools and the
 ServiceCIDRs, each of which a cluster serves only with the CNI (or the Kubernetes release) that brings it: a
 listing answered "not served" (``NotFound``, or ``StoreUnavailable`` other than unreachable) counts as "not
 installed" and is tried again every ``resync_period``; and, for ``podCIDRType: auto``, the files of the CNI
@@ -222,11 +223,12 @@ class CoordinatorSync:
             self._dirty = trio.Event()
             try:
                 await self.sync()
-            except (Conflict, TransientError) as exc:
+            except SpiderError as exc:  # NB: as Spiderpool's workqueue, any failed write is retried, later each time
                 if isinstance(exc, Conflict):
                     self.stats.conflicts += 1
                 failures += 1
-                log.debug("coordinator sync: %s; retrying", exc)
+                level = logging.DEBUG if isinstance(exc, (Conflict, TransientError)) else logging.WARNING
+                log.log(level, "coordinator sync: %s; retrying", exc)
                 first.set()
                 with trio.move_on_after(self._delay(failures)):
                     await trio.sleep_forever()
@@ -263,7 +265,9 @@ class CoordinatorSync:
     async def sync(self) -> int:
         """Compute every coordinator's status and write those that differ; returns how many were written.
 
-        ``Conflict`` when a write lost to a newer copy (the watch brings it; then sync again).
+        ``Conflict`` when a write lost to a newer copy (the watch brings it; then sync again); any other
+        ``SpiderError`` a write met (refused, or the store unreachable).  Either is raised after every other
+        coordinator's status has been written.
         """
         self.stats.syncs += 1
         coordinators = list((self._cache.get(Source(COORDINATOR)) or {}).values())
@@ -271,7 +275,7 @@ class CoordinatorSync:
             return 0
         view = await self.view(any(pod_cidr_type_of(c) == "auto" for c in coordinators))
         written = 0
-        conflict: Conflict | None = None
+        failure: SpiderError | None = None
         for obj in coordinators:
             status = coordinator_status(pod_cidr_type_of(obj), view)
             if not status_differs(obj, status):
@@ -280,16 +284,16 @@ class CoordinatorSync:
                 stored = await self.store.update_status({**obj, "status": status.to_json()})
             except NotFound:
                 continue
-            except Conflict as exc:
-                conflict = exc
+            except SpiderError as exc:
+                failure = failure or exc
                 continue
             self._cache[Source(COORDINATOR)][_key(stored)] = stored  # type: ignore[index]
             self.stats.status_writes += 1
             written += 1
             name = obj["metadata"]["name"]
             log.info("SpiderCoordinator %s: %s%s", name, status.phase, f" ({status.reason})" if status.reason else "")
-        if conflict is not None:
-            raise conflict
+        if failure is not None:
+            raise failure
         return written
 
 

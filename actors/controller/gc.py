@@ -11,12 +11,21 @@ Owns ``IpGarbageCollector``, run while leading, and ``collect_once``, the ``spid
 - a candidate is released only when seen twice, at least a trace gap apart (``spider.gc.Observations``; a
   scan that finds new candidates looks at just those again a gap later), then judged a last time from afresh
   reads of its Pod and endpoint (never the informer's copy), so a record naming a live pod's UID is never
-  released; the release goes through the pool's actor (the controller's hosted ones, else a registry of our own)
-  as ``ReleaseIPs`` of the exact record: the actor frees it only if the pool, read at the resourceVersion it
-  writes with, still holds that very record, so a fresh ADD that took the address meanwhile is never undone;
+  released (the pod of that UID is also looked up under any name, through the informer's UID index and one
+  fresh read by name: a KubeVirt VM's records name the VMI, not its launcher pod); a record whose endpoint says
+  its pod was served without a Pod object is left to its CNI DEL, and one no endpoint accounts for is kept while
+  its ADD may be in flight unless the informer saw its pod go (``spider.gc.decide``); the release goes through
+  the pool's actor (the controller's hosted ones, else a registry of our own) as ``ReleaseIPs`` of the exact
+  record: the actor frees it only if the pool, read at the resourceVersion it writes with, still holds that very
+  record, so a fresh ADD that took the address meanwhile is never undone;
 - an endpoint recording the same pod UID is dropped with it (finalizer removed, then deleted, both guarded by
-  its resourceVersion).
-Counters for readiness, ``GET /v1/spider/stats`` and metrics: ``released``, ``failures``, ``scans``, ``synced``.
+  its resourceVersion);
+- outdated endpoints (``GcSettings.clean_outdated_endpoints``, Spiderpool's ``enableCleanOutdatedEndpoint``):
+  an endpoint no record of a complete scan named is a candidate too, dropped only when seen at the same
+  resourceVersion twice a trace gap apart, then judged from afresh reads (``spider.gc.judge_endpoint``: none
+  of its pools names it, no pod of its UID lives), and dropped guarded by that resourceVersion.
+Counters for readiness, ``GET /v1/spider/stats`` and metrics: ``released``, ``failures``, ``scans``, ``synced``,
+``outdated_dropped``.
 Errors are logged and counted, never raised out of the leading work.
 """
 
@@ -48,14 +57,16 @@ from spider.gc import (
     Observations,
     Trigger,
     decide,
+    finished,
     host_network,
+    judge_endpoint,
     node_ready,
     static_owner,
     trace_deadline,
     trace_trigger,
 )
 from spider.pool import KIND as POOL
-from spider.pool import PoolLedger, Record
+from spider.pool import RECLAIM_AFTER, PoolLedger, Record
 from spider.workload import STATIC_KINDS, controller_of, is_vmi, kubevirt_keeps, statefulset_keeps
 
 log = logging.getLogger(__name__)
@@ -67,6 +78,8 @@ RESYNC = 300.0
 
 Key = tuple[str, int]
 """(pool, address as an integer)."""
+EndpointKey = tuple[str, str]
+"""(namespace, name) of a SpiderEndpoint."""
 
 
 @attrs.frozen
@@ -125,6 +138,10 @@ def _key_of(obj: Obj) -> tuple[str, str]:
     return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
+def _uid_of(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("uid", ""))
+
+
 @attrs.define(eq=False)
 class IpGarbageCollector:
     """Spiderpool's IP GC, safer; run with ``nursery.start_soon(gc.run)`` while leading."""
@@ -141,14 +158,23 @@ class IpGarbageCollector:
     """Releases (and endpoint drops) that failed, and scans that could not read the store."""
     scans: int = 0
     """Scan-alls completed."""
+    outdated_dropped: int = 0
+    """Outdated endpoints dropped (``GcSettings.clean_outdated_endpoints``)."""
     synced: bool = False
     """The Pod informer has listed once (readiness waits for it on the leader)."""
     recent: collections.deque[Release] = attrs.field(factory=lambda: collections.deque(maxlen=100))
     """The last releases, newest last."""
     _pods: dict[tuple[str, str], Obj] = attrs.field(factory=dict)
+    _by_uid: dict[str, tuple[str, str]] = attrs.field(factory=dict)
+    """The informer's pods indexed by UID: ``(namespace, name)``."""
+    _departed: dict[str, float] = attrs.field(factory=dict)
+    """UIDs of pods the informer saw and then saw go, with the wall-clock time it saw them go (kept for
+    ``RECLAIM_AFTER``: only a record that young may still be in flight, ``spider.gc.decide``'s ``pod_gone``)."""
     _nodes: dict[str, Obj] = attrs.field(factory=dict)
     _traced: dict[str, Traced] = attrs.field(factory=dict)
-    _seen: Observations = attrs.field(init=False)
+    _seen: Observations[Key, Record] = attrs.field(init=False)
+    _outdated: Observations[EndpointKey, str] = attrs.field(init=False)
+    """Endpoints no pool record named, with the resourceVersion they were seen at."""
     _events: tuple[trio.MemorySendChannel[tuple[Trigger, Obj]], trio.MemoryReceiveChannel[tuple[Trigger, Obj]]] = (
         attrs.field(factory=lambda: trio.open_memory_channel[tuple[Trigger, Obj]](math.inf))
     )
@@ -157,6 +183,7 @@ class IpGarbageCollector:
 
     def __attrs_post_init__(self) -> None:
         self._seen = Observations(self.settings.trace_gap)
+        self._outdated = Observations(self.settings.trace_gap)
         self._workers = trio.CapacityLimiter(max(1, self.settings.workers))
 
     def statistics(self) -> dict[str, Any]:
@@ -169,6 +196,8 @@ class IpGarbageCollector:
             "failures": self.failures,
             "traced": len(self._traced),
             "candidates": len(self._seen),
+            "outdated_endpoints": len(self._outdated),
+            "outdated_dropped": self.outdated_dropped,
         }
 
     # --- running while leading ---------------------------------------------------------------------------
@@ -213,11 +242,11 @@ class IpGarbageCollector:
         fresh = {_key_of(o): o for o in items}
         for key, old in self._pods.items():  # NB: deleted while the watch was down: the DELETED we missed
             new = fresh.get(key)
-            if new is None or (new.get("metadata") or {}).get("uid") != (old.get("metadata") or {}).get("uid"):
+            if new is None or _uid_of(new) != _uid_of(old):
                 self._trace(trace_trigger(old, None), old)
         for key, new in fresh.items():
             self._trace(trace_trigger(self._pods.get(key), new), new)
-        self._pods = fresh
+        self._replace_pods(fresh)
         self._listed.set()
 
     def _on_event(self, kind: str, event: WatchEvent) -> None:
@@ -231,14 +260,33 @@ class IpGarbageCollector:
         key = _key_of(obj)
         old = self._pods.get(key)
         if event.type == "DELETED":
-            self._pods.pop(key, None)
+            self._forget_pod(self._pods.pop(key, obj))
             self._trace(trace_trigger(obj, None), obj)
             return
         self._pods[key] = obj
-        if old is not None and (old.get("metadata") or {}).get("uid") != (obj.get("metadata") or {}).get("uid"):
+        if old is not None and _uid_of(old) != _uid_of(obj):
+            self._forget_pod(old)
             self._trace(trace_trigger(old, None), old)  # NB: re-created under the same name between two events
             old = None
+        self._by_uid[_uid_of(obj)] = key
         self._trace(trace_trigger(old, obj), obj)
+
+    def _replace_pods(self, fresh: dict[tuple[str, str], Obj]) -> None:
+        """A new listing of the pods: those of the old one it lacks are gone."""
+        uids = {_uid_of(o) for o in fresh.values()}
+        for old in self._pods.values():
+            if _uid_of(old) not in uids:
+                self._forget_pod(old)
+        self._pods = fresh
+        self._by_uid = {_uid_of(o): key for key, o in fresh.items()}
+
+    def _forget_pod(self, pod: Obj) -> None:
+        """A pod the informer saw is gone: no longer indexed, and remembered as departed."""
+        uid = _uid_of(pod)
+        if uid and self._by_uid.get(uid) == _key_of(pod):
+            del self._by_uid[uid]
+        if uid:
+            self._departed[uid] = self.clock()
 
     def _trace(self, trigger: Trigger | None, pod: Obj) -> None:
         if trigger is not None:
@@ -328,14 +376,15 @@ class IpGarbageCollector:
         """One scan-all; if it found new candidates, look at just those again a trace gap later."""
         before = len(self.recent)
         pending = await self.scan_all()
-        if pending:
+        if pending or self.pending_endpoints():
             await trio.sleep(self.settings.trace_gap)
             await self.look_again(pending)
         return list(self.recent)[before:] if len(self.recent) > before else []
 
     async def scan_all(self) -> set[Key]:
         """Judge every record of every pool; release the candidates seen a gap ago already; returns those still
-        waiting for their second look."""
+        waiting for their second look.  With ``clean_outdated_endpoints`` the endpoints no record named are
+        candidates too (``pending_endpoints`` those waiting)."""
         try:
             pools = (await self.store.list(POOL)).items
             endpoints = {_key_of(o): Endpoint.from_object(o) for o in (await self.store.list(ENDPOINT)).items}
@@ -343,15 +392,22 @@ class IpGarbageCollector:
             self.failures += 1
             log.warning("ip gc: scan-all cannot read the store: %s", exc)
             return set()
+        now = self.clock()
+        self._departed = {uid: at for uid, at in self._departed.items() if now - at < RECLAIM_AFTER}
         statics: dict[tuple[str, str, str, str], bool] = {}
         candidates: list[Candidate] = []
+        named: set[EndpointKey] | None = set()
+        """The endpoint names the records name; ``None``: a pool could not be read, so not known."""
         for obj in pools:
             name = _key_of(obj)[1]
             try:
                 ledger = await decode_ledger(obj)
             except SpiderError as exc:
                 log.warning("ip gc: skipping pool %s: %s", name, exc)
+                named = None
                 continue
+            if named is not None:
+                named.update(_split(record.pod) for record in ledger.records.values())
             for ip, record in ledger.holders():
                 try:
                     candidate = await self._judge(name, ledger.pool.version, ip, record, endpoints, statics)
@@ -361,17 +417,31 @@ class IpGarbageCollector:
                 if candidate is not None and candidate.decision.releases:
                     candidates.append(candidate)
         self._seen.keep_only({c.key for c in candidates})
+        outdated: list[Endpoint] = []
+        if self.settings.clean_outdated_endpoints and named is not None:
+            outdated = [e for key, e in endpoints.items() if key not in named]
+        self._outdated.keep_only({(e.namespace, e.name) for e in outdated})
         async with trio.open_nursery() as nursery:
             for candidate in candidates:
                 nursery.start_soon(self._settle, candidate)
+            for endpoint in outdated:
+                nursery.start_soon(self._settle_endpoint, endpoint)
         pending = {c.key for c in candidates} & self._seen.pending()
         self.scans += 1
         log.info("ip gc: scan-all %d: %d pools, %d candidates (%d waiting for a second look), %d released so far",
                  self.scans, len(pools), len(candidates), len(pending), self.released)  # fmt: skip
         return pending
 
+    def pending_endpoints(self) -> set[EndpointKey]:
+        """The outdated endpoints seen once and waiting for their second look."""
+        return self._outdated.pending()
+
     async def look_again(self, keys: set[Key]) -> None:
-        """The second look at candidates seen once: each record read afresh from its pool, judged again."""
+        """The second look at candidates seen once: each record read afresh from its pool, judged again; and
+        each outdated endpoint waiting (``pending_endpoints``) read afresh."""
+        async with trio.open_nursery() as nursery:
+            for namespace, name in self.pending_endpoints():
+                nursery.start_soon(self._look_again_at_endpoint, namespace, name)
         by_pool: dict[str, set[int]] = collections.defaultdict(set)
         for pool, ip in keys:
             by_pool[pool].add(ip)
@@ -400,6 +470,18 @@ class IpGarbageCollector:
                         nursery.start_soon(self._settle, candidate)
                     else:
                         self._seen.forget((pool, ip))
+
+    async def _look_again_at_endpoint(self, namespace: str, name: str) -> None:
+        try:
+            endpoint = await self._read_endpoint(namespace, name)
+        except SpiderError as exc:
+            self.failures += 1
+            log.warning("ip gc: cannot read endpoint %s/%s again: %s", namespace, name, exc)
+            return
+        if endpoint is None:
+            self._outdated.forget((namespace, name))
+            return
+        await self._settle_endpoint(endpoint)
 
     # --- judging one record ------------------------------------------------------------------------------
 
@@ -440,6 +522,7 @@ class IpGarbageCollector:
             static_valid=valid,
             settings=self.settings,
             now=self.clock(),
+            pod_gone=record.pod_uid in self._departed and record.pod_uid not in self._by_uid,
         )
         if decision.action is Action.TRACE and pod is not None and decision.until is not None:
             uid = record.pod_uid
@@ -488,6 +571,13 @@ class IpGarbageCollector:
             why = "host network" if last is None else last.decision.reason
             log.info("ip gc: %s of pool %s kept after all: %s", candidate.address, candidate.pool, why)
             return True
+        namespace, name = _split(candidate.record.pod)
+        alive = await self._pod_of_uid(candidate.record.pod_uid)
+        if alive is not None and _key_of(alive) != (namespace, name) and not finished(alive):
+            # NB: a KubeVirt VM's records name the VMI, not its launcher pod: look the UID up, not just the name
+            log.info("ip gc: %s of pool %s kept after all: its pod %s (UID %s) is alive", candidate.address,
+                     candidate.pool, _key_of(alive)[1], candidate.record.pod_uid)  # fmt: skip
+            return True
         assert self.pools is not None, "run() or collect_once() sets the pool registry"
         try:
             handle = await self.pools.get(candidate.pool)
@@ -508,6 +598,49 @@ class IpGarbageCollector:
         log.info("ip gc: released %s of pool %s held by %s (UID %s)%s: %s", candidate.address, candidate.pool,
                  record.pod, record.pod_uid, ", endpoint dropped" if dropped else "", last.decision.reason)  # fmt: skip
         return True
+
+    async def _settle_endpoint(self, endpoint: Endpoint) -> None:
+        """Note an endpoint no record named; when it was seen at this very version a gap ago already, judge it a
+        last time from afresh reads (its pools, the pod of its UID) and drop it."""
+        key = (endpoint.namespace, endpoint.name)
+        if not self._outdated.note(key, endpoint.resource_version, trio.current_time()):
+            return
+        async with self._workers:
+            try:
+                await self._drop_outdated(endpoint)
+            except SpiderError as exc:
+                self.failures += 1
+                log.warning("ip gc: dropping outdated endpoint %s/%s failed: %s", *key, exc)
+            finally:
+                self._outdated.forget(key)
+
+    async def _drop_outdated(self, seen: Endpoint) -> None:
+        endpoint = await self._read_endpoint(seen.namespace, seen.name)
+        if endpoint is None or endpoint.resource_version != seen.resource_version:
+            return  # NB: gone, or written since (an ADD): the next scan-all looks afresh
+        holder = f"{endpoint.namespace}/{endpoint.name}"
+        named = False
+        for pool in sorted({pool for entry in endpoint.nics for _version, pool, _address in entry.pools()}):
+            obj = await self._get(POOL, pool)
+            if obj is not None and any(r.pod == holder for r in (await decode_ledger(obj)).records.values()):
+                named = True
+                break
+        pod = await self._pod_of_uid(endpoint.uid)
+        verdict = judge_endpoint(endpoint, named_by_a_record=named, pod_of_its_uid=pod)
+        if verdict.action is not Action.DROP_ENDPOINT:
+            log.info("ip gc: endpoint %s kept after all: %s", holder, verdict.reason)
+            return
+        obj = endpoint.to_object()  # NB: carries the version judged: a write since makes both steps conflict
+        obj["metadata"]["finalizers"] = []
+        try:
+            written = await self.store.update(obj)
+            await self.store.delete(ENDPOINT, endpoint.name, endpoint.namespace,
+                                    resource_version=written["metadata"]["resourceVersion"])  # fmt: skip
+        except (NotFound, Conflict):
+            log.info("ip gc: endpoint %s changed meanwhile; kept", holder)
+            return
+        self.outdated_dropped += 1
+        log.info("ip gc: dropped outdated endpoint %s (UID %s): %s", holder, endpoint.uid, verdict.reason)
 
     async def _drop_endpoint(self, record: Record) -> bool:
         """Remove the endpoint's finalizer and delete it, if it still records the record's pod UID."""
@@ -541,6 +674,21 @@ class IpGarbageCollector:
         except NotFound:
             return None
 
+    async def _pod_of_uid(self, uid: str) -> Obj | None:
+        """The Pod of this UID (whatever its name), or ``None``: found by the informer's UID index, then read
+        afresh by name (the informer's copy may be stale: deleted, finished or re-created since).
+
+        NB: a UID the index lacks is taken as gone, without a fresh look: the pod of a record named otherwise (a
+        KubeVirt launcher pod) was made before its ADD wrote the record and the endpoint, and the record was
+        judged releasable twice, a trace gap apart, from an informer (``spider gc``: a listing) that has listed
+        since; a record no endpoint accounts for is kept while its ADD may be in flight whatever the index says.
+        """
+        where = self._by_uid.get(uid) if uid else None
+        if where is None:
+            return None
+        pod = await self._get("Pod", where[1], where[0])
+        return pod if pod is not None and _uid_of(pod) == uid else None
+
     async def _read_endpoint(self, namespace: str, name: str) -> Endpoint | None:
         obj = await self._get(ENDPOINT, name, namespace)
         return Endpoint.from_object(obj) if obj is not None else None
@@ -555,17 +703,21 @@ class IpGarbageCollector:
     # --- the one-shot --------------------------------------------------------------------------------------
 
     def load(self, pods: list[Obj], nodes: list[Obj]) -> None:
-        """Take a listing of the pods and nodes (the one-shot has no informers)."""
-        self._pods = {_key_of(o): o for o in pods}
+        """Take a listing of the pods and nodes (the one-shot has no informers); a pod of the previous listing
+        this one lacks is gone."""
+        self._replace_pods({_key_of(o): o for o in pods})
         self._nodes = {_key_of(o)[1]: o for o in nodes}
 
 
-async def collect_once(store: Store, settings: GcSettings, *, gap: float | None = None) -> list[Release]:
+async def collect_once(
+    store: Store, settings: GcSettings, *, gap: float | None = None, clock: Callable[[], float] = time.time
+) -> list[Release]:
     """``spider gc``: one scan-all now, then, a trace gap (``gap``) later, the second look at what it found;
-    returns what was released.  The same rules as the controller's, the same two observations."""
+    returns what was released.  The same rules as the controller's, the same two observations.  ``clock``:
+    wall-clock seconds (``IpGarbageCollector.clock``)."""
     if gap is not None:
         settings = attrs.evolve(settings, trace_gap=gap)
-    gc = IpGarbageCollector(store, settings)
+    gc = IpGarbageCollector(store, settings, clock=clock)
 
     async def listing() -> None:
         gc.load((await store.list("Pod")).items, (await store.list("Node")).items)
@@ -574,7 +726,7 @@ async def collect_once(store: Store, settings: GcSettings, *, gap: float | None 
         gc.pools = PoolRegistry(store, Supervisor(nursery), idle_timeout=None)
         await listing()
         pending = await gc.scan_all()
-        if pending:
+        if pending or gc.pending_endpoints():
             await trio.sleep(settings.trace_gap)
             await listing()
             await gc.look_again(pending)

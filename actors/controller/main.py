@@ -1,9 +1,20 @@
 """``spider controller``: the cluster-wide controller, wired together.
 
 Owns the controller's settings and life cycle: open the store, serve health and readiness on TCP (Spiderpool's
-controller paths on port 5720), serve the optional admission webhook over TLS (port 5722), and campaign for
-the Lease; while this instance leads, the ``PoolReconciler`` keeps pool and subnet status counts and
-finalizers, and ``CoordinatorSync`` the SpiderCoordinators' status (the cluster's pod and service CIDRs).
+controller paths on port 5720), serve ``GET /metrics`` when switched on (``ControllerMetrics``, port 5721), serve
+the admission webhook over TLS (port 5722) when enabled or when ``podResourceInject`` is (then with the pod
+mutating webhook, ``PodResourceWebhook``), and campaign for the Lease.  While this instance leads it runs
+(``Controller.lead``), each until the leadership ends:
+- the ``PoolReconciler``: pool and subnet status counts and finalizers;
+- the hosted pool actors (a ``PoolRegistry``, API server store only), which the pool host serves;
+- the ``IpGarbageCollector`` (``actors.controller.gc``): IP GC, its trace path and scan-all, releasing through
+  the hosted pool actors (or its own);
+- with SpiderSubnet on, the ``ApplicationController`` (``actors.controller.applications``) and the
+  ``SubnetActors`` of its ``SubnetRegistry``: applications' auto pools made, sized and reclaimed;
+- with the SpiderMultusConfig controller on, the ``MultusReconciler``: SpiderMultusConfigs to
+  NetworkAttachmentDefinitions;
+- with coordinator sync on, ``CoordinatorSync``: the SpiderCoordinators' status (the cluster's pod and
+  service CIDRs).
 On SIGTERM or SIGINT the leading work stops first, then the Lease is released (so a successor takes over
 within one retry period instead of a whole lease duration), then the servers close.
 
@@ -13,11 +24,13 @@ Health (``GET``, answered 200 or 500 with a JSON string saying why) and the webh
 - ``/v1/runtime/liveness``: the event loop answers (a wedged process stops answering);
 - ``/v1/runtime/readiness``: the store answered the elector's last Lease call (within a lease duration), a
   leader is known (us, or a holder renewing its Lease), the webhook serves and its cache has listed when
-  enabled, and when we lead our informers have listed everything once;
+  enabled (the pod webhook's too), and when we lead the pool informers and the IP GC's pod informer have
+  listed everything once;
 - ``/v1/runtime/leader`` (ours): who leads, who we are, as JSON.
 
-- ``/v1/spider/stats`` (ours): ``{"leader": bool, "pools": {...}}``, the hosted pool actors' counters (the
-  same ``PoolStatistics`` as the agents' ``GET /v1/spider/stats``), of this leadership or the last.
+- ``/v1/spider/stats`` (ours): ``{"leader": bool, "pools": {...}, "gc": {...}, "host": {...}}``, the hosted
+  pool actors' counters (the same ``PoolStatistics`` as the agents' ``GET /v1/spider/stats``), the IP GC's and
+  the pool host's, of this leadership or the last.
 
 With an API server store the controller also serves the pool host (``actors.servers.pool_host``, HTTPS on
 ``--pool-host-port``, 5723): while it leads, its PoolActors take the agents' forwarded pool requests, so each
@@ -26,8 +39,9 @@ pool has one writer in the cluster; the agents fall back to their own actors whe
 The health endpoints are unauthenticated, so they answer from what the process already knows (the elector's
 last Lease call, the informers' state): no request costs an API call.
 
-Wiring only: the rules live in ``actors.controller.leader``, ``actors.controller.reconciler`` and
-``actors.servers.webhook``.
+Wiring only: the rules live in ``actors.controller.leader``, ``actors.controller.reconciler``,
+``actors.controller.gc``, ``actors.controller.applications``, ``actors.controller.multus``,
+``actors.controller.coordinator_sync``, ``actors.servers.webhook`` and ``actors.servers.pod_webhook``.
 """
 
 from __future__ import annotations
@@ -69,6 +83,7 @@ from actors.stores.sqlite import default_store_path
 from spider.errors import SpiderError
 from spider.gc import GcSettings
 from spider.podinject import PodInjectSettings
+from spider.validation import AdmissionSettings
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +170,8 @@ class ControllerSettings:
     """Seconds a hosted pool's batch may keep losing write races (to agents writing locally) before it fails;
     keep it under the agents' ``--pool-host-budget`` (see ``actors.ipam.remote`` on why)."""
     pool_host_linger: float = 0.1
-    """Seconds a hosted pool, once busy, waits before each write so that requests from many nodes share it
-    (``PoolActor.linger``); a lone request is never delayed."""
+    """At most the seconds a hosted pool, once busy, waits for as many requests as its last write held, so
+    that requests from many nodes share a write (``PoolActor.linger``); a lone request is never delayed."""
     release_cooldown: float = 0.0
     """What the hosted pools rest released addresses for when the pool does not say: the agents' value."""
     max_pool_status_bytes: int | None = DEFAULT_MAX_STATUS_BYTES
@@ -172,6 +187,8 @@ class ControllerSettings:
     auto_pool_default_redundant: int = 0
     """[clusterSubnetAutoPoolDefaultRedundantIPNumber] Spare addresses of an auto pool whose application names
     no ``ippool-ip-number`` (Spiderpool's effective default is 0)."""
+    admission: AdmissionSettings = attrs.field(factory=AdmissionSettings)
+    """[enableIPv4, enableIPv6, enableSpiderSubnet] The switches the admission webhook's rules read."""
     metrics: MetricsSettings = attrs.field(factory=lambda: MetricsSettings(port=CONTROLLER_PORT))
     """``GET /metrics`` on port 5721 (``actors.servers.metrics``); off unless enabled, as Spiderpool's."""
 
@@ -417,7 +434,7 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
                 controller.metrics_port = server.port
             if settings.webhook or settings.pod_inject.enabled:
                 pods = PodResourceWebhook(store, settings.pod_inject) if settings.pod_inject.enabled else None
-                controller.webhook = AdmissionWebhook(store, pods=pods)
+                controller.webhook = AdmissionWebhook(store, settings=settings.admission, pods=pods)
                 await nursery.start(controller.webhook.serve, settings.webhook_settings())
             review = getattr(store, "review_token", None)  # NB: only an API server store hosts pools
             if settings.pool_host and review is not None:

@@ -16,7 +16,9 @@ loop like ``actors.controller.reconciler``:
   does it itself, and on a real cluster it merely gets there first.  Nothing is deleted before both kinds have
   been listed, so a NAD is never taken for an orphan because its owner was not seen yet.
 
-Every write carries the cached resourceVersion; a ``Conflict`` or a transient failure retries the key later.
+Every write carries the cached resourceVersion; a ``Conflict`` or a transient failure retries the key later; a
+refusal is logged once per version; anything else (an object no rule foresaw) is logged and counted in
+``MultusStats.failures``, and the other keys go on.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class MultusStats:
     updated: int = 0
     deleted: int = 0
     conflicts: int = 0
+    failures: int = 0
+    """Keys whose reconcile failed unexpectedly (a bug, or an object no rule foresaw): logged, then skipped."""
 
 
 def _where(obj: Obj) -> str:
@@ -205,6 +209,9 @@ class MultusReconciler:
                 nursery.start_soon(self._later, key, self._delay(failures))
             except SpiderError as exc:  # refused (422 and the like): retrying the same write cannot help
                 self._complain(key, exc)
+            except Exception:  # NB: one odd object must not stop the others from being maintained
+                self.stats.failures += 1
+                log.exception("%s %s: reconcile failed; skipped until it changes or the next resync", *key)
             else:
                 self._failures.pop(key, None)
 

@@ -156,6 +156,8 @@ class AutoPools:
     settings: AutoPoolSettings = attrs.field(factory=AutoPoolSettings)
     ranges: SubnetRanges | None = None
     """How third-party applications' pools get addresses; ``None``: one-off SubnetActors on ``store``."""
+    on_wait: Callable[[], None] | None = None
+    """Called once per wait for a controller's pool that has to look again (``IpamMeter.auto_pool_waited``)."""
 
     def __attrs_post_init__(self) -> None:
         if self.ranges is None:
@@ -258,6 +260,8 @@ class AutoPools:
                 seen = f"IPPool {pool.name!r} holds {size} IPs, not the desired {desired}"
             if attempt < self.settings.wait_retries:
                 log.info("auto pool of %s/%s/%s (%s): %s; looking again", app.kind, app.namespace, app.name, nic, seen)
+                if attempt == 1 and self.on_wait is not None:
+                    self.on_wait()
                 await trio.sleep(self.settings.wait_interval)
         tried = f"{self.settings.wait_retries} looks {self.settings.wait_interval:g} s apart"
         raise AutoPoolNotReady(selector=selector, reason=f"{seen} after {tried}")

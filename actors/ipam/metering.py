@@ -141,6 +141,10 @@ class IpamMeter:
     """ADDs that waited for a SpiderSubnet's auto-created pool (``spiderpool_debug_auto_pool_waited_for_available
     _counts``): counted by the auto-pool lookup when it has to wait."""
 
+    def auto_pool_waited(self) -> None:
+        """An ADD's auto-pool lookup did not find its pool ready at the first look and waits (``AutoPools.on_wait``)."""
+        self.auto_pool_waits += 1
+
     def queued(self, msg: PoolMsg, seconds: float) -> None:
         """A pool request waited ``seconds`` in its actor's mailbox (``PoolRegistry.on_wait``)."""
         if isinstance(msg, Allocate):

@@ -32,7 +32,7 @@ import attrs
 import outcome
 import trio
 
-from actors.runtime.mailbox import Reply, drain
+from actors.runtime.mailbox import Reply, drain, gather
 from actors.runtime.supervisor import Supervisor
 from actors.stores.port import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
 from spider.addr import IPSet, ip_to_int
@@ -244,8 +244,9 @@ class PoolActor:
     """Seconds without a request after which ``run`` closes the mailbox, drops the ledger and returns (the
     registry starts a successor on the next request).  ``None``: serve until the mailbox is closed."""
     linger: float = 0.0
-    """Seconds the actor waits, once the last batch held more than one request, before it drains its mailbox,
-    so that requests arriving from many nodes share one write (the pool host); 0: drain at once."""
+    """At most the seconds the actor waits, once the last batch held more than one request, for as many
+    requests as that batch held before it writes, so that requests arriving from many nodes share one write
+    (the pool host); it writes as soon as they are in.  0: drain at once."""
     gone: bool = False
     """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
@@ -260,13 +261,20 @@ class PoolActor:
         """Serve the mailbox until every handle is closed (the graceful drain), the actor has been idle for
         ``idle_timeout`` or its pool is gone (then the mailbox is closed first), or we are cancelled."""
         task_status.started()
-        busy = False
+        last = 1
         while (first := await self._next()) is not None:
             self.gone = False
-            if busy and self.linger > 0:  # NB: under load only; a lone request is never delayed
-                await trio.sleep(self.linger)
-            batch = drain(self.mailbox, first, self.max_batch)
-            busy = len(batch) > 1
+            batch = [first]
+            try:
+                if last > 1 and self.linger > 0:  # NB: under load only; a lone request is never delayed
+                    await gather(self.mailbox, batch, self.max_batch, expect=last, within=self.linger)
+                else:
+                    batch = drain(self.mailbox, first, self.max_batch)
+            except BaseException:  # cancelled while lingering: nobody may wait forever
+                for msg in batch:
+                    msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
+                raise
+            last = len(batch)
             looks = sum(isinstance(msg, Verify) for msg in batch)
             self.stats.looks += looks
             self.stats.requests += len(batch) - looks

@@ -173,6 +173,8 @@ class IpamService:
             self.pools.on_wait = self.meter.queued
         if self.auto_pools is None:
             self.auto_pools = AutoPools(self.store, self.settings.auto_pools)
+        if self.auto_pools.on_wait is None:  # NB: and its waits for an auto pool
+            self.auto_pools.on_wait = self.meter.auto_pool_waited
 
     async def _get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
         if not name:
@@ -375,7 +377,7 @@ class IpamService:
         pod = f"{req.pod_namespace}/{req.pod_name}"
         try:
             _within_window(pod, started)  # NB: too late already: do not write the endpoint at all
-            recorded = await self._record(req, plan, facts.workload, nic_results)
+            recorded = await self._record(req, plan, facts.workload, nic_results, pod_absent=facts.pod is None)
         except BaseException:
             await self._undo(made, plan)
             raise
@@ -520,9 +522,13 @@ class IpamService:
             await trio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _record(self, req: AddRequest, plan: AddPlan, workload: Workload, results: list[NicResult]) -> Endpoint:
+    async def _record(
+        self, req: AddRequest, plan: AddPlan, workload: Workload, results: list[NicResult], *, pod_absent: bool
+    ) -> Endpoint:
         """Add the NICs' allocations to the endpoint, creating it if needed; returns it as stored.  When the plan
-        says there is none, the create is tried first, without a read; ``AlreadyExists`` reads and merges."""
+        says there is none, the create is tried first, without a read; ``AlreadyExists`` reads and merges.
+        ``pod_absent``: the ADD found no Pod object; the endpoint says so (``Endpoint.pod_object_absent``), so GC
+        leaves the addresses to the pod's CNI DEL (the latest ADD decides: a Pod object made since clears it)."""
         deadline = trio.current_time() + self.settings.endpoint_budget
         maybe_exists = plan.endpoint_exists
         namespace, ep_name = req.pod_namespace, plan.endpoint_name
@@ -534,7 +540,7 @@ class IpamService:
                 if obj
                 else Endpoint(namespace, ep_name, plan.pod_uid, self.node, (), workload.kind, workload.name)
             )
-            endpoint = attrs.evolve(endpoint, node=self.node)
+            endpoint = attrs.evolve(endpoint, node=self.node, pod_object_absent=pod_absent)
             for r in results:
                 endpoint = endpoint.with_nic(_nic_allocation(r, req))
             if obj is not None and Endpoint.from_object(obj) == endpoint:

@@ -8,17 +8,20 @@ on a store with its own write lock (the embedded file) the batch is folded and w
 transaction; on any other the write is guarded by the resourceVersion it read, and a conflict re-reads and
 re-folds the same batch until ``conflict_budget`` runs out (then ``StaleWrite``, retried by the caller).
 
-Each batch reads the pools of the subnet's CIDR (their addresses are never handed out again, recorded or not
-yet: a manual pool created a moment ago counts) and the SpiderReservedIPs of its family.
+Each batch reads the pools whose CIDR overlaps the subnet's (their addresses are never handed out again,
+recorded or not yet: a manual pool created a moment ago counts) and the SpiderReservedIPs of its family; on
+the embedded store it reads them inside the transaction that writes the status (``read_first``), so no pool
+created in between is missed.
 
 Also owns ``SubnetRegistry``: one supervised actor per subnet, started by the first request for it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -27,12 +30,11 @@ import trio
 
 from actors.runtime.mailbox import Reply, drain
 from actors.runtime.supervisor import Supervisor
-from actors.stores.port import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
-from spider.addr import IPSet
+from actors.stores.port import AtomicStatusUpdate, Conflict, KindLister, NotFound, Obj, Store
+from spider.addr import IPSet, parse_network
 from spider.errors import ActorUnavailable, AllocationError, SpiderError, StaleWrite
 from spider.pool import IPPool, ReservedIP, reserved_set
-from spider.reconcile import same_subnet
-from spider.subnet import KIND, SubnetLedger
+from spider.subnet import KIND, SubnetLedger, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,12 @@ class Record:
 
 @attrs.frozen
 class Release:
-    """Forget a deleted pool: its addresses are free again."""
+    """Forget a deleted pool: its addresses are free again (unless claimed again since ``unless_claimed_since``,
+    the entry's ``claimedAt`` as the sender saw it; ``None``: unconditionally)."""
 
     pool: str
     reply: Reply[bool]
+    unless_claimed_since: str | None = None
 
 
 @attrs.frozen
@@ -95,10 +99,10 @@ class SubnetHandle:
         await self._registry.deliver(self.name, Record(pool, application, ips, reply))
         return await reply.wait()
 
-    async def release(self, pool: str) -> bool:
-        """Forget ``pool``'s entry; whether there was one."""
+    async def release(self, pool: str, *, unless_claimed_since: str | None = None) -> bool:
+        """Forget ``pool``'s entry (kept if claimed again since ``unless_claimed_since``); whether it went."""
         reply = Reply[bool].open()
-        await self._registry.deliver(self.name, Release(pool, reply))
+        await self._registry.deliver(self.name, Release(pool, reply, unless_claimed_since))
         return await reply.wait()
 
     async def inspect(self) -> SubnetLedger:
@@ -117,6 +121,8 @@ class SubnetActor:
     mailbox: trio.MemoryReceiveChannel[SubnetMsg]
     max_batch: int = 64
     conflict_budget: float = 10.0
+    clock: Callable[[], str] = attrs.field(default=lambda: rfc3339(time.time()))
+    """Wall-clock time of a claim, stamped on its entry (``claimedAt``)."""
     writes: int = 0
     batches: int = 0
 
@@ -132,41 +138,30 @@ class SubnetActor:
                 for msg in batch:
                     msg.reply.error(ActorUnavailable(actor=f"subnet/{self.name}"))
 
-    async def _context(self, subnet: Obj) -> tuple[IPSet, IPSet]:
-        """The addresses of every pool of the subnet's CIDR, by pool, and the reserved ones of its family."""
-        spec = subnet.get("spec") or {}
-        version = int(spec.get("ipVersion") or 4)
-        taken = IPSet(version)
-        for pool in (await self.store.list("SpiderIPPool")).items:
-            if not same_subnet(str((pool.get("spec") or {}).get("subnet", "")), str(spec.get("subnet", ""))):
-                continue
-            try:
-                taken = taken.union(IPPool.from_object(pool).ips)
-            except SpiderError:
-                continue
-        reservations = []
-        for obj in (await self.store.list("SpiderReservedIP")).items:
-            try:
-                reservations.append(ReservedIP.from_object(obj))
-            except SpiderError:
-                continue
-        return taken, reserved_set(version, reservations)
+    async def _context(self, subnet: Obj) -> tuple[Taken, IPSet]:
+        """The addresses of every pool whose CIDR overlaps the subnet's, and the reserved ones of its family."""
+        pools = (await self.store.list("SpiderIPPool")).items
+        reservations = (await self.store.list("SpiderReservedIP")).items
+        return taken_and_reserved(subnet, pools, reservations)
 
-    def _fold(self, ledger: SubnetLedger, batch: list[SubnetMsg], taken: IPSet, reserved: IPSet) -> list[Any]:
+    def _fold(self, ledger: SubnetLedger, batch: list[SubnetMsg], taken: Taken, reserved: IPSet) -> list[Any]:
+        taken = dict(taken)
         results: list[tuple[outcome.Outcome[Any], bool]] = []
         for msg in batch:
             try:
                 match msg:
                     case Claim(pool=pool, application=app, count=count, current=current):
                         before = ledger.controlled.get(pool)
-                        ips = ledger.claim(pool, app, count, current, taken=taken, reserved=reserved)
+                        others = _union(ledger.version, (held for name, held in taken.items() if name != pool))
+                        now = self.clock()
+                        ips = ledger.claim(pool, app, count, current, taken=others, reserved=reserved, now=now)
                         results.append((outcome.Value(ips), ledger.controlled.get(pool) != before))
-                        taken = taken.union(ips)
+                        taken[pool] = taken.get(pool, IPSet(ledger.version)).union(ips)
                     case Record(pool=pool, application=app, ips=ips):
                         changed = ledger.record(pool, app, ips)
                         results.append((outcome.Value(changed), changed))
-                    case Release(pool=pool):
-                        changed = ledger.release(pool)
+                    case Release(pool=pool, unless_claimed_since=since):
+                        changed = ledger.release(pool, unless_claimed_since=since)
                         results.append((outcome.Value(changed), changed))
                     case Inspect():
                         results.append((outcome.Value(attrs.evolve(ledger, controlled=dict(ledger.controlled))), False))
@@ -180,12 +175,12 @@ class SubnetActor:
         delay = 0.005
         while True:
             try:
-                stored = await self.store.get(KIND, self.name)
-                taken, reserved = await self._context(stored)
                 results: list[Any] = []
-                if atomically is not None:
-                    await atomically(KIND, self.name, functools.partial(self._change, batch, taken, reserved, results))
+                if atomically is not None:  # NB: the pools read in the transaction that records the hand-outs
+                    await self._commit_atomically(atomically, batch, results)
                 else:
+                    stored = await self.store.get(KIND, self.name)
+                    taken, reserved = await self._context(stored)
                     status = self._change(batch, taken, reserved, results, stored)
                     if status is not None:
                         await self.store.update_status({**stored, "status": status})
@@ -212,8 +207,26 @@ class SubnetActor:
                 msg.reply.resolve(result)  # only now: the write is durable
             return
 
+    async def _commit_atomically(
+        self, atomically: AtomicStatusUpdate, batch: list[SubnetMsg], results: list[Any]
+    ) -> None:
+        """Fold and write under the embedded store's write lock, with the pools and reservations read under it
+        too: a pool created a moment before cannot slip between the read and the write."""
+        context: list[tuple[Taken, IPSet]] = []
+
+        def read_first(every: KindLister) -> None:
+            subnet = next((s for s in every(KIND) if _name(s) == self.name), None)
+            if subnet is not None:
+                context.append(taken_and_reserved(subnet, every("SpiderIPPool"), every("SpiderReservedIP")))
+
+        def change(stored: Obj) -> Obj | None:
+            taken, reserved = context[-1]
+            return self._change(batch, taken, reserved, results, stored)
+
+        await atomically(KIND, self.name, change, read_first=read_first)
+
     def _change(
-        self, batch: list[SubnetMsg], taken: IPSet, reserved: IPSet, results: list[Any], stored: Obj
+        self, batch: list[SubnetMsg], taken: Taken, reserved: IPSet, results: list[Any], stored: Obj
     ) -> Obj | None:
         """Fold the batch into the subnet as ``stored``; the new status, or ``None`` when nothing changed."""
         ledger = SubnetLedger.from_object(stored)
@@ -221,6 +234,49 @@ class SubnetActor:
         if not any(changed for _, changed in results):
             return None
         return ledger.to_status(stored.get("status"))
+
+
+Taken = dict[str, IPSet]
+"""The addresses of the pools a subnet must not hand to another pool, by pool name."""
+
+
+def taken_and_reserved(subnet: Obj, pools: list[Obj], reservations: list[Obj]) -> tuple[Taken, IPSet]:
+    """What a subnet may not hand out beyond its own entries: the addresses of every pool whose CIDR overlaps
+    the subnet's, by pool (recorded or not yet: a manual pool created a moment ago counts; admission refuses a
+    pool of another overlapping CIDR, but one may predate that rule or the subnet) and the reserved ones of its
+    family.  A claim for a pool counts every pool's addresses but its own."""
+    spec = subnet.get("spec") or {}
+    version = int(spec.get("ipVersion") or 4)
+    try:
+        cidr = parse_network(str(spec.get("subnet", "")), strict=False)
+    except ValueError:
+        cidr = None
+    taken: Taken = {}
+    for pool in pools:
+        try:
+            parsed = IPPool.from_object(pool)
+        except SpiderError:
+            continue
+        if cidr is not None and parsed.subnet.version == cidr.version == version and parsed.subnet.overlaps(cidr):
+            taken[parsed.name] = parsed.ips
+    held = []
+    for obj in reservations:
+        try:
+            held.append(ReservedIP.from_object(obj))
+        except SpiderError:
+            continue
+    return taken, reserved_set(version, held)
+
+
+def _union(version: int, sets: Iterable[IPSet]) -> IPSet:
+    out = IPSet(version)
+    for one in sets:
+        out = out.union(one)
+    return out
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
 
 
 @attrs.define(auto_exc=True, kw_only=True)

@@ -14,17 +14,21 @@ metrics library):
   speed from ``/sys/class/net/<netdev>/speed`` (``vport_speed_mbps``);
 - with the RDMA subsystem in ``exclusive`` netns mode (``rdma system show -j``), every namespace under
   ``/var/run/netns`` too, through ``ip netns exec <ns>`` (``rdma dev show -j`` and ``rdma link show -j`` for the
-  devices the namespace owns, whose sysfs the host does not see), the pod found by the namespace's source
-  address of its default route (``ip -j route get 1.0.0.0``, else ``2001:4860:4860::8888``, as Spiderpool) among
-  this node's SpiderEndpoints (``pods_by_ip``).
+  devices the namespace owns, whose sysfs the host does not see), ``NETNS_PARALLELISM`` namespaces at a time;
+  the pod found by the namespace's source address of its default route (``ip -j route get 1.0.0.0``, else
+  ``2001:4860:4860::8888``, as Spiderpool), which in the usual AI setup is the overlay ``eth0``'s, not the RDMA
+  NIC's: ``pods_by_address`` looks it up among this node's Pods' ``status.podIPs`` (listed at most once per
+  collection, as Spiderpool's pod cache holds every pod's) and this node's SpiderEndpoints' addresses.
 
 Every metric is ``rdma_<key>``, a counter but ``rdma_vport_speed_mbps`` and ``rdma_device_tos`` (gauges, as
-Spiderpool's docs list them); labels ``node_name``, ``ifname``, ``net_dev_name``, ``node_guid``,
-``sys_image_guid``, ``is_root`` ("true"/"false"), ``rdma_parent_name`` (the netdev of the root device a VF
-belongs to), and in a pod's namespace ``pod_namespace``, ``pod_name``, ``owner_api_version``, ``owner_kind``,
-``owner_namespace``, ``owner_name``.  GUIDs are written as Spiderpool's netlink library formats them (the
-64-bit GUID's bytes lowest first, ``a2:e5:c3:00:03:4b:6b:50`` for sysfs ``506b:4b03:00c3:e5a2``), so existing
-dashboards and their joins keep working.
+Spiderpool's docs list them); labels ``node_name``, ``ifname``, ``port`` (the device port the ``rdma statistic``
+entry is of, as Spiderpool's ``getIdentifyAttributes``: a dual-port device gives one series per port, and the
+device's ethtool counters and speed are repeated under each port as Spiderpool merges them into each port's),
+``net_dev_name``, ``node_guid``, ``sys_image_guid``, ``is_root`` ("true"/"false"), ``rdma_parent_name`` (the
+netdev of the root device a VF belongs to), and in a pod's namespace ``pod_namespace``, ``pod_name``,
+``owner_api_version``, ``owner_kind``, ``owner_namespace``, ``owner_name``.  GUIDs are written as Spiderpool's
+netlink library formats them (the 64-bit GUID's bytes lowest first, ``a2:e5:c3:00:03:4b:6b:50`` for sysfs
+``506b:4b03:00c3:e5a2``), so existing dashboards and their joins keep working.
 
 Commands run through ``trio.run_process`` with a timeout; a missing tool, a failing command or no device means
 no samples and one log line (again only once it changes), never a crash.  Only the parsing and the sysfs walk
@@ -45,9 +49,10 @@ from typing import Any
 import attrs
 import trio
 
-from actors.stores.port import Store
+from actors.stores.port import NotFound, Obj, Store
 from spider.endpoint import Endpoint
 from spider.errors import DecodeFailure, SpiderError
+from spider.workload import controller_of, next_hop
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,9 @@ DEFAULT_ROUTE_PROBES = (("-4", "1.0.0.0"), ("-6", "2001:4860:4860::8888"))
 COMMAND_TIMEOUT = 5.0
 INTERVAL = 15.0
 """Seconds between collections; a scrape serves the last one."""
+NETNS_PARALLELISM = 4
+"""Pod namespaces read at once in ``exclusive`` mode (each runs about five commands, one after another)."""
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 OWNER_API_VERSIONS = {
     "Deployment": "apps/v1",
     "ReplicaSet": "apps/v1",
@@ -404,11 +412,12 @@ def sample(key: str, labels: dict[str, str], value: float) -> MetricSample:
     )
 
 
-def device_labels(node: str, device: RdmaDevice, parents: Mapping[str, str]) -> dict[str, str]:
-    """The labels every sample of ``device`` carries."""
+def device_labels(node: str, device: RdmaDevice, parents: Mapping[str, str], port: str = "") -> dict[str, str]:
+    """The labels every sample of ``device`` (of its ``port``, when the entry names one) carries."""
     labels = {
         "node_name": node,
         "ifname": device.name,
+        **({"port": port} if port else {}),
         "net_dev_name": device.netdev,
         "node_guid": device.node_guid,
         "sys_image_guid": device.sys_image_guid,
@@ -417,6 +426,14 @@ def device_labels(node: str, device: RdmaDevice, parents: Mapping[str, str]) -> 
     if device.name in parents:
         labels["rdma_parent_name"] = parents[device.name]
     return labels
+
+
+def entry_port(entry: Mapping[str, Any]) -> str:
+    """The ``port`` of an ``rdma statistic`` entry as a label value (``""`` when it has none)."""
+    port = entry.get("port")
+    if isinstance(port, bool) or not isinstance(port, int | float):
+        return ""
+    return str(int(port))
 
 
 def device_samples(
@@ -428,20 +445,19 @@ def device_samples(
     parents: Mapping[str, str],
     pod: PodOwner | None = None,
 ) -> list[MetricSample]:
-    """The samples of one namespace: its ``rdma statistic`` entries for known devices, each device's ethtool
-    counters (``ethtool``: stats by netdev) and speed (``speeds``: Mb/s by netdev)."""
+    """The samples of one namespace: its ``rdma statistic`` entries (one per device port) for known devices,
+    each with its device's ethtool counters (``ethtool``: stats by netdev) and speed (``speeds``: Mb/s by netdev)
+    under the entry's ``port`` label, as Spiderpool merges them into each port's statistic."""
     by_name = {d.name: d for d in devices}
     out: list[MetricSample] = []
-    done: set[str] = set()
     for entry in statistic:
         device = by_name.get(entry["ifname"])
         if device is None:
             continue
-        labels = device_labels(node, device, parents) | (pod.labels() if pod else {})
+        labels = device_labels(node, device, parents, entry_port(entry)) | (pod.labels() if pod else {})
         out.extend(sample(key, dict(labels), value) for key, value in statistic_counters(entry).items())
-        if device.name in done or not device.netdev:
+        if not device.netdev:
             continue
-        done.add(device.name)
         for key, extra, value in ethtool_counters(ethtool.get(device.netdev, {})):
             out.append(sample(key, extra | labels, value))
         if device.netdev in speeds:
@@ -502,6 +518,88 @@ def endpoint_pods(store: Store, node: str) -> PodIndex:
     return index
 
 
+def pod_addresses(pod: Obj) -> list[str]:
+    """A running pod's own addresses (``status.podIPs``, else ``status.podIP``); none for a host-network pod
+    (its addresses are the node's) or one in a terminal phase (its addresses may be another pod's by now)."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    if spec.get("hostNetwork") or status.get("phase") in TERMINAL_PHASES:
+        return []
+    addresses = [str(entry.get("ip") or "") for entry in status.get("podIPs") or [] if isinstance(entry, dict)]
+    addresses.append(str(status.get("podIP") or ""))
+    return list(dict.fromkeys(a for a in addresses if a))
+
+
+@attrs.define(eq=False)
+class NodePods:
+    """A ``PodIndex`` of this node's Pods by ``status.podIPs``: a namespace's default route usually leaves
+    through the overlay ``eth0``, whose address only the Pod's status holds (no SpiderEndpoint does).
+
+    The store port has no field selector, so every Pod is listed and those whose ``spec.nodeName`` is not this
+    node are dropped; the list is made at most once per ``max_age`` seconds (once per collection), and each
+    pod's top owner (ReplicaSet -> Deployment, Job -> CronJob, read by name) once per pod UID.
+    """
+
+    store: Store
+    node: str
+    max_age: float = INTERVAL
+    _index: dict[str, PodOwner] = attrs.field(factory=dict)
+    _listed_at: float | None = None
+    _owners: dict[str, PodOwner] = attrs.field(factory=dict)
+    """By pod UID: an owner never changes for the life of a pod."""
+
+    async def __call__(self) -> dict[str, PodOwner]:
+        """This node's pods by address, listed afresh when the last list is ``max_age`` old."""
+        now = trio.current_time()
+        if self._listed_at is not None and now - self._listed_at < self.max_age:
+            return self._index
+        index: dict[str, PodOwner] = {}
+        owners: dict[str, PodOwner] = {}
+        for pod in (await self.store.list("Pod")).items:
+            if (pod.get("spec") or {}).get("nodeName") != self.node:
+                continue
+            addresses = pod_addresses(pod)
+            if not addresses:
+                continue
+            uid = str(pod["metadata"].get("uid") or "")
+            owner = self._owners.get(uid) if uid else None
+            if owner is None:
+                owner = await self._owner(pod)
+            if uid:
+                owners[uid] = owner
+            index |= dict.fromkeys(addresses, owner)
+        self._index, self._owners, self._listed_at = index, owners, now
+        return index
+
+    async def _owner(self, pod: Obj) -> PodOwner:
+        """The pod and its top owner, walked as the agent's IPAM walks it (``spider.workload``)."""
+        meta = pod["metadata"]
+        namespace, name = str(meta.get("namespace") or ""), str(meta["name"])
+        ctrl = controller_of(pod)
+        if ctrl is None:
+            return PodOwner(namespace, name)
+        while (hop := next_hop(ctrl)) is not None:  # ReplicaSet -> Deployment, Job -> CronJob
+            try:
+                parent = controller_of(await self.store.get(hop, ctrl.name, namespace))
+            except NotFound:
+                break
+            if parent is None or parent.kind not in ("Deployment", "CronJob"):
+                break
+            ctrl = parent
+        return PodOwner(namespace, name, ctrl.api_version, ctrl.kind, namespace, ctrl.name)
+
+
+def pods_by_address(store: Store, node: str) -> PodIndex:
+    """The agent's ``PodIndex``: this node's Pods by ``status.podIPs`` (``NodePods``) and its SpiderEndpoints
+    by every address they record (``endpoint_pods``; these win, their owner is the one the IPAM recorded), so a
+    namespace is found whether its default route leaves through the overlay or through an underlay NIC."""
+    pods, endpoints = NodePods(store, node), endpoint_pods(store, node)
+
+    async def index() -> dict[str, PodOwner]:
+        return {**await pods(), **await endpoints()}
+
+    return index
+
+
 @attrs.define(eq=False)
 class RdmaCollector:
     """Collects the RDMA samples every ``interval``; ``samples`` (an ``AgentMetrics`` source) gives the last."""
@@ -513,6 +611,8 @@ class RdmaCollector:
     pods_by_ip: PodIndex | None = None
     """Resolves a pod namespace's samples to their pod; ``None``: no pod labels."""
     interval: float = INTERVAL
+    netns_parallelism: int = NETNS_PARALLELISM
+    """Pod namespaces read at once."""
     collections: int = 0
     _samples: list[MetricSample] = attrs.field(factory=list)
     _said: str = ""
@@ -556,11 +656,32 @@ class RdmaCollector:
         ethtool, speeds = await self._ethtool(devices, ())
         out = device_samples(self.node_name, devices, statistic, ethtool, speeds, parents)
         out += tos_samples(self.node_name, devices)
-        pods = await self.pods_by_ip() if namespaces and self.pods_by_ip is not None else {}
+        pods = await self._pods() if namespaces else {}
         roots = root_netdevs(devices)
-        for namespace in namespaces:
-            out += await self._namespace_samples(namespace, roots, pods)
+        of_namespace: list[list[MetricSample]] = [[] for _ in namespaces]
+        limiter = trio.CapacityLimiter(self.netns_parallelism)
+
+        async def read_namespace(position: int, namespace: str) -> None:
+            async with limiter:
+                of_namespace[position] = await self._namespace_samples(namespace, roots, pods)
+
+        async with trio.open_nursery() as nursery:
+            for position, namespace in enumerate(namespaces):
+                nursery.start_soon(read_namespace, position, namespace)
+        for samples in of_namespace:
+            out += samples
         return out
+
+    async def _pods(self) -> Mapping[str, PodOwner]:
+        """``pods_by_ip``'s answer; none (the samples go without pod labels) when there is none or the store
+        does not answer."""
+        if self.pods_by_ip is None:
+            return {}
+        try:
+            return await self.pods_by_ip()
+        except SpiderError as exc:
+            log.warning("RDMA metrics: cannot look up this node's pods, no pod labels this time: %s", exc)
+            return {}
 
     async def _ethtool(
         self, devices: Iterable[RdmaDevice], prefix: Sequence[str]

@@ -1,10 +1,10 @@
 """The actor runtime's messaging: bounded mailboxes and one-shot replies.
 
-Owns ``Reply`` (the answer slot a requester awaits and an actor resolves without ever blocking) and ``drain``
-(the group-commit read of a mailbox).  An actor is a trio task that alone owns some state and reads its
-mailbox, a bounded trio memory channel; other tasks hold a handle that sends messages carrying a ``Reply``.
-Domain errors travel back inside the reply as ``outcome.Error`` and are raised in the requester's task, so
-the actor keeps running (DESIGN §4).
+Owns ``Reply`` (the answer slot a requester awaits and an actor resolves without ever blocking), ``drain``
+(the group-commit read of a mailbox) and ``gather`` (the same, waiting a little for the senders it expects).
+An actor is a trio task that alone owns some state and reads its mailbox, a bounded trio memory channel;
+other tasks hold a handle that sends messages carrying a ``Reply``.  Domain errors travel back inside the
+reply as ``outcome.Error`` and are raised in the requester's task, so the actor keeps running (DESIGN §4).
 """
 
 from __future__ import annotations
@@ -56,9 +56,32 @@ class Reply(Generic[T]):
 def drain(mailbox: trio.MemoryReceiveChannel[M], first: M, limit: int) -> list[M]:
     """``first`` plus whatever is already queued, up to ``limit`` messages, without waiting."""
     batch = [first]
+    _take_queued(mailbox, batch, limit)
+    return batch
+
+
+def _take_queued(mailbox: trio.MemoryReceiveChannel[M], batch: list[M], limit: int) -> None:
     while len(batch) < limit:
         try:
             batch.append(mailbox.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):  # NB: closed and empty: the batch so far still counts
             break
-    return batch
+
+
+async def gather(
+    mailbox: trio.MemoryReceiveChannel[M], batch: list[M], limit: int, *, expect: int, within: float
+) -> None:
+    """Extend ``batch`` (which holds the first message) with what arrives until it holds ``expect`` messages or
+    ``within`` seconds have passed, then with whatever else is queued, up to ``limit`` messages.
+
+    A group commit that lingers only while senders it expects (as many as last time) are still on their way:
+    when they all came, the batch goes at once instead of at the end of the linger.  ``batch`` is extended in
+    place, so a caller cancelled meanwhile still holds (and can answer) every message taken from the mailbox.
+    """
+    with trio.move_on_after(within):
+        while len(batch) < min(expect, limit):
+            try:
+                batch.append(await mailbox.receive())
+            except trio.EndOfChannel:  # NB: closed: what is queued is already in hand
+                break
+    _take_queued(mailbox, batch, limit)

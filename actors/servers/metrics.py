@@ -26,7 +26,7 @@ and subnets, and the GC's counters.  Spiderpool's names (§8.1, snake_case as do
   ``…_write_conflicts`` counters and ``spider_pool_largest_batch``; the agent's forwarding to the pool host
   (``spider_pool_host_forwarded_requests``, ``…_forward_calls``, ``…_fallback_requests``), the pool host's
   ``spider_pool_host_batches`` and ``…_refused``; the GC's ``spider_gc_released``, ``…_failures``,
-  ``…_scans``.
+  ``…_scans``, ``…_outdated_endpoints_dropped``.
 
 Other parts of the agent add families without importing this library (RDMA: ``AgentMetrics.add_source``): a
 source is a function returning samples (``name``, ``documentation``, ``type`` "counter" or "gauge",
@@ -287,8 +287,8 @@ class CachedObjects(Protocol):
 
 class ControllerView(Protocol):
     """What the controller's metrics read of ``actors.controller.main.Controller`` (which may not be imported
-    here: it stands above the servers).  Its GC (``Controller.gc``, with ``released``, ``failures``, ``scans``)
-    is read with defaults, so a controller without one exports zeros."""
+    here: it stands above the servers).  Its GC (``Controller.gc``, with ``released``, ``failures``, ``scans``,
+    ``outdated_dropped``) is read with defaults, so a controller without one exports zeros."""
 
     @property
     def pools(self) -> PoolRegistry | None: ...
@@ -335,6 +335,11 @@ class ControllerMetrics:
         yield _counter("spider_gc_released", "addresses released by the IP garbage collector", released)
         yield _counter("spider_gc_failures", "IP garbage collector releases that failed", failures)
         yield _counter("spider_gc_scans", "scans of every pool by the IP garbage collector", scans)
+        yield _counter(
+            "spider_gc_outdated_endpoints_dropped",
+            "SpiderEndpoints no pool record named, dropped by the IP garbage collector",
+            int(getattr(gc, "outdated_dropped", 0) or 0),
+        )
         reconciler = self.controller.reconciler
         if reconciler is not None:  # NB: only the leader keeps the informers: a standby says nothing
             pools = reconciler.cached("SpiderIPPool")

@@ -1,9 +1,12 @@
 """The optional admission webhook: Spiderpool's validate and mutate paths for its IPAM kinds, over TLS.
 
 Owns the HTTPS side: routing Spiderpool's paths (``/validate-spiderpool-spidernet-io-v2beta1-spiderippool``,
-``/mutate-...``, for SpiderIPPool, SpiderSubnet and SpiderReservedIP; with ``pods`` also the pod webhook's
-``/mutate--v1-pod``, ``actors.servers.pod_webhook``), the cache of the objects a rule compares
+``/mutate-...``, for SpiderIPPool, SpiderSubnet, SpiderReservedIP and SpiderMultusConfig; with ``pods`` also the
+pod webhook's ``/mutate--v1-pod``, ``actors.servers.pod_webhook``), the cache of the objects a rule compares
 against (``SpecCache``), and serving it all on port 5722 with the certificate ``actors.servers.certs`` provides.
+A SpiderMultusConfig's validation reads the NetworkAttachmentDefinitions of its namespace straight from the
+store (one namespaced LIST, the verb the controller's role grants; Spiderpool's webhook reads the one NAD through
+its API reader), to refuse taking over one another SMC owns; only a review with a named object costs that.
 The decisions are ``spider.admission``'s (pure), the rules behind them the store layer's own
 (``spider.validation``, which ``actors.stores.validating`` applies to every write whatever the backend).
 
@@ -39,13 +42,18 @@ from spider.admission import (
     AdmissionRequest,
     denied,
     finalizer_only,
+    multus_object,
+    mutate_multus_review,
     mutate_review,
     parse_review,
     respond,
+    validate_multus_review,
     validate_review,
     webhook_path,
 )
 from spider.errors import SpiderError, StoreUnavailable, TransientError
+from spider.multus import KIND as MULTUS
+from spider.multus import NAD_KIND, nad_name
 from spider.podinject import POD_WEBHOOK_PATH
 from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings
 
@@ -61,7 +69,7 @@ RETRY_DELAY = 1.0
 SYNC_WAIT = 5.0
 """Seconds a review waits for the cache's first listing before it is answered 500 (within the API server's
 10 s webhook timeout)."""
-ROUTES = {webhook_path(action, kind): (action, kind) for kind in KINDS for action in ("validate", "mutate")}
+ROUTES = {webhook_path(action, kind): (action, kind) for kind in (*KINDS, MULTUS) for action in ("validate", "mutate")}
 """``path -> (action, kind)`` for every path the webhook serves (Spiderpool's)."""
 
 
@@ -199,6 +207,10 @@ class AdmissionWebhook:
 
     async def _decide(self, action: str, review: AdmissionRequest) -> dict[str, Any]:
         writing = review.operation in ("CREATE", "UPDATE") and not finalizer_only(review)
+        if review.kind == MULTUS:
+            if action == "mutate":
+                return mutate_multus_review(review)
+            return validate_multus_review(review, await self._nad_of(review) if writing else None)
         if action == "mutate":
             # NB: a pool inherits gateway and routes from the SpiderSubnet of its CIDR
             subnets = await self._cached(SUBNET) if writing and review.kind == POOL else []
@@ -207,6 +219,21 @@ class AdmissionWebhook:
         if writing and review.kind in (POOL, SUBNET):
             existing = await self._cached(POOL, SUBNET)
         return validate_review(review, existing, self.settings)
+
+    async def _nad_of(self, review: AdmissionRequest) -> Obj | None:
+        """The NetworkAttachmentDefinition the reviewed SpiderMultusConfig would own, if one exists."""
+        obj = multus_object(review) or {}
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name") or not meta.get("namespace"):
+            return None  # NB: validation refuses it, or it names nothing to look up
+        name = nad_name(obj)
+        try:
+            found = await self.store.list(NAD_KIND, namespace=str(meta["namespace"]))
+        except TransientError:
+            raise
+        except SpiderError as exc:  # NB: answered 500, so the API server applies failurePolicy
+            raise StoreUnavailable(reason=f"listing NetworkAttachmentDefinitions: {exc}") from None
+        return next((nad for nad in found.items if (nad.get("metadata") or {}).get("name") == name), None)
 
     async def _cached(self, *kinds: str) -> list[Obj]:
         """The cached objects of ``kinds``; ``StoreUnavailable`` (HTTP 500) when the cache has never listed."""

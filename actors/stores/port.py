@@ -184,14 +184,28 @@ async def closing_watch(events: AsyncIterator[Any]) -> AsyncIterator[None]:
                 await aclose()
 
 
+KindLister = Callable[[str], list[Obj]]
+"""Every object of a kind, as it stands inside a write transaction (``AtomicStatusUpdate``'s ``read_first``)."""
+
+
 class AtomicStatusUpdate(Protocol):
     """An optional capability of a backend that has a write lock of its own (the embedded store):
     ``update_status_atomically(kind, name, change)`` reads the object, lets ``change(stored)`` compute the new
     status (``None``: write nothing) and writes it, all under that lock, so it never raises ``Conflict``.
     Callers look it up with ``getattr`` and keep an optimistic read-write-retry path for backends without it
-    (the API server has no such lock: there a write races and retries)."""
+    (the API server has no such lock: there a write races and retries).  ``read_first``, when given, runs under
+    the same lock before ``change``, with a function that lists every object of a kind as it stands there (a
+    SubnetActor reads the pools it must not hand out inside the transaction that records its hand-outs)."""
 
-    async def __call__(self, kind: str, name: str, change: Callable[[Obj], Obj | None], namespace: str = "") -> Obj: ...
+    async def __call__(
+        self,
+        kind: str,
+        name: str,
+        change: Callable[[Obj], Obj | None],
+        namespace: str = "",
+        *,
+        read_first: Callable[[KindLister], None] | None = None,
+    ) -> Obj: ...
 
 
 class TokenReviewer(Protocol):

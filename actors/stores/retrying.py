@@ -39,6 +39,7 @@ import trio
 from actors.stores.port import (
     AlreadyExists,
     AtomicStatusUpdate,
+    KindLister,
     NotFound,
     Obj,
     ObjectList,
@@ -83,8 +84,17 @@ class RetryingStore:
             return None
         inner = atomically
 
-        async def retried(kind: str, name: str, change: Callable[[Obj], Obj | None], namespace: str = "") -> Obj:
-            return await self._retry(lambda: inner(kind, name, change, namespace))
+        async def retried(
+            kind: str,
+            name: str,
+            change: Callable[[Obj], Obj | None],
+            namespace: str = "",
+            *,
+            read_first: Callable[[KindLister], None] | None = None,
+        ) -> Obj:
+            if read_first is None:  # NB: an inner store may not know the keyword
+                return await self._retry(lambda: inner(kind, name, change, namespace))
+            return await self._retry(lambda: inner(kind, name, change, namespace, read_first=read_first))
 
         return retried
 

@@ -54,7 +54,17 @@ from typing import Any, Literal, TypeVar
 import attrs
 import trio
 
-from actors.stores.port import AlreadyExists, Conflict, Gone, Invalid, NotFound, Obj, ObjectList, WatchEvent
+from actors.stores.port import (
+    AlreadyExists,
+    Conflict,
+    Gone,
+    Invalid,
+    KindLister,
+    NotFound,
+    Obj,
+    ObjectList,
+    WatchEvent,
+)
 from spider.errors import StoreUnavailable
 from spider.kinds import Kind, kind_info
 from spider.selector import Selector, label_key_problem, label_value_problem, parse_selector
@@ -614,20 +624,33 @@ class SqliteStore:
         return await self._write(write)
 
     async def update_status_atomically(
-        self, kind: str, name: str, change: Callable[[Obj], Obj | None], namespace: str = ""
+        self,
+        kind: str,
+        name: str,
+        change: Callable[[Obj], Obj | None],
+        namespace: str = "",
+        *,
+        read_first: Callable[[KindLister], None] | None = None,
     ) -> Obj:
         """Read-modify-write of ``status`` in one write transaction: never a ``Conflict``.
 
         ``change(stored)`` runs in the store's worker thread while this process holds the write lock; it
         returns the new ``status`` (a dict it owns), or ``None`` to write nothing.  Returns the object as
         stored afterwards.  ``NotFound`` when it does not exist.  Only for callers whose ``change`` is quick
-        and pure: every other writer of the file waits for it.
+        and pure: every other writer of the file waits for it.  ``read_first`` (as quick) runs just before
+        ``change`` in the same transaction, with a function listing every object of a kind.
         """
         key = _Key.of(kind, name, namespace)
         if not key.info.status_subresource:
             raise Invalid(kind=key.info.kind, name=key.name, reason=f"{key.info.kind} has no status subresource")
 
+        def every(conn: sqlite3.Connection, of: str) -> list[Obj]:
+            sql = "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name"
+            return [_loads(body) for (body,) in conn.execute(sql, (kind_info(of).kind,)).fetchall()]
+
         def write(conn: sqlite3.Connection) -> Obj:
+            if read_first is not None:
+                read_first(functools.partial(every, conn))
             stored = self._fetch(conn, key)
             if stored is None:
                 raise key.not_found()

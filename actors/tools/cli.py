@@ -28,6 +28,8 @@ from actors.stores.retrying import DEFAULT_OUTAGE_BUDGET
 from actors.stores.selection import KUBECONFIG_ENV, StoreSettings, open_store
 from actors.stores.sqlite import default_store_path
 from actors.stores.validating import ValidatingStore
+from actors.tools.conf import add_config_path_argument, add_switch, load_conf, pick
+from actors.tools.controller_args import GO_TRUE, add_controller_arguments, controller_settings
 from actors.tools.launcher import install_cni
 from actors.tools.manifests import apply, load_documents
 from actors.tools.tables import console, print_table
@@ -66,7 +68,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from actors.ipam.autopools import AutoPoolSettings
     from actors.ipam.service import IpamSettings
 
-    kwargs: dict[str, Any] = {"store_path": args.store, "socket_path": args.socket}
+    conf = load_conf(args.config_path, "agent")
+    kwargs: dict[str, Any] = {"store_path": args.store, "socket_path": pick(args.socket, conf, "ipamUnixSocketPath")}
     kwargs["socket_group"] = args.socket_group or None
     kwargs["release_cooldown"] = args.release_cooldown
     where = _store_settings(args)
@@ -87,14 +90,14 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         host, _, port = args.pool_host.rpartition(":")
         kwargs["pool_host_address"] = (host.strip("[]"), int(port))
     kwargs["ipam"] = IpamSettings(
-        enable_statefulset=not args.no_statefulset_ips,
-        enable_kubevirt_static_ip=not args.no_kubevirt_ips,
+        enable_statefulset=pick(args.statefulset_ips, conf, "enableStatefulSet"),
+        enable_kubevirt_static_ip=pick(args.kubevirt_ips, conf, "enableKubevirtStaticIP"),
         agent_namespace=args.agent_namespace,
         cluster_network=args.cluster_network,
         auto_pools=AutoPoolSettings.from_env(
-            enable_spider_subnet=not args.no_spider_subnet,
-            enable_auto_pool=not args.no_auto_pool,
-            default_redundant=args.auto_pool_redundant_ips,
+            enable_spider_subnet=pick(args.spider_subnet, conf, "enableSpiderSubnet"),
+            enable_auto_pool=pick(args.auto_pool, conf, "enableAutoPoolForApplication"),
+            default_redundant=pick(args.auto_pool_redundant_ips, conf, "clusterSubnetAutoPoolDefaultRedundantIPNumber"),
         ),
     )
     if args.node:
@@ -107,50 +110,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 
 def _cmd_controller(args: argparse.Namespace) -> int:
-    from actors.controller.main import ControllerSettings, run_controller
+    from actors.controller.main import run_controller
 
-    where = _store_settings(args)
-    kwargs: dict[str, Any] = {
-        "store_path": args.store,
-        "kubeconfig": where.kubeconfig,
-        "in_cluster": where.in_cluster,
-        "context": where.context,
-        "lease_name": args.lease_name,
-        "lease_duration": args.lease_duration,
-        "renew_deadline": args.renew_deadline,
-        "retry_period": args.retry_period,
-        "resync_period": args.resync_period,
-        "health_host": args.health_host or None,
-        "health_port": args.health_port,
-        "webhook": args.webhook,
-        "webhook_host": args.webhook_host or None,
-        "webhook_port": args.webhook_port,
-        "webhook_cert_dir": args.webhook_cert_dir,
-        "webhook_service": args.webhook_service,
-        "webhook_configuration": args.webhook_configuration,
-        "webhook_secret": args.webhook_secret,
-        "webhook_extra_hosts": tuple(args.webhook_extra_host),
-        "pod_inject": _pod_inject_settings(args),
-        "pool_host": not args.no_pool_host,
-        "pool_host_host": args.pool_host_host or None,
-        "pool_host_port": args.pool_host_port,
-        "pool_host_client": args.pool_host_client,
-        "pool_host_conflict_budget": args.pool_host_conflict_budget,
-        "pool_host_linger": args.pool_host_linger,
-        "release_cooldown": args.release_cooldown,
-        "max_pool_status_bytes": args.max_pool_status_bytes or None,
-        "metrics": _metrics_settings(args),
-        "coordinator": _coordinator_sync_settings(args),
-    }
-    if args.controller_namespace:
-        kwargs["namespace"] = args.controller_namespace
-    if args.identity:
-        kwargs["identity"] = args.identity
-    try:
-        settings = ControllerSettings(**kwargs)
-        settings.leader_settings()  # NB: checks the three durations before anything starts
-    except ValueError as exc:
-        raise InvalidInput(reason=str(exc)) from None
+    settings = controller_settings(args, _store_settings(args), _metrics_settings(args))
     trio.run(run_controller, settings)
     return 0
 
@@ -304,22 +266,18 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     )
 
 
-_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-"""What Go's ``strconv.ParseBool`` takes for true: Spiderpool's switches (``SPIDERPOOL_ENABLED_METRIC``)."""
-
-
 def _with_metrics(p: argparse.ArgumentParser, port: int) -> None:
     """``--metrics``, ``--debug-metrics``, ``--metrics-host``, ``--metrics-port`` (``actors.servers.metrics``)."""
     p.add_argument(
         "--metrics",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("SPIDERPOOL_ENABLED_METRIC", "").strip() in _TRUE,
+        default=os.environ.get("SPIDERPOOL_ENABLED_METRIC", "").strip() in GO_TRUE,
         help="serve Prometheus metrics on GET /metrics (default: $SPIDERPOOL_ENABLED_METRIC, else off)",
     )
     p.add_argument(
         "--debug-metrics",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("SPIDERPOOL_ENABLED_DEBUG_METRIC", "").strip() in _TRUE,
+        default=os.environ.get("SPIDERPOOL_ENABLED_DEBUG_METRIC", "").strip() in GO_TRUE,
         help="add the spiderpool_debug_* metrics (default: $SPIDERPOOL_ENABLED_DEBUG_METRIC, else off)",
     )
     p.add_argument(
@@ -332,34 +290,6 @@ def _with_metrics(p: argparse.ArgumentParser, port: int) -> None:
         type=int,
         default=os.environ.get("SPIDERPOOL_METRIC_HTTP_PORT", str(port)),
         help=f"TCP port of GET /metrics (default %(default)s: $SPIDERPOOL_METRIC_HTTP_PORT, else {port})",
-    )
-
-
-def _pod_inject_settings(args: argparse.Namespace) -> Any:
-    from spider.podinject import DEFAULT_NAMESPACES_EXCLUDE, DEFAULT_SUB_ENI_RESOURCE, PodInjectSettings
-
-    excluded = args.pod_inject_exclude_namespace
-    if excluded is None:
-        excluded = DEFAULT_NAMESPACES_EXCLUDE
-    return PodInjectSettings(
-        enabled=args.pod_resource_inject,
-        namespaces_exclude=tuple(excluded),
-        namespaces_include=tuple(args.pod_inject_include_namespace),
-        master_nic=args.pod_inject_master_nic,
-        sub_eni=bool(args.pod_inject_sub_eni_resource),
-        sub_eni_resource=args.pod_inject_sub_eni_resource or DEFAULT_SUB_ENI_RESOURCE,
-    )
-
-
-def _coordinator_sync_settings(args: argparse.Namespace) -> Any:
-    from actors.controller.coordinator_sync import CoordinatorSyncSettings
-
-    if not args.coordinator:
-        return None
-    return CoordinatorSyncSettings(
-        resync_period=args.coordinator_resync_period,
-        cni_config_dir=args.cni_config_dir or None,
-        cilium_config=args.cilium_configmap,
     )
 
 
@@ -411,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agent", help="run the node agent (serves the CNI plugin and the agent API)")
     with_store(p)
     with_kube(p)
+    add_config_path_argument(p)
     p.add_argument(
         "--conflict-budget",
         type=float,
@@ -452,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
         "CNI 11 (default %(default)g; 0: at once)",
     )
     p.add_argument(
-        "--socket", type=Path, default=Path(DEFAULT_SOCKET), help="unix socket the agent serves (default %(default)s)"
+        "--socket",
+        type=Path,
+        default=None,
+        help=f"unix socket the agent serves (default: conf.yml's ipamUnixSocketPath, else {DEFAULT_SOCKET})",
     )
     p.add_argument(
         "--socket-group",
@@ -468,26 +402,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="rest released addresses this long before reuse, oldest first (default %(default)g: reuse at once)",
     )
-    p.add_argument("--no-statefulset-ips", action="store_true", help="StatefulSet pods do not keep their addresses")
-    p.add_argument("--no-kubevirt-ips", action="store_true", help="KubeVirt VM pods do not keep their addresses")
-    p.add_argument(
-        "--no-spider-subnet",
-        action="store_true",
-        help="ignore SpiderSubnet annotations (enableSpiderSubnet false); the wait for an application's pool is "
-        "$SPIDERPOOL_WAIT_SUBNET_POOL_MAX_RETRIES (25) looks $SPIDERPOOL_WAIT_SUBNET_POOL_TIME_IN_SECOND (2) apart",
+    add_switch(
+        p,
+        "statefulset-ips",
+        "enableStatefulSet",
+        on="StatefulSet pods keep their addresses",
+        off="StatefulSet pods do not keep their addresses",
     )
-    p.add_argument(
-        "--no-auto-pool",
-        action="store_true",
-        help="refuse SpiderSubnet annotations (enableAutoPoolForApplication false)",
+    add_switch(
+        p,
+        "kubevirt-ips",
+        "enableKubevirtStaticIP",
+        on="KubeVirt VM pods keep their addresses",
+        off="KubeVirt VM pods do not keep their addresses",
+    )
+    add_switch(
+        p,
+        "spider-subnet",
+        "enableSpiderSubnet",
+        on="serve SpiderSubnet annotations; the wait for an application's pool is "
+        "$SPIDERPOOL_WAIT_SUBNET_POOL_MAX_RETRIES (25) looks $SPIDERPOOL_WAIT_SUBNET_POOL_TIME_IN_SECOND (2) apart",
+        off="ignore SpiderSubnet annotations",
+    )
+    add_switch(
+        p,
+        "auto-pool",
+        "enableAutoPoolForApplication",
+        on="serve SpiderSubnet annotations from each application's pool",
+        off="refuse SpiderSubnet annotations",
     )
     p.add_argument(
         "--auto-pool-redundant-ips",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="spare addresses of an application's pool when it sets no ippool-ip-number; must match the "
-        "controller's (default %(default)s, Spiderpool's effective default)",
+        "controller's (default: conf.yml's clusterSubnetAutoPoolDefaultRedundantIPNumber, else 0, Spiderpool's)",
     )
     p.add_argument(
         "--namespace",
@@ -555,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rdma-metrics",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("SPIDERPOOL_ENABLED_RDMA_METRIC", "").strip() in _TRUE,
+        default=os.environ.get("SPIDERPOOL_ENABLED_RDMA_METRIC", "").strip() in GO_TRUE,
         help="add the rdma_* metrics of the node's RDMA devices, with --metrics (default: "
         "$SPIDERPOOL_ENABLED_RDMA_METRIC, else off)",
     )
@@ -564,208 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("controller", help="run the controller (Lease leader: pool status and finalizers; webhook)")
     with_store(p)
     with_kube(p)
-    p.add_argument(
-        "--namespace",
-        dest="controller_namespace",
-        default="",
-        help="namespace of the Lease and webhook Secret (default: $SPIDERPOOL_POD_NAMESPACE, else the service "
-        "account's)",
-    )
-    p.add_argument("--identity", default="", help="leader-election identity (default: <pod or host name>_<random>)")
-    p.add_argument(
-        "--lease-name",
-        default="spiderpool-controller-leases",
-        help="the Lease the replicas elect their leader with (default %(default)s)",
-    )
-    p.add_argument(
-        "--lease-duration",
-        type=int,
-        default=15,
-        metavar="SECONDS",
-        help="how long a Lease holds without renewal before a standby may take it (default %(default)s)",
-    )
-    p.add_argument(
-        "--renew-deadline",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long the leader keeps trying to renew before it steps down (default %(default)g)",
-    )
-    p.add_argument(
-        "--retry-period",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="time between tries to take or renew the Lease (default %(default)g)",
-    )
-    p.add_argument(
-        "--resync-period",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="time between full re-lists (default %(default)g)",
-    )
-    p.add_argument(
-        "--health-host",
-        default=os.environ.get("POD_IP", ""),
-        help="address of the health endpoints (default: $POD_IP, else every address; '' for every address)",
-    )
-    # NB: string defaults go through type=int only when this command is parsed, so a bad variable cannot
-    # break every other command
-    p.add_argument(
-        "--health-port",
-        type=int,
-        default=os.environ.get("SPIDERPOOL_HEALTH_PORT", "5720"),
-        help="TCP port of the health endpoints (default %(default)s: $SPIDERPOOL_HEALTH_PORT, else 5720)",
-    )
-    p.add_argument("--webhook", action="store_true", help="serve the admission webhook over TLS (off by default)")
-    p.add_argument(
-        "--webhook-host",
-        default=os.environ.get("POD_IP", ""),
-        help="address of the webhook (default: $POD_IP, else every address; '' for every address)",
-    )
-    p.add_argument(
-        "--webhook-port",
-        type=int,
-        default=os.environ.get("SPIDERPOOL_WEBHOOK_PORT", "5722"),
-        help="TCP port of the webhook (default %(default)s: $SPIDERPOOL_WEBHOOK_PORT, else 5722)",
-    )
-    p.add_argument(
-        "--webhook-cert-dir",
-        type=Path,
-        default=None,
-        help="directory of a mounted tls.crt and tls.key (default: none, a CA is made and kept in --webhook-secret)",
-    )
-    p.add_argument(
-        "--webhook-service", default="spiderpool-controller", help="Service the certificate names (default %(default)s)"
-    )
-    p.add_argument(
-        "--webhook-configuration",
-        default="spiderpool-controller",
-        help="name of the webhook configurations whose caBundle is kept (default %(default)s)",
-    )
-    p.add_argument(
-        "--webhook-secret",
-        default="spiderpool-controller-server-certs",
-        help="Secret that keeps the CA made when there is no --webhook-cert-dir (default %(default)s)",
-    )
-    p.add_argument(
-        "--webhook-extra-host",
-        action="append",
-        default=[],
-        help="extra name for the certificate, repeatable (default: none)",
-    )
-    p.add_argument(
-        "--pod-resource-inject",
-        action="store_true",
-        help="serve the pod mutating webhook that injects RDMA/network resources (podResourceInject.enabled; "
-        "serves the webhook port even without --webhook; default off)",
-    )
-    p.add_argument(
-        "--pod-inject-exclude-namespace",
-        action="append",
-        default=None,
-        help="a namespace whose pods are never mutated, repeatable (default: kube-system, spiderpool, "
-        "metallb-system, istio-system)",
-    )
-    p.add_argument(
-        "--pod-inject-include-namespace",
-        action="append",
-        default=[],
-        help="only these namespaces' pods are mutated, repeatable (default: every namespace not excluded)",
-    )
-    p.add_argument(
-        "--pod-inject-master-nic",
-        action="store_true",
-        help="inject spidernet.io/<master>-nic requests (the network resource plugin has masterNIC rules)",
-    )
-    p.add_argument(
-        "--pod-inject-sub-eni-resource",
-        default="",
-        help="inject this sub-ENI resource per vlanMode=auto network, e.g. spidernet.io/sub-eni (IaaS provider "
-        "and network resource plugin on; default: none)",
-    )
-    p.add_argument(
-        "--no-pool-host",
-        action="store_true",
-        help="do not host the pools while leading (default: host them when the store is an API server)",
-    )
-    p.add_argument(
-        "--pool-host-host",
-        default=os.environ.get("POD_IP", ""),
-        help="address of the pool host, and the IP its certificate names (default: $POD_IP, else every address "
-        "and 127.0.0.1)",
-    )
-    p.add_argument(
-        "--pool-host-port",
-        type=int,
-        default=DEFAULT_POOL_HOST_PORT,
-        help="HTTPS port of the pool host, where agents send pool writes (default %(default)s)",
-    )
-    p.add_argument(
-        "--pool-host-client",
-        default="",
-        metavar="USER",
-        help="the only user the pool host serves (default: system:serviceaccount:<namespace>:spiderpool-agent)",
-    )
-    p.add_argument(
-        "--pool-host-conflict-budget",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="seconds a hosted pool's batch may keep losing write races; keep it under the agents' "
-        "--pool-host-budget (default %(default)g)",
-    )
-    p.add_argument(
-        "--pool-host-linger",
-        type=float,
-        default=0.1,
-        metavar="SECONDS",
-        help="seconds a busy hosted pool waits before each write so requests from many nodes share it; "
-        "a lone request is never delayed (default %(default)g)",
-    )
-    p.add_argument(
-        "--release-cooldown",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="hosted pools rest released addresses this long; the agents' value (default %(default)g)",
-    )
-    p.add_argument(
-        "--max-pool-status-bytes",
-        type=int,
-        default=DEFAULT_MAX_STATUS_BYTES,
-        metavar="BYTES",
-        help="hosted pools' status-size cap; the agents' value (default %(default)d; 0: no cap)",
-    )
+    add_controller_arguments(p)
     _with_metrics(p, 5721)
-    p.add_argument(
-        "--coordinator",
-        action=argparse.BooleanOptionalAction,
-        default=os.environ.get("SPIDERPOOL_COORDINATOR_ENABLED", "true").strip() in _TRUE,
-        help="keep the SpiderCoordinators' status while leading (default %(default)s: $SPIDERPOOL_COORDINATOR_ENABLED, "
-        "else on)",
-    )
-    p.add_argument(
-        "--coordinator-resync-period",
-        type=float,
-        default=os.environ.get("SPIDERPOOL_COORDINATOR_INFORMER_RESYNC_PERIOD", "60"),
-        metavar="SECONDS",
-        help="time between the coordinator sync's full re-lists (default %(default)s: "
-        "$SPIDERPOOL_COORDINATOR_INFORMER_RESYNC_PERIOD, else 60)",
-    )
-    p.add_argument(
-        "--cni-config-dir",
-        default=os.environ.get("SPIDERPOOL_CNI_CONFIG_DIR", "/etc/cni/net.d"),
-        help="where podCIDRType auto finds the default CNI (default %(default)s: $SPIDERPOOL_CNI_CONFIG_DIR, "
-        "else /etc/cni/net.d; '' for nowhere)",
-    )
-    p.add_argument(
-        "--cilium-configmap",
-        default=os.environ.get("SPIDERPOOL_CILIUM_CONFIGMAP_NAMESPACE_NAME", "kube-system/cilium-config"),
-        metavar="NAMESPACE/NAME",
-        help="Cilium's ConfigMap (default %(default)s: $SPIDERPOOL_CILIUM_CONFIGMAP_NAMESPACE_NAME)",
-    )
     p.set_defaults(func=_cmd_controller)
 
     p = sub.add_parser("apply", help="create or update objects from YAML/JSON files or directories")

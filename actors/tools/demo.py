@@ -8,7 +8,9 @@ pod, run Debian's ``macvlan`` plugin with our IPAM for each pod and then our ``c
 to its host (which a macvlan pod cannot reach without the coordinator's veth), then DEL everything and show the
 pools are empty again.  Without root
 (or without the Debian plugins) it runs the IPAM part through the real shim and says what it skipped; without
-``ping`` (iputils-ping) it skips only the reachability step, says why, and still passes on the rest.
+``ping`` (iputils-ping) it skips only the reachability step, says why, and still passes on the rest.  Last, the
+SpiderSubnet scene (``actors.tools.subnet_demo``, on a store of its own): a Deployment's pool appears, scales
+with it and goes with it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from actors.stores.sqlite import SqliteStore
 from actors.stores.validating import ValidatingStore
 from actors.tools.launcher import install_cni
 from actors.tools.manifests import apply, load_documents
+from actors.tools.subnet_demo import run_subnet_demo
 from actors.tools.tables import console, print_table
 from spider.pool import ReservedIP
 
@@ -338,6 +341,13 @@ async def run_demo(pod_count: int = 3, keep: bool = False) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             out.print(f"kept {work} and namespaces {made_namespaces}", highlight=False)
+    out.rule("SpiderSubnet: an application's own pool")
+    subnet_store = None
+    if keep:
+        subnet_store = work / "subnet-demo"
+        subnet_store.mkdir()
+    if await run_subnet_demo(out, subnet_store) != 0:
+        failures += 1
     passed = "[green]demo passed[/]" + (f" [yellow](reachability not checked: {unchecked})[/]" if unchecked else "")
     out.rule(passed if not failures else f"[red]{failures} problems[/]")
     return 0 if not failures else 1

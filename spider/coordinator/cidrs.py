@@ -5,8 +5,9 @@ reads the sources (``ClusterView``) and writes the status this module computes (
 
 1. ``auto`` becomes a type by the default CNI: the first (sorted) ``*.conf``/``*.conflist`` of the CNI
    configuration directory, ``00-multus*`` skipped; its ``name`` ``calico``/``k8s-pod-network`` is calico,
-   ``cilium`` cilium, anything else none; no file at all is none too (V00001, V00002); a file that is not a
-   CNI configuration is NotReady.
+   ``cilium`` cilium, ``flannel`` cluster, anything else none; no file at all is none too (V00001, V00002); a
+   file libcni would not load is NotReady (not JSON; a ``.conflist`` without a string ``name`` or without
+   ``plugins``; a ``.conf`` without a ``type``).
 2. The cluster's pod and service CIDRs: from ``kube-system/kubeadm-config`` (``podSubnet:``,
    ``serviceSubnet:``), else from the first Pod labelled ``component=kube-controller-manager``
    (``--cluster-cidr=``, ``--service-cluster-ip-range=``, command then args); neither is NotReady (V00009,
@@ -14,16 +15,18 @@ reads the sources (``ClusterView``) and writes the status this module computes (
 3. ``overlayPodCIDR``: cluster, the cluster's pod CIDRs; calico, the enabled Calico IPPools not being deleted,
    oldest first (NotReady when Calico's IPPool kind is not served: "Calico needs to be installed first");
    cilium, by ``cilium-config``'s ``ipam``: cluster-pool ⇒ ``cluster-pool-ipv4-cidr``/``-ipv6-cidr``,
-   multi-pool ⇒ the CiliumPodIPPools' CIDRs, kubernetes ⇒ the cluster's pod CIDRs, anything else NotReady;
-   none, empty (V00003-V00005).
-4. ``serviceCIDR``: the ServiceCIDR objects' CIDRs where that API is served and has any, else the cluster's
-   service CIDRs (V00010).
-5. NotReady empties both lists (V00006) and says why in ``reason`` (ours: Spiderpool leaves the reason in an
-   event).
+   multi-pool ⇒ the CIDRs of the CiliumPodIPPools not being deleted, oldest first, kubernetes ⇒ the
+   cluster's pod CIDRs, anything else NotReady; none, empty (V00003-V00005).
+4. ``serviceCIDR``: the CIDRs of the ServiceCIDR objects not being deleted, oldest first, where that API is
+   served and has any, else the cluster's service CIDRs (V00010).
+5. NotReady empties both lists (V00006) and says why in ``reason``.
 
 Departures, on purpose: a kube-controller-manager flag's value ends at whitespace (Spiderpool's ``(.*)`` takes
 the rest of a one-string command line, which then fails to parse); the kubeadm-config keys are searched in
-every data value, first match wins (Spiderpool keeps only the last value's).
+every data value, first match wins (Spiderpool keeps only the last value's); a served ServiceCIDR API with no
+object left falls back to the cluster's service CIDRs (Spiderpool writes an empty list, which would leave the
+coordinator routing no service through the host); Spiderpool needs CiliumPodIPPools served for every Cilium
+IPAM mode, ours only for multi-pool, the one that reads them.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ KCM_LABEL: Final = "component=kube-controller-manager"
 DEFAULT_CILIUM_CONFIG: Final = "kube-system/cilium-config"
 DEFAULT_CNI_CONFIG_DIR: Final = "/etc/cni/net.d"
 CALICO_NAMES: Final = ("calico", "k8s-pod-network")
+FLANNEL_NAME: Final = "flannel"
 CILIUM_CLUSTER_POOL: Final = ("cluster-pool", "cluster-pool-v2beta")
 _KUBEADM_POD = re.compile(r"podSubnet:[ \t]*(\S+)")
 _KUBEADM_SERVICE = re.compile(r"serviceSubnet:[ \t]*(\S+)")
@@ -128,31 +132,43 @@ def default_cni_type(files: Iterable[CniFile]) -> str:
     found = default_cni_file(files)
     if found is None:
         return "none"
-    try:
-        conf = json.loads(found.text)
-    except ValueError as exc:
-        raise NotReadyReason(f"failed to fetch the podCIDRType: {found.name} is not JSON: {exc}") from None
-    name = conf.get("name") if isinstance(conf, dict) else None
-    if not isinstance(name, str):
-        raise NotReadyReason(f"failed to fetch the podCIDRType: {found.name} names no network ('name')")
+    name = _network_name(found)
     if name in CALICO_NAMES:
         return "calico"
     if name == "cilium":
         return "cilium"
+    if name == FLANNEL_NAME:
+        return "cluster"
     return "none"
+
+
+def _network_name(found: CniFile) -> str:
+    """The network name of a CNI file, checked as libcni loads it (``ConfListFromBytes``/``ConfFromBytes``)."""
+
+    def unusable(why: str) -> NotReadyReason:
+        return NotReadyReason(f"failed to fetch the podCIDRType: {found.name} {why}")
+
+    try:
+        conf = json.loads(found.text)
+    except ValueError as exc:
+        raise unusable(f"is not JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise unusable("is not a JSON object")
+    name = conf.get("name", "")
+    if not isinstance(name, str) or (found.name.endswith(".conflist") and "name" not in conf):
+        raise unusable("names no network ('name')")
+    if found.name.endswith(".conflist"):
+        plugins = conf.get("plugins")
+        if not isinstance(plugins, list) or not plugins:
+            raise unusable("lists no plugins ('plugins')")
+    elif not isinstance(conf.get("type"), str) or not conf["type"]:
+        raise unusable("names no plugin ('type')")
+    return name
 
 
 def _valid_cidrs(text: str) -> list[str]:
     """The comma-separated CIDRs of a flag or setting that parse, in order (others skipped, as Spiderpool)."""
-    out = []
-    for part in text.split(","):
-        try:
-            ipaddress.ip_network(part.strip(), strict=False)
-        except ValueError:
-            continue
-        if "/" in part:
-            out.append(part.strip())
-    return out
+    return [part.strip() for part in text.split(",") if _is_cidr(part.strip())]
 
 
 def kubeadm_cidrs(config: Obj) -> tuple[list[str], list[str]]:
@@ -193,15 +209,29 @@ def _created(obj: Obj) -> tuple[str, str]:
     return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
 
 
+def _live(objects: Iterable[Obj]) -> list[Obj]:
+    """The objects not being deleted, oldest first."""
+    return [o for o in sorted(objects, key=_created) if not (o.get("metadata") or {}).get("deletionTimestamp")]
+
+
+def _is_cidr(text: str) -> bool:
+    """Whether ``text`` is a CIDR as Go's ``net.ParseCIDR`` takes one: an address and a prefix length."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
 def calico_cidrs(pools: Sequence[Obj]) -> list[str]:
     """The CIDRs of the enabled Calico IPPools not being deleted, oldest first."""
     out = []
-    for pool in sorted(pools, key=_created):
+    for pool in _live(pools):
         spec = pool.get("spec") or {}
-        if spec.get("disabled") or (pool.get("metadata") or {}).get("deletionTimestamp"):
+        if spec.get("disabled"):
             continue
         cidr = spec.get("cidr")
-        if isinstance(cidr, str) and _valid_cidrs(cidr):
+        if isinstance(cidr, str) and _is_cidr(cidr):
             out.append(cidr)
     return out
 
@@ -215,21 +245,19 @@ def cilium_cidrs(config: Obj, k8s_pod: Sequence[str], pod_ip_pools: Sequence[Obj
         for key in ("cluster-pool-ipv4-cidr", "cluster-pool-ipv6-cidr"):
             if key in data:
                 value = str(data[key]).strip()
-                try:
-                    ipaddress.ip_network(value, strict=False)
-                except ValueError:
-                    raise NotReadyReason(f"cilium-config: {key} {value!r} is not a CIDR") from None
+                if not _is_cidr(value):
+                    raise NotReadyReason(f"cilium-config: {key} {value!r} is not a CIDR")
                 out.append(value)
         return out
     if ipam == "multi-pool":
         if pod_ip_pools is None:
             raise NotReadyReason("cilium-config says ipam multi-pool, but CiliumPodIPPools are not served")
         found = []
-        for pool in sorted(pod_ip_pools, key=_created):
+        for pool in _live(pod_ip_pools):
             spec = pool.get("spec") or {}
             for family in ("ipv4", "ipv6"):
                 for cidr in (spec.get(family) or {}).get("cidrs") or []:
-                    if isinstance(cidr, str) and _valid_cidrs(cidr):
+                    if isinstance(cidr, str) and _is_cidr(cidr):
                         found.append(cidr)
         return found
     if ipam == "kubernetes":
@@ -238,11 +266,11 @@ def cilium_cidrs(config: Obj, k8s_pod: Sequence[str], pod_ip_pools: Sequence[Obj
 
 
 def service_cidrs_of(objects: Sequence[Obj]) -> list[str]:
-    """The CIDRs of ServiceCIDR objects, oldest first, each once."""
+    """The CIDRs of the ServiceCIDR objects not being deleted, oldest first, each once."""
     out: list[str] = []
-    for obj in sorted(objects, key=_created):
+    for obj in _live(objects):
         for cidr in (obj.get("spec") or {}).get("cidrs") or []:
-            if isinstance(cidr, str) and cidr not in out and _valid_cidrs(cidr):
+            if isinstance(cidr, str) and cidr not in out and _is_cidr(cidr):
                 out.append(cidr)
     return out
 

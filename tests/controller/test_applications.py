@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 
-from actors.controller.applications import ApplicationController
+from actors.controller.applications import ApplicationController, ApplicationSettings
 from actors.ipam.subnet import SubnetRegistry
 from actors.runtime.supervisor import Supervisor
 from actors.stores.port import NotFound, Obj, Store
-from spider.autopool import LABEL_RECLAIM
+from spider.autopool import LABEL_RECLAIM, AppRef, auto_pool_object
+from spider.subnet import rfc3339
 from tests.controller.support import eventually, subnet
 from tests.controller.test_reconciler import reconciling
 
@@ -36,9 +38,9 @@ def deployment(replicas: int, *, kind: str = "Deployment", reclaim: bool = True,
 
 
 @asynccontextmanager
-async def controlling(store: Store) -> AsyncIterator[ApplicationController]:
+async def controlling(store: Store, **options: Any) -> AsyncIterator[ApplicationController]:
     async with reconciling(store), trio.open_nursery() as nursery:
-        controller = ApplicationController(store, SubnetRegistry(store, Supervisor(nursery)))
+        controller = ApplicationController(store, SubnetRegistry(store, Supervisor(nursery)), **options)
         await nursery.start(controller.run)
         yield controller
         nursery.cancel_scope.cancel(reason="test over")
@@ -78,6 +80,7 @@ async def test_a_deployment_gets_a_pool_of_its_replicas_that_grows_shrinks_and_g
             assert pool["metadata"]["name"].startswith("auto4-web-eth0-")
             assert pool["spec"]["gateway"] == "10.6.0.254"
             entry = controlled(await store.get("SpiderSubnet", "s4"))[pool["metadata"]["name"]]
+            entry.pop("claimedAt", None)  # NB: ours, stamped by the claim; the reconciler drops it once the pool is
             assert entry == {"ips": ["10.6.0.1-10.6.0.2"], "application": "apps_v1_Deployment_default_web"}
             await store.update({**app, "spec": {**app["spec"], "replicas": 4}, "metadata": {**app["metadata"]}})
             await eventually(pool_with(store, lambda ps: ps[0]["spec"]["ips"] == ["10.6.0.1-10.6.0.4"]))
@@ -210,3 +213,133 @@ async def test_i00019_turning_reclaim_on_makes_a_kept_pool_go_with_its_applicati
             await eventually(pool_with(store, lambda ps: ps[0]["metadata"]["labels"][LABEL_RECLAIM] == "true"))
             await store.delete("Deployment", "web", "default")
             await eventually(pool_with(store, lambda ps: ps == []))
+
+
+VM_APP = "kubevirt.io_v1_VirtualMachine_default_vm1"
+
+
+async def record_entry(store: Store, pool: str, application: str, claimed_at: str | None) -> None:
+    entry: dict[str, Any] = {"ips": ["10.6.0.1-10.6.0.2"], "application": application}
+    if claimed_at is not None:
+        entry["claimedAt"] = claimed_at
+    stored = await store.get("SpiderSubnet", "s4")
+    await store.update_status({**stored, "status": {"controlledIPPools": json.dumps({pool: entry})}})
+
+
+async def sweeps(controller: ApplicationController, count: int) -> None:
+    start = controller.stats.syncs
+
+    async def done() -> bool:
+        return controller.stats.syncs >= start + count
+
+    await eventually(done, what=f"{count} more syncs")
+
+
+async def test_a_third_party_entry_without_its_pool_is_forgotten_only_once_older_than_the_claim_window(
+    private_store: Store,
+) -> None:
+    store = private_store
+    await seed_subnet(store)
+    now = [1_800_000_000.0]
+    await record_entry(store, "auto4-vm1-eth0-abcde", VM_APP, rfc3339(now[0]))  # NB: an agent's, pool not made yet
+    settings = ApplicationSettings(resync_period=0.1, claim_window=60)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store, settings=settings, clock=lambda: now[0]) as controller:
+            await sweeps(controller, 6)
+            assert "auto4-vm1-eth0-abcde" in controlled(await store.get("SpiderSubnet", "s4"))
+            now[0] += 61
+
+            async def forgotten() -> bool:
+                return controlled(await store.get("SpiderSubnet", "s4")) == {}
+
+            await eventually(forgotten)
+
+
+async def test_a_third_party_entry_without_claimed_at_is_timed_from_when_the_controller_first_saw_it(
+    private_store: Store,
+) -> None:
+    store = private_store
+    await seed_subnet(store)
+    now = [1_800_000_000.0]
+    await record_entry(store, "auto4-vm1-eth0-abcde", VM_APP, None)
+    settings = ApplicationSettings(resync_period=0.1, claim_window=60)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store, settings=settings, clock=lambda: now[0]) as controller:
+            await sweeps(controller, 6)
+            now[0] += 59
+            await sweeps(controller, 6)
+            assert "auto4-vm1-eth0-abcde" in controlled(await store.get("SpiderSubnet", "s4"))
+            now[0] += 2
+
+            async def forgotten() -> bool:
+                return controlled(await store.get("SpiderSubnet", "s4")) == {}
+
+            await eventually(forgotten)
+
+
+async def test_a_deleted_event_seen_after_a_same_named_pool_was_made_again_keeps_its_entry(
+    private_store: Store,
+) -> None:
+    store = private_store
+    await seed_subnet(store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store) as controller:
+            await store.create(deployment(1))
+            await eventually(pool_with(store, lambda ps: len(ps) == 1))
+            (pool,) = await auto_pools(store)
+            name = pool["metadata"]["name"]
+            controller._cache["SpiderIPPool"].pop(("", name), None)  # NB: the DELETED of an older pool, late
+            await controller._sync_pool(name)
+            assert name in controlled(await store.get("SpiderSubnet", "s4"))
+
+
+def virtual_machine(name: str) -> Obj:
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": "default"},
+    }
+
+
+async def vm_pool(
+    store: Store, vm: str, uid: str, ip: str, *, reclaim: bool = True, kind: str = "VirtualMachine"
+) -> str:
+    api = "kubevirt.io/v1" if kind == "VirtualMachine" else "apps.kruise.io/v1alpha1"
+    app = AppRef(api, kind, "default", vm, uid)
+    body = auto_pool_object(app, "eth0", 4, await store.get("SpiderSubnet", "s4"), [ip], "1", reclaim)
+    return str((await store.create(body))["metadata"]["name"])
+
+
+async def test_a_third_party_applications_reclaim_pool_goes_when_its_owner_is_gone_or_another(
+    private_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = private_store
+    await seed_subnet(store)
+    vm1 = await store.create(virtual_machine("vm1"))
+    await store.create(virtual_machine("vm3"))
+    mine = await vm_pool(store, "vm1", vm1["metadata"]["uid"], "10.6.0.1")
+    stale = await vm_pool(store, "vm3", "uid-of-an-older-vm3", "10.6.0.2")
+    retained = await vm_pool(store, "vm2", "uid-vm2", "10.6.0.3", reclaim=False)
+    unknown = await vm_pool(store, "cs1", "uid-cs1", "10.6.0.4", kind="CloneSet")
+    settings = ApplicationSettings(resync_period=0.1)
+
+    async def names() -> set[str]:
+        return {p["metadata"]["name"] for p in (await store.list("SpiderIPPool")).items}
+
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store, settings=settings) as controller:
+
+            async def stale_gone() -> bool:
+                return stale not in await names()
+
+            await eventually(stale_gone)
+            await sweeps(controller, 6)
+            assert await names() == {mine, retained, unknown}
+            await store.delete("VirtualMachine", "vm1", "default")
+
+            async def mine_gone() -> bool:
+                return await names() == {retained, unknown}
+
+            await eventually(mine_gone)
+    unserved = [r for r in caplog.records if "CloneSet" in r.getMessage()]
+    assert len(unserved) == 1

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -17,6 +17,7 @@ from actors.controller.main import ControllerSettings, open_controller
 from actors.stores.kube import KubeStore
 from actors.stores.port import Obj, Store
 from actors.stores.sqlite import SqliteStore
+from spider.errors import InvalidInput
 from spider.kinds import SPIDER_API_VERSION
 from tests.controller.support import eventually
 from tests.fakeapi import Cluster, FakeApiServer
@@ -136,7 +137,8 @@ async def test_auto_reads_the_default_cni_from_the_configuration_directory(tmp_p
     cni_dir = tmp_path / "net.d"
     cni_dir.mkdir()
     (cni_dir / "00-multus.conf").write_text(json.dumps({"name": "multus-cni-network", "type": "multus"}))
-    (cni_dir / "10-calico.conflist").write_text(json.dumps({"name": "k8s-pod-network", "plugins": []}))
+    calico = {"name": "k8s-pod-network", "plugins": [{"type": "calico"}]}
+    (cni_dir / "10-calico.conflist").write_text(json.dumps(calico))
     store = await SqliteStore.open(tmp_path / "store.db", create=True)
     try:
         await store.create(coordinator(pod_cidr_type="auto"))
@@ -227,3 +229,42 @@ def _leading(controller: Any):  # type: ignore[no-untyped-def]
         return bool(controller.elector.leading and controller.reconciler and controller.reconciler.synced)
 
     return check
+
+
+class RefusingStatusWrites:
+    """A store that refuses the status writes of one coordinator ``refusals`` times (as an API server refusing a
+    write would: not a conflict, not the store being away), and passes everything else on."""
+
+    def __init__(self, inner: Store, name: str, refusals: int) -> None:
+        self.inner, self.name, self.refusals = inner, name, refusals
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+    async def update_status(self, obj: Obj) -> Obj:
+        if obj["metadata"]["name"] == self.name and self.refusals > 0:
+            self.refusals -= 1
+            raise InvalidInput(reason="refused by the test")
+        return await self.inner.update_status(obj)
+
+
+async def test_a_refused_status_write_neither_stops_the_sync_nor_keeps_the_other_coordinators_waiting(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStore.open(tmp_path / "store.db", create=True)
+    refusing = RefusingStatusWrites(store, "first", refusals=2)
+    keeper = CoordinatorSync(cast(Store, refusing), CoordinatorSyncSettings(resync_period=30, cni_config_dir=None),
+                             retry_delays=(0.05,))  # fmt: skip
+    try:
+        with trio.fail_after(TIMEOUT):
+            await store.create(coordinator("first", "none"))
+            await store.create(coordinator("second", "none"))
+            await store.create(kubeadm_config())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(keeper.run)
+                await eventually(lambda: _synced(store, "second"), TIMEOUT, "the second coordinator Synced")
+                await eventually(lambda: _synced(store, "first"), TIMEOUT, "the first Synced once writes pass")
+                assert refusing.refusals == 0
+                nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()

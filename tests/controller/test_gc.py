@@ -6,23 +6,34 @@ come quickly; what it did is read back from the store.
 
 from __future__ import annotations
 
+import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
+import pytest
 import trio
 
 from actors.controller.gc import IpGarbageCollector, collect_once
 from actors.ipam.pool import PoolRegistry
 from actors.ipam.service import IpamService
 from actors.runtime.supervisor import Supervisor
+from actors.servers.metrics import ControllerMetrics, MetricsSettings
 from actors.stores.port import NotFound, Obj, Store
+from actors.stores.selection import StoreSettings
+from actors.tools.cli import build_parser
+from actors.tools.controller_args import controller_settings
+from spider.endpoint import ANNO_POD_OBJECT
 from spider.endpoint import KIND as ENDPOINT
 from spider.gc import GcSettings
 from spider.ipam_request import AddRequest
 from spider.pool import KIND as POOL
-from spider.pool import PoolLedger
+from spider.pool import RECLAIM_AFTER, PoolLedger
+from spider.workload import KUBEVIRT_API
 from tests.controller.support import eventually, pool
+from tests.support import RunningAgent, http_call, pool_object
 
 TIMEOUT = 30
 NODE = "node-1"
@@ -107,9 +118,18 @@ async def test_a_pod_deleted_without_a_cni_del_gets_its_address_back(private_sto
             await store.delete("Pod", "lost", "default")  # the node died: no CNI DEL ever comes
             await eventually(released(store, ip), within=TIMEOUT, what="the address released")
             await eventually(lambda: _not(endpoint_exists(store, "lost")), within=TIMEOUT, what="endpoint dropped")
-            assert gc.released >= 1
+            await eventually(counted(gc), within=TIMEOUT, what="the release counted")
             assert gc.recent[-1].ip == ip
             assert gc.recent[-1].pod_uid == created["metadata"]["uid"]
+
+
+def counted(gc: IpGarbageCollector) -> Callable[[], Awaitable[bool]]:
+    """Whether the GC counted a release (it counts once the pool write and the endpoint drop answered)."""
+
+    async def check() -> bool:
+        return gc.released >= 1
+
+    return check
 
 
 async def _not(check: Awaitable[bool]) -> bool:
@@ -179,3 +199,233 @@ async def test_spider_gc_releases_an_orphan_only_after_looking_twice(private_sto
         releases = await collect_once(store, GcSettings(), gap=0.05)
         assert [(r.ip, r.pod) for r in releases] == [(gone_ip, "default/gone")]
         assert list(await holders(store)) == [alive_ip]
+
+
+# --- outdated endpoints (enableCleanOutdatedEndpoint) ------------------------------------------------------
+
+CLEANING = attrs.evolve(FAST, clean_outdated_endpoints=True)
+
+
+async def outdate(store: Store, ipam: IpamService, created: Obj) -> str:
+    """Give the pod's address back in its pool but leave its endpoint: what an interrupted DEL leaves."""
+    ip = await add(ipam, created)
+    handle = await ipam.pools.get("gc")
+    assert await handle.release_ips(((ip, created["metadata"]["uid"]),)) == 1
+    assert ip not in await holders(store)
+    return ip
+
+
+async def dropped(gc: IpGarbageCollector) -> bool:
+    """Whether the GC counted an outdated endpoint dropped (it counts once the delete answered)."""
+    return gc.outdated_dropped >= 1
+
+
+async def test_an_endpoint_no_pool_record_names_is_dropped_once_its_pod_is_gone(private_store: Store) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store, CLEANING) as (ipam, gc):
+            created = await running(store, pod("outdated"))
+            await outdate(store, ipam, created)
+            await store.delete("Pod", "outdated", "default")
+            await eventually(lambda: dropped(gc), within=TIMEOUT, what="dropped")
+            assert not await endpoint_exists(store, "outdated")
+            assert gc.outdated_dropped == 1
+            assert gc.released == 0
+
+
+async def test_an_endpoint_no_pool_record_names_is_kept_while_a_pod_of_its_uid_lives(private_store: Store) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store, CLEANING) as (ipam, gc):
+            created = await running(store, pod("between"))  # NB: as between an ADD's pool write and its endpoint's
+            await outdate(store, ipam, created)
+            await scans_after(gc, 3)
+            assert await endpoint_exists(store, "between")
+            assert gc.outdated_dropped == 0
+
+
+async def test_an_endpoint_no_pool_record_names_is_kept_when_cleaning_is_switched_off(private_store: Store) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store) as (ipam, gc):
+            created = await running(store, pod("left"))
+            await outdate(store, ipam, created)
+            await store.delete("Pod", "left", "default")
+            await scans_after(gc, 3)
+            assert await endpoint_exists(store, "left")
+            assert gc.outdated_dropped == 0
+
+
+async def test_an_outdated_endpoint_rewritten_between_the_looks_is_kept(private_store: Store) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        await store.create(pool("gc", ips=["10.6.0.10-10.6.0.20"]))
+        async with trio.open_nursery() as nursery:
+            ipam = IpamService(store, PoolRegistry(store, Supervisor(nursery)), NODE)
+            created = await running(store, pod("rewritten"))
+            await outdate(store, ipam, created)
+            await store.delete("Pod", "rewritten", "default")
+            gc = IpGarbageCollector(store, attrs.evolve(CLEANING, trace_gap=0.05))
+            gc.pools = ipam.pools
+            gc.load([], [])
+            assert await gc.scan_all() == set()
+            assert gc.pending_endpoints() == {("default", "rewritten")}
+            obj = await store.get(ENDPOINT, "rewritten", "default")
+            await store.update(
+                {**obj, "metadata": {**obj["metadata"], "labels": {"touched": "yes"}}}
+            )  # an ADD wrote it
+            await trio.sleep(0.05)
+            await gc.look_again(set())
+            assert await endpoint_exists(store, "rewritten")
+            await gc.scan_and_collect()  # seen at the new version twice: now it goes
+            assert not await endpoint_exists(store, "rewritten")
+            nursery.cancel_scope.cancel(reason="test over")
+
+
+# --- safety ------------------------------------------------------------------------------------------------
+
+
+async def test_a_kubevirt_pods_address_is_kept_while_its_launcher_pod_lives_under_another_name(
+    private_store: Store,
+) -> None:
+    store = private_store
+    owner = {"apiVersion": KUBEVIRT_API, "kind": "VirtualMachineInstance", "name": "vm1"}
+    with trio.fail_after(TIMEOUT):
+        await store.create(pool("gc", ips=["10.6.0.10-10.6.0.20"]))
+        async with trio.open_nursery() as nursery:
+            ipam = IpamService(store, PoolRegistry(store, Supervisor(nursery)), NODE)
+            launcher = await running(store, pod("virt-launcher-vm1-abcde", owner=owner))
+            ip = await add(ipam, launcher)  # NB: the record names the VMI, default/vm1, not the launcher pod
+            obj = await store.get(ENDPOINT, "vm1", "default")  # as between the ADD's pool write and its endpoint's
+            written = await store.update({**obj, "metadata": {**obj["metadata"], "finalizers": []}})
+            await store.delete(ENDPOINT, "vm1", "default", resource_version=written["metadata"]["resourceVersion"])
+            nursery.cancel_scope.cancel(reason="adds done")
+        later = lambda: time.time() + RECLAIM_AFTER  # noqa: E731  NB: its ADD is long over: no in-flight keep
+        assert await collect_once(store, GcSettings(), gap=0.05, clock=later) == []
+        assert (await holders(store))[ip] == launcher["metadata"]["uid"]
+        await store.delete("Pod", "virt-launcher-vm1-abcde", "default")
+        releases = await collect_once(store, GcSettings(), gap=0.05, clock=later)
+        assert [r.ip for r in releases] == [ip]
+
+
+# --- pods without a Pod object, ADDs in flight (issue 13) ---------------------------------------------------
+
+
+def later() -> float:
+    """Wall-clock seconds minutes after now: every ADD of the test is long over (no in-flight keep)."""
+    return time.time() + RECLAIM_AFTER
+
+
+def bare_add(name: str, uid: str, container: str = "c1") -> dict[str, Any]:
+    """The agent API's ADD of a pod that has no Pod object in the store."""
+    return {"containerID": container, "ifName": "eth0", "netNamespace": "/var/run/netns/x",
+            "podNamespace": "default", "podName": name, "podUID": uid}  # fmt: skip
+
+
+async def served(agent: RunningAgent, name: str, uid: str) -> str:
+    """ADD through the real agent API; the address it answered (bare)."""
+    status, body, _ = await http_call(agent.socket, "POST", "/v1/ipam/ip", bare_add(name, uid))
+    assert status == 200, body
+    return str(body["ips"][0]["address"]).partition("/")[0]
+
+
+async def test_pods_served_without_a_pod_object_keep_their_addresses_through_gc_until_their_cni_del(
+    agent: RunningAgent,
+) -> None:
+    store = agent.store
+    with trio.fail_after(TIMEOUT):
+        await agent.apply(pool_object("gc", "10.6.0.0/24", ["10.6.0.10-10.6.0.20"], default=True))
+        web1 = await served(agent, "web-1", "uid-web-1")
+        web2 = await served(agent, "web-2", "uid-web-2")
+        recorded = await store.get(ENDPOINT, "web-1", "default")
+        assert recorded["metadata"]["annotations"] == {ANNO_POD_OBJECT: "absent"}
+        async with trio.open_nursery() as nursery:  # the controller's GC, minutes later, and `spider gc` beside it
+            gc = IpGarbageCollector(store, FAST, clock=later)
+            await nursery.start(gc.run)
+            assert await collect_once(store, GcSettings(), gap=0.05, clock=later) == []
+            await scans_after(gc, 3)
+            nursery.cancel_scope.cancel(reason="gc looked")
+        assert gc.released == 0
+        assert await holders(store) == {web1: "uid-web-1", web2: "uid-web-2"}
+        web3 = await served(agent, "web-3", "uid-web-3")
+        assert web3 not in (web1, web2)
+        status, _, _ = await http_call(agent.socket, "DELETE", "/v1/ipam/ip", {**bare_add("web-1", "uid-web-1")})
+        assert status == 200
+        assert await holders(store) == {web2: "uid-web-2", web3: "uid-web-3"}
+        assert not await endpoint_exists(store, "web-1")
+
+
+async def test_the_mark_is_what_keeps_a_bare_pods_address_from_gc(agent: RunningAgent) -> None:
+    store = agent.store
+    with trio.fail_after(TIMEOUT):
+        await agent.apply(pool_object("gc", "10.6.0.0/24", ["10.6.0.10-10.6.0.20"], default=True))
+        ip = await served(agent, "web-1", "uid-web-1")
+        obj = await store.get(ENDPOINT, "web-1", "default")
+        await store.update({**obj, "metadata": {**obj["metadata"], "annotations": {}}})  # as an older agent wrote it
+        releases = await collect_once(store, GcSettings(), gap=0.05, clock=later)
+        assert [(r.ip, r.reason) for r in releases] == [(ip, "the pod is gone")]
+
+
+async def forget_endpoint(store: Store, name: str) -> None:
+    """Delete the pod's endpoint: what a store holds between an ADD's pool write and its endpoint write."""
+    obj = await store.get(ENDPOINT, name, "default")
+    written = await store.update({**obj, "metadata": {**obj["metadata"], "finalizers": []}})
+    await store.delete(ENDPOINT, name, "default", resource_version=written["metadata"]["resourceVersion"])
+
+
+async def test_a_record_without_an_endpoint_is_kept_while_its_add_may_be_in_flight(private_store: Store) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        await store.create(pool("gc", ips=["10.6.0.10-10.6.0.20"]))
+        async with trio.open_nursery() as nursery:
+            ipam = IpamService(store, PoolRegistry(store, Supervisor(nursery)), NODE)
+            ip = await add(ipam, {"metadata": {"name": "young", "uid": "uid-young"}})  # no Pod object
+            await forget_endpoint(store, "young")
+            nursery.cancel_scope.cancel(reason="adds done")
+        assert await collect_once(store, GcSettings(), gap=0.05) == []
+        assert ip in await holders(store)
+        releases = await collect_once(store, GcSettings(), gap=0.05, clock=later)
+        assert [(r.ip, r.reason) for r in releases] == [(ip, "neither the pod nor its endpoint exists")]
+
+
+async def test_a_record_without_an_endpoint_goes_at_once_when_gc_saw_its_pod_deleted(private_store: Store) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store) as (ipam, gc):
+            created = await running(store, pod("seen"))
+            ip = await add(ipam, created)
+            await forget_endpoint(store, "seen")
+            await scans_after(gc, 2)
+            assert ip in await holders(store), "kept: its ADD may be in flight, and its pod lives"
+            await store.delete("Pod", "seen", "default")
+            await eventually(released(store, ip), within=TIMEOUT, what="the address of the pod seen deleted")
+            await eventually(counted(gc), within=TIMEOUT, what="the release counted")
+            assert gc.recent[-1].pod_uid == created["metadata"]["uid"]
+
+
+async def test_the_outdated_endpoints_dropped_are_exported_as_a_metric(private_store: Store) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store, CLEANING) as (ipam, gc):
+            created = await running(store, pod("outdated"))
+            await outdate(store, ipam, created)
+            await store.delete("Pod", "outdated", "default")
+            await eventually(lambda: dropped(gc), within=TIMEOUT, what="dropped")
+            view = types.SimpleNamespace(gc=gc, pools=None, pool_host=None, reconciler=None)
+            text = ControllerMetrics(view).render().decode()
+    assert "spider_gc_outdated_endpoints_dropped_total 1.0" in text.splitlines()
+
+
+def test_spider_controller_switches_outdated_endpoint_cleaning_on_by_flag_or_spiderpools_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def cleaning(*argv: str) -> bool:
+        args = build_parser().parse_args(["controller", *argv])
+        settings = controller_settings(args, StoreSettings(), MetricsSettings())
+        return bool(settings.gc.clean_outdated_endpoints)
+
+    monkeypatch.delenv("SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT", raising=False)
+    assert not cleaning()
+    assert cleaning("--clean-outdated-endpoints")
+    monkeypatch.setenv("SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT", "true")
+    assert cleaning()

@@ -6,6 +6,7 @@ uses the plain store, as ``spider controller`` does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+import actors.controller.multus as multus_controller
 from actors.controller.multus import MultusReconciler, MultusSettings
 from actors.stores.port import Invalid, NotFound, Obj, Store
 from actors.stores.validating import ValidatingStore
@@ -200,3 +202,39 @@ async def test_the_store_layer_refuses_a_bad_config_with_spiderpools_text(privat
     good["metadata"]["annotations"] = {"multus.spidernet.io/cr-name": "renamed"}
     with pytest.raises(Invalid, match="it's unsupported to changed Multus net-attach-def 'macvlan-net' to customized"):
         await store.update(good)
+
+
+async def test_an_odd_config_written_raw_is_refused_and_the_others_are_still_maintained(
+    private_store: Store, running: MultusReconciler
+) -> None:
+    # As kubectl would write it past a missing webhook, straight into the store: the embedded stores take it,
+    # the API server's CRD schema may already refuse it.
+    odd = smc("odd", cniType="macvlan", macvlan={"master": ["eth0"], "ippools": "x"})
+    with contextlib.suppress(Invalid):
+        await private_store.create(odd)
+    await ValidatingStore(private_store).create(smc("good"))
+    await wait_for_nad(private_store, "good")
+    assert await nad_of(private_store, "odd") is None
+    assert running.stats.failures == 0  # NB: refused as invalid (logged once), not a crash
+
+
+async def test_a_key_whose_reconcile_crashes_is_counted_and_the_others_go_on(
+    private_store: Store, running: MultusReconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = multus_controller.network_attachment
+
+    def crashing(config: Obj) -> Obj:
+        if config["metadata"]["name"] == "broken":
+            raise RuntimeError("a bug")
+        return real(config)
+
+    monkeypatch.setattr(multus_controller, "network_attachment", crashing)
+    await ValidatingStore(private_store).create(smc("broken"))
+
+    async def counted() -> bool:
+        return running.stats.failures >= 1
+
+    await eventually(counted, TIMEOUT, "the failure counted")
+    await ValidatingStore(private_store).create(smc("after"))
+    await wait_for_nad(private_store, "after")
+    assert await nad_of(private_store, "broken") is None

@@ -314,7 +314,9 @@ async def host_stats(replica: Replica) -> dict[str, Any]:
 
 
 def hosted_requests(stats: dict[str, Any]) -> int:
-    return int((stats["pools"].get("burst") or {}).get("requests", 0))
+    """What the host's actor served of the agents' forwarded requests: writes and an ADD's last looks."""
+    pool = stats["pools"].get("burst") or {}
+    return int(pool.get("requests", 0)) + int(pool.get("looks", 0))
 
 
 async def test_a_leader_killed_mid_burst_costs_no_address_and_its_successor_hosts_the_pools(

@@ -143,6 +143,12 @@ def test_iproute2_comes_from_debian_in_the_final_image() -> None:
     assert "rm -rf /var/lib/apt/lists/*" in runs
 
 
+def test_the_final_image_installs_ethtool_for_the_rdma_metrics() -> None:
+    installs = [args for word, args in stages()[-1] if word == "RUN" and "apt-get install" in args]
+    packages = {word for run in installs for word in run.partition("apt-get install")[2].split("&&")[0].split()}
+    assert "ethtool" in packages  # `ethtool -S`: the *vport*, pause and discard counters (actors/node/rdma.py)
+
+
 def test_the_image_builds_the_self_contained_cni_runtime_the_agents_install_step_copies() -> None:
     from actors.tools.cli import build_parser
     from actors.tools.launcher import PREBUILT_RUNTIMES

@@ -76,7 +76,9 @@ def test_the_kustomization_lists_every_manifest_file_and_each_object_once() -> N
     listed = set(kustomization_files(DEPLOY))
     on_disk = {p.resolve() for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml"}
     on_disk |= {p.resolve() for p in (DEPLOY / "crds").glob("*.yaml")}
-    assert on_disk == listed
+    multus_crd = set(kustomization_files(DEPLOY / "multus-crd"))  # NB: linked from crds/, a component's own
+    assert on_disk == listed | multus_crd
+    assert not multus_crd & listed
     keys = Counter((o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in WITH_WEBHOOK)
     assert [k for k, n in keys.items() if n > 1] == []
 
@@ -202,7 +204,8 @@ def test_the_agent_and_install_arguments_are_accepted_by_spiders_parser() -> Non
     spec = pod_spec("DaemonSet", "spiderpool-agent")
     parser = build_parser()
     agent = parser.parse_args(container(spec, "agent")["args"])
-    assert (agent.command, str(agent.socket), agent.node) == ("agent", DEFAULT_SOCKET, "$(SPIDERPOOL_NODE_NAME)")
+    assert (agent.command, agent.node) == ("agent", "$(SPIDERPOOL_NODE_NAME)")
+    assert (agent.socket, agent.config_path) == (None, "/etc/spiderpool/conf.yml")  # its ipamUnixSocketPath
     assert agent.in_cluster is True  # the API server is the store, not a file in the container
     env = {e["name"] for e in container(spec, "agent")["env"]}
     assert "SPIDERPOOL_NODE_NAME" in env  # $(VAR) in args is expanded by the kubelet from the container's env
@@ -291,7 +294,7 @@ SPIDERPOOL_CONF = {
     "tuneSysctlConfig": True,
     "podResourceInject": {
         "enabled": False,
-        "namespacesExclude": ["kube-system", "spiderpool", "metallb-system", "istio-system"],
+        "namespacesExclude": ["kube-system", "kube-public", "spiderpool", "metallb-system", "istio-system"],
         "namespacesInclude": [],
     },
     "iaasNetworkProvider": {"serverUrl": "", "httpRequestTimeout": "50s"},
@@ -373,6 +376,21 @@ def test_the_webhook_component_adds_its_rbac_and_turns_the_webhook_on() -> None:
     without_controller = [o for o in built if o["kind"] != "Deployment"]
     expected = [o for o in WITH_WEBHOOK if o["kind"] != "Deployment"]
     assert canonical(without_controller) == canonical(expected)
+
+
+def test_multus_nad_crd_comes_only_with_its_component() -> None:
+    def crd_names(objs: list[Obj]) -> set[str]:
+        return {o["metadata"]["name"] for o in objs if o["kind"] == "CustomResourceDefinition"}
+
+    nad_crd = "network-attachment-definitions.k8s.cni.cncf.io"
+    assert nad_crd not in crd_names(kustomize(DEPLOY))  # NB: Multus installs its own; ours would replace it
+    with short_tmp() as tmp:
+        shutil.copytree(DEPLOY, tmp / "deploy", symlinks=True)
+        with (tmp / "deploy" / "kustomization.yaml").open("a") as f:
+            f.write("components:\n  - multus-crd\n")
+        built = kustomize(tmp / "deploy")
+    assert crd_names(built) == crd_names(BASE) | {nad_crd}
+    assert canonical([o for o in built if o["metadata"]["name"] != nad_crd]) == canonical(BASE)
 
 
 def test_the_documented_cni_bin_dir_patch_changes_exactly_the_two_places() -> None:

@@ -5,7 +5,9 @@ through a server of its own that shares one cluster with the test's (so only the
 logged there): the agent wires pods of every owner kind (ADD, CHECK, DEL, GC through the installed shim, the
 coordinator config and the workload endpoint through its API); two controllers in turn lead with the webhook
 on (pool and subnet status and finalizers, the Lease, the webhook's Secret made and then renewed, the
-caBundle, an AdmissionReview).  Every request must be allowed by the roles bound to the component's
+caBundle, an AdmissionReview); ``spider init`` runs from the command line as ``deploy/init.yaml`` runs it, its
+environment, waiting for the Lease, then a second time (everything exists).  Every request must be allowed by the
+roles bound to the component's
 ServiceAccount (``tests/deploy/rbac.py`` plays the RBAC authorizer), and every permission the roles grant
 must have been used, or its rule's comment must say which code path needs it that this test does not run
 ("not run by tests/deploy/test_rbac.py").
@@ -21,15 +23,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from actors.agent import AgentSettings, open_agent
+from actors.controller.coordinator_sync import CoordinatorSyncSettings, sync_once
 from actors.controller.main import Controller, ControllerSettings, open_controller
 from actors.ipam.remote import HostAddress, HostClient
 from actors.servers.certs import generate
 from actors.stores.kube import KubeStore
 from actors.stores.port import NotFound, Obj
 from actors.stores.validating import ValidatingStore
+from actors.tools.cli import main as spider_main
 from actors.tools.manifests import apply
 from spider.kinds import FINALIZER
 from tests.controller.support import eventually, pool, reserved, subnet
@@ -109,16 +114,13 @@ async def run_the_agent(d: Path) -> list[Attributes]:
         await apply(admin, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
         await apply(admin, pool_object("v4", "10.8.0.0/24", ["10.8.0.10-10.8.0.40"], gateway="10.8.0.1"))
         await apply(admin, reserved("held", ["10.8.0.11"]))
-        coordinator = await admin.create(
-            {
-                "apiVersion": "spiderpool.spidernet.io/v2beta1",
-                "kind": "SpiderCoordinator",
-                "metadata": {"name": "default"},
-                "spec": {},
-            }
-        )
-        await admin.update_status({**coordinator, "status": {"phase": "Synced", "overlayPodCIDR": [],
-                                                             "serviceCIDR": []}})  # fmt: skip
+        await admin.create({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderCoordinator",
+                            "metadata": {"name": "default"}, "spec": {"podCIDRType": "none"}})  # fmt: skip
+        cluster_configuration = "networking:\n  serviceSubnet: 10.96.0.0/12\n"
+        await admin.create({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": "kubeadm-config", "namespace": NAMESPACE},
+                            "data": {"ClusterConfiguration": cluster_configuration}})  # fmt: skip
+        assert await sync_once(admin, CoordinatorSyncSettings(cni_config_dir=None)) == 1  # the controller's status
         for obj in WORKLOADS:
             await admin.create(obj)
         uids = {}  # NB: the API server gives each pod its UID, and the runtime passes it on
@@ -333,6 +335,63 @@ async def forward_to_the_pool_host(controller: Controller, admin: KubeStore, api
         await client.aclose()
 
 
+INIT_POOLS = {
+    "SPIDERPOOL_INIT_DEFAULT_IPV4_SUBNET_NAME": "default-v4-subnet",
+    "SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_NAME": "default-v4-ippool",
+    "SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_SUBNET": "172.18.0.0/16",
+    "SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_IPRANGES": '["172.18.40.1-172.18.40.10"]',
+    "SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_GATEWAY": "172.18.0.1",
+}
+"""The default subnet and pool deploy/init.yaml's comment says to name (its Job names only the coordinator)."""
+
+
+def init_environment() -> dict[str, str]:
+    """The environment deploy/init.yaml's Job gives ``spider init``, plus the default subnet and pool."""
+    [job] = documents(DEPLOY / "init.yaml")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return env | {"SPIDERPOOL_NAMESPACE": NAMESPACE} | INIT_POOLS
+
+
+@pytest.fixture
+def init_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """``init_environment()`` in this process's environment (``spider init`` reads it), restored afterwards."""
+    env = init_environment()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+async def run_init(d: Path) -> list[Attributes]:
+    """``spider init`` as deploy/init.yaml runs it: waiting until a controller holds the Lease, creating the
+    defaults; then again, finding them all; the requests it made."""
+    async with api_servers(d) as (component, admin):
+        token = component.cluster.mint_token(NAMESPACE, "spiderpool-init")
+        kubeconfig = component.kubeconfig(d / "init.kubeconfig", token=token)
+        argv = ["init", "--kubeconfig", str(kubeconfig), "--wait-controller", str(TIMEOUT)]
+        async with trio.open_nursery() as nursery:
+            first = trio.Event()
+
+            async def first_run() -> None:
+                assert await trio.to_thread.run_sync(spider_main, argv) == 0
+                first.set()
+
+            nursery.start_soon(first_run)
+            await trio.sleep(0.2)  # NB: no Lease yet: init waits (a 404, then a Lease without a holder)
+            lease = await admin.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                        "metadata": {"name": "spiderpool-controller-leases", "namespace": NAMESPACE},
+                                        "spec": {}})  # fmt: skip
+            await trio.sleep(0.6)
+            await admin.update({**lease, "spec": {"holderIdentity": "ctl_1"}})
+            await first.wait()
+        made = {(o["kind"], o["metadata"]["name"]) for k in ("SpiderCoordinator", "SpiderSubnet", "SpiderIPPool")
+                for o in (await admin.list(k)).items}  # fmt: skip
+        assert made == {("SpiderCoordinator", "default"), ("SpiderSubnet", "default-v4-subnet"),
+                        ("SpiderIPPool", "default-v4-ippool")}  # fmt: skip
+        assert await trio.to_thread.run_sync(spider_main, argv) == 0  # everything exists: AlreadyExists each
+        return requests_of(component)
+
+
 def denied(account: str, requests: list[Attributes]) -> list[str]:
     rules = AUTHORIZER.rules(NAMESPACE, account)
     return sorted({str(r) for r in requests if not allowed(rules, r)})
@@ -364,6 +423,15 @@ async def test_the_controller_asks_only_what_its_roles_allow_and_its_roles_allow
         requests = await run_the_controllers(d)
     assert denied("spiderpool-controller", requests) == []
     assert unused("spiderpool-controller", requests) == []
+
+
+async def test_spider_init_asks_only_what_its_roles_allow_and_its_roles_allow_only_what_it_asks(
+    init_env: dict[str, str],
+) -> None:
+    with short_tmp() as d, trio.fail_after(TIMEOUT):
+        requests = await run_init(d)
+    assert denied("spiderpool-init", requests) == []
+    assert unused("spiderpool-init", requests) == []
 
 
 def test_the_authorizer_refuses_what_a_rule_does_not_name() -> None:

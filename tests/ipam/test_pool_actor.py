@@ -488,3 +488,37 @@ async def test_a_lone_request_is_never_held_for_the_linger(nursery: trio.Nursery
         for n in range(3):
             await handle.allocate(owner(n))
     assert actor.stats.batches == 3
+
+
+async def test_a_busy_actor_writes_as_soon_as_as_many_requests_as_last_time_are_in(
+    nursery: trio.Nursery, store: InterferingStore
+) -> None:
+    handle, actor = open_pool(POOL, store)
+    actor.linger = 600.0
+    with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it: the second pair must not wait for it
+        await nursery.start(actor.run)
+        await burst(handle, [owner(1), owner(2)])  # queued together: the next batch expects two
+        batches = actor.stats.batches
+        async with trio.open_nursery() as callers:
+            callers.start_soon(handle.allocate, owner(3))
+            await trio.testing.wait_all_tasks_blocked()
+            callers.start_soon(handle.allocate, owner(4))
+    assert actor.stats.batches == batches + 1
+
+
+async def test_callers_taken_from_the_mailbox_while_lingering_are_answered_when_the_actor_is_cancelled(
+    store: InterferingStore,
+) -> None:
+    handle, actor = open_pool(POOL, store)
+    actor.linger = 600.0
+    results: dict[Owner, outcome.Outcome[Allocation]] = {}
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as callers, trio.open_nursery() as actors:
+            await actors.start(actor.run)
+            await burst(handle, [owner(1), owner(2), owner(3)])  # the next batch expects three
+            callers.start_soon(_collect, results, handle, [owner(4)])
+            await trio.testing.wait_all_tasks_blocked()  # owner 4 is taken; the actor lingers for two more
+            actors.cancel_scope.cancel(reason="node shutting down")
+    assert list(results) == [owner(4)]
+    assert isinstance(results[owner(4)], outcome.Error)
+    assert isinstance(results[owner(4)].error, ActorUnavailable)

@@ -113,3 +113,75 @@ async def test_a_lost_write_race_is_retried_against_the_newer_subnet(sqlite: Sql
     assert ips.to_strings() == ["10.6.0.1-10.6.0.2"]
     assert store.writes >= 5  # two lost races, then three writes
     assert await controlled(sqlite) == {}
+
+
+def manual_pool(name: str, cidr: str, ips: list[str]) -> Obj:
+    return {
+        "apiVersion": "spiderpool.spidernet.io/v2beta1",
+        "kind": "SpiderIPPool",
+        "metadata": {"name": name},
+        "spec": {"ipVersion": 4, "subnet": cidr, "ips": ips},
+    }
+
+
+@attrs.define
+class PoolJustBeforeTheWrite:
+    """The embedded store, where a manual pool is created just before the actor's status write begins (after
+    anything the actor could have read outside that write's transaction)."""
+
+    inner: SqliteStore
+    pool: Obj
+    created: bool = False
+
+    async def update_status_atomically(self, *args: Any, **kwargs: Any) -> Obj:
+        if not self.created:
+            self.created = True
+            await self.inner.create(self.pool)
+        return await self.inner.update_status_atomically(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_pool_created_just_before_the_embedded_write_is_never_handed_out(sqlite: SqliteStore) -> None:
+    store = PoolJustBeforeTheWrite(sqlite, manual_pool("manual", "10.6.0.0/24", ["10.6.0.1"]))
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            handle = SubnetRegistry(store, Supervisor(nursery)).get("s4")  # type: ignore[arg-type]
+            ips = await handle.claim("a", "app", 1, IPSet(4))
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.created
+    assert ips.to_strings() == ["10.6.0.2"]
+
+
+@pytest.mark.parametrize("path", ["atomic", "optimistic"])
+async def test_a_stale_entry_is_re_used_only_where_no_manual_pool_holds_its_addresses_now(
+    sqlite: SqliteStore, path: str
+) -> None:
+    stale = {"x": {"ips": ["10.6.0.1-10.6.0.2"], "application": "apps_v1_Deployment_ns_x"}}
+    current = await sqlite.get("SpiderSubnet", "s4")
+    await sqlite.update_status({**current, "status": {"controlledIPPools": json.dumps(stale)}})
+    await sqlite.create(manual_pool("manual", "10.6.0.0/24", ["10.6.0.1"]))
+    store: Any = sqlite if path == "atomic" else Optimistic(sqlite)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            handle = SubnetRegistry(store, Supervisor(nursery)).get("s4")
+            ips = await handle.claim("x", "apps_v1_Deployment_ns_x", 2, IPSet(4))
+            nursery.cancel_scope.cancel(reason="test over")
+    assert ips.to_strings() == ["10.6.0.2-10.6.0.3"]
+    assert (await controlled(sqlite))["x"]["ips"] == ["10.6.0.2-10.6.0.3"]
+
+
+@pytest.mark.parametrize("path", ["atomic", "optimistic"])
+async def test_the_addresses_of_a_pool_of_an_overlapping_cidr_are_never_handed_out(
+    sqlite: SqliteStore, path: str
+) -> None:
+    await sqlite.create(manual_pool("narrow", "10.6.0.0/25", ["10.6.0.1-10.6.0.2"]))
+    await sqlite.create(manual_pool("elsewhere", "10.7.0.0/24", ["10.7.0.1"]))
+    store: Any = sqlite if path == "atomic" else Optimistic(sqlite)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            handle = SubnetRegistry(store, Supervisor(nursery)).get("s4")
+            ips = await handle.claim("a", "app", 2, IPSet(4))
+            nursery.cancel_scope.cancel(reason="test over")
+    assert ips.to_strings() == ["10.6.0.3-10.6.0.4"]

@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 
 from actors.agent import AgentSettings, open_agent
+from actors.controller.coordinator_sync import CoordinatorSyncSettings, sync_once
 from actors.servers.agent_api import AgentApi
 from actors.stores.sqlite import SqliteStore
 from actors.tools.launcher import install_cni
@@ -45,6 +46,18 @@ GATEWAY_V4 = "10.77.0.1"
 GATEWAY_V6 = "fd77::1"
 SERVICE = "10.96.0.10"
 SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+
+
+def kubeadm_config(pod: str = POD_CIDR, service: str = SERVICE_CIDR) -> dict[str, Any]:
+    """``kube-system/kubeadm-config`` as kubeadm writes it: where the controller reads the cluster's CIDRs."""
+    text = f"kind: ClusterConfiguration\nnetworking:\n  podSubnet: {pod}\n  serviceSubnet: {service}\n"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+        "data": {"ClusterConfiguration": text},
+    }
 
 
 def why_not() -> str | None:
@@ -142,8 +155,9 @@ class CoordinatorLab:
         for obj in objs:
             await apply(self.store, obj)
 
-    async def coordinator_synced(self, spec: dict[str, Any] | None = None, **status: Any) -> None:
-        """A SpiderCoordinator named ``default`` whose status the controller would have set to Synced."""
+    async def coordinator_synced(self, spec: dict[str, Any] | None = None) -> None:
+        """A SpiderCoordinator named ``default`` and the kubeadm-config a cluster offers (service CIDR
+        ``SERVICE_CIDR``), its status written by the controller's sync: Synced."""
         await apply(
             self.store,
             {
@@ -153,9 +167,11 @@ class CoordinatorLab:
                 "spec": {"podCIDRType": "none", **(spec or {})},
             },
         )
-        obj = await self.store.get("SpiderCoordinator", "default")
-        obj["status"] = {"phase": "Synced", "overlayPodCIDR": [], "serviceCIDR": [SERVICE_CIDR], **status}
-        await self.store.update_status(obj)
+        await apply(self.store, kubeadm_config(service=SERVICE_CIDR))
+        await sync_once(self.store, CoordinatorSyncSettings(cni_config_dir=None))
+        status = (await self.store.get("SpiderCoordinator", "default")).get("status") or {}
+        if status.get("phase") != "Synced":
+            raise AssertionError(f"the controller's sync left the SpiderCoordinator {status}")
 
     def macvlan_conf(self, version: str = "1.0.0", **ipam: Any) -> dict[str, Any]:
         return {

@@ -1,5 +1,6 @@
-"""``spider demo`` with real interfaces: pods get addresses from macvlan + our IPAM, reach each other, and the
-demo leaves no namespace behind; without ``ping`` it says so, skips only the reachability step and passes."""
+"""``spider demo`` with real interfaces: pods get addresses from macvlan + our IPAM, reach each other, a
+Deployment's SpiderSubnet pool appears, grows and goes, and the demo leaves no namespace behind; without ``ping``
+it says so, skips only the reachability step and passes."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def test_the_demo_gives_real_pods_addresses_that_ping_each_other_and_their_host_
     assert "then our coordinator" in done.stdout
     assert done.stdout.count("-> host (10.210.0.2): reachable") == 3  # only the coordinator's veth makes these
     assert "fd00:210::" in done.stdout  # the dual-stack pod
+    scene = done.stdout.partition("SpiderSubnet: an application's own pool")[2]
+    assert "its pool appears" in scene
+    assert "the pool grows" in scene
+    assert "the pool goes" in scene
     assert "demo passed" in done.stdout
     assert "not checked" not in done.stdout
     assert namespaces() == before

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from actors.controller.coordinator_sync import CoordinatorSyncSettings, sync_once
 from cni import coordinator as shim
 from tests.support import ROOT, RunningAgent, http_call, pod_args, pool_object, run_plugin, short_tmp
 
@@ -26,13 +27,20 @@ COORDINATOR = {
     "spec": {"podCIDRType": "cluster", "hijackCIDR": ["169.254.0.0/16"], "podMACPrefix": "0a:1b"},
 }
 PREV = {"cniVersion": "1.0.0", "ips": [{"address": "10.6.0.20/24", "gateway": "10.6.0.1"}]}
+KUBEADM_CONFIG = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+    "data": {"ClusterConfiguration": "networking:\n  podSubnet: 10.244.0.0/16\n  serviceSubnet: 10.96.0.0/12\n"},
+}
 
 
-async def synced(agent: RunningAgent, **status: Any) -> None:
-    await agent.apply(json.loads(json.dumps(COORDINATOR)))
-    obj = await agent.store.get("SpiderCoordinator", "default")
-    obj["status"] = {"phase": "Synced", "overlayPodCIDR": ["10.244.0.0/16"], "serviceCIDR": ["10.96.0.0/12"], **status}
-    await agent.store.update_status(obj)
+async def synced(agent: RunningAgent) -> None:
+    """The SpiderCoordinator and the kubeadm-config a cluster offers, its status written by the controller's sync."""
+    await agent.apply(json.loads(json.dumps(COORDINATOR)), json.loads(json.dumps(KUBEADM_CONFIG)))
+    assert await sync_once(agent.store, CoordinatorSyncSettings(cni_config_dir=None)) == 1
+    status = (await agent.store.get("SpiderCoordinator", "default"))["status"]
+    assert status == {"phase": "Synced", "overlayPodCIDR": ["10.244.0.0/16"], "serviceCIDR": ["10.96.0.0/12"]}
 
 
 def spider(*args: str) -> subprocess.CompletedProcess[str]:

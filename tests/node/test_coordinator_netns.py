@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 
+from actors.controller.coordinator_sync import CoordinatorSyncSettings, sync_once
 from cni import coordinator as shim
 from tests.support import RunningAgent, pod_args, run_plugin
 
@@ -23,6 +24,12 @@ COORDINATOR = {
     "spec": {"podCIDRType": "cluster"},
 }
 PREV = {"cniVersion": "1.0.0", "ips": [{"address": "10.6.0.20/24", "gateway": "10.6.0.1"}]}
+KUBEADM_CONFIG = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+    "data": {"ClusterConfiguration": "networking:\n  podSubnet: 10.244.0.0/16\n  serviceSubnet: 10.96.0.0/12\n"},
+}
 
 
 @pytest.fixture
@@ -34,10 +41,10 @@ def fifo(agent: RunningAgent) -> Iterator[str]:
 
 
 async def synced(agent: RunningAgent) -> None:
-    await agent.apply(json.loads(json.dumps(COORDINATOR)))
-    obj = await agent.store.get("SpiderCoordinator", "default")
-    obj["status"] = {"phase": "Synced", "overlayPodCIDR": ["10.244.0.0/16"], "serviceCIDR": ["10.96.0.0/12"]}
-    await agent.store.update_status(obj)
+    """The SpiderCoordinator and the kubeadm-config a cluster offers, its status written by the controller's sync."""
+    await agent.apply(json.loads(json.dumps(COORDINATOR)), json.loads(json.dumps(KUBEADM_CONFIG)))
+    assert await sync_once(agent.store, CoordinatorSyncSettings(cni_config_dir=None)) == 1
+    assert (await agent.store.get("SpiderCoordinator", "default"))["status"]["phase"] == "Synced"
 
 
 def env(command: str, netns: str) -> dict[str, str]:

@@ -4,14 +4,18 @@ outputs under ``tests/node/data/rdma/`` (see its README for where each format co
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from actors.node.rdma import (
+    NETNS_PARALLELISM,
     MetricSample,
+    NodePods,
     PodIndex,
     PodOwner,
     RdmaCollector,
@@ -22,10 +26,14 @@ from actors.node.rdma import (
     parse_ethtool_stats,
     parse_netns_mode,
     parse_rdma_statistic,
+    pods_by_address,
     read_devices,
     run_command,
 )
-from spider.errors import DecodeFailure
+from actors.stores.port import Store
+from actors.stores.sqlite import SqliteStore
+from spider.endpoint import Endpoint, NicAllocation
+from spider.errors import DecodeFailure, StoreUnavailable
 
 DATA = Path(__file__).parent / "data" / "rdma"
 SYS = DATA / "sys"
@@ -41,15 +49,17 @@ def recorded(*, netns_mode: str = "shared") -> dict[tuple[str, ...], str]:
         ("ethtool", "-S", "ens1f0np0"): "ethtool-S-ens1f0np0.txt",
         ("ethtool", "-S", "ens1f0v0"): "ethtool-S-ens1f0v0.txt",
         ("ethtool", "-S", "ib0"): "ethtool-S-ib0.txt",
+        ("ethtool", "-S", "ens2f0np0"): "ethtool-S-ens2f0np0.txt",
     }
-    pod = ("ip", "netns", "exec", "pod1")
-    outputs |= {
-        (*pod, "rdma", "statistic", "-j"): "netns-pod1/rdma-statistic.json",
-        (*pod, "rdma", "dev", "show", "-j"): "netns-pod1/rdma-dev-show.json",
-        (*pod, "rdma", "link", "show", "-j"): "netns-pod1/rdma-link-show.json",
-        (*pod, "ip", "-j", "-4", "route", "get", "1.0.0.0"): "netns-pod1/ip-route-get-4.json",
-        (*pod, "ethtool", "-S", "net1"): "netns-pod1/ethtool-S-net1.txt",
-    }
+    for netns in ("pod1", "pod2"):
+        pod = ("ip", "netns", "exec", netns)
+        outputs |= {
+            (*pod, "rdma", "statistic", "-j"): f"netns-{netns}/rdma-statistic.json",
+            (*pod, "rdma", "dev", "show", "-j"): f"netns-{netns}/rdma-dev-show.json",
+            (*pod, "rdma", "link", "show", "-j"): f"netns-{netns}/rdma-link-show.json",
+            (*pod, "ip", "-j", "-4", "route", "get", "1.0.0.0"): f"netns-{netns}/ip-route-get-4.json",
+            (*pod, "ethtool", "-S", "net1"): f"netns-{netns}/ethtool-S-net1.txt",
+        }
     return {argv: (COMMANDS / name).read_text() for argv, name in outputs.items()}
 
 
@@ -87,12 +97,13 @@ async def collect(
 
 def test_devices_netdevs_guids_and_the_pf_of_each_vf_are_read_from_sysfs() -> None:
     devices = {d.name: d for d in read_devices(SYS)}
-    assert sorted(devices) == ["mlx5_0", "mlx5_2", "mlx5_3", "mlx5_4"]
+    assert sorted(devices) == ["mlx5_0", "mlx5_2", "mlx5_3", "mlx5_4", "mlx5_5"]
     pf, vf, moved, ib = devices["mlx5_0"], devices["mlx5_2"], devices["mlx5_4"], devices["mlx5_3"]
     assert (pf.netdevs, pf.node_guid, pf.is_root, pf.traffic_class) == (("ens1f0np0",), PF_GUID, True, 106)
     assert (vf.netdev, vf.sys_image_guid, vf.is_root, vf.physfn_device) == ("ens1f0v0", PF_GUID, False, "mlx5_0")
     assert (moved.netdev, moved.physfn_device) == ("", "mlx5_0")
     assert (ib.netdev, ib.is_root, ib.traffic_class) == ("ib0", True, 0)  # IPoIB: found through device/net
+    assert devices["mlx5_5"].netdevs == ("ens2f0np0", "ens2f1np1")  # each port's GID table names its netdev
 
 
 def test_a_node_without_class_infiniband_has_no_devices(tmp_path: Path) -> None:
@@ -160,6 +171,7 @@ async def test_k00002_every_counter_of_every_known_device_is_a_sample_with_its_l
     assert sample.labels == {
         "node_name": NODE,
         "ifname": "mlx5_0",
+        "port": "1",
         "net_dev_name": "ens1f0np0",
         "node_guid": PF_GUID,
         "sys_image_guid": PF_GUID,
@@ -193,7 +205,7 @@ async def test_ethtool_priorities_speed_and_traffic_class_are_samples_too(tmp_pa
     assert (speed.value, speed.type) == (100000, "gauge")
     assert one(samples, "rdma_vport_speed_mbps", ifname="mlx5_3").value == 200000
     tos = find(samples, "rdma_device_tos")
-    assert {s.labels["ifname"]: s.value for s in tos} == {"mlx5_0": 106, "mlx5_3": 0}  # root devices only
+    assert {s.labels["ifname"]: s.value for s in tos} == {"mlx5_0": 106, "mlx5_3": 0, "mlx5_5": 0}  # roots only
     assert tos[0].labels == {"node_name": NODE, "ifname": "mlx5_0", "net_dev_name": "ens1f0np0"}
     assert tos[0].type == "gauge"
 
@@ -210,6 +222,7 @@ async def test_in_exclusive_mode_each_pod_namespace_is_read_and_resolved_to_its_
     assert in_pod.labels == {
         "node_name": NODE,
         "ifname": "mlx5_4",
+        "port": "1",
         "net_dev_name": "net1",
         "node_guid": "02:9d:03:fe:ff:4c:a1:e2",
         "sys_image_guid": PF_GUID,
@@ -227,10 +240,169 @@ async def test_in_exclusive_mode_each_pod_namespace_is_read_and_resolved_to_its_
     assert "pod_name" not in host.labels
 
 
+async def test_a_dual_port_device_gives_one_series_per_port_each_with_the_devices_ethtool_counters(
+    tmp_path: Path,
+) -> None:
+    samples = await collect(tmp_path, recorded())
+    writes = find(samples, "rdma_rx_write_requests", ifname="mlx5_5")
+    assert {s.labels["port"]: s.value for s in writes} == {"1": 1, "2": 5}
+    assert {s.labels["net_dev_name"] for s in writes} == {"ens2f0np0"}  # the device's, as Spiderpool labels it
+    vport = find(samples, "rdma_rx_vport_rdma_unicast_packets", ifname="mlx5_5")
+    assert {s.labels["port"]: s.value for s in vport} == {"1": 30125, "2": 30125}
+    speed = find(samples, "rdma_vport_speed_mbps", ifname="mlx5_5")
+    assert {s.labels["port"]: s.value for s in speed} == {"1": 200000, "2": 200000}
+
+
+def label_sets_shared(samples: list[MetricSample]) -> list[tuple[str, dict[str, str]]]:
+    """The samples whose family already has a sample with the same labels (Prometheus rejects those)."""
+    seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+    shared = []
+    for s in samples:
+        key = (s.name, frozenset(s.labels.items()))
+        if key in seen:
+            shared.append((s.name, s.labels))
+        seen.add(key)
+    return shared
+
+
+@pytest.mark.parametrize("netns_mode", ["shared", "exclusive"])
+async def test_no_two_samples_of_one_family_share_a_label_set_in_any_recording(tmp_path: Path, netns_mode: str) -> None:
+    for netns in ("pod1", "pod2", "idle"):
+        (tmp_path / netns).touch()
+
+    async def pods() -> dict[str, PodOwner]:
+        return {"10.6.0.21": PodOwner("team", "trainer-0"), "10.233.74.12": PodOwner("team", "trainer-1")}
+
+    for pods_by_ip in (pods, None):  # the pod namespaces resolved, and not
+        samples = await collect(tmp_path, recorded(netns_mode=netns_mode), pods_by_ip=pods_by_ip)
+        assert len(find(samples, "rdma_rx_write_requests", ifname="mlx5_5")) == 2
+        assert label_sets_shared(samples) == []
+
+
+async def test_pod_namespaces_are_read_several_at_a_time_but_no_more_than_the_bound(tmp_path: Path) -> None:
+    names = [f"pod{n}" for n in range(1, 4 * NETNS_PARALLELISM)]
+    for name in names:
+        (tmp_path / name).touch()
+    outputs = recorded(netns_mode="exclusive")
+    pod1 = {argv[4:]: text for argv, text in outputs.items() if argv[:4] == ("ip", "netns", "exec", "pod1")}
+    outputs |= {("ip", "netns", "exec", name, *rest): text for name in names for rest, text in pod1.items()}
+    in_flight: set[str] = set()
+    most = 0
+    answer = Recorded(outputs)
+
+    async def run(argv: Sequence[str]) -> str | None:
+        nonlocal most
+        if tuple(argv[:3]) != ("ip", "netns", "exec"):
+            return await answer(argv)
+        in_flight.add(argv[3])
+        most = max(most, len(in_flight))
+        await trio.sleep(0.001)  # a command takes a while: the others may start meanwhile
+        in_flight.discard(argv[3])
+        return await answer(argv)
+
+    collector = RdmaCollector(NODE, sys_root=SYS, netns_dir=tmp_path, run=run)
+    with trio.fail_after(10):
+        samples = await collector.collect()
+    assert 1 < most <= NETNS_PARALLELISM
+    assert len(find(samples, "rdma_rp_cnp_handled", ifname="mlx5_4")) == len(names)  # every one was read
+
+
 async def test_an_unresolved_pod_namespace_still_gives_its_samples_without_pod_labels(tmp_path: Path) -> None:
     (tmp_path / "pod1").touch()
     samples = await collect(tmp_path, recorded(netns_mode="exclusive"))
     assert "pod_name" not in one(samples, "rdma_rp_cnp_handled", ifname="mlx5_4").labels
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path) -> AsyncIterator[Store]:
+    """A store holding trainer-1, a Deployment's pod on this node (overlay ``eth0`` 10.233.74.12, the address
+    ``netns-pod2``'s default route leaves from), and trainer-0, whose SpiderEndpoint holds pod1's ``net1``."""
+    async with await SqliteStore.open(tmp_path / "store.db") as store:
+        await store.create(workload("apps", "Deployment", "trainer"))
+        await store.create(workload("apps", "ReplicaSet", "trainer-7d9", ("apps/v1", "Deployment", "trainer")))
+        await put_pod(store, "trainer-1", ["10.233.74.12", "fd00:10:233::12"], ("apps/v1", "ReplicaSet", "trainer-7d9"))
+        endpoint = Endpoint(
+            "team", "trainer-0", "uid-0", NODE, (NicAllocation("net1", ipv4="10.6.0.21/24"),), "StatefulSet", "trainer"
+        )
+        await store.create(endpoint.to_object())
+        yield store
+
+
+def workload(group: str, kind: str, name: str, owner: tuple[str, str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "team"}
+    if owner:
+        meta["ownerReferences"] = [
+            {"apiVersion": owner[0], "kind": owner[1], "name": owner[2], "uid": f"uid-{owner[2]}", "controller": True}
+        ]
+    return {"apiVersion": f"{group}/v1", "kind": kind, "metadata": meta}
+
+
+async def put_pod(
+    store: Store,
+    name: str,
+    ips: list[str],
+    owner: tuple[str, str, str] | None = None,
+    node: str = NODE,
+    phase: str = "Running",
+    host_network: bool = False,
+) -> None:
+    pod = workload("", "Pod", name, owner) | {"apiVersion": "v1", "spec": {"nodeName": node}}
+    if host_network:
+        pod["spec"]["hostNetwork"] = True
+    created = await store.create(pod)
+    status = {"phase": phase, "podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]}
+    await store.update_status(created | {"status": status})
+
+
+async def test_a_pod_whose_default_route_leaves_through_the_overlay_is_found_by_its_pod_ips(tmp_path: Path) -> None:
+    (tmp_path / "pod1").touch()
+    (tmp_path / "pod2").touch()
+    async with cluster(tmp_path) as store:
+        with trio.fail_after(10):
+            samples = await collect(tmp_path, recorded(netns_mode="exclusive"), pods_by_address(store, NODE))
+    overlay = one(samples, "rdma_rp_cnp_handled", ifname="mlx5_6")  # netns-pod2: default route through eth0
+    assert {k: v for k, v in overlay.labels.items() if k.startswith(("pod_", "owner_"))} == {
+        "pod_namespace": "team",
+        "pod_name": "trainer-1",
+        "owner_api_version": "apps/v1",
+        "owner_kind": "Deployment",  # the ReplicaSet's owner
+        "owner_namespace": "team",
+        "owner_name": "trainer",
+    }
+    underlay = one(samples, "rdma_rp_cnp_handled", ifname="mlx5_4")  # netns-pod1: through net1, an endpoint's
+    assert (underlay.labels["pod_name"], underlay.labels["owner_kind"]) == ("trainer-0", "StatefulSet")
+
+
+async def test_only_this_nodes_running_pods_with_their_own_addresses_are_indexed(tmp_path: Path) -> None:
+    async with await SqliteStore.open(tmp_path / "store.db") as store:
+        await put_pod(store, "plain", ["10.233.74.20"])
+        await put_pod(store, "elsewhere", ["10.233.75.3"], node="worker-2")
+        await put_pod(store, "finished", ["10.233.74.21"], phase="Succeeded")
+        await put_pod(store, "host", ["192.168.0.11"], host_network=True)
+        with trio.fail_after(10):
+            index = await NodePods(store, NODE)()
+    assert index == {"10.233.74.20": PodOwner("team", "plain")}
+    assert index["10.233.74.20"].labels()["owner_kind"] == "Pod"
+
+
+async def test_this_nodes_pods_are_listed_at_most_once_per_max_age(tmp_path: Path) -> None:
+    async with await SqliteStore.open(tmp_path / "store.db") as store:
+        cached, fresh = NodePods(store, NODE, max_age=3600), NodePods(store, NODE, max_age=0)
+        with trio.fail_after(10):
+            assert await cached() == await fresh() == {}
+            await put_pod(store, "late", ["10.233.74.30"])
+            assert await cached() == {}  # the last list is still young
+            assert list(await fresh()) == ["10.233.74.30"]
+
+
+async def test_a_store_that_does_not_answer_means_samples_without_pod_labels(tmp_path: Path) -> None:
+    (tmp_path / "pod2").touch()
+
+    async def unreachable() -> dict[str, PodOwner]:
+        raise StoreUnavailable(reason="connection refused")
+
+    samples = await collect(tmp_path, recorded(netns_mode="exclusive"), pods_by_ip=unreachable)
+    assert "pod_name" not in one(samples, "rdma_rp_cnp_handled", ifname="mlx5_6").labels
 
 
 async def test_without_the_rdma_tool_or_devices_there_are_no_samples_and_one_log_line(
@@ -282,7 +454,11 @@ async def test_the_samples_are_served_as_prometheus_families_by_the_agents_metri
     assert families["rdma_rx_write_requests"].type == "counter"
     assert families["rdma_vport_speed_mbps"].type == "gauge"
     pause = [s for s in families["rdma_rx_pause"].samples if s.labels.get("priority") == "3"]
-    assert [(s.labels["ifname"], s.value) for s in pause] == [("mlx5_0", 211)]
+    assert [(s.labels["ifname"], s.labels["port"], s.value) for s in pause] == [
+        ("mlx5_0", "1", 211),
+        ("mlx5_5", "1", 4),
+        ("mlx5_5", "2", 4),  # the device's netdev's counters, under each port as Spiderpool merges them
+    ]
 
 
 async def test_on_this_machine_without_rdma_the_real_commands_give_no_samples(tmp_path: Path) -> None:

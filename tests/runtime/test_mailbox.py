@@ -1,4 +1,4 @@
-"""``Reply``, the one-shot answer slot, and ``drain``, the group-commit batcher (actors/mailbox.py)."""
+"""``Reply``, the one-shot answer slot; ``drain`` and ``gather``, the group-commit batchers (runtime/mailbox.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import outcome
 import pytest
 import trio
 
-from actors.runtime.mailbox import Reply, drain
+from actors.runtime.mailbox import Reply, drain, gather
 from spider.errors import PoolExhausted
 
 TIMEOUT = 5
@@ -88,3 +88,53 @@ def test_drain_returns_what_was_queued_before_the_senders_closed() -> None:
     send.send_nowait(1)
     send.close()
     assert drain(recv, 0, limit=4) == [0, 1]
+
+
+async def test_gather_goes_as_soon_as_the_expected_messages_are_in(autojump_clock: trio.abc.Clock) -> None:
+    send, recv = trio.open_memory_channel[int](10)
+    batch = [1]
+
+    async def late_senders() -> None:
+        await trio.sleep(1)
+        await send.send(2)
+        await trio.sleep(1)
+        await send.send(3)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(late_senders)
+        start = trio.current_time()
+        await gather(recv, batch, 10, expect=3, within=600)
+        waited = trio.current_time() - start
+    assert batch == [1, 2, 3]
+    assert waited == pytest.approx(2)  # NB: virtual time: the two senders, not the 600 s linger
+
+
+async def test_gather_gives_up_waiting_after_within_and_keeps_what_came(autojump_clock: trio.abc.Clock) -> None:
+    send, recv = trio.open_memory_channel[int](10)
+    batch = [1]
+    await send.send(2)
+    start = trio.current_time()
+    await gather(recv, batch, 10, expect=5, within=3)
+    assert batch == [1, 2]
+    assert trio.current_time() - start == pytest.approx(3)
+
+
+async def test_gather_also_takes_what_is_queued_beyond_the_expected_up_to_the_limit() -> None:
+    send, recv = trio.open_memory_channel[int](10)
+    for n in range(2, 8):
+        send.send_nowait(n)
+    batch = [1]
+    with trio.fail_after(TIMEOUT):
+        await gather(recv, batch, 5, expect=2, within=600)
+    assert batch == [1, 2, 3, 4, 5]
+    assert recv.receive_nowait() == 6
+
+
+async def test_gather_stops_at_a_closed_mailbox() -> None:
+    send, recv = trio.open_memory_channel[int](10)
+    send.send_nowait(2)
+    send.close()
+    batch = [1]
+    with trio.fail_after(TIMEOUT):
+        await gather(recv, batch, 10, expect=5, within=600)
+    assert batch == [1, 2]

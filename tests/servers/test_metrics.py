@@ -18,8 +18,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.agent import AgentSettings, open_agent
+from actors.ipam.autopools import ActorRanges, AutoPoolSettings
 from actors.ipam.metering import DURATION_BUCKETS, Latency, OperationMeter, error_bucket
 from actors.ipam.remote import HostLocator, PoolForwarder
+from actors.ipam.service import IpamSettings
 from actors.servers.agent_api import AgentApi
 from actors.servers.httpserver import MAX_BODY
 from actors.servers.metrics import MetricsServer, MetricsSettings, env_flag, sample_families
@@ -27,6 +29,8 @@ from actors.stores.sqlite import SqliteStore
 from actors.stores.validating import ValidatingStore
 from actors.tools.cli import build_parser
 from actors.tools.manifests import apply
+from spider.addr import IPSet
+from spider.autopool import AppRef, auto_pool_name, auto_pool_object
 from spider.errors import (
     ActorUnavailable,
     InvalidInput,
@@ -37,6 +41,9 @@ from spider.errors import (
     PoolTooLarge,
     StaleWrite,
 )
+from tests.ipam.test_subnet_agent import app, owner, sub
+from tests.ipam.test_subnet_agent import pod as subnet_pod
+from tests.ipam.test_subnet_agent import subnet as subnet_object
 from tests.servers.test_agent_api import add_args, del_args
 from tests.support import http_call, pool_object, short_tmp
 
@@ -82,7 +89,7 @@ def value(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], name: st
 
 
 @asynccontextmanager
-async def metered_agent(**metrics: Any) -> AsyncIterator[Agent]:
+async def metered_agent(ipam: IpamSettings | None = None, **metrics: Any) -> AsyncIterator[Agent]:
     with short_tmp() as d:
         store = ValidatingStore(await SqliteStore.open(d / "store.db"))
         settings = AgentSettings(
@@ -92,6 +99,7 @@ async def metered_agent(**metrics: Any) -> AsyncIterator[Agent]:
             grace=1,
             node_actor=False,
             metrics=MetricsSettings(**{"enabled": True, "host": "127.0.0.1", "port": 0, **metrics}),
+            ipam=ipam if ipam is not None else IpamSettings(),
         )
         try:
             async with open_agent(settings, store) as api:
@@ -200,6 +208,38 @@ async def test_the_debug_metric_is_served_only_with_its_switch() -> None:
             agent.api.ipam.meter.auto_pool_waits += 2
             got = await agent.scrape()
     assert value(got, "spiderpool_debug_auto_pool_waited_for_available_counts_total") == 2
+
+
+async def test_an_add_that_waits_for_its_auto_pool_counts_once_in_the_debug_metric() -> None:
+    fast = IpamSettings(auto_pools=AutoPoolSettings(wait_retries=60, wait_interval=0.02))
+    with trio.fail_after(TIMEOUT):
+        async with metered_agent(fast, debug=True) as agent:
+            store = agent.api.ipam.store
+            await apply(store, subnet_object("s4", "10.50.0.0/24", "10.50.0.10-10.50.0.99", "10.50.0.1"))
+            deploy = await store.create(app("Deployment", "late", replicas=2))
+            rs = app("ReplicaSet", "late-7d4b9", replicas=2)
+            rs["metadata"]["ownerReferences"] = [owner(deploy)]
+            rs = await store.create(rs)
+            uids = [(await store.create(subnet_pod(f"late-{i}", rs, sub("s4"))))["metadata"]["uid"] for i in (1, 2)]
+            answers: list[tuple[int, Any, Any]] = []
+
+            async def adding() -> None:
+                answers.append(await http_call(agent.socket, "POST", "/v1/ipam/ip", add_args("late-1", uids[0], "c1")))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(adding)
+                await trio.sleep(0.2)  # NB: the ADD has looked several times; the controller makes the pool only now
+                assert answers == []
+                ref = AppRef.from_object(deploy)
+                name = auto_pool_name(ref, "eth0", 4)
+                ips = await ActorRanges(store).take("s4", name, ref, 2, IPSet(4), IPSet(4))
+                subnet_obj = await store.get("SpiderSubnet", "s4")
+                await store.create(auto_pool_object(ref, "eth0", 4, subnet_obj, ips.to_strings(), "+0", True))
+            assert answers[0][0] == 200, answers
+            ready = await http_call(agent.socket, "POST", "/v1/ipam/ip", add_args("late-2", uids[1], "c2"))
+            assert ready[0] == 200, ready  # NB: its pool was there at the first look: no wait
+            got = await agent.scrape()
+    assert value(got, "spiderpool_debug_auto_pool_waited_for_available_counts_total") == 1
 
 
 async def test_metrics_are_off_unless_switched_on_as_in_spiderpool(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,6 +121,24 @@ async def test_h00001_a_pod_asking_for_rdma_gets_its_networks_and_resources_thro
     }
 
 
+async def test_h00001_an_smc_written_raw_with_only_the_annotation_is_injected_by_its_nads_name(store: Store) -> None:
+    # As kubectl writes it where no SMC webhook ran: straight into the store, the inject annotation and no label
+    raw = smc("gpu-smc", "team", "ens3", "spidernet.io/shared_rdma")
+    raw["metadata"]["annotations"] = {ANNO_RDMA_INJECT: "gpu", "multus.spidernet.io/cr-name": "gpu-nad"}
+    del raw["metadata"]["labels"]
+    await store.create(raw)
+    pod = new_pod(annotations={ANNO_RDMA_INJECT: "gpu"})
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store, "MutatingWebhookConfiguration")
+            status, answer = await post(webhook.port, POD_WEBHOOK_PATH, pod_review(pod), ca)
+    assert (status, answer["response"]["allowed"]) == (200, True)
+    after = apply_patch(pod, patch_of(answer))
+    assert after["metadata"]["annotations"][NETWORKS] == "team/gpu-nad"  # the NAD Multus looks up
+    assert after["spec"]["containers"][0]["resources"] == {"limits": {"spidernet.io/shared_rdma": "1"}}
+
+
 async def test_the_namespaces_annotation_asks_for_the_pods_of_that_namespace(store: Store) -> None:
     await store.create(smc("gpu1", "kube-system", "ens1", "rdma/a"))
     team = await store.get("Namespace", "team")
@@ -371,7 +389,8 @@ async def test_the_controller_serves_the_pod_webhook_when_pod_resource_inject_is
 def test_kustomize_builds_the_pod_webhook_into_the_configuration_and_the_controller_parses_its_args() -> None:
     import shutil
 
-    from actors.tools.cli import _pod_inject_settings, build_parser
+    from actors.tools.cli import build_parser
+    from actors.tools.controller_args import pod_inject_settings
     from tests.deploy.test_manifests import DEPLOY, kustomize, one
     from tests.support import short_tmp
 
@@ -382,7 +401,7 @@ def test_kustomize_builds_the_pod_webhook_into_the_configuration_and_the_control
         built = kustomize(tmp / "deploy")
     mutating = one(built, "MutatingWebhookConfiguration", "spiderpool-controller")
     assert mutating["webhooks"][-1]["clientConfig"]["service"]["path"] == POD_WEBHOOK_PATH
-    assert len(mutating["webhooks"]) == 4  # the three IPAM kinds' hooks are kept
+    assert len(mutating["webhooks"]) == 5  # the three IPAM kinds' and the SpiderMultusConfig's hooks are kept
     rules = one(built, "ClusterRole", "spiderpool-controller-pod-webhook")["rules"]
     assert {(r["apiGroups"][0], r["resources"][0]) for r in rules} == {
         ("spiderpool.spidernet.io", "spidermultusconfigs"),
@@ -391,4 +410,4 @@ def test_kustomize_builds_the_pod_webhook_into_the_configuration_and_the_control
     controller = one(built, "Deployment", "spiderpool-controller")["spec"]["template"]["spec"]["containers"][0]
     assert controller["args"][-2:] == ["--webhook", "--pod-resource-inject"]
     parsed = build_parser().parse_args(controller["args"])
-    assert _pod_inject_settings(parsed) == PodInjectSettings(enabled=True)  # the selector's namespaces
+    assert pod_inject_settings(parsed) == PodInjectSettings(enabled=True)  # the selector's namespaces

@@ -20,6 +20,7 @@ from actors.stores.port import Obj, Store
 from actors.stores.sqlite import SqliteStore
 from spider.kinds import FINALIZER
 from tests.controller.support import FaultyStore, pool, subnet
+from tests.spider.test_admission import apply_patch
 
 TIMEOUT = 20
 NAMESPACE = "kube-system"
@@ -232,6 +233,98 @@ async def test_subnets_and_reserved_ips_have_their_own_paths(store: Store) -> No
             _, answer = await post(webhook.port, path, review("CREATE", bad, kind="SpiderSubnet"), ca)
             assert answer["response"]["allowed"] is False
             assert "unformatted subnet" in answer["response"]["status"]["message"]
+
+
+MULTUS_MUTATE = "/mutate-spiderpool-spidernet-io-v2beta1-spidermultusconfig"
+MULTUS_VALIDATE = "/validate-spiderpool-spidernet-io-v2beta1-spidermultusconfig"
+
+
+def multus_config(name: str, annotations: dict[str, str] | None = None, **spec: Any) -> Obj:
+    """A SpiderMultusConfig as kubectl sends it (no defaults, no namespace in a create's object)."""
+    meta: Obj = {"name": name, **({"annotations": annotations} if annotations else {})}
+    default = {"cniType": "macvlan", "macvlan": {"master": ["eth0"], "ippools": {"ipv4": ["v4"]}}}
+    return {
+        "apiVersion": "spiderpool.spidernet.io/v2beta1",
+        "kind": "SpiderMultusConfig",
+        "metadata": meta,
+        "spec": spec or default,
+    }
+
+
+def multus_review(operation: str, obj: Obj, namespace: str = "team") -> bytes:
+    body = json.loads(review(operation, obj, kind="SpiderMultusConfig"))
+    body["request"]["namespace"] = namespace
+    return json.dumps(body).encode()
+
+
+async def test_a_multus_config_is_mutated_with_its_inject_annotation_copied_to_the_label(store: Store) -> None:
+    config = multus_config(
+        "gpu",
+        {"cni.spidernet.io/rdma-resource-inject": "gpu"},
+        cniType="macvlan",
+        macvlan={"master": ["eth0"], "rdmaResourceName": "spidernet.io/rdma", "ippools": {"ipv4": ["v4"]}},
+    )
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store, "MutatingWebhookConfiguration")
+            status, answer = await post(webhook.port, MULTUS_MUTATE, multus_review("CREATE", config), ca)
+    assert (status, answer["response"]["allowed"]) == (200, True)
+    after = apply_patch(config, patch_of(answer))
+    assert after["metadata"]["labels"] == {"cni.spidernet.io/rdma-resource-inject": "gpu"}
+    assert after["spec"]["macvlan"]["vlanID"] == 0
+    assert after["spec"]["coordinator"]["mode"] == "auto"
+
+
+async def test_a_bad_multus_config_is_denied_with_spiderpools_text_and_a_good_one_allowed(store: Store) -> None:
+    bad = multus_config("bad", cniType="macvlan", macvlan={"master": ["eth0"], "vlanID": 5000})
+    odd = multus_config("odd", cniType="macvlan", macvlan={"master": ["eth0"], "ippools": "x"})
+    rdma = multus_config("rdma", {"cni.spidernet.io/rdma-resource-inject": "gpu"})
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store)
+            answers = [
+                (await post(webhook.port, MULTUS_VALIDATE, multus_review("CREATE", obj), ca))[1]["response"]
+                for obj in (bad, odd, rdma, multus_config("good"))
+            ]
+    assert [a["allowed"] for a in answers] == [False, False, False, True]
+    assert [a["status"]["code"] for a in answers[:3]] == [422, 422, 422]
+    messages = [a["status"]["message"] for a in answers[:3]]
+    assert "invalid vlanId 5000, please make sure vlanId in range [0,4094]" in messages[0]
+    assert "spec.macvlan.ippools in body must be of type object" in messages[1]
+    assert messages[2].endswith("rdmaResourceName can not empty for spidermultusconfig team/rdma")
+
+
+async def test_a_multus_config_taking_over_a_nad_another_config_owns_is_denied(store: Store) -> None:
+    owned = {
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {
+            "name": "shared",
+            "namespace": "team",
+            "ownerReferences": [
+                {"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderMultusConfig", "name": "first",
+                 "uid": "u1", "controller": True}
+            ],
+        },
+        "spec": {"config": "{}"},
+    }  # fmt: skip
+    await store.create(owned)
+    second = multus_config("second", {"multus.spidernet.io/cr-name": "shared"})
+    elsewhere = {**second, "metadata": {**second["metadata"], "namespace": "other"}}
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store)
+            _, denied = await post(webhook.port, MULTUS_VALIDATE, multus_review("CREATE", second), ca)
+            _, allowed = await post(webhook.port, MULTUS_VALIDATE, multus_review("CREATE", elsewhere, "other"), ca)
+    assert denied["response"]["allowed"] is False
+    assert (
+        "the net-attach-def team/shared already exists and is managed by SpiderMultusConfig team/first"
+        in (denied["response"]["status"]["message"])
+    )
+    assert allowed["response"]["allowed"] is True
 
 
 async def test_requests_that_are_not_reviews_for_the_path_are_refused(store: Store) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
 from spider.endpoint import Endpoint, NicAllocation
@@ -14,11 +15,12 @@ from spider.gc import (
     Observations,
     Trigger,
     decide,
+    judge_endpoint,
     node_ready,
     trace_deadline,
     trace_trigger,
 )
-from spider.pool import Record
+from spider.pool import RECLAIM_AFTER, Record
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 T0 = "2027-01-15T08:00:00Z"
@@ -67,6 +69,12 @@ def test_the_settings_default_to_spiderpools_values() -> None:
     assert (s.running_on_empty_pod_ips, s.interval, s.additional_grace_delay, s.trace_gap) == (False, 600, 0, 5)
     assert (s.signal_timeout, s.request_gap, s.workers, s.channel_buffer) == (3, 1, 3, 5000)
     assert (s.max_traced, s.max_retries) == (100_000, 5)
+    assert not s.clean_outdated_endpoints
+
+
+def test_cleaning_outdated_endpoints_is_read_from_spiderpools_configmap_key_as_an_environment_variable() -> None:
+    assert GcSettings.from_environ({"SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT": "true"}).clean_outdated_endpoints
+    assert not GcSettings.from_environ({"SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT": "false"}).clean_outdated_endpoints
 
 
 def test_the_settings_are_read_from_spiderpools_environment_names() -> None:
@@ -217,9 +225,13 @@ def test_row_running_with_pod_ips_keeps() -> None:
     assert judge(pod(), None).action is Action.KEEP  # its ADD has not written the endpoint yet
 
 
-def test_row_running_without_pod_ips_static_follows_validity() -> None:
+def test_row_running_without_pod_ips_static_keeps_the_live_pods_address_even_when_invalid_unlike_spiderpool() -> None:
     assert judge(pod(ips=False, owner="StatefulSet"), endpoint(), static=True).action is Action.KEEP
-    assert judge(pod(ips=False, owner="StatefulSet"), endpoint(), static=False).releases
+    invalid = judge(pod(ips=False, owner="StatefulSet"), endpoint(), static=False)
+    assert invalid.action is Action.KEEP
+    assert "alive with this UID" in invalid.reason
+    gone = judge(pod(ips=False, owner="StatefulSet", deleting="2027-01-15T07:00:00Z"), endpoint(), static=False)
+    assert gone.releases  # once deleted, the deadline rule lets it go
 
 
 def test_row_running_without_pod_ips_stateless_is_released_only_when_switched_on() -> None:
@@ -248,11 +260,98 @@ def test_row_endpoint_uid_differs_from_a_live_pods_keeps_the_live_pods_address_u
     assert judge(pod(), endpoint(uid="uid-0")).action is Action.KEEP
 
 
+# --- pods without a Pod object, ADDs in flight ------------------------------------------------------------
+
+YOUNG = attrs.evolve(RECORD, added_at=NOW - RECLAIM_AFTER + 1)
+"""A record whose ADD may still write its endpoint and answer."""
+OLD = attrs.evolve(RECORD, added_at=NOW - RECLAIM_AFTER)
+
+
+def bare(uid: str = "uid-1") -> Endpoint:
+    """The endpoint of a pod the agent served without a Pod object."""
+    return attrs.evolve(endpoint(uid), pod_object_absent=True)
+
+
+def judge_record(record: Record, p: dict[str, Any] | None, ep: Endpoint | None, **kw: Any) -> Any:
+    settings = kw.pop("settings", S)
+    return decide(record, p, ep, node_ready=True, static_valid=kw.pop("static", None), settings=settings, now=NOW, **kw)
+
+
+def test_a_record_whose_endpoint_says_its_pod_has_no_pod_object_is_left_to_its_cni_del() -> None:
+    for record in (RECORD, YOUNG, OLD):
+        kept = judge_record(record, None, bare())
+        assert kept.action is Action.KEEP
+        assert kept.reason == "no Pod object: freed by its CNI DEL or CNI GC"
+        assert judge_record(record, pod(uid="uid-2"), bare()).action is Action.KEEP  # a Pod object of another UID
+
+
+def test_a_pod_object_of_the_records_uid_is_judged_as_usual_whatever_the_mark() -> None:
+    assert judge_record(RECORD, pod(phase="Failed", deleting="2027-01-15T07:00:00Z"), bare()).releases
+    assert judge_record(RECORD, pod(), bare()).action is Action.KEEP
+
+
+def test_the_mark_of_another_uids_endpoint_does_not_keep_the_record() -> None:
+    assert judge_record(OLD, None, bare(uid="uid-2")).action is Action.RELEASE
+
+
+@pytest.mark.parametrize(
+    ("what", "live", "settings"),
+    [
+        ("no pod at all", None, S),
+        ("a pod of another UID", pod(uid="uid-2"), S),
+        ("finished, grace period over", pod(phase="Failed", finished_at="2027-01-15T07:00:00Z"), S),
+        ("deleting, grace period over", pod(deleting="2027-01-15T07:00:00Z"), S),
+        ("deleting, no podIPs", pod(deleting=T0, ips=False), S),
+        ("running without podIPs, switched on", pod(ips=False), GcSettings(running_on_empty_pod_ips=True)),
+    ],
+)
+def test_a_record_no_endpoint_accounts_for_is_kept_while_its_add_may_be_in_flight(
+    what: str, live: dict[str, Any] | None, settings: GcSettings
+) -> None:
+    assert judge_record(OLD, live, None, settings=settings).releases, what
+    assert judge_record(RECORD, live, None, settings=settings).releases, f"{what}: an unstamped record is not young"
+    kept = judge_record(YOUNG, live, None, settings=settings)
+    assert kept.action is Action.KEEP, what
+    assert "in flight" in kept.reason
+    assert judge_record(YOUNG, live, endpoint(uid="uid-2"), settings=settings).action is Action.KEEP, what
+
+
+def test_a_young_record_whose_pod_was_seen_going_is_released() -> None:
+    assert judge_record(YOUNG, None, None, pod_gone=True).action is Action.RELEASE
+    assert judge_record(YOUNG, pod(uid="uid-2"), None, pod_gone=True).action is Action.RELEASE
+
+
+def test_a_young_record_its_endpoint_accounts_for_is_judged_as_usual() -> None:
+    assert judge_record(YOUNG, None, endpoint()).action is Action.RELEASE_AND_DROP_ENDPOINT
+
+
+# --- outdated endpoints -----------------------------------------------------------------------------------
+
+
+def test_an_endpoint_no_record_names_is_dropped_when_no_pod_of_its_uid_lives() -> None:
+    assert judge_endpoint(endpoint(), named_by_a_record=False, pod_of_its_uid=None).action is Action.DROP_ENDPOINT
+    finished_pod = pod(phase="Succeeded")
+    assert (
+        judge_endpoint(endpoint(), named_by_a_record=False, pod_of_its_uid=finished_pod).action is Action.DROP_ENDPOINT
+    )
+
+
+def test_an_endpoint_a_record_names_is_kept() -> None:
+    assert judge_endpoint(endpoint(), named_by_a_record=True, pod_of_its_uid=None).action is Action.KEEP
+
+
+def test_an_endpoint_of_a_live_pod_is_kept_though_no_record_names_it_yet() -> None:
+    for alive in (pod(phase="Pending", ips=False), pod()):
+        verdict = judge_endpoint(endpoint(), named_by_a_record=False, pod_of_its_uid=alive)
+        assert verdict.action is Action.KEEP
+        assert not verdict.releases
+
+
 # --- two looks ----------------------------------------------------------------------------------------------
 
 
 def test_a_candidate_goes_only_when_the_same_record_is_seen_twice_a_gap_apart() -> None:
-    seen = Observations(gap=5)
+    seen: Observations[tuple[str, int], Record] = Observations(gap=5)
     key = ("p", 1)
     assert not seen.note(key, RECORD, 100)
     assert not seen.note(key, RECORD, 104)

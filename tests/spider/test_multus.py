@@ -14,6 +14,7 @@ from spider.multus import (
     ANNO_RESOURCE_NAME,
     CNI_TYPES,
     CNI_VERSIONS,
+    SPEC_SHAPE,
     mutate_multus_config,
     network_attachment,
     resource_name,
@@ -255,9 +256,9 @@ NETWORK = {"cni.spidernet.io/network-resource-inject": "net"}
 def test_m00027_m00028_m00029_rdma_inject_needs_a_resource_name_and_pools() -> None:
     admitted({"cniType": "macvlan", "macvlan": {"master": ["e"], "rdmaResourceName": "r", "ippools": POOLS}}, RDMA)
     no_rdma = refused({"cniType": "macvlan", "macvlan": {"master": ["e"], "ippools": POOLS}}, RDMA)
-    assert "rdmaResourceName can not be empty" in no_rdma
+    assert no_rdma.endswith(": rdmaResourceName can not empty for spidermultusconfig default/net")
     no_pools = refused({"cniType": "macvlan", "macvlan": {"master": ["e"], "rdmaResourceName": "r"}}, RDMA)
-    assert "default IPPools can not be empty" in no_pools
+    assert no_pools.endswith(": no any ippools config for spidermultusconfig default/net")
 
 
 def test_m00030_rdma_inject_is_refused_for_ovs_and_custom() -> None:
@@ -269,7 +270,22 @@ def test_m00031_m00032_network_inject_with_a_resource_name_needs_pools() -> None
     admitted({"cniType": "macvlan", "macvlan": {"master": ["e"], "rdmaResourceName": "r", "ippools": POOLS}}, NETWORK)
     admitted({"cniType": "macvlan", "macvlan": {"master": ["e"]}}, NETWORK)
     lacking = {"cniType": "macvlan", "macvlan": {"master": ["e"], "rdmaResourceName": "r"}}
-    assert "needs default IPPools" in refused(lacking, NETWORK)
+    assert refused(lacking, NETWORK).endswith(": no any ippools config for spidermultusconfig default/net")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"cniType": "vlan", "vlan": {"master": ["e"], "vlanID": 5, "rdmaResourceName": "r"}},
+        {"cniType": "sriov", "sriov": {"resourceName": "spidernet.io/vf"}},
+        {"cniType": "ib-sriov", "ibsriov": {"resourceName": "spidernet.io/ib"}},
+    ],
+    ids=lambda spec: spec["cniType"],
+)
+def test_network_inject_needs_pools_for_every_type_with_a_resource_name(spec: Obj) -> None:
+    assert refused(spec, NETWORK).endswith(": no any ippools config for spidermultusconfig default/net")
+    block = next(key for key in spec if key != "cniType")
+    admitted({**spec, block: {**spec[block], "ippools": POOLS}}, NETWORK)
 
 
 # --- every generated config is a valid conflist for its version (hypothesis) ---------------------------------
@@ -335,6 +351,138 @@ def test_every_generated_config_is_a_valid_conflist_of_the_version_it_declares(s
         assert types.index("ifacer") == 0
     if "coordinator" in types:
         assert types.index("coordinator") > types.index(spec["cniType"])
+
+
+# --- odd input: every field has the CRD schema's type, checked in its words --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "annotations", "reason"),
+    [
+        ({"cniType": "macvlan", "macvlan": {"master": ["e"], "ippools": "x"}}, None,
+         'spec.macvlan.ippools: Invalid value: "string": spec.macvlan.ippools in body must be of type object: '
+         '"string"'),
+        ({"cniType": ["macvlan"]}, None,
+         'spec.cniType: Invalid value: "array": spec.cniType in body must be of type string: "array"'),
+        ({"cniType": "ovs", "ovs": {"bridge": "b", "trunk": [5]}}, None,
+         'spec.ovs.trunk[0]: Invalid value: "integer": spec.ovs.trunk[0] in body must be of type object: "integer"'),
+        ({"cniType": "ovs", "ovs": {"bridge": "b", "trunk": [{"minID": "1"}]}}, None,
+         'spec.ovs.trunk[0].minID: Invalid value: "string": spec.ovs.trunk[0].minID in body must be of type '
+         'integer: "string"'),
+        ({"cniType": "custom", "customCNI": {"type": "bridge"}}, None,
+         'spec.customCNI: Invalid value: "object": spec.customCNI in body must be of type string: "object"'),
+        ({"cniType": "macvlan", "macvlan": {"master": ["e"]}}, {"multus.spidernet.io/cr-name": 7},
+         'metadata.annotations.multus.spidernet.io/cr-name: Invalid value: "integer": '
+         'metadata.annotations.multus.spidernet.io/cr-name in body must be of type string: "integer"'),
+        ({"cniType": "macvlan", "macvlan": {"master": ["e"], "ippools": {"ipv4": "abc"}}}, None,
+         'spec.macvlan.ippools.ipv4: Invalid value: "string": spec.macvlan.ippools.ipv4 in body must be of type '
+         'array: "string"'),
+        ({"cniType": "macvlan", "macvlan": {"master": ["e"]}, "disableIPAM": "false"}, None,
+         'spec.disableIPAM: Invalid value: "string": spec.disableIPAM in body must be of type boolean: "string"'),
+        ({"cniType": "ipoib", "ipoib": {"master": ["ib0"]}}, None,
+         'spec.ipoib.master: Invalid value: "array": spec.ipoib.master in body must be of type string: "array"'),
+        ({"cniType": "sriov", "sriov": {"resourceName": "r", "minTxRateMbps": "5"}}, None,
+         'spec.sriov.minTxRateMbps: Invalid value: "string": spec.sriov.minTxRateMbps in body must be of type '
+         'integer: "string"'),
+        ({"cniType": "macvlan", "macvlan": {"master": ["e", None]}}, None,
+         'spec.macvlan.master[1]: Invalid value: "null": spec.macvlan.master[1] in body must be of type string: '
+         '"null"'),
+    ],
+    ids=[
+        "ippools-string", "cniType-list", "trunk-item-int", "trunk-minID-string", "customCNI-object",
+        "cr-name-int", "ipv4-string", "disableIPAM-string", "ipoib-master-list", "minTxRate-string", "null-master",
+    ],
+)  # fmt: skip
+def test_a_field_of_the_wrong_json_type_is_refused_with_the_crd_schemas_words(
+    spec: Obj, annotations: Obj | None, reason: str
+) -> None:
+    obj: Obj = {"metadata": {"name": "net", "namespace": "default", "annotations": annotations or {}}, "spec": spec}
+    with pytest.raises(InvalidSpec) as caught:
+        validate_multus_config(mutate_multus_config(obj))
+    assert caught.value.reason == reason
+
+
+def test_a_null_field_counts_as_absent_as_the_api_server_drops_it() -> None:
+    obj = admitted({"cniType": "macvlan", "macvlan": {"master": ["e"], "bond": None, "mtu": None}})
+    assert plugins(obj)[0] == {"type": "macvlan", "master": "e", "mode": "bridge", "ipam": {"type": "spiderpool"}}
+
+
+json_leaves = st.none() | st.booleans() | st.integers(-3, 5000) | st.floats(-1, 10) | st.text(max_size=4)
+junk = st.recursive(
+    json_leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+likely_strings = st.sampled_from(
+    [*CNI_TYPES, "", "e", "b", "manual", "auto", "enable", "underlay", "spidernet.io/r", "169.254.0.0/16",
+     '{"type":"bridge"}', "{not json", '["x"]', "0a:1b"]
+)  # fmt: skip
+
+
+def shaped(shape: object) -> st.SearchStrategy[Any]:
+    """Values of the CRD's shape most of the time, anything JSON can say otherwise."""
+    if isinstance(shape, list):
+        good: st.SearchStrategy[Any] = st.lists(shaped(shape[0]), max_size=3)
+    elif isinstance(shape, dict):
+        good = st.fixed_dictionaries({}, optional={key: shaped(sub) for key, sub in shape.items()})
+    elif shape == "integer":
+        good = st.integers(-2, 5000)
+    elif shape == "boolean":
+        good = st.booleans()
+    else:
+        good = likely_strings
+    return st.one_of(good, good, good, junk)
+
+
+@st.composite
+def odd_configs(draw: st.DrawFn) -> Obj:
+    """A well-formed spec with a field or two of any value, or any spec at all."""
+    if draw(st.booleans()):
+        spec: Any = draw(specs())
+        for _ in range(draw(st.integers(1, 2))):
+            block = next((k for k in spec if isinstance(spec[k], dict) and isinstance(SPEC_SHAPE.get(k), dict)), None)
+            in_block = block is not None and draw(st.booleans())
+            target, shape = (spec[block], SPEC_SHAPE[block]) if in_block else (spec, SPEC_SHAPE)
+            key = draw(st.sampled_from(sorted(shape)))
+            target[key] = draw(shaped(shape[key]))
+    else:
+        spec = draw(shaped(SPEC_SHAPE))
+        if isinstance(spec, dict) and draw(st.booleans()):
+            spec["cniType"] = draw(st.sampled_from(CNI_TYPES))
+    annotations = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "multus.spidernet.io/cr-name": likely_strings | junk,
+                "multus.spidernet.io/cni-version": st.sampled_from(CNI_VERSIONS) | junk,
+                "cni.spidernet.io/rdma-resource-inject": st.just("roce") | junk,
+                "cni.spidernet.io/network-resource-inject": st.just("net") | junk,
+            },
+        )
+    )
+    return {"metadata": {"name": "net", "namespace": "default", "uid": "u", "annotations": annotations}, "spec": spec}
+
+
+@settings(max_examples=1500, deadline=None)
+@given(odd_configs())
+def test_any_json_either_validates_into_a_valid_conflist_or_is_refused_as_invalid(obj: Obj) -> None:
+    mutated = mutate_multus_config(obj)
+    try:
+        validate_multus_config(mutated)
+    except InvalidSpec:
+        return
+    nad = network_attachment(mutated)
+    if mutated["spec"]["cniType"] == "custom":  # NB: its customCNI verbatim, which validation parsed
+        json.loads(nad.get("spec", {}).get("config", "{}"))
+        return
+    config = json.loads(nad["spec"]["config"])
+    assert config["cniVersion"] in CNI_VERSIONS
+    assert isinstance(config["name"], str)
+    assert config["name"]
+    assert config["plugins"]
+    for plugin in config["plugins"]:
+        assert isinstance(plugin, dict)
+        assert isinstance(plugin.get("type"), str)
+        assert plugin["type"]
 
 
 # --- M00036 / M00037: the agent finds a NIC's network in k8s.v1.cni.cncf.io/networks -----------------------

@@ -170,11 +170,37 @@ def test_the_rdma_annotation_is_looked_for_first_on_pod_then_namespace_before_th
     assert after["metadata"]["annotations"][NETWORKS] == "kube-system/a"
 
 
-def test_network_injection_takes_smcs_without_a_resource_and_adds_no_limit() -> None:
-    configs = [smc("n", "macvlan", "net", labels={ANNO_NETWORK_INJECT: "x"}, master=["ens5"])]
-    after = mutate_pod(pod({ANNO_NETWORK_INJECT: "x"}), {}, configs, ON)
-    assert after["metadata"]["annotations"][NETWORKS] == "net/n"
-    assert limits(after) == {}
+def test_network_injection_needs_a_resource_name_too_as_spiderpools_inject_pod_network_checks() -> None:
+    # Spiderpool's InjectPodNetwork runs DoValidateRdmaResouce on every chosen SMC, whichever annotation chose it
+    configs = [smc("n", "macvlan", "net", labels={ANNO_NETWORK_INJECT: "x"}, master=["ens5"], ippools=pools("p"))]
+    with pytest.raises(InjectionRefused) as caught:
+        mutate_pod(pod({ANNO_NETWORK_INJECT: "x"}), {}, configs, ON)
+    assert str(caught.value) == "rdmaResourceName can not empty for spidermultusconfig net/n"
+
+
+def test_an_smc_only_annotated_is_chosen_as_one_labelled_and_the_annotation_decides() -> None:
+    # As written while no SMC webhook ran (the label is the webhook's copy of the annotation)
+    only_annotated = smc(
+        "a", "macvlan", annotations={ANNO_RDMA_INJECT: "gpu"}, master=["ens1"], rdmaResourceName="r", ippools=pools("p")
+    )
+    stale_label = smc(
+        "b",
+        "macvlan",
+        labels={ANNO_RDMA_INJECT: "gpu"},
+        annotations={ANNO_RDMA_INJECT: "cpu"},
+        master=["ens2"],
+        rdmaResourceName="r",
+        ippools=pools("p"),
+    )
+    after = mutate_pod(pod({ANNO_RDMA_INJECT: "gpu"}), {}, [only_annotated, stale_label], ON)
+    assert after["metadata"]["annotations"][NETWORKS] == "kube-system/a"
+
+
+def test_the_injected_network_is_the_nad_that_cr_name_gives() -> None:
+    renamed = rdma_macvlan("smc-name", "ens1", "r")
+    renamed["metadata"]["annotations"] = {"multus.spidernet.io/cr-name": "nad-name"}
+    after = mutate_pod(pod({ANNO_RDMA_INJECT: "gpu"}), {}, [renamed, rdma_macvlan("plain", "ens2", "r")], ON)
+    assert after["metadata"]["annotations"][NETWORKS] == "kube-system/nad-name,kube-system/plain"
 
 
 def test_a_pod_asking_for_nothing_is_left_alone() -> None:
@@ -199,7 +225,20 @@ def test_rdma_injection_refuses_an_smc_without_its_resource_name() -> None:
     bare = smc("a", "macvlan", labels={ANNO_RDMA_INJECT: "gpu"}, master=["ens1"], ippools=pools("p"))
     assert refusal([bare]) == "rdmaResourceName can not empty for spidermultusconfig kube-system/a"
     vf = smc("s", "sriov", labels={ANNO_RDMA_INJECT: "gpu"}, ippools=pools("p"))
-    assert refusal([vf]) == "resourceName can not empty for spidermultusconfig kube-system/s"
+    assert refusal([vf]) == "rdmaResourceName can not empty for spidermultusconfig kube-system/s"
+    ib = smc("i", "ipoib", labels={ANNO_RDMA_INJECT: "gpu"}, ippools=pools("p"))
+    assert refusal([ib]) == "rdmaResourceName can not empty for spidermultusconfig kube-system/i"
+
+
+@pytest.mark.parametrize(
+    "block",
+    ["not a mapping", {"master": ["ens1"], "rdmaResourceName": 5, "ippools": {"ipv4": ["p"]}}],
+    ids=["block-not-a-mapping", "resource-not-a-string"],
+)
+def test_a_stored_smc_whose_resource_name_has_the_wrong_shape_counts_as_naming_none(block: Any) -> None:
+    meta = {"name": "a", "namespace": "kube-system", "labels": {ANNO_RDMA_INJECT: "gpu"}}
+    config = {"metadata": meta, "spec": {"cniType": "macvlan", "macvlan": block}}
+    assert refusal([config]) == "rdmaResourceName can not empty for spidermultusconfig kube-system/a"
 
 
 def test_rdma_injection_refuses_an_smc_without_pools() -> None:
@@ -209,7 +248,7 @@ def test_rdma_injection_refuses_an_smc_without_pools() -> None:
     assert refusal([empty]) == "no any ippools config for spidermultusconfig kube-system/b"
 
 
-def test_network_injection_needs_pools_only_when_a_resource_is_named() -> None:
+def test_network_injection_needs_pools_as_rdma_injection_does() -> None:
     named = smc("a", "sriov", labels={ANNO_NETWORK_INJECT: "gpu"}, resourceName="vf")
     assert refusal([named], ANNO_NETWORK_INJECT) == "no any ippools config for spidermultusconfig kube-system/a"
 
@@ -299,21 +338,26 @@ def test_a_pod_without_annotations_or_metadata_namespace_is_patched_with_the_rev
     before = pod(namespace="")
     del before["metadata"]["annotations"]
     del before["metadata"]["namespace"]
-    configs = [smc("m", "macvlan", "team", master=["eth1"], labels={ANNO_NETWORK_INJECT: "x"})]
+    configs = [
+        smc(
+            "m", "macvlan", "team", master=["eth1"], labels={ANNO_NETWORK_INJECT: "x"}, rdmaResourceName="r",
+            ippools=pools("p"),
+        )
+    ]  # fmt: skip
     ops = pod_patch(
         before, {ANNO_NETWORK_INJECT: "x"}, configs, PodInjectSettings(enabled=True, master_nic=True), "team"
     )
     after = apply_patch(before, ops)
     assert after["metadata"]["annotations"] == {NETWORKS: "team/m"}
     assert "namespace" not in after["metadata"]
-    assert limits(after) == {"spidernet.io/eth1-nic": "1"}
+    assert limits(after) == {"r": "1", "spidernet.io/eth1-nic": "1"}
 
 
 # --- the namespace filter --------------------------------------------------------------------------------------
 
 
 def test_the_default_filter_excludes_spiderpools_system_namespaces_only() -> None:
-    for namespace in ("kube-system", "spiderpool", "metallb-system", "istio-system"):
+    for namespace in ("kube-system", "kube-public", "spiderpool", "metallb-system", "istio-system"):
         assert not namespace_selected(ON, namespace)
     assert namespace_selected(ON, "default")
     assert namespace_selector(ON) == {
@@ -321,7 +365,7 @@ def test_the_default_filter_excludes_spiderpools_system_namespaces_only() -> Non
             {
                 "key": "kubernetes.io/metadata.name",
                 "operator": "NotIn",
-                "values": ["kube-system", "spiderpool", "metallb-system", "istio-system"],
+                "values": ["kube-system", "kube-public", "spiderpool", "metallb-system", "istio-system"],
             }
         ]
     }

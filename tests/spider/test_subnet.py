@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spider.addr import IPSet, ip_to_int
-from spider.subnet import FreeIPsNotEnough, InsufficientSubnetIPs, SubnetLedger, shrink
+from spider.subnet import FreeIPsNotEnough, InsufficientSubnetIPs, SubnetLedger, parse_rfc3339, rfc3339, shrink
 
 
 def subnet(ips: list[str], exclude: list[str] | None = None, controlled: dict[str, Any] | None = None) -> Any:
@@ -157,3 +157,54 @@ def test_an_auto_pools_ips_cannot_be_edited_by_hand_only_grown_or_shrunk_within_
         validate("SpiderIPPool", pool("10.6.0.1-10.6.0.5"), old, [owner])
     with pytest.raises(InvalidSpec, match=r"illegal to update AutoPool\.Spec\.IPs"):
         validate("SpiderIPPool", pool("10.6.0.3"), old, [owner])
+
+
+def test_a_retried_claim_re_uses_its_recorded_addresses_only_where_no_other_pool_holds_them_now() -> None:
+    recorded = {"x": {"ips": ["10.6.0.10-10.6.0.11"], "application": "apps_v1_Deployment_ns_x"}}
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.10-10.6.0.20"], controlled=recorded))
+    got = ledger.claim("x", "apps_v1_Deployment_ns_x", 2, IPSet(4), taken=ips("10.6.0.10"))  # a manual pool's
+    assert got.to_strings() == ["10.6.0.11-10.6.0.12"]
+
+
+def test_a_retried_claim_does_not_re_use_a_recorded_address_reserved_since() -> None:
+    recorded = {"x": {"ips": ["10.6.0.10-10.6.0.11"], "application": "apps_v1_Deployment_ns_x"}}
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.10-10.6.0.20"], controlled=recorded))
+    got = ledger.claim("x", "apps_v1_Deployment_ns_x", 2, IPSet(4), reserved=ips("10.6.0.11"))
+    assert got.to_strings() == ["10.6.0.10", "10.6.0.12"]
+
+
+def test_a_retried_claim_re_uses_exactly_its_recorded_addresses_when_nothing_else_holds_them() -> None:
+    recorded = {"x": {"ips": ["10.6.0.15-10.6.0.16"], "application": "apps_v1_Deployment_ns_x"}}
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.10-10.6.0.20"], controlled=recorded))
+    got = ledger.claim("x", "apps_v1_Deployment_ns_x", 2, IPSet(4), taken=ips("10.6.0.10"))
+    assert got.to_strings() == ["10.6.0.15-10.6.0.16"]
+
+
+def test_a_claim_stamps_its_entry_and_a_record_keeps_the_stamp() -> None:
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.20"]))
+    ledger.claim("x", "kubevirt.io_v1_VirtualMachine_ns_vm", 2, IPSet(4), now="2026-01-01T00:00:00Z")
+    ledger.record("x", "kubevirt.io_v1_VirtualMachine_ns_vm", ips("10.6.0.1"))
+    status = json.loads(ledger.to_status()["controlledIPPools"])
+    assert status["x"] == {
+        "ips": ["10.6.0.1"],
+        "application": "kubevirt.io_v1_VirtualMachine_ns_vm",
+        "claimedAt": "2026-01-01T00:00:00Z",
+    }
+    assert SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.20"], controlled=status)).controlled == ledger.controlled
+
+
+def test_a_guarded_release_keeps_an_entry_claimed_again_since_the_caller_looked() -> None:
+    recorded = {"x": {"ips": ["10.6.0.1"], "application": "app", "claimedAt": "2026-01-01T00:01:00Z"}}
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.20"], controlled=recorded))
+    assert not ledger.release("x", unless_claimed_since="2026-01-01T00:00:00Z")
+    assert not ledger.release("x", unless_claimed_since="")
+    assert "x" in ledger.controlled
+    assert ledger.release("x", unless_claimed_since="2026-01-01T00:01:00Z")
+    assert not ledger.release("x")
+
+
+def test_timestamps_round_trip_and_garbage_is_none() -> None:
+    assert rfc3339(1_800_000_000.7) == "2027-01-15T08:00:00Z"
+    assert parse_rfc3339("2027-01-15T08:00:00Z") == 1_800_000_000.0
+    assert parse_rfc3339("2027-01-15T08:00:00") == 1_800_000_000.0
+    assert parse_rfc3339("yesterday") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -193,6 +194,50 @@ def test_a_pool_inside_a_subnet_may_not_take_addresses_the_subnet_does_not_have(
         InvalidSpec, match=r"add some IP ranges \['10.0.0.21'\] that are not contained in controller Subnet s1"
     ):
         admit(pool(subnet="10.0.0.0/24", ips=["10.0.0.20-10.0.0.21"]), existing=[parent])
+
+
+def promising_subnet() -> dict[str, Any]:
+    parent = admit(subnet("s", subnet="10.0.0.0/24", ips=["10.0.0.10-10.0.0.20"]))
+    promised = {"auto4-x-eth0-abcde": {"ips": ["10.0.0.10-10.0.0.11"], "application": "apps_v1_Deployment_ns_x"}}
+    parent["status"] = {"controlledIPPools": json.dumps(promised)}
+    return parent
+
+
+def test_a_manual_pool_may_not_take_addresses_the_subnet_promised_to_a_pool_not_written_yet() -> None:
+    with pytest.raises(
+        InvalidSpec,
+        match=r"overlap with IPPool auto4-x-eth0-abcde in IP ranges \['10.0.0.11'\] pre-allocated by Subnet s",
+    ):
+        admit(pool("manual", subnet="10.0.0.0/24", ips=["10.0.0.11-10.0.0.12"]), existing=[promising_subnet()])
+
+
+def test_a_manual_pool_may_take_addresses_the_subnet_has_not_promised() -> None:
+    admit(pool("manual", subnet="10.0.0.0/24", ips=["10.0.0.12-10.0.0.13"]), existing=[promising_subnet()])
+
+
+def test_a_pool_may_hold_the_addresses_its_own_subnet_entry_records() -> None:
+    admit(pool("auto4-x-eth0-abcde", subnet="10.0.0.0/24", ips=["10.0.0.10-10.0.0.11"]), existing=[promising_subnet()])
+
+
+def test_an_update_that_keeps_addresses_promised_elsewhere_but_adds_none_passes() -> None:
+    old = admit(pool("manual", subnet="10.0.0.0/24", ips=["10.0.0.11"]))
+    admit(pool("manual", subnet="10.0.0.0/24", ips=["10.0.0.11-10.0.0.12"]), old=old, existing=[promising_subnet()])
+
+
+def test_promised_addresses_are_not_checked_with_the_subnet_feature_off() -> None:
+    admit(pool("manual", subnet="10.0.0.0/24", ips=["10.0.0.11"]), existing=[promising_subnet()], enable_subnet=False)
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.0/25", "10.0.0.0/16"])
+def test_a_pool_whose_cidr_overlaps_a_subnets_but_differs_is_refused(cidr: str) -> None:
+    parent = admit(subnet("s", subnet="10.0.0.0/24", ips=["10.0.0.10-10.0.0.20"]))
+    with pytest.raises(InvalidSpec, match=re.escape("overlap with Subnet s which 'spec.subnet' is 10.0.0.0/24")):
+        admit(pool("p", subnet=cidr, ips=["10.0.0.50"]), existing=[parent])
+
+
+def test_a_pool_of_a_cidr_apart_from_every_subnet_passes() -> None:
+    parent = admit(subnet("s", subnet="10.0.0.0/24", ips=["10.0.0.10-10.0.0.20"]))
+    admit(pool("p", subnet="10.0.1.0/24", ips=["10.0.1.50"]), existing=[parent])
 
 
 # --- SpiderSubnet -------------------------------------------------------------------------------------------------

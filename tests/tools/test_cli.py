@@ -176,6 +176,7 @@ async def test_the_demo_without_interfaces_runs_the_ipam_part_and_says_what_it_s
     assert "skipping real interfaces (not running as root)" in out
     assert "demo passed" in out
     assert "demo-pod-2" in out
+    assert "the pool goes" in out.partition("SpiderSubnet: an application's own pool")[2]  # the scene needs no root
 
 
 def every_action(parser: argparse.ArgumentParser, path: str = "spider") -> Iterator[tuple[str, argparse.Action]]:
@@ -305,3 +306,81 @@ def test_spider_agent_passes_its_timeouts_to_the_agent(
     args = build_parser().parse_args(["agent", *argv])
     assert args.func(args) == 0
     assert [{key: getattr(s, key) for key in expected} for s in seen] == [expected]
+
+
+# --- the controller's switches -----------------------------------------------------------------------------
+
+
+def controller_settings_for(argv: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """The ControllerSettings ``spider controller ARGV`` would run with (the parser built after any setenv)."""
+    import actors.controller.main
+
+    seen: list[Any] = []
+
+    async def run_controller(settings: Any) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(actors.controller.main, "run_controller", run_controller)
+    args = build_parser().parse_args(["controller", "--store", str(tmp_path / "store.db"), *argv])
+    assert args.func(args) == 0
+    [settings] = seen
+    return settings
+
+
+def test_the_controller_manages_subnets_auto_pools_and_multus_configs_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from actors.controller.multus import MultusSettings
+
+    for name in ("SPIDERPOOL_MULTUS_CONFIG_ENABLED", "SPIDERPOOL_MULTUS_CONFIG_INFORMER_RESYNC_PERIOD"):
+        monkeypatch.delenv(name, raising=False)
+    settings = controller_settings_for([], monkeypatch, tmp_path)
+    assert (settings.enable_spider_subnet, settings.enable_auto_pool, settings.auto_pool_default_redundant) == (
+        True,
+        True,
+        0,
+    )
+    assert settings.multus == MultusSettings(resync_period=60.0)
+
+
+def test_the_controllers_flags_turn_off_subnets_auto_pools_and_multus_configs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    argv = ["--no-spider-subnet", "--no-auto-pool", "--auto-pool-redundant-ips", "2", "--no-multus-config"]
+    settings = controller_settings_for(argv, monkeypatch, tmp_path)
+    assert (settings.enable_spider_subnet, settings.enable_auto_pool, settings.auto_pool_default_redundant) == (
+        False,
+        False,
+        2,
+    )
+    assert settings.multus is None
+
+
+@pytest.mark.parametrize(
+    ("value", "argv", "enabled"),
+    [("false", [], False), ("0", [], False), ("true", [], True), ("1", [], True), ("false", ["--multus-config"], True)],
+)
+def test_spiderpool_multus_config_enabled_is_the_multus_switchs_default_and_the_flag_wins(
+    value: str, argv: list[str], enabled: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SPIDERPOOL_MULTUS_CONFIG_ENABLED", value)
+    monkeypatch.setenv("SPIDERPOOL_MULTUS_CONFIG_INFORMER_RESYNC_PERIOD", "30")
+    settings = controller_settings_for(argv, monkeypatch, tmp_path)
+    assert (settings.multus is not None) is enabled
+    if enabled:
+        assert settings.multus.resync_period == 30.0
+
+
+def test_the_agent_and_the_controller_spell_their_subnet_switches_alike() -> None:
+    parser = build_parser()
+    commands = {
+        command: {
+            a.option_strings[0]: a.default
+            for path, a in every_action(parser)
+            if path == f"spider {command}" and a.option_strings
+        }
+        for command in ("agent", "controller")
+    }
+    for flag in ("--no-spider-subnet", "--no-auto-pool", "--auto-pool-redundant-ips"):
+        assert flag in commands["agent"], flag
+        assert commands["agent"][flag] == commands["controller"].get(flag, "missing"), flag

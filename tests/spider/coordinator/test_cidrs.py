@@ -55,7 +55,10 @@ def cilium_config(**data: str) -> dict[str, Any]:
 
 
 def cni(name: str, network: str, plugin: str = "bridge") -> CniFile:
-    return CniFile(name, json.dumps({"cniVersion": "0.3.1", "name": network, "plugins": [{"type": plugin}]}))
+    """A CNI file as a CNI writes it: a ``.conflist`` lists its plugins, a ``.conf`` is one plugin's."""
+    if name.endswith(".conflist"):
+        return CniFile(name, json.dumps({"cniVersion": "0.3.1", "name": network, "plugins": [{"type": plugin}]}))
+    return CniFile(name, json.dumps({"cniVersion": "0.3.1", "name": network, "type": plugin}))
 
 
 KUBEADM = ClusterView(kubeadm_config=kubeadm_config())
@@ -170,6 +173,7 @@ def test_cilium_without_a_usable_config_is_not_ready(config: dict[str, Any] | No
         ((cni("10-calico.conflist", "calico"),), "calico"),
         ((cni("05-cilium.conflist", "cilium"),), "cilium"),
         ((cni("10-flannel.conflist", "cbr0"),), "none"),
+        ((cni("10-flannel.conflist", "flannel"),), "cluster"),
         ((cni("00-multus.conf", "multus-cni-network"), cni("10-calico.conflist", "k8s-pod-network")), "calico"),
         ((cni("20-b.conf", "cilium"), cni("10-a.conf", "k8s-pod-network")), "calico"),
         ((CniFile("10-x.json", "{}"), CniFile("README", "")), "none"),
@@ -196,6 +200,60 @@ def test_auto_with_an_unreadable_default_cni_file_is_not_ready() -> None:
     )
     assert status.phase == NOT_READY
     assert "1.conf is not JSON" in status.reason
+
+
+@pytest.mark.parametrize(
+    ("file", "why"),
+    [
+        (CniFile("10-a.conflist", '{"name": "k8s-pod-network", "plugins": []}'), "lists no plugins"),
+        (CniFile("10-a.conflist", '{"plugins": [{"type": "calico"}]}'), "names no network"),
+        (CniFile("10-a.conf", '{"name": "k8s-pod-network"}'), "names no plugin"),
+        (CniFile("10-a.conf", "[]"), "is not a JSON object"),
+    ],
+)
+def test_auto_with_a_default_cni_file_libcni_would_not_load_is_not_ready(file: CniFile, why: str) -> None:
+    status = coordinator_status("auto", ClusterView(kubeadm_config=kubeadm_config(), cni_files=(file,)))
+    assert (status.phase, status.overlay_pod_cidr, status.service_cidr) == (NOT_READY, (), ())
+    assert why in status.reason
+
+
+def test_a_plugin_conf_without_a_network_name_is_none_as_libcni_loads_it() -> None:
+    assert default_cni_type((CniFile("10-a.conf", '{"type": "macvlan"}'),)) == "none"
+
+
+def test_v00001_auto_with_flannel_as_default_cni_gives_the_clusters_pod_cidrs() -> None:
+    view = ClusterView(kubeadm_config=kubeadm_config(), cni_files=(cni("10-flannel.conflist", "flannel"),))
+    assert coordinator_status("auto", view) == coordinator_status("cluster", view)
+    assert coordinator_status("auto", view).overlay_pod_cidr == K8S_POD
+
+
+def test_cilium_multi_pool_skips_pools_being_deleted_and_keeps_the_oldest_first() -> None:
+    def pool(name: str, cidr: str, created: str, **meta: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "creationTimestamp": created, **meta},
+                "spec": {"ipv4": {"cidrs": [cidr]}}}  # fmt: skip
+
+    deleting = pool("gone", "10.13.0.0/16", "2023-01-01T00:00:00Z", deletionTimestamp="2024-03-01T00:00:00Z")
+    pools = [pool("b", "10.12.0.0/16", "2024-02-01T00:00:00Z"), pool("a", "10.11.0.0/16", "2024-01-01T00:00:00Z"),
+             deleting]  # fmt: skip
+    assert cilium_cidrs(cilium_config(ipam="multi-pool"), K8S_POD, pools) == ["10.11.0.0/16", "10.12.0.0/16"]
+
+
+def test_cilium_cluster_pool_takes_only_a_cidr_with_a_prefix_length() -> None:
+    status = coordinator_status("cilium", ClusterView(kubeadm_config=kubeadm_config(), cilium_config=cilium_config(
+        ipam="cluster-pool", **{"cluster-pool-ipv4-cidr": "10.0.0.0"})))  # fmt: skip
+    assert (status.phase, status.overlay_pod_cidr) == (NOT_READY, ())
+    assert "'10.0.0.0' is not a CIDR" in status.reason
+
+
+def test_v00010_service_cidrs_being_deleted_are_left_out() -> None:
+    objects = (
+        {"metadata": {"name": "kubernetes", "creationTimestamp": "2024-01-01T00:00:00Z"},
+         "spec": {"cidrs": ["10.96.0.0/28"]}},
+        {"metadata": {"name": "extra", "creationTimestamp": "2024-02-01T00:00:00Z",
+                      "deletionTimestamp": "2024-03-01T00:00:00Z"}, "spec": {"cidrs": ["10.97.0.0/28"]}},
+    )  # fmt: skip
+    view = ClusterView(kubeadm_config=kubeadm_config(), service_cidrs=objects)
+    assert coordinator_status("none", view).service_cidr == ("10.96.0.0/28",)
 
 
 def test_v00010_service_cidr_objects_win_over_the_clusters_flags() -> None:

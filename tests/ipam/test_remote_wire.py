@@ -1,0 +1,53 @@
+"""The pool host's wire format (``actors.ipam.remote``): every forwarded request survives the trip unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+
+from actors.ipam.pool import Adopt, Allocate, PoolMsg, Release, ReleaseIPs, Verify
+from actors.ipam.remote import decode_message, encode_message
+from actors.runtime.mailbox import Reply
+from spider.addr import IPSet
+from spider.pool import Owner, Record
+
+OWNER = Owner("uid-1", "eth0", "default", "pod-1", "ctr-1", "node-1", 1733500000.5)
+RECORD = Record("default/pod-1", "uid-1", "eth0", "ctr-1", "node-1", 1733500000.5)
+
+
+def messages() -> list[PoolMsg]:
+    """One of each forwarded kind (built in a trio task: a request notes when it was queued)."""
+    return [
+        Allocate(OWNER, Reply[object].open(), IPSet(4, ((10, 20), (30, 30)))),  # type: ignore[arg-type]
+        Allocate(OWNER, Reply[object].open()),  # type: ignore[arg-type]
+        Release(("uid-1", "eth0"), "ctr-1", Reply[str | None].open()),
+        ReleaseIPs((("10.0.0.1", "uid-1"), ("10.0.0.2", RECORD)), Reply[int].open()),
+        Adopt("10.0.0.3", "uid-0", OWNER, Reply[bool].open()),
+        Verify("10.0.0.4", ("uid-1", "eth0"), Reply[bool].open()),
+    ]
+
+
+def without_reply(msg: PoolMsg) -> dict[str, object]:
+    return {k: v for k, v in attrs.asdict(msg, recurse=False).items() if k not in ("reply", "sent_at")}
+
+
+KINDS = ("Allocate-avoiding", "Allocate", "Release", "ReleaseIPs", "Adopt", "Verify")
+
+
+@pytest.mark.parametrize("index", range(len(KINDS)), ids=KINDS)
+async def test_every_forwarded_request_decodes_to_what_was_sent(index: int) -> None:
+    msg = messages()[index]
+    back = decode_message(json.loads(json.dumps(encode_message(msg))))
+    assert type(back) is type(msg)
+    assert without_reply(back) == without_reply(msg)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [{"op": "verify"}, {"op": "verify", "ip": "10.0.0.1", "key": ["only-one"]}, {"op": "verify", "ip": 1, "key": 5}],
+)
+def test_a_malformed_look_is_refused_as_malformed(raw: dict[str, object]) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        decode_message(raw)
