@@ -169,9 +169,11 @@ class ControllerSettings:
     pool_host_conflict_budget: float = 1.0
     """Seconds a hosted pool's batch may keep losing write races (to agents writing locally) before it fails;
     keep it under the agents' ``--pool-host-budget`` (see ``actors.ipam.remote`` on why)."""
-    pool_host_linger: float = 0.1
-    """At most the seconds a hosted pool, once busy, waits for as many requests as its last write held, so
-    that requests from many nodes share a write (``PoolActor.linger``); a lone request is never delayed."""
+    pool_host_linger: float = 0.25
+    """At most the seconds a hosted pool, once busy, waits for as many requests as its recent writes held,
+    so that requests from many nodes share a write (``PoolActor.linger``); a lone request is never delayed.
+    Long enough to cover one round of the nodes' requests, so that a straggler joins the next round's write
+    instead of writing alone (``docs/benchmarks.md``)."""
     release_cooldown: float = 0.0
     """What the hosted pools rest released addresses for when the pool does not say: the agents' value."""
     max_pool_status_bytes: int | None = DEFAULT_MAX_STATUS_BYTES

@@ -21,6 +21,7 @@ route serves what it cannot forward with this registry's actors.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import random
@@ -223,6 +224,10 @@ class PoolHandle:
             raise ActorUnavailable(actor=f"pool/{self.name}") from None
 
 
+LINGER_MEMORY = 8
+"""How many recent batch sizes a lingering actor remembers: it expects as many requests as the largest held."""
+
+
 @attrs.define
 class PoolActor:
     """Owns one pool's ledger in this process; run it with ``nursery.start(actor.run)``."""
@@ -244,9 +249,9 @@ class PoolActor:
     """Seconds without a request after which ``run`` closes the mailbox, drops the ledger and returns (the
     registry starts a successor on the next request).  ``None``: serve until the mailbox is closed."""
     linger: float = 0.0
-    """At most the seconds the actor waits, once the last batch held more than one request, for as many
-    requests as that batch held before it writes, so that requests arriving from many nodes share one write
-    (the pool host); it writes as soon as they are in.  0: drain at once."""
+    """At most the seconds the actor waits, once busy (a recent batch held more than one request), for as many
+    requests as the largest of its last ``LINGER_MEMORY`` batches held, so that requests arriving from many
+    nodes share one write (the pool host); it writes as soon as they are in.  0: drain at once."""
     gone: bool = False
     """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
@@ -261,20 +266,21 @@ class PoolActor:
         """Serve the mailbox until every handle is closed (the graceful drain), the actor has been idle for
         ``idle_timeout`` or its pool is gone (then the mailbox is closed first), or we are cancelled."""
         task_status.started()
-        last = 1
+        recent: collections.deque[int] = collections.deque([1], maxlen=LINGER_MEMORY)
         while (first := await self._next()) is not None:
             self.gone = False
             batch = [first]
+            expect = max(recent)  # NB: the largest of late: a batch cut short must not shrink the next ones
             try:
-                if last > 1 and self.linger > 0:  # NB: under load only; a lone request is never delayed
-                    await gather(self.mailbox, batch, self.max_batch, expect=last, within=self.linger)
+                if expect > 1 and self.linger > 0:  # NB: under load only; a lone request is never delayed
+                    await gather(self.mailbox, batch, self.max_batch, expect=expect, within=self.linger)
                 else:
                     batch = drain(self.mailbox, first, self.max_batch)
             except BaseException:  # cancelled while lingering: nobody may wait forever
                 for msg in batch:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
                 raise
-            last = len(batch)
+            recent.append(len(batch))
             looks = sum(isinstance(msg, Verify) for msg in batch)
             self.stats.looks += looks
             self.stats.requests += len(batch) - looks

@@ -6,11 +6,9 @@ Owns the agent's side of "one writer per pool across the cluster" (docs/architec
   Requests that write (``Allocate``, ``Release``, ``ReleaseIPs``, ``Adopt``) are queued per pool; one task per
   pool sends everything queued in ONE HTTPS request to the host (as ``drain`` does for an actor's mailbox), whose
   PoolActor folds the requests of every node into one status write, and resolves each request's reply with the
-  host's answer (a value, or the same ``SpiderError`` type with the same CNI code).  ``Verify`` (an ADD's last
-  look: is the address still the pod's in the pool as stored now) goes too: the host's actor answers every look
-  of a batch from one fresh read of the pool, instead of each node decoding the whole pool for its own look; a
-  ``Verify`` reads the stored pool afresh wherever it runs, so the answer is the same.  ``Inspect`` stays with
-  the local actor (a snapshot of a big ledger is not worth a round trip).
+  host's answer (a value, or the same ``SpiderError`` type with the same CNI code).  ``Inspect`` and ``Verify``
+  are reads: they stay with the local actor (a snapshot of a big ledger is not worth a round trip, and a
+  ``Verify`` reads the stored pool afresh wherever it runs).
 - ``HostLocator``: where the host is.  It reads the Lease ``spiderpool-controller-leases`` (its holder names the
   controller Pod, whose ``status.podIP`` and ``--pool-host-port`` give the address) and the ConfigMap
   ``spiderpool-ca`` (the CA that signed the host's certificate), every ``refresh`` seconds and at once after
@@ -118,7 +116,7 @@ def _owner(raw: Any) -> Owner:
 
 
 def encode_message(msg: PoolMsg) -> dict[str, Any]:
-    """A request that writes, or a ``Verify``, as JSON (``Inspect`` is never forwarded)."""
+    """A request that writes, as JSON (``Inspect`` and ``Verify`` are never forwarded)."""
     match msg:
         case Allocate(owner=owner, avoid=avoid):
             ranges = None if avoid is None else {"version": avoid.version, "ranges": [list(r) for r in avoid.ranges]}
@@ -134,8 +132,6 @@ def encode_message(msg: PoolMsg) -> dict[str, Any]:
             }
         case Adopt(ip=ip, previous_uid=previous_uid, owner=owner):
             return {"op": "adopt", "ip": ip, "previousUid": previous_uid, "owner": _owner_json(owner)}
-        case Verify(ip=ip, key=key):
-            return {"op": "verify", "ip": ip, "key": list(key)}
     raise ValueError(f"{type(msg).__name__} is not forwarded")
 
 
@@ -160,9 +156,6 @@ def decode_message(raw: Any) -> PoolMsg:
         return ReleaseIPs(tuple(ips), Reply[int].open())
     if op == "adopt":
         return Adopt(str(raw["ip"]), str(raw["previousUid"]), _owner(raw["owner"]), Reply[bool].open())
-    if op == "verify":
-        uid, nic = raw["key"]
-        return Verify(str(raw["ip"]), (str(uid), str(nic)), Reply[bool].open())
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -455,8 +448,8 @@ class HostClient:
 
 @attrs.define
 class ForwardStatistics:
-    """What forwarding did: requests sent to the host (writes and ``Verify`` looks), the HTTP calls they took,
-    requests served locally because the host was unavailable (``GET /v1/spider/stats`` ``forwarded``)."""
+    """What forwarding did: requests sent to the host, the HTTP calls they took, requests served locally
+    because the host was unavailable (``GET /v1/spider/stats`` ``forwarded``)."""
 
     requests: int = 0
     calls: int = 0
@@ -508,8 +501,8 @@ class PoolForwarder:
         return self.clock() >= self._retry_at
 
     async def deliver(self, name: str, msg: PoolMsg) -> None:
-        """Queue ``msg`` for the host, or for the local actor when it is a snapshot or the host is unavailable."""
-        if isinstance(msg, Inspect):
+        """Queue ``msg`` for the host, or for the local actor when it is a read or the host is unavailable."""
+        if isinstance(msg, Inspect | Verify):
             await self.local.deliver(name, msg)
             return
         if self._nursery is None or not self.host_available():

@@ -193,9 +193,9 @@ def add_controller_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pool-host-linger",
         type=float,
-        default=0.1,
+        default=0.25,
         metavar="SECONDS",
-        help="at most the seconds a busy hosted pool waits for as many requests as its last write held, so "
+        help="at most the seconds a busy hosted pool waits for as many requests as its recent writes held, so "
         "requests from many nodes share a write; a lone request is never delayed (default %(default)g)",
     )
     p.add_argument(

@@ -178,36 +178,6 @@ async def test_forwarded_allocations_from_many_callers_are_folded_into_few_write
             await agent_store.aclose()
 
 
-async def test_an_adds_last_look_is_answered_by_the_host_from_one_fresh_read(tmp_path: Path) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with bench(tmp_path) as b:
-            controller = await b.controller("ctl-a", "127.0.0.2")
-            agent_store = await b.store()
-            async with trio.open_nursery() as nursery:
-                forwarder = await b.agent(agent_store, nursery)
-                await hosted(forwarder, controller)
-                handle = await forwarder.local.get("shared")
-                got = await handle.allocate(owner(1))
-                ip = got.ip.split("/")[0]
-                looks: dict[str, bool] = {}
-
-                async def look(name: str, key: tuple[str, str]) -> None:
-                    looks[name] = await handle.verify(ip, key)
-
-                async with trio.open_nursery() as together:
-                    together.start_soon(look, "holder", ("uid-1", "eth0"))
-                    together.start_soon(look, "another", ("uid-2", "eth0"))
-                assert looks == {"holder": True, "another": False}
-                await handle.release(("uid-1", "eth0"))
-                assert await handle.verify(ip, ("uid-1", "eth0")) is False  # as stored now: released
-                assert forwarder.stats.fallback == 0
-                assert forwarder.stats.requests == 5  # allocate, two looks, release, a look
-                assert controller.stats()["pools"]["shared"]["looks"] == 3
-                assert forwarder.local.statistics() == {}  # no node decoded the pool for its look
-                nursery.cancel_scope.cancel()
-            await agent_store.aclose()
-
-
 async def test_a_domain_error_comes_back_as_the_same_type_and_cni_code(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with bench(tmp_path) as b:

@@ -522,3 +522,20 @@ async def test_callers_taken_from_the_mailbox_while_lingering_are_answered_when_
     assert list(results) == [owner(4)]
     assert isinstance(results[owner(4)], outcome.Error)
     assert isinstance(results[owner(4)].error, ActorUnavailable)
+
+
+async def test_a_batch_cut_short_by_the_linger_does_not_shrink_what_the_next_ones_wait_for(
+    nursery: trio.Nursery, store: InterferingStore
+) -> None:
+    handle, actor = open_pool(POOL, store)
+    actor.linger = 1.0
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        await burst(handle, [owner(1), owner(2), owner(3)])  # three callers: the next batches expect three
+        await burst(handle, [owner(4), owner(5)])  # one caller short: written after the linger, with two
+        batches = actor.stats.batches
+        async with trio.open_nursery() as callers:  # the three are back, one by one
+            for n in (6, 7, 8):
+                callers.start_soon(handle.allocate, owner(n))
+                await trio.testing.wait_all_tasks_blocked()
+    assert actor.stats.batches == batches + 1  # NB: expecting two would have written 6 and 7 without 8
