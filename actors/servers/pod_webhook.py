@@ -16,15 +16,14 @@ defaulter's error); until the cache has listed both kinds the answer is HTTP 500
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import attrs
 import trio
 
 from actors.servers.httpserver import Request, Response, json_response
-from actors.stores.informer import inform
-from actors.stores.port import Obj, Store, WatchEvent
+from actors.stores.informer import KindCache
+from actors.stores.port import Obj, Store
 from spider import limits
 from spider.admission import allowed, denied, parse_review, patched, respond
 from spider.errors import InvalidInput, SpiderError, StoreUnavailable
@@ -48,77 +47,24 @@ SYNC_WAIT = 5.0
 """Seconds a review waits for the cache's first listing before it is answered 500."""
 
 
-def _key(obj: Obj) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
-
-
-def _slim(obj: Obj) -> Obj:
+def _slim(kind: str, obj: Obj) -> Obj:
     """What the cache keeps: metadata (name, namespace, labels, annotations) and spec; no status."""
     meta = obj.get("metadata") or {}
     kept = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
     return {"metadata": kept, "spec": obj.get("spec") or {}}
 
 
-@attrs.define(eq=False)
-class InjectionCache:
-    """Every SpiderMultusConfig and Namespace, kept current by a list and a watch per kind; ``run`` it."""
+def injection_cache(store: Store) -> KindCache:
+    """Every SpiderMultusConfig and Namespace, so a review makes no API call."""
+    return KindCache(store, CACHED, _slim, who="pod webhook cache", resync_period=RESYNC_PERIOD,
+                     retry_delay=RETRY_DELAY)  # fmt: skip
 
-    store: Store
-    resync_period: float = RESYNC_PERIOD
-    retry_delay: float = RETRY_DELAY
-    _objects: dict[str, dict[tuple[str, str], Obj]] = attrs.field(factory=lambda: {kind: {} for kind in CACHED})
-    _listed: set[str] = attrs.field(factory=set)
-    _synced: trio.Event = attrs.field(factory=trio.Event)
 
-    @property
-    def synced(self) -> bool:
-        """Whether both kinds have been listed at least once."""
-        return self._synced.is_set()
-
-    async def wait_synced(self) -> None:
-        """Wait for the first listing of both kinds."""
-        await self._synced.wait()
-
-    def multus_configs(self) -> list[Obj]:
-        """Every cached SpiderMultusConfig."""
-        return list(self._objects[SMC].values())
-
-    def namespace_annotations(self, name: str) -> dict[str, str]:
-        """The annotations of Namespace ``name`` (none when it is not known)."""
-        obj = self._objects[NAMESPACE].get(("", name)) or {}
-        annotations = (obj.get("metadata") or {}).get("annotations") or {}
-        return {str(k): v for k, v in annotations.items() if isinstance(v, str)}
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Inform both kinds until cancelled; started at once (``synced`` says when the listings came)."""
-        async with trio.open_nursery() as nursery:
-            for kind in CACHED:
-                nursery.start_soon(self._inform, kind)
-            task_status.started()
-
-    async def _inform(self, kind: str) -> None:
-        await inform(
-            self.store,
-            kind,
-            on_list=functools.partial(self._listed_kind, kind),
-            on_event=functools.partial(self._apply, kind),
-            resync_period=self.resync_period,
-            delay=lambda failures: self.retry_delay,
-            who="pod webhook cache",
-        )
-
-    def _listed_kind(self, kind: str, items: list[Obj]) -> None:
-        self._objects[kind] = {_key(obj): _slim(obj) for obj in items}
-        self._listed.add(kind)
-        if self._listed == set(CACHED):
-            self._synced.set()
-
-    def _apply(self, kind: str, event: WatchEvent) -> None:
-        if event.type == "DELETED":
-            self._objects[kind].pop(_key(event.object), None)
-        else:
-            self._objects[kind][_key(event.object)] = _slim(event.object)
+def namespace_annotations(cache: KindCache, name: str) -> dict[str, str]:
+    """The annotations of Namespace ``name`` (none when it is not known)."""
+    obj = cache.get(NAMESPACE, name) or {}
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return {str(k): v for k, v in annotations.items() if isinstance(v, str)}
 
 
 @attrs.define(eq=False)
@@ -130,7 +76,7 @@ class PodResourceWebhook:
     sync_wait: float = SYNC_WAIT
     reviews: int = 0
     refused: int = 0
-    cache: InjectionCache = attrs.field(default=attrs.Factory(lambda self: InjectionCache(self.store), takes_self=True))
+    cache: KindCache = attrs.field(default=attrs.Factory(lambda self: injection_cache(self.store), takes_self=True))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the cache until cancelled."""
@@ -164,8 +110,8 @@ class PodResourceWebhook:
         try:
             ops = pod_patch(
                 pod,
-                self.cache.namespace_annotations(namespace),
-                self.cache.multus_configs(),
+                namespace_annotations(self.cache, namespace),
+                self.cache.items(SMC),
                 self.settings,
                 namespace,
             )

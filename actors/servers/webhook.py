@@ -3,7 +3,8 @@
 Owns the HTTPS side: routing Spiderpool's paths (``/validate-spiderpool-spidernet-io-v2beta1-spiderippool``,
 ``/mutate-...``, for SpiderIPPool, SpiderSubnet, SpiderReservedIP and SpiderMultusConfig; with ``pods`` also the
 pod webhook's ``/mutate--v1-pod``, ``actors.servers.pod_webhook``), the cache of the objects a rule compares
-against (``SpecCache``), and serving it all on port 5722 with the certificate ``actors.servers.certs`` provides.
+against (``spec_cache``, a ``KindCache``), and serving it all on port 5722 with the certificate
+``actors.servers.certs`` provides.
 A SpiderMultusConfig's validation reads the NetworkAttachmentDefinitions of its namespace straight from the
 store (one namespaced LIST, the verb the controller's role grants; Spiderpool's webhook reads the one NAD through
 its API reader), to refuse taking over one another SMC owns; only a review with a named object costs that.
@@ -25,7 +26,6 @@ ours; afterwards an outage leaves the last state served while the informer re-li
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -35,8 +35,8 @@ import trio
 from actors.servers.certs import CertSettings, ServedCertificate
 from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
 from actors.servers.pod_webhook import PodResourceWebhook
-from actors.stores.informer import inform
-from actors.stores.port import Obj, Store, WatchEvent
+from actors.stores.informer import KindCache
+from actors.stores.port import Obj, Store
 from spider import limits
 from spider.admission import (
     AdmissionRequest,
@@ -95,67 +95,10 @@ def cached_copy(kind: str, obj: Obj) -> Obj:
     return {**{k: v for k, v in obj.items() if k != "status"}, "kind": kind, "metadata": metadata}
 
 
-@attrs.define(eq=False)
-class SpecCache:
-    """The pools and subnets, kept current by a list and a watch per kind; ``run`` it in a nursery.
-
-    Each kind is re-listed after a ``Gone`` (its watch fell too far behind), a store failure, and every
-    ``resync_period``; until a kind's first listing, ``synced`` is false.
-    """
-
-    store: Store
-    resync_period: float = RESYNC_PERIOD
-    retry_delay: float = RETRY_DELAY
-    lists: int = 0
-    """How many listings it made (one per kind at the start, then one per re-list)."""
-    _objects: dict[str, dict[str, Obj]] = attrs.field(factory=lambda: {kind: {} for kind in CACHED})
-    _listed: set[str] = attrs.field(factory=set)
-    _synced: trio.Event = attrs.field(factory=trio.Event)
-
-    @property
-    def synced(self) -> bool:
-        """Whether every kind has been listed at least once."""
-        return self._synced.is_set()
-
-    def items(self, *kinds: str) -> list[Obj]:
-        """The cached objects of ``kinds`` (every cached kind when none is named)."""
-        return [obj for kind in kinds or CACHED for obj in self._objects[kind].values()]
-
-    async def wait_synced(self) -> None:
-        """Wait for the first listing of every kind."""
-        await self._synced.wait()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Inform every kind until cancelled; started at once (``synced`` says when the listings came)."""
-        async with trio.open_nursery() as nursery:
-            for kind in CACHED:
-                nursery.start_soon(self._inform, kind)
-            task_status.started()
-
-    async def _inform(self, kind: str) -> None:
-        await inform(
-            self.store,
-            kind,
-            on_list=functools.partial(self._listed_kind, kind),
-            on_event=functools.partial(self._apply, kind),
-            resync_period=self.resync_period,
-            delay=lambda failures: self.retry_delay,
-            who="webhook cache",
-        )
-
-    def _listed_kind(self, kind: str, items: list[Obj]) -> None:
-        self.lists += 1
-        self._objects[kind] = {_name(obj): cached_copy(kind, obj) for obj in items}
-        self._listed.add(kind)
-        if self._listed == set(CACHED):
-            self._synced.set()
-
-    def _apply(self, kind: str, event: WatchEvent) -> None:
-        name = _name(event.object)
-        if event.type == "DELETED":
-            self._objects[kind].pop(name, None)
-        else:
-            self._objects[kind][name] = cached_copy(kind, event.object)
+def spec_cache(store: Store) -> KindCache:
+    """The pools and subnets the rules compare a reviewed object against, without an API call per review."""
+    return KindCache(store, CACHED, cached_copy, who="webhook cache", resync_period=RESYNC_PERIOD,
+                     retry_delay=RETRY_DELAY)  # fmt: skip
 
 
 @attrs.define(eq=False)
@@ -170,7 +113,7 @@ class AdmissionWebhook:
     reviews: int = 0
     port: int | None = None
     """The port it serves on, once serving."""
-    cache: SpecCache = attrs.field(default=attrs.Factory(lambda self: SpecCache(self.store), takes_self=True))
+    cache: KindCache = attrs.field(default=attrs.Factory(lambda self: spec_cache(self.store), takes_self=True))
     """The pools and subnets the rules compare against (filled while ``serve`` runs)."""
     pods: PodResourceWebhook | None = None
     """The pod resource-injection webhook, served on ``/mutate--v1-pod`` when given (``podResourceInject``)."""
@@ -260,7 +203,3 @@ class AdmissionWebhook:
             nursery.start_soon(certificate.keep_current)  # NB: a renewed or re-mounted certificate, no restart
             await nursery.start(HttpServer(self.handle, name="webhook").serve, tls)
             task_status.started(self.port)
-
-
-def _name(obj: Obj) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))

@@ -4,13 +4,18 @@ Owns the list/watch/re-list cycle the controller's reconciler and the webhook's 
 reflector): a listing hands every object to ``on_list``; each watch event goes to ``on_event``; a ``Gone``
 (the watch fell too far behind), a store failure and every ``resync_period`` start over with a fresh list.
 A failed listing (also "no such kind": a CRD not installed yet) is retried after ``delay(failures)``.
+
+Also owns ``KindCache``: the objects of a few kinds, kept current by one such loop per kind, for readers that
+must answer without an API call (the admission webhooks).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from actors.stores.port import Gone, Obj, Store, WatchEvent, closing_watch
@@ -67,3 +72,86 @@ async def _follow(store: Store, kind: str, version: str, on_event: Callable[[Wat
             on_event(event)
             version = str((event.object.get("metadata") or {}).get("resourceVersion") or version)
     return version, seen
+
+
+Key = tuple[str, str]
+"""(namespace, name); the namespace is "" for a cluster-scoped kind."""
+
+
+def key_of(obj: Obj) -> Key:
+    """Where ``obj`` is kept in a ``KindCache``."""
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+@attrs.define(eq=False)
+class KindCache:
+    """The objects of ``kinds`` as ``keep`` trims them, kept current by a list and a watch per kind; ``run`` it.
+
+    Each kind is re-listed after a ``Gone`` (its watch fell too far behind), a store failure, and every
+    ``resync_period``; until every kind's first listing, ``synced`` is false.
+    """
+
+    store: Store
+    kinds: tuple[str, ...]
+    keep: Callable[[str, Obj], Obj]
+    """What is kept of an object of a kind (what its readers need: never a status they do not read)."""
+    who: str = "cache"
+    resync_period: float = 300.0
+    retry_delay: float = 1.0
+    lists: int = 0
+    """How many listings it made (one per kind at the start, then one per re-list)."""
+    _objects: dict[str, dict[Key, Obj]] = attrs.field(init=False)
+    _listed: set[str] = attrs.field(factory=set)
+    _synced: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self._objects = {kind: {} for kind in self.kinds}
+
+    @property
+    def synced(self) -> bool:
+        """Whether every kind has been listed at least once."""
+        return self._synced.is_set()
+
+    async def wait_synced(self) -> None:
+        """Wait for the first listing of every kind."""
+        await self._synced.wait()
+
+    def items(self, *kinds: str) -> list[Obj]:
+        """The cached objects of ``kinds`` (every cached kind when none is named)."""
+        return [obj for kind in kinds or self.kinds for obj in self._objects[kind].values()]
+
+    def get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
+        """The cached object, if any."""
+        return self._objects[kind].get((namespace, name))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Inform every kind until cancelled; started at once (``synced`` says when the listings came)."""
+        async with trio.open_nursery() as nursery:
+            for kind in self.kinds:
+                nursery.start_soon(
+                    functools.partial(
+                        inform,
+                        self.store,
+                        kind,
+                        on_list=functools.partial(self._listed_kind, kind),
+                        on_event=functools.partial(self._apply, kind),
+                        resync_period=self.resync_period,
+                        delay=lambda failures: self.retry_delay,
+                        who=self.who,
+                    )
+                )
+            task_status.started()
+
+    def _listed_kind(self, kind: str, items: list[Obj]) -> None:
+        self.lists += 1
+        self._objects[kind] = {key_of(obj): self.keep(kind, obj) for obj in items}
+        self._listed.add(kind)
+        if self._listed == set(self.kinds):
+            self._synced.set()
+
+    def _apply(self, kind: str, event: WatchEvent) -> None:
+        if event.type == "DELETED":
+            self._objects[kind].pop(key_of(event.object), None)
+        else:
+            self._objects[kind][key_of(event.object)] = self.keep(kind, event.object)
