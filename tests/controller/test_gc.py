@@ -25,7 +25,7 @@ from actors.stores.port import NotFound, Obj, Store
 from actors.stores.selection import StoreSettings
 from actors.tools.cli import build_parser
 from actors.tools.controller_args import controller_settings
-from spider.endpoint import ANNO_POD_OBJECT
+from spider.endpoint import ANNO_POD_OBJECT, Endpoint
 from spider.endpoint import KIND as ENDPOINT
 from spider.gc import GcSettings
 from spider.ipam_request import AddRequest
@@ -429,3 +429,222 @@ def test_spider_controller_switches_outdated_endpoint_cleaning_on_by_flag_or_spi
     assert cleaning("--clean-outdated-endpoints")
     monkeypatch.setenv("SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT", "true")
     assert cleaning()
+
+
+# --- many workloads on one pool, scaling while GC runs (G00011, G00012) ------------------------------------
+
+
+def workload(kind: str, name: str, api: str = "apps/v1", *, replicas: int | None = None, **meta: Any) -> Obj:
+    """A workload object (StatefulSet, Deployment, ReplicaSet, Job) of namespace ``default``."""
+    spec: dict[str, Any] = {"selector": {"matchLabels": {"app": name}}, "template": {}}
+    if replicas is not None:
+        spec["replicas"] = replicas
+    if kind == "StatefulSet":
+        spec["serviceName"] = name
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": "default", **meta}, "spec": spec}
+
+
+def owned_by(kind: str, name: str, api: str = "apps/v1") -> dict[str, Any]:
+    """The owner reference fields ``pod`` takes."""
+    return {"apiVersion": api, "kind": kind, "name": name}
+
+
+async def scale(store: Store, name: str, replicas: int) -> None:
+    """Set the StatefulSet's ``spec.replicas`` (read afresh, so the write is of the current version)."""
+    sts = await store.get("StatefulSet", name, "default")
+    await store.update({**sts, "spec": {**sts["spec"], "replicas": replicas}})
+
+
+def long_ago() -> str:
+    """An RFC 3339 time an hour ago: a finished container's ``finishedAt`` whose grace period is long over."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+
+
+@attrs.define
+class Tenants:
+    """The pods of one pool as their kubelets see them: each started, answered, reported Running; and the checks
+    made after every step (``no_conflict``, ``come_back``)."""
+
+    store: Store
+    ipam: IpamService
+    gc: IpGarbageCollector
+    live: dict[str, tuple[str, str]] = attrs.Factory(dict)
+    """``{pod name: (UID, address answered)}`` of the pods that are alive."""
+
+    async def start(self, name: str, owner: dict[str, Any] | None = None) -> str:
+        """Create the pod (Pending, no podIPs), ADD it, then report it Running with the address answered: what
+        the kubelet does, so GC never sees a new pod with other addresses while its ADD is under way."""
+        obj = pod(name, owner=owner)
+        obj["spec"]["terminationGracePeriodSeconds"] = 0
+        created = await self.store.create(obj)
+        ip = await add(self.ipam, created, f"ctr-{created['metadata']['uid']}")
+        status = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+        await self.store.update_status({**created, "status": status})
+        self.live[name] = (created["metadata"]["uid"], ip)
+        return ip
+
+    async def lose(self, name: str) -> str:
+        """Delete the pod without a CNI DEL (its node is lost); the address it had."""
+        await self.store.delete("Pod", name, "default")
+        return self.live.pop(name)[1]
+
+    async def finish(self, name: str) -> str:
+        """Report the pod Succeeded, its container finished long ago (a Job's pod: the object stays); its address."""
+        obj = await self.store.get("Pod", name, "default")
+        done = {"terminated": {"exitCode": 0, "finishedAt": long_ago()}}
+        status = {**obj["status"], "phase": "Succeeded", "containerStatuses": [{"name": "c", "state": done}]}
+        await self.store.update_status({**obj, "status": status})
+        return self.live.pop(name)[1]
+
+    async def no_conflict(self) -> None:
+        """No address answered to two live pods; each live pod's address is recorded, in the pool and in its
+        endpoint, as that pod's (its UID)."""
+        answered = sorted(ip for _uid, ip in self.live.values())
+        assert len(set(answered)) == len(answered), f"an address answered to two live pods: {answered}"
+        held = await holders(self.store)
+        for name, (uid, ip) in self.live.items():
+            assert held.get(ip) == uid, f"{name} (UID {uid}) lost {ip}: the pool records {held.get(ip)!r}"
+            recorded = Endpoint.from_object(await self.store.get(ENDPOINT, name, "default"))
+            assert recorded.uid == uid
+            assert [(nic.ipv4 or "").partition("/")[0] for nic in recorded.nics] == [ip]
+
+    async def come_back(self, ips: set[str]) -> None:
+        """Wait until the pool holds none of ``ips``; fail when two whole scan-alls began and ended after this
+        call (scan-all N+1 saw them, its second look released them) and one is still held.  Counts scans, not
+        seconds."""
+        start = self.gc.scans
+
+        async def check() -> bool:
+            scans = self.gc.scans  # NB: read before the pool: a release after this read is within the bound
+            still = ips & set(await holders(self.store))
+            assert not still or scans < start + 3, f"{sorted(still)} still held after two whole scan-alls"
+            return not still
+
+        await eventually(check, within=TIMEOUT, what=f"{sorted(ips)} back in the pool")
+
+    async def nothing_leaked(self) -> None:
+        """Wait until the pool holds exactly the live pods' addresses."""
+
+        async def check() -> bool:
+            return await holders(self.store) == {ip: uid for uid, ip in self.live.values()}
+
+        await eventually(check, within=TIMEOUT, what="the pool holding just the live pods' addresses")
+
+
+SCANNING = GcSettings(interval=0.5, trace_gap=0.05)
+"""Scan-all twice a second: the bound ``Tenants.come_back`` counts in scans."""
+
+
+async def test_two_statefulsets_scaling_on_one_pool_keep_their_ordinals_addresses_and_never_conflict(
+    private_store: Store,
+) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT * 3):
+        async with cluster(store, SCANNING) as (ipam, gc):
+            pods = Tenants(store, ipam, gc)
+            sets = {"a": owned_by("StatefulSet", "a"), "b": owned_by("StatefulSet", "b")}
+            for name in sets:
+                await store.create(workload("StatefulSet", name, replicas=3))
+            first = {f"{s}-{i}": await pods.start(f"{s}-{i}", owner) for s, owner in sets.items() for i in range(3)}
+            await pods.no_conflict()
+            answered = dict(pods.live)
+
+            await scale(store, "a", 1)  # scaled down while their node is lost: no CNI DEL for any of them
+            await scale(store, "b", 2)
+            for name in first:
+                await pods.lose(name)
+            await pods.come_back({first["a-1"], first["a-2"], first["b-2"]})
+            await scans_after(gc, 1)
+            kept = {ip: uid for name, (uid, ip) in answered.items() if name in ("a-0", "b-0", "b-1")}
+            assert await holders(store) == kept, "the kept ordinals' addresses are held for them while they are away"
+            for name in ("a-0", "b-0", "b-1"):  # the kept ordinals re-created elsewhere, with new UIDs
+                assert await pods.start(name, sets[name[0]]) == first[name], f"{name} did not get its address back"
+                await pods.no_conflict()
+
+            await scale(store, "a", 3)  # up again: the scaled-away ordinals come back as new pods
+            await scale(store, "b", 3)
+            for name in ("a-1", "a-2", "b-2"):
+                await pods.start(name, sets[name[0]])
+                await pods.no_conflict()
+            await scans_after(gc, 2)
+            await pods.no_conflict()
+            assert {name: pods.live[name][1] for name in ("a-0", "b-0", "b-1")} == {
+                name: first[name] for name in ("a-0", "b-0", "b-1")
+            }
+
+            await scale(store, "b", 1)  # down and at once up again, racing GC's looks at b-1 and b-2
+            lost = {name: await pods.lose(name) for name in ("b-1", "b-2")}
+            await scale(store, "b", 3)
+            for name in lost:
+                await pods.start(name, sets["b"])
+                await pods.no_conflict()
+            await scans_after(gc, 3)
+            await pods.no_conflict()
+            await pods.nothing_leaked()
+
+
+async def test_pods_of_every_workload_kind_competing_for_one_pool_get_orphans_back_and_never_conflict(
+    private_store: Store,
+) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT * 3):
+        async with cluster(store, SCANNING) as (ipam, gc):  # pool gc: 11 addresses, 10.6.0.10-10.6.0.20
+            pods = Tenants(store, ipam, gc)
+            deploy = await store.create(workload("Deployment", "app", replicas=2))
+            rs = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app", "uid": deploy["metadata"]["uid"]}
+            await store.create(workload("ReplicaSet", "app-5d4f", ownerReferences=[{**rs, "controller": True}]))
+            await store.create(workload("StatefulSet", "db", replicas=2))
+            await store.create(workload("Job", "batch", "batch/v1"))
+            of_app, of_db = owned_by("ReplicaSet", "app-5d4f"), owned_by("StatefulSet", "db")
+            of_job = owned_by("Job", "batch", "batch/v1")
+
+            # created: two Deployment pods, two StatefulSet pods, two Job pods, a bare pod
+            created = [("app-5d4f-aaaaa", of_app), ("app-5d4f-bbbbb", of_app), ("db-0", of_db), ("db-1", of_db),
+                       ("batch-ccccc", of_job), ("batch-ddddd", of_job), ("solo", None)]  # fmt: skip
+            for name, owner in created:
+                await pods.start(name, owner)
+            await pods.no_conflict()
+            db = {name: pods.live[name][1] for name in ("db-0", "db-1")}
+
+            # the Job's pods finish: the objects stay, their addresses come back
+            finished_ips = {await pods.finish("batch-ccccc"), await pods.finish("batch-ddddd")}
+            await pods.come_back(finished_ips)
+            await pods.no_conflict()
+
+            # scaled up: two more Deployment pods and db-2, on the addresses just freed among others
+            for name, owner in [("app-5d4f-eeeee", of_app), ("app-5d4f-fffff", of_app), ("db-2", of_db)]:
+                await pods.start(name, owner)
+            await pods.no_conflict()
+
+            # scaled down without CNI DEL (lost node): the Deployment back to two, the StatefulSet back to two
+            await scale(store, "db", 2)
+            orphans = {await pods.lose("app-5d4f-aaaaa"), await pods.lose("app-5d4f-bbbbb"), await pods.lose("db-2")}
+            await pods.come_back(orphans)
+            await pods.no_conflict()
+
+            # the StatefulSet's pods lost and re-created: same addresses; a new bare pod competes meanwhile
+            for name in db:
+                await pods.lose(name)
+            await scans_after(gc, 2)  # away a while: GC looks at their records with no pod to be seen
+            await pods.start("solo-2")
+            for name in db:
+                assert await pods.start(name, of_db) == db[name], f"{name} did not get its address back"
+            await pods.no_conflict()
+
+            # deleted without CNI DEL: the bare pod, the Deployment (its pods with it), the Job (its pods with it)
+            orphans = {await pods.lose("solo"), await pods.lose("app-5d4f-eeeee"), await pods.lose("app-5d4f-fffff")}
+            await store.delete("ReplicaSet", "app-5d4f", "default")
+            await store.delete("Deployment", "app", "default")
+            await store.delete("Pod", "batch-ccccc", "default")
+            await store.delete("Pod", "batch-ddddd", "default")
+            await store.delete("Job", "batch", "default")
+            await pods.come_back(orphans)
+            await pods.no_conflict()
+            await pods.nothing_leaked()
+
+            # every address not live is free again: the rest of the pool goes to new pods, each a distinct one
+            free = 11 - len(pods.live)
+            for i in range(free):
+                await pods.start(f"filler-{i}")
+            await pods.no_conflict()
+            assert len(await holders(store)) == 11
