@@ -239,12 +239,12 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     try:
         scenario = Scenario(
             nodes=args.nodes,
-            pods=args.pods,
             callers=args.callers,
             pool_size=args.pool_size,
             via=args.via,
             churn=args.churn,
             call_timeout=args.call_timeout,
+            **({"pods": args.pods} | _subnet_scenario(args)),
         )
     except ValueError as exc:
         raise InvalidInput(reason=str(exc)) from None
@@ -264,6 +264,20 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         controller=not args.no_controller,
         controller_args=args.controller_arg,
     )
+
+
+def _subnet_scenario(args: argparse.Namespace) -> dict[str, Any]:
+    """``loadtest --subnet-apps N --replicas R``: the SpiderSubnet scenario's fields (N x R pods), else none."""
+    if not args.subnet_apps:
+        return {}
+    if args.kubeconfig or args.compare or args.compare_plugin:
+        raise InvalidInput(reason="--subnet-apps runs on the embedded store, without --kubeconfig or a comparison")
+    return {
+        "apps": args.subnet_apps,
+        "pods": args.subnet_apps * args.replicas,
+        "redundant": args.redundant_ips,
+        "wait_interval": args.wait_interval,
+    }
 
 
 def _with_metrics(p: argparse.ArgumentParser, port: int) -> None:
@@ -666,6 +680,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=120.0,
         metavar="SECONDS",
         help="time one call may take before it counts as failed (default %(default)g)",
+    )
+    p.add_argument(
+        "--subnet-apps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="SpiderSubnet scenario: N Deployments of --replicas pods (instead of --pods), each from its own auto "
+        "pool of one SpiderSubnet, with spider controller running; embedded store only (default %(default)s: off)",
+    )
+    p.add_argument(
+        "--replicas", type=int, default=20, help="with --subnet-apps: pods per Deployment (default %(default)s)"
+    )
+    p.add_argument(
+        "--redundant-ips",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --subnet-apps: spare addresses per application's pool (default %(default)s)",
+    )
+    p.add_argument(
+        "--wait-interval",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="with --subnet-apps: the agents' SPIDERPOOL_WAIT_SUBNET_POOL_TIME_IN_SECOND (default %(default)g)",
     )
     p.add_argument(
         "--kubeconfig", type=Path, default=None, help="run against this API server (default: a throw-away store)"

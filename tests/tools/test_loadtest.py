@@ -593,3 +593,66 @@ def test_the_controller_a_run_starts_gets_the_options_it_was_given_after_its_own
     given = ControllerProcess(tmp_path, store, "r1", extra=("--pool-host-linger=0.02",)).command()
     assert given[-1] == "--pool-host-linger=0.02"  # NB: last, so it overrides any default the harness sets
     assert "--pool-host-linger=0.02" not in ControllerProcess(tmp_path, store, "r1").command()
+
+
+# --- the SpiderSubnet scenario ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"apps": 3, "pods": 10}, "shared evenly"),
+        ({"apps": 2, "pods": 10, "churn": 0.2}, "churn"),
+        ({"apps": -1}, "at least 0"),
+    ],
+)
+def test_a_subnet_scenario_whose_pods_no_application_can_own_is_refused(fields: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Scenario(**fields)
+
+
+def test_a_subnet_scenario_plans_each_applications_replicas_and_spare_addresses() -> None:
+    scenario = Scenario(nodes=2, pods=12, apps=3, redundant=2)
+    assert scenario.replicas == 4
+    assert [scenario.app_of(i) for i in (0, 3, 4, 11)] == [0, 0, 1, 2]
+    assert scenario.addresses == 18
+    assert AddressPlan.for_scenario(scenario).pool.size == 18
+
+
+async def test_applications_from_one_subnet_through_the_shim_get_their_own_pools_and_give_everything_back() -> None:
+    scenario = Scenario(nodes=2, pods=12, callers=4, apps=3, redundant=1, wait_interval=0.05)
+    with short_tmp() as d, trio.fail_after(180):
+        (run,) = await run_loadtest(scenario, d)
+    assert_all_checks_pass([run])
+    assert {c.name for c in run.checks} == {
+        "no-address-twice",
+        "every-call-served",
+        "own-application-pool",
+        "subnet-hands-out-exactly",
+        "consistent-after-add",
+        "nothing-leaked",
+        "consistent-after-del",
+        "reclaimed",
+    }
+    handed = next(c for c in run.checks if c.name == "subnet-hands-out-exactly")
+    assert "handed out 15, wanted 15" in handed.detail  # NB: 3 x (4 replicas + 1 spare)
+    kinds = [o.kind for o in run.ops]
+    assert kinds.count("add") == kinds.count("del") == 12
+    assert all(o.ok and o.address.startswith("10.233.0.") for o in run.ops if o.kind == "add")
+    assert set(run.phases) == {"add", "del", "reclaim"}
+    assert run.store["add"]["writes"] > 0
+    assert run.store["del"]["writes"] > 0
+    assert run.controller["started"] is True
+
+
+def test_the_cli_runs_the_subnet_scenario_only_on_the_embedded_store(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "actors", "loadtest", "--subnet-apps", "2", "--kubeconfig", str(tmp_path / "kc")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "embedded store" in done.stderr

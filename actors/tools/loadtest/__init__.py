@@ -12,6 +12,8 @@ Modules, each importing only those above it:
 - ``drivers``: the targets (the CNI plugin exec'd per call, the agent API), their netconfs, the timed
   ADD (with churn) and DEL phases;
 - ``checks``: the correctness checks, from the replies and from the store;
+- ``subnet``: the SpiderSubnet scenario (N applications of R replicas, each from its own auto pool, with
+  ``spider controller`` making and reclaiming the pools);
 - ``run``: one run, in order: ours, then the comparison;
 - ``report``: numbers, table, JSON, plot, progress bar, and ``run_command`` behind ``spider loadtest``.
 

@@ -172,11 +172,9 @@ class ApiTarget:
 
     async def add(self, pod: PodRef, node: int) -> Answer:
         """``POST /v1/ipam/ip``."""
-        body = {
-            **self._ids(pod),
-            "netNamespace": f"/var/run/netns/{pod.container_id}",
-            "defaultIPv4IPPool": [self.pool],
-        }
+        body = {**self._ids(pod), "netNamespace": f"/var/run/netns/{pod.container_id}"}
+        if self.pool:  # NB: none (the SpiderSubnet scenario): the pod's annotations choose
+            body["defaultIPv4IPPool"] = [self.pool]
         return await self._call("POST", node, body)
 
     async def delete(self, pod: PodRef, node: int) -> Answer:
@@ -338,15 +336,12 @@ def templated_netconfs(template: bytes, nodes: int, work: Path) -> list[bytes]:
 
 
 def spider_netconfs(sockets: Sequence[Path], pool: str) -> list[bytes]:
-    """One netconf per node for our installed plugin (type ``spiderpool``): that node's agent socket, the pool."""
-    return [
-        json.dumps(
-            {
-                "cniVersion": "1.0.0",
-                "name": NETWORK,
-                "type": "macvlan",
-                "ipam": {"type": "spiderpool", "ipam_unix_socket_path": str(socket), "default_ipv4_ippool": [pool]},
-            }
-        ).encode()
-        for socket in sockets
-    ]
+    """One netconf per node for our installed plugin (type ``spiderpool``): that node's agent socket, the pool
+    (none when ``pool`` is empty: the pods' annotations choose)."""
+    out = []
+    for socket in sockets:
+        ipam: dict[str, Any] = {"type": "spiderpool", "ipam_unix_socket_path": str(socket)}
+        if pool:
+            ipam["default_ipv4_ippool"] = [pool]
+        out.append(json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "type": "macvlan", "ipam": ipam}).encode())
+    return out

@@ -193,10 +193,11 @@ async def supported_flags(command: str) -> frozenset[str]:
     return _FLAGS[command]
 
 
-async def start_process(command: list[str], log_path: Path) -> trio.Process:
+async def start_process(command: list[str], log_path: Path, extra_env: Mapping[str, str] | None = None) -> trio.Process:
     """A child process logging to ``log_path``, in a session of its own: a Ctrl-C at the terminal reaches only
-    the harness, which then stops its children itself after cleaning up with their help."""
-    env = {k: v for k, v in os.environ.items() if k != "SPIDER_KUBECONFIG"}
+    the harness, which then stops its children itself after cleaning up with their help.  ``extra_env`` is
+    added to the harness's environment."""
+    env = {k: v for k, v in os.environ.items() if k != "SPIDER_KUBECONFIG"} | dict(extra_env or {})
     log = log_path.open("ab")
     try:
         return await trio.lowlevel.open_process(
@@ -426,6 +427,10 @@ class AgentFleet:
     """The controller whose pool host the agents are told about (also with ``--no-controller``: then nobody
     answers there and they fall back to their own pool actors)."""
     processes: list[trio.Process] = attrs.field(factory=list)
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    """Added to every agent's environment (the SpiderSubnet scenario's wait for an application's pool)."""
+    extra: tuple[str, ...] = ()
+    """Options added to every agent's command line as given."""
 
     def socket(self, node: int) -> Path:
         """Node ``node``'s agent socket."""
@@ -441,13 +446,14 @@ class AgentFleet:
                 cmd += ["--context", self.store.context]
         if self.pool_host is not None:
             cmd += self.pool_host.agent_flags(known)
-        return cmd
+        return cmd + list(self.extra)
 
     async def start(self, patience: float = 120.0) -> None:
         """Start every agent, then wait until each answers ``/v1/ipam/healthy``."""
         known = await supported_flags("agent") if self.pool_host is not None else frozenset[str]()
         for node in range(self.nodes):
-            self.processes.append(await start_process(self.command(node, known), self.dir / f"node-{node}.log"))
+            log = self.dir / f"node-{node}.log"
+            self.processes.append(await start_process(self.command(node, known), log, self.env))
         with trio.fail_after(patience):
             for node, proc in enumerate(self.processes):
                 while True:

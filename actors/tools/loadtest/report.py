@@ -230,9 +230,14 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     """The summary table, the checks, and the failures by reason."""
     s = report["scenario"]
     targets = report["targets"]
+    where = f"pool of {s['addresses']} addresses"
+    if s.get("apps"):
+        where = (
+            f"{s['apps']} applications of {s['pods'] // s['apps']} replicas, each from its own auto pool of a "
+            f"SpiderSubnet of {s['addresses']} addresses (pool wait {s['wait_interval']:g} s)"
+        )
     console.print(
-        f"[bold]{s['pods']} pods[/] on {s['nodes']} nodes, {s['callers']} callers, pool of {s['addresses']} "
-        f"addresses, via {s['via']}"
+        f"[bold]{s['pods']} pods[/] on {s['nodes']} nodes, {s['callers']} callers, {where}, via {s['via']}"
         + (f", churn {s['churn']:.0%} ({s['churned']} pods)" if s["churned"] else "")
         + f"; store: {report['store']}; load {report['machine']['load']} -> {report['machine']['load_after']}",
         highlight=False,
@@ -249,7 +254,9 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         extra = [_num(ratio.get(key), 2) + "x" if key and ratio.get(key) is not None else ""] if compared else []
         table.add_row(label, *values, *extra)
 
-    for phase in ("add", "del"):
+    for phase in ("create", "add", "del", "reclaim"):
+        if phase not in ("add", "del") and not any(phase in t["phases"] for t in targets):
+            continue  # NB: the SpiderSubnet scenario's phases (objects written; pools reclaimed)
         row(
             f"{phase.upper()} phase wall (s)",
             f"{phase}_wall",

@@ -54,6 +54,7 @@ from actors.tools.loadtest.fleet import (
     store_totals,
 )
 from actors.tools.loadtest.scenario import AddressPlan, Check, Comparison, PodRef, Scenario, TargetRun
+from actors.tools.loadtest.subnet import SubnetLoadTest
 from actors.tools.manifests import apply
 from spider.errors import SpiderError
 
@@ -289,7 +290,13 @@ async def run_loadtest(
     controller_args: tuple[str, ...] = (),
 ) -> list[TargetRun]:
     """Our agents through the scenario (with a Kubernetes store and ``controller``, the controller hosting the
-    pools), then the comparison plugin (if any) through the same one."""
+    pools), then the comparison plugin (if any) through the same one.  With applications (``scenario.apps``):
+    the SpiderSubnet scenario (``actors.tools.loadtest.subnet``), on the embedded store, without comparison."""
+    if scenario.apps:
+        if comparison is not None or kubeconfig is not None:
+            raise ValueError("the SpiderSubnet scenario runs on the embedded store, without a comparison")
+        subnet = SubnetLoadTest(scenario, directory, secrets.token_hex(4), announce, advance, controller_args)
+        return [await subnet.run()]
     if comparison is not None and not comparison.plugin.is_file():
         raise FileNotFoundError(f"comparison plugin {comparison.plugin} does not exist")
     test = LoadTest(

@@ -58,8 +58,26 @@ class Scenario:
     """Fraction of the pods deleted and re-created as new pods while the others are still being added."""
     call_timeout: float = 120.0
     """Seconds one call may take before it counts as failed (``timeout``)."""
+    apps: int = 0
+    """SpiderSubnet scenario (``actors.tools.loadtest.subnet``): this many Deployments share the pods evenly,
+    each with an auto pool from one SpiderSubnet; 0: the single pool scenario."""
+    redundant: int = 0
+    """SpiderSubnet scenario: spare addresses of each application's pool (``--auto-pool-redundant-ips``)."""
+    wait_interval: float = 0.1
+    """SpiderSubnet scenario: seconds between an agent's looks for an application's pool
+    (``SPIDERPOOL_WAIT_SUBNET_POOL_TIME_IN_SECOND``; Spiderpool's 2 s would measure the wait, not the work)."""
+    wait_retries: int = 600
+    """SpiderSubnet scenario: looks before an ADD gives up (``SPIDERPOOL_WAIT_SUBNET_POOL_MAX_RETRIES``)."""
 
     def __attrs_post_init__(self) -> None:
+        if self.apps < 0 or self.redundant < 0:
+            raise ValueError(f"apps and redundant must be at least 0, not {self.apps} and {self.redundant}")
+        if self.apps and self.pods % self.apps:
+            raise ValueError(f"{self.pods} pods cannot be shared evenly by {self.apps} applications")
+        if self.apps and self.churn:
+            raise ValueError("churn re-creates pods no application owns: not with applications")
+        if self.wait_interval < 0 or self.wait_retries < 1:
+            raise ValueError("wait_interval must be at least 0 and wait_retries at least 1")
         if self.pool_size is not None and self.pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, not {self.pool_size}")
         if self.addresses > 1 << 20:
@@ -69,8 +87,18 @@ class Scenario:
 
     @property
     def addresses(self) -> int:
-        """How many addresses the pool has."""
-        return self.pods if self.pool_size is None else self.pool_size
+        """How many addresses the pool has (with applications: the SpiderSubnet; by default each application's
+        replicas plus its spare ones)."""
+        return self.pods + self.apps * self.redundant if self.pool_size is None else self.pool_size
+
+    @property
+    def replicas(self) -> int:
+        """Pods per application (0 without applications)."""
+        return self.pods // self.apps if self.apps else 0
+
+    def app_of(self, index: int) -> int:
+        """The application pod ``index`` belongs to (its ReplicaSet's Deployment)."""
+        return index // self.replicas
 
     @property
     def churned(self) -> frozenset[int]:
