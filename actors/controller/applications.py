@@ -24,7 +24,6 @@ it is older than ``claim_window``; the release is refused when the entry was cla
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -34,7 +33,7 @@ import attrs
 import trio
 
 from actors.ipam.subnet import SubnetRegistry
-from actors.stores.informer import inform
+from actors.stores.informer import inform_each
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store, WatchEvent
 from spider.addr import IPSet
 from spider.autopool import (
@@ -154,24 +153,14 @@ class ApplicationController:
         self._queue_send = send
         self._cache = {kind: {} for kind in self.kinds}
         async with trio.open_nursery() as nursery:
-            for kind in self.kinds:
-                nursery.start_soon(self._inform, kind)
+            inform_each(nursery, self.store, self.kinds, on_list=self._on_list, on_event=self._on_event,
+                        resync_period=self.settings.resync_period, delay=self._delay,
+                        who="applications")  # fmt: skip
             nursery.start_soon(self._work, recv, nursery)
             await self._all_listed.wait()
             task_status.started()
 
     # --- informers ---------------------------------------------------------------------------------------
-
-    async def _inform(self, kind: str) -> None:
-        await inform(
-            self.store,
-            kind,
-            on_list=functools.partial(self._on_list, kind),
-            on_event=functools.partial(self._on_event, kind),
-            resync_period=self.settings.resync_period,
-            delay=self._delay,
-            who="applications",
-        )
 
     def _on_list(self, kind: str, items: list[Obj]) -> None:
         old = self._cache[kind]

@@ -32,7 +32,6 @@ Errors are logged and counted, never raised out of the leading work.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import math
 import time
@@ -44,7 +43,7 @@ import trio
 
 from actors.ipam.pool import PoolRegistry, decode_ledger
 from actors.runtime.supervisor import Supervisor
-from actors.stores.informer import inform
+from actors.stores.informer import inform_each
 from actors.stores.port import Conflict, NotFound, Obj, Store, WatchEvent
 from spider.addr import int_to_ip, ip_to_int
 from spider.endpoint import KIND as ENDPOINT
@@ -213,8 +212,9 @@ class IpGarbageCollector:
         async with trio.open_nursery() as nursery:
             if self.pools is None:
                 self.pools = PoolRegistry(self.store, Supervisor(nursery))
-            nursery.start_soon(self._inform, "Node")
-            nursery.start_soon(self._inform, "Pod")
+            inform_each(nursery, self.store, ("Node", "Pod"), on_list=self._on_list, on_event=self._on_event,
+                        resync_period=RESYNC, delay=lambda failures: RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1],
+                        who="ip gc")  # fmt: skip
             nursery.start_soon(self._trace_new)
             await self._listed.wait()
             self.synced = True
@@ -223,17 +223,6 @@ class IpGarbageCollector:
             while True:
                 await self.scan_and_collect()
                 await trio.sleep(self.settings.interval)
-
-    async def _inform(self, kind: str) -> None:
-        await inform(
-            self.store,
-            kind,
-            on_list=functools.partial(self._on_list, kind),
-            on_event=functools.partial(self._on_event, kind),
-            resync_period=RESYNC,
-            delay=lambda failures: RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1],
-            who="ip gc",
-        )
 
     def _on_list(self, kind: str, items: list[Obj]) -> None:
         if kind == "Node":

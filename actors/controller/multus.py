@@ -24,14 +24,13 @@ refusal is logged once per version; anything else (an object no rule foresaw) is
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 
 import attrs
 import trio
 
 from actors.controller.reconciler import WorkQueue
-from actors.stores.informer import inform
+from actors.stores.informer import inform_each
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store, WatchEvent
 from spider.errors import InvalidSpec, SpiderError, TransientError
 from spider.multus import KIND as MULTUS
@@ -125,24 +124,13 @@ class MultusReconciler:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Follow both kinds and reconcile until cancelled; started once both are listed."""
         async with trio.open_nursery() as nursery:
-            for kind in WATCHED:
-                nursery.start_soon(self._inform, kind)
+            inform_each(nursery, self.store, WATCHED, on_list=self._listed_kind, on_event=self._event,
+                        resync_period=self.settings.resync_period, delay=self._delay, who="multus")  # fmt: skip
             nursery.start_soon(self._work, nursery)
             await self._all_listed.wait()
             task_status.started()
 
     # --- informers ---------------------------------------------------------------------------------------
-
-    async def _inform(self, kind: str) -> None:
-        await inform(
-            self.store,
-            kind,
-            on_list=functools.partial(self._listed_kind, kind),
-            on_event=functools.partial(self._event, kind),
-            resync_period=self.settings.resync_period,
-            delay=self._delay,
-            who="multus",
-        )
 
     def _listed_kind(self, kind: str, items: list[Obj]) -> None:
         old, new = self._cache[kind], {_where(obj): obj for obj in items}

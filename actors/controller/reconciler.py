@@ -19,14 +19,13 @@ changes ``allocatedIPs``, and it computes the counts with the same rules as ``Po
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 
 import attrs
 import trio
 
-from actors.stores.informer import inform
+from actors.stores.informer import inform_each
 from actors.stores.port import Conflict, NotFound, Obj, Store, WatchEvent
 from spider.errors import InvalidSpec, SpiderError, TransientError
 from spider.pool import ReservedIP
@@ -136,24 +135,13 @@ class PoolReconciler:
         only the objects whose rules need it, never the others.
         """
         async with trio.open_nursery() as nursery:
-            for kind in WATCHED:
-                nursery.start_soon(self._inform, kind)
+            inform_each(nursery, self.store, WATCHED, on_list=self._listed_kind, on_event=self._event,
+                        resync_period=self.resync_period, delay=self._delay, who="reconciler")  # fmt: skip
             nursery.start_soon(self._work, nursery)
             await self._all_listed.wait()
             task_status.started()
 
     # --- informers ---------------------------------------------------------------------------------------
-
-    async def _inform(self, kind: str) -> None:
-        await inform(
-            self.store,
-            kind,
-            on_list=functools.partial(self._listed_kind, kind),
-            on_event=functools.partial(self._event, kind),
-            resync_period=self.resync_period,
-            delay=self._delay,
-            who="reconciler",
-        )
 
     def _listed_kind(self, kind: str, items: list[Obj]) -> None:
         self.stats.lists += 1

@@ -1,12 +1,12 @@
 """The informer loop: keep a local view of one kind current with a list, then a watch from the list's version.
 
-Owns the list/watch/re-list cycle the controller's reconciler and the webhook's cache share (client-go's
-reflector): a listing hands every object to ``on_list``; each watch event goes to ``on_event``; a ``Gone``
-(the watch fell too far behind), a store failure and every ``resync_period`` start over with a fresh list.
-A failed listing (also "no such kind": a CRD not installed yet) is retried after ``delay(failures)``.
+Owns the list/watch/re-list cycle every controller and the webhooks' caches share (client-go's reflector): a
+listing hands every object to ``on_list``; each watch event goes to ``on_event``; a ``Gone`` (the watch fell too
+far behind), a store failure and every ``resync_period`` start over with a fresh list.  A failed listing (also
+"no such kind": a CRD not installed yet) is retried after ``delay(failures)``.
 
-Also owns ``KindCache``: the objects of a few kinds, kept current by one such loop per kind, for readers that
-must answer without an API call (the admission webhooks).
+``inform_each`` starts one such loop per kind for a controller that follows several; ``KindCache`` keeps the
+objects of a few kinds current that way, for readers that must answer without an API call (the webhooks).
 """
 
 from __future__ import annotations
@@ -60,6 +60,33 @@ async def inform(
                     break
                 if not seen:  # the stream ended at once: do not spin on a backend that keeps closing it
                     await trio.sleep(delay(1))
+
+
+def inform_each(
+    nursery: trio.Nursery,
+    store: Store,
+    kinds: tuple[str, ...],
+    *,
+    on_list: Callable[[str, list[Obj]], None],
+    on_event: Callable[[str, WatchEvent], None],
+    resync_period: float,
+    delay: Callable[[int], float],
+    who: str,
+) -> None:
+    """Start ``inform`` for each of ``kinds`` in ``nursery``; the callbacks get the kind first."""
+    for kind in kinds:
+        nursery.start_soon(
+            functools.partial(
+                inform,
+                store,
+                kind,
+                on_list=functools.partial(on_list, kind),
+                on_event=functools.partial(on_event, kind),
+                resync_period=resync_period,
+                delay=delay,
+                who=who,
+            )
+        )
 
 
 async def _follow(store: Store, kind: str, version: str, on_event: Callable[[WatchEvent], None]) -> tuple[str, bool]:
@@ -128,19 +155,9 @@ class KindCache:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Inform every kind until cancelled; started at once (``synced`` says when the listings came)."""
         async with trio.open_nursery() as nursery:
-            for kind in self.kinds:
-                nursery.start_soon(
-                    functools.partial(
-                        inform,
-                        self.store,
-                        kind,
-                        on_list=functools.partial(self._listed_kind, kind),
-                        on_event=functools.partial(self._apply, kind),
-                        resync_period=self.resync_period,
-                        delay=lambda failures: self.retry_delay,
-                        who=self.who,
-                    )
-                )
+            inform_each(nursery, self.store, self.kinds, on_list=self._listed_kind, on_event=self._apply,
+                        resync_period=self.resync_period, delay=lambda failures: self.retry_delay,
+                        who=self.who)  # fmt: skip
             task_status.started()
 
     def _listed_kind(self, kind: str, items: list[Obj]) -> None:
