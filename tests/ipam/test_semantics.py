@@ -335,6 +335,39 @@ async def test_multus_networks_annotation_maps_later_nics_by_position(agent: Run
     assert status == 200, answer
 
 
+NETWORKS = [
+    {"name": "macvlan-a", "namespace": "team", "interface": "net1"},
+    {"name": "macvlan-b", "namespace": "team", "interface": "net2"},
+]
+
+
+@pytest.mark.parametrize(
+    "networks", [json.dumps(NETWORKS, separators=(",", ":")), json.dumps(NETWORKS, indent=2)], ids=["m00036", "m00037"]
+)
+async def test_m00036_m00037_a_json_networks_annotation_gets_each_interface_its_networks_pool(
+    agent: RunningAgent, networks: str
+) -> None:
+    # NB: each pool serves only its Multus network (multusName): a NIC mapped to the wrong network gets nothing
+    await agent.apply(
+        pool_object("mv-a", "10.18.0.0/24", ["10.18.0.10"], multusName=["team/macvlan-a"]),
+        pool_object("mv-b", "10.19.0.0/24", ["10.19.0.10"], multusName=["team/macvlan-b"]),
+        pod(
+            "p",
+            "team",
+            annotations={
+                ANNO_POOLS: '[{"interface": "net1", "ipv4": ["mv-a"]}, {"interface": "net2", "ipv4": ["mv-b"]}]',
+                "k8s.v1.cni.cncf.io/networks": networks,
+            },
+        ),
+    )
+    want = {"net1": ("mv-a", "10.18.0.10/24"), "net2": ("mv-b", "10.19.0.10/24")}
+    # NB: named entries: the first ADD allocates every NIC listed; the second answers its own NIC
+    for ifname, nics in (("net1", ("net1", "net2")), ("net2", ("net2",))):
+        status, answer = await add(agent, "p", namespace="team", ifname=ifname)
+        assert status == 200, answer
+        assert {ip["nic"]: (ip["ipPool"], ip["address"]) for ip in answer["ips"]} == {nic: want[nic] for nic in nics}
+
+
 # --- routes and gateways -------------------------------------------------------------------------------------------
 
 
