@@ -44,6 +44,9 @@ class CountingStore:
     async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
         return await self.inner.get(kind, name, namespace)
 
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        return await self.inner.get_metadata(kind, name, namespace)
+
     async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
         return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)
 

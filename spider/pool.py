@@ -919,13 +919,17 @@ class PoolLedger:
         """``ip/prefix`` of an address of this pool, as CNI results and endpoints carry it."""
         return f"{int_to_ip(ip, self.pool.version)}/{self.pool.prefix_length}"
 
-    def to_status(self) -> dict[str, Any]:
-        """The pool's ``status``: Spiderpool's fields plus our ``freeIPCount`` and ``releasedIPs``."""
-        status: dict[str, Any] = {
+    def counts(self) -> dict[str, int]:
+        """``allocatedIPCount``, ``totalIPCount`` and ``freeIPCount``, as ``to_status`` writes them."""
+        return {
             "allocatedIPCount": len(self.records),
             "totalIPCount": min(self.pool.total.count, MAX_COUNT),
             "freeIPCount": min(self.free, MAX_COUNT),
         }
+
+    def to_status(self) -> dict[str, Any]:
+        """The pool's ``status``: Spiderpool's fields plus our ``freeIPCount`` and ``releasedIPs``."""
+        status: dict[str, Any] = dict(self.counts())
         encoded = self._encode_allocated()
         if encoded is not None:
             status["allocatedIPs"] = encoded

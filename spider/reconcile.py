@@ -68,32 +68,42 @@ def holds_addresses(obj: Obj) -> bool:
 COUNTS = ("allocatedIPCount", "totalIPCount", "freeIPCount")
 
 
-def pool_counts(obj: Obj, reservations: Iterable[ReservedIP] = ()) -> dict[str, int]:
-    """``allocatedIPCount``, ``totalIPCount`` and ``freeIPCount`` of a stored pool; ``InvalidSpec``.
+def pool_counts(
+    obj: Obj, reservations: Iterable[ReservedIP] = (), previous: PoolLedger | None = None
+) -> tuple[dict[str, int], PoolLedger]:
+    """``allocatedIPCount``, ``totalIPCount`` and ``freeIPCount`` of a stored pool, and its ledger; ``InvalidSpec``.
 
-    NB: taken from ``PoolLedger.to_status``, the very numbers the agents' PoolActors write, so the two can
-    never disagree and fight.
+    NB: taken from ``PoolLedger.counts``, the very numbers the agents' PoolActors write, so the two can never
+    disagree and fight.  ``previous``: the ledger this returned for an earlier version of the same pool, which
+    is levelled with this one (``PoolLedger.catch_up``: the records a write left alone are not decoded again)
+    and must not be used again.
     """
     pool = IPPool.from_object(obj)
     reserved = reserved_set(pool.version, reservations)
     try:
-        ledger = PoolLedger.from_object(obj, reserved)
+        if previous is None:
+            ledger = PoolLedger.from_object(obj, reserved)
+        else:
+            ledger = previous.catch_up(obj)
+            ledger.set_reserved(reserved)
     except InvalidSpec as exc:
         raise InvalidSpec(kind=exc.kind, name=pool.name, reason=exc.reason) from None
-    status = ledger.to_status()
-    return {key: status[key] for key in COUNTS}
+    return ledger.counts(), ledger
 
 
-def pool_status(obj: Obj, reservations: Iterable[ReservedIP] = ()) -> dict[str, Any] | None:
-    """The pool's status with the counts corrected, or ``None`` when they already agree; ``InvalidSpec``.
+def pool_status(
+    obj: Obj, reservations: Iterable[ReservedIP] = (), previous: PoolLedger | None = None
+) -> tuple[dict[str, Any] | None, PoolLedger]:
+    """The pool's status with the counts corrected, or ``None`` when they already agree, and the pool's ledger
+    (``pool_counts``); ``InvalidSpec``.
 
     Every other key, ``allocatedIPs`` first of all, is kept exactly as stored.
     """
     status = _status(obj)
-    counts = pool_counts(obj, reservations)
+    counts, ledger = pool_counts(obj, reservations, previous)
     if all(status.get(key) == value for key, value in counts.items()):
-        return None
-    return {**status, **counts}
+        return None, ledger
+    return {**status, **counts}, ledger
 
 
 def pool_finalizers(obj: Obj) -> list[str] | None:

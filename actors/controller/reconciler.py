@@ -28,7 +28,7 @@ import trio
 from actors.stores.informer import inform_each
 from actors.stores.port import Conflict, NotFound, Obj, Store, WatchEvent
 from spider.errors import InvalidSpec, SpiderError, TransientError
-from spider.pool import ReservedIP
+from spider.pool import PoolLedger, ReservedIP
 from spider.reconcile import (
     pool_finalizers,
     pool_status,
@@ -113,6 +113,8 @@ class PoolReconciler:
     _all_listed: trio.Event = attrs.field(factory=trio.Event)
     _failures: dict[Key, int] = attrs.field(factory=dict)
     _complained: dict[Key, str] = attrs.field(factory=dict)
+    _ledgers: dict[str, PoolLedger] = attrs.field(factory=dict)
+    """Each pool's ledger as last counted, levelled with the next version rather than decoded anew."""
 
     @property
     def synced(self) -> bool:
@@ -226,6 +228,8 @@ class PoolReconciler:
     async def _reconcile(self, key: Key) -> None:
         kind, name = key
         obj = self._cache[kind].get(name)
+        if obj is None and kind == POOL:
+            self._ledgers.pop(name, None)
         if obj is None or not NEEDS[kind] <= self._listed:
             return  # NB: the listing still missing queues this key again when it arrives
         pools = list(self._cache[POOL].values())
@@ -236,7 +240,11 @@ class PoolReconciler:
                 return
             obj = written
         try:
-            status = pool_status(obj, self._reservations()) if kind == POOL else subnet_status(obj, pools)
+            if kind == POOL:
+                previous = self._ledgers.pop(name, None)  # NB: levelled in place: never used again if this fails
+                status, self._ledgers[name] = pool_status(obj, self._reservations(), previous)
+            else:
+                status = subnet_status(obj, pools)
         except InvalidSpec as exc:
             self._complain(key, obj, exc)
             return

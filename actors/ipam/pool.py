@@ -63,6 +63,9 @@ class Allocation:
     routes: tuple[Route, ...]
     fresh: bool = attrs.field(default=True, eq=False)
     """Taken by this request; ``False`` when the owner already held it (a repeated ADD): undo must not free it."""
+    recorded_at: str = attrs.field(default="", eq=False)
+    """The pool's resourceVersion whose status holds this record (the write, or the read, it was answered
+    after): while the pool is still at it, the record still stands (``Verify``); ``""``: unknown."""
 
     @property
     def ip(self) -> str:
@@ -125,6 +128,9 @@ class Verify:
     ip: str
     key: tuple[str, str]
     reply: Reply[bool]
+    recorded_at: str = ""
+    """``Allocation.recorded_at``: when the pool is still at that version, the answer is yes without reading
+    (or decoding) its records."""
 
 
 PoolMsg = Allocate | Release | ReleaseIPs | Adopt | Inspect | Verify
@@ -205,10 +211,12 @@ class PoolHandle:
         await self._send(Adopt(ip, previous_uid, owner, reply))
         return await reply.wait()
 
-    async def verify(self, ip: str, key: tuple[str, str]) -> bool:
-        """Whether ``key`` still holds ``ip`` in the pool as stored now (read afresh, not from this actor's ledger)."""
+    async def verify(self, ip: str, key: tuple[str, str], recorded_at: str = "") -> bool:
+        """Whether ``key`` still holds ``ip`` in the pool as stored now (read afresh, not from this actor's ledger);
+        ``recorded_at``: a version known to hold the record (``Allocation.recorded_at``), which spares the read
+        of the records while the pool is still at it."""
         reply = Reply[bool].open()
-        await self._send(Verify(ip, key, reply))
+        await self._send(Verify(ip, key, reply, recorded_at))
         return await reply.wait()
 
     async def inspect(self) -> PoolLedger:
@@ -346,6 +354,38 @@ class PoolActor:
         stale, self._stale = self._stale, None
         return stale.catch_up(stored) if stale is not None else PoolLedger.from_object(stored)
 
+    async def _current_version(self) -> str:
+        """The pool's resourceVersion as stored now: a read of its metadata alone, not of its records."""
+        try:
+            return str((await self.store.get_metadata(KIND, self.name))["resourceVersion"])
+        except NotFound:  # the domain error, not the store's (CNI 101, not 999)
+            self.gone = True
+            raise PoolNotFound(pool=self.name) from None
+
+    async def _confirm_looks(self, batch: list[PoolMsg]) -> list[PoolMsg]:
+        """A batch of looks (``Verify``) that each know a version holding their record: those the pool is still
+        at are answered yes after one read of the pool's version alone; returns what is left to answer from
+        the records (everything, for any other batch).  When something is left and the ledger is older than
+        the pool, the ledger is set aside to be levelled with the pool on the next read, not checked again."""
+        if not batch or not all(isinstance(msg, Verify) and msg.recorded_at for msg in batch):
+            return batch
+        try:
+            current = await self._current_version()
+        except SpiderError as exc:
+            for msg in batch:
+                msg.reply.error(exc)
+            return []
+        rest: list[PoolMsg] = []
+        for msg in batch:
+            assert isinstance(msg, Verify)
+            if msg.recorded_at == current:
+                msg.reply.resolve(outcome.Value(True))
+            else:
+                rest.append(msg)
+        if rest and self._ledger is not None and self._version != current:
+            self._stale, self._ledger = self._ledger, None
+        return rest
+
     async def _answers_need_a_fresh_ledger(self, batch: list[PoolMsg]) -> bool:
         """For a batch that writes nothing: whether its answers came from a ledger that is out of date.
 
@@ -356,7 +396,7 @@ class PoolActor:
         """
         if not any(isinstance(msg, Allocate | Adopt | Verify | Release | ReleaseIPs) for msg in batch):
             return False
-        return bool((await self._fetch())["metadata"]["resourceVersion"] != self._version)
+        return await self._current_version() != self._version
 
     async def _reservations(self) -> list[ReservedIP]:
         """SpiderReservedIPs apply to every pool of their family at allocation time: read them per batch."""
@@ -369,6 +409,9 @@ class PoolActor:
         return parsed
 
     async def _commit(self, batch: list[PoolMsg]) -> None:
+        batch = await self._confirm_looks(batch)
+        if not batch:
+            return
         atomically = getattr(self.store, "update_status_atomically", None)
         if atomically is not None and not all(isinstance(msg, Inspect | Verify) for msg in batch):
             await self._commit_atomically(batch, atomically)
@@ -414,7 +457,7 @@ class PoolActor:
             self.stats.writes += 1
             self._version = written["metadata"]["resourceVersion"]
         for msg, (result, _) in zip(batch, results, strict=True):
-            msg.reply.resolve(result)
+            msg.reply.resolve(self._recorded(result))
 
     async def _commit_optimistically(self, batch: list[PoolMsg]) -> None:
         """Any store: fold the batch into the ledger and write it guarded by the version it was read at; on a
@@ -455,8 +498,15 @@ class PoolActor:
                     msg.reply.error(exc)
                 return
             for msg, (result, _) in zip(batch, results, strict=True):
-                msg.reply.resolve(result)  # only now: the write is durable
+                msg.reply.resolve(self._recorded(result))  # only now: the write is durable
             return
+
+    def _recorded(self, result: outcome.Outcome[Any]) -> outcome.Outcome[Any]:
+        """An allocation's answer, stamped with the version of the pool it is recorded in (the one just written
+        or confirmed current)."""
+        if isinstance(result, outcome.Value) and isinstance(result.value, Allocation):
+            return outcome.Value(attrs.evolve(result.value, recorded_at=self._version))
+        return result
 
     async def _write(self, ledger: PoolLedger) -> None:
         body = {

@@ -197,6 +197,9 @@ def encode_outcome(result: outcome.Outcome[Any]) -> dict[str, Any]:
     return {"value": value}
 
 
+_ALLOCATION_FIELDS = frozenset(attrs.fields_dict(Allocation))
+
+
 def decode_outcome(msg: PoolMsg, raw: Any) -> outcome.Outcome[Any]:
     """The reply for ``msg`` from its JSON; an error comes back as the same ``SpiderError`` type when known."""
     if "error" in raw:
@@ -209,9 +212,10 @@ def decode_outcome(msg: PoolMsg, raw: Any) -> outcome.Outcome[Any]:
                 pass
         return outcome.Error(HostFailed(reason=f"{err.get('type')}: {err.get('message')}"))
     value = raw["value"]
-    if isinstance(msg, Allocate):
+    if isinstance(msg, Allocate):  # NB: fields this version does not know (a newer host's) are left out
         routes = tuple(Route(r["dst"], r["gw"]) for r in value["routes"])
-        return outcome.Value(attrs.evolve(Allocation(**{**value, "routes": ()}), routes=routes))
+        known = {k: v for k, v in value.items() if k in _ALLOCATION_FIELDS}
+        return outcome.Value(attrs.evolve(Allocation(**{**known, "routes": ()}), routes=routes))
     return outcome.Value(value)
 
 

@@ -404,7 +404,8 @@ class IpamService:
 
         async def look(nic: str, allocation: Allocation) -> None:
             try:
-                if not await (await self.pools.get(allocation.pool)).verify(allocation.ip, (plan.pod_uid, nic)):
+                handle = await self.pools.get(allocation.pool)
+                if not await handle.verify(allocation.ip, (plan.pod_uid, nic), allocation.recorded_at):
                     lost.append(allocation)
             except PoolNotFound:  # the pool is gone: so is the record
                 lost.append(allocation)

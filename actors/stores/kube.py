@@ -6,14 +6,8 @@ await it through; client configuration (kubeconfig, in-cluster service account) 
 fresh; the REST paths of every kind in ``spider.kinds``; the mapping of HTTP answers to the port's errors;
 and watches that resume from the last version they saw.
 
-The bridge (DESIGN §9).  kubernetes-asyncio is built on aiohttp, which needs asyncio.  One asyncio loop runs
-on a dedicated daemon thread (``AsyncioThread``); a trio task submits a coroutine to it and sleeps on a
-``trio.Event`` that the coroutine's done-callback sets through the trio token, so the trio thread never
-blocks.  Cancelling the trio task cancels the asyncio task and waits (briefly, shielded) for it to finish,
-so a cancelled request leaves no half-read response behind; a value that arrives as the trio side gives up
-(a watch's open response) goes to the caller's ``on_abandon`` to be closed, and a call in flight when the
-store closes raises ``trio.ClosedResourceError``.  This costs about 0.4 ms per request and leaves
-``asyncio.new_event_loop()`` working in trio threads (pyroute2 needs it), which trio-asyncio does not.
+The bridge (DESIGN §9).  kubernetes-asyncio is built on aiohttp, which needs asyncio: every request runs on
+the asyncio loop of ``actors.stores.asyncio_thread.AsyncioThread``, which a trio task awaits without blocking.
 
 Requests.  Every kind goes through ``ApiClient.call_api`` with ``_preload_content=False``: one code path for
 custom resources (``/apis/spiderpool.spidernet.io/v2beta1/...``, what ``CustomObjectsApi`` calls) and for
@@ -69,12 +63,12 @@ import json
 import logging
 import os
 import random
-import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import urllib.request
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import quote
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import attrs
@@ -84,6 +78,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 from kubernetes_asyncio.config.kube_config import KubeConfigLoader, load_kube_config
 
+from actors.stores.asyncio_thread import AsyncioThread
 from actors.stores.port import (
     AlreadyExists,
     Conflict,
@@ -104,131 +99,20 @@ log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 """Where kubelet mounts a pod's service account token and the cluster's CA."""
-CANCEL_GRACE = 5.0
-"""Seconds a cancelled trio task waits for its asyncio task to finish cancelling."""
+READ_BUFFER_BYTES = 1 << 21
+"""aiohttp's read buffer: one watch event carries a whole object, and etcd's limit for one is 1.5 MiB."""
 QUICK_WATCH_END = 1.0
 """Seconds: a watch the server ends sooner than this, having sent nothing, is re-opened only after a backoff."""
 _BLIND_WRITE_ATTEMPTS = 10  # read-then-write rounds of an update without resourceVersion before Conflict
 _HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+_METADATA_ONLY = {
+    **_HEADERS,
+    "Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
+}
+"""A GET of the object's metadata alone (what client-go's metadata client asks for); a server that cannot
+answer so sends the whole object, which has the same ``metadata``."""
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 _EVENT_TYPES: dict[str, EventType] = {"ADDED": "ADDED", "MODIFIED": "MODIFIED", "DELETED": "DELETED"}
-
-
-# --- the bridge ----------------------------------------------------------------------------------------------
-
-
-@attrs.define(eq=False)
-class _Call(Generic[T]):
-    """One coroutine submitted from trio: the asyncio task running it and the trio event set when it ends."""
-
-    token: trio.lowlevel.TrioToken
-    fn: Callable[..., Awaitable[T]]
-    args: tuple[Any, ...]
-    on_abandon: Callable[[T], object] | None = None
-    """Loop thread: what to do with a value nobody will take (the trio side was cancelled), e.g. close it."""
-    finished: trio.Event = attrs.Factory(trio.Event)
-    task: asyncio.Task[T] | None = None
-    abandoned: bool = False
-    _handed_off: bool = False  # NB: cancel() and _done() may both see a finished task; hand its value off once
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Loop thread: run the coroutine as a task."""
-
-        async def invoke() -> T:
-            return await self.fn(*self.args)
-
-        self.task = loop.create_task(invoke())
-        self.task.add_done_callback(self._done)
-
-    def cancel(self) -> None:
-        """Loop thread: cancel the task (it was started: ``call_soon_threadsafe`` keeps submission order)."""
-        self.abandoned = True
-        if self.task is None:
-            return
-        if self.task.done():  # NB: it finished before the trio side saw it: its value is nobody's now
-            self._abandon(self.task)
-        else:
-            self.task.cancel()
-
-    def _done(self, task: asyncio.Task[T]) -> None:
-        if self.abandoned:
-            self._abandon(task)
-        with contextlib.suppress(trio.RunFinishedError):  # NB: raised when nobody is waiting any more
-            self.token.run_sync_soon(self.finished.set)
-
-    def _abandon(self, task: asyncio.Task[T]) -> None:
-        if self._handed_off or self.on_abandon is None or task.cancelled() or task.exception() is not None:
-            return
-        self._handed_off = True
-        self.on_abandon(task.result())
-
-    def result(self) -> T:
-        """Trio thread, after ``finished``: the value, or the exception, of the coroutine."""
-        assert self.task is not None
-        if self.task.cancelled():  # the loop was stopped under it (``aclose``), not a trio cancellation
-            raise trio.ClosedResourceError("the Kubernetes store was closed while the request was in flight")
-        return self.task.result()
-
-
-class AsyncioThread:
-    """One asyncio event loop on a dedicated daemon thread, and the way trio tasks run coroutines on it."""
-
-    def __init__(self, name: str = "spider-kube-asyncio") -> None:
-        self._loop = asyncio.new_event_loop()
-        self._closed = False
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_forever()
-        finally:
-            try:
-                pending = asyncio.all_tasks(self._loop)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-                self._loop.run_until_complete(self._loop.shutdown_default_executor())
-            finally:
-                self._loop.close()
-
-    async def run(
-        self, fn: Callable[..., Awaitable[T]], *args: Any, on_abandon: Callable[[T], object] | None = None
-    ) -> T:
-        """``await fn(*args)`` on the asyncio loop; trio cancellation cancels the asyncio task.
-
-        A value that arrives after the trio side was cancelled goes to ``on_abandon`` (on the loop thread).
-        """
-        if self._closed:
-            raise trio.ClosedResourceError("the Kubernetes store is closed")
-        call = _Call(trio.lowlevel.current_trio_token(), fn, args, on_abandon)
-        self._loop.call_soon_threadsafe(call.start, self._loop)
-        try:
-            await call.finished.wait()
-        except BaseException:  # cancelled: cancel the asyncio side too (or abandon its value), and let it finish
-            # NB: also when ``finished`` is set already: the value arrived as we were cancelled, and is nobody's
-            self.call_soon(call.cancel)
-            with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
-                await call.finished.wait()
-            raise
-        return call.result()
-
-    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run a plain function on the loop thread soon; nothing happens once the loop is gone."""
-        with contextlib.suppress(RuntimeError):  # NB: raised once the loop is closed
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    async def aclose(self) -> None:
-        """Stop the loop (cancelling what still runs on it) and wait for the thread to end."""
-        if self._closed:
-            return
-        self._closed = True
-        self.call_soon(self._loop.stop)
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._thread.join)
 
 
 # --- configuration and credentials -------------------------------------------------------------------------
@@ -370,9 +254,38 @@ async def _configure(
         credentials._read_token_file(force=True)
     config.refresh_api_key_hook = credentials.before_request
     config.connection_pool_maxsize = settings.max_connections
+    if not config.proxy:  # NB: a kubeconfig's proxy-url wins, as with kubectl
+        config.proxy = proxy_from(environ, config.host or "")
     client = ApiClient(configuration=config)
     client.user_agent = "spider-ipam (kubernetes-asyncio)"
+    # NB: kubernetes-asyncio's session trusts the environment, so aiohttp looks for ~/.netrc in a worker thread
+    # and scans the proxy variables on every request; the proxy is decided once, above, and ~/.netrc is no
+    # credential for an API server
+    session = client.rest_client.pool_manager
+    client.rest_client.pool_manager = aiohttp.ClientSession(
+        connector=session.connector, trust_env=False, read_bufsize=READ_BUFFER_BYTES
+    )
+    session.detach()
     return client, credentials
+
+
+_bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+"""urllib's ``NO_PROXY`` rules (left out of its stubs)."""
+
+
+def proxy_from(environ: Mapping[str, str], server: str) -> str | None:
+    """The proxy the environment names for the API server at ``server`` (``HTTPS_PROXY`` or ``HTTP_PROXY`` by
+    its scheme, the lower-case spelling first, unless ``NO_PROXY`` covers its host), or ``None``: connect
+    directly.  The same rules as urllib's (and aiohttp's ``trust_env``), read once."""
+    proxies: dict[str, str] = {}
+    for name in sorted(environ, key=str.islower):  # NB: lower case last, so it wins
+        if name.lower().endswith("_proxy") and environ[name]:
+            proxies[name[: -len("_proxy")].lower()] = environ[name]
+    url = urlsplit(server)
+    proxy = proxies.get(url.scheme)
+    if not proxy or _bypass(url.hostname or "", proxies):
+        return None
+    return proxy
 
 
 # --- errors --------------------------------------------------------------------------------------------------
@@ -567,7 +480,13 @@ class KubeStore:
         return aiohttp.ClientTimeout(total=self.settings.request_timeout, connect=self.settings.connect_timeout)
 
     async def _open_response(
-        self, method: str, path: str, query: Sequence[tuple[str, str]], body: Obj | None, limits: aiohttp.ClientTimeout
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        body: Obj | None,
+        limits: aiohttp.ClientTimeout,
+        headers: Mapping[str, str] = _HEADERS,
     ) -> aiohttp.ClientResponse:
         """Loop thread: send a request; after a 401, refresh the credentials and send it once more."""
 
@@ -576,7 +495,7 @@ class KubeStore:
                 path,
                 method,
                 query_params=list(query),
-                header_params=dict(_HEADERS),
+                header_params=dict(headers),
                 body=body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
@@ -598,10 +517,10 @@ class KubeStore:
         return await send()
 
     async def _exchange(
-        self, method: str, path: str, query: Sequence[tuple[str, str]], body: Obj | None
+        self, method: str, path: str, query: Sequence[tuple[str, str]], body: Obj | None, headers: Mapping[str, str]
     ) -> tuple[int, bytes]:
         """Loop thread: one request and its whole answer; the response is always released."""
-        response = await self._open_response(method, path, query, body, self._timeout())
+        response = await self._open_response(method, path, query, body, self._timeout(), headers)
         try:
             return response.status, await response.read()
         finally:
@@ -615,10 +534,11 @@ class KubeStore:
         *,
         query: Sequence[tuple[str, str]] = (),
         body: Obj | None = None,
+        headers: Mapping[str, str] = _HEADERS,
     ) -> Any:
         """One request from trio: the decoded answer, or the port's error."""
         try:
-            status, data = await self._bridge.run(self._exchange, method, path, query, body)
+            status, data = await self._bridge.run(self._exchange, method, path, query, body, headers)
         except _TRANSPORT_ERRORS as exc:
             raise _unavailable(target, exc) from exc
         if 200 <= status < 300:
@@ -638,6 +558,20 @@ class KubeStore:
         if not name:
             raise NotFound(kind=info.kind, name=name, namespace=ns)
         return _typed(info, await self._call("GET", _path(info, ns, name), target))
+
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        """The object's metadata, or ``NotFound``: a ``PartialObjectMetadata`` GET, as fresh as ``get`` (read from
+        etcd), whose answer leaves out the spec and status."""
+        info = kind_info(kind)
+        ns = _scope(info, namespace)
+        target = _Target(info.kind, name, ns, verb="get")
+        if not name:
+            raise NotFound(kind=info.kind, name=name, namespace=ns)
+        answer = await self._call("GET", _path(info, ns, name), target, headers=_METADATA_ONLY)
+        metadata = answer.get("metadata")
+        if not isinstance(metadata, dict):
+            raise StoreUnavailable(reason=f"get {info.kind} {name}: the API server's answer has no metadata")
+        return metadata
 
     async def _list_page(
         self, info: Kind, namespace: str, selector: str, limit: int, token: str = ""

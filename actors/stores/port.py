@@ -135,6 +135,11 @@ class Store(Protocol):
         """The object, or ``NotFound``."""
         ...
 
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        """The object's ``metadata`` alone, as fresh as ``get``; ``NotFound``.  Cheap for a big object: its
+        ``resourceVersion`` says whether it changed, without sending and decoding the rest."""
+        ...
+
     async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
         """Objects of a kind, optionally in one namespace and matching a label selector string."""
         ...

@@ -148,6 +148,10 @@ class RetryingStore:
         """As the inner store, retried through outages."""
         return await self._retry(lambda: self.inner.get(kind, name, namespace))
 
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        """As the inner store, retried through outages."""
+        return await self._retry(lambda: self.inner.get_metadata(kind, name, namespace))
+
     async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
         """As the inner store, retried through outages."""
         return await self._retry(lambda: self.inner.list(kind, namespace=namespace, label_selector=label_selector))

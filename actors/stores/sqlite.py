@@ -505,6 +505,31 @@ class SqliteStore:
             raise key.not_found()
         return found
 
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        """The object's ``metadata``, or ``NotFound``: SQLite takes it out of the stored text, so the rest of a big
+        object is never decoded in Python (and, as ``get``, one too big to scan in the trio thread is scanned in a
+        worker thread)."""
+        key = _Key.of(kind, name, namespace)
+        sql = "SELECT {} FROM objects WHERE kind = ? AND namespace = ? AND name = ?"
+        where = (key.info.kind, key.namespace, key.name)
+        async with self._limiter:
+            if self._closed:
+                raise trio.ClosedResourceError("the store is closed")
+            try:
+                row = self._conn.execute(
+                    sql.format("CASE WHEN length(body) <= ? THEN json_extract(body, '$.metadata') END"),
+                    (INLINE_READ_BYTES, *where),
+                ).fetchone()
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(reason=f"{self.path}: {exc}") from exc
+        if row is not None and row[0] is None:
+            row = await self._read(
+                lambda conn: conn.execute(sql.format("json_extract(body, '$.metadata')"), where).fetchone()
+            )
+        if row is None:
+            raise key.not_found()
+        return _loads(row[0])
+
     async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
         """Objects of a kind in name order, optionally in one namespace and matching a label selector."""
         info = kind_info(kind)

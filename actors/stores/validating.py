@@ -91,6 +91,10 @@ class ValidatingStore:
         """As the inner store."""
         return await self.inner.get(kind, name, namespace)
 
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        """As the inner store."""
+        return await self.inner.get_metadata(kind, name, namespace)
+
     async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
         """As the inner store."""
         return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)

@@ -41,6 +41,10 @@ class FaultyStore:
         await self._gate("get")
         return await self.inner.get(kind, name, namespace)
 
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        await self._gate("get")
+        return await self.inner.get_metadata(kind, name, namespace)
+
     async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
         await self._gate("list")
         return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)

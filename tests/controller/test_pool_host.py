@@ -30,7 +30,9 @@ from actors.runtime.supervisor import Supervisor
 from actors.stores.kube import KubeStore
 from actors.stores.port import Store
 from spider.errors import PoolExhausted
+from spider.kinds import FINALIZER
 from spider.pool import Owner
+from spider.reconcile import pool_status
 from tests.controller.support import eventually
 from tests.fakeapi import Cost, FakeApiServer, LatencyModel
 from tests.support import pool_object
@@ -213,11 +215,18 @@ async def _post(b: Bench, controller: Controller, token: str | None) -> tuple[in
     return 200, ""
 
 
+async def _settled(b: Bench, pool: str) -> bool:
+    """The leader's reconciler has written what it writes to a new pool: the finalizer and the counts."""
+    stored = await b.admin.get("SpiderIPPool", pool)
+    return FINALIZER in stored["metadata"].get("finalizers", []) and pool_status(stored)[0] is None
+
+
 async def test_a_missing_wrong_or_foreign_token_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with bench(tmp_path) as b:
             controller = await b.controller("ctl-a", "127.0.0.2")
             await eventually(lambda: _true(controller.elector.leading), what="leading")
+            await eventually(lambda: _settled(b, "shared"), what="the reconciler's first writes")
             before = await b.admin.get("SpiderIPPool", "shared")
             assert (await _post(b, controller, None))[0] == 401
             assert (await _post(b, controller, "not-a-token"))[0] == 401

@@ -8,6 +8,11 @@ resources it does not serve, watch streams (chunked JSON lines, ``allowWatchBook
 a dropped connection), a request log, outages and restarts on the same port (the storage survives, as etcd
 does), kubeconfig files, and a host thread so that code outside trio, or other processes, can use it.
 
+Metadata-only reads: a GET (or list) whose ``Accept`` asks for ``as=PartialObjectMetadata`` (or
+``PartialObjectMetadataList``) ``;g=meta.k8s.io;v=v1`` (or ``v1beta1``) is answered with the objects' metadata
+alone, as ``meta.k8s.io`` ``PartialObjectMetadata``, as kube-apiserver does (client-go's metadata client).  The
+server still reads and decodes the whole stored object for it, so its latency is that of the whole object.
+
 Latency (``tests.fakeapi.latency``, off unless given): each request is served after the time the model gives
 for its kind and size, concurrently with other requests (each connection's task sleeps on its own).  A write
 sleeps *first* and is then checked and committed in one step, as etcd's compare-and-swap ends a write: of two
@@ -44,6 +49,34 @@ TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 """TokenReviews are created and answered, never stored (``Cluster.review_token``; tokens from ``mint_token``)."""
 TOKEN_REQUEST = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/serviceaccounts/(?P<account>[^/]+)/token")
 """TokenRequests of any ServiceAccount (none is stored) are answered with a token ``mint_token`` made."""
+
+
+def metadata_only(accept: str) -> str:
+    """The ``apiVersion`` of the ``PartialObjectMetadata`` an ``Accept`` header asks for, or ``""`` for the whole
+    object: the first JSON clause decides (this server speaks no protobuf)."""
+    for clause in accept.split(","):
+        media, *params = (part.strip() for part in clause.split(";"))
+        if media not in ("application/json", "*/*"):
+            continue
+        asked = dict(param.partition("=")[::2] for param in params)
+        partial = asked.get("as", "").startswith("PartialObjectMetadata") and asked.get("g") == "meta.k8s.io"
+        if partial and asked.get("v") in ("v1", "v1beta1"):
+            return f"meta.k8s.io/{asked['v']}"
+        return ""
+    return ""
+
+
+def partial_metadata(answer: Obj, api_version: str) -> Obj:
+    """An object, or a list, as ``PartialObjectMetadata`` (``...List``): its kind and metadata alone."""
+    if "items" in answer:
+        items = [partial_metadata(item, api_version) for item in answer["items"]]
+        return {
+            "apiVersion": api_version,
+            "kind": "PartialObjectMetadataList",
+            "metadata": answer["metadata"],
+            "items": items,
+        }
+    return {"apiVersion": api_version, "kind": "PartialObjectMetadata", "metadata": answer["metadata"]}
 
 
 def request_kind(method: str, name: str, subresource: str, watch: bool = False) -> str:
@@ -276,8 +309,11 @@ class FakeApiServer:
             code, answer = exc.code, exc.status()
         self.served[kind, code] += 1
         data = json.dumps(answer).encode()
+        partial = metadata_only(dict(head.headers).get(b"accept", b"").decode()) if method == "GET" else ""
         if kind not in WRITES:
-            await self._wait(kind, len(data))
+            await self._wait(kind, len(data))  # NB: a metadata-only read costs the server the whole object too
+        if partial and code == 200:
+            data = json.dumps(partial_metadata(answer, partial)).encode()
         await self._answer(conn, stream, code, data)
 
     async def _wait(self, kind: str, size: int) -> None:

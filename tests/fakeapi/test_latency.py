@@ -23,12 +23,15 @@ from tests.fakeapi.latency import MEASURED, VERBS
 POOLS = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools"
 
 
-async def call(server: FakeApiServer, method: str, path: str, body: object = None) -> tuple[int, Any]:
+async def call(
+    server: FakeApiServer, method: str, path: str, body: object = None, accept: str = "application/json"
+) -> tuple[int, Any]:
     """One request on a connection of its own: the answer's code and decoded JSON."""
     stream = await trio.open_tcp_stream(server.host, server.port)
     conn = h11.Connection(h11.CLIENT)
     data = b"" if body is None else json.dumps(body).encode()
     headers = [("Host", "fake"), ("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    headers.append(("Accept", accept))
     async with stream:
         await stream.send_all(conn.send(h11.Request(method=method, target=path, headers=headers)) or b"")
         await stream.send_all(
@@ -67,9 +70,9 @@ class Calls:
     def __init__(self, nursery: trio.Nursery, server: FakeApiServer) -> None:
         self.nursery, self.server, self.answers = nursery, server, dict[str, tuple[int, Any]]()
 
-    def start(self, label: str, method: str, path: str, body: object = None) -> None:
+    def start(self, label: str, method: str, path: str, body: object = None, accept: str = "application/json") -> None:
         async def one() -> None:
-            self.answers[label] = await call(self.server, method, path, body)
+            self.answers[label] = await call(self.server, method, path, body, accept)
 
         self.nursery.start_soon(one)
 
@@ -154,6 +157,45 @@ async def test_a_read_is_answered_after_its_latency_and_does_not_hold_up_other_r
     mock_clock.jump(1.0)
     await settled()
     assert calls.answers["get"][0] == 200
+
+
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
+async def test_a_metadata_only_read_answers_the_metadata_alone(nursery: trio.Nursery) -> None:
+    server: FakeApiServer = await nursery.start(FakeApiServer().run)
+    with trio.fail_after(10):
+        _, created = await call(server, "POST", POOLS, pool("p"))
+        assert await call(server, "GET", f"{POOLS}/p", accept=METADATA_ONLY) == (
+            200,
+            {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": created["metadata"]},
+        )
+        code, listing = await call(server, "GET", POOLS, accept=METADATA_ONLY.replace("Metadata;", "MetadataList;"))
+        assert (code, listing["kind"], listing["items"][0]["metadata"]) == (
+            200,
+            "PartialObjectMetadataList",
+            created["metadata"],
+        )
+        assert await call(server, "GET", f"{POOLS}/p", accept="application/json") == (200, created)
+        code, missing = await call(server, "GET", f"{POOLS}/q", accept=METADATA_ONLY)
+        assert (code, missing["kind"], missing["reason"]) == (404, "Status", "NotFound")
+
+
+async def test_a_metadata_only_read_takes_as_long_as_reading_the_whole_object(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    server = await served(nursery, LatencyModel({"get": Cost(0, 1000)}))  # 1 s per KiB of the object
+    big = {**pool("p"), "spec": {**pool("p")["spec"], "ips": [f"10.6.{i // 250}.{i % 250}" for i in range(300)]}}
+    await call(server, "POST", POOLS, big)  # about 4 KiB: a create costs nothing in this model
+    calls = Calls(nursery, server)
+    calls.start("meta", "GET", f"{POOLS}/p", accept=METADATA_ONLY)
+    await settled()
+    mock_clock.jump(2.0)  # the metadata alone is under 1 KiB
+    await settled()
+    assert calls.answers == {}
+    mock_clock.jump(10.0)
+    await settled()
+    assert calls.answers["meta"][1]["kind"] == "PartialObjectMetadata"
 
 
 def test_the_measured_model_reproduces_the_two_measured_pool_status_writes() -> None:

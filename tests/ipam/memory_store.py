@@ -52,6 +52,10 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         return copy.deepcopy(self._stored(kind, name, namespace))
 
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        return copy.deepcopy(self._stored(kind, name, namespace)["metadata"])
+
     async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
         await trio.lowlevel.checkpoint()
         items = [
@@ -138,6 +142,9 @@ class SlowWrites:
 
     async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
         return await self.inner.get(kind, name, namespace)
+
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        return await self.inner.get_metadata(kind, name, namespace)
 
     async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
         return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import outcome
@@ -13,6 +15,7 @@ import trio
 import trio.testing
 
 from actors.ipam.pool import Allocation, PoolActor, PoolHandle, PoolMsg, open_pool
+from actors.stores.port import Obj
 from actors.stores.sqlite import SqliteStore
 from spider.addr import ip_to_int
 from spider.errors import ActorUnavailable, PoolExhausted, PoolNotFound, StaleWrite
@@ -139,6 +142,82 @@ async def test_verify_reads_the_stored_pool_not_the_actor_s_ledger(
         assert ledger.release_ip(ip_to_int(mine.ip), "uid-1")
         await sqlite.update_status({**stored, "status": ledger.to_status()})
         assert not await handle.verify(mine.ip, owner(1).key)
+
+
+@attrs.define(eq=False)
+class CountsPoolReads(InterferingStore):
+    """Counts the reads of the pool: whole (``get``) and of its metadata alone."""
+
+    whole: int = 0
+    metadata: int = 0
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        self.whole += kind == KIND
+        return await super().get(kind, name, namespace)
+
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        self.metadata += kind == KIND
+        return await super().get_metadata(kind, name, namespace)
+
+
+async def behind_the_actors_back(sqlite: SqliteStore, change: Callable[[PoolLedger], object]) -> str:
+    """Another process rewrites the pool; returns the version it wrote."""
+    stored = await sqlite.get(KIND, POOL)
+    ledger = PoolLedger.from_object(stored)
+    change(ledger)
+    return str((await sqlite.update_status({**stored, "status": ledger.to_status()}))["metadata"]["resourceVersion"])
+
+
+@pytest.mark.parametrize("write_lock", [False, True], ids=["optimistic", "atomic"])
+async def test_an_allocation_names_the_version_of_the_pool_that_records_it(
+    nursery: trio.Nursery, store: InterferingStore, sqlite: SqliteStore, write_lock: bool
+) -> None:
+    handle, actor = open_pool(POOL, sqlite if write_lock else store)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        fresh = await handle.allocate(owner(1))
+        assert fresh.recorded_at == (await sqlite.get_metadata(KIND, POOL))["resourceVersion"]
+        moved = await behind_the_actors_back(sqlite, lambda ledger: ledger.allocate(foreign(1)))
+        held = await handle.allocate(owner(1))  # answered without a write, after a read of the pool as it is
+    assert (held.ip, held.fresh, held.recorded_at) == (fresh.ip, False, moved)
+
+
+async def test_verify_at_the_recorded_version_reads_the_pools_version_alone(
+    nursery: trio.Nursery, sqlite: SqliteStore
+) -> None:
+    counted = CountsPoolReads(sqlite)
+    handle, actor = open_pool(POOL, counted)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        mine = await handle.allocate(owner(1))
+        counted.whole = counted.metadata = 0
+        assert await handle.verify(mine.ip, owner(1).key, mine.recorded_at)
+        assert (counted.whole, counted.metadata) == (0, 1)
+
+
+@pytest.mark.parametrize("freed", [True, False], ids=["record-freed", "record-kept"])
+async def test_verify_after_the_pool_moved_on_reads_the_records_once(
+    nursery: trio.Nursery, sqlite: SqliteStore, freed: bool
+) -> None:
+    counted = CountsPoolReads(sqlite)
+    handle, actor = open_pool(POOL, counted)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        mine = await handle.allocate(owner(1))
+
+        def change(ledger: PoolLedger) -> None:
+            ledger.allocate(foreign(1))
+            if freed:
+                assert ledger.release(owner(1).key) is not None
+
+        await behind_the_actors_back(sqlite, change)
+        counted.whole = counted.metadata = 0
+        assert await handle.verify(mine.ip, owner(1).key, mine.recorded_at) is not freed
+        assert (counted.whole, counted.metadata) == (1, 1)
+        # without a recorded version, a look that finds the ledger current reads the version alone
+        counted.whole = counted.metadata = 0
+        assert await handle.verify(mine.ip, owner(1).key) is not freed
+        assert (counted.whole, counted.metadata) == (0, 1)
 
 
 async def test_release_ips_of_exact_records_frees_only_records_still_exactly_so(handle: PoolHandle) -> None:

@@ -102,6 +102,21 @@ async def test_get_returns_a_copy_the_caller_may_mutate(store: Store, run: str) 
         assert await store.get("SpiderIPPool", meta(created)["name"]) == created
 
 
+async def test_get_metadata_is_the_objects_metadata_as_stored_now(store: Store, run: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        created = await store.create(pool(run))
+        name = meta(created)["name"]
+        assert await store.get_metadata("SpiderIPPool", name) == meta(created)
+        written = await store.update_status({**created, "status": {"allocatedIPCount": 1}})
+        assert await store.get_metadata("SpiderIPPool", name) == meta(written) != meta(created)
+        ep = await store.create(endpoint(run, namespace="default"))
+        assert await store.get_metadata("SpiderEndpoint", meta(ep)["name"], "default") == meta(ep)
+        with pytest.raises(NotFound):
+            await store.get_metadata("SpiderIPPool", f"nope-{run}")
+        with pytest.raises(NotFound):
+            await store.get_metadata("SpiderEndpoint", meta(ep)["name"], "kube-system")
+
+
 async def test_create_of_a_taken_name_raises_already_exists(store: Store, run: str) -> None:
     with trio.fail_after(TIMEOUT):
         first = await store.create(pool(run))

@@ -17,7 +17,8 @@ import pytest
 import trio
 import trustme
 
-from actors.stores.kube import AsyncioThread, KubeSettings, KubeStore
+from actors.stores.asyncio_thread import AsyncioThread
+from actors.stores.kube import KubeSettings, KubeStore
 from actors.stores.port import Gone, NotFound, Obj, WatchEvent, meta
 from spider.errors import StoreUnavailable
 from spider.kinds import SPIDER_API_VERSION, SPIDER_GROUP, SPIDER_VERSION
@@ -270,6 +271,40 @@ async def test_an_api_server_that_is_down_is_store_unavailable(fake: FakeApiServ
             await kube.get("SpiderIPPool", "p")
         await fake.come_up()
         assert meta(await kube.get("SpiderIPPool", "p"))["name"] == "p"
+
+
+@pytest.mark.parametrize(
+    ("environ", "proxied"),
+    [
+        ({"HTTP_PROXY": "http://{proxy}"}, True),
+        ({"http_proxy": "http://{proxy}", "HTTP_PROXY": "http://127.0.0.1:9"}, True),  # lower case first
+        ({"HTTP_PROXY": "http://{proxy}", "NO_PROXY": "example,kube.invalid"}, False),
+        ({"HTTP_PROXY": "http://{proxy}", "no_proxy": ".invalid"}, False),
+        ({"HTTPS_PROXY": "http://{proxy}"}, False),  # the API server here speaks plain HTTP
+        ({}, False),
+    ],
+)
+async def test_the_proxy_the_environment_names_is_used_unless_no_proxy_covers_the_server(
+    fake: FakeApiServer, tmp_path: Path, environ: dict[str, str], proxied: bool
+) -> None:
+    # the API server's name does not resolve: only a proxy can reach it (the fake server serves absolute-form
+    # requests as a forward proxy would pass them on)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        fake.kubeconfig(tmp_path / "direct", token="t").read_text().replace(fake.url, "http://kube.invalid:6443")
+    )
+    env = {k: v.format(proxy=f"{fake.host}:{fake.port}") for k, v in environ.items()}
+    store = await KubeStore.open(kubeconfig, settings=KubeSettings(request_timeout=5), environ=env)
+    try:
+        with trio.fail_after(TIMEOUT):
+            if proxied:
+                with pytest.raises(NotFound):
+                    await store.get("SpiderIPPool", "p")
+            else:
+                with pytest.raises(StoreUnavailable):
+                    await store.get("SpiderIPPool", "p")
+    finally:
+        await store.aclose()
 
 
 async def test_a_kubeconfig_that_cannot_be_read_is_store_unavailable_naming_it(tmp_path: Path) -> None:
