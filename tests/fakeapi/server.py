@@ -137,7 +137,8 @@ class FakeApiServer:
     latency: LatencyModel = attrs.Factory(LatencyModel)
     """How long requests take (``LatencyModel()``: no time at all, the default for tests)."""
     served: Counter[tuple[str, int]] = attrs.Factory(Counter)
-    """(request kind, HTTP code) of every answered request that reached the storage."""
+    """(request kind, HTTP code) of every answered request that reached the storage; a metadata-only read is
+    kind ``get (metadata)`` (or ``list (metadata)``)."""
     _scope: trio.CancelScope | None = None
     _up: trio.Event = attrs.Factory(trio.Event)
     _resume: trio.Event = attrs.Factory(trio.Event)
@@ -307,9 +308,9 @@ class FakeApiServer:
             code, answer = self._dispatch(method, resource, namespace, name, sub, query, body)
         except ApiError as exc:
             code, answer = exc.code, exc.status()
-        self.served[kind, code] += 1
         data = json.dumps(answer).encode()
         partial = metadata_only(dict(head.headers).get(b"accept", b"").decode()) if method == "GET" else ""
+        self.served[f"{kind} (metadata)" if partial else kind, code] += 1
         if kind not in WRITES:
             await self._wait(kind, len(data))  # NB: a metadata-only read costs the server the whole object too
         if partial and code == 200:

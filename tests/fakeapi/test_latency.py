@@ -179,6 +179,8 @@ async def test_a_metadata_only_read_answers_the_metadata_alone(nursery: trio.Nur
         assert await call(server, "GET", f"{POOLS}/p", accept="application/json") == (200, created)
         code, missing = await call(server, "GET", f"{POOLS}/q", accept=METADATA_ONLY)
         assert (code, missing["kind"], missing["reason"]) == (404, "Status", "NotFound")
+    assert (server.served["get (metadata)", 200], server.served["list (metadata)", 200]) == (1, 1)
+    assert (server.served["get", 200], server.served["get (metadata)", 404]) == (1, 1)
 
 
 async def test_a_metadata_only_read_takes_as_long_as_reading_the_whole_object(
