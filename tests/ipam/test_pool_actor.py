@@ -127,20 +127,35 @@ async def test_release_of_an_owner_that_holds_nothing_returns_none_and_writes_no
     assert store.writes == 0
 
 
-@pytest.mark.parametrize("write_lock", [False, True], ids=["optimistic", "atomic"])
-async def test_verify_reads_the_stored_pool_not_the_actor_s_ledger(
-    nursery: trio.Nursery, store: InterferingStore, sqlite: SqliteStore, write_lock: bool
-) -> None:
-    handle, actor = open_pool(POOL, sqlite if write_lock else store)
+async def behind_the_actors_back(sqlite: SqliteStore, change: Callable[[PoolLedger], object]) -> str:
+    """Another process rewrites the pool; returns the version it wrote."""
+    stored = await sqlite.get(KIND, POOL)
+    ledger = PoolLedger.from_object(stored)
+    change(ledger)
+    return str((await sqlite.update_status({**stored, "status": ledger.to_status()}))["metadata"]["resourceVersion"])
+
+
+@pytest.fixture(params=[False, True], ids=["optimistic", "atomic"])
+async def either(
+    request: pytest.FixtureRequest, nursery: trio.Nursery, store: InterferingStore, sqlite: SqliteStore
+) -> PoolHandle:
+    """A running actor's handle, on a store it writes to optimistically or under the embedded store's lock."""
+    handle, actor = open_pool(POOL, sqlite if request.param else store)
+    await nursery.start(actor.run)
+    return handle
+
+
+async def test_verify_reads_the_stored_pool_not_the_actor_s_ledger(either: PoolHandle, sqlite: SqliteStore) -> None:
+    handle = either
     with trio.fail_after(TIMEOUT):
-        await nursery.start(actor.run)
         mine = await handle.allocate(owner(1))
         assert await handle.verify(mine.ip, owner(1).key)
         assert not await handle.verify(mine.ip, owner(2).key)
-        stored = await sqlite.get(KIND, POOL)  # another process frees it behind the actor's back
-        ledger = PoolLedger.from_object(stored)
-        assert ledger.release_ip(ip_to_int(mine.ip), "uid-1")
-        await sqlite.update_status({**stored, "status": ledger.to_status()})
+
+        def free(ledger: PoolLedger) -> None:  # another process frees it
+            assert ledger.release_ip(ip_to_int(mine.ip), "uid-1")
+
+        await behind_the_actors_back(sqlite, free)
         assert not await handle.verify(mine.ip, owner(1).key)
 
 
@@ -160,21 +175,11 @@ class CountsPoolReads(InterferingStore):
         return await super().get_metadata(kind, name, namespace)
 
 
-async def behind_the_actors_back(sqlite: SqliteStore, change: Callable[[PoolLedger], object]) -> str:
-    """Another process rewrites the pool; returns the version it wrote."""
-    stored = await sqlite.get(KIND, POOL)
-    ledger = PoolLedger.from_object(stored)
-    change(ledger)
-    return str((await sqlite.update_status({**stored, "status": ledger.to_status()}))["metadata"]["resourceVersion"])
-
-
-@pytest.mark.parametrize("write_lock", [False, True], ids=["optimistic", "atomic"])
 async def test_an_allocation_names_the_version_of_the_pool_that_records_it(
-    nursery: trio.Nursery, store: InterferingStore, sqlite: SqliteStore, write_lock: bool
+    either: PoolHandle, sqlite: SqliteStore
 ) -> None:
-    handle, actor = open_pool(POOL, sqlite if write_lock else store)
+    handle = either
     with trio.fail_after(TIMEOUT):
-        await nursery.start(actor.run)
         fresh = await handle.allocate(owner(1))
         assert fresh.recorded_at == (await sqlite.get_metadata(KIND, POOL))["resourceVersion"]
         moved = await behind_the_actors_back(sqlite, lambda ledger: ledger.allocate(foreign(1)))
@@ -182,13 +187,20 @@ async def test_an_allocation_names_the_version_of_the_pool_that_records_it(
     assert (held.ip, held.fresh, held.recorded_at) == (fresh.ip, False, moved)
 
 
-async def test_verify_at_the_recorded_version_reads_the_pools_version_alone(
-    nursery: trio.Nursery, sqlite: SqliteStore
-) -> None:
+@pytest.fixture
+async def reads_counted(nursery: trio.Nursery, sqlite: SqliteStore) -> tuple[PoolHandle, CountsPoolReads]:
+    """A running actor's handle, on a store that counts its reads of the pool."""
     counted = CountsPoolReads(sqlite)
     handle, actor = open_pool(POOL, counted)
+    await nursery.start(actor.run)
+    return handle, counted
+
+
+async def test_verify_at_the_recorded_version_reads_the_pools_version_alone(
+    reads_counted: tuple[PoolHandle, CountsPoolReads],
+) -> None:
+    handle, counted = reads_counted
     with trio.fail_after(TIMEOUT):
-        await nursery.start(actor.run)
         mine = await handle.allocate(owner(1))
         counted.whole = counted.metadata = 0
         assert await handle.verify(mine.ip, owner(1).key, mine.recorded_at)
@@ -197,12 +209,10 @@ async def test_verify_at_the_recorded_version_reads_the_pools_version_alone(
 
 @pytest.mark.parametrize("freed", [True, False], ids=["record-freed", "record-kept"])
 async def test_verify_after_the_pool_moved_on_reads_the_records_once(
-    nursery: trio.Nursery, sqlite: SqliteStore, freed: bool
+    reads_counted: tuple[PoolHandle, CountsPoolReads], sqlite: SqliteStore, freed: bool
 ) -> None:
-    counted = CountsPoolReads(sqlite)
-    handle, actor = open_pool(POOL, counted)
+    handle, counted = reads_counted
     with trio.fail_after(TIMEOUT):
-        await nursery.start(actor.run)
         mine = await handle.allocate(owner(1))
 
         def change(ledger: PoolLedger) -> None:
