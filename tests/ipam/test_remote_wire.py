@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import attrs
+import outcome
 import pytest
 
-from actors.ipam.pool import Adopt, Allocate, PoolMsg, Release, ReleaseIPs, Verify
-from actors.ipam.remote import decode_message, encode_message
+from actors.ipam.pool import Adopt, Allocate, Allocation, PoolMsg, Release, ReleaseIPs, Verify
+from actors.ipam.remote import decode_message, decode_outcome, encode_message, encode_outcome
 from actors.runtime.mailbox import Reply
 from spider.addr import IPSet
-from spider.pool import Owner, Record
+from spider.pool import Owner, Record, Route
 
 OWNER = Owner("uid-1", "eth0", "default", "pod-1", "ctr-1", "node-1", 1733500000.5)
 RECORD = Record("default/pod-1", "uid-1", "eth0", "ctr-1", "node-1", 1733500000.5)
@@ -54,3 +55,13 @@ async def test_reads_are_never_forwarded() -> None:
 def test_a_malformed_or_unknown_request_is_refused_as_malformed(raw: object) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
         decode_message(raw)
+
+
+async def test_an_allocation_comes_back_with_the_version_that_records_it_and_unknown_fields_left_out() -> None:
+    allocation = Allocation("p", 4, "10.0.0.5/24", "10.0.0.1", (Route("0.0.0.0/0", "10.0.0.1"),), recorded_at="42")
+    sent = json.loads(json.dumps(encode_outcome(outcome.Value(allocation))))
+    msg = messages()[1]
+    back = decode_outcome(msg, sent).unwrap()
+    assert (back, back.recorded_at, back.fresh) == (allocation, "42", True)
+    sent["value"]["sentBy"] = "a newer host"  # NB: a field this version does not know
+    assert decode_outcome(msg, sent).unwrap().recorded_at == "42"
