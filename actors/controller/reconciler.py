@@ -48,6 +48,9 @@ NEEDS = {POOL: {POOL, RESERVED}, SUBNET: {SUBNET, POOL}}
 """The kinds whose listing a kind's rules read (a pool's free count excludes reservations)."""
 DEFAULT_RESYNC = 300.0
 """Seconds between full re-lists (Spiderpool's pool and subnet informers resync every 300 s)."""
+KEPT_LEDGERS = 32
+"""Pools whose ledgers the reconciler keeps between writes (the ones written last): a busy pool is levelled,
+not decoded, on every write; a quiet one is decoded again when it changes."""
 RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds before a key whose write failed is tried again, growing per consecutive failure of that key."""
 
@@ -114,7 +117,8 @@ class PoolReconciler:
     _failures: dict[Key, int] = attrs.field(factory=dict)
     _complained: dict[Key, str] = attrs.field(factory=dict)
     _ledgers: dict[str, PoolLedger] = attrs.field(factory=dict)
-    """Each pool's ledger as last counted, levelled with the next version rather than decoded anew."""
+    """The ledgers of the pools counted last (at most ``KEPT_LEDGERS``, the latest last), each levelled with its
+    pool's next version rather than decoded anew."""
 
     @property
     def synced(self) -> bool:
@@ -243,6 +247,8 @@ class PoolReconciler:
             if kind == POOL:
                 previous = self._ledgers.pop(name, None)  # NB: levelled in place: never used again if this fails
                 status, self._ledgers[name] = pool_status(obj, self._reservations(), previous)
+                if len(self._ledgers) > KEPT_LEDGERS:  # NB: memory follows the pools being written, not all pools
+                    del self._ledgers[next(iter(self._ledgers))]
             else:
                 status = subnet_status(obj, pools)
         except InvalidSpec as exc:

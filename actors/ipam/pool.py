@@ -8,7 +8,9 @@ depends on the store:
 - any other (the API server): the write is guarded by the resourceVersion the ledger was read at; on a
   conflict it re-reads and re-applies the same batch, with jittered backoff, until a time budget runs out,
   then the whole batch fails with ``StaleWrite`` (CNI 11).  A batch that writes nothing is answered only after
-  a read confirms the ledger is still current.
+  a read confirms the ledger is still current (a read of the pool's metadata alone: its resourceVersion).
+An ADD's last look (``Verify``) knows the version its record was written at (``Allocation.recorded_at``): while
+the pool is still at it, that same cheap read answers it, without the records.
 Either way a ledger another agent has overtaken is levelled with the stored pool (``PoolLedger.catch_up``),
 not decoded anew.  No address leaves the actor before it is durable; pools serialize independently.
 

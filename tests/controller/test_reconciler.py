@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
+from actors.controller import reconciler as reconciler_module
 from actors.controller.reconciler import PoolReconciler
 from actors.ipam.pool import open_pool
 from actors.stores.port import NotFound, Obj, ObjectList, Store
@@ -116,6 +118,30 @@ async def test_a_wrong_allocated_count_is_corrected_without_touching_the_records
             assert got["allocatedIPs"] == records  # byte for byte: never re-encoded, never dropped
             assert got["freeIPCount"] == 9
             assert got["totalIPCount"] == 11
+
+
+async def test_counts_stay_right_for_pools_whose_ledgers_were_dropped_and_for_those_kept(
+    private_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reconciler_module, "KEPT_LEDGERS", 2)
+    store = private_store
+    names = [f"p{i}" for i in range(4)]
+    with trio.fail_after(TIMEOUT):
+        async with reconciling(store) as reconciler:
+            for name in names:
+                await store.create(pool(name, ips=["10.6.0.10-10.6.0.20"]))
+            for name in names:
+                await eventually(has(store, "SpiderIPPool", name, counted))
+            for held, name in enumerate(names, start=1):  # a foreign writer's records, with wrong counts
+                stored = await store.get("SpiderIPPool", name)
+                records = {f"10.6.0.{10 + i}": {"pod": f"default/{name}-{i}", "podUid": f"u-{i}"} for i in range(held)}
+                await store.update_status({**stored, "status": {**status(stored), "allocatedIPs": json.dumps(records)}})
+            for held, name in enumerate(names, start=1):
+                await eventually(has(store, "SpiderIPPool", name, lambda o, n=held: status(o)["allocatedIPCount"] == n))
+            await settle(reconciler)
+            assert len(reconciler._ledgers) == 2
+            for name in names:
+                assert status(await store.get("SpiderIPPool", name))["freeIPCount"] == 11 - int(name[1:]) - 1
 
 
 async def test_a_deleted_pool_without_allocations_goes_away(private_store: Store) -> None:
