@@ -480,7 +480,10 @@ def test_cni_args_values_may_be_empty_or_hold_equals_signs_and_the_last_repeat_w
     assert parse_args("") == {}
 
 
-arg_keys = st.text(st.characters(exclude_characters=";=", exclude_categories=["Cs"]), min_size=1)
+POD_ARGS = ("K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_UID")  # NB: their values are checked, so not any text
+arg_keys = st.text(st.characters(exclude_characters=";=", exclude_categories=["Cs"]), min_size=1).filter(
+    lambda key: key not in POD_ARGS
+)
 arg_values = st.text(st.characters(exclude_characters=";", exclude_categories=["Cs"]))
 
 
