@@ -25,13 +25,13 @@ it is older than ``claim_window``; the release is refused when the entry was cla
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 
 import attrs
 import trio
 
+from actors.controller.workqueue import WorkQueue
 from actors.ipam.subnet import SubnetRegistry
 from actors.stores.informer import inform_each
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store, WatchEvent
@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 POOL = "SpiderIPPool"
 SUBNET = "SpiderSubnet"
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+"""Seconds before an application or pool whose sync failed is tried again, per consecutive failure."""
 RECHECK = 1.0
 """Seconds before the sweep looks again at an entry whose guarded release was refused."""
 
@@ -123,9 +124,7 @@ class ApplicationController:
     stats: ApplicationStats = attrs.field(factory=ApplicationStats)
     _cache: dict[str, dict[tuple[str, str], Obj]] = attrs.field(factory=dict)
     _gone: dict[Key, Obj] = attrs.field(factory=dict)
-    _queue_send: trio.MemorySendChannel[Key] | None = None
-    _queued: set[Key] = attrs.field(factory=set)
-    _failures: dict[Key, int] = attrs.field(factory=dict)
+    _queue: WorkQueue[Key] = attrs.field(factory=lambda: WorkQueue.open(RETRY_DELAYS))
     _listed: set[str] = attrs.field(factory=set)
     _all_listed: trio.Event = attrs.field(factory=trio.Event)
     clock: Callable[[], float] = time.time
@@ -145,18 +144,16 @@ class ApplicationController:
     @property
     def idle(self) -> bool:
         """Nothing queued (for tests)."""
-        return not self._queued
+        return not self._queue
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Inform, and work the queue until cancelled; started once every kind is listed."""
-        send, recv = trio.open_memory_channel[Key](math.inf)
-        self._queue_send = send
         self._cache = {kind: {} for kind in self.kinds}
         async with trio.open_nursery() as nursery:
             inform_each(nursery, self.store, self.kinds, on_list=self._on_list, on_event=self._on_event,
-                        resync_period=self.settings.resync_period, delay=self._delay,
+                        resync_period=self.settings.resync_period, delay=self._queue.delay,
                         who="applications")  # fmt: skip
-            nursery.start_soon(self._work, recv, nursery)
+            nursery.start_soon(self._work, nursery)
             await self._all_listed.wait()
             task_status.started()
 
@@ -173,7 +170,7 @@ class ApplicationController:
         self._listed.add(kind)
         if self._listed >= set(self.kinds):
             self._all_listed.set()
-        self._queue(("", "", ""))  # NB: every listing (and so every resync) sweeps
+        self._queue.add(("", "", ""))  # NB: every listing (and so every resync) sweeps
 
     def _on_event(self, kind: str, event: WatchEvent) -> None:
         key = _key(event.object)
@@ -188,22 +185,17 @@ class ApplicationController:
         if kind in BUILTIN_KINDS:
             if deleted:
                 self._gone[(kind, ns, name)] = obj
-            self._queue((kind, ns, name))
+            self._queue.add((kind, ns, name))
         elif kind == POOL:
-            self._queue((POOL, "", name))
-
-    def _queue(self, key: Key) -> None:
-        if key not in self._queued and self._queue_send is not None:
-            self._queued.add(key)
-            self._queue_send.send_nowait(key)
+            self._queue.add((POOL, "", name))
 
     # --- the worker --------------------------------------------------------------------------------------
 
-    async def _work(self, recv: trio.MemoryReceiveChannel[Key], nursery: trio.Nursery) -> None:
-        async for key in recv:
-            self._queued.discard(key)
+    async def _work(self, nursery: trio.Nursery) -> None:
+        while True:
+            key = await self._queue.get()
             if not self._listed >= set(self.kinds):
-                nursery.start_soon(self._later, key, self._delay(1))
+                self._queue.later(nursery, key, self._queue.delay(1))
                 continue
             self.stats.syncs += 1
             try:
@@ -215,24 +207,16 @@ class ApplicationController:
                     await self._sync_app(key)
             except (TransientError, Conflict, InsufficientSubnetIPs, FreeIPsNotEnough, AlreadyExists) as exc:
                 self.stats.failures += 1
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
                 log.info("auto pools of %s: %s; retrying", "/".join(k for k in key if k) or "sweep", exc)
-                nursery.start_soon(self._later, key, self._delay(failures))
+                self._queue.failed(nursery, key)
             except SpiderError as exc:
                 self.stats.failures += 1
                 log.warning("auto pools of %s: %s", "/".join(k for k in key if k) or "sweep", exc)
             else:
-                self._failures.pop(key, None)
+                self._queue.succeeded(key)
             if self._sweep_in is not None:
-                nursery.start_soon(self._later, ("", "", ""), self._sweep_in)
+                self._queue.later(nursery, ("", "", ""), self._sweep_in)
                 self._sweep_in = None
-
-    async def _later(self, key: Key, delay: float) -> None:
-        await trio.sleep(delay)
-        self._queue(key)
-
-    def _delay(self, failures: int) -> float:
-        return RETRY_DELAYS[min(max(failures, 1), len(RETRY_DELAYS)) - 1]
 
     # --- applications ------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from actors.controller.workqueue import backoff
 from actors.stores.port import Conflict, Gone, NotFound, Obj, Store, StoreUnreachable, closing_watch
 from spider.coordinator.cidrs import (
     DEFAULT_CILIUM_CONFIG,
@@ -239,7 +240,7 @@ class CoordinatorSync:
             await self._dirty.wait()
 
     def _delay(self, failures: int) -> float:
-        return self.retry_delays[min(max(failures, 1), len(self.retry_delays)) - 1]
+        return backoff(self.retry_delays, failures)
 
     def _items(self, source: Source) -> tuple[Obj, ...] | None:
         cache = self._cache.get(source)

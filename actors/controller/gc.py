@@ -32,6 +32,7 @@ Errors are logged and counted, never raised out of the leading work.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import time
@@ -41,6 +42,7 @@ from typing import Any
 import attrs
 import trio
 
+from actors.controller.workqueue import backoff
 from actors.ipam.pool import PoolRegistry, decode_ledger
 from actors.runtime.supervisor import Supervisor
 from actors.stores.informer import inform_each
@@ -213,7 +215,7 @@ class IpGarbageCollector:
             if self.pools is None:
                 self.pools = PoolRegistry(self.store, Supervisor(nursery))
             inform_each(nursery, self.store, ("Node", "Pod"), on_list=self._on_list, on_event=self._on_event,
-                        resync_period=RESYNC, delay=lambda failures: RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1],
+                        resync_period=RESYNC, delay=functools.partial(backoff, RETRY_DELAYS),
                         who="ip gc")  # fmt: skip
             nursery.start_soon(self._trace_new)
             await self._listed.wait()

@@ -29,7 +29,7 @@ import logging
 import attrs
 import trio
 
-from actors.controller.reconciler import WorkQueue
+from actors.controller.workqueue import RETRY_DELAYS, WorkQueue
 from actors.stores.informer import inform_each
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store, WatchEvent
 from spider.errors import InvalidSpec, SpiderError, TransientError
@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RESYNC = 60.0
 """Seconds between full re-lists (Spiderpool's SpiderMultusConfig informer resyncs every 60 s)."""
-RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-"""Seconds before a key whose write failed is tried again, growing per consecutive failure of that key."""
 WATCHED = (MULTUS, NAD_KIND)
 
 Key = tuple[str, str]
@@ -105,10 +103,11 @@ class MultusReconciler:
     settings: MultusSettings = attrs.field(factory=MultusSettings)
     stats: MultusStats = attrs.field(factory=MultusStats)
     _cache: dict[str, dict[str, Obj]] = attrs.field(factory=lambda: {kind: {} for kind in WATCHED})
-    _queue: WorkQueue = attrs.field(factory=WorkQueue.open)
+    _queue: WorkQueue[Key] = attrs.field(
+        default=attrs.Factory(lambda self: WorkQueue.open(self.settings.retry_delays), takes_self=True)
+    )
     _listed: set[str] = attrs.field(factory=set)
     _all_listed: trio.Event = attrs.field(factory=trio.Event)
-    _failures: dict[Key, int] = attrs.field(factory=dict)
     _complained: dict[Key, str] = attrs.field(factory=dict)
 
     @property
@@ -125,7 +124,7 @@ class MultusReconciler:
         """Follow both kinds and reconcile until cancelled; started once both are listed."""
         async with trio.open_nursery() as nursery:
             inform_each(nursery, self.store, WATCHED, on_list=self._listed_kind, on_event=self._event,
-                        resync_period=self.settings.resync_period, delay=self._delay, who="multus")  # fmt: skip
+                        resync_period=self.settings.resync_period, delay=self._queue.delay, who="multus")  # fmt: skip
             nursery.start_soon(self._work, nursery)
             await self._all_listed.wait()
             task_status.started()
@@ -192,24 +191,15 @@ class MultusReconciler:
             except (Conflict, AlreadyExists, NotFound, TransientError) as exc:
                 if isinstance(exc, Conflict):
                     self.stats.conflicts += 1
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
                 log.debug("%s %s: %s; retrying", *key, exc)
-                nursery.start_soon(self._later, key, self._delay(failures))
+                self._queue.failed(nursery, key)
             except SpiderError as exc:  # refused (422 and the like): retrying the same write cannot help
                 self._complain(key, exc)
             except Exception:  # NB: one odd object must not stop the others from being maintained
                 self.stats.failures += 1
                 log.exception("%s %s: reconcile failed; skipped until it changes or the next resync", *key)
             else:
-                self._failures.pop(key, None)
-
-    async def _later(self, key: Key, delay: float) -> None:
-        await trio.sleep(delay)
-        self._queue.add(key)
-
-    def _delay(self, failures: int) -> float:
-        delays = self.settings.retry_delays
-        return delays[min(max(failures, 1), len(delays)) - 1]
+                self._queue.succeeded(key)
 
     async def _reconcile_config(self, key: Key) -> None:
         stored_smc = self._cache[MULTUS].get(key[1])

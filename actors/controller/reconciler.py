@@ -8,7 +8,7 @@ Owns ``PoolReconciler``, an informer-and-workqueue loop in the shape of a client
   on its own, so one that cannot be listed (its CRD missing) holds back only the keys whose rules read it
   (``NEEDS``), and ``run`` reports started once every kind has been listed;
 - every change queues the keys it affects (a pool; the subnets with its ``spec.subnet``; every pool when a
-  reservation changes) in a de-duplicating queue;
+  reservation changes) in a de-duplicating queue (``actors.controller.workqueue``);
 - one worker takes keys and applies the pure rules of ``spider.reconcile`` to the cached object.
 
 It must not fight the agents' PoolActors, which write pool status with group commit: it writes only when
@@ -20,11 +20,11 @@ changes ``allocatedIPs``, and it computes the counts with the same rules as ``Po
 from __future__ import annotations
 
 import logging
-import math
 
 import attrs
 import trio
 
+from actors.controller.workqueue import RETRY_DELAYS, WorkQueue
 from actors.stores.informer import inform_each
 from actors.stores.port import Conflict, NotFound, Obj, Store, WatchEvent
 from spider.errors import InvalidSpec, SpiderError, TransientError
@@ -51,44 +51,7 @@ DEFAULT_RESYNC = 300.0
 KEPT_LEDGERS = 32
 """Pools whose ledgers the reconciler keeps between writes (the ones written last): a busy pool is levelled,
 not decoded, on every write; a quiet one is decoded again when it changes."""
-RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-"""Seconds before a key whose write failed is tried again, growing per consecutive failure of that key."""
-
 Key = tuple[str, str]
-
-
-@attrs.define(eq=False)
-class WorkQueue:
-    """Keys waiting to be reconciled, each queued at most once (client-go's "dirty" set).
-
-    A key taken by the worker can be queued again at once, so a change made while it is being reconciled
-    is not lost.
-    """
-
-    _send: trio.MemorySendChannel[Key]
-    _recv: trio.MemoryReceiveChannel[Key]
-    _queued: set[Key] = attrs.field(factory=set)
-
-    @classmethod
-    def open(cls) -> WorkQueue:
-        """An empty queue (unbounded: it holds each key once, so at most one entry per object)."""
-        send, recv = trio.open_memory_channel[Key](math.inf)
-        return cls(send, recv)
-
-    def add(self, key: Key) -> None:
-        """Queue ``key`` unless it is already waiting."""
-        if key not in self._queued:
-            self._queued.add(key)
-            self._send.send_nowait(key)
-
-    async def get(self) -> Key:
-        """The next key, waiting for one."""
-        key = await self._recv.receive()
-        self._queued.discard(key)
-        return key
-
-    def __len__(self) -> int:
-        return len(self._queued)
 
 
 @attrs.define
@@ -111,10 +74,11 @@ class PoolReconciler:
     retry_delays: tuple[float, ...] = RETRY_DELAYS
     stats: ReconcilerStats = attrs.field(factory=ReconcilerStats)
     _cache: dict[str, dict[str, Obj]] = attrs.field(factory=lambda: {kind: {} for kind in WATCHED})
-    _queue: WorkQueue = attrs.field(factory=WorkQueue.open)
+    _queue: WorkQueue[Key] = attrs.field(
+        default=attrs.Factory(lambda self: WorkQueue.open(self.retry_delays), takes_self=True)
+    )
     _listed: set[str] = attrs.field(factory=set)
     _all_listed: trio.Event = attrs.field(factory=trio.Event)
-    _failures: dict[Key, int] = attrs.field(factory=dict)
     _complained: dict[Key, str] = attrs.field(factory=dict)
     _ledgers: dict[str, PoolLedger] = attrs.field(factory=dict)
     """The ledgers of the pools counted last (at most ``KEPT_LEDGERS``, the latest last), each levelled with its
@@ -142,7 +106,7 @@ class PoolReconciler:
         """
         async with trio.open_nursery() as nursery:
             inform_each(nursery, self.store, WATCHED, on_list=self._listed_kind, on_event=self._event,
-                        resync_period=self.resync_period, delay=self._delay, who="reconciler")  # fmt: skip
+                        resync_period=self.resync_period, delay=self._queue.delay, who="reconciler")  # fmt: skip
             nursery.start_soon(self._work, nursery)
             await self._all_listed.wait()
             task_status.started()
@@ -212,22 +176,14 @@ class PoolReconciler:
             except (Conflict, TransientError) as exc:
                 if isinstance(exc, Conflict):
                     self.stats.conflicts += 1
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
                 log.debug("%s %s: %s; retrying", *key, exc)
-                nursery.start_soon(self._later, key, self._delay(failures))
+                self._queue.failed(nursery, key)
             except SpiderError as exc:  # refused (422 and the like): retrying the same write cannot help
                 obj = self._cache[key[0]].get(key[1])
                 if obj is not None:
                     self._complain(key, obj, exc)
             else:
-                self._failures.pop(key, None)
-
-    async def _later(self, key: Key, delay: float) -> None:
-        await trio.sleep(delay)
-        self._queue.add(key)
-
-    def _delay(self, failures: int) -> float:
-        return self.retry_delays[min(max(failures, 1), len(self.retry_delays)) - 1]
+                self._queue.succeeded(key)
 
     async def _reconcile(self, key: Key) -> None:
         kind, name = key
