@@ -85,12 +85,15 @@ CONTROLLER_KEYS = frozenset(
         "enableAutoPoolForApplication",
         "clusterSubnetAutoPoolDefaultRedundantIPNumber",
         "enableCleanOutdatedEndpoint",
+        "enableStatefulSet",
+        "enableKubevirtStaticIP",
         "podResourceInject.enabled",
         "podResourceInject.namespacesExclude",
         "podResourceInject.namespacesInclude",
     }
 )
-"""The keys ``spider controller`` honours (IPv4/IPv6 and subnets: the admission webhook's rules)."""
+"""The keys ``spider controller`` honours (IPv4/IPv6 and subnets: the admission webhook's rules; StatefulSet and
+KubeVirt: what its IP GC leaves alone)."""
 COMPONENT_KEYS = {"agent": AGENT_KEYS, "controller": CONTROLLER_KEYS}
 NOT_IMPLEMENTED = frozenset(KEYS_BY_NAME) - AGENT_KEYS - CONTROLLER_KEYS
 """Spiderpool's keys no component here honours: probes in the IPAM plugin, the deletion webhook, node sysctls,

@@ -119,6 +119,12 @@ class GcSettings:
     clean_outdated_endpoints: bool = False
     """Scan-all also drops SpiderEndpoints no pool record names (Spiderpool's configmap key
     ``enableCleanOutdatedEndpoint``) [SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT]."""
+    statefulset: bool = True
+    """A StatefulSet pod keeps its addresses while its ordinal is valid; off, it is judged as a stateless pod
+    (Spiderpool's configmap key ``enableStatefulSet``, as the agents read it)."""
+    kubevirt: bool = True
+    """A KubeVirt VM's pod keeps its addresses while its VM is valid; off, it is judged as a stateless pod
+    (configmap key ``enableKubevirtStaticIP``)."""
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> GcSettings:
@@ -209,14 +215,21 @@ def has_pod_ips(pod: Mapping[str, Any]) -> bool:
     return bool(status.get("podIPs") or status.get("podIP"))
 
 
-def static_owner(pod: Mapping[str, Any]) -> tuple[str, str] | None:
-    """``(kind, name)`` of the pod's StatefulSet or KubeVirt VMI controller, or ``None`` (stateless)."""
+def keeps_addresses(kind: str, settings: GcSettings) -> bool:
+    """Whether pods of this controller kind keep their addresses while it is valid (``StatefulSet`` and
+    ``VirtualMachineInstance``, each unless switched off), rather than being judged as stateless."""
+    return (kind == "StatefulSet" and settings.statefulset) or (kind == "VirtualMachineInstance" and settings.kubevirt)
+
+
+def static_owner(pod: Mapping[str, Any], settings: GcSettings) -> tuple[str, str] | None:
+    """``(kind, name)`` of the pod's StatefulSet or KubeVirt VMI controller, or ``None`` (stateless, also when
+    ``settings`` switch that kind off)."""
     ctrl = controller_of(pod)
-    if ctrl is None:
+    if ctrl is None or not keeps_addresses(ctrl.kind, settings):
         return None
-    if ctrl.kind == "StatefulSet" and ctrl.group == "apps":
-        return ctrl.kind, ctrl.name
-    if ctrl.kind == "VirtualMachineInstance" and ctrl.api_version == KUBEVIRT_API:
+    if (ctrl.kind == "StatefulSet" and ctrl.group == "apps") or (
+        ctrl.kind == "VirtualMachineInstance" and ctrl.api_version == KUBEVIRT_API
+    ):
         return ctrl.kind, ctrl.name
     return None
 

@@ -61,6 +61,7 @@ from spider.gc import (
     finished,
     host_network,
     judge_endpoint,
+    keeps_addresses,
     node_ready,
     static_owner,
     trace_deadline,
@@ -68,7 +69,7 @@ from spider.gc import (
 )
 from spider.pool import KIND as POOL
 from spider.pool import RECLAIM_AFTER, PoolLedger, Record
-from spider.workload import STATIC_KINDS, controller_of, is_vmi, kubevirt_keeps, statefulset_keeps
+from spider.workload import controller_of, is_vmi, kubevirt_keeps, statefulset_keeps
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ class IpGarbageCollector:
     async def _start_tracing(self, trigger: Trigger, pod: Obj) -> None:
         namespace, name = _key_of(pod)
         uid = str((pod.get("metadata") or {}).get("uid", ""))
-        owner = static_owner(pod)
+        owner = static_owner(pod, self.settings)
         valid = None if owner is None else await self._static_valid(owner, namespace, name, {})
         node = str((pod.get("spec") or {}).get("nodeName", ""))
         trace = trace_deadline(
@@ -500,8 +501,8 @@ class IpGarbageCollector:
             endpoint = await self._read_endpoint(namespace, name)
         else:
             endpoint = endpoints.get((namespace, name))
-        owner = static_owner(pod) if pod is not None else None
-        if owner is None and endpoint is not None and endpoint.owner_controller_type in STATIC_KINDS:
+        owner = static_owner(pod, self.settings) if pod is not None else None
+        if owner is None and endpoint is not None and keeps_addresses(endpoint.owner_controller_type, self.settings):
             owner = (endpoint.owner_controller_type, endpoint.owner_controller_name)
         valid = None if owner is None else await self._static_valid(owner, namespace, name, statics)
         node = str(((pod or {}).get("spec") or {}).get("nodeName", "")) or record.node

@@ -28,7 +28,7 @@ from actors.stores.retrying import DEFAULT_OUTAGE_BUDGET
 from actors.stores.selection import KUBECONFIG_ENV, StoreSettings, open_store
 from actors.stores.sqlite import default_store_path
 from actors.stores.validating import ValidatingStore
-from actors.tools.conf import add_config_path_argument, add_switch, load_conf, pick
+from actors.tools.conf import add_config_path_argument, add_static_ip_switches, add_switch, load_conf, pick
 from actors.tools.controller_args import GO_TRUE, add_controller_arguments, controller_settings
 from actors.tools.launcher import install_cni
 from actors.tools.manifests import apply, load_documents
@@ -416,20 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="rest released addresses this long before reuse, oldest first (default %(default)g: reuse at once)",
     )
-    add_switch(
-        p,
-        "statefulset-ips",
-        "enableStatefulSet",
-        on="StatefulSet pods keep their addresses",
-        off="StatefulSet pods do not keep their addresses",
-    )
-    add_switch(
-        p,
-        "kubevirt-ips",
-        "enableKubevirtStaticIP",
-        on="KubeVirt VM pods keep their addresses",
-        off="KubeVirt VM pods do not keep their addresses",
-    )
+    add_static_ip_switches(p)
     add_switch(
         p,
         "spider-subnet",

@@ -101,6 +101,25 @@ def log_ignored(conf: SpiderpoolConf, component: str, path: Path) -> None:
     )
 
 
+def add_static_ip_switches(p: argparse.ArgumentParser) -> None:
+    """``--[no-]statefulset-ips`` and ``--[no-]kubevirt-ips`` (conf.yml's ``enableStatefulSet`` and
+    ``enableKubevirtStaticIP``): the agent keeps such pods' addresses, and the controller's GC leaves them."""
+    add_switch(
+        p,
+        "statefulset-ips",
+        "enableStatefulSet",
+        on="StatefulSet pods keep their addresses",
+        off="StatefulSet pods do not keep their addresses",
+    )
+    add_switch(
+        p,
+        "kubevirt-ips",
+        "enableKubevirtStaticIP",
+        on="KubeVirt VM pods keep their addresses",
+        off="KubeVirt VM pods do not keep their addresses",
+    )
+
+
 def pick(flag: Any, conf: SpiderpoolConf, key: str) -> Any:
     """A setting without an environment variable: the flag when given (not ``None``), else conf.yml's ``key``
     (Spiderpool's default when the file does not give it, which is ours too)."""

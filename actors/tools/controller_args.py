@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from actors.ipam.pool import DEFAULT_MAX_STATUS_BYTES
 from actors.ipam.remote import DEFAULT_POOL_HOST_PORT
 from actors.stores.selection import StoreSettings
-from actors.tools.conf import add_config_path_argument, add_switch, load_conf, pick
+from actors.tools.conf import add_config_path_argument, add_static_ip_switches, add_switch, load_conf, pick
 from spider.conf import SpiderpoolConf
 from spider.errors import InvalidInput
 
@@ -239,6 +241,7 @@ def add_controller_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAMESPACE/NAME",
         help="Cilium's ConfigMap (default %(default)s: $SPIDERPOOL_CILIUM_CONFIGMAP_NAMESPACE_NAME)",
     )
+    add_static_ip_switches(p)
     add_switch(
         p,
         "spider-subnet",
@@ -353,7 +356,9 @@ def controller_settings(args: argparse.Namespace, store: StoreSettings, metrics:
 def gc_settings(args: argparse.Namespace, conf: SpiderpoolConf) -> Any:
     """The ``GcSettings`` of the environment (Spiderpool's ``SPIDERPOOL_GC_*``), with the outdated-endpoint
     switch from ``--[no-]clean-outdated-endpoints``, else ``$SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT``, else
-    conf.yml's ``enableCleanOutdatedEndpoint``; ``InvalidSpec`` names a variable that cannot be read."""
+    conf.yml's ``enableCleanOutdatedEndpoint``, and whether StatefulSet and KubeVirt pods keep their addresses
+    from ``--[no-]statefulset-ips`` and ``--[no-]kubevirt-ips``, else conf.yml, as the agents decide it;
+    ``InvalidSpec`` names a variable that cannot be read."""
     from spider.gc import GcSettings
 
     variable = "SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT"
@@ -362,7 +367,11 @@ def gc_settings(args: argparse.Namespace, conf: SpiderpoolConf) -> Any:
         environ[variable] = str(args.clean_outdated_endpoints).lower()
     elif variable not in environ:
         environ[variable] = str(conf.enable_clean_outdated_endpoint).lower()
-    return GcSettings.from_environ(environ)
+    return attrs.evolve(
+        GcSettings.from_environ(environ),
+        statefulset=pick(args.statefulset_ips, conf, "enableStatefulSet"),
+        kubevirt=pick(args.kubevirt_ips, conf, "enableKubevirtStaticIP"),
+    )
 
 
 def pod_inject_settings(args: argparse.Namespace, conf: SpiderpoolConf | None = None) -> Any:

@@ -10,6 +10,7 @@ import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -147,26 +148,37 @@ async def test_a_live_pod_keeps_its_address_through_many_scans(private_store: St
             assert gc.released == 0
 
 
+STATEFULSET = {
+    "apiVersion": "apps/v1",
+    "kind": "StatefulSet",
+    "metadata": {"name": "web", "namespace": "default"},
+    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "serviceName": "web", "template": {}},
+}
+WEB_0 = pod("web-0", owner={"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"})
+
+
 async def test_a_statefulset_pod_keeps_its_address_while_its_ordinal_is_valid(private_store: Store) -> None:
     store = private_store
-    sts = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "serviceName": "web", "template": {}},
-    }
     with trio.fail_after(TIMEOUT):
         async with cluster(store) as (ipam, gc):
-            made = await store.create(sts)
-            owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"}
-            created = await running(store, pod("web-0", owner=owner))
-            ip = await add(ipam, created)
+            made = await store.create(STATEFULSET)
+            ip = await add(ipam, await running(store, WEB_0))
             await store.delete("Pod", "web-0", "default")  # no DEL: the next web-0 takes the same address
             await scans_after(gc, 3)
             assert ip in await holders(store)
             assert await endpoint_exists(store, "web-0")
             await store.update({**made, "spec": {**made["spec"], "replicas": 0}})  # scaled down: web-0 is invalid
             await eventually(released(store, ip), within=TIMEOUT, what="the scaled-down ordinal's address released")
+
+
+async def test_with_statefulsets_switched_off_a_valid_ordinals_pod_is_stateless_to_gc(private_store: Store) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store, attrs.evolve(FAST, statefulset=False)) as (ipam, _gc):
+            await store.create(STATEFULSET)
+            ip = await add(ipam, await running(store, WEB_0))
+            await store.delete("Pod", "web-0", "default")  # no DEL, the ordinal still valid: released all the same
+            await eventually(released(store, ip), within=TIMEOUT, what="the deleted pod's address released")
 
 
 async def test_a_pod_re_created_under_the_same_name_keeps_its_fresh_address(private_store: Store) -> None:
@@ -429,6 +441,19 @@ def test_spider_controller_switches_outdated_endpoint_cleaning_on_by_flag_or_spi
     assert cleaning("--clean-outdated-endpoints")
     monkeypatch.setenv("SPIDERPOOL_ENABLE_CLEAN_OUTDATED_ENDPOINT", "true")
     assert cleaning()
+
+
+def test_spider_controller_takes_the_agents_statefulset_and_kubevirt_switches_for_its_gc(tmp_path: Path) -> None:
+    def kept(*argv: str, conf: str = "") -> tuple[bool, bool]:
+        (tmp_path / "conf.yml").write_text(conf)
+        args = build_parser().parse_args(["controller", "--config-path", str(tmp_path / "conf.yml"), *argv])
+        gc = controller_settings(args, StoreSettings(), MetricsSettings()).gc
+        return gc.statefulset, gc.kubevirt
+
+    assert kept() == (True, True)
+    assert kept("--no-statefulset-ips") == (False, True)
+    assert kept(conf="enableKubevirtStaticIP: false\n") == (True, False)
+    assert kept("--kubevirt-ips", conf="enableStatefulSet: false\nenableKubevirtStaticIP: false\n") == (False, True)
 
 
 # --- many workloads on one pool, scaling while GC runs (G00011, G00012) ------------------------------------

@@ -17,6 +17,7 @@ from spider.gc import (
     decide,
     judge_endpoint,
     node_ready,
+    static_owner,
     trace_deadline,
     trace_trigger,
 )
@@ -148,6 +149,18 @@ def test_a_valid_statefulset_or_kubevirt_pod_is_never_traced() -> None:
     for trigger in Trigger:
         assert trace_deadline(pod(), trigger, node_ready=True, static_valid=True, settings=S, now=NOW) is None
     assert trace_deadline(pod(), Trigger.DELETED, node_ready=True, static_valid=False, settings=S, now=NOW)
+
+
+def test_statefulset_and_kubevirt_pods_are_stateless_to_gc_when_their_switch_is_off() -> None:
+    vmi = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "name": "vm", "controller": True}
+    launcher = {**pod(), "metadata": {**pod()["metadata"], "ownerReferences": [vmi]}}
+    for settings, sts, vm in [
+        (GcSettings(), ("StatefulSet", "web"), ("VirtualMachineInstance", "vm")),
+        (GcSettings(statefulset=False), None, ("VirtualMachineInstance", "vm")),
+        (GcSettings(kubevirt=False), ("StatefulSet", "web"), None),
+    ]:
+        assert (static_owner(pod(owner="StatefulSet"), settings), static_owner(launcher, settings)) == (sts, vm)
+    assert static_owner(pod(), GcSettings()) is None
 
 
 def test_host_network_pods_are_never_traced() -> None:
