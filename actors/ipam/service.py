@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -594,13 +594,36 @@ class IpamService:
         plan = decide_release(await self._gather_release(req, keep_live=keep_live, interfaces=interfaces))
         if plan.sweep is not None:
             return await self._free_sandbox(plan.sweep)
-        if plan.endpoint is None:
+        endpoint = plan.endpoint
+        if endpoint is None:
             return []
-        freed = await self._release_entries(plan.endpoint, plan.free, plan.container_id)
-        if plan.drop_endpoint:
-            await self._drop_endpoint(plan.endpoint)
-        elif plan.forget is not None:
-            await self._forget_entries(plan.endpoint, set(plan.forget))
+        freed: list[str] = []
+        failures: list[SpiderError] = []
+
+        async def release() -> None:
+            freed.extend(await self._release_entries(endpoint, plan.free, plan.container_id))
+
+        async def record() -> None:
+            if plan.drop_endpoint:
+                await self._drop_endpoint(endpoint)
+            elif plan.forget is not None:
+                await self._forget_entries(endpoint, set(plan.forget))
+
+        async def one(step: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await step()
+            except SpiderError as exc:
+                failures.append(exc)
+
+        # NB: the pool writes and the endpoint's at once (the endpoint's while the pool host writes): each is
+        # guarded on its own (a record is freed only while this sandbox holds it; the endpoint is rewritten at
+        # the version read), and a DEL that fails half-way is retried: it frees what the endpoint still lists,
+        # or, with the endpoint gone, the records that name the sandbox
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, release)
+            nursery.start_soon(one, record)
+        if failures:
+            raise failures[0]
         return freed
 
     async def _free_sandbox(self, sandbox: Sandbox) -> list[str]:

@@ -217,6 +217,40 @@ async def test_the_undo_of_a_failed_add_retries_a_give_back_the_store_refused(st
     assert await records(store, "v6") == {}
 
 
+@attrs.define(eq=False)
+class RefusesPoolWrites(InterferingStore):
+    """Pool status writes fail while ``refusing``; everything else passes."""
+
+    refusing: bool = False
+
+    async def update_status(self, obj: Obj) -> Obj:
+        if self.refusing and obj["kind"] == POOL:
+            raise StoreUnavailable(reason="pool writes refused")
+        return await self.inner.update_status(obj)
+
+
+async def test_a_del_whose_pool_write_failed_while_its_endpoint_went_frees_everything_when_retried(
+    store: SqliteStore,
+) -> None:
+    faulty = RefusesPoolWrites(store)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            ipam = service(nursery, faulty)
+            await ipam.allocate(add("web", "uid-web"))
+            faulty.refusing = True  # the DEL's pool writes fail; its endpoint write, made at the same time, does not
+            with pytest.raises(StoreUnavailable):
+                await ipam.release(DelRequest("ctr-1", "eth0", "default", "web", "uid-web"))
+            assert (await store.list(ENDPOINT)).items == []
+            assert len(await records(store, "v4")) == len(await records(store, "v6")) == 1
+            faulty.refusing = False  # the runtime retries the DEL: no endpoint now, the records name the sandbox
+            freed = await ipam.release(DelRequest("ctr-1", "eth0", "default", "web", "uid-web"))
+            nursery.cancel_scope.cancel(reason="test over")
+    assert sorted(freed) == ["10.40.0.10/24", "fd40::10/64"]
+    assert await records(store, "v4") == await records(store, "v6") == {}
+    report = await check_store(store)
+    assert report.consistent, report.findings
+
+
 # --- a SIGKILLed agent ------------------------------------------------------------------------------------------
 
 BIG = pool_object("big", "10.41.0.0/22", ["10.41.0.1-10.41.3.232"])
