@@ -166,7 +166,9 @@ async def open_agent(settings: AgentSettings, store: Store | None = None) -> Asy
                     fixed=settings.pool_host_address,
                 )
                 token = ServiceAccountToken(settings.pool_host_token_file)
-                forwarder = PoolForwarder(registry, locator, token, budget=settings.pool_host_budget)
+                forwarder = PoolForwarder(
+                    registry, locator, token, budget=settings.pool_host_budget, sender=settings.node
+                )
                 await actors.start(forwarder.run)
                 registry.route = forwarder
             subnets = SubnetRegistry(store, Supervisor(actors))  # NB: third-party applications' auto pools

@@ -85,6 +85,8 @@ class Allocate:
     """Addresses this pool shares with an overlapping pool: never handed out (``spider.pool.contested``)."""
     sent_at: float = attrs.field(factory=trio.current_time, eq=False)
     """When it was queued (trio clock): its wait in the mailbox is measured from here (``PoolActor.on_wait``)."""
+    sender: str = attrs.field(default="", eq=False)
+    """The node that forwarded it to the pool host (``""``: asked in this process): the host waits for nodes."""
 
 
 @attrs.frozen
@@ -95,6 +97,8 @@ class Release:
     container_id: str
     reply: Reply[str | None]
     sent_at: float = attrs.field(factory=trio.current_time, eq=False)
+    sender: str = attrs.field(default="", eq=False)
+    """The node that forwarded it to the pool host (``""``: asked in this process): the host waits for nodes."""
 
 
 @attrs.frozen
@@ -104,6 +108,8 @@ class ReleaseIPs:
     ips: tuple[tuple[str, str | Record], ...]  # (ip, podUid or the exact record)
     reply: Reply[int]
     sent_at: float = attrs.field(factory=trio.current_time, eq=False)
+    sender: str = attrs.field(default="", eq=False)
+    """The node that forwarded it to the pool host (``""``: asked in this process): the host waits for nodes."""
 
 
 @attrs.frozen
@@ -114,6 +120,8 @@ class Adopt:
     previous_uid: str
     owner: Owner
     reply: Reply[bool]
+    sender: str = attrs.field(default="", eq=False)
+    """The node that forwarded it to the pool host (``""``: asked in this process): the host waits for nodes."""
 
 
 @attrs.frozen
@@ -236,6 +244,17 @@ class PoolHandle:
 
 LINGER_MEMORY = 8
 """How many recent batch sizes a lingering actor remembers: it expects as many requests as the largest held."""
+SENDER_MEMORY = 2
+"""How many recent batches a lingering pool host remembers the nodes of: it waits for every one of them."""
+
+
+def _sender(msg: PoolMsg) -> str:
+    return str(getattr(msg, "sender", ""))
+
+
+def _senders(batch: list[PoolMsg]) -> int:
+    """How many nodes the requests of a batch came from (those asked in this process not counted)."""
+    return len({_sender(msg) for msg in batch} - {""})
 
 
 @attrs.define
@@ -259,9 +278,11 @@ class PoolActor:
     """Seconds without a request after which ``run`` closes the mailbox, drops the ledger and returns (the
     registry starts a successor on the next request).  ``None``: serve until the mailbox is closed."""
     linger: float = 0.0
-    """At most the seconds the actor waits, once busy (a recent batch held more than one request), for as many
-    requests as the largest of its last ``LINGER_MEMORY`` batches held, so that requests arriving from many
-    nodes share one write (the pool host); it writes as soon as they are in.  0: drain at once."""
+    """At most the seconds the actor waits, once busy, so that requests arriving from many nodes share one
+    write (the pool host); it writes as soon as they are in.  Forwarded requests name their node (``sender``):
+    the actor waits for a request from every node its last ``SENDER_MEMORY`` batches came from, so two groups
+    of nodes that fell out of step meet again in one write.  Otherwise it waits for as many requests as the
+    largest of its last ``LINGER_MEMORY`` batches held.  A lone request is never held.  0: drain at once."""
     gone: bool = False
     """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
@@ -277,13 +298,17 @@ class PoolActor:
         ``idle_timeout`` or its pool is gone (then the mailbox is closed first), or we are cancelled."""
         task_status.started()
         recent: collections.deque[int] = collections.deque([1], maxlen=LINGER_MEMORY)
+        nodes: collections.deque[frozenset[str]] = collections.deque(maxlen=SENDER_MEMORY)
         while (first := await self._next()) is not None:
             self.gone = False
             batch = [first]
+            count: Callable[[list[PoolMsg]], int] = len
             expect = max(recent)  # NB: the largest of late: a batch cut short must not shrink the next ones
+            if nodes and all(nodes):  # NB: forwarded requests: wait for the nodes of late, however many each sends
+                expect, count = len(frozenset().union(*nodes)), _senders
             try:
                 if expect > 1 and self.linger > 0:  # NB: under load only; a lone request is never delayed
-                    await gather(self.mailbox, batch, self.max_batch, expect=expect, within=self.linger)
+                    await gather(self.mailbox, batch, self.max_batch, expect=expect, within=self.linger, count=count)
                 else:
                     batch = drain(self.mailbox, first, self.max_batch)
             except BaseException:  # cancelled while lingering: nobody may wait forever
@@ -291,6 +316,7 @@ class PoolActor:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
                 raise
             recent.append(len(batch))
+            nodes.append(frozenset({_sender(msg) for msg in batch} - {""}))
             looks = sum(isinstance(msg, Verify) for msg in batch)
             self.stats.looks += looks
             self.stats.requests += len(batch) - looks

@@ -135,8 +135,9 @@ def encode_message(msg: PoolMsg) -> dict[str, Any]:
     raise ValueError(f"{type(msg).__name__} is not forwarded")
 
 
-def decode_message(raw: Any) -> PoolMsg:
-    """A request from its JSON, with a fresh reply slot; ``ValueError`` (and friends) for a malformed one."""
+def decode_message(raw: Any, sender: str = "") -> PoolMsg:
+    """A request from its JSON, with a fresh reply slot, from node ``sender``; ``ValueError`` (and friends) for a
+    malformed one."""
     if not isinstance(raw, dict):
         raise ValueError("a message must be an object")
     op = raw.get("op")
@@ -145,17 +146,17 @@ def decode_message(raw: Any) -> PoolMsg:
         ipset = (
             None if avoid is None else IPSet(int(avoid["version"]), tuple((int(a), int(b)) for a, b in avoid["ranges"]))
         )
-        return Allocate(_owner(raw["owner"]), Reply[Allocation].open(), ipset)
+        return Allocate(_owner(raw["owner"]), Reply[Allocation].open(), ipset, sender=sender)
     if op == "release":
         uid, nic = raw["key"]
-        return Release((str(uid), str(nic)), str(raw["containerID"]), Reply[str | None].open())
+        return Release((str(uid), str(nic)), str(raw["containerID"]), Reply[str | None].open(), sender=sender)
     if op == "releaseIPs":
         ips: list[tuple[str, str | Record]] = []
         for ip, holder in raw["ips"]:
             ips.append((str(ip), str(holder) if isinstance(holder, str) else Record(**holder["record"])))
-        return ReleaseIPs(tuple(ips), Reply[int].open())
+        return ReleaseIPs(tuple(ips), Reply[int].open(), sender=sender)
     if op == "adopt":
-        return Adopt(str(raw["ip"]), str(raw["previousUid"]), _owner(raw["owner"]), Reply[bool].open())
+        return Adopt(str(raw["ip"]), str(raw["previousUid"]), _owner(raw["owner"]), Reply[bool].open(), sender=sender)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -475,6 +476,8 @@ class PoolForwarder:
     client: HostClient = attrs.field(factory=HostClient)
     budget: float = DEFAULT_BUDGET
     """Seconds one forwarded call may take, connect and answer, before its batch is served locally."""
+    sender: str = ""
+    """This node's name, sent with every batch: the host's actor waits for the nodes it has lately heard from."""
     stats: ForwardStatistics = attrs.field(factory=ForwardStatistics)
     clock: Callable[[], float] = trio.current_time
     _queues: dict[str, list[PoolMsg]] = attrs.field(factory=dict)
@@ -535,7 +538,7 @@ class PoolForwarder:
         if address is None or token is None or not self.host_available():
             await self._serve_locally(name, batch)
             return
-        body = json.dumps({"messages": [encode_message(m) for m in batch]}).encode()
+        body = json.dumps({"sender": self.sender, "messages": [encode_message(m) for m in batch]}).encode()
         failure: str | None = None
         answers: Any = None
         with trio.move_on_after(self.budget) as budget:

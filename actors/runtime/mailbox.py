@@ -10,6 +10,7 @@ reply as ``outcome.Error`` and are raised in the requester's task, so the actor 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import attrs
@@ -69,17 +70,24 @@ def _take_queued(mailbox: trio.MemoryReceiveChannel[M], batch: list[M], limit: i
 
 
 async def gather(
-    mailbox: trio.MemoryReceiveChannel[M], batch: list[M], limit: int, *, expect: int, within: float
+    mailbox: trio.MemoryReceiveChannel[M],
+    batch: list[M],
+    limit: int,
+    *,
+    expect: int,
+    within: float,
+    count: Callable[[list[M]], int] = len,
 ) -> None:
-    """Extend ``batch`` (which holds the first message) with what arrives until it holds ``expect`` messages or
-    ``within`` seconds have passed, then with whatever else is queued, up to ``limit`` messages.
+    """Extend ``batch`` (which holds the first message) with what arrives until ``count(batch)`` (by default its
+    length; say, the senders it holds) reaches ``expect`` or ``within`` seconds have passed, then with whatever
+    else is queued, up to ``limit`` messages.
 
     A group commit that lingers only while senders it expects (as many as last time) are still on their way:
     when they all came, the batch goes at once instead of at the end of the linger.  ``batch`` is extended in
     place, so a caller cancelled meanwhile still holds (and can answer) every message taken from the mailbox.
     """
     with trio.move_on_after(within):
-        while len(batch) < min(expect, limit):
+        while count(batch) < expect and len(batch) < limit:
             try:
                 batch.append(await mailbox.receive())
             except trio.EndOfChannel:  # NB: closed: what is queued is already in hand

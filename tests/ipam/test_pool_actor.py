@@ -14,7 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors.ipam.pool import Allocation, PoolActor, PoolHandle, PoolMsg, open_pool
+from actors.ipam.pool import Allocate, Allocation, PoolActor, PoolHandle, PoolMsg, open_pool
+from actors.runtime.mailbox import Reply
 from actors.stores.port import Obj
 from actors.stores.sqlite import SqliteStore
 from spider.addr import ip_to_int
@@ -593,6 +594,34 @@ async def test_a_busy_actor_writes_as_soon_as_as_many_requests_as_last_time_are_
             await trio.testing.wait_all_tasks_blocked()
             callers.start_soon(handle.allocate, owner(4))
     assert actor.stats.batches == batches + 1
+
+
+async def test_a_pool_host_waits_for_every_node_of_late_so_two_groups_out_of_step_meet_in_one_write(
+    nursery: trio.Nursery, store: InterferingStore
+) -> None:
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0)
+
+    async def from_nodes(*nodes: str) -> None:
+        """One request from each node, queued together (as one round of requests reaching the host at once)."""
+        replies = [Reply[Allocation].open() for _ in nodes]
+        for i, (node, reply) in enumerate(zip(nodes, replies, strict=True)):
+            send.send_nowait(Allocate(owner(f"{node}-{actor.stats.requests}-{i}"), reply, sender=node))
+        for reply in replies:
+            await reply.wait()
+
+    with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it: every wait below must end by a request
+        await nursery.start(actor.run)
+        await from_nodes("a", "b")  # the first group's round
+        await from_nodes("c", "d")  # the second group's, out of step: each a batch of two requests
+        batches = actor.stats.batches
+        async with trio.open_nursery() as rounds:
+            rounds.start_soon(from_nodes, "a", "b")
+            await trio.sleep(0.2)  # NB: a and b are held for c and d, whom the last two batches came from
+            assert actor.stats.batches == batches
+            rounds.start_soon(from_nodes, "c", "d")
+    assert actor.stats.batches == batches + 1
+    assert actor.stats.largest_batch == 4
 
 
 async def test_callers_taken_from_the_mailbox_while_lingering_are_answered_when_the_actor_is_cancelled(

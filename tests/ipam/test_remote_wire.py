@@ -30,18 +30,19 @@ def messages() -> list[PoolMsg]:
 
 
 def without_reply(msg: PoolMsg) -> dict[str, object]:
-    return {k: v for k, v in attrs.asdict(msg, recurse=False).items() if k not in ("reply", "sent_at")}
+    return {k: v for k, v in attrs.asdict(msg, recurse=False).items() if k not in ("reply", "sent_at", "sender")}
 
 
 KINDS = ("Allocate-avoiding", "Allocate", "Release", "ReleaseIPs", "Adopt")
 
 
 @pytest.mark.parametrize("index", range(len(KINDS)), ids=KINDS)
-async def test_every_forwarded_request_decodes_to_what_was_sent(index: int) -> None:
+async def test_every_forwarded_request_decodes_to_what_was_sent_from_the_node_that_sent_it(index: int) -> None:
     msg = messages()[index]
-    back = decode_message(json.loads(json.dumps(encode_message(msg))))
+    back = decode_message(json.loads(json.dumps(encode_message(msg))), "node-7")
     assert type(back) is type(msg)
     assert without_reply(back) == without_reply(msg)
+    assert back.sender == "node-7"  # type: ignore[union-attr]
 
 
 async def test_reads_are_never_forwarded() -> None:

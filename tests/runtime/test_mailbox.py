@@ -109,6 +109,25 @@ async def test_gather_goes_as_soon_as_the_expected_messages_are_in(autojump_cloc
     assert waited == pytest.approx(2)  # NB: virtual time: the two senders, not the 600 s linger
 
 
+async def test_gather_can_count_senders_instead_of_messages(autojump_clock: trio.abc.Clock) -> None:
+    send, recv = trio.open_memory_channel[str](10)
+    batch = ["a1"]
+    for msg in ("a2", "a3", "b1"):  # NB: three more from a and b; c is still on its way
+        send.send_nowait(msg)
+
+    async def late_sender() -> None:
+        await trio.sleep(1)
+        await send.send("c1")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(late_sender)
+        start = trio.current_time()
+        await gather(recv, batch, 10, expect=3, within=600, count=lambda b: len({m[0] for m in b}))
+        waited = trio.current_time() - start
+    assert batch == ["a1", "a2", "a3", "b1", "c1"]
+    assert waited == pytest.approx(1)  # NB: four messages were in at once, but only two senders
+
+
 async def test_gather_gives_up_waiting_after_within_and_keeps_what_came(autojump_clock: trio.abc.Clock) -> None:
     send, recv = trio.open_memory_channel[int](10)
     batch = [1]
