@@ -170,8 +170,8 @@ class ControllerSettings:
     """Seconds a hosted pool's batch may keep losing write races (to agents writing locally) before it fails;
     keep it under the agents' ``--pool-host-budget`` (see ``actors.ipam.remote`` on why)."""
     pool_host_linger: float = 0.25
-    """At most the seconds a hosted pool, once busy, waits for as many requests as its recent writes held,
-    so that requests from many nodes share a write (``PoolActor.linger``); a lone request is never delayed.
+    """At most the seconds a hosted pool, once busy, waits for a request from every node its last two writes
+    served, so that requests from many nodes share a write (``PoolActor.linger``); a lone request is never delayed.
     Long enough to cover one round of the nodes' requests, so that a straggler joins the next round's write
     instead of writing alone (``docs/benchmarks.md``)."""
     release_cooldown: float = 0.0

@@ -197,8 +197,8 @@ def add_controller_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.25,
         metavar="SECONDS",
-        help="at most the seconds a busy hosted pool waits for as many requests as its recent writes held, so "
-        "requests from many nodes share a write; a lone request is never delayed (default %(default)g)",
+        help="at most the seconds a busy hosted pool waits for a request from every node its last two writes "
+        "served, so requests from many nodes share a write; a lone request is never delayed (default %(default)g)",
     )
     p.add_argument(
         "--release-cooldown",
