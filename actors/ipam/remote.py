@@ -4,7 +4,8 @@ Owns the agent's side of "one writer per pool across the cluster" (docs/architec
 
 - ``PoolForwarder``: the route a ``PoolRegistry`` hands every request to when the store is the API server.
   Requests that write (``Allocate``, ``Release``, ``ReleaseIPs``, ``Adopt``) are queued per pool; one task per
-  pool sends everything queued in ONE HTTPS request to the host (as ``drain`` does for an actor's mailbox), whose
+  pool sends everything queued in ONE HTTPS request to the host (as ``drain`` does for an actor's mailbox),
+  naming this node (``sender``: the host's actor waits for the nodes it has lately heard from), whose
   PoolActor folds the requests of every node into one status write, and resolves each request's reply with the
   host's answer (a value, or the same ``SpiderError`` type with the same CNI code).  ``Inspect`` and ``Verify``
   are reads: they stay with the local actor (a snapshot of a big ledger is not worth a round trip, and a
