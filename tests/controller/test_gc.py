@@ -232,7 +232,9 @@ async def dropped(gc: IpGarbageCollector) -> bool:
     return gc.outdated_dropped >= 1
 
 
-async def test_an_endpoint_no_pool_record_names_is_dropped_once_its_pod_is_gone(private_store: Store) -> None:
+async def test_an_endpoint_no_pool_record_names_is_dropped_once_its_pod_is_gone_and_counted_in_the_metrics(
+    private_store: Store,
+) -> None:
     store = private_store
     with trio.fail_after(TIMEOUT):
         async with cluster(store, CLEANING) as (ipam, gc):
@@ -243,6 +245,9 @@ async def test_an_endpoint_no_pool_record_names_is_dropped_once_its_pod_is_gone(
             assert not await endpoint_exists(store, "outdated")
             assert gc.outdated_dropped == 1
             assert gc.released == 0
+            view = types.SimpleNamespace(gc=gc, pools=None, pool_host=None, reconciler=None)
+            text = ControllerMetrics(view).render().decode()
+    assert "spider_gc_outdated_endpoints_dropped_total 1.0" in text.splitlines()
 
 
 async def test_an_endpoint_no_pool_record_names_is_kept_while_a_pod_of_its_uid_lives(private_store: Store) -> None:
@@ -413,19 +418,6 @@ async def test_a_record_without_an_endpoint_goes_at_once_when_gc_saw_its_pod_del
             await eventually(released(store, ip), within=TIMEOUT, what="the address of the pod seen deleted")
             await eventually(counted(gc), within=TIMEOUT, what="the release counted")
             assert gc.recent[-1].pod_uid == created["metadata"]["uid"]
-
-
-async def test_the_outdated_endpoints_dropped_are_exported_as_a_metric(private_store: Store) -> None:
-    store = private_store
-    with trio.fail_after(TIMEOUT):
-        async with cluster(store, CLEANING) as (ipam, gc):
-            created = await running(store, pod("outdated"))
-            await outdate(store, ipam, created)
-            await store.delete("Pod", "outdated", "default")
-            await eventually(lambda: dropped(gc), within=TIMEOUT, what="dropped")
-            view = types.SimpleNamespace(gc=gc, pools=None, pool_host=None, reconciler=None)
-            text = ControllerMetrics(view).render().decode()
-    assert "spider_gc_outdated_endpoints_dropped_total 1.0" in text.splitlines()
 
 
 def test_spider_controller_switches_outdated_endpoint_cleaning_on_by_flag_or_spiderpools_variable(
