@@ -112,7 +112,8 @@ def print_pool_writes(split: dict[str, dict[str, Any]]) -> None:
         forwarded = parts.get("forwarded")
         if forwarded:
             print(
-                f"{phase.upper()} forwarded: {forwarded['requests']:,} requests in {forwarded['calls']:,} calls, "
+                f"{phase.upper()} forwarded: {forwarded['requests']:,} requests and "
+                f"{forwarded.get('looks', 0):,} looks in {forwarded['calls']:,} calls, "
                 f"{forwarded['fallback']:,} fell back"
             )
         print(f"{phase.upper()} all:       {parts['writes']:,} pool writes, {parts['conflicts']:,} conflicts")

@@ -10,7 +10,11 @@ depends on the store:
   then the whole batch fails with ``StaleWrite`` (CNI 11).  A batch that writes nothing is answered only after
   a read confirms the ledger is still current (a read of the pool's metadata alone: its resourceVersion).
 An ADD's last look (``Verify``) knows the version its record was written at (``Allocation.recorded_at``): while
-the pool is still at it, that same cheap read answers it, without the records.
+the pool is still at it, that same cheap read answers it, without the records.  On the pool host, looks that
+agents forward skip the mailbox (``PoolActor.look``): one such read, shared by every look that arrived while
+the previous one was under way, answers each whose pool is still at its version or has since been moved on
+only by this actor's own writes of allocations (``OwnWrites``), which drop no record; so the looks of every
+node cost one read, and never wait for (or split) the batches that write.
 Either way a ledger another agent has overtaken is levelled with the stored pool (``PoolLedger.catch_up``),
 not decoded anew.  No address leaves the actor before it is durable; pools serialize independently.
 
@@ -35,6 +39,7 @@ import attrs
 import outcome
 import trio
 
+from actors.runtime.fresh import FreshRead
 from actors.runtime.mailbox import Reply, drain, gather
 from actors.runtime.supervisor import Supervisor
 from actors.stores.port import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
@@ -141,6 +146,8 @@ class Verify:
     recorded_at: str = ""
     """``Allocation.recorded_at``: when the pool is still at that version, the answer is yes without reading
     (or decoding) its records."""
+    sender: str = attrs.field(default="", eq=False)
+    """The node that forwarded it to the pool host (``""``: asked in this process)."""
 
 
 PoolMsg = Allocate | Release | ReleaseIPs | Adopt | Inspect | Verify
@@ -242,6 +249,35 @@ class PoolHandle:
             raise ActorUnavailable(actor=f"pool/{self.name}") from None
 
 
+@attrs.define
+class OwnWrites:
+    """The last writes one actor made: for each, the version it was guarded by, the version it made, and whether
+    it kept every record (a batch of allocations and reads: an ``Allocate`` adds a record or renews its owner's
+    at the same address, never drops one)."""
+
+    limit: int = 64
+    _steps: dict[str, tuple[str, bool]] = attrs.field(factory=dict)
+
+    def add(self, before: str, after: str, kept: bool) -> None:
+        """Note a write that succeeded: guarded by ``before``, it made ``after``."""
+        if len(self._steps) >= self.limit:
+            del self._steps[next(iter(self._steps))]
+        self._steps[before] = (after, kept)
+
+    def kept_since(self, version: str, current: str) -> bool:
+        """Whether the pool went from ``version`` to ``current`` through our own writes alone, each keeping every
+        record (or did not move at all).  Each write was guarded by the version before it, so no one else wrote
+        between two of them."""
+        for _ in range(len(self._steps) + 1):
+            if version == current:
+                return True
+            step = self._steps.get(version)
+            if step is None or not step[1]:
+                return False
+            version = step[0]
+        return False
+
+
 LINGER_MEMORY = 8
 """How many recent batch sizes a lingering actor remembers: it expects as many requests as the largest held."""
 SENDER_MEMORY = 2
@@ -288,10 +324,13 @@ class PoolActor:
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
     on_wait: Callable[[PoolMsg, float], None] | None = None
     """Told each request's wait in the mailbox (seconds from ``sent_at`` to its batch), for the metrics."""
+    own_writes: OwnWrites = attrs.field(factory=OwnWrites)
     _ledger: PoolLedger | None = None
     _version: str = ""
     _stale: PoolLedger | None = None
     """The ledger a lost write race left behind: never served, only lends its decoded records to the re-read."""
+    _versions: FreshRead[str] | None = None
+    """The shared reads of the pool's version that ``look`` answers with."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the mailbox until every handle is closed (the graceful drain), the actor has been idle for
@@ -414,6 +453,26 @@ class PoolActor:
             self._stale, self._ledger = self._ledger, None
         return rest
 
+    async def look(self, looks: list[Verify]) -> list[Verify]:
+        """Answer last looks outside the mailbox, from the caller's task: after one read of the pool's version
+        (made after this call began, shared with concurrent callers), each look whose version the pool is still
+        at, or has left only through ``own_writes`` that kept every record, is answered yes.  Returns the rest
+        (no version, another writer came between, the read failed) for the mailbox, where the ledger answers."""
+        if self._versions is None:
+            self._versions = FreshRead(self._current_version)
+        try:
+            current = await self._versions.read()
+        except SpiderError:
+            return looks
+        rest = []
+        for msg in looks:
+            if msg.recorded_at and self.own_writes.kept_since(msg.recorded_at, current):
+                self.stats.looks += 1
+                msg.reply.resolve(outcome.Value(True))
+            else:
+                rest.append(msg)
+        return rest
+
     async def _answers_need_a_fresh_ledger(self, batch: list[PoolMsg]) -> bool:
         """For a batch that writes nothing: whether its answers came from a ledger that is out of date.
 
@@ -502,7 +561,9 @@ class PoolActor:
                     self._ledger.set_reserved(reserved_set(self._ledger.pool.version, await self._reservations()))
                 results = self._fold(self._ledger, batch)
                 if any(changed for _, changed in results):
+                    before = self._version
                     await self._write(self._ledger)
+                    self.own_writes.add(before, self._version, all(isinstance(m, Allocate | Verify) for m in batch))
                 elif not loaded_now and await self._answers_need_a_fresh_ledger(batch):
                     self._stale, self._ledger = self._ledger, None
                     continue
@@ -662,7 +723,17 @@ class PoolRegistry:
                 self._retire(name, mailbox)  # NB: it stopped (idle, pool gone) after we found it: a successor serves
 
     async def deliver_all(self, name: str, msgs: list[PoolMsg]) -> None:
-        """Queue every message in one step when the mailbox has room (so the actor folds them into one batch)."""
+        """Queue every message in one step when the mailbox has room (so the actor folds them into one batch);
+        last looks that know their version go to the running actor's ``look`` first, after the rest is queued
+        (the pool host: the looks of every node share one read and never split a batch that writes)."""
+        actor = self.actors.get(name)
+        looks: list[Verify] = [m for m in msgs if isinstance(m, Verify) and m.recorded_at] if actor else []
+        if actor is not None and looks:
+            await self._queue_all(name, [m for m in msgs if not any(m is look for look in looks)])
+            msgs = list(await actor.look(looks))
+        await self._queue_all(name, msgs)
+
+    async def _queue_all(self, name: str, msgs: list[PoolMsg]) -> None:
         pending = list(msgs)
         while pending:
             mailbox = await self._mailbox_of(name)

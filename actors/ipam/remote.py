@@ -7,9 +7,10 @@ Owns the agent's side of "one writer per pool across the cluster" (docs/architec
   pool sends everything queued in ONE HTTPS request to the host (as ``drain`` does for an actor's mailbox),
   naming this node (``sender``: the host's actor waits for the nodes it has lately heard from), whose
   PoolActor folds the requests of every node into one status write, and resolves each request's reply with the
-  host's answer (a value, or the same ``SpiderError`` type with the same CNI code).  ``Inspect`` and ``Verify``
-  are reads: they stay with the local actor (a snapshot of a big ledger is not worth a round trip, and a
-  ``Verify`` reads the stored pool afresh wherever it runs).
+  host's answer (a value, or the same ``SpiderError`` type with the same CNI code).  An ADD's last look
+  (``Verify``) goes the same way: the host answers the looks of every node with one read of the pool's
+  version, or with the status write it makes anyway, where each agent alone would read the pool once per ADD.
+  ``Inspect`` stays with the local actor (a snapshot of a big ledger is not worth a round trip).
 - ``HostLocator``: where the host is.  It reads the Lease ``spiderpool-controller-leases`` (its holder names the
   controller Pod, whose ``status.podIP`` and ``--pool-host-port`` give the address) and the ConfigMap
   ``spiderpool-ca`` (the CA that signed the host's certificate), every ``refresh`` seconds and at once after
@@ -117,7 +118,7 @@ def _owner(raw: Any) -> Owner:
 
 
 def encode_message(msg: PoolMsg) -> dict[str, Any]:
-    """A request that writes, as JSON (``Inspect`` and ``Verify`` are never forwarded)."""
+    """A request that writes, or a look, as JSON (``Inspect`` is never forwarded)."""
     match msg:
         case Allocate(owner=owner, avoid=avoid):
             ranges = None if avoid is None else {"version": avoid.version, "ranges": [list(r) for r in avoid.ranges]}
@@ -133,6 +134,8 @@ def encode_message(msg: PoolMsg) -> dict[str, Any]:
             }
         case Adopt(ip=ip, previous_uid=previous_uid, owner=owner):
             return {"op": "adopt", "ip": ip, "previousUid": previous_uid, "owner": _owner_json(owner)}
+        case Verify(ip=ip, key=key, recorded_at=recorded_at):
+            return {"op": "verify", "ip": ip, "key": list(key), "recordedAt": recorded_at}
     raise ValueError(f"{type(msg).__name__} is not forwarded")
 
 
@@ -158,6 +161,10 @@ def decode_message(raw: Any, sender: str = "") -> PoolMsg:
         return ReleaseIPs(tuple(ips), Reply[int].open(), sender=sender)
     if op == "adopt":
         return Adopt(str(raw["ip"]), str(raw["previousUid"]), _owner(raw["owner"]), Reply[bool].open(), sender=sender)
+    if op == "verify":
+        uid, nic = raw["key"]
+        key = (str(uid), str(nic))
+        return Verify(str(raw["ip"]), key, Reply[bool].open(), str(raw.get("recordedAt") or ""), sender=sender)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -454,10 +461,12 @@ class HostClient:
 
 @attrs.define
 class ForwardStatistics:
-    """What forwarding did: requests sent to the host, the HTTP calls they took, requests served locally
-    because the host was unavailable (``GET /v1/spider/stats`` ``forwarded``)."""
+    """What forwarding did: requests that write answered by the host, ADDs' last looks (``Verify``) answered by
+    the host, the HTTP calls they took, requests that write served locally because the host was unavailable
+    (``GET /v1/spider/stats`` ``forwarded``)."""
 
     requests: int = 0
+    looks: int = 0
     calls: int = 0
     fallback: int = 0
 
@@ -481,7 +490,8 @@ class PoolForwarder:
     """This node's name, sent with every batch: the host's actor waits for the nodes it has lately heard from."""
     stats: ForwardStatistics = attrs.field(factory=ForwardStatistics)
     clock: Callable[[], float] = trio.current_time
-    _queues: dict[str, list[PoolMsg]] = attrs.field(factory=dict)
+    _queues: dict[tuple[str, bool], list[PoolMsg]] = attrs.field(factory=dict)
+    """Per pool and lane (looks or writes): what waits for the next call."""
     _nursery: trio.Nursery | None = None
     _retry_at: float = -math.inf
     _backoff: float = FIRST_BACKOFF
@@ -509,30 +519,32 @@ class PoolForwarder:
         return self.clock() >= self._retry_at
 
     async def deliver(self, name: str, msg: PoolMsg) -> None:
-        """Queue ``msg`` for the host, or for the local actor when it is a read or the host is unavailable."""
-        if isinstance(msg, Inspect | Verify):
+        """Queue ``msg`` for the host, or for the local actor when it is an ``Inspect`` or the host is unavailable."""
+        if isinstance(msg, Inspect):
             await self.local.deliver(name, msg)
             return
         if self._nursery is None or not self.host_available():
-            self.stats.fallback += 1
+            self.stats.fallback += _writes([msg])
             await self.local.deliver(name, msg)
             return
-        queue = self._queues.get(name)
+        # NB: looks in a lane of their own: the host answers them at once, not after the next write
+        lane = (name, isinstance(msg, Verify))
+        queue = self._queues.get(lane)
         if queue is None:
-            self._queues[name] = [msg]
-            self._nursery.start_soon(self._flush, name, name=f"forward/{name}")
+            self._queues[lane] = [msg]
+            self._nursery.start_soon(self._flush, lane, name=f"forward/{name}")
         else:
             queue.append(msg)
 
-    async def _flush(self, name: str) -> None:
-        """Send what is queued for ``name``, one call per batch, until nothing is (then the queue is dropped)."""
+    async def _flush(self, lane: tuple[str, bool]) -> None:
+        """Send what is queued in ``lane``, one call per batch, until nothing is (then the queue is dropped)."""
         await trio.lowlevel.checkpoint()  # NB: let the other requests of this moment join the first batch
         try:
-            while queue := self._queues.get(name):
+            while queue := self._queues.get(lane):
                 batch, queue[:] = queue[:MAX_FORWARD_BATCH], queue[MAX_FORWARD_BATCH:]
-                await self._forward(name, batch)
+                await self._forward(lane[0], batch)
         finally:
-            self._queues.pop(name, None)
+            self._queues.pop(lane, None)
 
     async def _forward(self, name: str, batch: list[PoolMsg]) -> None:
         address, token = self.locator.current, self.token.read()
@@ -560,7 +572,8 @@ class PoolForwarder:
             self._host_failed(address, failure)
             await self._serve_locally(name, batch)
             return
-        self.stats.requests += len(batch)
+        self.stats.requests += _writes(batch)
+        self.stats.looks += len(batch) - _writes(batch)
         self._backoff, self._failed_holder = FIRST_BACKOFF, None
         again = []
         for msg, raw in zip(batch, answers, strict=True):
@@ -585,12 +598,17 @@ class PoolForwarder:
         self.locator.poke()
 
     async def _serve_locally(self, name: str, batch: list[PoolMsg]) -> None:
-        self.stats.fallback += len(batch)
+        self.stats.fallback += _writes(batch)
         for msg in batch:
             try:
                 await self.local.deliver(name, msg)
             except SpiderError as exc:  # no such pool: the answer the local actor would give
                 msg.reply.error(exc)
+
+
+def _writes(batch: list[PoolMsg]) -> int:
+    """How many requests of a batch write (all but the looks)."""
+    return sum(not isinstance(msg, Verify) for msg in batch)
 
 
 def _host_side(exc: BaseException) -> bool:

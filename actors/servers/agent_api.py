@@ -11,7 +11,8 @@ Owns the routes, JSON bodies and the mapping of errors to HTTP statuses; the con
   shim and answers with the plugin's stdout and an ``X-Cni-Exit`` header (``/v1/cni/coordinator`` and
   ``/v1/cni/ifacer`` likewise); ``GET /v1/spider/stats`` reports the pool actors' counters (requests,
   batches, writes, conflicts, largest batch) for ``spider loadtest`` and the benchmarks, and ``forwarded``:
-  requests sent to the controller's pool host, the calls they took, requests served here as its fallback.
+  requests sent to the controller's pool host, ADDs' last looks it answered, the calls they took, requests
+  served here as its fallback.
 
 A request body that is not the JSON its schema says (not JSON, nested too deep, a field missing, of the wrong
 type or over its bound: ``spider.limits``) is answered 400, with the same JSON string and ``X-Cni-Code``; what

@@ -24,7 +24,8 @@ and subnets, and the GC's counters.  Spiderpool's names (§8.1, snake_case as do
   the conflict counters of the pools it hosts.
 - ours (``spider_*``): per pool the group commit's ``spider_pool_requests``, ``…_batches``, ``…_writes``,
   ``…_write_conflicts`` counters and ``spider_pool_largest_batch``; the agent's forwarding to the pool host
-  (``spider_pool_host_forwarded_requests``, ``…_forward_calls``, ``…_fallback_requests``), the pool host's
+  (``spider_pool_host_forwarded_requests``, ``…_forwarded_looks``, ``…_forward_calls``,
+  ``…_fallback_requests``), the pool host's
   ``spider_pool_host_batches`` and ``…_refused``; the GC's ``spider_gc_released``, ``…_failures``,
   ``…_scans``, ``…_outdated_endpoints_dropped``.
 
@@ -259,6 +260,7 @@ class AgentMetrics:
         if isinstance(route, PoolForwarder):
             stats = route.stats
             yield _counter("spider_pool_host_forwarded_requests", "pool requests sent to the pool host", stats.requests)
+            yield _counter("spider_pool_host_forwarded_looks", "ADDs' last looks the pool host answered", stats.looks)
             yield _counter("spider_pool_host_forward_calls", "HTTP calls to the pool host", stats.calls)
             yield _counter(
                 "spider_pool_host_fallback_requests",

@@ -161,20 +161,22 @@ async def test_forwarded_allocations_from_many_callers_are_folded_into_few_write
                 got: dict[int, str] = {}
 
                 async def add(n: int) -> None:
-                    got[n] = (await handle.allocate(owner(n))).ip
+                    allocation = await handle.allocate(owner(n))
+                    assert await handle.verify(allocation.ip, owner(n).key, allocation.recorded_at)  # the last look
+                    got[n] = allocation.ip
 
                 async with trio.open_nursery() as burst:
                     for n in range(40):
                         burst.start_soon(add, n)
                 assert len(set(got.values())) == 40
-                assert forwarder.stats.requests == 40
+                assert (forwarder.stats.requests, forwarder.stats.looks) == (40, 40)
                 assert forwarder.stats.fallback == 0
-                assert forwarder.stats.calls < 40  # NB: queued requests share a call
+                assert forwarder.stats.calls < 80  # NB: queued requests share a call
                 host = controller.stats()["pools"]["shared"]
-                assert host["requests"] == 40
+                assert (host["requests"], host["looks"]) == (40, 40)
                 assert host["writes"] < 40
                 assert host["conflicts"] == 0
-                assert forwarder.local.statistics() == {}  # nothing was written by the agent itself
+                assert forwarder.local.statistics() == {}  # nothing was written, or looked at, by the agent itself
                 assert await no_duplicates(b.admin) == sorted(got.values())
                 nursery.cancel_scope.cancel()
             await agent_store.aclose()

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     stats = {
         "latency": latency.describe(),
         "served": {f"{kind} {code}": n for (kind, code), n in sorted(server.served.items())},
+        "served_by_resource": {
+            f"{kind} {resource} {code}": n for (kind, resource, code), n in sorted(server.served_by_resource.items())
+        },
         "writes": server.cluster.writes,
     }
     if args.stats is not None:

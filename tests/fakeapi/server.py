@@ -139,6 +139,8 @@ class FakeApiServer:
     served: Counter[tuple[str, int]] = attrs.Factory(Counter)
     """(request kind, HTTP code) of every answered request that reached the storage; a metadata-only read is
     kind ``get (metadata)`` (or ``list (metadata)``)."""
+    served_by_resource: Counter[tuple[str, str, int]] = attrs.Factory(Counter)
+    """The same, per resource (its plural, and the subresource): (kind, resource, HTTP code)."""
     _scope: trio.CancelScope | None = None
     _up: trio.Event = attrs.Factory(trio.Event)
     _resume: trio.Event = attrs.Factory(trio.Event)
@@ -310,7 +312,9 @@ class FakeApiServer:
             code, answer = exc.code, exc.status()
         data = json.dumps(answer).encode()
         partial = metadata_only(dict(head.headers).get(b"accept", b"").decode()) if method == "GET" else ""
-        self.served[f"{kind} (metadata)" if partial else kind, code] += 1
+        served_kind = f"{kind} (metadata)" if partial else kind
+        self.served[served_kind, code] += 1
+        self.served_by_resource[served_kind, resource.plural + (f"/{sub}" if sub else ""), code] += 1
         if kind not in WRITES:
             await self._wait(kind, len(data))  # NB: a metadata-only read costs the server the whole object too
         if partial and code == 200:

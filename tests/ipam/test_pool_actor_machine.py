@@ -1,4 +1,6 @@
-"""Stateful: a live PoolActor on the embedded store, driven by Hypothesis rules, with another writer at work.
+"""Stateful: a live PoolActor on the embedded store, driven by Hypothesis rules, with another writer at work;
+an ADD's last look, as the pool host answers it (``PoolActor.look``, then the mailbox), says yes only for a
+record that stands in the stored pool.
 
 pytest-trio cannot run a ``RuleBasedStateMachine`` and hypothesis-trio is unmaintained (STYLE §0.3), so trio
 runs in a helper thread (``LiveActor``) and the synchronous rules call into it with ``trio.from_thread.run``.
@@ -17,10 +19,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from actors.ipam.pool import PoolHandle, open_pool
+from actors.ipam.pool import PoolActor, PoolHandle, Verify, open_pool
+from actors.runtime.mailbox import Reply
 from actors.stores.sqlite import SqliteStore
+from spider.addr import ip_to_int
 from spider.errors import PoolExhausted
-from spider.pool import Owner
+from spider.pool import KIND, Owner, PoolLedger
 from tests.ipam.conftest import (
     POOL,
     TIMEOUT,
@@ -62,10 +66,11 @@ class LiveActor:
             await seed_pool(sqlite, ips=f"10.0.0.10-10.0.0.{10 + CAPACITY - 1}")
             self.sqlite, self.store = sqlite, InterferingStore(sqlite)
             self.handle: PoolHandle
-            self.handle, actor = open_pool(POOL, self.store)
+            self.actor: PoolActor
+            self.handle, self.actor = open_pool(POOL, self.store)
             self._stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                await nursery.start(actor.run)
+                await nursery.start(self.actor.run)
                 self.token = trio.lowlevel.current_trio_token()
                 self._ready.set()
                 await self._stop.wait()
@@ -83,6 +88,20 @@ class LiveActor:
     def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in the actor's loop, between its steps."""
         return trio.from_thread.run_sync(fn, *args, trio_token=self.token)
+
+    async def look(self, ip: str, key: tuple[str, str], recorded_at: str) -> bool:
+        """An ADD's last look as the pool host answers a forwarded one: outside the mailbox, else through it."""
+        msg = Verify(ip, key, Reply[bool].open(), recorded_at, sender="node-1")
+        if await self.actor.look([msg]):
+            return await self.handle.verify(ip, key, recorded_at)
+        return await msg.reply.wait()
+
+    async def free_behind_the_actors_back(self, ip: str, uid: str) -> None:
+        """Another writer (the GC of another controller) frees this record."""
+        stored = await self.sqlite.get(KIND, POOL)
+        ledger = PoolLedger.from_object(stored)
+        assert ledger.release_ip(ip_to_int(ip), uid)
+        await self.sqlite.update_status({**stored, "status": ledger.to_status()})
 
     def close(self) -> None:
         trio.from_thread.run_sync(self._stop.set, trio_token=self.token)
@@ -102,6 +121,8 @@ class PoolActorMachine(RuleBasedStateMachine):
         self._tmp = tempfile.TemporaryDirectory()
         self.live = LiveActor(self._tmp.name)
         self.mine: dict[tuple[str, str], str] = {}
+        self.answered: dict[tuple[str, str], tuple[str, str]] = {}
+        """Every owner's last allocation (address and recorded version), held still or not: what its look asks."""
         self.theirs: dict[tuple[str, str], str] = {}
 
     def stored(self) -> dict[tuple[str, str], str]:
@@ -116,7 +137,23 @@ class PoolActorMachine(RuleBasedStateMachine):
             assert len(self.stored()) == CAPACITY  # exhausted only when full
         else:
             assert self.mine.setdefault(who.key, got.ip) == got.ip  # a repeat returns the same address
+            self.answered[who.key] = (got.ip, got.recorded_at)
         return who
+
+    @rule(data=st.data())
+    def last_look(self, data: st.DataObject) -> None:
+        if not self.answered:
+            return
+        key = data.draw(st.sampled_from(sorted(self.answered)))
+        ip, recorded_at = self.answered[key]
+        answer = self.live.call(self.live.look, ip, key, recorded_at)
+        assert answer == (self.stored().get(key) == ip)  # NB: released since, by us or another writer: no
+
+    @rule(who=consumes(holders))
+    def another_writer_frees_one_of_mine(self, who: Owner) -> None:
+        ip = self.mine.pop(who.key, None)
+        if ip is not None:
+            self.live.call(self.live.free_behind_the_actors_back, ip, who.pod_uid)
 
     @rule(who=consumes(holders))
     def release(self, who: Owner) -> None:
@@ -148,5 +185,5 @@ class PoolActorMachine(RuleBasedStateMachine):
             self._tmp.cleanup()
 
 
-PoolActorMachine.TestCase.settings = settings(max_examples=12, stateful_step_count=12, deadline=None, database=None)
+PoolActorMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=12, deadline=None, database=None)
 TestPoolActorMachine = PoolActorMachine.TestCase

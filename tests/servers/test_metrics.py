@@ -152,10 +152,12 @@ async def test_an_agent_that_forwards_to_the_pool_host_reports_what_it_sent_and_
         async with metered_agent() as agent:
             registry = agent.api.ipam.pools
             forwarder = PoolForwarder(registry, HostLocator(registry.store, "kube-system"))
-            forwarder.stats.requests, forwarder.stats.calls, forwarder.stats.fallback = 12, 3, 2
+            forwarder.stats.requests, forwarder.stats.looks, forwarder.stats.calls = 12, 7, 3
+            forwarder.stats.fallback = 2
             registry.route = forwarder
             got = await agent.scrape()
     assert value(got, "spider_pool_host_forwarded_requests_total") == 12
+    assert value(got, "spider_pool_host_forwarded_looks_total") == 7
     assert value(got, "spider_pool_host_forward_calls_total") == 3
     assert value(got, "spider_pool_host_fallback_requests_total") == 2
 

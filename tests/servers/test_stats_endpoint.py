@@ -15,7 +15,7 @@ async def test_stats_count_each_pools_requests_batches_and_writes() -> None:
         with trio.fail_after(60):
             status, body, _ = await http_call(agent.socket, "GET", "/v1/spider/stats")
             assert status == 200
-            forwarded = {"requests": 0, "calls": 0, "fallback": 0}  # NB: the embedded store forwards nothing
+            forwarded = dict.fromkeys(("requests", "looks", "calls", "fallback"), 0)  # NB: the embedded store: none
             assert body == {"node": "node-7", "requests": 1, "pools": {}, "forwarded": forwarded}
             for n in range(3):
                 env = cni_env("ADD", f"c{n}", "eth0", pod_args(f"p{n}", f"u{n}"))

@@ -421,9 +421,9 @@ async def test_a_run_that_fails_midway_releases_what_its_pods_hold_and_leaves_no
 
 def test_the_agents_forwarding_counters_are_summed_per_phase_and_absent_when_no_agent_has_them() -> None:
     assert forwarded_totals([{"pools": {}}], [{"pools": {}}]) is None
-    before = [{"forwarded": {"requests": 1, "calls": 1, "fallback": 0}}, {}]
-    after = [{"forwarded": {"requests": 11, "calls": 3, "fallback": 2}}, {"forwarded": {"requests": 5}}]
-    assert forwarded_totals(before, after) == {"requests": 15, "calls": 2, "fallback": 2}
+    before = [{"forwarded": {"requests": 1, "looks": 1, "calls": 1, "fallback": 0}}, {}]
+    after = [{"forwarded": {"requests": 11, "looks": 4, "calls": 3, "fallback": 2}}, {"forwarded": {"requests": 5}}]
+    assert forwarded_totals(before, after) == {"requests": 15, "looks": 3, "calls": 2, "fallback": 2}
 
 
 def _target(**extra: Any) -> dict[str, Any]:
@@ -457,7 +457,7 @@ def test_the_report_shows_the_pool_hosts_writes_apart_from_the_agents() -> None:
     host = {"requests": 900, "batches": 40, "writes": 41, "conflicts": 1, "largest_batch": 60, "mean_batch": 22.5}
     target = _target(
         host={"add": host},
-        forwarded={"add": {"requests": 900, "calls": 300, "fallback": 100}},
+        forwarded={"add": {"requests": 900, "looks": 800, "calls": 300, "fallback": 100}},
         controller={"started": True, "lease": "default/spider-lt-x", "leader": True, "stats": True},
         cleanup=["pool loadtest-x: deleted (the controller removed its finalizer)"],
     )
@@ -465,13 +465,13 @@ def test_the_report_shows_the_pool_hosts_writes_apart_from_the_agents() -> None:
     assert "pool writes ADD (host)" in text
     assert "pool writes ADD (agents)" in text
     assert "40 (22.5 / 60)" in text
-    assert "900 / 300 / 100" in text
+    assert "900 / 800 / 300 / 100" in text
     assert "controller started, Lease default/spider-lt-x, leading" in text
     assert "cleanup: pool loadtest-x: deleted" in text
     split = pool_writes(target)
     assert (split["add"]["writes"], split["add"]["conflicts"]) == (131, 10)
     assert split["del"]["host"] is None
-    assert split["add"]["forwarded"] == {"requests": 900, "calls": 300, "fallback": 100}
+    assert split["add"]["forwarded"] == {"requests": 900, "looks": 800, "calls": 300, "fallback": 100}
 
 
 def test_a_controller_without_pool_host_counters_shows_a_dash_not_a_crash() -> None:

@@ -508,9 +508,13 @@ def store_totals(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
     return {k: diff.get(k, 0) for k in ("requests", "batches", "writes", "conflicts")} | {"largest_batch": largest}
 
 
+FORWARD_COUNTERS = ("requests", "looks", "calls", "fallback")
+
+
 def forwarded_totals(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> dict[str, int] | None:
-    """The agents' forwarding counters (requests sent to the pool host, calls made, requests that fell back to
-    the agent's own pool actor) summed, ``after - before``; ``None`` when no agent reports them."""
+    """The agents' forwarding counters (requests sent to the pool host, last looks it answered, calls made,
+    requests that fell back to the agent's own pool actor) summed, ``after - before``; ``None`` when no agent
+    reports them."""
     if not any(isinstance(agent.get("forwarded"), Mapping) for agent in after):
         return None
 
@@ -519,13 +523,13 @@ def forwarded_totals(before: Sequence[Mapping[str, Any]], after: Sequence[Mappin
         for agent in snapshot:
             forwarded = agent.get("forwarded")
             if isinstance(forwarded, Mapping):
-                for key in ("requests", "calls", "fallback"):
+                for key in FORWARD_COUNTERS:
                     out[key] += int(forwarded.get(key, 0))
         return out
 
     diff = total(after)
     diff.subtract(total(before))
-    return {key: diff.get(key, 0) for key in ("requests", "calls", "fallback")}
+    return {key: diff.get(key, 0) for key in FORWARD_COUNTERS}
 
 
 def owner() -> str:

@@ -297,9 +297,12 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         forwarded = [t.get("forwarded", {}).get(phase) for t in targets]
         if any(forwarded):
             row(
-                f"forwarded {upper}: requests / calls / fell back",
+                f"forwarded {upper}: requests / looks / calls / fell back",
                 None,
-                [f"{x['requests']:,} / {x['calls']:,} / {x['fallback']:,}" if x else "-" for x in forwarded],
+                [
+                    f"{x['requests']:,} / {x.get('looks', 0):,} / {x['calls']:,} / {x['fallback']:,}" if x else "-"
+                    for x in forwarded
+                ],
             )
     if any("agents" in t for t in targets):
         row(

@@ -221,7 +221,8 @@ class TargetRun:
     host: dict[str, dict[str, int]] = attrs.field(factory=dict)
     """Per phase: the pool host's (the controller's) pool actors' counters; empty when it reported none."""
     forwarded: dict[str, dict[str, int]] = attrs.field(factory=dict)
-    """Per phase: requests the agents sent to the pool host, calls, and requests that fell back to their own."""
+    """Per phase: requests the agents sent to the pool host, last looks it answered, calls, and requests that fell
+    back to their own."""
     controller: dict[str, Any] = attrs.field(factory=dict)
     """Whether a controller ran, its Lease, whether it led, its memory (ours only)."""
     cleanup: list[str] = attrs.field(factory=list)

@@ -1,0 +1,175 @@
+"""The pool host's last looks (``PoolActor.look``, through ``PoolRegistry.deliver_all``): forwarded looks skip
+the mailbox and share one read of the pool's version; a look is answered yes only while the pool is at its
+version or has left it through the actor's own writes of allocations; anything else is answered from the
+records, so a look never says yes for a record another writer freed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from actors.ipam.pool import OwnWrites, PoolActor, PoolRegistry, Verify
+from actors.runtime.mailbox import Reply
+from actors.runtime.supervisor import Supervisor
+from actors.stores.sqlite import SqliteStore
+from spider.addr import ip_to_int
+from spider.pool import KIND, PoolLedger
+from tests.ipam.conftest import POOL, TIMEOUT, InterferingStore, foreign, owner
+
+
+@attrs.define(eq=False)
+class CountsReads(InterferingStore):
+    """Counts the reads of the pool's version alone and of the whole pool."""
+
+    metadata: int = 0
+    whole: int = 0
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Any:
+        self.whole += kind == KIND
+        return await super().get(kind, name, namespace)
+
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        self.metadata += kind == KIND
+        await trio.sleep(0.01)  # NB: a read takes a while: looks arriving meanwhile wait for the next one
+        return await super().get_metadata(kind, name, namespace)
+
+
+@pytest.fixture
+def counted(sqlite: SqliteStore) -> CountsReads:
+    return CountsReads(sqlite)
+
+
+@pytest.fixture
+async def registry(nursery: trio.Nursery, counted: CountsReads) -> PoolRegistry:
+    """The pool host's registry (the store writes optimistically, as the API server's does)."""
+    return PoolRegistry(counted, Supervisor(nursery))
+
+
+def forwarded_look(ip: str, key: tuple[str, str], recorded_at: str, node: str = "node-1") -> Verify:
+    return Verify(ip, key, Reply[bool].open(), recorded_at, sender=node)
+
+
+async def looked(registry: PoolRegistry, *looks: Verify) -> list[bool]:
+    """The answers to looks delivered as one forwarded batch."""
+    await registry.deliver_all(POOL, list(looks))
+    return [await look.reply.wait() for look in looks]
+
+
+def actor_of(registry: PoolRegistry) -> PoolActor:
+    return registry.actors[POOL]
+
+
+async def test_a_look_at_its_version_is_answered_by_one_read_of_the_version_without_the_mailbox(
+    registry: PoolRegistry, counted: CountsReads
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        mine = await (await registry.get(POOL)).allocate(owner(1))
+        counted.metadata = counted.whole = 0
+        assert await looked(registry, forwarded_look(mine.ip, owner(1).key, mine.recorded_at)) == [True]
+    assert (counted.metadata, counted.whole) == (1, 0)
+    assert actor_of(registry).stats.looks == 1
+
+
+async def test_the_looks_of_many_nodes_at_once_share_at_most_two_reads(
+    registry: PoolRegistry, counted: CountsReads
+) -> None:
+    handle = await registry.get(POOL)
+    with trio.fail_after(TIMEOUT):
+        held = [await handle.allocate(owner(i)) for i in range(10)]
+        counted.metadata = 0
+        answers: list[bool] = []
+
+        async def node(i: int) -> None:
+            look = forwarded_look(held[i].ip, owner(i).key, held[i].recorded_at, f"node-{i}")
+            answers.extend(await looked(registry, look))
+
+        async with trio.open_nursery() as nodes:
+            for i in range(10):
+                nodes.start_soon(node, i)
+    assert answers == [True] * 10
+    assert counted.metadata <= 2
+
+
+async def test_a_look_after_the_actors_own_allocations_still_holds_without_reading_the_records(
+    registry: PoolRegistry, counted: CountsReads
+) -> None:
+    handle = await registry.get(POOL)
+    with trio.fail_after(TIMEOUT):
+        mine = await handle.allocate(owner(1))
+        for i in range(2, 5):  # three more writes, each of allocations only
+            await handle.allocate(owner(i))
+        counted.whole = counted.metadata = 0
+        assert await looked(registry, forwarded_look(mine.ip, owner(1).key, mine.recorded_at)) == [True]
+        assert (counted.metadata, counted.whole) == (1, 0)  # NB: the mailbox would read the version twice
+
+
+async def test_a_look_is_answered_while_the_actor_is_busy_writing(
+    registry: PoolRegistry, counted: CountsReads, nursery: trio.Nursery
+) -> None:
+    handle = await registry.get(POOL)
+    with trio.fail_after(TIMEOUT):
+        mine = await handle.allocate(owner(1))
+        counted.gate = trio.Event()
+        nursery.start_soon(handle.allocate, owner(2))
+        await counted.entered.wait()  # the actor's next write is under way and held
+        assert await looked(registry, forwarded_look(mine.ip, owner(1).key, mine.recorded_at)) == [True]
+        counted.gate.set()
+
+
+@pytest.mark.parametrize("freed", [True, False], ids=["record-freed", "record-kept"])
+async def test_after_another_writer_a_look_is_answered_from_the_records(
+    registry: PoolRegistry, counted: CountsReads, sqlite: SqliteStore, freed: bool
+) -> None:
+    handle = await registry.get(POOL)
+    with trio.fail_after(TIMEOUT):
+        mine = await handle.allocate(owner(1))
+        stored = await sqlite.get(KIND, POOL)
+        ledger = PoolLedger.from_object(stored)
+        ledger.allocate(foreign(1))
+        if freed:
+            assert ledger.release_ip(ip_to_int(mine.ip), owner(1).pod_uid)
+        await sqlite.update_status({**stored, "status": ledger.to_status()})
+        counted.whole = 0
+        assert await looked(registry, forwarded_look(mine.ip, owner(1).key, mine.recorded_at)) == [not freed]
+        assert counted.whole == 1  # the pool moved on behind the actor's back: its records, read once
+
+
+async def test_after_the_actor_released_something_a_look_is_answered_from_the_records(
+    registry: PoolRegistry, counted: CountsReads
+) -> None:
+    handle = await registry.get(POOL)
+    with trio.fail_after(TIMEOUT):
+        mine = await handle.allocate(owner(1))
+        await handle.allocate(owner(2))
+        await handle.release(owner(1).key)  # e.g. the GC on the host freed it after the ADD's write
+        assert await looked(registry, forwarded_look(mine.ip, owner(1).key, mine.recorded_at)) == [False]
+
+
+async def test_a_look_for_a_pool_no_actor_serves_yet_is_served_by_a_new_actor(
+    registry: PoolRegistry, sqlite: SqliteStore, nursery: trio.Nursery
+) -> None:
+    agent = PoolRegistry(InterferingStore(sqlite), Supervisor(nursery))  # the agent wrote itself (fallback)
+    with trio.fail_after(TIMEOUT):
+        mine = await (await agent.get(POOL)).allocate(owner(1))
+        assert POOL not in registry.actors
+        assert await looked(registry, forwarded_look(mine.ip, owner(1).key, mine.recorded_at)) == [True]
+        assert POOL in registry.actors
+
+
+def test_own_writes_follow_a_chain_of_allocations_and_stop_at_a_gap_or_a_release() -> None:
+    writes = OwnWrites(limit=3)
+    assert writes.kept_since("1", "1")  # the pool did not move
+    writes.add("1", "2", kept=True)
+    writes.add("2", "3", kept=True)
+    assert writes.kept_since("1", "3")
+    assert writes.kept_since("2", "3")
+    assert not writes.kept_since("3", "1")  # never backwards
+    assert not writes.kept_since("0", "3")  # a version we did not write from: someone else's
+    writes.add("5", "6", kept=True)  # a gap: 3 -> 5 was another writer's
+    assert not writes.kept_since("1", "6")
+    writes.add("6", "7", kept=False)  # this one released something
+    assert not writes.kept_since("6", "7")
+    assert not writes.kept_since("1", "3")  # forgotten: the oldest steps go first
