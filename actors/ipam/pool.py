@@ -318,7 +318,8 @@ class PoolActor:
     write (the pool host); it writes as soon as they are in.  Forwarded requests name their node (``sender``):
     the actor waits for a request from every node its last ``SENDER_MEMORY`` batches came from, so two groups
     of nodes that fell out of step meet again in one write.  Otherwise it waits for as many requests as the
-    largest of its last ``LINGER_MEMORY`` batches held.  A lone request is never held.  0: drain at once."""
+    largest of its last ``LINGER_MEMORY`` batches held.  A lone request is never held, nor a batch that begins
+    with a read (``Verify``, ``Inspect``).  0: drain at once."""
     gone: bool = False
     """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
@@ -346,7 +347,9 @@ class PoolActor:
             if nodes and all(nodes):  # NB: forwarded requests: wait for the nodes of late, however many each sends
                 expect, count = len(frozenset().union(*nodes)), _senders
             try:
-                if expect > 1 and self.linger > 0:  # NB: under load only; a lone request is never delayed
+                # NB: under load only; a lone request is never delayed, nor a read (a look the host's ``look`` left
+                # here: it writes nothing, so it has nothing to share)
+                if expect > 1 and self.linger > 0 and not isinstance(first, Verify | Inspect):
                     await gather(self.mailbox, batch, self.max_batch, expect=expect, within=self.linger, count=count)
                 else:
                     batch = drain(self.mailbox, first, self.max_batch)

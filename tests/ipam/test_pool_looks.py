@@ -11,13 +11,13 @@ import attrs
 import pytest
 import trio
 
-from actors.ipam.pool import OwnWrites, PoolActor, PoolRegistry, Verify
+from actors.ipam.pool import Allocate, Allocation, OwnWrites, PoolActor, PoolMsg, PoolRegistry, Verify
 from actors.runtime.mailbox import Reply
 from actors.runtime.supervisor import Supervisor
 from actors.stores.sqlite import SqliteStore
 from spider.addr import ip_to_int
 from spider.pool import KIND, PoolLedger
-from tests.ipam.conftest import POOL, TIMEOUT, InterferingStore, foreign, owner
+from tests.ipam.conftest import POOL, TIMEOUT, InterferingStore, another_writer, foreign, owner
 
 
 @attrs.define(eq=False)
@@ -173,3 +173,22 @@ def test_own_writes_follow_a_chain_of_allocations_and_stop_at_a_gap_or_a_release
     writes.add("6", "7", kept=False)  # this one released something
     assert not writes.kept_since("6", "7")
     assert not writes.kept_since("1", "3")  # forgotten: the oldest steps go first
+
+
+async def test_a_look_left_to_the_mailbox_is_not_held_for_the_nodes_a_busy_host_waits_for(
+    nursery: trio.Nursery, counted: CountsReads, sqlite: SqliteStore
+) -> None:
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, counted, recv, linger=600.0)
+    with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it
+        await nursery.start(actor.run)
+        replies = [Reply[Allocation].open() for _ in range(2)]
+        for node, reply in zip(("node-a", "node-b"), replies, strict=True):
+            send.send_nowait(Allocate(owner(node), reply, sender=node))  # the host now waits for both nodes
+        mine = await replies[0].wait()
+        await replies[1].wait()
+        await another_writer(sqlite, foreign(1))  # so the look is left to the records
+        look = forwarded_look(mine.ip, owner("node-a").key, mine.recorded_at, "node-a")
+        assert await actor.look([look]) == [look]
+        send.send_nowait(look)
+        assert await look.reply.wait()
