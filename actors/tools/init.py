@@ -3,8 +3,19 @@
 Owns the settings (``InitSettings.from_env``: Spiderpool's environment names and the Helm chart's defaults) and
 the run: wait (bounded) until a controller leads, then create the default SpiderCoordinator, the default
 IPv4/IPv6 SpiderSubnets and the default IPv4/IPv6 SpiderIPPools (``default: true``), each only when its name is
-set, and each only if it does not exist yet: an object that exists is left exactly as it is (someone may have
-changed it since), so a second run changes nothing.
+set, and the default SpiderMultusConfig when enabled; each only if it does not exist yet: an object that exists
+is left exactly as it is (someone may have changed it since), so a second run changes nothing.
+
+The default SpiderMultusConfig (``SPIDERPOOL_INIT_ENABLE_MULTUS_CONFIG``) describes the cluster's default CNI
+so that Multus can name it: ``SPIDERPOOL_INIT_DEFAULT_CNI_NAME`` if set (type ``custom``), else the first CNI
+configuration (``.conf``, ``.conflist``, by path) in ``SPIDERPOOL_INIT_DEFAULT_CNI_DIR`` that is not Multus's own
+(``00-multus``): its name, and its (first plugin's) type when Spiderpool knows it, else ``custom``; no
+configuration at all gives ``default``.  Calico's legacy name ``k8s-pod-network`` becomes ``calico`` with the
+``multus.spidernet.io/cr-name`` annotation keeping the NetworkAttachmentDefinition's name.  It lives in
+``SPIDERPOOL_INIT_DEFAULT_CNI_NAMESPACE``, with ``enableCoordinator: false``.  With
+``SPIDERPOOL_INIT_INSTALL_MULTUS`` the Multus ConfigMap (``SPIDERPOOL_INIT_MULTUS_CONFIGMAP``, key
+``cni-conf.json``) gets that name as its ``clusterNetwork`` unless it has it already; its other settings are
+kept as they are (Spiderpool re-encodes the ones it knows and drops the rest).
 
 Environment (as Spiderpool's): ``SPIDERPOOL_INIT_DEFAULT_COORDINATOR_{NAME, MODE, POD_CIDR_TYPE,
 TUNE_POD_ROUTES, HIJACK_CIDR, POLICY_ROUTES, VETH_LINK_ADDRESS, VETH_MTU, DETECT_GATEWAY, DETECT_IP_CONFLICT}``;
@@ -15,7 +26,10 @@ anything is written, naming the variable.
 
 Departures: Spiderpool waits for the controller Service's endpoints (its webhook); ours waits for the
 controller's Lease to have a holder (the webhook is optional here, and the store checks the same rules
-without it).  Spiderpool's default SpiderMultusConfig for the node's default CNI is not made here.
+without it).  After changing the Multus ConfigMap, Spiderpool deletes the spiderpool-agent Pods and waits for
+their successors; ours does not (our agent reads nothing of Multus's configuration; Multus itself reads its
+ConfigMap when its own Pods start).  Spiderpool retries a failed create every 2 s; ours fails the run, and the
+Job's ``backoffLimit`` runs it again.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -33,6 +48,7 @@ import trio
 from actors.stores.port import AlreadyExists, NotFound, Obj, Store
 from spider.errors import InvalidInput, SpiderError
 from spider.kinds import SPIDER_API_VERSION
+from spider.multus import ANNO_CR_NAME
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +153,70 @@ class FamilyDefaults:
         return out
 
 
+LEGACY_CALICO = "k8s-pod-network"
+"""Calico's old network name, which Spiderpool's SpiderMultusConfig calls ``calico`` (projectcalico #7837)."""
+KNOWN_CNI_TYPES = ("macvlan", "ipvlan", "sriov", "ib-sriov", "ipoib")
+"""The types a detected default CNI keeps in its SpiderMultusConfig; any other is ``custom``."""
+MULTUS_CONF_KEY = "cni-conf.json"
+
+
+@attrs.frozen(kw_only=True)
+class MultusDefaults:
+    """The default SpiderMultusConfig for the cluster's default CNI (Helm ``multus.*``)."""
+
+    namespace: str
+    cni_name: str = ""
+    """Given: used as is, of type ``custom``; else found in ``cni_dir``."""
+    cni_dir: str = ""
+    install_multus: bool = False
+    """Also make the default CNI Multus's ``clusterNetwork`` in the ConfigMap ``multus_configmap``."""
+    multus_configmap: str = ""
+
+    def default_cni(self) -> tuple[str, str]:
+        """The default CNI's name and SpiderMultusConfig type; ``InvalidInput`` for a configuration that does
+        not parse."""
+        if self.cni_name:
+            return self.cni_name, "custom"
+        path = first_cni_config(self.cni_dir)
+        if path is None:
+            return "default", "custom"
+        try:
+            conf = json.loads(path.read_bytes())
+            if path.suffix == ".conflist":
+                name, kind = conf["name"], conf["plugins"][0]["type"]
+            else:
+                name, kind = conf["name"], conf["type"]
+            if not isinstance(name, str) or not name or not isinstance(kind, str):
+                raise TypeError("no name or type")
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise InvalidInput(reason=f"the default CNI's configuration {path} does not parse: {exc}") from None
+        return name, kind if kind in KNOWN_CNI_TYPES else "custom"
+
+    def to_object(self, name: str, kind: str) -> Obj:
+        """The SpiderMultusConfig to create for the default CNI ``name`` of type ``kind``."""
+        annotations = {}
+        if name == LEGACY_CALICO:
+            name, annotations = "calico", {ANNO_CR_NAME: LEGACY_CALICO}
+        return {"apiVersion": SPIDER_API_VERSION, "kind": "SpiderMultusConfig",
+                "metadata": {"name": name, "namespace": self.namespace, "annotations": annotations},
+                "spec": {"cniType": kind, "enableCoordinator": False}}  # fmt: skip
+
+
+def first_cni_config(directory: str) -> Path | None:
+    """The first CNI configuration in ``directory`` by path, Multus's own left out (libcni's ``ConfFiles``: files
+    ending in ``.conf`` or ``.conflist``); ``None`` when there is none, or no such directory."""
+    if not directory:
+        return None
+    try:
+        files = [p for p in Path(directory).iterdir() if p.suffix in (".conf", ".conflist") and p.is_file()]
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidInput(reason=f"cannot read the CNI configurations in {directory}: {exc}") from None
+    found = sorted(str(p) for p in files if "00-multus" not in str(p))
+    return Path(found[0]) if found else None
+
+
 @attrs.frozen(kw_only=True)
 class InitSettings:
     """What ``spider init`` creates, and how long it waits for a controller."""
@@ -148,6 +228,7 @@ class InitSettings:
     """Seconds to wait for a leading controller before giving up; 0: do not wait."""
     coordinator: CoordinatorDefaults | None = None
     families: tuple[FamilyDefaults, ...] = ()
+    multus: MultusDefaults | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> InitSettings:
@@ -172,7 +253,19 @@ class InitSettings:
                 if first and first == second:
                     raise InvalidInput(reason=f"the default IPv4 and IPv6 {what} cannot both be named {first!r}")
         namespace = _clean(env.get("SPIDERPOOL_NAMESPACE", "")) or "kube-system"
-        return cls(namespace=namespace, coordinator=coordinator, families=tuple(families)).evolve(**overrides)
+        multus = None
+        if _bool(PREFIX + "ENABLE_MULTUS_CONFIG", env.get(PREFIX + "ENABLE_MULTUS_CONFIG", ""), False):
+            multus = MultusDefaults(
+                namespace=get("DEFAULT_CNI_NAMESPACE") or namespace,
+                cni_name=get("DEFAULT_CNI_NAME"),
+                cni_dir=get("DEFAULT_CNI_DIR"),
+                install_multus=_bool(PREFIX + "INSTALL_MULTUS", env.get(PREFIX + "INSTALL_MULTUS", ""), False),
+                multus_configmap=get("MULTUS_CONFIGMAP"),
+            )
+            if multus.install_multus and not multus.multus_configmap:
+                raise InvalidInput(reason=f"${PREFIX}INSTALL_MULTUS needs ${PREFIX}MULTUS_CONFIGMAP: the one to change")
+        return cls(namespace=namespace, coordinator=coordinator, families=tuple(families),
+                   multus=multus).evolve(**overrides)  # fmt: skip
 
     def evolve(self, **changes: Any) -> InitSettings:
         """These settings with some fields changed."""
@@ -263,9 +356,11 @@ class Outcome:
     kind: str
     name: str
     created: bool
+    """Made (or changed, for an object that is ``changed`` rather than created) by this run."""
+    done: str = "created"
 
     def __str__(self) -> str:
-        verb = "created" if self.created else "exists, left as it is"
+        verb = self.done if self.created else "exists, left as it is"
         return f"{self.kind.lower()}/{self.name} {verb}"
 
 
@@ -298,12 +393,37 @@ async def run_init(store: Store, settings: InitSettings) -> list[Outcome]:
     if settings.wait > 0:
         holder = await wait_for_controller(store, settings)
         log.info("controller %s leads", holder)
+    objects = settings.objects()
+    default_cni = settings.multus.default_cni() if settings.multus else None  # NB: before anything is written
+    if settings.multus and default_cni:
+        objects.append(settings.multus.to_object(*default_cni))
     outcomes = []
-    for obj in settings.objects():
+    for obj in objects:
         name = obj["metadata"]["name"]
         try:
             await store.create(obj)
             outcomes.append(Outcome(obj["kind"], name, True))
         except AlreadyExists:
             outcomes.append(Outcome(obj["kind"], name, False))
+    if settings.multus and default_cni and settings.multus.install_multus:
+        outcomes.append(await set_cluster_network(store, settings.multus, default_cni[0]))
     return outcomes
+
+
+async def set_cluster_network(store: Store, multus: MultusDefaults, name: str) -> Outcome:
+    """Make ``name`` the ``clusterNetwork`` of Multus's configuration in its ConfigMap (unless it is already)."""
+    configmap = await store.get("ConfigMap", multus.multus_configmap, multus.namespace)
+    data = configmap.get("data") or {}
+    try:
+        conf = json.loads(data.get(MULTUS_CONF_KEY) or "")
+        if not isinstance(conf, dict):
+            raise TypeError("not an object")
+    except (ValueError, TypeError) as exc:
+        where = f"{multus.namespace}/{multus.multus_configmap}"
+        raise InvalidInput(reason=f"the Multus ConfigMap {where} has no JSON {MULTUS_CONF_KEY}: {exc}") from None
+    what = f"{multus.multus_configmap} (clusterNetwork {name})"
+    if conf.get("clusterNetwork") == name:
+        return Outcome("ConfigMap", what, False)
+    conf["clusterNetwork"] = name
+    await store.update({**configmap, "data": {**data, MULTUS_CONF_KEY: json.dumps(conf)}})
+    return Outcome("ConfigMap", what, True, done="changed")

@@ -343,6 +343,9 @@ INIT_POOLS = {
     "SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_GATEWAY": "172.18.0.1",
 }
 """The default subnet and pool deploy/init.yaml's comment says to name (its Job names only the coordinator)."""
+MULTUS_CONFIGMAP = "spiderpool-multus"
+INIT_MULTUS = {"SPIDERPOOL_INIT_INSTALL_MULTUS": "true", "SPIDERPOOL_INIT_MULTUS_CONFIGMAP": MULTUS_CONFIGMAP}
+"""And Multus's ConfigMap, which deploy/init.yaml's comment says how to name."""
 
 
 def init_environment() -> dict[str, str]:
@@ -354,9 +357,15 @@ def init_environment() -> dict[str, str]:
 
 
 @pytest.fixture
-def init_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """``init_environment()`` in this process's environment (``spider init`` reads it), restored afterwards."""
-    env = init_environment()
+def init_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """``init_environment()`` in this process's environment (``spider init`` reads it), restored afterwards;
+    the node's CNI configurations are a folder holding Calico's."""
+    cni_dir = tmp_path / "net.d"
+    cni_dir.mkdir()
+    (cni_dir / "10-calico.conflist").write_text(
+        json.dumps({"name": "k8s-pod-network", "plugins": [{"type": "calico"}]})
+    )
+    env = init_environment() | INIT_MULTUS | {"SPIDERPOOL_INIT_DEFAULT_CNI_DIR": str(cni_dir)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
@@ -369,6 +378,10 @@ async def run_init(d: Path) -> list[Attributes]:
         token = component.cluster.mint_token(NAMESPACE, "spiderpool-init")
         kubeconfig = component.kubeconfig(d / "init.kubeconfig", token=token)
         argv = ["init", "--kubeconfig", str(kubeconfig), "--wait-controller", str(TIMEOUT)]
+        multus = {"name": "multus-cni-network", "type": "multus"}
+        await admin.create({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": MULTUS_CONFIGMAP, "namespace": NAMESPACE},
+                            "data": {"cni-conf.json": json.dumps(multus)}})  # fmt: skip
         async with trio.open_nursery() as nursery:
             first = trio.Event()
 
@@ -384,10 +397,12 @@ async def run_init(d: Path) -> list[Attributes]:
             await trio.sleep(0.6)
             await admin.update({**lease, "spec": {"holderIdentity": "ctl_1"}})
             await first.wait()
-        made = {(o["kind"], o["metadata"]["name"]) for k in ("SpiderCoordinator", "SpiderSubnet", "SpiderIPPool")
-                for o in (await admin.list(k)).items}  # fmt: skip
+        kinds = ("SpiderCoordinator", "SpiderSubnet", "SpiderIPPool", "SpiderMultusConfig")
+        made = {(o["kind"], o["metadata"]["name"]) for k in kinds for o in (await admin.list(k)).items}
         assert made == {("SpiderCoordinator", "default"), ("SpiderSubnet", "default-v4-subnet"),
-                        ("SpiderIPPool", "default-v4-ippool")}  # fmt: skip
+                        ("SpiderIPPool", "default-v4-ippool"), ("SpiderMultusConfig", "calico")}  # fmt: skip
+        configmap = await admin.get("ConfigMap", MULTUS_CONFIGMAP, NAMESPACE)
+        assert json.loads(configmap["data"]["cni-conf.json"])["clusterNetwork"] == "k8s-pod-network"
         assert await trio.to_thread.run_sync(spider_main, argv) == 0  # everything exists: AlreadyExists each
         return requests_of(component)
 

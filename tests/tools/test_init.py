@@ -3,13 +3,14 @@ controller first."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from actors.stores.port import Store
+from actors.stores.port import Obj, Store
 from actors.stores.sqlite import SqliteStore
 from actors.stores.validating import ValidatingStore
 from actors.tools.cli import main
@@ -156,3 +157,118 @@ def test_the_command_reads_the_environment_and_runs_twice_alike(
     ]
     assert main(argv) == 0
     assert capsys.readouterr().out.count("exists, left as it is") == 4
+
+
+# --- the default SpiderMultusConfig ---------------------------------------------------------------------------
+
+MULTUS = {"SPIDERPOOL_INIT_ENABLE_MULTUS_CONFIG": "true", "SPIDERPOOL_NAMESPACE": "kube-system"}
+
+
+def cni_dir(tmp_path: Path, files: dict[str, object]) -> dict[str, str]:
+    """A CNI configuration folder holding ``files`` (file name: its JSON), as the environment that names it."""
+    directory = tmp_path / "net.d"
+    directory.mkdir()
+    for name, content in files.items():
+        (directory / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    return MULTUS | {"SPIDERPOOL_INIT_DEFAULT_CNI_DIR": str(directory)}
+
+
+CALICO = {"name": "k8s-pod-network", "cniVersion": "0.3.1", "plugins": [{"type": "calico"}, {"type": "portmap"}]}
+
+
+async def made(store: Store, env: dict[str, str]) -> Obj:
+    outcomes = await run_init(store, InitSettings.from_env(env, wait=0))
+    [smc] = (await store.list("SpiderMultusConfig")).items
+    assert outcomes[-1] == Outcome("SpiderMultusConfig", smc["metadata"]["name"], True)
+    return smc
+
+
+async def test_the_first_cni_configuration_but_multus_s_names_the_default_network(store: Store, tmp_path: Path) -> None:
+    env = cni_dir(tmp_path, {"00-multus.conf": {"name": "multus-cni-network", "type": "multus"},
+                             "10-calico.conflist": CALICO,
+                             "20-flannel.conflist": {"name": "cbr0", "plugins": [{"type": "flannel"}]},
+                             "05-loopback.json": {"name": "lo", "type": "loopback"}})  # fmt: skip
+    with trio.fail_after(10):
+        smc = await made(store, env)
+    assert smc["metadata"]["name"] == "calico"  # NB: Calico's legacy name, renamed; the NAD keeps it
+    assert smc["metadata"]["namespace"] == "kube-system"
+    assert smc["metadata"]["annotations"] == {"multus.spidernet.io/cr-name": "k8s-pod-network"}
+    assert smc["spec"]["cniType"] == "custom"
+    assert smc["spec"]["enableCoordinator"] is False
+
+
+@pytest.mark.parametrize(
+    ("files", "name", "kind"),
+    [
+        ({"10-macvlan.conf": {"name": "underlay", "type": "macvlan"}}, "underlay", "macvlan"),
+        ({"10-ib.conflist": {"name": "ib", "plugins": [{"type": "ib-sriov"}]}}, "ib", "ib-sriov"),
+        ({"10-cilium.conflist": {"name": "cilium", "plugins": [{"type": "cilium-cni"}]}}, "cilium", "custom"),
+        ({}, "default", "custom"),
+    ],
+    ids=["macvlan", "ib-sriov", "another-type", "none-at-all"],
+)
+def test_the_default_network_keeps_a_type_spiderpool_knows(
+    tmp_path: Path, files: dict[str, object], name: str, kind: str
+) -> None:
+    settings = InitSettings.from_env(cni_dir(tmp_path, files))
+    assert settings.multus is not None
+    assert settings.multus.default_cni() == (name, kind)
+
+
+def test_a_named_default_network_is_custom_and_nothing_is_made_unless_enabled(tmp_path: Path) -> None:
+    env = cni_dir(tmp_path, {"10-calico.conflist": CALICO}) | {"SPIDERPOOL_INIT_DEFAULT_CNI_NAME": "kube-ovn"}
+    settings = InitSettings.from_env(env | {"SPIDERPOOL_INIT_DEFAULT_CNI_NAMESPACE": "net"})
+    assert settings.multus is not None
+    assert settings.multus.default_cni() == ("kube-ovn", "custom")
+    assert settings.multus.to_object("kube-ovn", "custom")["metadata"]["namespace"] == "net"
+    assert InitSettings.from_env(env | {"SPIDERPOOL_INIT_ENABLE_MULTUS_CONFIG": "false"}).multus is None
+    assert InitSettings.from_env({}).multus is None
+
+
+async def test_a_default_cni_configuration_that_does_not_parse_stops_the_run_before_anything_is_written(
+    store: Store, tmp_path: Path
+) -> None:
+    env = cni_dir(tmp_path, {"10-broken.conflist": '{"name": "x", "plugins": []}'})
+    with trio.fail_after(10), pytest.raises(InvalidInput, match=r"10-broken\.conflist does not parse"):
+        await run_init(store, InitSettings.from_env(env | ENV, wait=0))
+    assert (await store.list("SpiderCoordinator")).items == []
+
+
+async def test_the_multus_configmap_gets_the_default_network_once_keeping_its_other_settings(
+    store: Store, tmp_path: Path
+) -> None:
+    conf = {"cniVersion": "0.3.1", "name": "multus-cni-network", "type": "multus", "clusterNetwork": "",
+            "confDir": "/etc/cni/net.d", "logLevel": "debug", "someFutureSetting": [1, 2]}  # fmt: skip
+    await store.create({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "spiderpool-multus", "namespace": "kube-system"},
+                        "data": {"cni-conf.json": json.dumps(conf), "other": "kept"}})  # fmt: skip
+    env = cni_dir(tmp_path, {"10-calico.conflist": CALICO}) | {
+        "SPIDERPOOL_INIT_INSTALL_MULTUS": "true",
+        "SPIDERPOOL_INIT_MULTUS_CONFIGMAP": "spiderpool-multus",
+    }
+    settings = InitSettings.from_env(env, wait=0)
+    with trio.fail_after(10):
+        first = await run_init(store, settings)
+        changed = await store.get("ConfigMap", "spiderpool-multus", "kube-system")
+        second = await run_init(store, settings)
+        after = await store.get("ConfigMap", "spiderpool-multus", "kube-system")
+    assert [str(o) for o in first] == [
+        "spidermultusconfig/calico created",
+        "configmap/spiderpool-multus (clusterNetwork k8s-pod-network) changed",
+    ]
+    assert json.loads(changed["data"]["cni-conf.json"]) == conf | {"clusterNetwork": "k8s-pod-network"}
+    assert changed["data"]["other"] == "kept"
+    assert [o.created for o in second] == [False, False]
+    assert after["metadata"]["resourceVersion"] == changed["metadata"]["resourceVersion"]
+
+
+@pytest.mark.parametrize(
+    ("change", "variable"),
+    [
+        ({"SPIDERPOOL_INIT_ENABLE_MULTUS_CONFIG": "maybe"}, "ENABLE_MULTUS_CONFIG"),
+        ({"SPIDERPOOL_INIT_INSTALL_MULTUS": "true"}, "MULTUS_CONFIGMAP"),
+    ],
+)
+def test_a_wrong_multus_setting_stops_the_run_naming_it(change: dict[str, str], variable: str) -> None:
+    with pytest.raises(InvalidInput, match=variable):
+        InitSettings.from_env(MULTUS | change)
