@@ -534,9 +534,9 @@ class NodePods:
     """A ``PodIndex`` of this node's Pods by ``status.podIPs``: a namespace's default route usually leaves
     through the overlay ``eth0``, whose address only the Pod's status holds (no SpiderEndpoint does).
 
-    The store port has no field selector, so every Pod is listed and those whose ``spec.nodeName`` is not this
-    node are dropped; the list is made at most once per ``max_age`` seconds (once per collection), and each
-    pod's top owner (ReplicaSet -> Deployment, Job -> CronJob, read by name) once per pod UID.
+    Only this node's Pods are listed (a field selector on ``spec.nodeName``: the server sends no others), at
+    most once per ``max_age`` seconds (once per collection), and each pod's top owner (ReplicaSet ->
+    Deployment, Job -> CronJob, read by name) once per pod UID.
     """
 
     store: Store
@@ -554,9 +554,7 @@ class NodePods:
             return self._index
         index: dict[str, PodOwner] = {}
         owners: dict[str, PodOwner] = {}
-        for pod in (await self.store.list("Pod")).items:
-            if (pod.get("spec") or {}).get("nodeName") != self.node:
-                continue
+        for pod in (await self.store.list("Pod", field_selector=f"spec.nodeName={self.node}")).items:
             addresses = pod_addresses(pod)
             if not addresses:
                 continue

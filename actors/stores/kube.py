@@ -91,6 +91,7 @@ from actors.stores.port import (
     WatchEvent,
 )
 from spider.errors import SpiderError, StoreUnavailable
+from spider.fields import parse_field_selector
 from spider.kinds import Kind, kind_info
 from spider.selector import parse_selector
 
@@ -574,11 +575,13 @@ class KubeStore:
         return metadata
 
     async def _list_page(
-        self, info: Kind, namespace: str, selector: str, limit: int, token: str = ""
+        self, info: Kind, namespace: str, selector: str, limit: int, token: str = "", fields: str = ""
     ) -> tuple[list[Obj], str, str]:
         query = [("limit", str(limit))]
         if selector:
             query.append(("labelSelector", selector))
+        if fields:
+            query.append(("fieldSelector", fields))
         if token:
             query.append(("continue", token))
         target = _Target(info.kind, verb="list")
@@ -587,20 +590,24 @@ class KubeStore:
         items = [_typed(info, item) for item in answer.get("items") or []]
         return items, str(m.get("resourceVersion") or ""), str(m.get("continue") or "")
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
-        """Objects of a kind in name order, optionally in one namespace and matching a label selector.
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        """Objects of a kind in name order, optionally in one namespace and matching a label and a field selector.
 
         Read in pages of ``list_page_size``, all at the version of the first page; when the server no
         longer has that version (410 on a ``continue``), the list starts over.
         """
         info = kind_info(kind)
         selector = str(parse_selector(label_selector))  # NB: our errors for bad selectors, not the server's
+        fields = str(parse_field_selector(field_selector, info.kind))
         ns = namespace if info.namespaced and namespace else ""
+        size = self.settings.list_page_size
         for _attempt in range(3):
-            items, version, token = await self._list_page(info, ns, selector, self.settings.list_page_size)
+            items, version, token = await self._list_page(info, ns, selector, size, fields=fields)
             try:
                 while token:
-                    more, _, token = await self._list_page(info, ns, selector, self.settings.list_page_size, token)
+                    more, _, token = await self._list_page(info, ns, selector, size, token, fields)
                     items.extend(more)
             except Gone:
                 continue

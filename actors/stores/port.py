@@ -140,8 +140,11 @@ class Store(Protocol):
         ``resourceVersion`` says whether it changed, without sending and decoding the rest."""
         ...
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
-        """Objects of a kind, optionally in one namespace and matching a label selector string."""
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        """Objects of a kind, optionally in one namespace and matching a label selector string and a field
+        selector string (``spider.fields``: the fields the API server lets the kind be selected by)."""
         ...
 
     async def create(self, obj: Obj) -> Obj:

@@ -152,9 +152,15 @@ class RetryingStore:
         """As the inner store, retried through outages."""
         return await self._retry(lambda: self.inner.get_metadata(kind, name, namespace))
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
         """As the inner store, retried through outages."""
-        return await self._retry(lambda: self.inner.list(kind, namespace=namespace, label_selector=label_selector))
+        return await self._retry(
+            lambda: self.inner.list(
+                kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+            )
+        )
 
     async def create(self, obj: Obj) -> Obj:
         """As the inner store, retried through outages; a retry that finds the object it sent is its answer."""

@@ -66,6 +66,7 @@ from actors.stores.port import (
     WatchEvent,
 )
 from spider.errors import StoreUnavailable
+from spider.fields import parse_field_selector
 from spider.kinds import Kind, kind_info
 from spider.selector import Selector, label_key_problem, label_value_problem, parse_selector
 
@@ -530,10 +531,13 @@ class SqliteStore:
             raise key.not_found()
         return _loads(row[0])
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
-        """Objects of a kind in name order, optionally in one namespace and matching a label selector."""
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        """Objects of a kind in name order, optionally in one namespace and matching a label and a field selector."""
         info = kind_info(kind)
         selector = parse_selector(label_selector)
+        fields = parse_field_selector(field_selector, info.kind)
         ns = namespace if info.namespaced and namespace else None
 
         def read(conn: sqlite3.Connection) -> ObjectList:
@@ -542,7 +546,7 @@ class SqliteStore:
             if ns is not None:
                 sql, params = sql + " AND namespace = ?", (*params, ns)
             rows = conn.execute(sql + " ORDER BY namespace, name", params).fetchall()
-            items = [obj for (body,) in rows if selector.matches(_labels(obj := _loads(body)))]
+            items = [obj for (body,) in rows if selector.matches(_labels(obj := _loads(body))) and fields.matches(obj)]
             return ObjectList(items=items, resource_version=str(_counter(conn, "rv")))
 
         return await self._read(read)

@@ -45,9 +45,13 @@ class FaultyStore:
         await self._gate("get")
         return await self.inner.get_metadata(kind, name, namespace)
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
         await self._gate("list")
-        return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)
+        return await self.inner.list(
+            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
 
     async def create(self, obj: Obj) -> Obj:
         await self._gate("create")

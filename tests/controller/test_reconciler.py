@@ -304,10 +304,14 @@ class WithoutCrd(FaultyStore):
 
     missing: str = ""
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
         if kind == self.missing:
             raise StoreUnavailable(reason=f"the server does not serve {kind} (is its CRD installed?)")
-        return await super().list(kind, namespace=namespace, label_selector=label_selector)
+        return await super().list(
+            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
 
     def install(self) -> None:
         self.missing = ""

@@ -21,14 +21,15 @@ upstream code, see ``tests/fakeapi/__init__.py``):
   spec; no new finalizers on an object being deleted (422); removing the last one deletes it; a no-op
   writes nothing.
 - delete: preconditions (409); finalizers only mark (deletionTimestamp, grace 0, generation + 1), once.
-- list: label selectors (400 when malformed), ``limit``/``continue`` over a snapshot (410 when compacted),
-  items of built-in kinds without apiVersion/kind.
+- list: label selectors (400 when malformed), field selectors (``spider.fields``: the fields each kind can be
+  selected by; 400 "field label not supported" for another, not on watches), ``limit``/``continue`` over a
+  snapshot (410 when compacted), items of built-in kinds without apiVersion/kind.
 - watch: ``""``/``"0"`` start with a synthetic ``ADDED`` per object; an unparseable version is a 500 whose
   ``Status`` has no reason (the storage layer's invalid-field error, which no API error wraps); a
   compacted one an ``ERROR`` event (410 ``Expired``) on a 200 stream; selector transitions become
   ``ADDED``/``DELETED``; ``DELETED`` carries the last state stamped with the deletion's version.
 
-Not modelled: managedFields, admission webhooks, field selectors, dry run, patch, per-kind validation of
+Not modelled: managedFields, admission webhooks, dry run, patch, per-kind validation of
 built-in specs, schema validation and pruning of custom resources, and garbage collection by owner references.
 """
 
@@ -48,6 +49,7 @@ import trio
 import yaml
 
 from spider.errors import InvalidInput
+from spider.fields import FieldSelector, parse_field_selector, selectable
 from spider.kinds import KINDS, SPIDER_GROUP
 from spider.selector import Selector, label_key_problem, label_value_problem, parse_selector
 
@@ -404,7 +406,9 @@ class Cluster:
     def get(self, r: Resource, namespace: str, name: str) -> Obj:
         return copy.deepcopy(self._stored(r, namespace, name))
 
-    def list(self, r: Resource, namespace: str, selector: str, limit: int = 0, token: str = "") -> Obj:
+    def list(
+        self, r: Resource, namespace: str, selector: str, fields: str = "", *, limit: int = 0, token: str = ""
+    ) -> Obj:
         if token:
             snapshot = self._snapshots.pop(token, None)
             if snapshot is None or snapshot[0] < self.compacted:
@@ -415,7 +419,7 @@ class Cluster:
                 raise ApiError(410, "Expired", message)
             version, items = snapshot
         else:
-            matcher = self._selector(selector)
+            matcher, field_matcher = self._selector(selector), self._fields(fields, r)
             version = self.rv
             items = [
                 copy.deepcopy(o)
@@ -423,6 +427,7 @@ class Cluster:
                 if (group, plural) == (r.group, r.plural)
                 and (not namespace or ns == namespace)
                 and matcher.matches(_labels(o))
+                and field_matcher.matches(o)
             ]
             if not r.custom:
                 items = [_without(o, "apiVersion", "kind") for o in items]  # NB: as Go's typed lists encode
@@ -435,6 +440,18 @@ class Cluster:
                 del self._snapshots[next(iter(self._snapshots))]
             meta.update({"continue": token, "remainingItemCount": len(rest)})
         return {"apiVersion": r.api_version, "kind": f"{r.kind}List", "metadata": meta, "items": items}
+
+    @staticmethod
+    def _fields(text: str, r: Resource) -> FieldSelector:
+        """A list's ``fieldSelector``: 400 when malformed or naming a field the kind cannot be selected by."""
+        try:
+            parsed = parse_field_selector(text, None)
+        except InvalidInput as exc:
+            raise ApiError(400, "BadRequest", f"invalid field selector: {exc.reason}") from None
+        for requirement in parsed.requirements:
+            if requirement.field not in selectable(r.kind):
+                raise ApiError(400, "BadRequest", f"field label not supported: {requirement.field}")
+        return parsed
 
     @staticmethod
     def _selector(text: str) -> Selector:

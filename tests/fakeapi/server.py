@@ -360,7 +360,8 @@ class FakeApiServer:
             return 200, c.get(r, namespace, name)
         if method == "GET":
             limit = int(query.get("limit", "0") or 0)
-            return 200, c.list(r, namespace, query.get("labelSelector", ""), limit, query.get("continue", ""))
+            selectors = query.get("labelSelector", ""), query.get("fieldSelector", "")
+            return 200, c.list(r, namespace, *selectors, limit=limit, token=query.get("continue", ""))
         if method == "POST" and not name:
             return 201, c.create(r, namespace, decoded)
         if method == "PUT" and name:

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
+from spider.fields import parse_field_selector
 from spider.kinds import KINDS
 
 
@@ -56,12 +57,15 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         return copy.deepcopy(self._stored(kind, name, namespace)["metadata"])
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
         await trio.lowlevel.checkpoint()
+        fields = parse_field_selector(field_selector, kind)
         items = [
             copy.deepcopy(obj)
             for (k, ns, _), obj in sorted(self.objects.items())
-            if k == kind and (namespace is None or ns == namespace)
+            if k == kind and (namespace is None or ns == namespace) and fields.matches(obj)
         ]
         return ObjectList(items, str(self.version))
 
@@ -146,8 +150,12 @@ class SlowWrites:
     async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
         return await self.inner.get_metadata(kind, name, namespace)
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
-        return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        return await self.inner.list(
+            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
 
     async def create(self, obj: Obj) -> Obj:
         await self._slow(obj)

@@ -223,6 +223,51 @@ async def test_list_with_a_malformed_selector_raises_invalid_input(store: Store)
         await store.list("SpiderIPPool", label_selector="a in (b")
 
 
+def pod_on(run: str, name: str, node: str) -> Obj:
+    """A Pod bound to ``node`` (no kubelet runs it: it stays Pending)."""
+    containers = [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-{run}", "namespace": "default", "labels": {"test-run": run}},
+            "spec": {"nodeName": node, "containers": containers}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ("spec.nodeName=node-1", {"a", "c"}),
+        ("spec.nodeName==node-1", {"a", "c"}),
+        ("spec.nodeName!=node-1", {"b"}),
+        ("spec.nodeName=node-1,metadata.name!=c-{run}", {"a"}),
+        ("metadata.namespace=default,metadata.name=b-{run}", {"b"}),
+        ("spec.nodeName=node-9", set()),
+    ],
+)
+async def test_list_filters_by_field_selector(store: Store, run: str, fields: str, expected: set[str]) -> None:
+    with trio.fail_after(TIMEOUT):
+        for name, node in (("a", "node-1"), ("b", "node-2"), ("c", "node-1")):
+            await store.create(pod_on(run, name, node))
+        try:
+            listing = await store.list(
+                "Pod", namespace="default", label_selector=f"test-run={run}", field_selector=fields.format(run=run)
+            )
+        finally:
+            for name in "abc":
+                await store.delete("Pod", f"{name}-{run}", "default")
+    assert {meta(o)["name"].removesuffix(f"-{run}") for o in listing.items} == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [("Pod", "spec.containers=x"), ("SpiderIPPool", "spec.subnet=10.6.0.0/16"), ("Pod", "spec.nodeName")],
+    ids=["not-selectable-for-pods", "not-selectable-for-a-custom-resource", "malformed"],
+)
+async def test_list_by_a_field_its_kind_cannot_be_selected_by_raises_invalid_input(
+    store: Store, kind: str, fields: str
+) -> None:
+    with trio.fail_after(TIMEOUT), pytest.raises(InvalidInput):
+        await store.list(kind, field_selector=fields)
+
+
 # --- scope -------------------------------------------------------------------------------------------------
 
 

@@ -70,7 +70,9 @@ class ScriptedStore:
         except KeyError:
             raise NotFound(kind=kind, name=name, namespace=namespace) from None
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
         await trio.sleep(0.001)
         self._enter("list")
         items = [copy.deepcopy(o) for (k, _, _), o in self.objects.items() if k == kind]
