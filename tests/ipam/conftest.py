@@ -167,6 +167,26 @@ class InterferingStore:
         await self.inner.aclose()
 
 
+@attrs.define(eq=False)
+class CountsPoolReads(InterferingStore):
+    """Counts the reads of the pool: whole (``get``) and of its metadata alone, each of which takes
+    ``metadata_delay`` seconds (so that looks arriving meanwhile wait for the next read)."""
+
+    whole: int = 0
+    metadata: int = 0
+    metadata_delay: float = 0.0
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        self.whole += kind == KIND
+        return await super().get(kind, name, namespace)
+
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        self.metadata += kind == KIND
+        if self.metadata_delay:
+            await trio.sleep(self.metadata_delay)
+        return await super().get_metadata(kind, name, namespace)
+
+
 @pytest.fixture
 async def sqlite(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     """The embedded store on a fresh file, with the pool seeded; closed after the test."""

@@ -6,7 +6,6 @@ import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 import outcome
@@ -16,7 +15,6 @@ import trio.testing
 
 from actors.ipam.pool import Allocate, Allocation, PoolActor, PoolHandle, PoolMsg, open_pool
 from actors.runtime.mailbox import Reply
-from actors.stores.port import Obj
 from actors.stores.sqlite import SqliteStore
 from spider.addr import ip_to_int
 from spider.errors import ActorUnavailable, PoolExhausted, PoolNotFound, StaleWrite
@@ -25,6 +23,7 @@ from tests.ipam.conftest import (
     CAPACITY,
     POOL,
     TIMEOUT,
+    CountsPoolReads,
     InterferingStore,
     foreign,
     owner,
@@ -158,22 +157,6 @@ async def test_verify_reads_the_stored_pool_not_the_actor_s_ledger(either: PoolH
 
         await behind_the_actors_back(sqlite, free)
         assert not await handle.verify(mine.ip, owner(1).key)
-
-
-@attrs.define(eq=False)
-class CountsPoolReads(InterferingStore):
-    """Counts the reads of the pool: whole (``get``) and of its metadata alone."""
-
-    whole: int = 0
-    metadata: int = 0
-
-    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
-        self.whole += kind == KIND
-        return await super().get(kind, name, namespace)
-
-    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
-        self.metadata += kind == KIND
-        return await super().get_metadata(kind, name, namespace)
 
 
 async def test_an_allocation_names_the_version_of_the_pool_that_records_it(

@@ -5,9 +5,6 @@ records, so a look never says yes for a record another writer freed."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import attrs
 import pytest
 import trio
 
@@ -17,33 +14,16 @@ from actors.runtime.supervisor import Supervisor
 from actors.stores.sqlite import SqliteStore
 from spider.addr import ip_to_int
 from spider.pool import KIND, PoolLedger
-from tests.ipam.conftest import POOL, TIMEOUT, InterferingStore, another_writer, foreign, owner
-
-
-@attrs.define(eq=False)
-class CountsReads(InterferingStore):
-    """Counts the reads of the pool's version alone and of the whole pool."""
-
-    metadata: int = 0
-    whole: int = 0
-
-    async def get(self, kind: str, name: str, namespace: str = "") -> Any:
-        self.whole += kind == KIND
-        return await super().get(kind, name, namespace)
-
-    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
-        self.metadata += kind == KIND
-        await trio.sleep(0.01)  # NB: a read takes a while: looks arriving meanwhile wait for the next one
-        return await super().get_metadata(kind, name, namespace)
+from tests.ipam.conftest import POOL, TIMEOUT, CountsPoolReads, InterferingStore, another_writer, foreign, owner
 
 
 @pytest.fixture
-def counted(sqlite: SqliteStore) -> CountsReads:
-    return CountsReads(sqlite)
+def counted(sqlite: SqliteStore) -> CountsPoolReads:
+    return CountsPoolReads(sqlite, metadata_delay=0.01)
 
 
 @pytest.fixture
-async def registry(nursery: trio.Nursery, counted: CountsReads) -> PoolRegistry:
+async def registry(nursery: trio.Nursery, counted: CountsPoolReads) -> PoolRegistry:
     """The pool host's registry (the store writes optimistically, as the API server's does)."""
     return PoolRegistry(counted, Supervisor(nursery))
 
@@ -63,7 +43,7 @@ def actor_of(registry: PoolRegistry) -> PoolActor:
 
 
 async def test_a_look_at_its_version_is_answered_by_one_read_of_the_version_without_the_mailbox(
-    registry: PoolRegistry, counted: CountsReads
+    registry: PoolRegistry, counted: CountsPoolReads
 ) -> None:
     with trio.fail_after(TIMEOUT):
         mine = await (await registry.get(POOL)).allocate(owner(1))
@@ -74,7 +54,7 @@ async def test_a_look_at_its_version_is_answered_by_one_read_of_the_version_with
 
 
 async def test_the_looks_of_many_nodes_at_once_share_at_most_two_reads(
-    registry: PoolRegistry, counted: CountsReads
+    registry: PoolRegistry, counted: CountsPoolReads
 ) -> None:
     handle = await registry.get(POOL)
     with trio.fail_after(TIMEOUT):
@@ -94,7 +74,7 @@ async def test_the_looks_of_many_nodes_at_once_share_at_most_two_reads(
 
 
 async def test_a_look_after_the_actors_own_allocations_still_holds_without_reading_the_records(
-    registry: PoolRegistry, counted: CountsReads
+    registry: PoolRegistry, counted: CountsPoolReads
 ) -> None:
     handle = await registry.get(POOL)
     with trio.fail_after(TIMEOUT):
@@ -107,7 +87,7 @@ async def test_a_look_after_the_actors_own_allocations_still_holds_without_readi
 
 
 async def test_a_look_is_answered_while_the_actor_is_busy_writing(
-    registry: PoolRegistry, counted: CountsReads, nursery: trio.Nursery
+    registry: PoolRegistry, counted: CountsPoolReads, nursery: trio.Nursery
 ) -> None:
     handle = await registry.get(POOL)
     with trio.fail_after(TIMEOUT):
@@ -121,7 +101,7 @@ async def test_a_look_is_answered_while_the_actor_is_busy_writing(
 
 @pytest.mark.parametrize("freed", [True, False], ids=["record-freed", "record-kept"])
 async def test_after_another_writer_a_look_is_answered_from_the_records(
-    registry: PoolRegistry, counted: CountsReads, sqlite: SqliteStore, freed: bool
+    registry: PoolRegistry, counted: CountsPoolReads, sqlite: SqliteStore, freed: bool
 ) -> None:
     handle = await registry.get(POOL)
     with trio.fail_after(TIMEOUT):
@@ -138,7 +118,7 @@ async def test_after_another_writer_a_look_is_answered_from_the_records(
 
 
 async def test_after_the_actor_released_something_a_look_is_answered_from_the_records(
-    registry: PoolRegistry, counted: CountsReads
+    registry: PoolRegistry, counted: CountsPoolReads
 ) -> None:
     handle = await registry.get(POOL)
     with trio.fail_after(TIMEOUT):
@@ -176,7 +156,7 @@ def test_own_writes_follow_a_chain_of_allocations_and_stop_at_a_gap_or_a_release
 
 
 async def test_a_look_left_to_the_mailbox_is_not_held_for_the_nodes_a_busy_host_waits_for(
-    nursery: trio.Nursery, counted: CountsReads, sqlite: SqliteStore
+    nursery: trio.Nursery, counted: CountsPoolReads, sqlite: SqliteStore
 ) -> None:
     send, recv = trio.open_memory_channel[PoolMsg](256)
     actor = PoolActor(POOL, counted, recv, linger=600.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import trio
 import trio.testing
@@ -24,6 +26,15 @@ class Source:
         return value
 
 
+def asker(reads: FreshRead[int], got: dict[str, int]) -> Callable[[str], Awaitable[None]]:
+    """A caller that notes what its read answered under its name."""
+
+    async def ask(who: str) -> None:
+        got[who] = await reads.read()
+
+    return ask
+
+
 async def test_callers_asking_at_once_share_one_read(autojump_clock: trio.testing.MockClock) -> None:
     source = Source()
     reads = FreshRead(source.fetch)
@@ -41,12 +52,9 @@ async def test_callers_asking_at_once_share_one_read(autojump_clock: trio.testin
 async def test_a_caller_arriving_during_a_read_gets_the_next_one_which_latecomers_share(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    source = Source()
+    source, got = Source(), dict[str, int]()
     reads = FreshRead(source.fetch)
-    got: dict[str, int] = {}
-
-    async def ask(who: str) -> None:
-        got[who] = await reads.read()
+    ask = asker(reads, got)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ask, "early")
@@ -83,12 +91,9 @@ async def test_a_failed_read_fails_every_caller_of_its_round_and_the_next_call_r
 async def test_when_the_caller_reading_for_a_round_is_cancelled_the_others_of_the_round_read_again(
     autojump_clock: trio.testing.MockClock, cancel_at: float
 ) -> None:
-    source = Source()
+    source, got = Source(), dict[str, int]()
     reads = FreshRead(source.fetch)
-    got: dict[str, int] = {}
-
-    async def ask(who: str) -> None:
-        got[who] = await reads.read()
+    ask = asker(reads, got)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ask, "first")  # reads from 0 to 1
