@@ -47,8 +47,12 @@ class CountingStore:
     async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
         return await self.inner.get_metadata(kind, name, namespace)
 
-    async def list(self, kind: str, *, namespace: str | None = None, label_selector: str = "") -> ObjectList:
-        return await self.inner.list(kind, namespace=namespace, label_selector=label_selector)
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        return await self.inner.list(
+            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
 
     async def create(self, obj: Obj) -> Obj:
         self.writes[f"create {obj['kind']}"] += 1

@@ -2,10 +2,11 @@
 
 Owns the grammar (``k8s.io/apimachinery/pkg/fields``: requirements separated by commas, each ``field=value``,
 ``field==value`` or ``field!=value``, with ``\\``, ``,`` and ``=`` escaped by a backslash in values), the fields
-the API server lets each kind be selected by (``metadata.name`` and ``metadata.namespace`` for every kind, a
-few more for Pods, Nodes, Namespaces and Secrets, as kube-apiserver's registries declare them), and matching
-an object.  Pure: no I/O.  A selector naming a field its kind cannot be selected by is refused, as the API
-server refuses it (400 "field label not supported").
+the API server lets each kind be selected by (``metadata.name``, ``metadata.namespace`` for a namespaced kind,
+a few more for Pods, Nodes, Namespaces and Secrets, as kube-apiserver's registries declare them; not every
+built-in kind's), and matching an object (a boolean field compares as ``true``/``false``, absent as ``false``;
+any other absent field as ``""``).  Pure: no I/O.  A selector naming a field its kind cannot be selected by is
+refused, as the API server refuses it (400 "field label not supported").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import attrs
 from spider.errors import InvalidInput
 
 COMMON_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
+"""Every namespaced kind's; a cluster-scoped kind has ``metadata.name`` alone."""
 KIND_FIELDS: Mapping[str, frozenset[str]] = {
     "Pod": frozenset(
         {
@@ -37,6 +39,8 @@ KIND_FIELDS: Mapping[str, frozenset[str]] = {
     "Secret": frozenset({"type"}),
 }
 """Beyond ``COMMON_FIELDS``: what kube-apiserver's registry of each kind adds (custom resources add nothing)."""
+BOOLEAN_FIELDS = frozenset({"spec.hostNetwork", "spec.unschedulable"})
+"""Compared as the registries format them: ``true`` or ``false``, absent being ``false``."""
 
 
 class Op(enum.Enum):
@@ -73,26 +77,27 @@ def field_value(obj: Mapping[str, Any], field: str) -> str:
     value: Any = obj
     for part in field.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    if isinstance(value, bool) or field in BOOLEAN_FIELDS:
+        return "true" if value is True else "false"
     return "" if value is None else str(value)
 
 
-def selectable(kind: str) -> frozenset[str]:
+def selectable(kind: str, namespaced: bool = True) -> frozenset[str]:
     """The fields objects of ``kind`` can be selected by."""
-    return COMMON_FIELDS | KIND_FIELDS.get(kind, frozenset())
+    common = COMMON_FIELDS if namespaced else frozenset({"metadata.name"})
+    return common | KIND_FIELDS.get(kind, frozenset())
 
 
-def parse_field_selector(text: str, kind: str | None) -> FieldSelector:
+def parse_field_selector(text: str, kind: str | None, namespaced: bool = True) -> FieldSelector:
     """Parse a field selector for ``kind``; blank means everything; ``InvalidInput`` when malformed or naming a
     field ``kind`` cannot be selected by (``None``: any field)."""
     requirements = []
     for term in _split(text, ","):
-        if not term.strip():
+        if not term:
             continue
         field, op, raw = _term(term, text)
-        if kind is not None and field not in selectable(kind):
-            allowed = sorted(selectable(kind))
+        if kind is not None and field not in selectable(kind, namespaced):
+            allowed = sorted(selectable(kind, namespaced))
             raise InvalidInput(reason=f"field label not supported for {kind}: {field!r} (only {allowed})")
         requirements.append(Requirement(field, op, _unescape(raw, text)))
     return FieldSelector(tuple(requirements))

@@ -21,6 +21,9 @@ Owns the agent's side of "one writer per pool across the cluster" (docs/architec
 - the wire format (``encode_message``/``decode_message``, ``encode_outcome``/``decode_outcome``), shared with
   the server side (``actors.servers.pool_host``).
 
+Mixed versions.  A host that refuses a call of looks alone as malformed (400: an older host knows no
+``verify``) is still sent the writes; only its looks are served here, as before looks were forwarded.
+
 The fallback.  When the host is unknown, refuses (not leading: 421; 401/403; any other answer that is not 200),
 or does not answer within ``budget`` seconds (connect and answer), the batch is handed to the agent's own local
 PoolActor, which writes optimistically as before; the host is tried again after a backoff (doubling to
@@ -496,6 +499,9 @@ class PoolForwarder:
     _retry_at: float = -math.inf
     _backoff: float = FIRST_BACKOFF
     _failed_holder: str | None = None
+    _no_looks_from: set[str | None] = attrs.field(factory=set)
+    """Lease holders that refused a call of looks as malformed (an older host, which knows no ``verify``): their
+    looks are served here, their writes still go to them."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve forwarded batches until cancelled (the locator runs here too)."""
@@ -520,7 +526,7 @@ class PoolForwarder:
 
     async def deliver(self, name: str, msg: PoolMsg) -> None:
         """Queue ``msg`` for the host, or for the local actor when it is an ``Inspect`` or the host is unavailable."""
-        if isinstance(msg, Inspect):
+        if isinstance(msg, Inspect) or (isinstance(msg, Verify) and self.locator.holder in self._no_looks_from):
             await self.local.deliver(name, msg)
             return
         if self._nursery is None or not self.host_available():
@@ -532,7 +538,7 @@ class PoolForwarder:
         queue = self._queues.get(lane)
         if queue is None:
             self._queues[lane] = [msg]
-            self._nursery.start_soon(self._flush, lane, name=f"forward/{name}")
+            self._nursery.start_soon(self._flush, lane, name=f"forward/{name}{'/looks' if lane[1] else ''}")
         else:
             queue.append(msg)
 
@@ -562,6 +568,12 @@ class PoolForwarder:
                 if not isinstance(answers, list) or len(answers) != len(batch):
                     raise ValueError("the host answered a different number of results")
             except HostRefused as exc:
+                if exc.status == 400 and not _writes(batch):  # NB: an older host: it takes our writes, not looks
+                    log.warning("pool host %s:%d refused looks (%s); looking here", address.host, address.port, exc)
+                    self._no_looks_from.add(self.locator.holder)
+                    self.stats.calls += 1
+                    await self._serve_locally(name, batch)
+                    return
                 failure = str(exc)
             except (*_TRANSPORT, ValueError, KeyError, TypeError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"

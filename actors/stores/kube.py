@@ -600,7 +600,7 @@ class KubeStore:
         """
         info = kind_info(kind)
         selector = str(parse_selector(label_selector))  # NB: our errors for bad selectors, not the server's
-        fields = str(parse_field_selector(field_selector, info.kind))
+        fields = str(parse_field_selector(field_selector, info.kind, info.namespaced))
         ns = namespace if info.namespaced and namespace else ""
         size = self.settings.list_page_size
         for _attempt in range(3):

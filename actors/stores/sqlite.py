@@ -537,7 +537,7 @@ class SqliteStore:
         """Objects of a kind in name order, optionally in one namespace and matching a label and a field selector."""
         info = kind_info(kind)
         selector = parse_selector(label_selector)
-        fields = parse_field_selector(field_selector, info.kind)
+        fields = parse_field_selector(field_selector, info.kind, info.namespaced)
         ns = namespace if info.namespaced and namespace else None
 
         def read(conn: sqlite3.Connection) -> ObjectList:

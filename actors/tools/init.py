@@ -29,7 +29,9 @@ controller's Lease to have a holder (the webhook is optional here, and the store
 without it).  After changing the Multus ConfigMap, Spiderpool deletes the spiderpool-agent Pods and waits for
 their successors; ours does not (our agent reads nothing of Multus's configuration; Multus itself reads its
 ConfigMap when its own Pods start).  Spiderpool retries a failed create every 2 s; ours fails the run, and the
-Job's ``backoffLimit`` runs it again.
+Job's ``backoffLimit`` runs it again.  The SpiderMultusConfig comes last, as Spiderpool's: a default CNI
+configuration that cannot be read (``deploy/init.yaml`` runs as a non-root user) or parsed fails the run after
+the coordinator, subnets and pools are made.
 """
 
 from __future__ import annotations
@@ -181,14 +183,21 @@ class MultusDefaults:
         if path is None:
             return "default", "custom"
         try:
-            conf = json.loads(path.read_bytes())
+            text = path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(
+                reason=f"cannot read the default CNI's configuration {path} ({exc.strerror}); "
+                f"${PREFIX}DEFAULT_CNI_NAME can name the network instead"
+            ) from None
+        try:
+            conf = json.loads(text)
             if path.suffix == ".conflist":
                 name, kind = conf["name"], conf["plugins"][0]["type"]
             else:
                 name, kind = conf["name"], conf["type"]
             if not isinstance(name, str) or not name or not isinstance(kind, str):
                 raise TypeError("no name or type")
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise InvalidInput(reason=f"the default CNI's configuration {path} does not parse: {exc}") from None
         return name, kind if kind in KNOWN_CNI_TYPES else "custom"
 
@@ -393,21 +402,22 @@ async def run_init(store: Store, settings: InitSettings) -> list[Outcome]:
     if settings.wait > 0:
         holder = await wait_for_controller(store, settings)
         log.info("controller %s leads", holder)
-    objects = settings.objects()
-    default_cni = settings.multus.default_cni() if settings.multus else None  # NB: before anything is written
-    if settings.multus and default_cni:
-        objects.append(settings.multus.to_object(*default_cni))
-    outcomes = []
-    for obj in objects:
-        name = obj["metadata"]["name"]
-        try:
-            await store.create(obj)
-            outcomes.append(Outcome(obj["kind"], name, True))
-        except AlreadyExists:
-            outcomes.append(Outcome(obj["kind"], name, False))
-    if settings.multus and default_cni and settings.multus.install_multus:
-        outcomes.append(await set_cluster_network(store, settings.multus, default_cni[0]))
+    outcomes = [await _create(store, obj) for obj in settings.objects()]
+    if settings.multus is not None:  # NB: last, as Spiderpool's: a node's CNI files cannot stop the rest
+        name, kind = settings.multus.default_cni()
+        outcomes.append(await _create(store, settings.multus.to_object(name, kind)))
+        if settings.multus.install_multus:
+            outcomes.append(await set_cluster_network(store, settings.multus, name))
     return outcomes
+
+
+async def _create(store: Store, obj: Obj) -> Outcome:
+    """Create ``obj`` unless an object of its name exists (which is left as it is)."""
+    try:
+        await store.create(obj)
+        return Outcome(obj["kind"], obj["metadata"]["name"], True)
+    except AlreadyExists:
+        return Outcome(obj["kind"], obj["metadata"]["name"], False)
 
 
 async def set_cluster_network(store: Store, multus: MultusDefaults, name: str) -> Outcome:

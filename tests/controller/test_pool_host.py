@@ -25,8 +25,10 @@ from actors.ipam.remote import (
     HostRefused,
     PoolForwarder,
     ServiceAccountToken,
+    decode_message,
 )
 from actors.runtime.supervisor import Supervisor
+from actors.servers import pool_host
 from actors.stores.kube import KubeStore
 from actors.stores.port import Store
 from spider.errors import PoolExhausted
@@ -178,6 +180,33 @@ async def test_forwarded_allocations_from_many_callers_are_folded_into_few_write
                 assert host["conflicts"] == 0
                 assert forwarder.local.statistics() == {}  # nothing was written, or looked at, by the agent itself
                 assert await no_duplicates(b.admin) == sorted(got.values())
+                nursery.cancel_scope.cancel()
+            await agent_store.aclose()
+
+
+async def test_a_host_that_knows_no_looks_still_takes_the_writes_and_the_agent_looks_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def older(raw: Any, sender: str = "") -> Any:  # NB: a host of the version before looks were forwarded
+        if isinstance(raw, dict) and raw.get("op") == "verify":
+            raise ValueError("unknown op 'verify'")
+        return decode_message(raw, sender)
+
+    monkeypatch.setattr(pool_host, "decode_message", older)
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            controller = await b.controller("ctl-a", "127.0.0.2")
+            agent_store = await b.store()
+            async with trio.open_nursery() as nursery:
+                forwarder = await b.agent(agent_store, nursery)
+                await hosted(forwarder, controller)
+                handle = await forwarder.local.get("shared")
+                for n in range(5):
+                    allocation = await handle.allocate(owner(n))
+                    assert await handle.verify(allocation.ip, owner(n).key, allocation.recorded_at)
+                assert (forwarder.stats.requests, forwarder.stats.looks, forwarder.stats.fallback) == (5, 0, 0)
+                assert forwarder.host_available()  # NB: the refused looks did not stop the writes going there
+                assert forwarder.local.statistics()["shared"]["looks"] == 5
                 nursery.cancel_scope.cancel()
             await agent_store.aclose()
 

@@ -449,7 +449,7 @@ class Cluster:
         except InvalidInput as exc:
             raise ApiError(400, "BadRequest", f"invalid field selector: {exc.reason}") from None
         for requirement in parsed.requirements:
-            if requirement.field not in selectable(r.kind):
+            if requirement.field not in selectable(r.kind, r.namespaced):
                 raise ApiError(400, "BadRequest", f"field label not supported: {requirement.field}")
         return parsed
 

@@ -20,7 +20,7 @@ import trio
 
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
 from spider.fields import parse_field_selector
-from spider.kinds import KINDS
+from spider.kinds import KINDS, kind_info
 
 
 def _status_subresource(kind: str) -> bool:
@@ -61,7 +61,7 @@ class MemoryStore:
         self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
     ) -> ObjectList:
         await trio.lowlevel.checkpoint()
-        fields = parse_field_selector(field_selector, kind)
+        fields = parse_field_selector(field_selector, kind_info(kind).kind, kind_info(kind).namespaced)
         items = [
             copy.deepcopy(obj)
             for (k, ns, _), obj in sorted(self.objects.items())

@@ -22,6 +22,7 @@ POD = {"metadata": {"name": "web-0", "namespace": "shop"}, "spec": {"nodeName": 
         ("spec.nodeName!=node-1", False),
         ("spec.nodeName=node-2", False),
         ("spec.hostNetwork=true", True),  # NB: a boolean compares as its string
+        ("spec.hostNetwork!=false", True),
         ("status.phase=", True),  # NB: an absent field is the empty string
         ("status.phase!=Running", True),
         ("spec.nodeName=node-1,metadata.namespace=shop", True),
@@ -42,11 +43,24 @@ def test_a_pod_is_matched_as_the_api_server_matches_it(text: str, matches: bool)
         ("spec.containers=x", "Pod"),  # not a field Pods can be selected by
         ("spec.nodeName=node-1", "SpiderIPPool"),  # custom resources: metadata.name and metadata.namespace only
         ("type=Opaque", "ConfigMap"),  # Secrets have it, ConfigMaps do not
+        ("spec.nodeName=a, ", "Pod"),  # a term of spaces is not an empty one
     ],
 )
 def test_a_malformed_selector_or_a_field_the_kind_lacks_is_refused(text: str, kind: str) -> None:
     with pytest.raises(InvalidInput):
         parse_field_selector(text, kind)
+
+
+def test_a_cluster_scoped_kind_cannot_be_selected_by_namespace() -> None:
+    with pytest.raises(InvalidInput):
+        parse_field_selector("metadata.namespace=default", "Node", namespaced=False)
+    assert parse_field_selector("metadata.name=n1", "Node", namespaced=False).requirements
+
+
+def test_an_absent_boolean_field_reads_as_false() -> None:
+    unschedulable = parse_field_selector("spec.unschedulable=false", "Node", namespaced=False)
+    assert unschedulable.matches({"metadata": {"name": "n1"}, "spec": {}})
+    assert not unschedulable.matches({"spec": {"unschedulable": True}})
 
 
 def test_every_kind_can_be_selected_by_name_and_namespace_and_some_by_more() -> None:

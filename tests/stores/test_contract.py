@@ -258,8 +258,18 @@ async def test_list_filters_by_field_selector(store: Store, run: str, fields: st
 
 @pytest.mark.parametrize(
     ("kind", "fields"),
-    [("Pod", "spec.containers=x"), ("SpiderIPPool", "spec.subnet=10.6.0.0/16"), ("Pod", "spec.nodeName")],
-    ids=["not-selectable-for-pods", "not-selectable-for-a-custom-resource", "malformed"],
+    [
+        ("Pod", "spec.containers=x"),
+        ("SpiderIPPool", "spec.subnet=10.6.0.0/16"),
+        ("SpiderIPPool", "metadata.namespace=default"),
+        ("Pod", "spec.nodeName"),
+    ],
+    ids=[
+        "not-selectable-for-pods",
+        "not-selectable-for-a-custom-resource",
+        "no-namespace-when-cluster-scoped",
+        "malformed",
+    ],
 )
 async def test_list_by_a_field_its_kind_cannot_be_selected_by_raises_invalid_input(
     store: Store, kind: str, fields: str

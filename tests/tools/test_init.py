@@ -225,13 +225,28 @@ def test_a_named_default_network_is_custom_and_nothing_is_made_unless_enabled(tm
     assert InitSettings.from_env({}).multus is None
 
 
-async def test_a_default_cni_configuration_that_does_not_parse_stops_the_run_before_anything_is_written(
-    store: Store, tmp_path: Path
+@pytest.mark.parametrize(
+    ("unreadable", "message"),
+    [
+        (False, r"10-broken\.conflist does not parse"),
+        (True, r"cannot read .*10-broken\.conflist \(Permission denied\)"),
+    ],
+    ids=["does-not-parse", "unreadable"],
+)
+async def test_a_default_cni_configuration_that_cannot_be_read_fails_the_run_after_the_rest_is_made(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unreadable: bool, message: str
 ) -> None:
     env = cni_dir(tmp_path, {"10-broken.conflist": '{"name": "x", "plugins": []}'})
-    with trio.fail_after(10), pytest.raises(InvalidInput, match=r"10-broken\.conflist does not parse"):
+    if unreadable:  # NB: root reads any file: a user that may not (the Job's) is played by the read failing
+
+        def denied(path: Path) -> bytes:
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(Path, "read_bytes", denied)
+    with trio.fail_after(10), pytest.raises(InvalidInput, match=message):
         await run_init(store, InitSettings.from_env(env | ENV, wait=0))
-    assert (await store.list("SpiderCoordinator")).items == []
+    assert [o["metadata"]["name"] for o in (await store.list("SpiderCoordinator")).items] == ["default"]
+    assert (await store.list("SpiderMultusConfig")).items == []
 
 
 async def test_the_multus_configmap_gets_the_default_network_once_keeping_its_other_settings(
