@@ -357,9 +357,10 @@ class PoolActor:
                 for msg in batch:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
                 raise
-            recent.append(len(batch))
-            nodes.append(frozenset({_sender(msg) for msg in batch} - {""}))
             looks = sum(isinstance(msg, Verify) for msg in batch)
+            if looks < len(batch):  # NB: a batch of looks alone says nothing of the writes to wait for
+                recent.append(len(batch))
+                nodes.append(frozenset({_sender(msg) for msg in batch} - {""}))
             self.stats.looks += looks
             self.stats.requests += len(batch) - looks
             self.stats.batches += looks < len(batch)

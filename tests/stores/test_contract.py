@@ -223,29 +223,31 @@ async def test_list_with_a_malformed_selector_raises_invalid_input(store: Store)
         await store.list("SpiderIPPool", label_selector="a in (b")
 
 
-def pod_on(run: str, name: str, node: str) -> Obj:
-    """A Pod bound to ``node`` (no kubelet runs it: it stays Pending)."""
+def unscheduled_pod(run: str, name: str, scheduler: str) -> Obj:
+    """A Pod for a scheduler that does not run: it stays Pending and bound to no node, so a real server deletes
+    it at once (a Pod bound to a node without a kubelet would stay Terminating)."""
     containers = [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": f"{name}-{run}", "namespace": "default", "labels": {"test-run": run}},
-            "spec": {"nodeName": node, "containers": containers}}  # fmt: skip
+            "spec": {"schedulerName": scheduler, "containers": containers}}  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ("spec.nodeName=node-1", {"a", "c"}),
-        ("spec.nodeName==node-1", {"a", "c"}),
-        ("spec.nodeName!=node-1", {"b"}),
-        ("spec.nodeName=node-1,metadata.name!=c-{run}", {"a"}),
+        ("spec.schedulerName=one-{run}", {"a", "c"}),
+        ("spec.schedulerName==one-{run}", {"a", "c"}),
+        ("spec.schedulerName!=one-{run}", {"b"}),
+        ("spec.schedulerName=one-{run},metadata.name!=c-{run}", {"a"}),
         ("metadata.namespace=default,metadata.name=b-{run}", {"b"}),
-        ("spec.nodeName=node-9", set()),
+        ("spec.nodeName=", {"a", "b", "c"}),
+        ("spec.nodeName=node-1", set()),
     ],
 )
 async def test_list_filters_by_field_selector(store: Store, run: str, fields: str, expected: set[str]) -> None:
     with trio.fail_after(TIMEOUT):
-        for name, node in (("a", "node-1"), ("b", "node-2"), ("c", "node-1")):
-            await store.create(pod_on(run, name, node))
+        for name, scheduler in (("a", "one"), ("b", "two"), ("c", "one")):
+            await store.create(unscheduled_pod(run, name, f"{scheduler}-{run}"))
         try:
             listing = await store.list(
                 "Pod", namespace="default", label_selector=f"test-run={run}", field_selector=fields.format(run=run)
