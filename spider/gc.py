@@ -106,7 +106,9 @@ class GcSettings:
     """Seconds a traced pod waits for a free release worker before it is left to the next round
     [SPIDERPOOL_GC_SIGNAL_TIMEOUT_DURATION]."""
     request_gap: float = 1.0
-    """Seconds a forced scan-all rests after it ran [SPIDERPOOL_GC_HTTP_REQUEST_TIME_GAP]."""
+    """Seconds a forced scan-all rests after it ran [SPIDERPOOL_GC_HTTP_REQUEST_TIME_GAP]: accepted and unused,
+    as in Spiderpool, whose forced scan-all (``TriggerGCAll``) nothing calls; ``spider gc`` scans in its own
+    process."""
     workers: int = 3
     """Releases carried out at once [SPIDERPOOL_GC_IP_WORKER_NUM]."""
     channel_buffer: int = 5000

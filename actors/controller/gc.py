@@ -162,6 +162,8 @@ class IpGarbageCollector:
     """Scan-alls completed."""
     outdated_dropped: int = 0
     """Outdated endpoints dropped (``GcSettings.clean_outdated_endpoints``)."""
+    deferred: int = 0
+    """Due traced pods that found no free worker in their round (left to the next)."""
     synced: bool = False
     """The Pod informer has listed once (readiness waits for it on the leader)."""
     recent: collections.deque[Release] = attrs.field(factory=lambda: collections.deque(maxlen=100))
@@ -324,21 +326,41 @@ class IpGarbageCollector:
             await self.trace_due()
 
     async def trace_due(self) -> None:
-        """One round of the trace worker: judge the records of every traced pod whose deadline passed."""
+        """One round of the trace worker: judge the records of every traced pod whose deadline passed, ``workers``
+        pods at once (Spiderpool's release workers).  As Spiderpool's channel to them, at most
+        ``channel_buffer`` due pods wait for a worker, and each waits at most ``signal_timeout`` seconds for a
+        place: a pod that finds none stays traced, for the next round."""
         now = self.clock()
-        for uid, traced in list(self._traced.items()):
-            if traced.until > now:
-                continue
-            try:
-                done = await self._trace_one(traced)
-            except SpiderError as exc:
-                self.failures += 1
-                traced.failures += 1
-                done = traced.failures > self.settings.max_retries
-                log.warning("ip gc: traced pod %s/%s: %s%s", traced.namespace, traced.name, exc,
-                            "; left to scan-all" if done else "; trying again")  # fmt: skip
-            if done and self._traced.get(uid) is traced:
-                del self._traced[uid]
+        due = [(uid, traced) for uid, traced in self._traced.items() if traced.until <= now]
+        if not due:
+            return
+        send, receive = trio.open_memory_channel[tuple[str, Traced]](self.settings.channel_buffer)
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, self.settings.workers)):
+                nursery.start_soon(self._trace_worker, receive.clone())
+            await receive.aclose()
+            async with send:
+                for left, item in enumerate(due):
+                    with trio.move_on_after(self.settings.signal_timeout):
+                        await send.send(item)
+                        continue
+                    log.info("ip gc: %d traced pods found no free worker; left to the next round", len(due) - left)
+                    self.deferred += len(due) - left
+                    break
+
+    async def _trace_worker(self, receive: trio.MemoryReceiveChannel[tuple[str, Traced]]) -> None:
+        async with receive:
+            async for uid, traced in receive:
+                try:
+                    done = await self._trace_one(traced)
+                except SpiderError as exc:
+                    self.failures += 1
+                    traced.failures += 1
+                    done = traced.failures > self.settings.max_retries
+                    log.warning("ip gc: traced pod %s/%s: %s%s", traced.namespace, traced.name, exc,
+                                "; left to scan-all" if done else "; trying again")  # fmt: skip
+                if done and self._traced.get(uid) is traced:
+                    del self._traced[uid]
 
     async def _trace_one(self, traced: Traced) -> bool:
         """Judge a due pod's records (those its endpoint lists); whether it needs no more tracing."""

@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from actors.controller.gc import IpGarbageCollector, collect_once
+from actors.controller.gc import IpGarbageCollector, Traced, collect_once
 from actors.ipam.pool import PoolRegistry
 from actors.ipam.service import IpamService
 from actors.runtime.supervisor import Supervisor
@@ -665,3 +665,37 @@ async def test_pods_of_every_workload_kind_competing_for_one_pool_get_orphans_ba
                 await pods.start(f"filler-{i}")
             await pods.no_conflict()
             assert len(await holders(store)) == 11
+
+
+@attrs.define(eq=False)
+class HeldJudge(IpGarbageCollector):
+    """Judges every traced pod only once ``judge`` is set, noting how many it judged at once."""
+
+    judge: trio.Event = attrs.field(factory=trio.Event)
+    judged: list[str] = attrs.field(factory=list)
+    at_once: int = 0
+    most_at_once: int = 0
+
+    async def _trace_one(self, traced: Traced) -> bool:
+        self.at_once += 1
+        self.most_at_once = max(self.most_at_once, self.at_once)
+        await self.judge.wait()
+        self.at_once -= 1
+        self.judged.append(traced.name)
+        return True
+
+
+async def test_due_traced_pods_are_judged_by_the_workers_at_once_and_those_finding_no_place_wait_a_round(
+    private_store: Store,
+) -> None:
+    gc = HeldJudge(private_store, attrs.evolve(FAST, workers=2, channel_buffer=1, signal_timeout=0.2))
+    for i in range(5):  # NB: five pods due at once, traced as the informer would have them
+        gc._traced[f"uid-{i}"] = Traced("default", f"p{i}", f"uid-{i}", until=0.0, reason="test", endpoint_name=f"p{i}")
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gc.trace_due)
+            await trio.sleep(0.6)  # NB: two pods with the workers, one waiting for them; two gave up after 0.2 s
+            assert (gc.most_at_once, gc.deferred) == (2, 2)
+            gc.judge.set()
+    assert sorted(gc.judged) == ["p0", "p1", "p2"]
+    assert sorted(gc._traced) == ["uid-3", "uid-4"]  # still traced: judged in the next round
