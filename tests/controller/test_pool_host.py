@@ -17,7 +17,7 @@ import trio
 
 from actors.controller.main import Controller, ControllerSettings, open_controller
 from actors.ipam.check import check_store
-from actors.ipam.pool import PoolRegistry
+from actors.ipam.pool import PoolHandle, PoolRegistry
 from actors.ipam.remote import (
     HostAddress,
     HostClient,
@@ -115,6 +115,21 @@ class Bench:
         registry.route = forwarder
         return forwarder
 
+    @asynccontextmanager
+    async def hosted_agent(self) -> AsyncIterator[tuple[Controller, PoolForwarder, PoolHandle]]:
+        """Controller ``ctl-a`` leading and hosting, one agent that found it, and that agent's handle of the pool
+        ``shared``; the agent stops at the end of the block."""
+        controller = await self.controller("ctl-a", "127.0.0.2")
+        agent_store = await self.store()
+        try:
+            async with trio.open_nursery() as nursery:
+                forwarder = await self.agent(agent_store, nursery)
+                await hosted(forwarder, controller)
+                yield controller, forwarder, await forwarder.local.get("shared")
+                nursery.cancel_scope.cancel()
+        finally:
+            await agent_store.aclose()
+
 
 async def _true(value: bool) -> bool:
     return value
@@ -153,35 +168,27 @@ async def no_duplicates(store: Store) -> list[str]:
 
 async def test_forwarded_allocations_from_many_callers_are_folded_into_few_writes(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
-        async with bench(tmp_path) as b:
-            controller = await b.controller("ctl-a", "127.0.0.2")
-            agent_store = await b.store()
-            async with trio.open_nursery() as nursery:
-                forwarder = await b.agent(agent_store, nursery)
-                await hosted(forwarder, controller)
-                handle = await forwarder.local.get("shared")
-                got: dict[int, str] = {}
+        async with bench(tmp_path) as b, b.hosted_agent() as (controller, forwarder, handle):
+            got: dict[int, str] = {}
 
-                async def add(n: int) -> None:
-                    allocation = await handle.allocate(owner(n))
-                    assert await handle.verify(allocation.ip, owner(n).key, allocation.recorded_at)  # the last look
-                    got[n] = allocation.ip
+            async def add(n: int) -> None:
+                allocation = await handle.allocate(owner(n))
+                assert await handle.verify(allocation.ip, owner(n).key, allocation.recorded_at)  # the last look
+                got[n] = allocation.ip
 
-                async with trio.open_nursery() as burst:
-                    for n in range(40):
-                        burst.start_soon(add, n)
-                assert len(set(got.values())) == 40
-                assert (forwarder.stats.requests, forwarder.stats.looks) == (40, 40)
-                assert forwarder.stats.fallback == 0
-                assert forwarder.stats.calls < 80  # NB: queued requests share a call
-                host = controller.stats()["pools"]["shared"]
-                assert (host["requests"], host["looks"]) == (40, 40)
-                assert host["writes"] < 40
-                assert host["conflicts"] == 0
-                assert forwarder.local.statistics() == {}  # nothing was written, or looked at, by the agent itself
-                assert await no_duplicates(b.admin) == sorted(got.values())
-                nursery.cancel_scope.cancel()
-            await agent_store.aclose()
+            async with trio.open_nursery() as burst:
+                for n in range(40):
+                    burst.start_soon(add, n)
+            assert len(set(got.values())) == 40
+            assert (forwarder.stats.requests, forwarder.stats.looks) == (40, 40)
+            assert forwarder.stats.fallback == 0
+            assert forwarder.stats.calls < 80  # NB: queued requests share a call
+            host = controller.stats()["pools"]["shared"]
+            assert (host["requests"], host["looks"]) == (40, 40)
+            assert host["writes"] < 40
+            assert host["conflicts"] == 0
+            assert forwarder.local.statistics() == {}  # nothing was written, or looked at, by the agent itself
+            assert await no_duplicates(b.admin) == sorted(got.values())
 
 
 async def test_a_host_that_knows_no_looks_still_takes_the_writes_and_the_agent_looks_itself(
@@ -194,42 +201,26 @@ async def test_a_host_that_knows_no_looks_still_takes_the_writes_and_the_agent_l
 
     monkeypatch.setattr(pool_host, "decode_message", older)
     with trio.fail_after(TIMEOUT):
-        async with bench(tmp_path) as b:
-            controller = await b.controller("ctl-a", "127.0.0.2")
-            agent_store = await b.store()
-            async with trio.open_nursery() as nursery:
-                forwarder = await b.agent(agent_store, nursery)
-                await hosted(forwarder, controller)
-                handle = await forwarder.local.get("shared")
-                for n in range(5):
-                    allocation = await handle.allocate(owner(n))
-                    assert await handle.verify(allocation.ip, owner(n).key, allocation.recorded_at)
-                assert (forwarder.stats.requests, forwarder.stats.looks, forwarder.stats.fallback) == (5, 0, 0)
-                assert forwarder.host_available()  # NB: the refused looks did not stop the writes going there
-                assert forwarder.local.statistics()["shared"]["looks"] == 5
-                nursery.cancel_scope.cancel()
-            await agent_store.aclose()
+        async with bench(tmp_path) as b, b.hosted_agent() as (_controller, forwarder, handle):
+            for n in range(5):
+                allocation = await handle.allocate(owner(n))
+                assert await handle.verify(allocation.ip, owner(n).key, allocation.recorded_at)
+            assert (forwarder.stats.requests, forwarder.stats.looks, forwarder.stats.fallback) == (5, 0, 0)
+            assert forwarder.host_available()  # NB: the refused looks did not stop the writes going there
+            assert forwarder.local.statistics()["shared"]["looks"] == 5
 
 
 async def test_a_domain_error_comes_back_as_the_same_type_and_cni_code(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
-        async with bench(tmp_path) as b:
-            controller = await b.controller("ctl-a", "127.0.0.2")
-            agent_store = await b.store()
-            async with trio.open_nursery() as nursery:
-                forwarder = await b.agent(agent_store, nursery)
-                await hosted(forwarder, controller)
-                handle = await forwarder.local.get("shared")
-                for n in range(60):
-                    await handle.allocate(owner(n))
-                with pytest.raises(PoolExhausted) as raised:
-                    await handle.allocate(owner(99))
-                assert raised.value.cni_code == 100
-                assert forwarder.stats.fallback == 0
-                assert await handle.release(("uid-3", "eth0")) == "10.40.0.13/24"
-                assert await handle.release(("uid-3", "eth0")) is None  # released twice: nothing the second time
-                nursery.cancel_scope.cancel()
-            await agent_store.aclose()
+        async with bench(tmp_path) as b, b.hosted_agent() as (_controller, forwarder, handle):
+            for n in range(60):
+                await handle.allocate(owner(n))
+            with pytest.raises(PoolExhausted) as raised:
+                await handle.allocate(owner(99))
+            assert raised.value.cni_code == 100
+            assert forwarder.stats.fallback == 0
+            assert await handle.release(("uid-3", "eth0")) == "10.40.0.13/24"
+            assert await handle.release(("uid-3", "eth0")) is None  # released twice: nothing the second time
 
 
 async def _post(b: Bench, controller: Controller, token: str | None) -> tuple[int, str]:
@@ -411,36 +402,28 @@ async def test_two_controllers_hosting_at_once_cost_no_address(tmp_path: Path) -
 
 async def test_an_api_server_restart_mid_burst_answers_every_add_and_leaves_nothing_behind(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
-        async with bench(tmp_path) as b:
-            controller = await b.controller("ctl-a", "127.0.0.2")
-            agent_store = await b.store()
-            async with trio.open_nursery() as nursery:
-                forwarder = await b.agent(agent_store, nursery)
-                await hosted(forwarder, controller)
-                handle = await forwarder.local.get("shared")
-                answers: dict[int, str | int] = {}
+        async with bench(tmp_path) as b, b.hosted_agent() as (_controller, _forwarder, handle):
+            answers: dict[int, str | int] = {}
 
-                async def add(n: int) -> None:
-                    try:
-                        answers[n] = (await handle.allocate(owner(n))).ip
-                    except Exception as exc:
-                        answers[n] = getattr(exc, "cni_code", 999)
+            async def add(n: int) -> None:
+                try:
+                    answers[n] = (await handle.allocate(owner(n))).ip
+                except Exception as exc:
+                    answers[n] = getattr(exc, "cni_code", 999)
 
-                async with trio.open_nursery() as burst:
-                    for n in range(30):
-                        burst.start_soon(add, n)
-                        if n == 10:
-                            b.api.go_down()
-                            await trio.sleep(0.3)
-                            await b.api.come_up()
-                assert len(answers) == 30
-                assert {a for a in answers.values() if isinstance(a, int)} <= {11}
-                held = await no_duplicates(b.admin)
-                ips = sorted(a for a in answers.values() if isinstance(a, str))
-                assert set(ips) <= set(held)
-                for n, _answer in answers.items():  # the DELs of every ADD, answered or not
-                    await handle.release((f"uid-{n}", "eth0"))
-                assert await no_duplicates(b.admin) == []
-                assert (await check_store(b.admin)).consistent
-                nursery.cancel_scope.cancel()
-            await agent_store.aclose()
+            async with trio.open_nursery() as burst:
+                for n in range(30):
+                    burst.start_soon(add, n)
+                    if n == 10:
+                        b.api.go_down()
+                        await trio.sleep(0.3)
+                        await b.api.come_up()
+            assert len(answers) == 30
+            assert {a for a in answers.values() if isinstance(a, int)} <= {11}
+            held = await no_duplicates(b.admin)
+            ips = sorted(a for a in answers.values() if isinstance(a, str))
+            assert set(ips) <= set(held)
+            for n, _answer in answers.items():  # the DELs of every ADD, answered or not
+                await handle.release((f"uid-{n}", "eth0"))
+            assert await no_duplicates(b.admin) == []
+            assert (await check_store(b.admin)).consistent
