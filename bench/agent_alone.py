@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import trio
 
 from actors.ipam.service import IpamService, PoolRegistry
 from actors.runtime.supervisor import Supervisor
-from actors.stores.port import Obj, ObjectList, Store, WatchEvent
+from actors.stores.port import Obj, PassThrough, Store
 from actors.stores.sqlite import SqliteStore
 from actors.stores.validating import ValidatingStore
 from actors.tools.manifests import apply
@@ -34,25 +33,12 @@ from spider.ipam_request import AddRequest
 from spider.pool import Owner
 
 
-class CountingStore:
+class CountingStore(PassThrough):
     """A ``Store`` that counts the writes passing through it, by method."""
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.writes: Counter[str] = Counter()
-
-    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
-        return await self.inner.get(kind, name, namespace)
-
-    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
-        return await self.inner.get_metadata(kind, name, namespace)
-
-    async def list(
-        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
-    ) -> ObjectList:
-        return await self.inner.list(
-            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
-        )
 
     async def create(self, obj: Obj) -> Obj:
         self.writes[f"create {obj['kind']}"] += 1
@@ -69,16 +55,6 @@ class CountingStore:
     async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
         self.writes[f"delete {kind}"] += 1
         await self.inner.delete(kind, name, namespace, resource_version=resource_version)
-
-    def watch(
-        self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""
-    ) -> AsyncIterator[WatchEvent]:
-        return self.inner.watch(
-            kind, namespace=namespace, label_selector=label_selector, resource_version=resource_version
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def pool(k: int) -> dict[str, Any]:

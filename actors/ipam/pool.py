@@ -731,11 +731,17 @@ class PoolRegistry:
         last looks that know their version go to the running actor's ``look`` first, after the rest is queued
         (the pool host: the looks of every node share one read and never split a batch that writes)."""
         actor = self.actors.get(name)
-        looks: list[Verify] = [m for m in msgs if isinstance(m, Verify) and m.recorded_at] if actor else []
+        looks: list[Verify] = []
+        rest: list[PoolMsg] = []
+        for msg in msgs:
+            if actor is not None and isinstance(msg, Verify) and msg.recorded_at:
+                looks.append(msg)
+            else:
+                rest.append(msg)
         if actor is not None and looks:
-            await self._queue_all(name, [m for m in msgs if not any(m is look for look in looks)])
-            msgs = list(await actor.look(looks))
-        await self._queue_all(name, msgs)
+            await self._queue_all(name, rest)
+            rest = list(await actor.look(looks))
+        await self._queue_all(name, rest)
 
     async def _queue_all(self, name: str, msgs: list[PoolMsg]) -> None:
         pending = list(msgs)

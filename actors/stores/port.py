@@ -180,6 +180,49 @@ class Store(Protocol):
         ...
 
 
+class PassThrough:
+    """A ``Store`` that hands every call to ``self.inner`` (set by the subclass): a wrapper that checks, counts,
+    delays or fails some calls overrides those alone.  It adds no ``update_status_atomically``: a wrapper
+    writes optimistically unless it offers the inner store's (``ValidatingStore`` does)."""
+
+    inner: Store
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        return await self.inner.get(kind, name, namespace)
+
+    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        return await self.inner.get_metadata(kind, name, namespace)
+
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        return await self.inner.list(
+            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
+
+    async def create(self, obj: Obj) -> Obj:
+        return await self.inner.create(obj)
+
+    async def update(self, obj: Obj) -> Obj:
+        return await self.inner.update(obj)
+
+    async def update_status(self, obj: Obj) -> Obj:
+        return await self.inner.update_status(obj)
+
+    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
+
+    def watch(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""
+    ) -> AsyncIterator[WatchEvent]:
+        return self.inner.watch(
+            kind, namespace=namespace, label_selector=label_selector, resource_version=resource_version
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @contextlib.asynccontextmanager
 async def closing_watch(events: AsyncIterator[Any]) -> AsyncIterator[None]:
     """Close a ``watch`` stream however the loop over it ends (a backend's session must not leak)."""

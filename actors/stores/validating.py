@@ -12,12 +12,11 @@ reports one that was handed out before the overlap as ``held-twice``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 
-from actors.stores.port import AtomicStatusUpdate, Invalid, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
+from actors.stores.port import AtomicStatusUpdate, Invalid, NotFound, Obj, PassThrough, Store, key_of
 from spider.errors import InvalidInput, InvalidSpec
 from spider.kinds import kind_info
 from spider.multus import KIND as MULTUS
@@ -26,8 +25,10 @@ from spider.validation import KINDS, POOL, SUBNET, AdmissionSettings, mutate, va
 
 
 @attrs.define
-class ValidatingStore:
-    """A ``Store`` that applies Spiderpool's admission rules to writes of the kinds that have them."""
+class ValidatingStore(PassThrough):
+    """A ``Store`` that applies Spiderpool's admission rules to writes of the kinds that have them; every other
+    call goes to the inner store unchecked (status belongs to agents and the controller; deletion is never
+    blocked: finalizers hold what must be drained)."""
 
     inner: Store
     settings: AdmissionSettings = attrs.field(factory=AdmissionSettings)
@@ -87,22 +88,6 @@ class ValidatingStore:
             raise Invalid(kind=MULTUS, name=name, reason=exc.reason) from None
         return new
 
-    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
-        """As the inner store."""
-        return await self.inner.get(kind, name, namespace)
-
-    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
-        """As the inner store."""
-        return await self.inner.get_metadata(kind, name, namespace)
-
-    async def list(
-        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
-    ) -> ObjectList:
-        """As the inner store."""
-        return await self.inner.list(
-            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
-        )
-
     async def create(self, obj: Obj) -> Obj:
         """Mutate, validate, then create."""
         return await self.inner.create(await self._admit(obj, creating=True))
@@ -110,26 +95,6 @@ class ValidatingStore:
     async def update(self, obj: Obj) -> Obj:
         """Mutate, validate against the stored object, then update."""
         return await self.inner.update(await self._admit(obj, creating=False))
-
-    async def update_status(self, obj: Obj) -> Obj:
-        """Unchecked: status belongs to agents and the controller."""
-        return await self.inner.update_status(obj)
-
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
-        """Unchecked: deletion is never blocked (finalizers hold what must be drained)."""
-        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
-
-    def watch(
-        self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""
-    ) -> AsyncIterator[WatchEvent]:
-        """As the inner store."""
-        return self.inner.watch(
-            kind, namespace=namespace, label_selector=label_selector, resource_version=resource_version
-        )
-
-    async def aclose(self) -> None:
-        """Closes the inner store."""
-        await self.inner.aclose()
 
 
 def _same_spec(new: dict[str, Any], old: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from actors.ipam.pool import PoolActor, PoolHandle, open_pool
-from actors.stores.port import Obj, ObjectList, Store, WatchEvent
+from actors.stores.port import Obj, PassThrough, Store
 from actors.stores.sqlite import SqliteStore
 from spider.addr import int_to_ip
 from spider.errors import PoolExhausted
@@ -93,7 +93,7 @@ async def another_writer(store: Store, who: Owner, name: str = POOL) -> str | No
 
 
 @attrs.define(eq=False)
-class InterferingStore:
+class InterferingStore(PassThrough):
     """A ``Store`` wrapper that counts status writes and injects a conflicting writer on demand.
 
     ``interfere(*owners)``: before each of the actor's next ``len(owners)`` status writes, another writer
@@ -137,34 +137,6 @@ class InterferingStore:
             who = attrs.evolve(self._forever, container_id=f"{self._forever.container_id}-{self.writes}")
             self.taken[who.key] = await another_writer(self.inner, who, obj["metadata"]["name"])
         return await self.inner.update_status(obj)
-
-    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
-        return await self.inner.get(kind, name, namespace)
-
-    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
-        return await self.inner.get_metadata(kind, name, namespace)
-
-    async def list(
-        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
-    ) -> ObjectList:
-        return await self.inner.list(
-            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
-        )
-
-    async def create(self, obj: Obj) -> Obj:
-        return await self.inner.create(obj)
-
-    async def update(self, obj: Obj) -> Obj:
-        return await self.inner.update(obj)
-
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
-        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
-
-    def watch(self, kind: str, **kwargs: Any) -> AsyncIterator[WatchEvent]:
-        return self.inner.watch(kind, **kwargs)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @attrs.define(eq=False)

@@ -18,7 +18,17 @@ from typing import Any
 import attrs
 import trio
 
-from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, ObjectList, Store, WatchEvent, key_of
+from actors.stores.port import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Obj,
+    ObjectList,
+    PassThrough,
+    Store,
+    WatchEvent,
+    key_of,
+)
 from spider.fields import parse_field_selector
 from spider.kinds import KINDS, kind_info
 
@@ -126,7 +136,7 @@ class MemoryStore:
 
 
 @attrs.define(eq=False)
-class SlowWrites:
+class SlowWrites(PassThrough):
     """A ``Store`` wrapper whose writes take as long as ``delay(kind, name)`` says (seconds), before they are
     applied (so a slow write may find its resourceVersion stale by then).  ``gate``: an event the next write of
     ``gated`` (a kind) waits for, once, after reporting ``entered``."""
@@ -144,19 +154,6 @@ class SlowWrites:
             await self.gate.wait()
         await trio.sleep(self.delay(kind, name))
 
-    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
-        return await self.inner.get(kind, name, namespace)
-
-    async def get_metadata(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
-        return await self.inner.get_metadata(kind, name, namespace)
-
-    async def list(
-        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
-    ) -> ObjectList:
-        return await self.inner.list(
-            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
-        )
-
     async def create(self, obj: Obj) -> Obj:
         await self._slow(obj)
         return await self.inner.create(obj)
@@ -168,15 +165,6 @@ class SlowWrites:
     async def update_status(self, obj: Obj) -> Obj:
         await self._slow(obj)
         return await self.inner.update_status(obj)
-
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
-        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
-
-    def watch(self, kind: str, **kwargs: Any) -> AsyncIterator[WatchEvent]:
-        return self.inner.watch(kind, **kwargs)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def delays(schedule: dict[str, list[float]]) -> Callable[[str, str], float]:
