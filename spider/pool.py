@@ -872,6 +872,26 @@ class PoolLedger:
         self._drop(ip)
         self._rest(ip, Released(now, rec.pod, rec.pod_uid))
 
+    def forget_rested(self, wanted: int, *, now: float, cooldown: float, at_least: int | None = None) -> int:
+        """Make room in ``status_bytes`` for records: forget the last holders of addresses whose rest is over
+        (released ``cooldown`` seconds or more before ``now``), the longest released first, until ``wanted``
+        bytes are freed or none is left; returns the bytes freed.  Forgets nothing, and returns 0, when that
+        would free less than ``at_least`` (default ``wanted``).  An address still resting is never forgotten:
+        forgetting it would let it be handed out before its cooldown ends."""
+        fragments = self._all_released_fragments()
+        over = sorted((entry.at, ip) for ip, entry in self.released.items() if entry.at <= now - cooldown)
+        chosen, freed = [], 0
+        for _, ip in over:
+            if freed >= wanted:
+                break
+            chosen.append(ip)
+            freed += len(fragments[ip]) + 1
+        if freed < (wanted if at_least is None else at_least):
+            return 0
+        for ip in chosen:
+            self._unrest(ip)
+        return freed
+
     def _rest(self, ip: int, entry: Released) -> None:
         self.released[ip] = entry
         self._released_fragments.pop(ip, None)

@@ -616,15 +616,25 @@ class PoolActor:
             raise PoolNotFound(pool=self.name) from None
         self._version = written["metadata"]["resourceVersion"]
 
+    def _cooldown(self, ledger: PoolLedger) -> float:
+        return ledger.pool.cooldown if ledger.pool.cooldown is not None else self.default_cooldown
+
     def _fold(self, ledger: PoolLedger, batch: list[PoolMsg]) -> list[tuple[outcome.Outcome[Any], bool]]:
         """Fold a batch in order; a new record that would push the status past ``max_status_bytes`` is refused
-        (counting what the batch adds, not what it frees: the bound holds whatever order the writes land in)."""
+        (counting what the batch adds, not what it frees: the bound holds whatever order the writes land in),
+        unless forgetting the last holders of addresses whose rest is over makes room: history never takes
+        the place of a record.  It forgets a sixteenth of the limit at a time, so that a pool at its limit
+        does not sort its released addresses for every allocation."""
         limit = self.max_status_bytes
         room = 0 if limit is None else limit - ledger.status_bytes()
         results: list[tuple[outcome.Outcome[Any], bool]] = []
         for msg in batch:
             if limit is not None and isinstance(msg, Allocate) and ledger.lookup(msg.owner.key) is None:
                 need = ledger.record_bytes(msg.owner)
+                if need > room and ledger.released:
+                    short, now = need - room, self.clock()
+                    cooldown = self._cooldown(ledger)
+                    room += ledger.forget_rested(short + limit // 16, now=now, cooldown=cooldown, at_least=short)
                 if need > room:
                     too_large = PoolTooLarge(pool=self.name, records=len(ledger.records), limit=limit)
                     results.append((outcome.Error(too_large), False))
@@ -638,9 +648,8 @@ class PoolActor:
         try:
             match msg:
                 case Allocate(owner=owner, avoid=avoid):
-                    cooldown = ledger.pool.cooldown if ledger.pool.cooldown is not None else self.default_cooldown
                     held = ledger.lookup(owner.key) is not None
-                    ip, changed = ledger.allocate(owner, now=self.clock(), cooldown=cooldown, avoid=avoid)
+                    ip, changed = ledger.allocate(owner, now=self.clock(), cooldown=self._cooldown(ledger), avoid=avoid)
                     pool = ledger.pool
                     return outcome.Value(
                         Allocation(pool.name, pool.version, ledger.address(ip), pool.gateway, pool.routes, not held)

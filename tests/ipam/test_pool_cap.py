@@ -6,12 +6,14 @@ as "try again" forever; the actor refuses the allocation that would pass ``max_s
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 
 from actors.ipam.pool import PoolActor, PoolHandle
 from spider.errors import CNI_POOL_EXHAUSTED, PoolTooLarge
-from tests.ipam.conftest import TIMEOUT, owner, persisted
+from tests.ipam.conftest import POOL, TIMEOUT, owner, persisted
 
 
 async def test_an_allocation_past_the_status_limit_fails_naming_the_pool_and_the_limit(
@@ -65,3 +67,33 @@ async def test_releasing_makes_room_again(pool: tuple[PoolHandle, PoolActor]) ->
             await handle.allocate(owner(2))
         await handle.release(big.key)
         await handle.allocate(owner(2))
+
+
+async def test_history_of_rested_addresses_gives_way_to_records_but_resting_ones_never_do(
+    pool: tuple[PoolHandle, PoolActor],
+) -> None:
+    """With a cooldown, every address is used once before any is reused, so the last holders in ``releasedIPs``
+    grow with the pool's size: at the limit they are forgotten, oldest first, once their rest is over."""
+    handle, actor = pool
+    now = [0.0]
+    actor.clock, actor.default_cooldown = (lambda: now[0]), 10.0
+    with trio.fail_after(TIMEOUT):
+        for n in range(10):
+            now[0] = float(n)
+            await handle.allocate(owner(n))
+            await handle.release(owner(n).key)
+        ledger = await handle.inspect()
+        assert len(ledger.released) == 10
+        assert not ledger.records
+        actor.max_status_bytes = ledger.status_bytes() + ledger.record_bytes(owner(99)) - 1  # one byte short
+        now[0] = 9.5  # every address still rests
+        with pytest.raises(PoolTooLarge):
+            await handle.allocate(owner(99))
+        assert (await handle.inspect()).released == ledger.released
+        now[0] = 10.5  # the first one released has rested
+        await handle.allocate(owner(99))
+    stored = (await actor.store.get("SpiderIPPool", POOL))["status"]
+    remembered = {record["pod"] for record in json.loads(stored["releasedIPs"]).values()}
+    assert "default/pod-0" not in remembered
+    assert "default/pod-9" in remembered
+    assert len(await persisted(actor.store)) == 1

@@ -1,11 +1,13 @@
 """The optional release cooldown: a released address rests before reuse, then comes back oldest first (FIFO),
-and every released address remembers who held it last."""
+and every released address remembers who held it last (until its history must make room for records)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spider.errors import PoolExhausted
 from spider.pool import ANNO_COOLDOWN, IPPool, Owner, PoolLedger
@@ -79,3 +81,57 @@ def test_the_pool_annotation_sets_the_cooldown_and_must_be_a_number() -> None:
     assert ledger().pool.cooldown is None
     with pytest.raises(Exception, match="must be a number of seconds"):
         ledger("soon")
+
+
+def churned(times: list[float], cooldown: float = 10) -> tuple[PoolLedger, list[int]]:
+    """A ledger where ``owner(n)`` took a never-used address and released it at ``times[n]``."""
+    book = ledger(ips="10.0.0.10-10.0.0.30")
+    ips = []
+    for n, at in enumerate(times):
+        ips.append(book.allocate(owner(n), now=at, cooldown=cooldown)[0])
+        book.release(owner(n).key, now=at)
+    return book, ips
+
+
+def test_forgetting_history_takes_the_longest_released_first_and_only_what_has_rested() -> None:
+    book, ips = churned([3.0, 1.0, 2.0, 50.0])
+    size = book.status_bytes()
+    freed = book.forget_rested(1, now=20.0, cooldown=10)  # a byte is wanted: the one released longest ago goes
+    assert set(book.released) == {ips[0], ips[2], ips[3]}
+    assert freed == size - book.status_bytes() > 0
+    assert book.forget_rested(10**6, now=20.0, cooldown=10, at_least=1) > 0  # all that has rested, no more
+    assert set(book.released) == {ips[3]}  # released at 50: still resting at 20
+
+
+def test_history_that_cannot_make_the_room_asked_for_is_kept_whole() -> None:
+    book, _ = churned([1.0, 2.0, 15.0])
+    before = dict(book.released)
+    assert book.forget_rested(10**6, now=20.0, cooldown=10) == 0  # two have rested, and they are not enough
+    assert book.released == before
+    assert book.forget_rested(10**6, now=10.5, cooldown=10, at_least=1) == 0  # nothing has rested yet
+    assert book.released == before
+
+
+@given(
+    times=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+    now=st.integers(0, 60),
+    cooldown=st.sampled_from([0, 10]),
+    wanted=st.integers(1, 2000),
+    at_least=st.none() | st.integers(1, 2000),
+)
+def test_forgetting_keeps_every_resting_address_and_drops_only_the_longest_rested(
+    times: list[int], now: int, cooldown: int, wanted: int, at_least: int | None
+) -> None:
+    book, _ = churned([float(t) for t in times], cooldown=cooldown)
+    before, size = dict(book.released), book.status_bytes()
+    freed = book.forget_rested(wanted, now=now, cooldown=cooldown, at_least=at_least)
+    gone = {ip: entry for ip, entry in before.items() if ip not in book.released}
+    assert freed == size - book.status_bytes() - (1 if before and not book.released else 0)
+    assert all(entry.at <= now - cooldown for entry in gone.values()), "an address still resting was forgotten"
+    if not gone:
+        assert freed == 0
+        assert book.released == before
+        return
+    assert freed >= (wanted if at_least is None else at_least)
+    kept_rested = [entry.at for entry in book.released.values() if entry.at <= now - cooldown]
+    assert max(entry.at for entry in gone.values()) <= min(kept_rested, default=float("inf"))
