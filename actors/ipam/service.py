@@ -27,9 +27,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
+import outcome
 import trio
 
 from actors.ipam.autopools import AutoPools, AutoPoolSettings
@@ -75,6 +76,7 @@ from spider.workload import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -280,9 +282,12 @@ class IpamService:
     async def _gather_add(self, req: AddRequest) -> AddFacts:
         """Gather: the Pod (afresh), its Namespace and Node, its workload, its endpoint and the pools' specs; with
         SpiderSubnet annotations, the application's auto pools (``actors.ipam.autopools``: waits until ready)."""
-        ctx, pod = await self._pod_context(req.pod_namespace, req.pod_name, req.pod_uid)
-        workload = await self._workload(pod, req.pod_namespace, req.pod_name)
-        endpoint = await self._read_endpoint(workload.endpoint_name or req.pod_name, req.pod_namespace)
+
+        async def pod_side() -> tuple[tuple[PodContext, Obj | None], Workload]:
+            ctx, pod = await self._pod_context(req.pod_namespace, req.pod_name, req.pod_uid)
+            return (ctx, pod), await self._workload(pod, req.pod_namespace, req.pod_name)
+
+        (ctx, pod), workload, endpoint = await self._beside_endpoint(pod_side, req.pod_namespace, req.pod_name)
         pools = await self._all_pools()
         assert self.auto_pools is not None
         if endpoint is not None and endpoint.uid == ctx.uid and endpoint.nic(req.ifname) is not None:
@@ -291,6 +296,33 @@ class IpamService:
             found = await self.auto_pools.find(ctx, pod, req.ifname)
             ctx, pools = found.context, {**pools, **found.pools} if found.pools else pools
         return AddFacts(req, self.node, ctx, pod, workload, endpoint, pools)
+
+    async def _beside_endpoint(
+        self, pod_side: Callable[[], Awaitable[tuple[_T, Workload]]], namespace: str, pod_name: str
+    ) -> tuple[_T, Workload, Endpoint | None]:
+        """``pod_side()`` (the Pod, then its workload: one read after another) and, at the same time, the endpoint
+        named after the pod: the name it has for every workload but a KubeVirt VM's, whose endpoint is read once
+        the workload names it.  A read at once sees nothing the reads one after the other would not: either may
+        race a writer, and every write is guarded anyway.  The pod side's error wins."""
+        guessed: list[Endpoint | None] = []
+        guess_failed: list[SpiderError] = []
+
+        async def read_guessed() -> None:
+            try:
+                guessed.append(await self._read_endpoint(pod_name, namespace))
+            except SpiderError as exc:
+                guess_failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_guessed)
+            side = await outcome.acapture(pod_side)  # NB: raised in here, an error would leave in an ExceptionGroup
+        found, workload = side.unwrap()
+        name = workload.endpoint_name or pod_name
+        if name != pod_name:
+            return found, workload, await self._read_endpoint(name, namespace)
+        if guess_failed:
+            raise guess_failed[0]
+        return found, workload, guessed[0]
 
     async def _read_endpoint(self, name: str, namespace: str) -> Endpoint | None:
         obj = await self._get(ENDPOINT, name, namespace)
@@ -565,9 +597,12 @@ class IpamService:
     ) -> ReleaseFacts:
         """Gather: the Pod (afresh), its workload, its endpoint; for a fixed-IP endpoint whose pod is gone,
         whether its StatefulSet ordinal or VM is still valid."""
-        pod = await self._get("Pod", req.pod_name, req.pod_namespace)
-        workload = await self._workload(pod, req.pod_namespace, req.pod_name)
-        endpoint = await self._read_endpoint(workload.endpoint_name or req.pod_name, req.pod_namespace)
+
+        async def pod_side() -> tuple[Obj | None, Workload]:
+            pod = await self._get("Pod", req.pod_name, req.pod_namespace)
+            return pod, await self._workload(pod, req.pod_namespace, req.pod_name)
+
+        pod, workload, endpoint = await self._beside_endpoint(pod_side, req.pod_namespace, req.pod_name)
         static_keeps = False
         if endpoint is not None and endpoint.owner_controller_type in STATIC_KINDS and not workload.static:
             static_keeps = await self._static_keeps(endpoint)

@@ -1,5 +1,5 @@
 """IpamService in process: an ADD cut short (agent drain) keeps nothing it was already answered; what a burst
-of ADDs reads."""
+of ADDs reads; an ADD's and a DEL's reads of the Pod and of its endpoint go at once."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import trio
 
 from actors.ipam.service import IpamService, IpamSettings, PoolRegistry
 from actors.runtime.supervisor import Supervisor
-from actors.stores.port import Obj, Store
+from actors.stores.port import Invalid, Obj, Store
 from actors.stores.sqlite import SqliteStore
-from spider.ipam_request import AddRequest
+from spider.endpoint import KIND as ENDPOINT
+from spider.errors import SpiderError, StoreUnavailable
+from spider.ipam_request import AddRequest, DelRequest
 from spider.pool import KIND, PoolLedger
 from tests.controller.support import eventually
 from tests.ipam.conftest import TIMEOUT, InterferingStore
@@ -123,3 +125,52 @@ async def test_a_burst_reads_its_namespace_and_node_once_and_every_pod_afresh(tw
             await ipam.allocate(AddRequest("c5", "eth0", "/x", "default", "p5", "u5", ("v4",), ()))
             assert (store.reads["Pod"], store.reads["Namespace"], store.reads["Node"]) == (6, 2, 2)
             nursery.cancel_scope.cancel(reason="test over")
+
+
+@attrs.define(eq=False)
+class PodReadWaitsForEndpointRead(InterferingStore):
+    """A Pod read answers only once the endpoint read has begun: the two must be under way at once.  With
+    ``pod_fails``, the Pod read then fails with that error, and the endpoint read with another."""
+
+    pod_fails: SpiderError | None = None
+    endpoint_read: trio.Event = attrs.field(factory=trio.Event)
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        if kind == "Pod":
+            with trio.fail_after(TIMEOUT / 2):
+                await self.endpoint_read.wait()
+            if self.pod_fails is not None:
+                raise self.pod_fails
+        if kind == ENDPOINT:
+            self.endpoint_read.set()
+            if self.pod_fails is not None:
+                raise Invalid(kind=kind, name=name, reason="not the error that wins")
+        return await self.inner.get(kind, name, namespace)
+
+
+async def test_an_add_and_a_del_read_the_pod_and_its_endpoint_at_once(two_pools: SqliteStore) -> None:
+    store = PodReadWaitsForEndpointRead(two_pools)
+    add = AddRequest("c1", "eth0", "/x", "default", "p1", "u1", ("v4",), ())
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            ipam = service(nursery, store)
+            (answer,) = await ipam.allocate(add)
+            assert (await two_pools.get(ENDPOINT, "p1", "default"))["status"]["current"]["uid"] == "u1"
+            store.endpoint_read = trio.Event()
+            freed = await ipam.release(DelRequest("c1", "eth0", "default", "p1", "u1"))
+            assert freed == [answer.allocations[0].address]
+            nursery.cancel_scope.cancel(reason="test over")
+
+
+async def test_when_both_reads_fail_the_pods_error_is_the_answer(two_pools: SqliteStore) -> None:
+    store = PodReadWaitsForEndpointRead(two_pools, pod_fails=StoreUnavailable(reason="the API server is away"))
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            ipam = service(nursery, store)
+            with pytest.raises(StoreUnavailable):
+                await ipam.allocate(AddRequest("c1", "eth0", "/x", "default", "p1", "u1", ("v4",), ()))
+            store.endpoint_read = trio.Event()
+            with pytest.raises(StoreUnavailable):
+                await ipam.release(DelRequest("c1", "eth0", "default", "p1", "u1"))
+            nursery.cancel_scope.cancel(reason="test over")
+    assert await records(two_pools, "v4") == 0
