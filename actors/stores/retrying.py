@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
@@ -43,9 +43,9 @@ from actors.stores.port import (
     NotFound,
     Obj,
     ObjectList,
+    PassThrough,
     Store,
     StoreUnreachable,
-    WatchEvent,
     key_of,
 )
 from spider.errors import SpiderError
@@ -66,8 +66,9 @@ _SENT_METADATA = ("labels", "annotations", "finalizers", "ownerReferences")
 
 
 @attrs.define(eq=False)
-class RetryingStore:
-    """A ``Store`` that retries requests failing with ``StoreUnreachable`` within ``outage_budget`` seconds."""
+class RetryingStore(PassThrough):
+    """A ``Store`` that retries requests failing with ``StoreUnreachable`` within ``outage_budget`` seconds;
+    ``watch`` and ``aclose`` pass through (the module docstring says why for watches)."""
 
     inner: Store
     outage_budget: float = DEFAULT_OUTAGE_BUDGET
@@ -215,18 +216,6 @@ class RetryingStore:
         except NotFound:
             if not maybe_applied:
                 raise
-
-    def watch(
-        self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""
-    ) -> AsyncIterator[WatchEvent]:
-        """The inner store's watch, which reconnects through outages on its own."""
-        return self.inner.watch(
-            kind, namespace=namespace, label_selector=label_selector, resource_version=resource_version
-        )
-
-    async def aclose(self) -> None:
-        """Closes the inner store."""
-        await self.inner.aclose()
 
 
 def _holds(stored: Obj, sent: Obj, kind: str) -> bool:
