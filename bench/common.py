@@ -89,13 +89,16 @@ FAKE_API_LATENCY_ENV = "SPIDER_FAKEAPI_LATENCY"
 
 
 @contextmanager
-def fake_api_server(directory: Path, latency: str = "measured", seed: int = 0) -> Iterator[tuple[Path, dict[str, Any]]]:
+def fake_api_server(
+    directory: Path, latency: str = "measured", seed: int = 0, *, tls: bool = True
+) -> Iterator[tuple[Path, dict[str, Any]]]:
     """``python -m tests.fakeapi`` in its own process with the latency model ``latency`` (``off``, ``measured``,
-    ``measured*F`` or JSON; ``tests/fakeapi/latency.py``): yields its kubeconfig and a dict that, once the
-    ``with`` is over, holds what the server served (per request kind and code) and the model's parameters."""
+    ``measured*F`` or JSON; ``tests/fakeapi/latency.py``), over HTTPS as a real API server unless not ``tls``:
+    yields its kubeconfig and a dict that, once the ``with`` is over, holds what the server served (per request
+    kind and code), the model's parameters and whether it spoke TLS."""
     kubeconfig, stats_file = directory / "fakeapi.kubeconfig", directory / "fakeapi-stats.json"
     cmd = [sys.executable, "-m", "tests.fakeapi", "--kubeconfig", str(kubeconfig), "--latency", latency]
-    cmd += ["--seed", str(seed), "--stats", str(stats_file)]
+    cmd += ["--seed", str(seed), "--stats", str(stats_file)] + (["--tls"] if tls else [])
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(cmd, cwd=root)
     stats: dict[str, Any] = {}
@@ -114,4 +117,4 @@ def fake_api_server(directory: Path, latency: str = "measured", seed: int = 0) -
             process.kill()
             process.wait()
         if stats_file.exists():
-            stats.update(json.loads(stats_file.read_text()))
+            stats.update(json.loads(stats_file.read_text()), tls=tls)

@@ -13,9 +13,9 @@ and batch sizes of the pool host and of the agents apart, and adds them to ``--j
 
 ``--fake-api`` starts the fake API server as a process of its own with a real API server's latencies
 (``--fake-latency``, default ``$SPIDER_FAKEAPI_LATENCY`` or ``measured``: ``tests/fakeapi/latency.py``), so that
-the write contention of ten agents on one pool shows; what the server served (writes and 409 Conflicts per
-request kind) is printed after the report and added to ``--json``.  ``--pods`` scales the scenario down (the
-pool keeps one address per pod).
+the write contention of ten agents on one pool shows, speaking HTTPS as a real one does (``--fake-plain-http``:
+without TLS); what the server served (writes and 409 Conflicts per request kind) is printed after the report and
+added to ``--json``.  ``--pods`` scales the scenario down (the pool keeps one address per pod).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--kubeconfig", type=Path, default=None, help="use this API server, not the embedded store")
     where.add_argument("--fake-api", action="store_true", help="start tests/fakeapi (latency model on) and use it")
     parser.add_argument("--fake-latency", default=os.environ.get(FAKE_API_LATENCY_ENV, "measured"), metavar="MODEL")
+    parser.add_argument(
+        "--fake-plain-http", action="store_true", help="the fake API server without TLS (a real one speaks HTTPS)"
+    )
     parser.add_argument("--context", default=None)
     parser.add_argument("--via", choices=("shim", "api"), default="shim")
     parser.add_argument("--pods", type=int, default=1000, help="scale the scenario (default 1000)")
@@ -77,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.fake_api:
             code = run(args.kubeconfig)
         else:
-            with fake_api_server(Path(directory), args.fake_latency) as (kubeconfig, served):
+            with fake_api_server(Path(directory), args.fake_latency, tls=not args.fake_plain_http) as (
+                kubeconfig,
+                served,
+            ):
                 code = run(kubeconfig)
         report = json.loads(Path(json_to).read_text())
     ours = report["targets"][0]
