@@ -4,7 +4,7 @@ Owns the request flow of Spiderpool's agent (reference §2.1, §2.13) on top of 
 in three steps:
 - gather: read once every fact the request depends on (the Pod, its Namespace and Node, the workload chain,
   the SpiderEndpoint, the pools' specs) into one frozen facts object (``spider.plan.AddFacts``,
-  ``ReleaseFacts``);
+  ``ReleaseFacts``); the endpoint is read beside the Pod and its owners, not after them;
 - decide: one call into the pure ``spider.plan`` (``decide_add``, ``decide_release``) gives the plan of the
   whole request, or the domain error to raise before anything is touched;
 - act: carry the plan out through the pool actors and write the endpoint.
