@@ -210,6 +210,13 @@ async def test_200_pods_on_4_nodes_with_churn_through_the_shim_pass_every_check_
     assert ours.store["del"]["requests"] >= 200
     assert len(ours.agents) == 4
     assert all(a["rss_kib"] > 0 for a in ours.agents)
+    # Where the CPU went, per phase: the plugins exec'd through the shim, our four agents; host-local has no agent.
+    for phase in ("add", "del"):
+        assert ours.cpu[phase]["plugins"] > 0
+        assert ours.cpu[phase]["agents"] > 0
+        assert theirs.cpu[phase]["plugins"] > 0
+        assert theirs.cpu[phase]["agents"] == theirs.cpu[phase]["controller"] == 0
+        assert set(ours.cpu[phase]) == {"plugins", "agents", "controller", "load_test", "rest", "machine"}
     # Churned pods are re-created while others are still being added.
     last_first_add = max(o.end for o in ours.ops if o.kind == "add")
     assert min(o.start for o in ours.ops if o.kind == "churn-add") < last_first_add
@@ -371,6 +378,7 @@ async def test_a_kubernetes_api_server_named_by_kubeconfig_is_used_instead_of_th
     assert any("deleted" in note for note in run.cleanup), run.cleanup
     # Pool writes were counted, by the pool host or (when it is absent or refuses) by the agents.
     assert run.store["add"]["writes"] + run.host.get("add", {}).get("writes", 0) > 0
+    assert run.cpu["add"]["controller"] > 0, "the controller's CPU is counted"
 
 
 @pytest.mark.slow

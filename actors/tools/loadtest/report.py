@@ -3,9 +3,9 @@
 Owns turning the timed calls of a run (``actors.tools.loadtest.run``) into numbers (wall time per phase,
 calls per second, latency percentiles, failures by reason, pool writes, conflicts and batch sizes of the pool
 host (the controller) and of the agents' own pool actors apart, what the agents forwarded or fell back on,
-memory, what cleaning up did) and ratios against a comparison plugin, and showing them: a rich progress bar
-on stderr while the test runs, a table at the end, ``--json`` for machines, ``--plot FILE.png`` (matplotlib,
-imported only when asked for).
+CPU per part of the run, memory, what cleaning up did) and ratios against a comparison plugin, and showing
+them: a rich progress bar on stderr while the test runs, a table at the end, ``--json`` for machines,
+``--plot FILE.png`` (matplotlib, imported only when asked for).
 It measures nothing itself, except where it ran (``machine``).
 """
 
@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from actors.tools.loadtest.cpu import PARTS
 from actors.tools.loadtest.fleet import work_dir
 from actors.tools.loadtest.run import run_loadtest
 from actors.tools.loadtest.scenario import Comparison, Scenario, TargetRun
@@ -159,6 +160,8 @@ def summarize(run: TargetRun) -> dict[str, Any]:
         out["controller"] = dict(run.controller)
     if run.cleanup:
         out["cleanup"] = list(run.cleanup)
+    if run.cpu:
+        out["cpu"] = {phase: dict(parts) for phase, parts in run.cpu.items()}
     if run.agents:
         out["agents"] = {
             "count": len(run.agents),
@@ -303,6 +306,14 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
                     f"{x['requests']:,} / {x.get('looks', 0):,} / {x['calls']:,} / {x['fallback']:,}" if x else "-"
                     for x in forwarded
                 ],
+            )
+    for phase in ("add", "del"):
+        spent = [t.get("cpu", {}).get(phase) for t in targets]
+        if any(spent):
+            row(
+                f"CPU {phase.upper()} (s): plugins / agents / controller / load test / rest",
+                None,
+                [" / ".join(_num(x[part], 1) for part in (*PARTS, "rest")) if x else "-" for x in spent],
             )
     if any("agents" in t for t in targets):
         row(

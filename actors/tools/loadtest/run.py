@@ -22,6 +22,7 @@ import trio
 from actors.stores.port import Store
 from actors.stores.selection import StoreSettings
 from actors.tools.launcher import install_cni
+from actors.tools.loadtest import cpu
 from actors.tools.loadtest.checks import (
     check_no_double,
     check_served,
@@ -30,6 +31,7 @@ from actors.tools.loadtest.checks import (
     pool_matches_replies,
     store_consistent,
 )
+from actors.tools.loadtest.cpu import CpuSample
 from actors.tools.loadtest.drivers import (
     ApiTarget,
     PluginTarget,
@@ -154,10 +156,13 @@ class LoadTest:
             checks: list[Check] = []
             phases: dict[str, tuple[float, float]] = {}
             snapshots: list[tuple[list[dict[str, Any]], dict[str, Any] | None]] = []
+            cpus: list[CpuSample] = []
 
             async def snapshot() -> None:
                 host = await controller.statistics() if controller is not None else None
                 snapshots.append((await fleet.statistics(), host))
+                process = controller.process if controller is not None else None
+                cpus.append(cpu.sample((p.pid for p in fleet.processes), process.pid if process else None))
 
             try:
                 if controller is not None and self.controller:
@@ -190,6 +195,7 @@ class LoadTest:
         hosts = [s[1] for s in snapshots]
         run = TargetRun(OURS, recorder.ops, phases, checks, agents=agents[-1], cleanup=notes)
         for n, phase in enumerate(("add", "del"), start=1):
+            run.cpu[phase] = cpu.spent(cpus[n - 1], cpus[n])
             run.store[phase] = store_totals(agents[n - 1], agents[n])
             host = controller_totals(hosts[n - 1], hosts[n])
             if host is not None:
@@ -264,17 +270,22 @@ class LoadTest:
         recorder = self._recorder(comparison.name, t0)
         phases: dict[str, tuple[float, float]] = {}
         self.progress(comparison.name, "add", scenario.pods + 2 * len(scenario.churned))
+        cpus = [cpu.sample()]
         start = recorder.clock()
         live = await add_phase(scenario, target, recorder, self.run_id)
         phases["add"] = (start, recorder.clock())
+        cpus.append(cpu.sample())
         self.progress(comparison.name, "del", len(live))
         start = recorder.clock()
         await del_phase(scenario, target, recorder, live)
         phases["del"] = (start, recorder.clock())
+        cpus.append(cpu.sample())
         checks = [check_no_double(recorder.ops), check_served(scenario, recorder.ops)]
         if comparison.config is None:
             checks.append(host_local_leaks(data_dirs))
-        return TargetRun(comparison.name, recorder.ops, phases, checks)
+        run = TargetRun(comparison.name, recorder.ops, phases, checks)
+        run.cpu = {"add": cpu.spent(cpus[0], cpus[1]), "del": cpu.spent(cpus[1], cpus[2])}
+        return run
 
 
 async def run_loadtest(

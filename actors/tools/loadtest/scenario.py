@@ -227,6 +227,9 @@ class TargetRun:
     """Whether a controller ran, its Lease, whether it led, its memory (ours only)."""
     cleanup: list[str] = attrs.field(factory=list)
     """What cleaning up before and after the run removed or had to leave (ours only)."""
+    cpu: dict[str, dict[str, float]] = attrs.field(factory=dict)
+    """Per phase: CPU seconds of the plugins, agents, controller, load test and the rest of the machine
+    (``actors.tools.loadtest.cpu``)."""
 
     @property
     def ok(self) -> bool:
