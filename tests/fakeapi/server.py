@@ -392,15 +392,21 @@ class FakeApiServer:
 
         seconds = float(query.get("timeoutSeconds") or math.inf)
         bookmarks = query.get("allowWatchBookmarks") == "true"
+        gone = False
         with trio.move_on_after(min(seconds, self.max_watch_seconds)) as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._cancel_on_eof, conn, stream, scope)
-                if expired is not None:
-                    await send([{"type": "ERROR", "object": expired.status()}])
-                else:
-                    await send(initial)
-                    await self._stream(send, r, namespace, selector, cursor, bookmarks)
+                try:
+                    if expired is not None:
+                        await send([{"type": "ERROR", "object": expired.status()}])
+                    else:
+                        await send(initial)
+                        await self._stream(send, r, namespace, selector, cursor, bookmarks)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    gone = True  # NB: the client went away mid-send; raised from here, the nursery would wrap it
                 nursery.cancel_scope.cancel()
+        if gone:
+            raise _Drop
         await self._send(conn, stream, h11.EndOfMessage())
 
     async def _stream(
