@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.fake_api:
             code = run(args.kubeconfig)
         else:
-            with fake_api_server(Path(directory), args.fake_latency, tls=not args.fake_plain_http) as (
-                kubeconfig,
-                served,
-            ):
+            tls = not args.fake_plain_http
+            with fake_api_server(Path(directory), args.fake_latency, tls=tls) as (kubeconfig, served):
                 code = run(kubeconfig)
         report = json.loads(Path(json_to).read_text())
     ours = report["targets"][0]
