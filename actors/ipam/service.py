@@ -302,27 +302,24 @@ class IpamService:
     ) -> tuple[_T, Workload, Endpoint | None]:
         """``pod_side()`` (the Pod, then its workload: one read after another) and, at the same time, the endpoint
         named after the pod: the name it has for every workload but a KubeVirt VM's, whose endpoint is read once
-        the workload names it.  A read at once sees nothing the reads one after the other would not: either may
-        race a writer, and every write is guarded anyway.  The pod side's error wins."""
-        guessed: list[Endpoint | None] = []
-        guess_failed: list[SpiderError] = []
+        the workload names it (the guess is then dropped, whatever came of it).  A read at once sees nothing the
+        reads one after the other would not: either may race a writer, and every write is guarded anyway.  The
+        pod side's error wins, and stops the guessed read."""
+        guessed: list[outcome.Outcome[Endpoint | None]] = []
 
         async def read_guessed() -> None:
-            try:
-                guessed.append(await self._read_endpoint(pod_name, namespace))
-            except SpiderError as exc:
-                guess_failed.append(exc)
+            guessed.append(await outcome.acapture(self._read_endpoint, pod_name, namespace))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_guessed)
             side = await outcome.acapture(pod_side)  # NB: raised in here, an error would leave in an ExceptionGroup
+            if isinstance(side, outcome.Error):
+                nursery.cancel_scope.cancel(reason="the pod side failed")
         found, workload = side.unwrap()
         name = workload.endpoint_name or pod_name
         if name != pod_name:
             return found, workload, await self._read_endpoint(name, namespace)
-        if guess_failed:
-            raise guess_failed[0]
-        return found, workload, guessed[0]
+        return found, workload, guessed[0].unwrap()
 
     async def _read_endpoint(self, name: str, namespace: str) -> Endpoint | None:
         obj = await self._get(ENDPOINT, name, namespace)

@@ -174,3 +174,42 @@ async def test_when_both_reads_fail_the_pods_error_is_the_answer(two_pools: Sqli
                 await ipam.release(DelRequest("c1", "eth0", "default", "p1", "u1"))
             nursery.cancel_scope.cancel(reason="test over")
     assert await records(two_pools, "v4") == 0
+
+
+@attrs.define(eq=False)
+class EndpointReadBreaks(InterferingStore):
+    """The endpoint read fails with something that is no ``SpiderError`` (``hang``: never answers); with
+    ``pod_fails``, the Pod read fails with that."""
+
+    hang: bool = False
+    pod_fails: SpiderError | None = None
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        if kind == ENDPOINT:
+            if self.hang:
+                await trio.sleep_forever()
+            raise RuntimeError("a bug in the endpoint read")
+        if kind == "Pod" and self.pod_fails is not None:
+            raise self.pod_fails
+        return await self.inner.get(kind, name, namespace)
+
+
+async def test_an_unexpected_error_of_the_endpoint_read_comes_out_as_itself(two_pools: SqliteStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            ipam = service(nursery, EndpointReadBreaks(two_pools))
+            with pytest.raises(RuntimeError, match="a bug in the endpoint read"):
+                await ipam.allocate(AddRequest("c1", "eth0", "/x", "default", "p1", "u1", ("v4",), ()))
+            nursery.cancel_scope.cancel(reason="test over")
+
+
+async def test_a_failed_pod_read_stops_the_endpoint_read_it_no_longer_needs(two_pools: SqliteStore) -> None:
+    store = EndpointReadBreaks(two_pools, hang=True, pod_fails=StoreUnavailable(reason="the API server is away"))
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            ipam = service(nursery, store)
+            with pytest.raises(StoreUnavailable):
+                await ipam.allocate(AddRequest("c1", "eth0", "/x", "default", "p1", "u1", ("v4",), ()))
+            with pytest.raises(StoreUnavailable):
+                await ipam.release(DelRequest("c1", "eth0", "default", "p1", "u1"))
+            nursery.cancel_scope.cancel(reason="test over")
