@@ -275,5 +275,6 @@ def main(
 
 if __name__ == "__main__":
     # NB: what the plugin prints is flushed as written (``_write``): leave at once, without the interpreter's
-    # teardown (as ``cni/shim.py``)
-    posix._exit(main() & 0xFF)
+    # teardown (as ``cni/shim.py``); a status no process can exit with is an error
+    status = main()
+    posix._exit(status if 0 <= status <= 255 else 1)

@@ -316,5 +316,6 @@ def main(
 
 if __name__ == "__main__":
     # NB: what the plugin prints is flushed as written (``_write``): leave at once, without the interpreter's
-    # teardown, a sixth of each exec's CPU (docs/benchmarks.md)
-    posix._exit(main() & 0xFF)
+    # teardown, a sixth of each exec's CPU (docs/benchmarks.md); a status no process can exit with is an error
+    status = main()
+    posix._exit(status if 0 <= status <= 255 else 1)

@@ -178,6 +178,13 @@ def test_the_agents_body_is_printed_and_its_exit_status_returned(agent: FakeAgen
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, error, b"")
 
 
+@pytest.mark.parametrize(("sent", "exits"), [(7, 7), (255, 255), (256, 1), (-1, 1)])
+def test_an_exit_status_no_process_can_have_exits_as_an_error(agent: FakeAgent, sent: int, exits: int) -> None:
+    agent.answer(http_reply(RESULT, exit_status=sent))
+    proc = run_shim(add_env(), conf(agent.path))
+    assert (proc.returncode, proc.stdout) == (exits, RESULT)
+
+
 def test_a_chunked_reply_is_decoded(agent: FakeAgent) -> None:
     agent.answer(
         b"HTTP/1.1 200 OK\r\nx-cni-exit: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
