@@ -558,7 +558,9 @@ class IpamService:
         """Add the NICs' allocations to the endpoint, creating it if needed; returns it as stored.  When the plan
         says there is none, the create is tried first, without a read; ``AlreadyExists`` reads and merges.
         ``pod_absent``: the ADD found no Pod object; the endpoint says so (``Endpoint.pod_object_absent``), so GC
-        leaves the addresses to the pod's CNI DEL (the latest ADD decides: a Pod object made since clears it)."""
+        leaves the addresses to the pod's CNI DEL (the latest ADD decides: a Pod object made since clears it).
+        An endpoint found of another UID (a pod of the same name wrote it since the plan was made) is left alone:
+        ``AddAbandoned``, whose retry decides afresh; merging would list this pod's addresses under that UID."""
         deadline = trio.current_time() + self.settings.endpoint_budget
         maybe_exists = plan.endpoint_exists
         namespace, ep_name = req.pod_namespace, plan.endpoint_name
@@ -570,6 +572,11 @@ class IpamService:
                 if obj
                 else Endpoint(namespace, ep_name, plan.pod_uid, self.node, (), workload.kind, workload.name)
             )
+            if endpoint.uid != plan.pod_uid:
+                raise AddAbandoned(
+                    pod=f"{namespace}/{req.pod_name}",
+                    reason=f"its endpoint {namespace}/{ep_name} was written meanwhile for UID {endpoint.uid}",
+                )
             endpoint = attrs.evolve(endpoint, node=self.node, pod_object_absent=pod_absent)
             for r in results:
                 endpoint = endpoint.with_nic(_nic_allocation(r, req))

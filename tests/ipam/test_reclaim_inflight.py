@@ -229,6 +229,45 @@ async def test_an_add_whose_address_is_freed_and_taken_before_its_endpoint_is_wr
     assert (await any_store.list(ENDPOINT)).items == [], "and its endpoint entry withdrawn"
 
 
+async def test_an_add_whose_endpoint_another_pod_of_the_same_name_wrote_meanwhile_leaves_it_alone(
+    any_store: Store,
+) -> None:
+    """Pod ``a`` (UID uid-a) is about to create its endpoint when a newer pod of the same name (uid-a2), served on
+    another node, creates it first.  Merging uid-a's NIC into uid-a2's endpoint would replace uid-a2's entry: its
+    address would be held in the pool by a pod whose endpoint no longer lists it, and uid-a's by a pod whose
+    endpoint names another UID.  The older ADD gives back what it took and fails with "try again" (a retry
+    decides afresh); the newer pod's endpoint and addresses are untouched."""
+    store = GatedEndpoints(any_store)
+    newer = AddRequest("ctr-a2", "eth0", "/var/run/netns/y", "default", "a", "uid-a2", ("v4",), ("v6",))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            ipam = service(nursery, store)
+            errors: list[SpiderError] = []
+
+            async def pod_a() -> None:
+                try:
+                    await ipam.allocate(add("a"))
+                except AddAbandoned as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as pods:
+                pods.start_soon(pod_a)
+                await store.entered.wait()  # uid-a's records are written; its endpoint is not
+                other_node = IpamService(
+                    any_store, PoolRegistry(any_store, Supervisor(nursery)), "node-2", IpamSettings(), clock=wall
+                )
+                theirs = answered(await other_node.allocate(newer))
+                store.gate.set()
+            nursery.cancel_scope.cancel(reason="test over")
+    assert errors and errors[0].cni_code == 11, "the older ADD fails, to be retried"
+    assert "uid-a2" in str(errors[0])
+    assert await holders(any_store, "v4") == {theirs[0].partition("/")[0]: "uid-a2"}
+    assert await holders(any_store, "v6") == {theirs[1].partition("/")[0]: "uid-a2"}
+    (endpoint,) = (await any_store.list(ENDPOINT)).items
+    assert endpoint["status"]["current"]["uid"] == "uid-a2"
+    assert [ip["ipv4"] for ip in endpoint["status"]["current"]["ips"]] == [theirs[0]]
+
+
 async def test_an_add_that_outlasts_the_window_gives_everything_back_and_fails(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
