@@ -10,6 +10,7 @@ records tied to it, so a seven-second write takes no time and every schedule is 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -197,29 +198,39 @@ class GatedEndpoints(SlowWrites):
         return getattr(self.inner, name)
 
 
+@asynccontextmanager
+async def held_before_its_endpoint(
+    store: GatedEndpoints, ipam: IpamService, req: AddRequest
+) -> AsyncIterator[list[SpiderError]]:
+    """Runs the ADD ``req`` until its records are written and its endpoint write is held at ``store``'s gate; the
+    body runs then, and the gate opens at its end.  Yields the list that gets the ``AddAbandoned`` the ADD ends
+    with (empty: it answered), filled once the ``async with`` is over."""
+    errors: list[SpiderError] = []
+
+    async def pod() -> None:
+        try:
+            await ipam.allocate(req)
+        except AddAbandoned as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as pods:
+        pods.start_soon(pod)
+        await store.entered.wait()
+        yield errors
+        store.gate.set()
+
+
 async def test_an_add_whose_address_is_freed_and_taken_before_its_endpoint_is_written_answers_nothing(
     any_store: Store,
 ) -> None:
     store = GatedEndpoints(any_store)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            ipam = service(nursery, store)
-            errors: list[SpiderError] = []
-
-            async def pod_a() -> None:
-                try:
-                    await ipam.allocate(add("a"))
-                except AddAbandoned as exc:
-                    errors.append(exc)
-
-            async with trio.open_nursery() as pods:
-                pods.start_soon(pod_a)
-                await store.entered.wait()  # both of A's records are written; its endpoint is not
+            async with held_before_its_endpoint(store, service(nursery, store), add("a")) as errors:
                 elsewhere, actor = open_pool("v4", any_store)  # another process: an older reclaim, say
                 await nursery.start(actor.run)
                 assert await elsewhere.release_ips((("10.30.0.10", "uid-a"),)) == 1
                 b = await elsewhere.allocate(Owner("uid-b", "eth0", "default", "b", "ctr-b", "node-2"))
-                store.gate.set()
             nursery.cancel_scope.cancel(reason="test over")
     assert b.address == "10.30.0.10/24"
     assert "10.30.0.10/24 in pool v4 is no longer recorded as its own" in str(errors[0])
@@ -241,26 +252,15 @@ async def test_an_add_whose_endpoint_another_pod_of_the_same_name_wrote_meanwhil
     newer = AddRequest("ctr-a2", "eth0", "/var/run/netns/y", "default", "a", "uid-a2", ("v4",), ("v6",))
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            ipam = service(nursery, store)
-            errors: list[SpiderError] = []
-
-            async def pod_a() -> None:
-                try:
-                    await ipam.allocate(add("a"))
-                except AddAbandoned as exc:
-                    errors.append(exc)
-
-            async with trio.open_nursery() as pods:
-                pods.start_soon(pod_a)
-                await store.entered.wait()  # uid-a's records are written; its endpoint is not
+            async with held_before_its_endpoint(store, service(nursery, store), add("a")) as errors:
                 other_node = IpamService(
                     any_store, PoolRegistry(any_store, Supervisor(nursery)), "node-2", IpamSettings(), clock=wall
                 )
                 theirs = answered(await other_node.allocate(newer))
-                store.gate.set()
             nursery.cancel_scope.cancel(reason="test over")
-    assert errors and errors[0].cni_code == 11, "the older ADD fails, to be retried"
-    assert "uid-a2" in str(errors[0])
+    (error,) = errors  # the older ADD fails, to be retried
+    assert error.cni_code == 11
+    assert "uid-a2" in str(error)
     assert await holders(any_store, "v4") == {theirs[0].partition("/")[0]: "uid-a2"}
     assert await holders(any_store, "v6") == {theirs[1].partition("/")[0]: "uid-a2"}
     (endpoint,) = (await any_store.list(ENDPOINT)).items
