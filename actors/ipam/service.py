@@ -406,7 +406,7 @@ class IpamService:
         pod = f"{req.pod_namespace}/{req.pod_name}"
         try:
             _within_window(pod, started)  # NB: too late already: do not write the endpoint at all
-            recorded = await self._record(req, plan, facts.workload, nic_results, pod_absent=facts.pod is None)
+            recorded = await self._record(req, plan, facts, nic_results)
         except BaseException:
             await self._undo(made, plan)
             raise
@@ -552,18 +552,21 @@ class IpamService:
             await trio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _record(
-        self, req: AddRequest, plan: AddPlan, workload: Workload, results: list[NicResult], *, pod_absent: bool
-    ) -> Endpoint:
+    async def _record(self, req: AddRequest, plan: AddPlan, facts: AddFacts, results: list[NicResult]) -> Endpoint:
         """Add the NICs' allocations to the endpoint, creating it if needed; returns it as stored.  When the plan
         says there is none, the create is tried first, without a read; ``AlreadyExists`` reads and merges.
-        ``pod_absent``: the ADD found no Pod object; the endpoint says so (``Endpoint.pod_object_absent``), so GC
+        With no Pod object found (``facts.pod``), the endpoint says so (``Endpoint.pod_object_absent``), so GC
         leaves the addresses to the pod's CNI DEL (the latest ADD decides: a Pod object made since clears it).
-        An endpoint found of another UID (a pod of the same name wrote it since the plan was made) is left alone:
-        ``AddAbandoned``, whose retry decides afresh; merging would list this pod's addresses under that UID."""
+
+        What another ADD wrote since the facts were gathered is left alone (``AddAbandoned``, whose retry decides
+        afresh): an endpoint of another UID (a pod of the same name), and an entry for one of these NICs naming
+        another sandbox than this one or the one gathered (a newer sandbox of this pod, whose ADD was answered
+        while this one, perhaps abandoned by the runtime, was under way).  Replacing either would leave an
+        address held in its pool that no endpoint lists as its holder's, for reclaim to free under a live pod."""
         deadline = trio.current_time() + self.settings.endpoint_budget
         maybe_exists = plan.endpoint_exists
-        namespace, ep_name = req.pod_namespace, plan.endpoint_name
+        namespace, ep_name, workload = req.pod_namespace, plan.endpoint_name, facts.workload
+        gathered = facts.endpoint if facts.endpoint is not None and facts.endpoint.uid == plan.pod_uid else None
         while True:
             obj = await self._get(ENDPOINT, ep_name, namespace) if maybe_exists else None
             maybe_exists = True
@@ -572,12 +575,8 @@ class IpamService:
                 if obj
                 else Endpoint(namespace, ep_name, plan.pod_uid, self.node, (), workload.kind, workload.name)
             )
-            if endpoint.uid != plan.pod_uid:
-                raise AddAbandoned(
-                    pod=f"{namespace}/{req.pod_name}",
-                    reason=f"its endpoint {namespace}/{ep_name} was written meanwhile for UID {endpoint.uid}",
-                )
-            endpoint = attrs.evolve(endpoint, node=self.node, pod_object_absent=pod_absent)
+            _check_unchanged(req, plan, endpoint, gathered, results)
+            endpoint = attrs.evolve(endpoint, node=self.node, pod_object_absent=facts.pod is None)
             for r in results:
                 endpoint = endpoint.with_nic(_nic_allocation(r, req))
             if obj is not None and Endpoint.from_object(obj) == endpoint:
@@ -803,6 +802,25 @@ def _within_window(pod: str, started: float) -> None:
     if took > ADD_WINDOW:
         reason = f"it took {took:.0f} s, longer than the {ADD_WINDOW:.0f} s within which its records are safe"
         raise AddAbandoned(pod=pod, reason=reason)
+
+
+def _check_unchanged(
+    req: AddRequest, plan: AddPlan, stored: Endpoint, gathered: Endpoint | None, results: Sequence[NicResult]
+) -> None:
+    """``AddAbandoned`` when the stored endpoint is another UID's, or names, for one of ``results``' NICs, a
+    sandbox that is neither this request's nor the one the ADD gathered (``_record``)."""
+    pod = f"{req.pod_namespace}/{req.pod_name}"
+    if stored.uid != plan.pod_uid:
+        reason = f"its endpoint {stored.namespace}/{stored.name} was written meanwhile for UID {stored.uid}"
+        raise AddAbandoned(pod=pod, reason=reason)
+    for r in results:
+        entry = stored.nic(r.nic)
+        if entry is None or entry.container_id == req.container_id:
+            continue
+        before = gathered.nic(r.nic) if gathered is not None else None
+        if before is None or entry.container_id != before.container_id:
+            reason = f"its endpoint's {r.nic} was written meanwhile for sandbox {entry.container_id[:12] or '(none)'}"
+            raise AddAbandoned(pod=pod, reason=reason)
 
 
 def _nic_allocation(r: NicResult, req: AddRequest) -> NicAllocation:

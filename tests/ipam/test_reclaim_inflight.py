@@ -268,6 +268,32 @@ async def test_an_add_whose_endpoint_another_pod_of_the_same_name_wrote_meanwhil
     assert [ip["ipv4"] for ip in endpoint["status"]["current"]["ips"]] == [theirs[0]]
 
 
+async def test_a_late_add_of_an_older_sandbox_leaves_the_newer_sandboxs_entry_alone(any_store: Store) -> None:
+    """Sandbox ctr-a1's ADD has its address and is about to create the endpoint when the runtime gives up on it
+    and starts sandbox ctr-a2 of the same pod, whose ADD takes the same address (the pod's) and is answered.
+    Were ctr-a1's late ADD to write its entry over ctr-a2's and then fail its last look, it would withdraw it:
+    the address would stay held for the pod with no endpoint listing it, and reclaim would free it under the
+    live pod.  Instead it leaves the entry alone and fails; ctr-a2's DEL later frees everything."""
+    store = GatedEndpoints(any_store)
+    older, newer = add("a", dual=False), add("a", dual=False)
+    newer = attrs.evolve(newer, container_id="ctr-a2")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            ipam = service(nursery, store)
+            async with held_before_its_endpoint(store, ipam, older) as errors:
+                live = answered(await ipam.allocate(newer))
+            (error,) = errors
+            assert error.cni_code == 11
+            assert "written meanwhile for sandbox ctr-a2" in str(error)
+            (endpoint,) = (await any_store.list(ENDPOINT)).items
+            assert [(ip["interface"], ip["ipv4"]) for ip in endpoint["status"]["current"]["ips"]] == [("eth0", live[0])]
+            assert await holders(any_store, "v4") == {live[0].partition("/")[0]: "uid-a"}
+            assert await ipam.release(DelRequest("ctr-a2", "eth0", "default", "a", "uid-a")) == [live[0]]
+            nursery.cancel_scope.cancel(reason="test over")
+    assert await holders(any_store, "v4") == {}
+    assert (await any_store.list(ENDPOINT)).items == []
+
+
 async def test_an_add_that_outlasts_the_window_gives_everything_back_and_fails(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
