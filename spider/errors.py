@@ -240,6 +240,17 @@ class AddAbandoned(TransientError):
 
 
 @attrs.define(auto_exc=True, kw_only=True)
+class RequestExpired(TransientError):
+    """A request reached its pool's actor only after its sender had stopped waiting for it (a batch forwarded to
+    the pool host and kept there past the agent's budget): it was not applied, the sender serves it itself."""
+
+    pool: str
+
+    def __str__(self) -> str:
+        return f"pool {self.pool!r}: the request's sender stopped waiting before it could be applied; nothing changed"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
 class AutoPoolNotReady(TransientError):
     """A pod's auto-created pool (SpiderSubnet) did not appear with its desired size within the agent's wait:
     the controller may still be making or resizing it, so a later ADD may succeed."""

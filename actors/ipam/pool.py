@@ -44,7 +44,7 @@ from actors.runtime.mailbox import Reply, drain, gather
 from actors.runtime.supervisor import Supervisor
 from actors.stores.port import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
 from spider.addr import IPSet, ip_to_int
-from spider.errors import ActorUnavailable, PoolNotFound, PoolTooLarge, SpiderError, StaleWrite
+from spider.errors import ActorUnavailable, PoolNotFound, PoolTooLarge, RequestExpired, SpiderError, StaleWrite
 from spider.pool import KIND, Owner, PoolLedger, Record, ReservedIP, Route, reserved_set
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,9 @@ class Allocate:
     """When it was queued (trio clock): its wait in the mailbox is measured from here (``PoolActor.on_wait``)."""
     sender: str = attrs.field(default="", eq=False)
     """The node that forwarded it to the pool host (``""``: asked in this process): the host waits for nodes."""
+    expires: float | None = attrs.field(default=None, eq=False)
+    """Trio time after which nobody waits for the answer (a forwarded batch: the agent's budget): not applied
+    when folded later (``RequestExpired``).  ``None``: always applied."""
 
 
 @attrs.frozen
@@ -104,6 +107,9 @@ class Release:
     sent_at: float = attrs.field(factory=trio.current_time, eq=False)
     sender: str = attrs.field(default="", eq=False)
     """The node that forwarded it to the pool host (``""``: asked in this process): the host waits for nodes."""
+    expires: float | None = attrs.field(default=None, eq=False)
+    """Trio time after which nobody waits for the answer (a forwarded batch: the agent's budget): not applied
+    when folded later (``RequestExpired``).  ``None``: always applied."""
 
 
 @attrs.frozen
@@ -115,6 +121,9 @@ class ReleaseIPs:
     sent_at: float = attrs.field(factory=trio.current_time, eq=False)
     sender: str = attrs.field(default="", eq=False)
     """The node that forwarded it to the pool host (``""``: asked in this process): the host waits for nodes."""
+    expires: float | None = attrs.field(default=None, eq=False)
+    """Trio time after which nobody waits for the answer (a forwarded batch: the agent's budget): not applied
+    when folded later (``RequestExpired``).  ``None``: always applied."""
 
 
 @attrs.frozen
@@ -127,6 +136,9 @@ class Adopt:
     reply: Reply[bool]
     sender: str = attrs.field(default="", eq=False)
     """The node that forwarded it to the pool host (``""``: asked in this process): the host waits for nodes."""
+    expires: float | None = attrs.field(default=None, eq=False)
+    """Trio time after which nobody waits for the answer (a forwarded batch: the agent's budget): not applied
+    when folded later (``RequestExpired``).  ``None``: always applied."""
 
 
 @attrs.frozen
@@ -514,6 +526,7 @@ class PoolActor:
         write, never a conflict, and the answers always come from the stored pool as it is now."""
         reserved = await self._reservations() if any(isinstance(msg, Allocate) for msg in batch) else None
         results: list[tuple[outcome.Outcome[Any], bool]] = []
+        now = trio.current_time()
         try:
             if self._ledger is None:  # NB: decode a big pool before taking the lock; the lock only catches up
                 await self._load()
@@ -532,7 +545,7 @@ class PoolActor:
             ledger = self._ledger
             if reserved is not None:
                 ledger.set_reserved(reserved_set(ledger.pool.version, reserved))
-            results[:] = self._fold(ledger, batch)
+            results[:] = self._fold(ledger, batch, now)
             return ledger.to_status() if any(changed for _, changed in results) else None
 
         try:
@@ -563,7 +576,7 @@ class PoolActor:
                 assert self._ledger is not None
                 if any(isinstance(msg, Allocate) for msg in batch):
                     self._ledger.set_reserved(reserved_set(self._ledger.pool.version, await self._reservations()))
-                results = self._fold(self._ledger, batch)
+                results = self._fold(self._ledger, batch, trio.current_time())
                 if any(changed for _, changed in results):
                     before = self._version
                     await self._write(self._ledger)
@@ -619,16 +632,21 @@ class PoolActor:
     def _cooldown(self, ledger: PoolLedger) -> float:
         return ledger.pool.cooldown if ledger.pool.cooldown is not None else self.default_cooldown
 
-    def _fold(self, ledger: PoolLedger, batch: list[PoolMsg]) -> list[tuple[outcome.Outcome[Any], bool]]:
+    def _fold(self, ledger: PoolLedger, batch: list[PoolMsg], now: float) -> list[tuple[outcome.Outcome[Any], bool]]:
         """Fold a batch in order; a new record that would push the status past ``max_status_bytes`` is refused
         (counting what the batch adds, not what it frees: the bound holds whatever order the writes land in),
         unless forgetting the last holders of addresses whose rest is over makes room: history never takes
         the place of a record.  It forgets a sixteenth of the limit at a time, so that a pool at its limit
-        does not sort its released addresses for every allocation."""
+        does not sort its released addresses for every allocation.  A request past its ``expires`` at ``now``
+        (trio time: the caller's, a fold may run in a worker thread) is answered ``RequestExpired`` and not
+        applied; every re-fold after a lost write race checks again, so a late batch never lands."""
         limit = self.max_status_bytes
         room = 0 if limit is None else limit - ledger.status_bytes()
         results: list[tuple[outcome.Outcome[Any], bool]] = []
         for msg in batch:
+            if (expires := getattr(msg, "expires", None)) is not None and now > expires:
+                results.append((outcome.Error(RequestExpired(pool=self.name)), False))
+                continue
             if limit is not None and isinstance(msg, Allocate) and ledger.lookup(msg.owner.key) is None:
                 need = ledger.record_bytes(msg.owner)
                 if need > room and ledger.released:

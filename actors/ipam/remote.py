@@ -44,10 +44,13 @@ requests locally is safe because each is idempotent on the stored pool:
 - ``Release`` and ``ReleaseIPs`` free only what still matches; run twice, the second frees nothing.
 - ``Adopt`` hands an address to an owner that, once it holds it, holds it again.
 The one order that matters is a late host write after a *later* request of ours (the pod's DEL after the
-fallback ADD): the host's write carries a resourceVersion read before our later write, so it conflicts; the host
-re-reads only within its conflict budget (``--pool-host-conflict-budget``, by default half our ``budget``)
-counted from the start of its batch, which starts after our request was sent; so a re-read on the host happens
-before we gave up, and a batch still running after that ends with ``StaleWrite`` instead of applying anything.
+fallback ADD), and two limits keep it from happening.  Each batch says ``within`` (half our ``budget``): the
+host folds none of its requests after that many seconds from the batch's arrival, however long it waited for a
+TokenReview or in the actor's mailbox (``RequestExpired``, not applied), so a request is folded, and its write
+sent, only before we give up.  And such a write carries the resourceVersion it read: when our later write lands
+first, the host's conflicts; it re-reads within its conflict budget (``--pool-host-conflict-budget``, by default
+half our ``budget``) and folds again, which the ``within`` limit refuses by then, so the batch ends with
+``RequestExpired`` or ``StaleWrite`` instead of applying anything.
 """
 
 from __future__ import annotations
@@ -142,9 +145,9 @@ def encode_message(msg: PoolMsg) -> dict[str, Any]:
     raise ValueError(f"{type(msg).__name__} is not forwarded")
 
 
-def decode_message(raw: Any, sender: str = "") -> PoolMsg:
-    """A request from its JSON, with a fresh reply slot, from node ``sender``; ``ValueError`` (and friends) for a
-    malformed one."""
+def decode_message(raw: Any, sender: str = "", expires: float | None = None) -> PoolMsg:
+    """A request from its JSON, with a fresh reply slot, from node ``sender``, applied only until ``expires``
+    (trio time; a look has no such limit); ``ValueError`` (and friends) for a malformed one."""
     if not isinstance(raw, dict):
         raise ValueError("a message must be an object")
     op = raw.get("op")
@@ -153,17 +156,19 @@ def decode_message(raw: Any, sender: str = "") -> PoolMsg:
         ipset = (
             None if avoid is None else IPSet(int(avoid["version"]), tuple((int(a), int(b)) for a, b in avoid["ranges"]))
         )
-        return Allocate(_owner(raw["owner"]), Reply[Allocation].open(), ipset, sender=sender)
+        return Allocate(_owner(raw["owner"]), Reply[Allocation].open(), ipset, sender=sender, expires=expires)
     if op == "release":
         uid, nic = raw["key"]
-        return Release((str(uid), str(nic)), str(raw["containerID"]), Reply[str | None].open(), sender=sender)
+        reply: Reply[str | None] = Reply.open()
+        return Release((str(uid), str(nic)), str(raw["containerID"]), reply, sender=sender, expires=expires)
     if op == "releaseIPs":
         ips: list[tuple[str, str | Record]] = []
         for ip, holder in raw["ips"]:
             ips.append((str(ip), str(holder) if isinstance(holder, str) else Record(**holder["record"])))
-        return ReleaseIPs(tuple(ips), Reply[int].open(), sender=sender)
+        return ReleaseIPs(tuple(ips), Reply[int].open(), sender=sender, expires=expires)
     if op == "adopt":
-        return Adopt(str(raw["ip"]), str(raw["previousUid"]), _owner(raw["owner"]), Reply[bool].open(), sender=sender)
+        previous, new_owner = str(raw["previousUid"]), _owner(raw["owner"])
+        return Adopt(str(raw["ip"]), previous, new_owner, Reply[bool].open(), sender=sender, expires=expires)
     if op == "verify":
         uid, nic = raw["key"]
         key = (str(uid), str(nic))
@@ -557,7 +562,10 @@ class PoolForwarder:
         if address is None or token is None or not self.host_available():
             await self._serve_locally(name, batch)
             return
-        body = json.dumps({"sender": self.sender, "messages": [encode_message(m) for m in batch]}).encode()
+        messages = [encode_message(m) for m in batch]
+        # NB: "within": the host applies nothing of this batch after that many seconds from its arrival, half our
+        # budget, the other half being for the connection and the write it makes (module docstring)
+        body = json.dumps({"sender": self.sender, "within": self.budget / 2, "messages": messages}).encode()
         failure: str | None = None
         answers: Any = None
         with trio.move_on_after(self.budget) as budget:

@@ -3,10 +3,12 @@
 Owns the server side of "one writer per pool across the cluster" (the agent side, the wire format and the
 safety argument are in ``actors.ipam.remote``; docs/architecture.md, "The pool host"):
 
-- ``POST /v1/pools/<name>`` with ``{"messages": [...]}``: every message is queued for the pool's PoolActor in
-  one step (``PoolRegistry.deliver_all``), so the actor folds it with whatever other agents sent meanwhile into
-  one status write; the answer is ``{"results": [...]}`` in the same order, each a value or a structured error
-  (its type, fields and CNI code), so the agent answers the plugin exactly as if it had run the request.
+- ``POST /v1/pools/<name>`` with ``{"sender": NODE, "within": SECONDS, "messages": [...]}``: every message is
+  queued for the pool's PoolActor in one step (``PoolRegistry.deliver_all``), so the actor folds it with
+  whatever other agents sent meanwhile into one status write, but not once ``within`` seconds have passed since
+  the batch arrived (the agent no longer waits by then: ``RequestExpired``, unapplied); the answer is
+  ``{"results": [...]}`` in the same order, each a value or a structured error (its type, fields and CNI code),
+  so the agent answers the plugin exactly as if it had run the request.
 - when this controller does not lead (``registry`` is ``None``): 421 "not leading", and the agent serves the
   request with its own actor.  The host's actors are the same optimistic ones: nothing here is needed for
   safety, only for fewer write races.
@@ -87,7 +89,8 @@ class PoolHost:
             sender = sent.get("sender") or ""  # NB: the node: its actor waits for the nodes of late
             if not isinstance(sender, str):
                 raise TypeError("'sender' is not a string")
-            messages = [decode_message(raw, sender) for raw in sent["messages"]]
+            expires = _expiry(sent.get("within"))
+            messages = [decode_message(raw, sender, expires) for raw in sent["messages"]]
         except (ValueError, KeyError, TypeError) as exc:
             return json_response(400, f"malformed batch: {type(exc).__name__}: {exc}")
         self.batches += 1
@@ -132,6 +135,16 @@ class PoolHost:
     ) -> None:
         """Serve the listeners until cancelled."""
         await HttpServer(self.handle, name="pool-host").serve(listeners, task_status=task_status)
+
+
+def _expiry(within: Any) -> float | None:
+    """When a batch's requests stop being applied (trio time): ``within`` seconds from now, as the agent asks
+    (an older agent says nothing: no limit); ``ValueError`` for anything but a finite number from 0 to a day."""
+    if within is None:
+        return None
+    if isinstance(within, bool) or not isinstance(within, int | float) or not 0 <= within <= 86400:
+        raise ValueError(f"'within' must be seconds from 0 to 86400, not {within!r}")
+    return trio.current_time() + within
 
 
 async def _outcome(msg: PoolMsg) -> outcome.Outcome[Any]:

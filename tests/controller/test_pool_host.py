@@ -194,10 +194,10 @@ async def test_forwarded_allocations_from_many_callers_are_folded_into_few_write
 async def test_a_host_that_knows_no_looks_still_takes_the_writes_and_the_agent_looks_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def older(raw: Any, sender: str = "") -> Any:  # NB: a host of the version before looks were forwarded
+    def older(raw: Any, sender: str = "", expires: float | None = None) -> Any:  # NB: before looks were forwarded
         if isinstance(raw, dict) and raw.get("op") == "verify":
             raise ValueError("unknown op 'verify'")
-        return decode_message(raw, sender)
+        return decode_message(raw, sender, expires)
 
     monkeypatch.setattr(pool_host, "decode_message", older)
     with trio.fail_after(TIMEOUT):
@@ -208,6 +208,23 @@ async def test_a_host_that_knows_no_looks_still_takes_the_writes_and_the_agent_l
             assert (forwarder.stats.requests, forwarder.stats.looks, forwarder.stats.fallback) == (5, 0, 0)
             assert forwarder.host_available()  # NB: the refused looks did not stop the writes going there
             assert forwarder.local.statistics()["shared"]["looks"] == 5
+
+
+async def test_the_agent_asks_the_host_to_apply_nothing_of_a_batch_after_half_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[Any] = []
+    limit = pool_host._expiry
+
+    def spy(within: Any) -> float | None:
+        asked.append(within)
+        return limit(within)
+
+    monkeypatch.setattr(pool_host, "_expiry", spy)
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b, b.hosted_agent() as (_controller, forwarder, handle):
+            await handle.allocate(owner(1))
+    assert asked == [forwarder.budget / 2]
 
 
 async def test_a_domain_error_comes_back_as_the_same_type_and_cni_code(tmp_path: Path) -> None:

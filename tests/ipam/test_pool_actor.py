@@ -17,7 +17,7 @@ from actors.ipam.pool import Allocate, Allocation, PoolActor, PoolHandle, PoolMs
 from actors.runtime.mailbox import Reply
 from actors.stores.sqlite import SqliteStore
 from spider.addr import ip_to_int
-from spider.errors import ActorUnavailable, PoolExhausted, PoolNotFound, StaleWrite
+from spider.errors import ActorUnavailable, PoolExhausted, PoolNotFound, RequestExpired, StaleWrite
 from spider.pool import ADD_WINDOW, KIND, Owner, PoolLedger
 from tests.ipam.conftest import (
     CAPACITY,
@@ -30,6 +30,7 @@ from tests.ipam.conftest import (
     persisted,
     seed_pool,
 )
+from tests.ipam.memory_store import MemoryStore
 
 
 async def burst(handle: PoolHandle, owners: list[Owner]) -> dict[Owner, outcome.Outcome[Allocation]]:
@@ -349,6 +350,35 @@ async def test_conflicts_beyond_the_budget_fail_the_batch_with_stale_write_and_p
     assert all(isinstance(e, StaleWrite) for e in errors)
     assert actor.stats.conflicts >= 2  # it did retry before giving up
     assert stored == {foreign("x").key: "10.0.0.10"}  # only the other writer's work
+
+
+async def test_a_request_its_sender_stopped_waiting_for_is_refused_unapplied_even_after_a_lost_race(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A forwarded request past its ``expires`` (the agent gave up on the pool host and served it itself) is
+    answered ``RequestExpired`` and not written, whether it expired before its batch was folded or while the
+    batch was losing a write race (the re-fold checks again); the rest of its batch is applied."""
+    store = InterferingStore(MemoryStore())
+    await seed_pool(store.inner)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv)
+    await nursery.start(actor.run)
+    now = trio.current_time()
+    late, on_time, racing = (Reply[Allocation].open() for _ in range(3))
+    with trio.fail_after(TIMEOUT):
+        send.send_nowait(Allocate(owner("late"), late, expires=now - 1))  # NB: no checkpoint between: one batch
+        send.send_nowait(Allocate(owner("on-time"), on_time, expires=now + 60))
+        assert (await on_time.wait()).ip == "10.0.0.10"
+        with pytest.raises(RequestExpired):
+            await late.wait()
+        store.interfere(foreign("x"))  # the next write loses a race; the re-fold comes after a backoff
+        send.send_nowait(Allocate(owner("racing"), racing, expires=trio.current_time() + 0.001))
+        with pytest.raises(RequestExpired):
+            await racing.wait()
+        stored = await persisted(store)
+    assert actor.stats.batches == 2
+    assert actor.stats.conflicts == 1, "the racing request was folded and written once, in time"
+    assert stored == {owner("on-time").key: "10.0.0.10", foreign("x").key: "10.0.0.11"}
 
 
 async def test_the_actor_serves_again_once_the_conflicts_stop(

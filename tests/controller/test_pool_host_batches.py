@@ -1,0 +1,100 @@
+"""The pool host's handler in process (no TLS, an in-memory store, trio's autojump clock): a batch's ``within``
+limit, after which none of its requests is applied, however long it waited behind another batch's write."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors.ipam.pool import Allocate, PoolRegistry
+from actors.ipam.remote import BATCH_PATH, encode_message
+from actors.runtime.mailbox import Reply
+from actors.runtime.supervisor import Supervisor
+from actors.servers.httpserver import Request
+from actors.servers.pool_host import PoolHost
+from spider.pool import KIND, Owner, PoolLedger
+from tests.ipam.memory_store import MemoryStore, SlowWrites, delays
+from tests.support import pool_object
+
+USER = "system:serviceaccount:kube-system:spiderpool-agent"
+POOL = pool_object("shared", "10.40.0.0/24", ["10.40.0.10-10.40.0.69"])
+
+
+async def _review(token: str) -> str | None:
+    return USER if token == "agent-token" else None
+
+
+def batch(uid: str, **extra: Any) -> Request:
+    """A forwarded batch of one allocation for pod ``uid``, with ``extra`` fields beside its messages."""
+    allocate = Allocate(Owner(uid, "eth0", "default", uid, f"ctr-{uid}", "node-1"), Reply.open())
+    body = {"sender": "node-1", "messages": [encode_message(allocate)], **extra}
+    headers = {"authorization": "Bearer agent-token", "content-type": "application/json"}
+    return Request("POST", f"{BATCH_PATH}shared", {}, headers, json.dumps(body).encode())
+
+
+@pytest.fixture
+async def host(nursery: trio.Nursery) -> tuple[PoolHost, MemoryStore]:
+    """A leading host whose pool's first status write takes a second."""
+    store = MemoryStore()
+    await store.create(POOL)
+    registry = PoolRegistry(SlowWrites(store, delays({"shared": [1.0]})), Supervisor(nursery))
+    return PoolHost(_review, USER, registry), store
+
+
+async def holders(store: MemoryStore) -> set[str]:
+    return {r.pod_uid for r in PoolLedger.from_object(await store.get(KIND, "shared")).records.values()}
+
+
+async def test_a_batch_that_waits_past_its_within_limit_is_answered_unapplied(
+    autojump_clock: trio.testing.MockClock, host: tuple[PoolHost, MemoryStore]
+) -> None:
+    server, store = host
+    answers: dict[str, Any] = {}
+
+    async def send(uid: str, within: float) -> None:
+        response = await server.handle(batch(uid, within=within))
+        assert response.status == 200
+        (answers[uid],) = json.loads(response.body)["results"]
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as agents:
+            agents.start_soon(send, "first", 10.0)  # folded at once; its write takes a second
+            await trio.sleep(0.1)
+            agents.start_soon(send, "late", 0.25)  # waits for that write, past its 0.25 s
+        answers["again"] = json.loads((await server.handle(batch("again", within=0.25))).body)["results"][0]
+    assert answers["first"]["value"]["address"] == "10.40.0.10/24"
+    assert answers["late"]["error"]["type"] == "RequestExpired"
+    assert answers["late"]["error"]["cniCode"] == 11
+    assert answers["again"]["value"]["address"] == "10.40.0.11/24", "a batch in time is applied"
+    assert await holders(store) == {"first", "again"}
+
+
+async def test_a_batch_without_a_limit_is_applied_whenever_it_is_folded(
+    autojump_clock: trio.testing.MockClock, host: tuple[PoolHost, MemoryStore]
+) -> None:
+    server, store = host
+    with trio.fail_after(60):
+        async with trio.open_nursery() as agents:
+            agents.start_soon(server.handle, batch("first"))
+            await trio.sleep(0.1)
+            agents.start_soon(server.handle, batch("older-agent"))  # an agent that sends no limit
+    assert await holders(store) == {"first", "older-agent"}
+
+
+@pytest.mark.parametrize("within", [-1, "1", True, None, float("inf"), 1e9, [1]])
+async def test_a_malformed_limit_is_refused_and_changes_nothing(
+    host: tuple[PoolHost, MemoryStore], within: Any
+) -> None:
+    server, store = host
+    response = await server.handle(batch("x", within=within))
+    if within is None:  # JSON null: no limit, as an older agent
+        assert response.status == 200
+        assert await holders(store) == {"x"}
+    else:
+        assert response.status == 400
+        assert b"within" in response.body
+        assert await holders(store) == set()
