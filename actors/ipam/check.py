@@ -5,8 +5,10 @@ endpoint; DESIGN §5.5):
 - a pool record no endpoint accounts for is *reclaimable* (an agent died between the two writes, or a DEL
   was lost); it is freed only with ``reclaim``, only once no ADD can still answer it (older than
   ``spider.pool.RECLAIM_AFTER`` by its ``addedAt`` when the second scan starts, ``Record.may_be_in_flight``), only
-  if it is seen in two scans ``grace`` seconds apart, and only if the pool actor finds exactly that record (holder,
-  sandbox, stamp) at the moment of release: an ADD that refreshed it meanwhile keeps it;
+  if it is seen in two scans ``grace`` seconds apart, only if no live Pod of its UID is stored (that pod may use
+  the address while its endpoint says otherwise; its DEL, or GC once it is gone, frees it), and only if the pool
+  actor finds exactly that record (holder, sandbox, stamp) at the moment of release: an ADD that refreshed it
+  meanwhile keeps it;
 - an endpoint entry whose pool no longer holds the address for that pod is *dangling*;
 - an address recorded in two pools, or a count that disagrees with the records, is *inconsistent*.
 """
@@ -23,13 +25,14 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.ipam.pool import PoolHandle, open_pool
-from actors.stores.port import Store
+from actors.stores.port import NotFound, Store
 from spider.addr import int_to_ip, ip_to_int
 from spider.endpoint import KIND as ENDPOINT
 from spider.endpoint import Endpoint
 from spider.errors import SpiderError
 from spider.pool import KIND as POOL
 from spider.pool import RECLAIM_AFTER, PoolLedger, Record
+from spider.workload import pod_not_alive
 
 
 @attrs.frozen
@@ -54,6 +57,8 @@ class Report:
     reclaimed: tuple[Finding, ...] = ()
     left_alone: tuple[Finding, ...] = ()
     """Reclaimable records ``reclaim`` did not free because their ADD may still be in flight (too young)."""
+    held_by_live_pods: tuple[Finding, ...] = ()
+    """Reclaimable records ``reclaim`` did not free because a live Pod of their UID is stored."""
 
     @property
     def consistent(self) -> bool:
@@ -160,9 +165,17 @@ async def check_store(
     now = clock()  # NB: read before the endpoints: a record this old had its endpoint written before they are read
     ledgers, endpoints, _ = await _scan(store)
     confirmed: dict[str, list[tuple[int, Record]]] = defaultdict(list)
+    live: set[tuple[str, str]] = set()
     for pool, ip, record in _unaccounted(ledgers, endpoints):
-        if candidates.get((pool, ip)) == record and not record.may_be_in_flight(now):
+        if candidates.get((pool, ip)) != record or record.may_be_in_flight(now):
+            continue
+        if await _pod_alive(store, record):
+            live.add((pool, int_to_ip(ip, ledgers[pool].pool.version)))
+        else:
             confirmed[pool].append((ip, record))
+    report = attrs.evolve(
+        report, held_by_live_pods=tuple(f for f in report.of("reclaimable") if (f.pool, f.ip) in live)
+    )
     freed: set[tuple[str, str]] = set()
 
     async def free(handle: PoolHandle, ip: str, record: Record) -> None:
@@ -179,6 +192,16 @@ async def check_store(
         actors.cancel_scope.cancel(reason="reclaim done")
     reclaimed = tuple(f for f in report.of("reclaimable") if (f.pool, f.ip) in freed)
     return attrs.evolve(report, reclaimed=reclaimed)
+
+
+async def _pod_alive(store: Store, record: Record) -> bool:
+    """Whether the Pod the record names is stored with the record's UID and alive (``pod_not_alive``)."""
+    namespace, _, name = record.pod.partition("/")
+    try:
+        pod = await store.get("Pod", name, namespace)
+    except NotFound:
+        return False
+    return (pod.get("metadata") or {}).get("uid") == record.pod_uid and pod_not_alive(pod) is None
 
 
 def _in_flight(
@@ -205,6 +228,12 @@ def print_report(console: Console, report: Report) -> None:
         console.print(table)
     if report.reclaimed:
         console.print(f"reclaimed {len(report.reclaimed)} addresses", highlight=False)
+    if report.held_by_live_pods:
+        console.print(
+            f"left {len(report.held_by_live_pods)} alone: their pods are alive (their DEL, or GC once they are "
+            "gone, frees them)",
+            highlight=False,
+        )
     if report.left_alone:
         console.print(
             f"left {len(report.left_alone)} alone: recorded less than {RECLAIM_AFTER:.0f} s ago, their ADD may "

@@ -127,6 +127,30 @@ async def test_a_dual_stack_add_whose_ipv6_write_outlasts_the_grace_keeps_its_ip
     assert final.consistent, final.findings
 
 
+async def test_reclaim_leaves_a_live_pods_record_alone_and_frees_it_once_the_pod_is_gone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A record no endpoint accounts for, old enough, but whose Pod is stored with its UID and alive: the pod may
+    be using the address (an endpoint entry withdrawn by a late ADD of an older sandbox), so reclaim leaves it
+    to the pod's DEL, or to itself once the pod is gone.  A record of an older pod of the same name goes."""
+    store = await seeded(MemoryStore())
+    await trio.sleep(1000)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "live", "namespace": "default"}, "spec": {}}
+    uid = (await store.create(pod))["metadata"]["uid"]
+    old = wall() - RECLAIM_AFTER - 1
+    await leak(store, "v4", 0x0A1E000A, Record("default/live", uid, "eth0", "ctr-l", "node-1", old))
+    await leak(store, "v4", 0x0A1E000B, Record("default/live", "uid-of-an-older-live", "eth0", "ctr-o", "node-1", old))
+    with trio.fail_after(TIMEOUT):
+        first = await check_store(store, reclaim=True, clock=wall)
+        assert [f.ip for f in first.held_by_live_pods] == ["10.30.0.10"]
+        assert [f.ip for f in first.reclaimed] == ["10.30.0.11"]
+        await store.delete("Pod", "live", "default")
+        second = await check_store(store, reclaim=True, clock=wall)
+    assert [f.ip for f in second.reclaimed] == ["10.30.0.10"]
+    assert second.held_by_live_pods == ()
+    assert await holders(store, "v4") == {}
+
+
 async def test_reclaim_frees_a_stamped_leak_only_once_it_is_older_than_reclaim_after_and_an_unstamped_one_as_before(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
