@@ -9,9 +9,10 @@ The agent's IPAM service (``actors.ipam.service``) serves every ADD and DEL in t
 
 Owns Spiderpool's rules for what a request must do (reference §2.1 steps 4-6, §2.13):
 - ADD: a pod that is not alive, or whose UID was replaced, fails; a same-name endpoint of another UID is a
-  fixed-IP workload's (its entries still wanted are adopted, the others freed) or a dead pod's (freed and
-  dropped first); a NIC already recorded is asked again from the pools it records (repeated ADD); anything
-  else gets, per NIC and family, its candidate pools in order, its gateway choice and the custom routes;
+  fixed-IP workload's (its entries still wanted are adopted, the others freed; with no Pod object to say the
+  pod is that workload's, the ADD fails and the endpoint keeps them) or a dead pod's (freed and dropped
+  first); a NIC already recorded is asked again from the pools it records (repeated ADD); anything else gets,
+  per NIC and family, its candidate pools in order, its gateway choice and the custom routes;
 - DEL: a live pod keeps its addresses (its UID taken from the Pod when the request carries none, as
   Spiderpool does; a pod in a terminal phase is not alive, whatever its restart policy); a fixed-IP workload
   whose ordinal or VM is still valid keeps them; otherwise the sandbox's entries are freed and the endpoint
@@ -152,6 +153,13 @@ def decide_add(facts: AddFacts) -> AddPlan:
             adopt = tuple(e for e in endpoint.nics if still_candidate(facts, e))
             abandon = tuple(e for e in endpoint.nics if e not in adopt)
             endpoint = adopted(endpoint, adopt, holder) if adopt else None
+        elif facts.pod is None and endpoint.owner_controller_type in STATIC_KINDS:
+            # NB: with no Pod object, nothing says this is the fixed-IP workload's next pod (a late ADD of a deleted
+            # one looks the same): the endpoint keeps its addresses for that pod, so they are not freed on its word
+            reason = f"no Pod object, and its endpoint keeps the fixed IPs of {endpoint.owner_controller_type} " + (
+                f"{endpoint.owner_controller_name!r} for UID {endpoint.uid}"
+            )
+            return AddPlan(holder, PodNotAlive(pod=pod_ref, reason=reason))
         else:  # a same-name pod that is gone (step 6): free what the old UID holds, start afresh
             free_first, endpoint = endpoint, None
     try:

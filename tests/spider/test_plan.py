@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -126,6 +127,19 @@ def test_a_dead_same_name_pods_endpoint_is_freed_first_and_allocation_starts_afr
     assert plan.adopt_from is None
     assert [n.recorded for n in plan.nics] == [False]
     assert not plan.endpoint_exists
+
+
+def test_with_no_pod_object_a_fixed_ip_endpoint_of_another_uid_is_kept_and_the_add_refused() -> None:
+    """A late ADD of a deleted StatefulSet pod, while the next one is not created yet, looks like any ADD with no
+    Pod object: it must not free the addresses the endpoint keeps for that next pod.  A plain pod's endpoint
+    of another UID is a dead pod's, freed as with a Pod object."""
+    kept = endpoint("uid-next", kind="StatefulSet")
+    plan = decide_add(attrs.evolve(facts(endpoint=kept), pod=None))
+    assert isinstance(plan.error, PodNotAlive)
+    assert "keeps the fixed IPs of StatefulSet 'web' for UID uid-next" in str(plan.error)
+    assert plan.free_first is None
+    dead = endpoint("uid-dead")
+    assert decide_add(attrs.evolve(facts(endpoint=dead), pod=None)).free_first == dead
 
 
 def test_a_repeated_add_asks_the_recorded_pool_again() -> None:
