@@ -246,16 +246,29 @@ def deletion_deadline(pod: Mapping[str, Any], settings: GcSettings) -> float | N
 
 
 def finished_deadline(pod: Mapping[str, Any], settings: GcSettings, now: float) -> float:
-    """The latest container ``finishedAt`` (``now`` when none is reported) + ``terminationGracePeriodSeconds``
-    + the additional delay, in Unix seconds."""
-    status = _status(pod)
-    stamps = [
-        parse_time(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
-        for c in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
-    ]
-    known = [s for s in stamps if s is not None]
+    """When the pod finished (``finished_at``) + ``terminationGracePeriodSeconds`` + the additional delay, in Unix
+    seconds."""
     grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
-    return (max(known) if known else now) + float(grace if grace is not None else 30) + settings.additional_grace_delay
+    return finished_at(pod, now) + float(grace if grace is not None else 30) + settings.additional_grace_delay
+
+
+def finished_at(pod: Mapping[str, Any], now: float) -> float:
+    """The latest container ``finishedAt``; for a pod whose containers report none (failed before one started:
+    ``ImagePullBackOff`` then ``DeadlineExceeded``, or evicted with ``ContainerStatusUnknown``), the latest
+    condition change (``lastTransitionTime``: when it stopped being ready), else when it started or was made;
+    ``now`` only when the pod says nothing at all.  A time the pod records, never the time of the look: a
+    deadline counted from each scan's ``now`` would move with every scan and never come."""
+    status = _status(pod)
+    containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    for stamps in (
+        [((c.get("state") or {}).get("terminated") or {}).get("finishedAt") for c in containers],
+        [c.get("lastTransitionTime") for c in status.get("conditions") or []],
+        [status.get("startTime"), _meta(pod).get("creationTimestamp")],
+    ):
+        known = [t for t in (parse_time(s) for s in stamps) if t is not None]
+        if known:
+            return max(known)
+    return now
 
 
 # --- the trace path (§3.1) ----------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from spider.gc import (
     judge_endpoint,
     keeps_addresses,
     node_ready,
+    pod_uid,
     static_owner,
     trace_deadline,
     trace_trigger,
@@ -517,8 +518,8 @@ class IpGarbageCollector:
             pod = await self._get("Pod", name, namespace)
         else:
             pod = self._pods.get((namespace, name))
-        if pod is not None and host_network(pod):
-            return None
+        if pod is not None and host_network(pod) and pod_uid(pod) == record.pod_uid:
+            return None  # NB: a host-network pod of another UID does not hide an older pod's record: judge it
         if endpoints is None:
             endpoint = await self._read_endpoint(namespace, name)
         else:

@@ -196,6 +196,21 @@ async def test_a_pod_re_created_under_the_same_name_keeps_its_fresh_address(priv
             assert recorded["status"]["current"]["uid"] == second["metadata"]["uid"]
 
 
+async def test_a_host_network_pod_of_the_same_name_does_not_hide_the_old_pods_address(private_store: Store) -> None:
+    """Pod ``same`` goes without a CNI DEL and comes back under the same name with ``hostNetwork``: GC skips
+    host-network pods, but not the older pod's record behind one (it would stay for as long as the new pod)."""
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store) as (ipam, _gc):
+            first = await running(store, pod("same"))
+            ip = await add(ipam, first)
+            await store.delete("Pod", "same", "default")  # no DEL for the first pod
+            host = pod("same")
+            host["spec"]["hostNetwork"] = True
+            await running(store, host)
+            await eventually(released(store, ip), within=TIMEOUT, what="the older pod's address released")
+
+
 async def test_spider_gc_releases_an_orphan_only_after_looking_twice(private_store: Store) -> None:
     store = private_store
     with trio.fail_after(TIMEOUT):

@@ -15,6 +15,7 @@ from spider.gc import (
     Observations,
     Trigger,
     decide,
+    finished_at,
     judge_endpoint,
     node_ready,
     static_owner,
@@ -208,6 +209,31 @@ def test_row_finished_stateless_not_deleting_is_traced_until_its_grace_period_th
     assert within.until == NOW + 30
     over = judge(pod(phase="Succeeded", finished_at="2027-01-15T07:00:00Z"), endpoint())
     assert over.action is Action.RELEASE_AND_DROP_ENDPOINT
+
+
+def test_a_finished_pod_whose_containers_report_no_finish_counts_its_grace_from_a_time_it_records() -> None:
+    """A Job pod failed by its deadline while its container never started (``ImagePullBackOff``): no
+    ``finishedAt`` anywhere.  Its grace period runs from its last condition change, else from when it started or
+    was made, never from the time of the look (which would move with every scan: the address would stay for
+    as long as the Pod object does)."""
+    failed = pod(phase="Failed", grace=30)
+    failed["status"]["containerStatuses"] = [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]
+    failed["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2027-01-15T07:00:00Z"},
+        {"type": "Ready", "status": "False", "lastTransitionTime": "2027-01-15T07:59:50Z"},
+    ]
+    within = judge(failed, endpoint())
+    assert within.action is Action.TRACE
+    assert within.until == NOW - 10 + 30
+    later = decide(RECORD, failed, endpoint(), node_ready=True, static_valid=None, settings=S, now=NOW + 21)
+    assert later.action is Action.RELEASE_AND_DROP_ENDPOINT
+    bare = pod(phase="Failed", grace=30)
+    bare["status"]["startTime"] = "2027-01-15T07:00:00Z"
+    assert finished_at(bare, NOW) == NOW - 3600
+    bare["status"].pop("startTime")
+    bare["metadata"]["creationTimestamp"] = "2027-01-15T06:00:00Z"
+    assert finished_at(bare, NOW) == NOW - 7200
+    assert finished_at(pod(phase="Failed"), NOW) == NOW  # the pod says nothing at all
 
 
 def test_row_finished_stateless_deleting_follows_the_deadline_rule() -> None:
