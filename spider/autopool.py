@@ -114,6 +114,12 @@ def _uid_part(uid: str) -> str:
     return uid.split("-")[-1][:5]
 
 
+def named_for(pool_name: str, uid: str) -> bool:
+    """Whether an auto pool's name carries this application UID (``auto_pool_name``'s last segment): a pool the
+    application of that UID makes, not one an earlier application of the same name made."""
+    return bool(uid) and pool_name.endswith(f"-{_uid_part(uid)}")
+
+
 def auto_pool_name(app: AppRef, nic: str, version: int) -> str:
     """``auto{4|6}-{app name}-{nic}-{first 5 of the UID's last segment}``, lower case, at most 253 characters.
 

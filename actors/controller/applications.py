@@ -52,6 +52,7 @@ from spider.autopool import (
     desired_ip_count,
     ip_number_text,
     is_auto_pool,
+    named_for,
     parse_application,
     pod_template_annotations,
     pool_reclaims,
@@ -401,8 +402,9 @@ class ApplicationController:
                     continue
                 absent.add((_name(subnet), pool_name))
                 parsed = parse_application(entry.application)
-                if parsed is not None and _builtin(parsed[0], parsed[1]) and (parsed[1], parsed[2], parsed[3]) in apps:
-                    continue  # NB: recorded just before its pool is created
+                uid = apps.get((parsed[1], parsed[2], parsed[3])) if parsed is not None else None
+                if parsed is not None and _builtin(parsed[0], parsed[1]) and uid and named_for(pool_name, uid):
+                    continue  # NB: recorded just before its pool is created (not an earlier same-name app's pool)
                 await self._forget(subnet, pool_name, entry)
         self._first_seen = {key: seen for key, seen in self._first_seen.items() if key in absent}
 

@@ -80,6 +80,7 @@ from actors.servers.webhook import AdmissionWebhook, WebhookSettings, describe_h
 from actors.stores.port import Store
 from actors.stores.selection import StoreSettings, open_store
 from actors.stores.sqlite import default_store_path
+from actors.stores.validating import ValidatingStore
 from spider.errors import SpiderError
 from spider.gc import GcSettings
 from spider.podinject import PodInjectSettings
@@ -284,7 +285,9 @@ class Controller:
                 actors.start_soon(self.gc.run)
                 if self.settings.enable_spider_subnet:
                     self.applications = ApplicationController(
-                        self.store,
+                        # NB: it writes pools' specs, which admission checks (an auto pool's IPs are what its
+                        # subnet records for it): a late resize by a deposed leader is refused, not applied
+                        ValidatingStore(self.store, self.settings.admission),
                         SubnetRegistry(self.store, Supervisor(actors)),
                         ApplicationSettings(
                             enable_spider_subnet=self.settings.enable_spider_subnet,
@@ -418,8 +421,9 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
     """
     own_store = store is None
     if store is None:
-        # NB: not the ValidatingStore: the controller writes only status, finalizers, its Lease, Secret and the
-        # webhook configurations' caBundle, none of which goes through admission on Kubernetes either.
+        # NB: not the ValidatingStore: the controller writes status, finalizers, its Lease, Secret and the webhook
+        # configurations' caBundle, none of which goes through admission on Kubernetes either; the one part that
+        # writes specs (the auto pools' ApplicationController) is given a ValidatingStore of its own.
         store = await open_store(settings.store)
     controller = Controller(settings, store, LeaderElector(store, settings.leader_settings()))
     try:

@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from actors.controller.applications import ApplicationController, ApplicationSettings
 from actors.ipam.subnet import SubnetRegistry
 from actors.runtime.supervisor import Supervisor
-from actors.stores.port import NotFound, Obj, Store
-from spider.autopool import LABEL_RECLAIM, AppRef, auto_pool_object
+from actors.stores.port import Invalid, NotFound, Obj, PassThrough, Store
+from actors.stores.validating import ValidatingStore
+from spider.addr import IPSet
+from spider.autopool import LABEL_RECLAIM, AppRef, SubnetClaim, auto_pool_object
 from spider.subnet import rfc3339
 from tests.controller.support import eventually, subnet
 from tests.controller.test_reconciler import reconciling
@@ -40,7 +43,10 @@ def deployment(replicas: int, *, kind: str = "Deployment", reclaim: bool = True,
 @asynccontextmanager
 async def controlling(store: Store, **options: Any) -> AsyncIterator[ApplicationController]:
     async with reconciling(store), trio.open_nursery() as nursery:
-        controller = ApplicationController(store, SubnetRegistry(store, Supervisor(nursery)), **options)
+        # NB: wired as spider controller wires it: its pool writes go through admission
+        controller = ApplicationController(
+            ValidatingStore(store), SubnetRegistry(store, Supervisor(nursery)), **options
+        )
         await nursery.start(controller.run)
         yield controller
         nursery.cancel_scope.cancel(reason="test over")
@@ -343,3 +349,90 @@ async def test_a_third_party_applications_reclaim_pool_goes_when_its_owner_is_go
             await eventually(mine_gone)
     unserved = [r for r in caplog.records if "CloneSet" in r.getMessage()]
     assert len(unserved) == 1
+
+
+@attrs.define
+class HeldPoolWrites(PassThrough):
+    """Holds the first SpiderIPPool spec update until ``go`` is set: a deposed leader paused mid-resize."""
+
+    inner: Store
+    go: trio.Event = attrs.Factory(trio.Event)
+    held: trio.Event = attrs.Factory(trio.Event)
+
+    async def update(self, obj: Obj) -> Obj:
+        if obj.get("kind") == "SpiderIPPool" and not self.go.is_set():
+            self.held.set()
+            await self.go.wait()
+        return await self.inner.update(obj)
+
+
+async def test_a_deposed_leaders_late_resize_is_refused_so_no_address_is_in_two_pools(private_store: Store) -> None:
+    """The old leader (its cache says 5 replicas) claims two more addresses for pool X and is paused before
+    writing X; the new leader (3 replicas) records X at its 3 addresses again, and another application's pool
+    takes the two freed ones.  The old leader's write of X, guarded only by X's own version, would put them in
+    two pools; admission refuses it (X's IPs must be what the subnet records for it).  (A write admitted just
+    before the trim and applied after it is not covered: admission is a check, then a write.)"""
+    store = private_store
+    await seed_subnet(store)
+    app = AppRef.from_object(await store.create(deployment(3)))
+    claim = SubnetClaim("eth0", ("s4",))
+    sub = await store.get("SpiderSubnet", "s4")
+    refused: list[Exception] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            held = HeldPoolWrites(ValidatingStore(store))  # NB: paused before its write is admitted
+            old = ApplicationController(held, SubnetRegistry(store, Supervisor(nursery)))
+            new = ApplicationController(ValidatingStore(store), SubnetRegistry(store, Supervisor(nursery)))
+            for leader in (old, new):
+                leader._cache = {"SpiderSubnet": {("", "s4"): sub}}
+            await new._size(app, claim, 4, 3)
+
+            done = trio.Event()
+
+            async def late_resize() -> None:
+                try:
+                    await old._size(app, claim, 4, 5)
+                except Invalid as exc:
+                    refused.append(exc)
+                finally:
+                    done.set()
+
+            nursery.start_soon(late_resize)
+            await held.held.wait()
+            await new._size(app, claim, 4, 3)
+            other = AppRef("apps/v1", "Deployment", "default", "api", "0000-11111")
+            got = await new.subnets.get("s4").claim("auto4-api-eth0-11111", other.application, 2, IPSet(4))
+            await store.create(auto_pool_object(other, "eth0", 4, sub, got.to_strings(), "2", True))
+            held.go.set()
+            await done.wait()
+            nursery.cancel_scope.cancel(reason="test over")
+    assert refused, "the late resize is refused"
+    x, y = (IPSet.parse(4, p["spec"]["ips"]) for p in (await store.list("SpiderIPPool")).items)
+    assert not x.intersection(y), "no address in two pools"
+
+
+async def test_the_entry_of_a_pool_gone_unseen_is_forgotten_though_an_application_of_its_name_exists(
+    private_store: Store,
+) -> None:
+    """Application ``web`` and its pool go while no controller watches (a failover); ``web`` is made again (a
+    new UID).  The subnet's entry for the old pool names an application that exists, but not that one: it is
+    forgotten, and its addresses go back to the subnet."""
+    store = private_store
+    await seed_subnet(store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store):
+            await store.create(deployment(3))
+            await eventually(pool_with(store, lambda pools: len(pools) == 1))
+        (old,) = await auto_pools(store)
+        name = old["metadata"]["name"]
+        await store.delete("Deployment", "web", "default")
+        await store.update({**old, "metadata": {**old["metadata"], "finalizers": []}})
+        await store.delete("SpiderIPPool", name)
+        await store.create(deployment(3))
+        async with controlling(store, settings=ApplicationSettings(resync_period=0.2)):
+
+            async def forgotten() -> bool:
+                return name not in controlled(await store.get("SpiderSubnet", "s4"))
+
+            await eventually(forgotten, what="the gone pool's entry forgotten")
+            await eventually(pool_with(store, lambda pools: len(pools) == 1 and pools[0]["metadata"]["name"] != name))

@@ -16,6 +16,7 @@ from actors.ipam.service import IpamService
 from actors.runtime.supervisor import Supervisor
 from actors.servers.metrics import MetricsSettings
 from actors.stores.port import Store
+from actors.stores.validating import ValidatingStore
 from tests.controller.support import eventually, pool, subnet
 from tests.controller.test_controller import ready, settings
 from tests.controller.test_gc import FAST, NODE, add, pod, released, running
@@ -46,6 +47,9 @@ async def test_a_gc_release_and_the_pool_totals_are_scraped_from_the_leader(
                 await eventually(released(store, ip), within=TIMEOUT, what="the address released by the GC")
                 agent.cancel_scope.cancel()
             assert controller.gc is not None
+            # NB: the auto pools' controller writes pool specs through admission, as an API client would
+            assert controller.applications is not None
+            assert isinstance(controller.applications.store, ValidatingStore)
 
             async def subnet_counted_and_release_done() -> bool:  # NB: the GC counts once the endpoint is dropped
                 got = await scrape(port)
