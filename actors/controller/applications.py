@@ -295,15 +295,14 @@ class ApplicationController:
     async def _find_pool(self, app: AppRef, nic: str, version: int, subnet: str) -> Obj | None:
         labels = reuse_labels(app, nic, version, subnet)
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        pools = (await self.store.list(POOL, label_selector=selector)).items
-        pools = [p for p in pools if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        pools = [p for p in (await self.store.list(POOL, label_selector=selector)).items if _reusable(p, app)]
         if len(pools) > 1:
             names = sorted(str(p["metadata"]["name"]) for p in pools)
             raise AmbiguousAutoPool(app=app.application, pools=tuple(names))
         if not pools:
             others = (await self.store.list(POOL, label_selector=_selector_without_subnet(labels))).items
             for other in others:
-                if (other.get("metadata") or {}).get("deletionTimestamp"):
+                if not _reusable(other, app):
                     continue
                 log.warning(
                     "ApplicationSubnetChanged: %s had auto pool %s from SpiderSubnet %s, now asks for %s",
@@ -525,6 +524,16 @@ def _builtin(gv_label: str, kind: str) -> bool:
 
 def _allocated(pool: Obj) -> bool:
     return bool((pool.get("status") or {}).get("allocatedIPs"))
+
+
+def _reusable(pool: Obj, app: AppRef) -> bool:
+    """Whether ``app`` may take this pool of its kind, namespace and name: not Terminating, and kept by its
+    application (``ippool-reclaim`` false) or already its own (I00015); a reclaim pool of an earlier application
+    of the same name goes with that application, even when the new one is seen before the old one's deletion."""
+    meta = pool.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    return not pool_reclaims(pool) or (meta.get("labels") or {}).get(LABEL_APP_UID) == app.uid
 
 
 def _selector_without_subnet(labels: dict[str, str]) -> str:

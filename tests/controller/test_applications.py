@@ -17,7 +17,8 @@ from actors.runtime.supervisor import Supervisor
 from actors.stores.port import Invalid, NotFound, Obj, PassThrough, Store
 from actors.stores.validating import ValidatingStore
 from spider.addr import IPSet
-from spider.autopool import LABEL_RECLAIM, AppRef, SubnetClaim, auto_pool_object
+from spider.autopool import LABEL_APP_UID, LABEL_RECLAIM, AppRef, SubnetClaim, auto_pool_object
+from spider.pool import PoolLedger, Record
 from spider.subnet import rfc3339
 from tests.controller.support import eventually, subnet
 from tests.controller.test_reconciler import reconciling
@@ -106,6 +107,36 @@ async def test_a_deployment_gets_a_pool_of_its_replicas_that_grows_shrinks_and_g
                 return controlled(await store.get("SpiderSubnet", "s4")) == {}
 
             await eventually(subnet_restored)
+
+
+async def test_an_earlier_applications_reclaim_pool_is_never_taken_over_by_a_new_one_of_its_name(
+    private_store: Store,
+) -> None:
+    """``web`` (reclaim) is deleted and made again before the controller handles the deletion (a failover, or
+    both events merged in its queue), while an old pod still holds an address in its pool: the new ``web`` gets
+    a pool of its own, and the old one stays the old application's until it drains and goes, as Spiderpool
+    re-uses only pools kept with ``ippool-reclaim: "false"`` (I00015)."""
+    store = private_store
+    await seed_subnet(store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store):
+            await store.create(deployment(2))
+            await eventually(pool_with(store, lambda ps: len(ps) == 1))
+        (old,) = await auto_pools(store)
+        ledger = PoolLedger.from_object(old)  # NB: an old pod still holds an address: the pool cannot go yet
+        ledger.records[0x0A060001] = Record("default/web-old", "uid-web-old", "eth0", "ctr", "node-1")
+        await store.update_status({**old, "status": ledger.to_status()})
+        old_uid = old["metadata"]["labels"][LABEL_APP_UID]
+        await store.delete("Deployment", "web", "default")  # no controller sees it
+        uid = (await store.create(deployment(2)))["metadata"]["uid"]
+        async with controlling(store):
+
+            async def both_owned() -> bool:
+                pools = await auto_pools(store)
+                owners = {p["metadata"]["name"]: p["metadata"]["labels"][LABEL_APP_UID] for p in pools}
+                return sorted(owners.values()) == sorted([old_uid, uid]) and owners[old["metadata"]["name"]] == old_uid
+
+            await eventually(both_owned, what="a pool of the new application's own beside the old one's")
 
 
 async def test_a_kept_pool_is_reused_by_the_same_kind_and_name_but_not_by_another_kind(private_store: Store) -> None:
