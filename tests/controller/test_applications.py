@@ -109,6 +109,17 @@ async def test_a_deployment_gets_a_pool_of_its_replicas_that_grows_shrinks_and_g
             await eventually(subnet_restored)
 
 
+async def web_with_its_pool(store: Store, replicas: int) -> Obj:
+    """Subnet ``s4`` and Deployment ``web`` of ``replicas``, given its auto pool by a controller that then stops
+    (a failover begins); the pool."""
+    await seed_subnet(store)
+    async with controlling(store):
+        await store.create(deployment(replicas))
+        await eventually(pool_with(store, lambda ps: len(ps) == 1))
+    (pool,) = await auto_pools(store)
+    return pool
+
+
 async def test_an_earlier_applications_reclaim_pool_is_never_taken_over_by_a_new_one_of_its_name(
     private_store: Store,
 ) -> None:
@@ -117,12 +128,8 @@ async def test_an_earlier_applications_reclaim_pool_is_never_taken_over_by_a_new
     a pool of its own, and the old one stays the old application's until it drains and goes, as Spiderpool
     re-uses only pools kept with ``ippool-reclaim: "false"`` (I00015)."""
     store = private_store
-    await seed_subnet(store)
     with trio.fail_after(TIMEOUT):
-        async with controlling(store):
-            await store.create(deployment(2))
-            await eventually(pool_with(store, lambda ps: len(ps) == 1))
-        (old,) = await auto_pools(store)
+        old = await web_with_its_pool(store, 2)
         ledger = PoolLedger.from_object(old)  # NB: an old pod still holds an address: the pool cannot go yet
         ledger.records[0x0A060001] = Record("default/web-old", "uid-web-old", "eth0", "ctr", "node-1")
         await store.update_status({**old, "status": ledger.to_status()})
@@ -449,12 +456,8 @@ async def test_the_entry_of_a_pool_gone_unseen_is_forgotten_though_an_applicatio
     new UID).  The subnet's entry for the old pool names an application that exists, but not that one: it is
     forgotten, and its addresses go back to the subnet."""
     store = private_store
-    await seed_subnet(store)
     with trio.fail_after(TIMEOUT):
-        async with controlling(store):
-            await store.create(deployment(3))
-            await eventually(pool_with(store, lambda pools: len(pools) == 1))
-        (old,) = await auto_pools(store)
+        old = await web_with_its_pool(store, 3)
         name = old["metadata"]["name"]
         await store.delete("Deployment", "web", "default")
         await store.update({**old, "metadata": {**old["metadata"], "finalizers": []}})
