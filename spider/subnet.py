@@ -77,6 +77,13 @@ class Controlled:
         return out
 
 
+def _younger(claimed_at: str | None, now: str | None, seconds: float) -> bool:
+    """Whether a ``claimedAt`` is less than ``seconds`` before ``now`` (both RFC 3339); unknown: not younger."""
+    claimed = parse_rfc3339(claimed_at) if claimed_at else None
+    current = parse_rfc3339(now) if now else None
+    return claimed is not None and current is not None and current - claimed < seconds
+
+
 def rfc3339(epoch: float) -> str:
     """``epoch`` (seconds) as a Kubernetes timestamp, UTC, to the second (``2024-05-01T12:00:00Z``)."""
     return datetime.datetime.fromtimestamp(int(epoch), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -215,9 +222,18 @@ class SubnetLedger:
         self.controlled[pool] = Controlled(mine, application, now)
         return mine
 
-    def record(self, pool: str, application: str | None, ips: IPSet) -> bool:
-        """Set ``pool``'s entry to ``ips`` (after a shrink, or to adopt a manual pool); whether it changed."""
+    def record(
+        self, pool: str, application: str | None, ips: IPSet, *, now: str | None = None, trim_after: float = 0.0
+    ) -> bool:
+        """Set ``pool``'s entry to ``ips`` (after a shrink, or to adopt a manual pool); whether it changed.
+
+        With ``trim_after`` (seconds), addresses the entry holds beyond ``ips`` are kept while its ``claimedAt``
+        is younger than that at ``now``: a claim that recent may belong to a resize whose pool write is still on
+        its way (a deposed leader's), and handing its addresses to another pool meanwhile would put them in two.
+        """
         old = self.controlled.get(pool)
+        if old is not None and trim_after > 0 and _younger(old.claimed_at, now, trim_after):
+            ips = ips.union(old.ips)
         new = Controlled(ips.intersection(self.available), application, old.claimed_at if old else None)
         if self.controlled.get(pool) == new:
             return False

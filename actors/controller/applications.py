@@ -290,7 +290,9 @@ class ApplicationController:
                 log.info(
                     "auto pool %s of %s resized from %d to %d IPs", name, app.application, current.count, ips.count
                 )
-        await handle.record(name, app.application, ips)  # NB: after a shrink, or to repair an interrupted one
+        # NB: after a shrink, or to repair an interrupted one; not of a claim younger than the claim window, which
+        # may be another (deposed) leader's resize whose pool write is still on its way
+        await handle.record(name, app.application, ips, trim_after=self.settings.claim_window)
 
     async def _find_pool(self, app: AppRef, nic: str, version: int, subnet: str) -> Obj | None:
         labels = reuse_labels(app, nic, version, subnet)

@@ -52,12 +52,14 @@ class Claim:
 
 @attrs.frozen
 class Record:
-    """Set ``pool``'s entry to ``ips`` (after its spec shrank, or a manual pool is adopted)."""
+    """Set ``pool``'s entry to ``ips`` (after its spec shrank, or a manual pool is adopted); addresses claimed
+    less than ``trim_after`` seconds ago stay recorded (``SubnetLedger.record``)."""
 
     pool: str
     application: str | None
     ips: IPSet
     reply: Reply[bool]
+    trim_after: float = 0.0
 
 
 @attrs.frozen
@@ -93,10 +95,11 @@ class SubnetHandle:
         await self._registry.deliver(self.name, Claim(pool, application, count, current, reply))
         return await reply.wait()
 
-    async def record(self, pool: str, application: str | None, ips: IPSet) -> bool:
-        """Record ``pool`` as holding exactly ``ips``; whether the status changed."""
+    async def record(self, pool: str, application: str | None, ips: IPSet, *, trim_after: float = 0.0) -> bool:
+        """Record ``pool`` as holding exactly ``ips`` (but what was claimed less than ``trim_after`` seconds ago);
+        whether the status changed."""
         reply = Reply[bool].open()
-        await self._registry.deliver(self.name, Record(pool, application, ips, reply))
+        await self._registry.deliver(self.name, Record(pool, application, ips, reply, trim_after))
         return await reply.wait()
 
     async def release(self, pool: str, *, unless_claimed_since: str | None = None) -> bool:
@@ -157,8 +160,8 @@ class SubnetActor:
                         ips = ledger.claim(pool, app, count, current, taken=others, reserved=reserved, now=now)
                         results.append((outcome.Value(ips), ledger.controlled.get(pool) != before))
                         taken[pool] = taken.get(pool, IPSet(ledger.version)).union(ips)
-                    case Record(pool=pool, application=app, ips=ips):
-                        changed = ledger.record(pool, app, ips)
+                    case Record(pool=pool, application=app, ips=ips, trim_after=trim_after):
+                        changed = ledger.record(pool, app, ips, now=self.clock(), trim_after=trim_after)
                         results.append((outcome.Value(changed), changed))
                     case Release(pool=pool, unless_claimed_since=since):
                         changed = ledger.release(pool, unless_claimed_since=since)

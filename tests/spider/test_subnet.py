@@ -61,6 +61,20 @@ def test_shrink_gives_back_only_unallocated_addresses_lowest_first() -> None:
         shrink("p", current, ips("10.6.0.1-10.6.0.4"), 2)
 
 
+def test_a_trim_of_a_young_claim_waits_and_one_of_an_old_claim_or_without_a_limit_does_not() -> None:
+    """A claim younger than ``trim_after`` may be another leader's resize whose pool write is still on its way:
+    its addresses stay recorded (so no other pool is given them) until the claim is that old."""
+    ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.20"]))
+    ledger.claim("a", "app-a", 5, IPSet(4), now=rfc3339(1000.0))
+    assert not ledger.record("a", "app-a", ips("10.6.0.1-10.6.0.3"), now=rfc3339(1059.0), trim_after=60)
+    assert ledger.controlled["a"].ips == ips("10.6.0.1-10.6.0.5")
+    assert ledger.record("a", "app-a", ips("10.6.0.1-10.6.0.3"), now=rfc3339(1060.0), trim_after=60)
+    assert ledger.controlled["a"].ips == ips("10.6.0.1-10.6.0.3")
+    ledger.claim("b", "app-b", 4, IPSet(4), now=rfc3339(2000.0))
+    assert ledger.record("b", "app-b", ips("10.6.0.4-10.6.0.5"), now=rfc3339(2001.0))  # no limit: at once
+    assert ledger.controlled["b"].ips == ips("10.6.0.4-10.6.0.5")
+
+
 def test_status_counts_the_addresses_handed_to_pools() -> None:
     ledger = SubnetLedger.from_object(subnet(["10.6.0.1-10.6.0.10"], ["10.6.0.10"]))
     ledger.claim("a", "apps_v1_Deployment_ns_a", 2, IPSet(4))
