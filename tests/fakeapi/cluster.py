@@ -6,6 +6,10 @@ answers the real API server gives, each as an ``ApiError`` carrying the ``Status
 (kube-apiserver's generic registry, the custom resource strategy, the watch cache; checked against the
 upstream code, see ``tests/fakeapi/__init__.py``):
 
+- pruning: a field a custom resource's structural schema does not list is dropped on every write, unless
+  the schema says ``x-kubernetes-preserve-unknown-fields`` (``apiserver/schema/pruning``); and metadata keeps
+  only the fields ``ObjectMeta`` has, for every kind (the server decodes it into that struct).  So a status
+  field our CRD forgot is silently gone when read back, as on a real server.
 - defaulting: the OpenAPI ``default:`` values of a custom resource's schema (its CRD's
   ``openAPIV3Schema``; for our kinds, ``deploy/crds/*.yaml``) fill in absent fields on create and on every
   update, status subresource included, as the structural-schema defaulting of apiextensions-apiserver does
@@ -30,7 +34,8 @@ upstream code, see ``tests/fakeapi/__init__.py``):
   ``ADDED``/``DELETED``; ``DELETED`` carries the last state stamped with the deletion's version.
 
 Not modelled: managedFields, admission webhooks, dry run, patch, per-kind validation of
-built-in specs, schema validation and pruning of custom resources, and garbage collection by owner references.
+built-in specs (and the pruning of their unknown fields), schema validation of custom resources, and garbage
+collection by owner references.
 """
 
 from __future__ import annotations
@@ -190,6 +195,42 @@ def apply_defaults(value: object, schema: Obj) -> None:
         if isinstance(items, dict):
             for item in value:
                 apply_defaults(item, items)
+
+
+OBJECT_META_FIELDS = frozenset(
+    {
+        "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+        "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
+        "ownerReferences", "finalizers", "zz_deprecatedClusterName", "clusterName", "managedFields",
+    }
+)  # fmt: skip
+"""The fields of ``metav1.ObjectMeta`` (Kubernetes 1.24): a write's metadata keeps these and loses the rest."""
+
+
+def prune_unknown(value: object, schema: Obj, *, root: bool = False) -> None:
+    """Drop, in place, what a structural schema does not list, as apiextensions-apiserver's
+    ``structuralpruning.Prune``: an object's keys outside ``properties`` go unless ``additionalProperties``
+    describes them or ``x-kubernetes-preserve-unknown-fields`` is set; ``items`` are pruned in turn; at the
+    resource's root (and in an ``x-kubernetes-embedded-resource``) ``apiVersion``, ``kind`` and ``metadata``
+    stay (metadata is ``ObjectMeta``'s business)."""
+    if isinstance(value, dict):
+        properties: Obj = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields")) or extra is True
+        embedded = root or bool(schema.get("x-kubernetes-embedded-resource"))
+        for key in list(value):
+            if embedded and key in ("apiVersion", "kind", "metadata"):
+                continue
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            if isinstance(sub, dict):
+                prune_unknown(value[key], sub)
+            elif not keep_unknown:
+                del value[key]
+    elif isinstance(value, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for item in value:
+                prune_unknown(item, items)
 
 
 def crd_schemas(crd: Obj) -> dict[tuple[str, str, str], Obj]:
@@ -362,11 +403,14 @@ class Cluster:
             got = f"{body.get('apiVersion')}, Kind={body.get('kind')}"
             raise ApiError(400, "BadRequest", f"the API version in the data ({got}) does not match the resource")
         schema = self.schemas.get((r.group, r.version, r.plural)) if r.custom else None
-        if schema is not None:  # NB: defaults never touch metadata (the schema cannot describe it)
+        if schema is not None:  # NB: as the server decodes a custom resource: pruned, then defaulted
             metadata = body.pop("metadata", {})
-            apply_defaults(body, schema)
+            prune_unknown(body, schema, root=True)
+            apply_defaults(body, schema)  # NB: defaults never touch metadata (the schema cannot describe it)
             body["metadata"] = metadata
         m = body.setdefault("metadata", {})
+        for unknown in [k for k in m if k not in OBJECT_META_FIELDS]:
+            del m[unknown]
         if r.namespaced:
             if not m.get("namespace"):
                 m["namespace"] = namespace

@@ -25,6 +25,7 @@ from actors.stores.port import (
 )
 from spider.errors import InvalidInput
 from spider.kinds import SPIDER_API_VERSION
+from spider.pool import Owner, PoolLedger
 from tests.stores.conftest import Backend, take
 
 TIMEOUT = 10  # seconds; an absolute bound on every test's I/O
@@ -420,6 +421,22 @@ def endpoint_status(uid: str) -> dict[str, Any]:
         "ownerControllerType": "Pod",
         "ownerControllerName": "web",
     }
+
+
+async def test_a_pool_status_as_the_pool_actors_write_it_reads_back_whole(store: Store, run: str) -> None:
+    """Every field of a pool's status the ledger writes (ours included: ``releasedIPs``, ``freeIPCount``) is in
+    the CRD's schema, so an API server, which prunes what its schema does not list, keeps all of it."""
+    with trio.fail_after(TIMEOUT):
+        created = await store.create(pool(run))
+        ledger = PoolLedger.from_object(created)
+        for n in (1, 2):
+            ledger.allocate(Owner(f"uid-{n}", "eth0", "default", f"pod-{n}", f"ctr-{n}", "node-1", 1765000000.5))
+        ledger.release(("uid-1", "eth0"), "ctr-1", now=1765000100.25)
+        status = ledger.to_status()
+        assert {"allocatedIPs", "releasedIPs", "freeIPCount"} <= set(status)
+        written = await store.update_status(dict(created, status=status))
+        assert written["status"] == status
+        assert (await store.get("SpiderIPPool", meta(created)["name"]))["status"] == status
 
 
 async def test_kind_without_status_subresource_writes_status_with_update(store: Store, run: str) -> None:
