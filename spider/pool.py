@@ -448,9 +448,14 @@ def decode_allocated(
         raise InvalidSpec(kind=KIND, name="", reason=f"'status.allocatedIPs' is corrupt: {exc}") from None
 
 
+_SERVER_STAMPS = frozenset({"resourceVersion", "managedFields"})
+"""Metadata an API server rewrites on every write (``managedFields`` carries a time) and ``IPPool`` never reads."""
+
+
 def _identity(obj: Mapping[str, Any]) -> tuple[Any, Any]:
-    """All of a stored pool that ``IPPool.from_object`` may read: everything but the status and version."""
-    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    """All of a stored pool that ``IPPool.from_object`` may read: everything but the status and the server's
+    stamps."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _SERVER_STAMPS}
     return meta, obj.get("spec")
 
 

@@ -136,6 +136,19 @@ def test_catching_up_across_a_spec_change_decodes_afresh() -> None:
     assert caught.records == ledger.records
 
 
+def test_catching_up_with_a_write_that_moved_only_server_owned_metadata_is_levelled_in_place() -> None:
+    """A real API server restamps ``managedFields`` (its ``time``, to the second) and the version on every status
+    write; neither is anything ``IPPool.from_object`` reads, so the catch-up stays in place."""
+    managed = [{"manager": "spider", "operation": "Update", "subresource": "status", "time": "2026-12-07T05:00:00Z"}]
+    ledger = PoolLedger.from_object({**POOL, "metadata": {**POOL["metadata"], "managedFields": managed}})
+    ledger.allocate(owner(1, 0))
+    later = [dict(managed[0], time="2026-12-07T05:00:01Z")]
+    written = {**POOL, "metadata": {"name": "p", "resourceVersion": "2", "managedFields": later}}
+    caught = ledger.catch_up({**written, "status": ledger.to_status()})
+    assert caught is ledger
+    assert caught.records == PoolLedger.from_object({**written, "status": ledger.to_status()}).records
+
+
 def stored_pool(allocated: str, released: object = None) -> dict[str, Any]:
     status: dict[str, Any] = {"allocatedIPs": allocated}
     if released is not None:
