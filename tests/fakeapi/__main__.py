@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind} {resource} {code}": n for (kind, resource, code), n in sorted(server.served_by_resource.items())
         },
         "writes": server.cluster.writes,
+        "gzipped": server.gzipped,
     }
     if args.stats is not None:
         args.stats.write_text(json.dumps(stats, indent=2) + "\n")

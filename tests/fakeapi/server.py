@@ -13,6 +13,10 @@ Metadata-only reads: a GET (or list) whose ``Accept`` asks for ``as=PartialObjec
 alone, as ``meta.k8s.io`` ``PartialObjectMetadata``, as kube-apiserver does (client-go's metadata client).  The
 server still reads and decodes the whole stored object for it, so its latency is that of the whole object.
 
+Compression: an answer over 128 KiB to a request whose ``Accept-Encoding`` names ``gzip`` is gzipped (level 1),
+as kube-apiserver's ``APIResponseCompression`` (on by default since 1.16; level 1 since kubernetes#112299, 4
+before) does for every non-watch answer; aiohttp asks for it unless told not to.
+
 Latency (``tests.fakeapi.latency``, off unless given): each request is served after the time the model gives
 for its kind and size, concurrently with other requests (each connection's task sleeps on its own).  A write
 sleeps *first* and is then checked and committed in one step, as etcd's compare-and-swap ends a write: of two
@@ -22,6 +26,7 @@ answered from the state at its start and delivered after its latency; watch even
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
@@ -43,12 +48,23 @@ from tests.fakeapi.cluster import ApiError, Cluster, NotServed, Obj, Resource
 from tests.fakeapi.latency import LatencyModel
 
 JSON = "application/json"
+GZIP_THRESHOLD = 128 * 1024
+"""Bytes an answer must exceed before it is compressed (kube-apiserver's ``defaultGzipThresholdBytes``)."""
+GZIP_LEVEL = 1
+"""kube-apiserver's ``defaultGzipContentEncodingLevel`` (kubernetes#112299)."""
 T = TypeVar("T")
 WRITES = frozenset({"create", "update", "updateStatus", "patch", "delete"})
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 """TokenReviews are created and answered, never stored (``Cluster.review_token``; tokens from ``mint_token``)."""
 TOKEN_REQUEST = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/serviceaccounts/(?P<account>[^/]+)/token")
 """TokenRequests of any ServiceAccount (none is stored) are answered with a token ``mint_token`` made."""
+
+
+def accepts_gzip(head: h11.Request) -> bool:
+    """Whether a request's ``Accept-Encoding`` names ``gzip`` (kube-apiserver's ``negotiateContentEncoding``: a
+    comma-separated token that is exactly ``gzip``, quality values not read)."""
+    accepted = dict(head.headers).get(b"accept-encoding", b"").decode("latin-1")
+    return any(token.strip() == "gzip" for token in accepted.split(","))
 
 
 def metadata_only(accept: str) -> str:
@@ -134,6 +150,8 @@ class FakeApiServer:
     """(method, path?query) of every request, in order."""
     answers: Counter[int] = attrs.Factory(Counter)
     """How many answers of each HTTP code were sent (watch streams not counted)."""
+    gzipped: int = 0
+    """Answers sent gzipped (``Accept-Encoding: gzip`` and over ``GZIP_THRESHOLD``)."""
     latency: LatencyModel = attrs.Factory(LatencyModel)
     """How long requests take (``LatencyModel()``: no time at all, the default for tests)."""
     served: Counter[tuple[str, int]] = attrs.Factory(Counter)
@@ -236,11 +254,24 @@ class FakeApiServer:
         await stream.send_all(data)
 
     async def _answer(
-        self, conn: h11.Connection, stream: trio.abc.Stream, code: int, body: object, content_type: str = JSON
+        self,
+        conn: h11.Connection,
+        stream: trio.abc.Stream,
+        code: int,
+        body: object,
+        content_type: str = JSON,
+        *,
+        gzipped: bool = False,
     ) -> None:
+        """Send one whole answer; ``gzipped``: the client accepts gzip (compressed when over the threshold)."""
         self.answers[code] += 1
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = [("Content-Type", content_type), ("Content-Length", str(len(data)))]
+        headers = [("Content-Type", content_type)]
+        if gzipped and len(data) > GZIP_THRESHOLD:
+            data = gzip.compress(data, compresslevel=GZIP_LEVEL)
+            self.gzipped += 1
+            headers += [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")]
+        headers.append(("Content-Length", str(len(data))))
         await self._send(conn, stream, h11.Response(status_code=code, headers=headers), h11.Data(data=data))
         await self._send(conn, stream, h11.EndOfMessage())
 
@@ -319,7 +350,7 @@ class FakeApiServer:
             await self._wait(kind, len(data))  # NB: a metadata-only read costs the server the whole object too
         if partial and code == 200:
             data = json.dumps(partial_metadata(answer, partial)).encode()
-        await self._answer(conn, stream, code, data)
+        await self._answer(conn, stream, code, data, gzipped=accepts_gzip(head))
 
     async def _wait(self, kind: str, size: int) -> None:
         """The latency model's time for one request (nothing when the model is off)."""

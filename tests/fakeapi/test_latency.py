@@ -23,31 +23,40 @@ from tests.fakeapi.latency import MEASURED, VERBS
 POOLS = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools"
 
 
-async def call(
-    server: FakeApiServer, method: str, path: str, body: object = None, accept: str = "application/json"
-) -> tuple[int, Any]:
-    """One request on a connection of its own: the answer's code and decoded JSON."""
+async def exchange(
+    server: FakeApiServer, method: str, path: str, body: object = None, *more: tuple[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own, with headers ``more``: the answer's code, headers and body as
+    sent (not decompressed)."""
     stream = await trio.open_tcp_stream(server.host, server.port)
     conn = h11.Connection(h11.CLIENT)
     data = b"" if body is None else json.dumps(body).encode()
-    headers = [("Host", "fake"), ("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
-    headers.append(("Accept", accept))
+    headers = [("Host", "fake"), ("Content-Type", "application/json"), ("Content-Length", str(len(data))), *more]
     async with stream:
         await stream.send_all(conn.send(h11.Request(method=method, target=path, headers=headers)) or b"")
         await stream.send_all(
             (conn.send(h11.Data(data=data)) if data else b"") + (conn.send(h11.EndOfMessage()) or b"")
         )
-        code, received = 0, bytearray()
+        code, answer_headers, received = 0, dict[str, str](), bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 conn.receive_data(bytes(await stream.receive_some(65536)))
             elif isinstance(event, h11.Response):
                 code = event.status_code
+                answer_headers = {k.decode(): v.decode() for k, v in event.headers}
             elif isinstance(event, h11.Data):
                 received += event.data
             elif isinstance(event, h11.EndOfMessage):
-                return code, json.loads(received)
+                return code, answer_headers, bytes(received)
+
+
+async def call(
+    server: FakeApiServer, method: str, path: str, body: object = None, accept: str = "application/json"
+) -> tuple[int, Any]:
+    """One request on a connection of its own: the answer's code and decoded JSON."""
+    code, _, received = await exchange(server, method, path, body, ("Accept", accept))
+    return code, json.loads(received)
 
 
 def pool(name: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import ssl
 import sys
@@ -356,6 +357,19 @@ async def test_custom_resources_come_back_with_the_defaults_of_their_crd_schema(
             assert got["status"] == created["status"]
             made = await kube.create(pool("p"))
             assert (made["spec"]["default"], made["spec"]["disable"]) == (False, False)
+
+
+async def test_a_large_answer_comes_gzipped_and_reads_as_sent(fake: FakeApiServer, kube: KubeStore) -> None:
+    # kube-apiserver gzips answers over 128 KiB for a client that accepts it, and aiohttp asks for it
+    records = {f"10.6.{i // 250}.{i % 250 + 1}": {"pod": f"ns/p-{i}", "podUid": f"u-{i:040d}"} for i in range(2000)}
+    status = {"allocatedIPs": json.dumps(records), "allocatedIPCount": len(records)}
+    with trio.fail_after(TIMEOUT):
+        created = await kube.create(pool("big"))
+        written = await kube.update_status(dict(created, status=status))
+        assert written["status"] == status
+        assert (await kube.get("SpiderIPPool", "big"))["status"] == status
+        assert [o["status"] for o in (await kube.list("SpiderIPPool")).items] == [status]
+    assert fake.gzipped >= 3  # the status write's answer, the read and the list
 
 
 # --- credentials -------------------------------------------------------------------------------------------
