@@ -680,10 +680,13 @@ class KubeStore:
             return None
         return str((status.get("user") or {}).get("username") or "") or None
 
-    async def request_token(self, namespace: str, account: str, *, create: bool = False) -> tuple[str, bool]:
+    async def request_token(
+        self, namespace: str, account: str, *, create: bool = False, seconds: int = 3600
+    ) -> tuple[str, bool]:
         """A token of ServiceAccount ``namespace/account`` by a TokenRequest, as ``kubectl create token`` gets
-        one, and whether the account was made here (``create``: when missing; a server that keeps no
-        ServiceAccounts, 404, is asked anyway).  For ``spider loadtest``'s agents, which run outside a Pod."""
+        one, valid ``seconds`` (the server may cut it to its maximum), and whether the account was made here
+        (``create``: when missing; a server that keeps no ServiceAccounts, 404, is asked anyway).  For ``spider
+        loadtest``'s agents, which run outside a Pod."""
         created = False
         if create:
             body = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}}
@@ -693,7 +696,11 @@ class KubeStore:
             with contextlib.suppress(AlreadyExists, NotFound, StoreUnavailable):
                 await self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts", target, body=body)
                 created = True
-        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": seconds},
+        }
         target = _Target("TokenRequest", account, namespace, verb="create")
         path = f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(account)}/token"
         answer = await self._call("POST", path, target, body=request)

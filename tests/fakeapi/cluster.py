@@ -6,6 +6,11 @@ answers the real API server gives, each as an ``ApiError`` carrying the ``Status
 (kube-apiserver's generic registry, the custom resource strategy, the watch cache; checked against the
 upstream code, see ``tests/fakeapi/__init__.py``):
 
+- managedFields: every create and every write that changes the object stamps the entry of its manager
+  (``fieldManager``, else the User-Agent up to its first ``/``), operation ``Update`` and subresource with the
+  time, to the second, and the top-level fields written; the other entries stay (``fieldmanager``'s
+  ``managedFieldsUpdater``).  So an object read twice across a write differs in its metadata, as on a real
+  server.
 - pruning: a field a custom resource's structural schema does not list is dropped on every write, unless
   the schema says ``x-kubernetes-preserve-unknown-fields`` (``apiserver/schema/pruning``); and metadata keeps
   only the fields ``ObjectMeta`` has, for every kind (the server decodes it into that struct).  So a status
@@ -33,9 +38,9 @@ upstream code, see ``tests/fakeapi/__init__.py``):
   compacted one an ``ERROR`` event (410 ``Expired``) on a 200 stream; selector transitions become
   ``ADDED``/``DELETED``; ``DELETED`` carries the last state stamped with the deletion's version.
 
-Not modelled: managedFields, admission webhooks, dry run, patch, per-kind validation of
-built-in specs (and the pruning of their unknown fields), schema validation of custom resources, and garbage
-collection by owner references.
+Not modelled: server-side apply (and the exact field sets of ``managedFields``), admission webhooks, dry run,
+patch, per-kind validation of built-in specs (and the pruning of their unknown fields), schema validation of
+custom resources, and garbage collection by owner references.
 """
 
 from __future__ import annotations
@@ -231,6 +236,21 @@ def prune_unknown(value: object, schema: Obj, *, root: bool = False) -> None:
         if isinstance(items, dict):
             for item in value:
                 prune_unknown(item, items)
+
+
+def stamp_managed_fields(new: Obj, old: Obj | None, manager: str, subresource: str = "") -> None:
+    """Set ``new``'s ``metadata.managedFields`` as an Update by ``manager`` leaves them: the entry of this
+    manager, operation and subresource replaced (the time now, the top-level fields it wrote), the others
+    kept as ``old`` had them."""
+    previous = ((old or {}).get("metadata") or {}).get("managedFields") or []
+    ours = (manager, "Update", subresource)
+    kept = [e for e in previous if (e.get("manager"), e.get("operation"), e.get("subresource", "")) != ours]
+    written = ("status",) if subresource else tuple(k for k in new if k not in ("apiVersion", "kind", "status"))
+    entry: Obj = {"manager": manager, "operation": "Update", "apiVersion": new.get("apiVersion", ""), "time": now()}
+    entry.update(fieldsType="FieldsV1", fieldsV1={f"f:{k}": {} for k in written})
+    if subresource:
+        entry["subresource"] = subresource
+    new["metadata"]["managedFields"] = [*kept, entry]
 
 
 def crd_schemas(crd: Obj) -> dict[tuple[str, str, str], Obj]:
@@ -504,10 +524,12 @@ class Cluster:
         except InvalidInput as exc:
             raise ApiError(400, "BadRequest", f"unable to parse requirement: {exc}") from None
 
-    def create(self, r: Resource, namespace: str, body: object) -> Obj:
+    def create(self, r: Resource, namespace: str, body: object, *, manager: str = "") -> Obj:
         obj = self._check_body(r, namespace, copy.deepcopy(body))
         m = obj["metadata"]
-        for field in ("creationTimestamp", "uid", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
+        for field in (
+            "creationTimestamp", "uid", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"
+        ):  # fmt: skip
             m.pop(field, None)
         if r.namespaced:
             ns_key = self._key(self.resource("", "v1", "namespaces"), "", namespace)
@@ -541,9 +563,10 @@ class Cluster:
                 for t, r_ in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))
             ]
             obj["status"] = {"acceptedNames": names, "conditions": conditions, "storedVersions": []}
+        stamp_managed_fields(obj, None, manager)
         return self._commit(r, namespace, "ADDED", obj, None)
 
-    def update(self, r: Resource, namespace: str, name: str, body: object, *, status: bool) -> Obj:
+    def update(self, r: Resource, namespace: str, name: str, body: object, *, status: bool, manager: str = "") -> Obj:
         stored = self._stored(r, namespace, name)
         if (r.plural, name) in self.interfere:  # another writer gets in first, every time
             foreign = copy.deepcopy(stored)
@@ -576,6 +599,9 @@ class Cluster:
         else:
             for field in ("uid", "creationTimestamp", "generation", "resourceVersion"):
                 m[field] = old[field]
+            m.pop("managedFields", None)  # NB: the server's to stamp (a client sends back what it read, or none)
+            if "managedFields" in old:
+                m["managedFields"] = copy.deepcopy(old["managedFields"])
             for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
                 m.pop(field, None)
                 if field in old:
@@ -597,6 +623,7 @@ class Cluster:
                     return self._commit(r, namespace, "DELETED", copy.deepcopy(stored), stored)
         if new == stored:
             return copy.deepcopy(stored)
+        stamp_managed_fields(new, stored, manager, "status" if status else "")
         return self._commit(r, namespace, "MODIFIED", new, stored)
 
     def delete(self, r: Resource, namespace: str, name: str, options: object) -> Obj:

@@ -35,6 +35,7 @@ import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -58,6 +59,12 @@ TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 """TokenReviews are created and answered, never stored (``Cluster.review_token``; tokens from ``mint_token``)."""
 TOKEN_REQUEST = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/serviceaccounts/(?P<account>[^/]+)/token")
 """TokenRequests of any ServiceAccount (none is stored) are answered with a token ``mint_token`` made."""
+
+
+def field_manager(head: h11.Request) -> str:
+    """The manager of a write without ``fieldManager``: the User-Agent up to its first ``/`` (kube-apiserver's
+    ``prefixFromUserAgent``)."""
+    return dict(head.headers).get(b"user-agent", b"").decode("latin-1").split("/")[0]
 
 
 def accepts_gzip(head: h11.Request) -> bool:
@@ -315,9 +322,17 @@ class FakeApiServer:
             return
         requested = TOKEN_REQUEST.fullmatch(path)
         if requested and method == "POST":  # a TokenRequest (kubectl create token): a minted token, not stored
+            try:
+                spec = dict(json.loads(body or b"{}").get("spec") or {})
+                seconds = int(spec.get("expirationSeconds") or 3600)  # NB: kube-apiserver's default: an hour
+            except (ValueError, TypeError, AttributeError):
+                await self._answer(conn, stream, 400, ApiError(400, "BadRequest", "not a TokenRequest").status())
+                return
             token = self.cluster.mint_token(requested["namespace"], requested["account"])
-            answer = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
-            answer["status"] = {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}
+            expires = datetime.now(UTC) + timedelta(seconds=seconds)
+            answer = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {**spec}}
+            answer["spec"]["expirationSeconds"] = seconds
+            answer["status"] = {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
             await self._wait("create", len(body))
             await self._answer(conn, stream, 201, answer)
             return
@@ -338,7 +353,8 @@ class FakeApiServer:
         if kind in WRITES:  # NB: the wait first, then check and commit in one step: etcd's compare-and-swap
             await self._wait(kind, len(body))
         try:
-            code, answer = self._dispatch(method, resource, namespace, name, sub, query, body)
+            manager = query.get("fieldManager") or field_manager(head)
+            code, answer = self._dispatch(method, resource, namespace, name, sub, query, body, manager)
         except ApiError as exc:
             code, answer = exc.code, exc.status()
         data = json.dumps(answer).encode()
@@ -378,7 +394,15 @@ class FakeApiServer:
         return resource, namespace, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""
 
     def _dispatch(
-        self, method: str, r: Resource, namespace: str, name: str, sub: str, query: dict[str, str], body: bytes
+        self,
+        method: str,
+        r: Resource,
+        namespace: str,
+        name: str,
+        sub: str,
+        query: dict[str, str],
+        body: bytes,
+        manager: str = "",
     ) -> tuple[int, Obj]:
         c = self.cluster
         decoded: object = None
@@ -394,9 +418,9 @@ class FakeApiServer:
             selectors = query.get("labelSelector", ""), query.get("fieldSelector", "")
             return 200, c.list(r, namespace, *selectors, limit=limit, token=query.get("continue", ""))
         if method == "POST" and not name:
-            return 201, c.create(r, namespace, decoded)
+            return 201, c.create(r, namespace, decoded, manager=manager)
         if method == "PUT" and name:
-            return 200, c.update(r, namespace, name, decoded, status=sub == "status")
+            return 200, c.update(r, namespace, name, decoded, status=sub == "status", manager=manager)
         if method == "DELETE" and name:
             return 200, c.delete(r, namespace, name, decoded)
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")

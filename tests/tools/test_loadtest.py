@@ -30,6 +30,7 @@ from actors.stores.validating import ValidatingStore
 from actors.tools.loadtest.checks import check_no_double, overlapping_holders
 from actors.tools.loadtest.drivers import api_answer, cni_answer
 from actors.tools.loadtest.fleet import (
+    AGENT_TOKEN_SECONDS,
     LABEL,
     OWNER,
     TcpClient,
@@ -38,6 +39,7 @@ from actors.tools.loadtest.fleet import (
     is_leftover,
     owner,
     pool_object,
+    request_agent_token,
 )
 from actors.tools.loadtest.report import (
     Terminated,
@@ -664,3 +666,19 @@ def test_the_cli_runs_the_subnet_scenario_only_on_the_embedded_store(tmp_path: P
     )
     assert done.returncode == 1
     assert "embedded store" in done.stderr
+
+
+async def test_the_agents_token_is_asked_to_outlast_the_run(tmp_path: Path) -> None:
+    # a TokenRequest's default is an hour: a longer run's pool host would refuse every agent from then on
+    asked: list[tuple[str, str, bool, int]] = []
+
+    class Tokens:
+        async def request_token(self, namespace: str, account: str, *, create: bool, seconds: int) -> tuple[str, bool]:
+            asked.append((namespace, account, create, seconds))
+            return "a-token", True
+
+    token = await request_agent_token(Tokens(), tmp_path, "default")  # type: ignore[arg-type]
+    assert asked == [("default", token.account, True, AGENT_TOKEN_SECONDS)]
+    assert AGENT_TOKEN_SECONDS >= 24 * 3600
+    assert token.path.read_text() == "a-token"
+    assert token.created_account

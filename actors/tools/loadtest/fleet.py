@@ -375,16 +375,21 @@ def _backend(store: Store) -> Any:
     return getattr(store, "inner", store)
 
 
+AGENT_TOKEN_SECONDS = 24 * 3600
+"""How long the agents' token is asked to last: longer than any run (a TokenRequest's default is an hour, after
+which the pool host's TokenReviews fail and every agent falls back); the server may cut it to its maximum."""
+
+
 async def request_agent_token(
     store: Store, directory: Path, namespace: str, account: str = AGENT_ACCOUNT
 ) -> AgentToken:
     """A token of ServiceAccount ``namespace/account`` (made when missing) by a TokenRequest, as ``kubectl create
-    token`` asks for one, written to ``directory/agent-token``; ``LookupError`` when the store cannot ask for one
-    (the embedded store), else what the server answered."""
+    token`` asks for one (valid ``AGENT_TOKEN_SECONDS``), written to ``directory/agent-token``; ``LookupError``
+    when the store cannot ask for one (the embedded store), else what the server answered."""
     request = getattr(_backend(store), "request_token", None)
     if request is None:
         raise LookupError("the store cannot request ServiceAccount tokens")
-    token, created = await request(namespace, account, create=True)
+    token, created = await request(namespace, account, create=True, seconds=AGENT_TOKEN_SECONDS)
     if not token:
         raise LookupError(f"the TokenRequest for {namespace}/{account} was answered without a token")
     path = directory / "agent-token"
