@@ -105,7 +105,11 @@ READ_BUFFER_BYTES = 1 << 21
 QUICK_WATCH_END = 1.0
 """Seconds: a watch the server ends sooner than this, having sent nothing, is re-opened only after a backoff."""
 _BLIND_WRITE_ATTEMPTS = 10  # read-then-write rounds of an update without resourceVersion before Conflict
-_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+_HEADERS = {"Accept": "application/json", "Content-Type": "application/json", "Accept-Encoding": "identity"}
+"""Every request's headers.  Answers uncompressed: kube-apiserver gzips an answer over 128 KiB (a pool of some
+600 records and more) for a client that accepts it, as aiohttp does unless told otherwise, and on the loopback
+or a cluster network that costs the server and us CPU, on the nodes' cores, for bytes that cost next to nothing
+to send (kubectl and kubeconfig got ``disable-compression`` in Kubernetes 1.26 for the same reason)."""
 _METADATA_ONLY = {
     **_HEADERS,
     "Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
