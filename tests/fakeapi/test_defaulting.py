@@ -45,6 +45,25 @@ WIDGETS = {
 }
 
 
+def example_crd(kind: str, plural: str, schema: dict[str, Any], *, status: bool = False) -> dict[str, Any]:
+    """A cluster-scoped CustomResourceDefinition of ``example.com/v1`` with ``schema`` (and a status
+    subresource when ``status``)."""
+    version: dict[str, Any] = {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}
+    if status:
+        version["subresources"] = {"status": {}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.example.com"},
+        "spec": {
+            "group": "example.com",
+            "names": {"kind": kind, "plural": plural},
+            "scope": "Cluster",
+            "versions": [version],
+        },
+    }
+
+
 def endpoint(ips: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": SPIDER_API_VERSION,
@@ -122,25 +141,7 @@ def test_a_spider_ippool_spec_gets_its_schema_defaults_and_a_status_write_keeps_
 
 def test_a_crd_created_through_the_api_brings_its_schema_defaults_for_spec_and_the_status_subresource() -> None:
     cluster = Cluster.new()
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "widgets.example.com"},
-        "spec": {
-            "group": "example.com",
-            "names": {"kind": "Widget", "plural": "widgets"},
-            "scope": "Cluster",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": WIDGETS},
-                    "subresources": {"status": {}},
-                }
-            ],
-        },
-    }
+    crd = example_crd("Widget", "widgets", WIDGETS, status=True)
     cluster.create(CRD_RESOURCE, "", crd)
     widgets = cluster.resource("example.com", "v1", "widgets")
     created = cluster.create(

@@ -7,8 +7,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from spider.kinds import SPIDER_API_VERSION, SPIDER_GROUP, SPIDER_VERSION
+from spider.kinds import SPIDER_GROUP, SPIDER_VERSION
 from tests.fakeapi.cluster import CRD_RESOURCE, Cluster, prune_unknown
+from tests.fakeapi.test_defaulting import example_crd
+from tests.fakeapi.test_latency import pool
 
 GADGETS = {
     "type": "object",
@@ -74,12 +76,8 @@ def test_a_schema_that_lists_everything_leaves_the_object_alone() -> None:
 def test_a_spider_ippool_status_field_the_crd_does_not_list_is_gone_when_read_back() -> None:
     cluster = Cluster.new()
     pools = cluster.resource(SPIDER_GROUP, SPIDER_VERSION, "spiderippools")
-    body = {
-        "apiVersion": SPIDER_API_VERSION,
-        "kind": "SpiderIPPool",
-        "metadata": {"name": "p"},
-        "spec": {"subnet": "10.6.0.0/16", "ips": ["10.6.0.10-10.6.0.20"], "colour": "red"},
-    }
+    body = pool("p")
+    body["spec"]["colour"] = "red"
     created = cluster.create(pools, "", body)
     assert "colour" not in created["spec"]
     status = {"allocatedIPCount": 0, "releasedIPs": "{}", "lastWriter": "us"}
@@ -108,17 +106,7 @@ def test_metadata_keeps_only_object_meta_fields_for_every_kind() -> None:
 
 def test_a_crd_created_through_the_api_prunes_its_resources() -> None:
     cluster = Cluster.new()
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "gadgets.example.com"},
-        "spec": {
-            "group": "example.com",
-            "names": {"kind": "Gadget", "plural": "gadgets"},
-            "scope": "Cluster",
-            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": GADGETS}}],
-        },
-    }
+    crd = example_crd("Gadget", "gadgets", GADGETS)
     cluster.create(CRD_RESOURCE, "", crd)
     gadgets = cluster.resource("example.com", "v1", "gadgets")
     body = {"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}, "spec": {"size": 1, "x": 2}}
