@@ -268,13 +268,13 @@ class FakeApiServer:
         body: object,
         content_type: str = JSON,
         *,
-        gzipped: bool = False,
+        gzip_ok: bool = False,
     ) -> None:
-        """Send one whole answer; ``gzipped``: the client accepts gzip (compressed when over the threshold)."""
+        """Send one whole answer; ``gzip_ok``: the client accepts gzip (compressed when over the threshold)."""
         self.answers[code] += 1
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = [("Content-Type", content_type)]
-        if gzipped and len(data) > GZIP_THRESHOLD:
+        if gzip_ok and len(data) > GZIP_THRESHOLD:
             data = gzip.compress(data, compresslevel=GZIP_LEVEL)
             self.gzipped += 1
             headers += [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")]
@@ -366,7 +366,7 @@ class FakeApiServer:
             await self._wait(kind, len(data))  # NB: a metadata-only read costs the server the whole object too
         if partial and code == 200:
             data = json.dumps(partial_metadata(answer, partial)).encode()
-        await self._answer(conn, stream, code, data, gzipped=accepts_gzip(head))
+        await self._answer(conn, stream, code, data, gzip_ok=accepts_gzip(head))
 
     async def _wait(self, kind: str, size: int) -> None:
         """The latency model's time for one request (nothing when the model is off)."""
