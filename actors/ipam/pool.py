@@ -14,7 +14,9 @@ the pool is still at it, that same cheap read answers it, without the records.  
 agents forward skip the mailbox (``PoolActor.look``): one such read, shared by every look that arrived while
 the previous one was under way, answers each whose pool is still at its version or has since been moved on
 only by this actor's own writes of allocations (``OwnWrites``), which drop no record; so the looks of every
-node cost one read, and never wait for (or split) the batches that write.
+node cost one read, and never wait for (or split) the batches that write.  The host knows which looks its last
+write will be sent (one per allocation it answered, ``AwaitedLooks``): the first to arrive waits, briefly, for
+the others, so that one read answers them all rather than one read for the first and another for the rest.
 Either way a ledger another agent has overtaken is levelled with the stored pool (``PoolLedger.catch_up``),
 not decoded anew.  No address leaves the actor before it is durable; pools serialize independently.
 
@@ -28,6 +30,7 @@ route serves what it cannot forward with this registry's actors.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import random
@@ -290,10 +293,55 @@ class OwnWrites:
         return False
 
 
+@attrs.define
+class AwaitedLooks:
+    """The last looks a hosted pool's latest write will be sent: one per allocation it answered to another
+    node (an ADD looks once its endpoint is written).  A look of that write waits, at most ``within`` seconds,
+    until every one of them has arrived (or been given up: the ADD released its address), so that one read of
+    the pool's version answers them all.  Only ever a delay: a look that waits too long reads on its own."""
+
+    within: float = 0.05
+    _version: str = ""
+    _keys: set[tuple[str, str]] = attrs.field(factory=set)
+    _all_in: trio.Event = attrs.field(factory=trio.Event)
+
+    def expect(self, version: str, keys: set[tuple[str, str]]) -> None:
+        """A write made ``version``, answering allocations to these owner keys; the looks of the write before
+        wait no longer."""
+        self._all_in.set()
+        self._version, self._keys, self._all_in = version, keys, trio.Event()
+        if not keys:
+            self._all_in.set()
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """No look will come for ``key`` (its ADD gave the address back)."""
+        self._keys.discard(key)
+        if not self._keys:
+            self._all_in.set()
+
+    async def arrive(self, looks: list[Verify]) -> None:
+        """These looks are in: return once every look of their write is (at once for others)."""
+        ours = [msg for msg in looks if msg.recorded_at == self._version and self._version]
+        for msg in ours:
+            self.forget(msg.key)
+        if ours:
+            with trio.move_on_after(self.within):
+                await self._all_in.wait()
+
+
 LINGER_MEMORY = 8
 """How many recent batch sizes a lingering actor remembers: it expects as many requests as the largest held."""
 SENDER_MEMORY = 2
 """How many recent batches a lingering pool host remembers the nodes of: it waits for every one of them."""
+
+
+def _looks_to_come(batch: list[PoolMsg], results: list[tuple[outcome.Outcome[Any], bool]]) -> set[tuple[str, str]]:
+    """The owner keys of the allocations a batch answered to other nodes: each ADD will send its look."""
+    return {
+        msg.owner.key
+        for msg, (result, _) in zip(batch, results, strict=True)
+        if isinstance(msg, Allocate) and msg.sender and isinstance(result, outcome.Value)
+    }
 
 
 def _sender(msg: PoolMsg) -> str:
@@ -338,11 +386,14 @@ class PoolActor:
     on_wait: Callable[[PoolMsg, float], None] | None = None
     """Told each request's wait in the mailbox (seconds from ``sent_at`` to its batch), for the metrics."""
     own_writes: OwnWrites = attrs.field(factory=OwnWrites)
+    awaited_looks: AwaitedLooks = attrs.field(factory=AwaitedLooks)
     _ledger: PoolLedger | None = None
     _version: str = ""
     _stale: PoolLedger | None = None
     """The ledger a lost write race left behind: never served, only lends its decoded records to the re-read."""
     _versions: FreshRead[str] | None = None
+    _reserved_early: list[ReservedIP] | None = None
+    """The SpiderReservedIPs, read while the batch about to be folded was gathering (``linger``)."""
     """The shared reads of the pool's version that ``look`` answers with."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -362,7 +413,7 @@ class PoolActor:
                 # NB: under load only; a lone request is never delayed, nor a read (a look the host's ``look`` left
                 # here: it writes nothing, so it has nothing to share)
                 if expect > 1 and self.linger > 0 and not isinstance(first, Verify | Inspect):
-                    await gather(self.mailbox, batch, self.max_batch, expect=expect, within=self.linger, count=count)
+                    await self._gather(batch, expect, count)
                 else:
                     batch = drain(self.mailbox, first, self.max_batch)
             except BaseException:  # cancelled while lingering: nobody may wait forever
@@ -370,6 +421,9 @@ class PoolActor:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
                 raise
             looks = sum(isinstance(msg, Verify) for msg in batch)
+            for msg in batch:
+                if isinstance(msg, Release):  # NB: an ADD giving back what it got: it will not look
+                    self.awaited_looks.forget(msg.key)
             if looks < len(batch):  # NB: a batch of looks alone says nothing of the writes to wait for
                 recent.append(len(batch))
                 nodes.append(frozenset({_sender(msg) for msg in batch} - {""}))
@@ -387,8 +441,17 @@ class PoolActor:
                 self._ledger = None  # NB: it may hold this batch unwritten; whoever runs next must re-read
                 raise
             finally:  # crash or cancel: nobody may wait forever
+                self._reserved_early = None  # NB: this batch's alone
                 for msg in batch:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
+
+    async def _gather(self, batch: list[PoolMsg], expect: int, count: Callable[[list[PoolMsg]], int]) -> None:
+        """Linger for the rest of a batch (``linger``); the SpiderReservedIPs a batch of allocations avoids are
+        read meanwhile, not after it."""
+        async with trio.open_nursery() as nursery:
+            if isinstance(batch[0], Allocate):
+                nursery.start_soon(self._read_reservations_early)
+            await gather(self.mailbox, batch, self.max_batch, expect=expect, within=self.linger, count=count)
 
     async def _next(self) -> PoolMsg | None:
         """The next request, or ``None`` to stop: the mailbox is closed, or it stayed empty for ``idle_timeout``
@@ -476,6 +539,7 @@ class PoolActor:
         (no version, another writer came between, the read failed) for the mailbox, where the ledger answers."""
         if self._versions is None:
             self._versions = FreshRead(self._current_version)
+        await self.awaited_looks.arrive(looks)
         try:
             current = await self._versions.read()
         except SpiderError:
@@ -511,6 +575,18 @@ class PoolActor:
                 log.warning("ignoring invalid SpiderReservedIP: %s", exc)
         return parsed
 
+    async def _read_reservations_early(self) -> None:
+        with contextlib.suppress(SpiderError):  # NB: then the batch reads them, and fails as it would have
+            self._reserved_early = await self._reservations()
+
+    async def _batch_reservations(self, batch: list[PoolMsg]) -> list[ReservedIP] | None:
+        """The SpiderReservedIPs a batch of allocations must avoid, as read since its first request came (``None``
+        for a batch without one): what was read while it gathered, once; a re-fold after a lost race reads anew."""
+        early, self._reserved_early = self._reserved_early, None
+        if not any(isinstance(msg, Allocate) for msg in batch):
+            return None
+        return early if early is not None else await self._reservations()
+
     async def _commit(self, batch: list[PoolMsg]) -> None:
         batch = await self._confirm_looks(batch)
         if not batch:
@@ -524,7 +600,7 @@ class PoolActor:
     async def _commit_atomically(self, batch: list[PoolMsg], atomically: AtomicStatusUpdate) -> None:
         """A store that can (the embedded one) reads, folds and writes the batch under its write lock: one
         write, never a conflict, and the answers always come from the stored pool as it is now."""
-        reserved = await self._reservations() if any(isinstance(msg, Allocate) for msg in batch) else None
+        reserved = await self._batch_reservations(batch)
         results: list[tuple[outcome.Outcome[Any], bool]] = []
         now = trio.current_time()
         try:
@@ -574,8 +650,8 @@ class PoolActor:
                 if self._ledger is None:
                     await self._load()
                 assert self._ledger is not None
-                if any(isinstance(msg, Allocate) for msg in batch):
-                    self._ledger.set_reserved(reserved_set(self._ledger.pool.version, await self._reservations()))
+                if (reserved := await self._batch_reservations(batch)) is not None:
+                    self._ledger.set_reserved(reserved_set(self._ledger.pool.version, reserved))
                 results = self._fold(self._ledger, batch, trio.current_time())
                 if any(changed for _, changed in results):
                     before = self._version
@@ -605,6 +681,8 @@ class PoolActor:
                 return
             for msg, (result, _) in zip(batch, results, strict=True):
                 msg.reply.resolve(self._recorded(result))  # only now: the write is durable
+            if any(changed for _, changed in results):
+                self.awaited_looks.expect(self._version, _looks_to_come(batch, results))
             return
 
     def _recorded(self, result: outcome.Outcome[Any]) -> outcome.Outcome[Any]:

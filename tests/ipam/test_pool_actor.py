@@ -6,6 +6,7 @@ import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import outcome
@@ -15,9 +16,17 @@ import trio.testing
 
 from actors.ipam.pool import Allocate, Allocation, PoolActor, PoolHandle, PoolMsg, open_pool
 from actors.runtime.mailbox import Reply
+from actors.stores.port import ObjectList
 from actors.stores.sqlite import SqliteStore
 from spider.addr import ip_to_int
-from spider.errors import ActorUnavailable, PoolExhausted, PoolNotFound, RequestExpired, StaleWrite
+from spider.errors import (
+    ActorUnavailable,
+    PoolExhausted,
+    PoolNotFound,
+    RequestExpired,
+    StaleWrite,
+    StoreUnavailable,
+)
 from spider.pool import ADD_WINDOW, KIND, Owner, PoolLedger
 from tests.ipam.conftest import (
     CAPACITY,
@@ -670,3 +679,60 @@ async def test_a_batch_cut_short_by_the_linger_does_not_shrink_what_the_next_one
                 callers.start_soon(handle.allocate, owner(n))
                 await trio.testing.wait_all_tasks_blocked()
     assert actor.stats.batches == batches + 1  # NB: expecting two would have written 6 and 7 without 8
+
+
+@attrs.define(eq=False)
+class ReadsReservations(InterferingStore):
+    """Counts the reads of the SpiderReservedIPs; ``fail``: how many of the next ones fail."""
+
+    reads: int = 0
+    read: trio.Event = attrs.field(factory=trio.Event)
+    fail: int = 0
+
+    async def list(self, kind: str, **selection: Any) -> ObjectList:
+        if kind == "SpiderReservedIP":
+            self.reads += 1
+            self.read.set()
+            if self.fail:
+                self.fail -= 1
+                raise StoreUnavailable(reason="test")
+        return await super().list(kind, **selection)
+
+
+RESERVED = {
+    "apiVersion": "spiderpool.spidernet.io/v2beta1",
+    "kind": "SpiderReservedIP",
+    "metadata": {"name": "r"},
+    "spec": {"ips": ["10.0.0.10-10.0.0.14"]},
+}
+
+
+@pytest.mark.parametrize("early_read_fails", [False, True], ids=["read-early", "early-read-failed"])
+async def test_a_lingering_host_reads_the_reservations_while_the_batch_gathers_and_honours_them(
+    nursery: trio.Nursery, sqlite: SqliteStore, early_read_fails: bool
+) -> None:
+    store = ReadsReservations(sqlite)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0)
+
+    def request(node: str, i: int) -> Allocate:
+        return Allocate(owner(f"{node}-{i}"), Reply[Allocation].open(), sender=node)
+
+    with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it: the batch must go when both nodes are in
+        await nursery.start(actor.run)
+        first = [request("a", 0), request("b", 0)]
+        for msg in first:
+            send.send_nowait(msg)
+        for msg in first:
+            await msg.reply.wait()  # the host now waits for a and b
+        await sqlite.create(RESERVED)
+        store.reads, store.read, store.fail = 0, trio.Event(), int(early_read_fails)
+        second = [request("a", 1), request("b", 1)]
+        send.send_nowait(second[0])
+        await store.read.wait()  # NB: before b's request is even sent
+        assert actor.stats.batches == 1
+        send.send_nowait(second[1])
+        got = [await msg.reply.wait() for msg in second]
+    assert actor.stats.batches == 2
+    assert store.reads == 1 + early_read_fails  # a failed early read is made again, once, by the batch
+    assert [a.ip for a in got] == ["10.0.0.15", "10.0.0.16"]  # past the reservation, which came after the first

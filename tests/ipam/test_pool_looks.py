@@ -171,3 +171,74 @@ async def test_a_look_left_to_the_mailbox_is_not_held_for_the_nodes_a_busy_host_
         assert await actor.look([look]) == [look]
         send.send_nowait(look)
         assert await look.reply.wait()
+
+
+# --- the looks a write will be sent (``AwaitedLooks``) ----------------------------------------------------------
+
+
+async def forwarded_allocations(registry: PoolRegistry, nodes: int) -> list[Allocation]:
+    """One batch of allocations forwarded from ``nodes`` nodes (``owner(i)`` from ``node-i``): one write."""
+    batch = [Allocate(owner(i), Reply[Allocation].open(), sender=f"node-{i}") for i in range(nodes)]
+    await registry.deliver_all(POOL, list(batch))
+    return [await msg.reply.wait() for msg in batch]
+
+
+async def test_the_looks_of_one_write_share_one_read_however_they_straggle(
+    registry: PoolRegistry, counted: CountsPoolReads
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        held = await forwarded_allocations(registry, 5)
+        assert len({a.recorded_at for a in held}) == 1  # one write
+        counted.metadata = 0
+        answers: list[bool] = []
+
+        async def node(i: int) -> None:
+            await trio.sleep(0.005 * i)  # NB: each arrives while the read of the one before would be under way
+            look = forwarded_look(held[i].ip, owner(i).key, held[i].recorded_at, f"node-{i}")
+            answers.extend(await looked(registry, look))
+
+        async with trio.open_nursery() as nodes:
+            for i in range(5):
+                nodes.start_soon(node, i)
+        assert answers == [True] * 5
+        assert counted.metadata == 1
+
+
+async def test_a_look_whose_fellow_gave_its_address_back_does_not_wait_for_it(
+    registry: PoolRegistry, counted: CountsPoolReads
+) -> None:
+    actor_waits = 600.0
+    with trio.fail_after(TIMEOUT):  # NB: far shorter than the wait it must not make
+        held = await forwarded_allocations(registry, 2)
+        actor_of(registry).awaited_looks.within = actor_waits
+        answers: list[bool] = []
+
+        async def first_node() -> None:
+            answers.extend(await looked(registry, forwarded_look(held[0].ip, owner(0).key, held[0].recorded_at)))
+
+        async with trio.open_nursery() as nodes:
+            nodes.start_soon(first_node)
+            await trio.sleep(0.01)
+            assert answers == []  # it waits for node-1's look
+            await (await registry.get(POOL)).release(owner(1).key)  # node-1's ADD failed and gave back its address
+        assert answers == [True]
+
+
+async def test_a_look_whose_fellow_never_comes_reads_alone_after_a_short_wait(
+    registry: PoolRegistry, counted: CountsPoolReads
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        held = await forwarded_allocations(registry, 3)
+        actor_of(registry).awaited_looks.within = 0.02
+        counted.metadata = 0
+        assert await looked(registry, forwarded_look(held[0].ip, owner(0).key, held[0].recorded_at)) == [True]
+        assert counted.metadata == 1
+
+
+async def test_a_look_of_an_older_write_waits_for_no_one(registry: PoolRegistry, counted: CountsPoolReads) -> None:
+    with trio.fail_after(TIMEOUT):  # NB: far shorter than the wait it must not make
+        older = await forwarded_allocations(registry, 2)
+        actor_of(registry).awaited_looks.within = 600.0
+        newer = await (await registry.get(POOL)).allocate(owner("here"))  # asked in this process: no look awaited
+        assert newer.recorded_at != older[0].recorded_at
+        assert await looked(registry, forwarded_look(older[0].ip, owner(0).key, older[0].recorded_at)) == [True]
