@@ -392,9 +392,9 @@ class PoolActor:
     _stale: PoolLedger | None = None
     """The ledger a lost write race left behind: never served, only lends its decoded records to the re-read."""
     _versions: FreshRead[str] | None = None
+    """The shared reads of the pool's version that ``look`` answers with."""
     _reserved_early: list[ReservedIP] | None = None
     """The SpiderReservedIPs, read while the batch about to be folded was gathering (``linger``)."""
-    """The shared reads of the pool's version that ``look`` answers with."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the mailbox until every handle is closed (the graceful drain), the actor has been idle for

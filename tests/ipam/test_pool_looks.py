@@ -38,6 +38,22 @@ async def looked(registry: PoolRegistry, *looks: Verify) -> list[bool]:
     return [await look.reply.wait() for look in looks]
 
 
+async def looks_from_nodes(registry: PoolRegistry, held: list[Allocation], apart: float = 0.0) -> list[bool]:
+    """The answers to the looks of ``held`` (``owner(i)``'s, from ``node-i``), each sent in a call of its own,
+    all at once or ``apart`` seconds after the one before."""
+    answers: list[bool] = []
+
+    async def node(i: int) -> None:
+        await trio.sleep(apart * i)
+        look = forwarded_look(held[i].ip, owner(i).key, held[i].recorded_at, f"node-{i}")
+        answers.extend(await looked(registry, look))
+
+    async with trio.open_nursery() as nodes:
+        for i in range(len(held)):
+            nodes.start_soon(node, i)
+    return answers
+
+
 def actor_of(registry: PoolRegistry) -> PoolActor:
     return registry.actors[POOL]
 
@@ -71,16 +87,7 @@ async def test_the_looks_of_many_nodes_at_once_share_at_most_two_reads(
         held = [await handle.allocate(owner(i)) for i in range(10)]
         await hold_a_write(registry, counted, nursery)
         counted.metadata = 0
-        answers: list[bool] = []
-
-        async def node(i: int) -> None:
-            look = forwarded_look(held[i].ip, owner(i).key, held[i].recorded_at, f"node-{i}")
-            answers.extend(await looked(registry, look))
-
-        async with trio.open_nursery() as nodes:
-            for i in range(10):
-                nodes.start_soon(node, i)
-        assert answers == [True] * 10
+        assert await looks_from_nodes(registry, held) == [True] * 10
         assert counted.metadata <= 2
         counted.gate.set()
 
@@ -190,17 +197,8 @@ async def test_the_looks_of_one_write_share_one_read_however_they_straggle(
         held = await forwarded_allocations(registry, 5)
         assert len({a.recorded_at for a in held}) == 1  # one write
         counted.metadata = 0
-        answers: list[bool] = []
-
-        async def node(i: int) -> None:
-            await trio.sleep(0.005 * i)  # NB: each arrives while the read of the one before would be under way
-            look = forwarded_look(held[i].ip, owner(i).key, held[i].recorded_at, f"node-{i}")
-            answers.extend(await looked(registry, look))
-
-        async with trio.open_nursery() as nodes:
-            for i in range(5):
-                nodes.start_soon(node, i)
-        assert answers == [True] * 5
+        # NB: each arrives while the read of the one before would be under way
+        assert await looks_from_nodes(registry, held, apart=0.005) == [True] * 5
         assert counted.metadata == 1
 
 
