@@ -120,6 +120,12 @@ def print_pool_writes(split: dict[str, dict[str, Any]]) -> None:
                 f"{forwarded.get('looks', 0):,} looks in {forwarded['calls']:,} calls, "
                 f"{forwarded['fallback']:,} fell back"
             )
+        host = parts.get("host") or {}
+        if host.get("looks"):
+            print(
+                f"{phase.upper()} looks:     {host['looks']:,} answered by the pool host with "
+                f"{host.get('version_reads', 0):,} reads of the pool's version"
+            )
         print(f"{phase.upper()} all:       {parts['writes']:,} pool writes, {parts['conflicts']:,} conflicts")
 
 

@@ -183,6 +183,9 @@ class PoolStatistics:
     """Lost write races of batches that held an allocation (``conflicts`` counts every lost race)."""
     release_conflicts: int = 0
     """Lost write races of batches that held a release."""
+    version_reads: int = 0
+    """Reads of the pool's version that answered the looks the pool host was sent (``PoolActor.look``): one
+    per write when every look of the write shares it (``AwaitedLooks``)."""
 
 
 def is_big(stored: Obj) -> bool:
@@ -508,6 +511,10 @@ class PoolActor:
             self.gone = True
             raise PoolNotFound(pool=self.name) from None
 
+    async def _version_for_looks(self) -> str:
+        self.stats.version_reads += 1
+        return await self._current_version()
+
     async def _confirm_looks(self, batch: list[PoolMsg]) -> list[PoolMsg]:
         """A batch of looks (``Verify``) that each know a version holding their record: those the pool is still
         at are answered yes after one read of the pool's version alone; returns what is left to answer from
@@ -538,7 +545,7 @@ class PoolActor:
         at, or has left only through ``own_writes`` that kept every record, is answered yes.  Returns the rest
         (no version, another writer came between, the read failed) for the mailbox, where the ledger answers."""
         if self._versions is None:
-            self._versions = FreshRead(self._current_version)
+            self._versions = FreshRead(self._version_for_looks)
         await self.awaited_looks.arrive(looks)
         try:
             current = await self._versions.read()

@@ -209,6 +209,8 @@ def pool_families(statistics: Mapping[str, Mapping[str, int]]) -> Iterator[Metri
         "batches": ("spider_pool_batches", "group commits (batches of requests) of the pool's actor"),
         "writes": ("spider_pool_writes", "pool status writes"),
         "conflicts": ("spider_pool_write_conflicts", "pool status writes that lost a race and were retried"),
+        "looks": ("spider_pool_looks", "ADDs' last looks the pool's actor answered"),
+        "version_reads": ("spider_pool_version_reads", "reads of the pool's version that answered forwarded looks"),
     }
     for key, (name, documentation) in counters.items():
         family = CounterMetricFamily(name, documentation, labels=["pool"])

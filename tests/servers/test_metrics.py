@@ -143,6 +143,8 @@ async def test_adds_and_dels_through_the_agent_api_are_counted_under_spiderpools
     assert value(got, "spider_pool_requests_total", pool="m4") == 4
     assert value(got, "spider_pool_writes_total", pool="m4") >= 3
     assert value(got, "spider_pool_largest_batch", pool="m4") >= 1
+    assert value(got, "spider_pool_looks_total", pool="m4") == 2  # the two ADDs' last looks
+    assert value(got, "spider_pool_version_reads_total", pool="m4") == 0  # no look was forwarded to it
     assert "spiderpool_debug_auto_pool_waited_for_available_counts_total" not in got
     assert "spider_pool_host_forwarded_requests_total" not in got  # an embedded store forwards nothing
 

@@ -40,6 +40,7 @@ from actors.tools.loadtest.fleet import (
     owner,
     pool_object,
     request_agent_token,
+    store_totals,
 )
 from actors.tools.loadtest.report import (
     Terminated,
@@ -436,6 +437,23 @@ def test_the_agents_forwarding_counters_are_summed_per_phase_and_absent_when_no_
     assert forwarded_totals(before, after) == {"requests": 15, "looks": 3, "calls": 2, "fallback": 2}
 
 
+def test_the_pool_actors_counters_are_summed_over_processes_and_pools_per_phase() -> None:
+    before = [{"pools": {"a": {"writes": 1, "looks": 2, "version_reads": 1}}}, {"pools": {}}]
+    after = [
+        {"pools": {"a": {"writes": 5, "looks": 12, "version_reads": 3, "largest_batch": 4}}},
+        {"pools": {"b": {"requests": 7, "batches": 2, "writes": 2, "largest_batch": 6}}},
+    ]
+    assert store_totals(before, after) == {
+        "requests": 7,
+        "batches": 2,
+        "writes": 6,
+        "conflicts": 0,
+        "looks": 10,
+        "version_reads": 2,
+        "largest_batch": 6,
+    }
+
+
 def _target(**extra: Any) -> dict[str, Any]:
     store = {"requests": 100, "batches": 80, "writes": 90, "conflicts": 9, "largest_batch": 3, "mean_batch": 1.25}
     base = {
@@ -465,6 +483,7 @@ def _printed(target: dict[str, Any]) -> str:
 
 def test_the_report_shows_the_pool_hosts_writes_apart_from_the_agents() -> None:
     host = {"requests": 900, "batches": 40, "writes": 41, "conflicts": 1, "largest_batch": 60, "mean_batch": 22.5}
+    host |= {"looks": 800, "version_reads": 41}
     target = _target(
         host={"add": host},
         forwarded={"add": {"requests": 900, "looks": 800, "calls": 300, "fallback": 100}},
@@ -476,6 +495,8 @@ def test_the_report_shows_the_pool_hosts_writes_apart_from_the_agents() -> None:
     assert "pool writes ADD (agents)" in text
     assert "40 (22.5 / 60)" in text
     assert "900 / 800 / 300 / 100" in text
+    assert "last looks ADD (host): answered / reads of the pool's version" in text
+    assert "800 / 41" in text
     assert "controller started, Lease default/spider-lt-x, leading" in text
     assert "cleanup: pool loadtest-x: deleted" in text
     split = pool_writes(target)

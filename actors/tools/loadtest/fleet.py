@@ -494,6 +494,10 @@ class AgentFleet:
         await stop_processes(self.processes, grace)
 
 
+POOL_COUNTERS = ("requests", "batches", "writes", "conflicts", "looks", "version_reads")
+"""The pool actors' counters a load test sums (``PoolStatistics``)."""
+
+
 def store_totals(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """The pool actors' counters summed over every process (agents, or the controller alone) and pool, as
     differences ``after - before``; ``largest_batch`` is the largest any of them has seen so far."""
@@ -502,7 +506,7 @@ def store_totals(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
         out: Counter[str] = Counter()
         for agent in snapshot:
             for stats in agent.get("pools", {}).values():
-                for key in ("requests", "batches", "writes", "conflicts"):
+                for key in POOL_COUNTERS:
                     out[key] += int(stats.get(key, 0))
         return out
 
@@ -510,7 +514,7 @@ def store_totals(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
     largest = max(
         (int(s.get("largest_batch", 0)) for agent in after for s in agent.get("pools", {}).values()), default=0
     )
-    return {k: diff.get(k, 0) for k in ("requests", "batches", "writes", "conflicts")} | {"largest_batch": largest}
+    return {k: diff.get(k, 0) for k in POOL_COUNTERS} | {"largest_batch": largest}
 
 
 FORWARD_COUNTERS = ("requests", "looks", "calls", "fallback")

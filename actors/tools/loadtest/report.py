@@ -307,6 +307,13 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
                     for x in forwarded
                 ],
             )
+        hosts = [t.get("host", {}).get(phase) for t in targets]
+        if any(x and x.get("looks") for x in hosts):
+            row(
+                f"last looks {upper} (host): answered / reads of the pool's version",
+                None,
+                [f"{x.get('looks', 0):,} / {x.get('version_reads', 0):,}" if x else "-" for x in hosts],
+            )
     for phase in ("add", "del"):
         spent = [t.get("cpu", {}).get(phase) for t in targets]
         if any(spent):
