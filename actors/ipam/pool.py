@@ -14,9 +14,10 @@ the pool is still at it, that same cheap read answers it, without the records.  
 agents forward skip the mailbox (``PoolActor.look``): one such read, shared by every look that arrived while
 the previous one was under way, answers each whose pool is still at its version or has since been moved on
 only by this actor's own writes of allocations (``OwnWrites``), which drop no record; so the looks of every
-node cost one read, and never wait for (or split) the batches that write.  The host knows which looks its last
-write will be sent (one per allocation it answered, ``AwaitedLooks``): the first to arrive waits, briefly, for
-the others, so that one read answers them all rather than one read for the first and another for the rest.
+node cost one read, and never wait for (or split) the batches that write.  The host knows which nodes its last
+write will hear looks from (each node it answered an allocation, ``AwaitedLooks``): the first look to arrive
+waits, briefly, for one from each of the others, so that one read answers them all rather than one read for the
+first and another for the rest.
 Either way a ledger another agent has overtaken is levelled with the stored pool (``PoolLedger.catch_up``),
 not decoded anew.  No address leaves the actor before it is durable; pools serialize independently.
 
@@ -298,38 +299,52 @@ class OwnWrites:
 
 @attrs.define
 class AwaitedLooks:
-    """The last looks a hosted pool's latest write will be sent: one per allocation it answered to another
-    node (an ADD looks once its endpoint is written).  A look of that write waits, at most ``within`` seconds,
-    until every one of them has arrived (or been given up: the ADD released its address), so that one read of
-    the pool's version answers them all.  Only ever a delay: a look that waits too long reads on its own."""
+    """The nodes a hosted pool's latest write will hear last looks from: each node it answered an allocation
+    (an ADD looks once its endpoint is written).  A look of that write waits, at most ``within`` seconds from
+    the first one's arrival, until a look has come from every one of those nodes, or their ADDs gave back
+    their addresses, so that one read of the pool's version answers them all.  One look per node is all that
+    can come at once: a node sends its looks at a pool one call at a time (``PoolForwarder``), so the rest of
+    its looks follow the answer to this one.  Only ever a delay: looks that waited ``within`` read."""
 
     within: float = 0.05
     _version: str = ""
-    _keys: set[tuple[str, str]] = attrs.field(factory=set)
+    _pending: dict[str, set[tuple[str, str]]] = attrs.field(factory=dict)
+    """Per node no look has come from yet: the owner keys it was answered allocations for."""
     _all_in: trio.Event = attrs.field(factory=trio.Event)
+    _deadline: float | None = None
 
-    def expect(self, version: str, keys: set[tuple[str, str]]) -> None:
-        """A write made ``version``, answering allocations to these owner keys; the looks of the write before
-        wait no longer."""
+    def expect(self, version: str, nodes: dict[str, set[tuple[str, str]]]) -> None:
+        """A write made ``version``, answering allocations to these nodes' owner keys; the looks of the write
+        before wait no longer."""
         self._all_in.set()
-        self._version, self._keys, self._all_in = version, keys, trio.Event()
-        if not keys:
-            self._all_in.set()
+        self._version, self._pending, self._all_in, self._deadline = version, nodes, trio.Event(), None
+        self._maybe_all_in()
 
     def forget(self, key: tuple[str, str]) -> None:
         """No look will come for ``key`` (its ADD gave the address back)."""
-        self._keys.discard(key)
-        if not self._keys:
-            self._all_in.set()
+        for node, keys in list(self._pending.items()):
+            keys.discard(key)
+            if not keys:
+                del self._pending[node]
+        self._maybe_all_in()
 
     async def arrive(self, looks: list[Verify]) -> None:
-        """These looks are in: return once every look of their write is (at once for others)."""
-        ours = [msg for msg in looks if msg.recorded_at == self._version and self._version]
+        """These forwarded looks are in: return once a look of their write has come from every node awaited, or
+        ``within`` after the first (at once for looks of another write)."""
+        ours = [msg for msg in looks if msg.sender and self._version and msg.recorded_at == self._version]
+        if not ours:
+            return
         for msg in ours:
-            self.forget(msg.key)
-        if ours:
-            with trio.move_on_after(self.within):
-                await self._all_in.wait()
+            self._pending.pop(msg.sender, None)
+        self._maybe_all_in()
+        if self._deadline is None:
+            self._deadline = trio.current_time() + self.within
+        with trio.move_on_at(self._deadline):  # NB: one deadline per write: a later look waits no longer
+            await self._all_in.wait()
+
+    def _maybe_all_in(self) -> None:
+        if not self._pending:
+            self._all_in.set()
 
 
 LINGER_MEMORY = 8
@@ -338,13 +353,15 @@ SENDER_MEMORY = 2
 """How many recent batches a lingering pool host remembers the nodes of: it waits for every one of them."""
 
 
-def _looks_to_come(batch: list[PoolMsg], results: list[tuple[outcome.Outcome[Any], bool]]) -> set[tuple[str, str]]:
-    """The owner keys of the allocations a batch answered to other nodes: each ADD will send its look."""
-    return {
-        msg.owner.key
-        for msg, (result, _) in zip(batch, results, strict=True)
-        if isinstance(msg, Allocate) and msg.sender and isinstance(result, outcome.Value)
-    }
+def _looks_to_come(
+    batch: list[PoolMsg], results: list[tuple[outcome.Outcome[Any], bool]]
+) -> dict[str, set[tuple[str, str]]]:
+    """Per node, the owner keys of the allocations a batch answered it: each of those ADDs will send its look."""
+    nodes: dict[str, set[tuple[str, str]]] = {}
+    for msg, (result, _) in zip(batch, results, strict=True):
+        if isinstance(msg, Allocate) and msg.sender and isinstance(result, outcome.Value):
+            nodes.setdefault(msg.sender, set()).add(msg.owner.key)
+    return nodes
 
 
 def _sender(msg: PoolMsg) -> str:
@@ -451,6 +468,7 @@ class PoolActor:
     async def _gather(self, batch: list[PoolMsg], expect: int, count: Callable[[list[PoolMsg]], int]) -> None:
         """Linger for the rest of a batch (``linger``); the SpiderReservedIPs a batch of allocations avoids are
         read meanwhile, not after it."""
+        self._reserved_early = None
         async with trio.open_nursery() as nursery:
             if isinstance(batch[0], Allocate):
                 nursery.start_soon(self._read_reservations_early)

@@ -736,3 +736,28 @@ async def test_a_lingering_host_reads_the_reservations_while_the_batch_gathers_a
     assert actor.stats.batches == 2
     assert store.reads == 1 + early_read_fails  # a failed early read is made again, once, by the batch
     assert [a.ip for a in got] == ["10.0.0.15", "10.0.0.16"]  # past the reservation, which came after the first
+
+
+async def test_a_batch_that_lost_a_write_race_reads_the_reservations_again(
+    nursery: trio.Nursery, sqlite: SqliteStore
+) -> None:
+    store = ReadsReservations(sqlite)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0)
+    with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it: the batch must go when both nodes are in
+        await nursery.start(actor.run)
+        first = [Allocate(owner(f"{node}-0"), Reply[Allocation].open(), sender=node) for node in ("a", "b")]
+        for msg in first:
+            send.send_nowait(msg)
+        for msg in first:
+            await msg.reply.wait()  # the host now waits for a and b, and reads the reservations meanwhile
+        await sqlite.create(RESERVED)
+        store.reads = 0
+        store.interfere(foreign(1))  # the next write loses a race; the re-fold must not reuse the early read
+        second = [Allocate(owner(f"{node}-1"), Reply[Allocation].open(), sender=node) for node in ("a", "b")]
+        for msg in second:
+            send.send_nowait(msg)
+        got = [await msg.reply.wait() for msg in second]
+    assert actor.stats.conflicts == 1
+    assert store.reads == 2
+    assert all(ip_to_int(a.ip) > ip_to_int("10.0.0.14") for a in got)  # past the reservation

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from actors.ipam.pool import Allocate, Allocation, OwnWrites, PoolActor, PoolMsg, PoolRegistry, Verify
 from actors.runtime.mailbox import Reply
@@ -183,60 +184,94 @@ async def test_a_look_left_to_the_mailbox_is_not_held_for_the_nodes_a_busy_host_
 # --- the looks a write will be sent (``AwaitedLooks``) ----------------------------------------------------------
 
 
-async def forwarded_allocations(registry: PoolRegistry, nodes: int) -> list[Allocation]:
-    """One batch of allocations forwarded from ``nodes`` nodes (``owner(i)`` from ``node-i``): one write."""
-    batch = [Allocate(owner(i), Reply[Allocation].open(), sender=f"node-{i}") for i in range(nodes)]
+async def forwarded_allocations(registry: PoolRegistry, *nodes: int) -> list[Allocation]:
+    """One batch of allocations, ``owner(i)``'s forwarded from ``node-i`` for each ``i`` in ``nodes``: one write."""
+    batch = [Allocate(owner(i), Reply[Allocation].open(), sender=f"node-{i}") for i in nodes]
     await registry.deliver_all(POOL, list(batch))
     return [await msg.reply.wait() for msg in batch]
+
+
+def look_of(held: Allocation, i: int, node: int | None = None) -> Verify:
+    """``owner(i)``'s look at what it was answered, from ``node-i`` (or ``node``)."""
+    return forwarded_look(held.ip, owner(i).key, held.recorded_at, f"node-{i if node is None else node}")
 
 
 async def test_the_looks_of_one_write_share_one_read_however_they_straggle(
     registry: PoolRegistry, counted: CountsPoolReads
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        held = await forwarded_allocations(registry, 5)
+        held = await forwarded_allocations(registry, *range(5))
         assert len({a.recorded_at for a in held}) == 1  # one write
+        actor_of(registry).awaited_looks.within = TIMEOUT  # NB: a stalled machine must not split the read
         counted.metadata = 0
         # NB: each arrives while the read of the one before would be under way
         assert await looks_from_nodes(registry, held, apart=0.005) == [True] * 5
         assert counted.metadata == actor_of(registry).stats.version_reads == 1
 
 
-async def test_a_look_whose_fellow_gave_its_address_back_does_not_wait_for_it(
+async def test_a_node_sending_its_looks_one_call_at_a_time_is_not_waited_for_twice(
     registry: PoolRegistry, counted: CountsPoolReads
 ) -> None:
-    actor_waits = 600.0
     with trio.fail_after(TIMEOUT):  # NB: far shorter than the wait it must not make
-        held = await forwarded_allocations(registry, 2)
-        actor_of(registry).awaited_looks.within = actor_waits
+        nodes = {0: 0, 1: 0, 2: 2}  # owner 0's and owner 1's ADDs ran on node-0
+        batch = [Allocate(owner(i), Reply[Allocation].open(), sender=f"node-{n}") for i, n in nodes.items()]
+        await registry.deliver_all(POOL, list(batch))
+        held = [await msg.reply.wait() for msg in batch]
+        actor_of(registry).awaited_looks.within = 600.0
         answers: list[bool] = []
 
-        async def first_node() -> None:
-            answers.extend(await looked(registry, forwarded_look(held[0].ip, owner(0).key, held[0].recorded_at)))
+        async def node_0() -> None:  # as its PoolForwarder sends them: the second once the first is answered
+            for i in (0, 1):
+                answers.extend(await looked(registry, look_of(held[i], i, node=0)))
 
-        async with trio.open_nursery() as nodes:
-            nodes.start_soon(first_node)
-            await trio.sleep(0.01)
-            assert answers == []  # it waits for node-1's look
-            await (await registry.get(POOL)).release(owner(1).key)  # node-1's ADD failed and gave back its address
+        async with trio.open_nursery() as calls:
+            calls.start_soon(node_0)
+            calls.start_soon(looked, registry, look_of(held[2], 2))
+        assert answers == [True, True]
+
+
+async def test_a_look_whose_fellow_gave_its_address_back_does_not_wait_for_it(
+    registry: PoolRegistry, counted: CountsPoolReads, nursery: trio.Nursery
+) -> None:
+    with trio.fail_after(TIMEOUT):  # NB: far shorter than the wait it must not make
+        held = await forwarded_allocations(registry, 0, 1)
+        actor_of(registry).awaited_looks.within = 600.0
+        answers: list[bool] = []
+        answered = trio.Event()
+
+        async def node_0() -> None:
+            answers.extend(await looked(registry, look_of(held[0], 0)))
+            answered.set()
+
+        nursery.start_soon(node_0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == []  # it waits for node-1's look
+        counted.gate = trio.Event()  # NB: the release's write is held: only the release itself may end the wait
+        nursery.start_soon((await registry.get(POOL)).release, owner(1).key)  # node-1's ADD gave up its address
+        await answered.wait()
         assert answers == [True]
+        counted.gate.set()
 
 
 async def test_a_look_whose_fellow_never_comes_reads_alone_after_a_short_wait(
     registry: PoolRegistry, counted: CountsPoolReads
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        held = await forwarded_allocations(registry, 3)
+        held = await forwarded_allocations(registry, 0, 1, 2)
         actor_of(registry).awaited_looks.within = 0.02
         counted.metadata = 0
-        assert await looked(registry, forwarded_look(held[0].ip, owner(0).key, held[0].recorded_at)) == [True]
-        assert counted.metadata == 1
+        asked = trio.current_time()
+        assert await looked(registry, look_of(held[0], 0)) == [True]
+        assert trio.current_time() - asked >= 0.02  # it did wait for node-1 and node-2
+        actor_of(registry).awaited_looks.within = 600.0
+        assert await looked(registry, look_of(held[1], 1)) == [True]  # a later one of the same write: no wait
+        assert counted.metadata == 2
 
 
 async def test_a_look_of_an_older_write_waits_for_no_one(registry: PoolRegistry, counted: CountsPoolReads) -> None:
     with trio.fail_after(TIMEOUT):  # NB: far shorter than the wait it must not make
-        older = await forwarded_allocations(registry, 2)
+        older = await forwarded_allocations(registry, 0, 1)
+        newer = await forwarded_allocations(registry, 2, 3)  # this write awaits node-2's and node-3's looks
         actor_of(registry).awaited_looks.within = 600.0
-        newer = await (await registry.get(POOL)).allocate(owner("here"))  # asked in this process: no look awaited
-        assert newer.recorded_at != older[0].recorded_at
-        assert await looked(registry, forwarded_look(older[0].ip, owner(0).key, older[0].recorded_at)) == [True]
+        assert newer[0].recorded_at != older[0].recorded_at
+        assert await looked(registry, look_of(older[0], 0)) == [True]
