@@ -351,6 +351,14 @@ LINGER_MEMORY = 8
 """How many recent batch sizes a lingering actor remembers: it expects as many requests as the largest held."""
 SENDER_MEMORY = 2
 """How many recent batches a lingering pool host remembers the nodes of: it waits for every one of them."""
+QUIET_SHARE = 0.2
+"""Once all but a tenth (at least all but one) of the nodes a pool host waits for are in, it waits only while
+requests keep coming, each within this share of its linger (50 ms of 0.25 s): the node or two still missing are
+then busy with a request of the round before (an ADD's endpoint or last look, a slow plugin start), and what
+they send next cannot come before this batch is written; waiting out the whole linger for them cost every
+request in the batch a quarter of a second (``docs/benchmarks.md``).  Not sooner: two groups of nodes out of
+step must still wait for each other, to meet again in one write.  In the traced 1000-pod runs, once nine of ten
+were in, the tenth, when it came, always came within 50 ms."""
 
 
 def _looks_to_come(
@@ -400,6 +408,9 @@ class PoolActor:
     of nodes that fell out of step meet again in one write.  Otherwise it waits for as many requests as the
     largest of its last ``LINGER_MEMORY`` batches held.  A lone request is never held, nor a batch that begins
     with a read (``Verify``, ``Inspect``).  0: drain at once."""
+    quiet_share: float = QUIET_SHARE
+    """A pool host that has all but a tenth of the nodes it waits for waits only while requests keep coming, each
+    within this share of ``linger``."""
     gone: bool = False
     """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
@@ -426,14 +437,15 @@ class PoolActor:
             self.gone = False
             batch = [first]
             count: Callable[[list[PoolMsg]], int] = len
-            expect = max(recent)  # NB: the largest of late: a batch cut short must not shrink the next ones
+            expect, nearly = max(recent), None  # NB: the largest of late: a batch cut short must not shrink the next
             if nodes and all(nodes):  # NB: forwarded requests: wait for the nodes of late, however many each sends
                 expect, count = len(frozenset().union(*nodes)), _senders
+                nearly = expect - max(1, expect // 10)
             try:
                 # NB: under load only; a lone request is never delayed, nor a read (a look the host's ``look`` left
                 # here: it writes nothing, so it has nothing to share)
                 if expect > 1 and self.linger > 0 and not isinstance(first, Verify | Inspect):
-                    await self._gather(batch, expect, count)
+                    await self._gather(batch, expect, count, nearly)
                 else:
                     batch = drain(self.mailbox, first, self.max_batch)
             except BaseException:  # cancelled while lingering: nobody may wait forever
@@ -465,14 +477,20 @@ class PoolActor:
                 for msg in batch:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
 
-    async def _gather(self, batch: list[PoolMsg], expect: int, count: Callable[[list[PoolMsg]], int]) -> None:
-        """Linger for the rest of a batch (``linger``); the SpiderReservedIPs a batch of allocations avoids are
-        read meanwhile, not after it."""
+    async def _gather(
+        self, batch: list[PoolMsg], expect: int, count: Callable[[list[PoolMsg]], int], nearly: int | None
+    ) -> None:
+        """Linger for the rest of a batch (``linger``; once ``nearly`` are in, only while more keep coming: see
+        ``QUIET_SHARE``); the SpiderReservedIPs a batch of allocations avoids are read meanwhile, not after it."""
         self._reserved_early = None
+        quiet = self.linger * self.quiet_share
         async with trio.open_nursery() as nursery:
             if isinstance(batch[0], Allocate):
                 nursery.start_soon(self._read_reservations_early)
-            await gather(self.mailbox, batch, self.max_batch, expect=expect, within=self.linger, count=count)
+            await gather(
+                self.mailbox, batch, self.max_batch, expect=expect, within=self.linger, count=count, nearly=nearly,
+                quiet=quiet,
+            )  # fmt: skip
 
     async def _next(self) -> PoolMsg | None:
         """The next request, or ``None`` to stop: the mailbox is closed, or it stayed empty for ``idle_timeout``

@@ -10,6 +10,7 @@ reply as ``outcome.Error`` and are raised in the requester's task, so the actor 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -77,19 +78,29 @@ async def gather(
     expect: int,
     within: float,
     count: Callable[[list[M]], int] = len,
+    nearly: int | None = None,
+    quiet: float = 0.0,
 ) -> None:
     """Extend ``batch`` (which holds the first message) with what arrives until ``count(batch)`` (by default its
-    length; say, the senders it holds) reaches ``expect`` or ``within`` seconds have passed, then with whatever
-    else is queued, up to ``limit`` messages.
+    length; say, the senders it holds) reaches ``expect`` or ``within`` seconds have passed, or, once it reached
+    ``nearly``, no message came for ``quiet`` seconds; then with whatever else is queued, up to ``limit``
+    messages.
 
     A group commit that lingers only while senders it expects (as many as last time) are still on their way:
-    when they all came, the batch goes at once instead of at the end of the linger.  ``batch`` is extended in
-    place, so a caller cancelled meanwhile still holds (and can answer) every message taken from the mailbox.
+    when they all came, the batch goes at once instead of at the end of the linger; when all but a few came and
+    then nothing more, the few are taken to be busy elsewhere (the requests of a round that fell behind the
+    rest, which cannot come before this batch is written) and the batch goes after a ``quiet`` pause.
+    ``batch`` is extended in place, so a caller cancelled meanwhile still holds (and can answer) every message
+    taken from the mailbox.
     """
     with trio.move_on_after(within):
         while count(batch) < expect and len(batch) < limit:
+            patience = quiet if nearly is not None and count(batch) >= nearly else math.inf
             try:
-                batch.append(await mailbox.receive())
+                with trio.move_on_after(patience) as pause:
+                    batch.append(await mailbox.receive())
             except trio.EndOfChannel:  # NB: closed: what is queued is already in hand
+                break
+            if pause.cancelled_caught:
                 break
     _take_queued(mailbox, batch, limit)

@@ -622,7 +622,8 @@ async def test_a_pool_host_waits_for_every_node_of_late_so_two_groups_out_of_ste
     nursery: trio.Nursery, store: InterferingStore
 ) -> None:
     send, recv = trio.open_memory_channel[PoolMsg](256)
-    actor = PoolActor(POOL, store, recv, linger=600.0)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: a 50 ms pause at most
+    first, second = ("a", "b", "c", "d", "e"), ("f", "g", "h", "i", "j")
 
     async def from_nodes(*nodes: str) -> None:
         """One request from each node, queued together (as one round of requests reaching the host at once)."""
@@ -634,16 +635,44 @@ async def test_a_pool_host_waits_for_every_node_of_late_so_two_groups_out_of_ste
 
     with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it: every wait below must end by a request
         await nursery.start(actor.run)
-        await from_nodes("a", "b")  # the first group's round
-        await from_nodes("c", "d")  # the second group's, out of step: each a batch of two requests
+        await from_nodes(*first)  # the first group's round
+        await from_nodes(*second)  # the second group's, out of step: each a batch of five requests
         batches = actor.stats.batches
         async with trio.open_nursery() as rounds:
-            rounds.start_soon(from_nodes, "a", "b")
-            await trio.sleep(0.2)  # NB: a and b are held for c and d, whom the last two batches came from
+            rounds.start_soon(from_nodes, *first)
+            # NB: the first group is held for the second, whom the last two batches came from, past the quiet
+            # pause: half the nodes are not nearly all
+            await trio.sleep(0.2)
             assert actor.stats.batches == batches
-            rounds.start_soon(from_nodes, "c", "d")
+            rounds.start_soon(from_nodes, *second)
     assert actor.stats.batches == batches + 1
-    assert actor.stats.largest_batch == 4
+    assert actor.stats.largest_batch == 10
+
+
+async def test_a_pool_host_with_all_but_one_node_in_writes_once_no_more_come(
+    nursery: trio.Nursery, store: InterferingStore
+) -> None:
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: a 50 ms pause, a 600 s linger
+    nodes = [f"n{i}" for i in range(10)]
+
+    def request(node: str) -> Allocate:
+        return Allocate(owner(f"{node}-{actor.stats.requests}"), Reply[Allocation].open(), sender=node)
+
+    with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it: the batch must go after the pause
+        await nursery.start(actor.run)
+        first = [request(node) for node in nodes]
+        for msg in first:
+            send.send_nowait(msg)
+        for msg in first:
+            await msg.reply.wait()  # the host now waits for all ten nodes
+        batches = actor.stats.batches
+        late = [request(node) for node in nodes[:9]]  # n9 is busy with something else
+        for msg in late:
+            send.send_nowait(msg)
+        for msg in late:
+            await msg.reply.wait()
+    assert actor.stats.batches == batches + 1
 
 
 async def test_callers_taken_from_the_mailbox_while_lingering_are_answered_when_the_actor_is_cancelled(

@@ -128,6 +128,31 @@ async def test_gather_can_count_senders_instead_of_messages(autojump_clock: trio
     assert waited == pytest.approx(1)  # NB: four messages were in at once, but only two senders
 
 
+async def test_gather_with_nearly_all_in_goes_after_a_quiet_pause_and_not_before(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    send, recv = trio.open_memory_channel[int](10)
+    batch = [1]
+
+    async def late_senders() -> None:
+        await trio.sleep(5)  # NB: longer than the quiet pause, but only one is in: keep waiting
+        await send.send(2)
+        await trio.sleep(0.5)
+        await send.send(3)  # three of ten: nearly all, as asked
+        await trio.sleep(0.5)
+        await send.send(4)  # within the pause: taken
+        await trio.sleep(5)
+        await send.send(5)  # after it: the batch went without it
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(late_senders)
+        start = trio.current_time()
+        await gather(recv, batch, 10, expect=10, within=600, nearly=3, quiet=1)
+        waited = trio.current_time() - start
+    assert batch == [1, 2, 3, 4]
+    assert waited == pytest.approx(7)  # NB: virtual time: the last one at 6, then one quiet second
+
+
 async def test_gather_gives_up_waiting_after_within_and_keeps_what_came(autojump_clock: trio.abc.Clock) -> None:
     send, recv = trio.open_memory_channel[int](10)
     batch = [1]
