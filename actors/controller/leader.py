@@ -46,6 +46,9 @@ API_VERSION = "coordination.k8s.io/v1"
 DEFAULT_LEASE_NAME = "spiderpool-controller-leases"
 JITTER = 0.2
 """Candidates wait ``retry_period`` times 1 to 1.2 between attempts, so they do not all write at once."""
+RELEASE_ATTEMPTS = 3
+"""How often ``release`` reads the Lease and writes it empty while its writes conflict (a renewal given up on
+may still land on the server after the read)."""
 
 
 def microtime(now: datetime | None = None) -> str:
@@ -293,21 +296,28 @@ class LeaderElector:
         s = self.settings
         if self.observed is None or self.observed.holder != s.identity:
             return False  # NB: someone wrote the Lease after us (or we never held it): nothing of ours to give up
-        try:
-            current = await self.store.get(KIND, s.name, s.namespace)
-            record = LeaseRecord.from_object(current)
-            if record.holder != s.identity:
-                return False
-            stamp = microtime()
-            # Like client-go's release: no holder, a 1 s duration, the transition count kept.
-            empty = LeaseRecord("", 1, stamp, stamp, record.transitions)
-            await self.store.update(self._object(empty, current))
-        except (SpiderError, trio.ClosedResourceError) as exc:
-            log.warning("%s: could not release Lease %s: %s", s.identity, self._where(), exc)
-            return False
-        self._observe(empty, trio.current_time())
-        log.info("%s: released Lease %s", s.identity, self._where())
-        return True
+        failure: BaseException | None = None
+        for _ in range(RELEASE_ATTEMPTS):
+            try:
+                current = await self.store.get(KIND, s.name, s.namespace)
+                record = LeaseRecord.from_object(current)
+                if record.holder != s.identity:
+                    return False
+                stamp = microtime()
+                # Like client-go's release: no holder, a 1 s duration, the transition count kept.
+                empty = LeaseRecord("", 1, stamp, stamp, record.transitions)
+                await self.store.update(self._object(empty, current))
+            except Conflict as exc:  # NB: a renewal we stopped waiting for may land after our read: read again
+                failure = exc
+                continue
+            except (SpiderError, trio.ClosedResourceError) as exc:
+                failure = exc
+                break
+            self._observe(empty, trio.current_time())
+            log.info("%s: released Lease %s", s.identity, self._where())
+            return True
+        log.warning("%s: could not release Lease %s: %s", s.identity, self._where(), failure)
+        return False
 
     def _observe(self, record: LeaseRecord, now: float) -> None:
         self.observed = record

@@ -13,11 +13,12 @@ An ADD's last look (``Verify``) knows the version its record was written at (``A
 the pool is still at it, that same cheap read answers it, without the records.  On the pool host, looks that
 agents forward skip the mailbox (``PoolActor.look``): one such read, shared by every look that arrived while
 the previous one was under way, answers each whose pool is still at its version or has since been moved on
-only by this actor's own writes of allocations (``OwnWrites``), which drop no record; so the looks of every
-node cost one read, and never wait for (or split) the batches that write.  The host knows which nodes its last
-write will hear looks from (each node it answered an allocation, ``AwaitedLooks``): the first look to arrive
-waits, briefly, for one from each of the others, so that one read answers them all rather than one read for the
-first and another for the rest.
+only by this actor's own writes of allocations (``OwnWrites``, in ``actors.ipam.looks``), which drop no
+record; so the looks of every node cost one read, and never wait for (or split) the batches that write.  The
+host knows which nodes its last write will hear looks from (each node it answered an allocation,
+``AwaitedLooks``): the first look to arrive waits, briefly, for one from each of the others, so that one read
+answers them all rather than one read for the first and another for the rest.  It batches the requests of
+every node, waiting (``linger``) for the nodes of its last batches while they are due (``DUE_PACES``).
 Either way a ledger another agent has overtaken is levelled with the stored pool (``PoolLedger.catch_up``),
 not decoded anew.  No address leaves the actor before it is durable; pools serialize independently.
 
@@ -43,8 +44,9 @@ import attrs
 import outcome
 import trio
 
+from actors.ipam.looks import AwaitedLooks, OwnWrites
 from actors.runtime.fresh import FreshRead
-from actors.runtime.mailbox import Reply, drain, gather
+from actors.runtime.mailbox import Paces, Reply, drain, gather
 from actors.runtime.supervisor import Supervisor
 from actors.stores.port import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
 from spider.addr import IPSet, ip_to_int
@@ -268,85 +270,6 @@ class PoolHandle:
             raise ActorUnavailable(actor=f"pool/{self.name}") from None
 
 
-@attrs.define
-class OwnWrites:
-    """The last writes one actor made: for each, the version it was guarded by, the version it made, and whether
-    it kept every record (a batch of allocations and reads: an ``Allocate`` adds a record or renews its owner's
-    at the same address, never drops one)."""
-
-    limit: int = 64
-    _steps: dict[str, tuple[str, bool]] = attrs.field(factory=dict)
-
-    def add(self, before: str, after: str, kept: bool) -> None:
-        """Note a write that succeeded: guarded by ``before``, it made ``after``."""
-        if len(self._steps) >= self.limit:
-            del self._steps[next(iter(self._steps))]
-        self._steps[before] = (after, kept)
-
-    def kept_since(self, version: str, current: str) -> bool:
-        """Whether the pool went from ``version`` to ``current`` through our own writes alone, each keeping every
-        record (or did not move at all).  Each write was guarded by the version before it, so no one else wrote
-        between two of them."""
-        for _ in range(len(self._steps) + 1):
-            if version == current:
-                return True
-            step = self._steps.get(version)
-            if step is None or not step[1]:
-                return False
-            version = step[0]
-        return False
-
-
-@attrs.define
-class AwaitedLooks:
-    """The nodes a hosted pool's latest write will hear last looks from: each node it answered an allocation
-    (an ADD looks once its endpoint is written).  A look of that write waits, at most ``within`` seconds from
-    the first one's arrival, until a look has come from every one of those nodes, or their ADDs gave back
-    their addresses, so that one read of the pool's version answers them all.  One look per node is all that
-    can come at once: a node sends its looks at a pool one call at a time (``PoolForwarder``), so the rest of
-    its looks follow the answer to this one.  Only ever a delay: looks that waited ``within`` read."""
-
-    within: float = 0.05
-    _version: str = ""
-    _pending: dict[str, set[tuple[str, str]]] = attrs.field(factory=dict)
-    """Per node no look has come from yet: the owner keys it was answered allocations for."""
-    _all_in: trio.Event = attrs.field(factory=trio.Event)
-    _deadline: float | None = None
-
-    def expect(self, version: str, nodes: dict[str, set[tuple[str, str]]]) -> None:
-        """A write made ``version``, answering allocations to these nodes' owner keys; the looks of the write
-        before wait no longer."""
-        self._all_in.set()
-        self._version, self._pending, self._all_in, self._deadline = version, nodes, trio.Event(), None
-        self._maybe_all_in()
-
-    def forget(self, key: tuple[str, str]) -> None:
-        """No look will come for ``key`` (its ADD gave the address back)."""
-        for node, keys in list(self._pending.items()):
-            keys.discard(key)
-            if not keys:
-                del self._pending[node]
-        self._maybe_all_in()
-
-    async def arrive(self, looks: list[Verify]) -> None:
-        """These forwarded looks are in: return once a look of their write has come from every node awaited, or
-        ``within`` after the first (at once for looks of another write)."""
-        ours = [msg for msg in looks if msg.sender and self._version and msg.recorded_at == self._version]
-        if not ours:
-            return
-        for msg in ours:
-            self._pending.pop(msg.sender, None)
-        self._maybe_all_in()
-        if self._deadline is None:
-            self._deadline = trio.current_time() + self.within
-        with trio.move_on_at(self._deadline):  # NB: one deadline per write: a later look waits no longer
-            await self._all_in.wait()
-
-    def _maybe_all_in(self) -> None:
-        if not self._pending:
-            self._all_in.set()
-
-
 LINGER_MEMORY = 8
 """How many recent batch sizes a lingering actor remembers: it expects as many requests as the largest held."""
 SENDER_MEMORY = 2
@@ -359,6 +282,13 @@ they send next cannot come before this batch is written; waiting out the whole l
 request in the batch a quarter of a second (``docs/benchmarks.md``).  Not sooner: two groups of nodes out of
 step must still wait for each other, to meet again in one write.  In the traced 1000-pod runs, once nine of ten
 were in, the tenth, when it came, always came within 50 ms."""
+DUE_PACES = 1.5
+"""A pool host waits for a node of its last batches only while the node is due: this many of its pace (the time
+between its last two batches' requests) past its last request, at most a linger past it (``Paces``).  So the
+last batch of a burst does not wait out the linger for nodes that are done; two groups out of step, each due
+within its own pace, still meet.  When every one of them is overdue (a lull), a request may be the first of a
+burst: it waits only while more keep coming, each within the quiet pause (``QUIET_SHARE``), so that the burst's
+first batch holds every node its first wave brings, not those that happened to arrive first."""
 
 
 def _looks_to_come(
@@ -433,19 +363,26 @@ class PoolActor:
         task_status.started()
         recent: collections.deque[int] = collections.deque([1], maxlen=LINGER_MEMORY)
         nodes: collections.deque[frozenset[str]] = collections.deque(maxlen=SENDER_MEMORY)
+        paces = Paces(DUE_PACES)
         while (first := await self._next()) is not None:
             self.gone = False
             batch = [first]
             count: Callable[[list[PoolMsg]], int] = len
-            expect, nearly = max(recent), None  # NB: the largest of late: a batch cut short must not shrink the next
-            if nodes and all(nodes):  # NB: forwarded requests: wait for the nodes of late, however many each sends
-                expect, count = len(frozenset().union(*nodes)), _senders
-                nearly = expect - max(1, expect // 10)
+            expect, nearly, within = max(recent), None, self.linger  # NB: the largest of late, see LINGER_MEMORY
+            if all(nodes) and (nodes or _sender(first)):  # NB: forwarded: the nodes of late, however many each sends
+                expected, count = frozenset().union(*nodes), _senders
+                due = paces.until(expected - {_sender(first)}, self.linger) - trio.current_time()
+                if due > 0:
+                    expect, within = len(expected), min(within, due)
+                    nearly = expect - max(1, expect // 10)
+                else:  # NB: the first, or after a lull (every node of late overdue): a burst may begin, take its wave
+                    expect, nearly = self.max_batch, 1
             try:
-                # NB: under load only; a lone request is never delayed, nor a read (a look the host's ``look`` left
-                # here: it writes nothing, so it has nothing to share)
-                if expect > 1 and self.linger > 0 and not isinstance(first, Verify | Inspect):
-                    await self._gather(batch, expect, count, nearly)
+                # NB: under load only; a lone request asked in this process is never delayed (a forwarded one only by
+                # the quiet pause after a lull), nor a read (a look the host's ``look`` left here: it writes nothing,
+                # so it has nothing to share)
+                if expect > 1 and within > 0 and not isinstance(first, Verify | Inspect):
+                    await self._gather(batch, expect, count, nearly, within)
                 else:
                     batch = drain(self.mailbox, first, self.max_batch)
             except BaseException:  # cancelled while lingering: nobody may wait forever
@@ -456,15 +393,19 @@ class PoolActor:
             for msg in batch:
                 if isinstance(msg, Release):  # NB: an ADD giving back what it got: it will not look
                     self.awaited_looks.forget(msg.key)
+            now = trio.current_time()
             if looks < len(batch):  # NB: a batch of looks alone says nothing of the writes to wait for
                 recent.append(len(batch))
                 nodes.append(frozenset({_sender(msg) for msg in batch} - {""}))
+                came = [
+                    (_sender(m), getattr(m, "sent_at", now)) for m in batch if _sender(m) and not isinstance(m, Verify)
+                ]
+                paces.note(came, keep=frozenset().union(*nodes))
             self.stats.looks += looks
             self.stats.requests += len(batch) - looks
             self.stats.batches += looks < len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch) - looks)
             if self.on_wait is not None:
-                now = trio.current_time()
                 for msg in batch:
                     self.on_wait(msg, now - getattr(msg, "sent_at", now))
             try:
@@ -478,17 +419,23 @@ class PoolActor:
                     msg.reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
 
     async def _gather(
-        self, batch: list[PoolMsg], expect: int, count: Callable[[list[PoolMsg]], int], nearly: int | None
+        self,
+        batch: list[PoolMsg],
+        expect: int,
+        count: Callable[[list[PoolMsg]], int],
+        nearly: int | None,
+        within: float,
     ) -> None:
-        """Linger for the rest of a batch (``linger``; once ``nearly`` are in, only while more keep coming: see
-        ``QUIET_SHARE``); the SpiderReservedIPs a batch of allocations avoids are read meanwhile, not after it."""
+        """Linger for the rest of a batch (``within``: the linger, or less, see ``DUE_PACES``; once ``nearly`` are
+        in, only while more keep coming: see ``QUIET_SHARE``); the SpiderReservedIPs a batch of allocations avoids
+        are read meanwhile, not after it."""
         self._reserved_early = None
         quiet = self.linger * self.quiet_share
         async with trio.open_nursery() as nursery:
             if isinstance(batch[0], Allocate):
                 nursery.start_soon(self._read_reservations_early)
             await gather(
-                self.mailbox, batch, self.max_batch, expect=expect, within=self.linger, count=count, nearly=nearly,
+                self.mailbox, batch, self.max_batch, expect=expect, within=within, count=count, nearly=nearly,
                 quiet=quiet,
             )  # fmt: skip
 

@@ -1,7 +1,8 @@
 """The actor runtime's messaging: bounded mailboxes and one-shot replies.
 
 Owns ``Reply`` (the answer slot a requester awaits and an actor resolves without ever blocking), ``drain``
-(the group-commit read of a mailbox) and ``gather`` (the same, waiting a little for the senders it expects).
+(the group-commit read of a mailbox), ``gather`` (the same, waiting a little for the senders it expects) and
+``Paces`` (how long a sender is still worth waiting for).
 An actor is a trio task that alone owns some state and reads its mailbox, a bounded trio memory channel;
 other tasks hold a handle that sends messages carrying a ``Reply``.  Domain errors travel back inside the
 reply as ``outcome.Error`` and are raised in the requester's task, so the actor keeps running (DESIGN §4).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from typing import Generic, TypeVar
 
 import attrs
@@ -104,3 +105,37 @@ async def gather(
             if pause.cancelled_caught:
                 break
     _take_queued(mailbox, batch, limit)
+
+
+@attrs.define
+class Paces:
+    """When each sender's messages last came and how far apart its last two batches were (its pace), so that a
+    ``gather`` waits for a sender only while it is due: ``share`` of its pace past its last message, and never
+    more than a ``cap`` past it (nor more than that when its pace is not known yet).  A sender that is done (the
+    end of a burst) or sent long ago (a lone message after a lull) is then not waited for at all."""
+
+    share: float = 1.5
+    _last: dict[str, float] = attrs.field(factory=dict)
+    _pace: dict[str, float] = attrs.field(factory=dict)
+
+    def note(self, arrivals: Iterable[tuple[str, float]], keep: Collection[str]) -> None:
+        """One batch's ``(sender, time)`` pairs (a sender's first counts); senders not in ``keep`` are forgotten."""
+        firsts: dict[str, float] = {}
+        for sender, at in arrivals:
+            firsts[sender] = min(at, firsts.get(sender, at))
+        for sender, at in firsts.items():
+            if (last := self._last.get(sender)) is not None and at > last:
+                self._pace[sender] = at - last
+            self._last[sender] = at
+        for gone in self._last.keys() - set(keep):
+            del self._last[gone]
+            self._pace.pop(gone, None)
+
+    def until(self, senders: Iterable[str], cap: float) -> float:
+        """The latest time (trio clock) any of ``senders`` is still due: ``-inf`` for none, ``inf`` when one of
+        them never sent (nothing says when it comes)."""
+        due = -math.inf
+        for sender in senders:
+            last = self._last.get(sender, math.inf)
+            due = max(due, last + min(cap, self.share * self._pace.get(sender, math.inf)))
+        return due

@@ -15,7 +15,7 @@ import trio
 from actors.controller.applications import ApplicationController, ApplicationSettings
 from actors.ipam.subnet import SubnetRegistry
 from actors.runtime.supervisor import Supervisor
-from actors.stores.port import Invalid, NotFound, Obj, PassThrough, Store
+from actors.stores.port import Conflict, Invalid, NotFound, Obj, PassThrough, Store
 from actors.stores.validating import ValidatingStore
 from spider.addr import IPSet
 from spider.autopool import LABEL_APP_UID, LABEL_RECLAIM, AppRef, SubnetClaim, auto_pool_name, auto_pool_object
@@ -110,6 +110,15 @@ async def test_a_deployment_gets_a_pool_of_its_replicas_that_grows_shrinks_and_g
             await eventually(subnet_restored)
 
 
+async def rewrite(store: Store, name: str, change: Callable[[Obj], Obj], *, status: bool = False) -> Obj:
+    """Read pool ``name`` and write ``change(pool)``; again while a write lands between (a controller that was
+    stopped may have sent it: a slow server still commits a request its client stopped waiting for)."""
+    while True:
+        changed = change(await store.get("SpiderIPPool", name))
+        with contextlib.suppress(Conflict):
+            return await (store.update_status(changed) if status else store.update(changed))
+
+
 async def web_with_its_pool(store: Store, replicas: int) -> Obj:
     """Subnet ``s4`` and Deployment ``web`` of ``replicas``, given its auto pool by a controller that then stops
     (a failover begins); the pool."""
@@ -131,9 +140,13 @@ async def test_an_earlier_applications_reclaim_pool_is_never_taken_over_by_a_new
     store = private_store
     with trio.fail_after(TIMEOUT):
         old = await web_with_its_pool(store, 2)
-        ledger = PoolLedger.from_object(old)  # NB: an old pod still holds an address: the pool cannot go yet
-        ledger.records[0x0A060001] = Record("default/web-old", "uid-web-old", "eth0", "ctr", "node-1")
-        await store.update_status({**old, "status": ledger.to_status()})
+
+        def an_old_pod_holds_an_address(pool: Obj) -> Obj:  # NB: so the pool cannot go yet
+            ledger = PoolLedger.from_object(pool)
+            ledger.records[0x0A060001] = Record("default/web-old", "uid-web-old", "eth0", "ctr", "node-1")
+            return {**pool, "status": ledger.to_status()}
+
+        old = await rewrite(store, old["metadata"]["name"], an_old_pod_holds_an_address, status=True)
         old_uid = old["metadata"]["labels"][LABEL_APP_UID]
         await store.delete("Deployment", "web", "default")  # no controller sees it
         uid = (await store.create(deployment(2)))["metadata"]["uid"]
@@ -467,7 +480,7 @@ async def test_the_entry_of_a_pool_gone_unseen_is_forgotten_though_an_applicatio
         old = await web_with_its_pool(store, 3)
         name = old["metadata"]["name"]
         await store.delete("Deployment", "web", "default")
-        await store.update({**old, "metadata": {**old["metadata"], "finalizers": []}})
+        await rewrite(store, name, lambda pool: {**pool, "metadata": {**pool["metadata"], "finalizers": []}})
         await store.delete("SpiderIPPool", name)
         await store.create(deployment(3))
         async with controlling(store, settings=ApplicationSettings(resync_period=0.2)):

@@ -20,8 +20,8 @@ import attrs
 import pytest
 import trio
 
-from actors.controller.leader import LeaderElector, LeaderSettings, LeaseRecord
-from actors.stores.port import Conflict, NotFound, Store
+from actors.controller.leader import LeaderElector, LeaderSettings, LeaseRecord, microtime
+from actors.stores.port import Conflict, NotFound, Obj, PassThrough, Store
 from tests.controller.support import FaultyStore, eventually
 
 # NB: a name of our own, never Spiderpool's Lease: these tests may run against a real cluster
@@ -225,6 +225,38 @@ async def test_a_released_lease_is_taken_over_without_waiting_for_it_to_expire(s
             assert spec["leaseTransitions"] == 1
             nursery.cancel_scope.cancel(reason="test over")
         journal.assert_never_two_at_once()
+
+
+@attrs.define(eq=False)
+class RenewalLandsLate(PassThrough):
+    """The first time the Lease is written empty, a renewal its holder gave up waiting for lands first, after
+    the release read the Lease: as a slow server commits a request whose client stopped waiting."""
+
+    inner: Store
+    landed: int = 0
+
+    async def update(self, obj: Obj) -> Obj:
+        if obj["kind"] == "Lease" and not obj["spec"].get("holderIdentity") and not self.landed:
+            self.landed += 1
+            late = await self.inner.get("Lease", NAME, NAMESPACE)
+            await self.inner.update({**late, "spec": {**late["spec"], "renewTime": microtime()}})
+        return await self.inner.update(obj)
+
+
+async def test_a_release_that_a_late_renewal_overtakes_reads_the_lease_again_and_releases(
+    store: Store, pace: Pace
+) -> None:
+    late = RenewalLandsLate(store)
+    journal = Journal()
+    with trio.fail_after(2 * pace.patience):
+        async with trio.open_nursery() as nursery:
+            a = LeaderElector(late, pace.settings("a", release=False))
+            a_alive = await nursery.start(candidate, a, journal.work("a"))
+            await eventually(journal.leads("a"), within=pace.patience)
+            a_alive.cancel(reason="stop, and release below")
+        assert await a.release()
+    assert late.landed == 1
+    assert not (await lease_spec(store)).get("holderIdentity")
 
 
 @pytest.mark.parametrize("fault", ["down", "hang"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -675,6 +675,108 @@ async def test_a_pool_host_with_all_but_one_node_in_writes_once_no_more_come(
     assert actor.stats.batches == batches + 1
 
 
+def from_nodes(send: trio.MemorySendChannel[PoolMsg], actor: PoolActor) -> Callable[..., Awaitable[float]]:
+    """One request from each of ``nodes``, queued together (one round reaching the pool host at once); the
+    (trio) seconds until the last answer."""
+
+    async def send_round(*nodes: str) -> float:
+        start = trio.current_time()
+        replies = [Reply[Allocation].open() for _ in nodes]
+        for i, (node, reply) in enumerate(zip(nodes, replies, strict=True)):
+            send.send_nowait(Allocate(owner(f"{node}-{actor.stats.requests}-{i}"), reply, sender=node))
+        for reply in replies:
+            await reply.wait()
+        return trio.current_time() - start
+
+    return send_round
+
+
+async def test_a_pool_host_does_not_hold_a_lone_request_after_a_lull_for_the_nodes_of_earlier_batches(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
+    await seed_pool(store.inner)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: a 50 ms pause
+    send_round = from_nodes(send, actor)
+    await nursery.start(actor.run)
+    await send_round("a")
+    await send_round("b")  # the last two batches came from a and b
+    await trio.sleep(3600)  # a lull: b is long done
+    waited = await send_round("a")
+    assert waited == pytest.approx(0.05)  # NB: virtual time: only the quiet pause, not the 600 s linger
+    assert actor.stats.batches == 3
+
+
+@pytest.mark.parametrize("before", ["nothing", "a lull"])
+async def test_a_pool_host_takes_the_first_wave_of_a_burst_into_one_batch(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, before: str
+) -> None:
+    """The first requests the host gets, or the first after a lull, may begin a burst: their batch takes every
+    node that comes within the quiet pause of the one before, not just those that happened to come first."""
+    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
+    await seed_pool(store.inner)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: a 50 ms pause
+    send_round = from_nodes(send, actor)
+    await nursery.start(actor.run)
+    if before == "a lull":
+        await send_round("a")
+        await send_round("b")
+        await trio.sleep(3600)
+    batches = actor.stats.batches
+    async with trio.open_nursery() as wave:
+        for node in ("c", "a", "d", "b"):
+            wave.start_soon(send_round, node)
+            await trio.sleep(0.03)
+    assert actor.stats.batches == batches + 1
+
+
+async def test_a_pool_host_waits_for_the_nodes_of_a_burst_only_while_they_are_due(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """Ten nodes send a round a second; then five are done: the next batch waits for the other five until
+    they are overdue (``DUE_PACES`` of their pace past their last request: at 1.5 s), not the 600 s linger."""
+    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
+    await seed_pool(store.inner)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)
+    send_round = from_nodes(send, actor)
+    nodes = [f"n{i}" for i in range(10)]
+    await nursery.start(actor.run)
+    for second in range(1, 4):
+        await trio.sleep_until(second)
+        await send_round(*nodes)
+    await trio.sleep_until(4)
+    batches = actor.stats.batches
+    waited = await send_round(*nodes[:5])
+    assert waited == pytest.approx(0.5)
+    assert actor.stats.batches == batches + 1
+
+
+async def test_a_pool_host_still_waits_for_a_node_of_a_burst_that_is_late_but_due(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
+    await seed_pool(store.inner)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=1.0)  # NB: no quiet pause: due or not alone
+    send_round = from_nodes(send, actor)
+    nodes = [f"n{i}" for i in range(10)]
+    await nursery.start(actor.run)
+    for second in range(1, 4):
+        await trio.sleep_until(second)
+        await send_round(*nodes)
+    batches = actor.stats.batches
+    async with trio.open_nursery() as rounds:
+        await trio.sleep_until(4)
+        rounds.start_soon(send_round, *nodes[:9])
+        await trio.sleep_until(4.4)  # n9 is due until 4.5
+        rounds.start_soon(send_round, nodes[9])
+    assert actor.stats.batches == batches + 1
+    assert actor.stats.largest_batch == 10
+
+
 async def test_callers_taken_from_the_mailbox_while_lingering_are_answered_when_the_actor_is_cancelled(
     store: InterferingStore,
 ) -> None:
@@ -742,7 +844,7 @@ async def test_a_lingering_host_reads_the_reservations_while_the_batch_gathers_a
 ) -> None:
     store = ReadsReservations(sqlite)
     send, recv = trio.open_memory_channel[PoolMsg](256)
-    actor = PoolActor(POOL, store, recv, linger=600.0)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: the first batch: 50 ms
 
     def request(node: str, i: int) -> Allocate:
         return Allocate(owner(f"{node}-{i}"), Reply[Allocation].open(), sender=node)
@@ -772,7 +874,7 @@ async def test_a_batch_that_lost_a_write_race_reads_the_reservations_again(
 ) -> None:
     store = ReadsReservations(sqlite)
     send, recv = trio.open_memory_channel[PoolMsg](256)
-    actor = PoolActor(POOL, store, recv, linger=600.0)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: the first batch: 50 ms
     with trio.fail_after(TIMEOUT):  # NB: the linger would outlast it: the batch must go when both nodes are in
         await nursery.start(actor.run)
         first = [Allocate(owner(f"{node}-0"), Reply[Allocation].open(), sender=node) for node in ("a", "b")]

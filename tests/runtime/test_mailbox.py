@@ -1,12 +1,15 @@
-"""``Reply``, the one-shot answer slot; ``drain`` and ``gather``, the group-commit batchers (runtime/mailbox.py)."""
+"""``Reply``, the one-shot answer slot; ``drain`` and ``gather``, the group-commit batchers; ``Paces``, how long
+a sender is worth waiting for (runtime/mailbox.py)."""
 
 from __future__ import annotations
+
+import math
 
 import outcome
 import pytest
 import trio
 
-from actors.runtime.mailbox import Reply, drain, gather
+from actors.runtime.mailbox import Paces, Reply, drain, gather
 from spider.errors import PoolExhausted
 
 TIMEOUT = 5
@@ -182,3 +185,31 @@ async def test_gather_stops_at_a_closed_mailbox() -> None:
     with trio.fail_after(TIMEOUT):
         await gather(recv, batch, 10, expect=5, within=600)
     assert batch == [1, 2]
+
+
+def test_paces_say_a_sender_never_seen_may_come_any_time() -> None:
+    assert Paces().until(["a"], cap=0.25) == math.inf
+    assert Paces().until([], cap=0.25) == -math.inf
+
+
+def test_paces_wait_for_a_sender_of_unknown_pace_a_cap_past_its_last_message() -> None:
+    paces = Paces(share=1.5)
+    paces.note([("a", 10.0)], keep={"a"})
+    assert paces.until(["a"], cap=0.25) == pytest.approx(10.25)
+
+
+def test_paces_wait_for_a_sender_its_share_of_its_pace_and_no_more_than_the_cap() -> None:
+    paces = Paces(share=1.5)
+    paces.note([("fast", 10.0), ("slow", 10.0)], keep={"fast", "slow"})
+    paces.note([("fast", 10.1), ("slow", 12.0)], keep={"fast", "slow"})  # paces 0.1 s and 2 s
+    assert paces.until(["fast"], cap=0.25) == pytest.approx(10.1 + 0.15)
+    assert paces.until(["slow"], cap=0.25) == pytest.approx(12.0 + 0.25)
+    assert paces.until(["fast", "slow"], cap=0.25) == pytest.approx(12.25)  # NB: the latest of them
+
+
+def test_paces_count_a_senders_first_message_of_a_batch_and_forget_who_is_not_kept() -> None:
+    paces = Paces(share=1.0)
+    paces.note([("a", 1.0), ("b", 1.0)], keep={"a", "b"})
+    paces.note([("a", 3.0), ("a", 2.0)], keep={"a"})  # NB: a's first of the batch came at 2: pace 1
+    assert paces.until(["a"], cap=10) == pytest.approx(3.0)
+    assert paces.until(["b"], cap=10) == math.inf  # forgotten: as if never seen
