@@ -284,11 +284,12 @@ step must still wait for each other, to meet again in one write.  In the traced 
 were in, the tenth, when it came, always came within 50 ms."""
 DUE_PACES = 1.5
 """A pool host waits for a node of its last batches only while the node is due: this many of its pace (the time
-between its last two batches' requests) past its last request, at most a linger past it (``Paces``).  So the
-last batch of a burst does not wait out the linger for nodes that are done; two groups out of step, each due
-within its own pace, still meet.  When every one of them is overdue (a lull), a request may be the first of a
-burst: it waits only while more keep coming, each within the quiet pause (``QUIET_SHARE``), so that the burst's
-first batch holds every node its first wave brings, not those that happened to arrive first."""
+between its last two batches' requests) past its last request, at most a linger past it (``Paces``); then only
+while requests keep coming, each within the quiet pause (``QUIET_SHARE``).  So the last batch of a burst does
+not wait out the linger for nodes that are done; two groups out of step, each due within its own pace, still
+meet.  The first forwarded request, or the first after a lull (every node of late overdue), may begin a burst:
+its batch takes every request that comes within the quiet pause of the one before, so that it holds the
+burst's whole first wave, not just the nodes that happened to arrive first."""
 
 
 def _looks_to_come(
@@ -368,21 +369,21 @@ class PoolActor:
             self.gone = False
             batch = [first]
             count: Callable[[list[PoolMsg]], int] = len
-            expect, nearly, within = max(recent), None, self.linger  # NB: the largest of late, see LINGER_MEMORY
+            expect, nearly, due = max(recent), None, None  # NB: the largest of late, see LINGER_MEMORY
             if all(nodes) and (nodes or _sender(first)):  # NB: forwarded: the nodes of late, however many each sends
                 expected, count = frozenset().union(*nodes), _senders
-                due = paces.until(expected - {_sender(first)}, self.linger) - trio.current_time()
-                if due > 0:
-                    expect, within = len(expected), min(within, due)
+                due = paces.until(expected - {_sender(first)}, self.linger)
+                if due > trio.current_time():
+                    expect = len(expected)
                     nearly = expect - max(1, expect // 10)
                 else:  # NB: the first, or after a lull (every node of late overdue): a burst may begin, take its wave
-                    expect, nearly = self.max_batch, 1
+                    expect = self.max_batch
             try:
                 # NB: under load only; a lone request asked in this process is never delayed (a forwarded one only by
                 # the quiet pause after a lull), nor a read (a look the host's ``look`` left here: it writes nothing,
                 # so it has nothing to share)
-                if expect > 1 and within > 0 and not isinstance(first, Verify | Inspect):
-                    await self._gather(batch, expect, count, nearly, within)
+                if expect > 1 and self.linger > 0 and not isinstance(first, Verify | Inspect):
+                    await self._gather(batch, expect, count, nearly, due)
                 else:
                     batch = drain(self.mailbox, first, self.max_batch)
             except BaseException:  # cancelled while lingering: nobody may wait forever
@@ -424,10 +425,10 @@ class PoolActor:
         expect: int,
         count: Callable[[list[PoolMsg]], int],
         nearly: int | None,
-        within: float,
+        due: float | None,
     ) -> None:
-        """Linger for the rest of a batch (``within``: the linger, or less, see ``DUE_PACES``; once ``nearly`` are
-        in, only while more keep coming: see ``QUIET_SHARE``); the SpiderReservedIPs a batch of allocations avoids
+        """Linger for the rest of a batch (``linger``; once ``nearly`` are in, or past ``due``, only while more
+        keep coming: see ``QUIET_SHARE`` and ``DUE_PACES``); the SpiderReservedIPs a batch of allocations avoids
         are read meanwhile, not after it."""
         self._reserved_early = None
         quiet = self.linger * self.quiet_share
@@ -435,8 +436,8 @@ class PoolActor:
             if isinstance(batch[0], Allocate):
                 nursery.start_soon(self._read_reservations_early)
             await gather(
-                self.mailbox, batch, self.max_batch, expect=expect, within=within, count=count, nearly=nearly,
-                quiet=quiet,
+                self.mailbox, batch, self.max_batch, expect=expect, within=self.linger, count=count, nearly=nearly,
+                quiet=quiet, due=due,
             )  # fmt: skip
 
     async def _next(self) -> PoolMsg | None:

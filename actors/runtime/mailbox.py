@@ -81,24 +81,31 @@ async def gather(
     count: Callable[[list[M]], int] = len,
     nearly: int | None = None,
     quiet: float = 0.0,
+    due: float | None = None,
 ) -> None:
     """Extend ``batch`` (which holds the first message) with what arrives until ``count(batch)`` (by default its
     length; say, the senders it holds) reaches ``expect`` or ``within`` seconds have passed, or, once it reached
-    ``nearly``, no message came for ``quiet`` seconds; then with whatever else is queued, up to ``limit``
-    messages.
+    ``nearly`` or once the trio time ``due`` has passed, no message came for ``quiet`` seconds; then with
+    whatever else is queued, up to ``limit`` messages.
 
     A group commit that lingers only while senders it expects (as many as last time) are still on their way:
     when they all came, the batch goes at once instead of at the end of the linger; when all but a few came and
     then nothing more, the few are taken to be busy elsewhere (the requests of a round that fell behind the
-    rest, which cannot come before this batch is written) and the batch goes after a ``quiet`` pause.
+    rest, which cannot come before this batch is written) and the batch goes after a ``quiet`` pause; past
+    ``due`` (when the senders it waits for were due: ``Paces``) it waits only while messages keep coming.
     ``batch`` is extended in place, so a caller cancelled meanwhile still holds (and can answer) every message
     taken from the mailbox.
     """
     with trio.move_on_after(within):
         while count(batch) < expect and len(batch) < limit:
-            patience = quiet if nearly is not None and count(batch) >= nearly else math.inf
+            if nearly is not None and count(batch) >= nearly:
+                until = trio.current_time() + quiet
+            elif due is not None:
+                until = max(due, trio.current_time() + quiet)
+            else:
+                until = math.inf
             try:
-                with trio.move_on_after(patience) as pause:
+                with trio.move_on_at(until) as pause:
                     batch.append(await mailbox.receive())
             except trio.EndOfChannel:  # NB: closed: what is queued is already in hand
                 break

@@ -754,6 +754,30 @@ async def test_a_pool_host_waits_for_the_nodes_of_a_burst_only_while_they_are_du
     assert actor.stats.batches == batches + 1
 
 
+async def test_a_pool_host_takes_a_wave_that_begins_as_the_nodes_of_late_fall_due_whole(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A burst (say, of DELs) begins just before the nodes of the last one (the ADDs) are overdue: its first
+    batch does not end when they are, with the few in by then, but once no more come within the quiet pause."""
+    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
+    await seed_pool(store.inner)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: a 50 ms pause
+    send_round = from_nodes(send, actor)
+    nodes = [f"n{i}" for i in range(10)]
+    await nursery.start(actor.run)
+    for second in range(1, 4):
+        await trio.sleep_until(second)
+        await send_round(*nodes)
+    batches = actor.stats.batches
+    async with trio.open_nursery() as wave:
+        await trio.sleep_until(4.45)  # NB: every node is due until 4.5
+        for node in nodes:
+            wave.start_soon(send_round, node)
+            await trio.sleep(0.03)
+    assert actor.stats.batches == batches + 1
+
+
 async def test_a_pool_host_still_waits_for_a_node_of_a_burst_that_is_late_but_due(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

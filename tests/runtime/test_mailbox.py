@@ -213,3 +213,21 @@ def test_paces_count_a_senders_first_message_of_a_batch_and_forget_who_is_not_ke
     paces.note([("a", 3.0), ("a", 2.0)], keep={"a"})  # NB: a's first of the batch came at 2: pace 1
     assert paces.until(["a"], cap=10) == pytest.approx(3.0)
     assert paces.until(["b"], cap=10) == math.inf  # forgotten: as if never seen
+
+
+async def test_gather_past_due_waits_only_while_messages_keep_coming(autojump_clock: trio.abc.Clock) -> None:
+    send, recv = trio.open_memory_channel[int](10)
+    batch = [1]
+    start = trio.current_time()
+
+    async def sender() -> None:
+        for n, at in ((2, 1.0), (3, 1.8), (4, 2.6), (5, 4.0)):  # NB: 4 comes past due, within a second of 3; 5 not
+            await trio.sleep_until(start + at)
+            await send.send(n)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        await gather(recv, batch, 10, expect=10, within=600, quiet=1, due=start + 2)
+        waited = trio.current_time() - start
+    assert batch == [1, 2, 3, 4]
+    assert waited == pytest.approx(3.6)
