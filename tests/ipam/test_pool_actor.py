@@ -675,9 +675,16 @@ async def test_a_pool_host_with_all_but_one_node_in_writes_once_no_more_come(
     assert actor.stats.batches == batches + 1
 
 
-def from_nodes(send: trio.MemorySendChannel[PoolMsg], actor: PoolActor) -> Callable[..., Awaitable[float]]:
-    """One request from each of ``nodes``, queued together (one round reaching the pool host at once); the
-    (trio) seconds until the last answer."""
+async def virtual_host(
+    nursery: trio.Nursery, quiet_share: float = 0.05 / 600
+) -> tuple[PoolActor, Callable[..., Awaitable[float]]]:
+    """A hosted pool's actor on a store without threads (for the virtual clock), lingering 600 s with a quiet
+    pause of ``quiet_share`` of that (50 ms); and ``send_round(*nodes)``: one request from each node, queued
+    together (one round reaching the pool host at once), returning the (trio) seconds until the last answer."""
+    store = InterferingStore(MemoryStore())
+    await seed_pool(store.inner)
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=quiet_share)
 
     async def send_round(*nodes: str) -> float:
         start = trio.current_time()
@@ -688,18 +695,29 @@ def from_nodes(send: trio.MemorySendChannel[PoolMsg], actor: PoolActor) -> Calla
             await reply.wait()
         return trio.current_time() - start
 
-    return send_round
+    await nursery.start(actor.run)
+    return actor, send_round
+
+
+async def wave(send_round: Callable[..., Awaitable[float]], nodes: list[str]) -> None:
+    """A request from each of ``nodes`` in turn, 30 ms apart (within the quiet pause); until all are answered."""
+    async with trio.open_nursery() as requests:
+        for node in nodes:
+            requests.start_soon(send_round, node)
+            await trio.sleep(0.03)
+
+
+async def in_step(send_round: Callable[..., Awaitable[float]], nodes: list[str]) -> None:
+    """Three rounds of every node, one a second (at 1, 2 and 3): each node's pace is a second."""
+    for second in range(1, 4):
+        await trio.sleep_until(second)
+        await send_round(*nodes)
 
 
 async def test_a_pool_host_does_not_hold_a_lone_request_after_a_lull_for_the_nodes_of_earlier_batches(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
-    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
-    await seed_pool(store.inner)
-    send, recv = trio.open_memory_channel[PoolMsg](256)
-    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: a 50 ms pause
-    send_round = from_nodes(send, actor)
-    await nursery.start(actor.run)
+    actor, send_round = await virtual_host(nursery)
     await send_round("a")
     await send_round("b")  # the last two batches came from a and b
     await trio.sleep(3600)  # a lull: b is long done
@@ -714,21 +732,13 @@ async def test_a_pool_host_takes_the_first_wave_of_a_burst_into_one_batch(
 ) -> None:
     """The first requests the host gets, or the first after a lull, may begin a burst: their batch takes every
     node that comes within the quiet pause of the one before, not just those that happened to come first."""
-    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
-    await seed_pool(store.inner)
-    send, recv = trio.open_memory_channel[PoolMsg](256)
-    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: a 50 ms pause
-    send_round = from_nodes(send, actor)
-    await nursery.start(actor.run)
+    actor, send_round = await virtual_host(nursery)
     if before == "a lull":
         await send_round("a")
         await send_round("b")
         await trio.sleep(3600)
     batches = actor.stats.batches
-    async with trio.open_nursery() as wave:
-        for node in ("c", "a", "d", "b"):
-            wave.start_soon(send_round, node)
-            await trio.sleep(0.03)
+    await wave(send_round, ["c", "a", "d", "b"])
     assert actor.stats.batches == batches + 1
 
 
@@ -737,16 +747,9 @@ async def test_a_pool_host_waits_for_the_nodes_of_a_burst_only_while_they_are_du
 ) -> None:
     """Ten nodes send a round a second; then five are done: the next batch waits for the other five until
     they are overdue (``DUE_PACES`` of their pace past their last request: at 1.5 s), not the 600 s linger."""
-    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
-    await seed_pool(store.inner)
-    send, recv = trio.open_memory_channel[PoolMsg](256)
-    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)
-    send_round = from_nodes(send, actor)
+    actor, send_round = await virtual_host(nursery)
     nodes = [f"n{i}" for i in range(10)]
-    await nursery.start(actor.run)
-    for second in range(1, 4):
-        await trio.sleep_until(second)
-        await send_round(*nodes)
+    await in_step(send_round, nodes)
     await trio.sleep_until(4)
     batches = actor.stats.batches
     waited = await send_round(*nodes[:5])
@@ -759,38 +762,21 @@ async def test_a_pool_host_takes_a_wave_that_begins_as_the_nodes_of_late_fall_du
 ) -> None:
     """A burst (say, of DELs) begins just before the nodes of the last one (the ADDs) are overdue: its first
     batch does not end when they are, with the few in by then, but once no more come within the quiet pause."""
-    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
-    await seed_pool(store.inner)
-    send, recv = trio.open_memory_channel[PoolMsg](256)
-    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=0.05 / 600)  # NB: a 50 ms pause
-    send_round = from_nodes(send, actor)
+    actor, send_round = await virtual_host(nursery)
     nodes = [f"n{i}" for i in range(10)]
-    await nursery.start(actor.run)
-    for second in range(1, 4):
-        await trio.sleep_until(second)
-        await send_round(*nodes)
+    await in_step(send_round, nodes)
     batches = actor.stats.batches
-    async with trio.open_nursery() as wave:
-        await trio.sleep_until(4.45)  # NB: every node is due until 4.5
-        for node in nodes:
-            wave.start_soon(send_round, node)
-            await trio.sleep(0.03)
+    await trio.sleep_until(4.45)  # NB: every node is due until 4.5
+    await wave(send_round, nodes)
     assert actor.stats.batches == batches + 1
 
 
 async def test_a_pool_host_still_waits_for_a_node_of_a_burst_that_is_late_but_due(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
-    store = InterferingStore(MemoryStore())  # NB: no threads: the clock is virtual
-    await seed_pool(store.inner)
-    send, recv = trio.open_memory_channel[PoolMsg](256)
-    actor = PoolActor(POOL, store, recv, linger=600.0, quiet_share=1.0)  # NB: no quiet pause: due or not alone
-    send_round = from_nodes(send, actor)
+    actor, send_round = await virtual_host(nursery, quiet_share=1.0)  # NB: no quiet pause: due or not alone
     nodes = [f"n{i}" for i in range(10)]
-    await nursery.start(actor.run)
-    for second in range(1, 4):
-        await trio.sleep_until(second)
-        await send_round(*nodes)
+    await in_step(send_round, nodes)
     batches = actor.stats.batches
     async with trio.open_nursery() as rounds:
         await trio.sleep_until(4)
