@@ -303,6 +303,11 @@ def _looks_to_come(
     return nodes
 
 
+def _missing_due(paces: Paces, expected: frozenset[str], cap: float, batch: list[PoolMsg]) -> float:
+    """Until when the nodes of ``expected`` that ``batch`` has nothing from yet are due (``DUE_PACES``)."""
+    return paces.until(expected - {_sender(msg) for msg in batch}, cap)
+
+
 def _sender(msg: PoolMsg) -> str:
     return str(getattr(msg, "sender", ""))
 
@@ -372,8 +377,8 @@ class PoolActor:
             expect, nearly, due = max(recent), None, None  # NB: the largest of late, see LINGER_MEMORY
             if all(nodes) and (nodes or _sender(first)):  # NB: forwarded: the nodes of late, however many each sends
                 expected, count = frozenset().union(*nodes), _senders
-                due = paces.until(expected - {_sender(first)}, self.linger)
-                if due > trio.current_time():
+                due = functools.partial(_missing_due, paces, expected, self.linger)
+                if due(batch) > trio.current_time():
                     expect = len(expected)
                     nearly = expect - max(1, expect // 10)
                 else:  # NB: the first, or after a lull (every node of late overdue): a burst may begin, take its wave
@@ -425,7 +430,7 @@ class PoolActor:
         expect: int,
         count: Callable[[list[PoolMsg]], int],
         nearly: int | None,
-        due: float | None,
+        due: Callable[[list[PoolMsg]], float] | None,
     ) -> None:
         """Linger for the rest of a batch (``linger``; once ``nearly`` are in, or past ``due``, only while more
         keep coming: see ``QUIET_SHARE`` and ``DUE_PACES``); the SpiderReservedIPs a batch of allocations avoids

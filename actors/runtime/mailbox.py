@@ -81,12 +81,12 @@ async def gather(
     count: Callable[[list[M]], int] = len,
     nearly: int | None = None,
     quiet: float = 0.0,
-    due: float | None = None,
+    due: Callable[[list[M]], float] | None = None,
 ) -> None:
     """Extend ``batch`` (which holds the first message) with what arrives until ``count(batch)`` (by default its
     length; say, the senders it holds) reaches ``expect`` or ``within`` seconds have passed, or, once it reached
-    ``nearly`` or once the trio time ``due`` has passed, no message came for ``quiet`` seconds; then with
-    whatever else is queued, up to ``limit`` messages.
+    ``nearly`` or once the trio time ``due(batch)`` has passed (when the senders still missing were due), no
+    message came for ``quiet`` seconds; then with whatever else is queued, up to ``limit`` messages.
 
     A group commit that lingers only while senders it expects (as many as last time) are still on their way:
     when they all came, the batch goes at once instead of at the end of the linger; when all but a few came and
@@ -101,7 +101,7 @@ async def gather(
             if nearly is not None and count(batch) >= nearly:
                 until = trio.current_time() + quiet
             elif due is not None:
-                until = max(due, trio.current_time() + quiet)
+                until = max(due(batch), trio.current_time() + quiet)
             else:
                 until = math.inf
             try:

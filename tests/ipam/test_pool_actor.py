@@ -771,6 +771,31 @@ async def test_a_pool_host_takes_a_wave_that_begins_as_the_nodes_of_late_fall_du
     assert actor.stats.batches == batches + 1
 
 
+async def test_a_pool_host_waits_only_for_the_nodes_still_missing_while_they_are_due(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A node whose next request the host cannot foresee (back after three rounds away: due a whole linger past
+    its request) comes in second: the batch no longer waits until that node would have been due, only until
+    the nodes still missing are (the fast ones: 1.5 s after their last round)."""
+    actor, send_round = await virtual_host(nursery)
+    fast = ["f0", "f1", "f2", "f3"]
+    await trio.sleep_until(1)
+    await send_round("slow", *fast)
+    for second in (2, 3, 4):  # NB: the slow node is missing: written once the fast four are in (nearly all)
+        await trio.sleep_until(second)
+        await send_round(*fast)
+    await trio.sleep_until(5)
+    await send_round("slow", *fast)  # the slow node: due until 605 (a linger); the fast ones (pace 1 s): until 6.5
+    batches = actor.stats.batches
+    await trio.sleep_until(6)
+    async with trio.open_nursery() as round_:
+        round_.start_soon(send_round, "f0")
+        await trio.sleep(0.01)
+        round_.start_soon(send_round, "slow")
+    assert trio.current_time() == pytest.approx(6.5)
+    assert actor.stats.batches == batches + 1
+
+
 async def test_a_pool_host_still_waits_for_a_node_of_a_burst_that_is_late_but_due(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

@@ -227,7 +227,7 @@ async def test_gather_past_due_waits_only_while_messages_keep_coming(autojump_cl
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender)
-        await gather(recv, batch, 10, expect=10, within=600, quiet=1, due=start + 2)
+        await gather(recv, batch, 10, expect=10, within=600, quiet=1, due=lambda _: start + 2)
         waited = trio.current_time() - start
     assert batch == [1, 2, 3, 4]
     assert waited == pytest.approx(3.6)
