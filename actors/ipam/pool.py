@@ -340,13 +340,15 @@ class PoolActor:
     linger: float = 0.0
     """At most the seconds the actor waits, once busy, so that requests arriving from many nodes share one
     write (the pool host); it writes as soon as they are in.  Forwarded requests name their node (``sender``):
-    the actor waits for a request from every node its last ``SENDER_MEMORY`` batches came from, so two groups
-    of nodes that fell out of step meet again in one write.  Otherwise it waits for as many requests as the
-    largest of its last ``LINGER_MEMORY`` batches held.  A lone request is never held, nor a batch that begins
-    with a read (``Verify``, ``Inspect``).  0: drain at once."""
+    the actor waits for a request from every node its last ``SENDER_MEMORY`` batches came from while the node is
+    due (``DUE_PACES``), so two groups of nodes that fell out of step meet again in one write; the first
+    forwarded request, or the first after a lull, waits only while more keep coming (``quiet_share``).
+    Otherwise it waits for as many requests as the largest of its last ``LINGER_MEMORY`` batches held, and a
+    lone request is never held.  Nor is a batch that begins with a read (``Verify``, ``Inspect``).  0: drain at
+    once."""
     quiet_share: float = QUIET_SHARE
-    """A pool host that has all but a tenth of the nodes it waits for waits only while requests keep coming, each
-    within this share of ``linger``."""
+    """A pool host that has all but a tenth of the nodes it waits for, or is past their due time, or may be at
+    the start of a burst, waits only while requests keep coming, each within this share of ``linger``."""
     gone: bool = False
     """The last batch found the pool deleted: ``run`` returns as soon as the mailbox is empty."""
     stats: PoolStatistics = attrs.field(factory=PoolStatistics)
