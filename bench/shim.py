@@ -7,8 +7,9 @@ Debian's host-local ADD.
 Each round runs every command once, in turn (so load changes hit them alike): the bare interpreter, the
 shim's VERSION (answered without the agent: start-up alone), the shim's ADD against a running agent process
 (a new pod each time), the same two through the self-contained install (``install-cni --self-contained``: the
-runtime copied beside the plugin; skipped when ``patchelf`` is missing), and host-local's ADD (its own data
-directory).  Times are wall clock around the exec.
+runtime copied beside the plugin; skipped when ``patchelf`` is missing), the ``coordinator`` plugin's VERSION
+as installed (its launcher and compiled code) and from its source (``python -I -S coordinator.py``, how it was
+installed before), and host-local's ADD (its own data directory).  Times are wall clock around the exec.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     fleet = trio.run(prepare, directory)
     try:
         shim = install_cni(directory / "bin")[0]
+        coordinator = directory / "bin" / "coordinator"
         try:
             contained: Path | None = install_cni(directory / "contained", self_contained=True)[0]
         except RuntimeBuildError as error:
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         ).encode()
         bare_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        keys = ("bare", "version", "add", "contained-version", "contained-add", "host-local")
+        keys = ("bare", "version", "add", "contained-version", "contained-add", "coordinator", "coordinator-source")
+        keys += ("host-local",)
         times: dict[str, list[float]] = {k: [] for k in keys}
         for n in range(args.rounds):
             times["bare"].append(timed([sys.executable, "-I", "-S", "-c", "pass"], bare_env, b""))
@@ -124,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             if contained is not None:
                 times["contained-version"].append(timed([str(contained)], cni_env("VERSION", n), ours))
                 times["contained-add"].append(timed([str(contained)], cni_env("ADD", args.rounds + n), ours))
+            times["coordinator"].append(timed([str(coordinator)], cni_env("VERSION", n), ours))
+            from_source = [sys.executable, "-I", "-S", f"{coordinator}.py"]
+            times["coordinator-source"].append(timed(from_source, cni_env("VERSION", n), ours))
             times["host-local"].append(timed([str(HOST_LOCAL)], cni_env("ADD", n), theirs))
     finally:
         trio.run(fleet.stop)
@@ -134,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "add": "spiderpool ADD (agent answers)",
         "contained-version": "self-contained spiderpool VERSION",
         "contained-add": "self-contained spiderpool ADD",
+        "coordinator": "coordinator VERSION (no agent)",
+        "coordinator-source": "coordinator VERSION, run from its source",
         "host-local": "host-local ADD",
     }
     base = stats_ms(times["bare"])["p50_ms"]

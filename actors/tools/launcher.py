@@ -121,15 +121,13 @@ def install_cni(
         python = str(host_dir / runtime.name / "python3")
     if len(f"#!{python} -IS".encode()) > SHEBANG_MAX:
         raise RuntimeBuildError(f"the interpreter path {python!r} is too long for a #! line ({SHEBANG_MAX} bytes)")
-    source = SHIM_SOURCE.read_text().split("\n", 1)[1]  # drop the development shebang
-    # A launcher plus the byte-compiled shim beside it: an exec no longer compiles the source (docs/benchmarks.md).
-    installed = [install_launched(bin_dir, "spiderpool", source, python, same_python=self_contained)]
-    # The coordinator's shim, installed under both plugin names it serves (it reads its own name).
-    chained = COORDINATOR_SOURCE.read_text().split("\n", 1)[1]
-    for name in PLUGINS[1:]:
-        target = bin_dir / name
-        _write(target, f"#!{python} -IS\n{chained}".encode(), executable=True)
-        installed.append(target)
+    # Each plugin is a launcher plus the byte-compiled shim beside it: an exec does not compile the source
+    # (docs/benchmarks.md).  The coordinator's shim goes under both plugin names it serves (it reads its own name).
+    sources = {"spiderpool": SHIM_SOURCE, "coordinator": COORDINATOR_SOURCE, "ifacer": COORDINATOR_SOURCE}
+    installed = []
+    for name in PLUGINS:
+        source = sources[name].read_text().split("\n", 1)[1]  # drop the development shebang
+        installed.append(install_launched(bin_dir, name, source, python, same_python=self_contained))
     if runtime is not None:
         _remove_runtimes(bin_dir, keep={runtime.name, *previous})
     return installed

@@ -1,5 +1,6 @@
-"""The installed ``spiderpool`` plugin is a launcher that runs the byte-compiled shim beside it, and falls back
-to the shim's source whenever that compiled code is missing or was made by another Python."""
+"""Each installed plugin (``spiderpool``, ``coordinator``, ``ifacer``) is a launcher that runs the byte-compiled
+shim beside it, and falls back to the shim's source whenever that compiled code is missing or was made by another
+Python."""
 
 from __future__ import annotations
 
@@ -28,14 +29,22 @@ def version_of(plugin: Path) -> tuple[int, str]:
     return done.returncode, done.stdout.decode()
 
 
-def test_install_cni_puts_the_compiled_shim_and_its_source_beside_the_launcher() -> None:
+@pytest.mark.parametrize(
+    ("name", "opening"),
+    [
+        ("spiderpool", '"""The ``spiderpool`` IPAM plugin'),
+        ("coordinator", '"""The ``coordinator`` (and ``ifacer``) CNI plugin'),
+        ("ifacer", '"""The ``coordinator`` (and ``ifacer``) CNI plugin'),
+    ],
+)
+def test_install_cni_puts_each_compiled_shim_and_its_source_beside_its_launcher(name: str, opening: str) -> None:
     with short_tmp() as d:
-        plugin = install_cni(d)[0]
+        plugin = {p.name: p for p in install_cni(d)}[name]
         code, out = version_of(plugin)
         assert code == 0
         assert json.loads(out)["cniVersion"] == "0.4.0"
-        assert (d / "spiderpool.py").read_text().startswith('"""The ``spiderpool`` IPAM plugin')
-        assert (d / "spiderpool.pyc").read_bytes()[:4] == importlib.util.MAGIC_NUMBER
+        assert (d / f"{name}.py").read_text().startswith(opening)
+        assert (d / f"{name}.pyc").read_bytes()[:4] == importlib.util.MAGIC_NUMBER
         assert plugin.read_text().startswith(f"#!{sys.executable} -IS\n")
         assert not list(d.glob("*.tmp"))
 
