@@ -143,8 +143,9 @@ class ControllerSettings:
     health_host: str | None = attrs.field(factory=default_bind_host)
     """Address for the health server: ``$POD_IP`` when set; ``None`` binds every address."""
     health_port: int = DEFAULT_HEALTH_PORT
-    health_read_timeout: float = READ_TIMEOUT
-    """Seconds a health client may take to send one request; an idle connection is closed after it."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds a client of the health or the pool host port may take to send one request (the pool host's TLS
+    handshake included); an idle connection is closed after it."""
     webhook: bool = False
     """Serve the admission webhook (off by default: the store layer keeps the invariants without it)."""
     webhook_host: str | None = attrs.field(factory=default_bind_host)
@@ -431,7 +432,7 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
             controller._scope = nursery.cancel_scope
             listeners = await trio.open_tcp_listeners(settings.health_port, host=settings.health_host)
             controller.health_port = bound_port(listeners[0])
-            health = HttpServer(controller.health, name="health", read_timeout=settings.health_read_timeout)
+            health = HttpServer(controller.health, name="health", read_timeout=settings.read_timeout)
             await nursery.start(health.serve, listeners)
             if settings.metrics.enabled:
                 metrics = ControllerMetrics(controller, debug=settings.metrics.debug)
@@ -445,7 +446,9 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
             review = getattr(store, "review_token", None)  # NB: only an API server store hosts pools
             if settings.pool_host and review is not None:
                 user = settings.pool_host_user
-                controller.pool_host = PoolHost(review, user, leader=lambda: controller.elector.leader)
+                controller.pool_host = PoolHost(
+                    review, user, leader=lambda: controller.elector.leader, read_timeout=settings.read_timeout
+                )
                 await nursery.start(controller.host_pools)
             await nursery.start(controller.elector.run, controller.lead)
             controller.started = True

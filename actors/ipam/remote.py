@@ -84,6 +84,7 @@ from actors.runtime.mailbox import Reply
 from actors.stores.port import NotFound, Store
 from spider.addr import IPSet
 from spider.errors import ActorUnavailable, SpiderError, TransientError
+from spider.limits import MAX_CONTAINER_ID, MAX_NAME, MAX_UID
 from spider.pool import Owner, Record, Route
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,51 @@ def _owner_json(owner: Owner) -> dict[str, Any]:
     return attrs.asdict(owner)
 
 
+_OWNER_BOUNDS = {
+    "pod_uid": MAX_UID,
+    "nic": MAX_NAME,
+    "namespace": MAX_NAME,
+    "name": MAX_NAME,
+    "container_id": MAX_CONTAINER_ID,
+    "node": MAX_NAME,
+}
+"""The longest each of an owner's strings may be: what goes into a pool record must be bounded (DESIGN §4)."""
+
+
 def _owner(raw: Any) -> Owner:
-    return Owner(**{k: raw[k] for k in ("pod_uid", "nic", "namespace", "name", "container_id", "node", "added_at")})
+    """An owner as sent: every field a bounded string, ``added_at`` a number of seconds or absent."""
+    if not isinstance(raw, dict):
+        raise ValueError("an owner must be an object")
+    fields = {}
+    for name, bound in _OWNER_BOUNDS.items():
+        value = raw[name]
+        if not isinstance(value, str) or len(value) > bound:
+            raise ValueError(f"owner {name} must be a string of at most {bound} characters")
+        fields[name] = value
+    added_at = raw.get("added_at")
+    if added_at is not None and not (_is_number(added_at) and math.isfinite(added_at)):
+        raise ValueError("owner added_at must be a number of seconds")
+    return Owner(**fields, added_at=added_at)
+
+
+def _avoided(raw: Any) -> IPSet | None:
+    """The addresses an allocation must not take, as sent: a family and inclusive integer ranges within it."""
+    if raw is None:
+        return None
+    version = raw["version"]
+    if type(version) is not int or version not in (4, 6):
+        raise ValueError("avoid version must be 4 or 6")
+    top = 1 << (32 if version == 4 else 128)
+    ranges = []
+    for first, last in raw["ranges"]:
+        if not (type(first) is int and type(last) is int and 0 <= first <= last < top):
+            raise ValueError(f"avoid range {first!r}-{last!r} is not within IPv{version}")
+        ranges.append((first, last))
+    return IPSet(version, tuple(ranges))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def encode_message(msg: PoolMsg) -> dict[str, Any]:
@@ -147,16 +191,15 @@ def encode_message(msg: PoolMsg) -> dict[str, Any]:
 
 def decode_message(raw: Any, sender: str = "", expires: float | None = None) -> PoolMsg:
     """A request from its JSON, with a fresh reply slot, from node ``sender``, applied only until ``expires``
-    (trio time; a look has no such limit); ``ValueError`` (and friends) for a malformed one."""
+    (trio time; a look has no such limit); ``ValueError`` (and friends: ``KeyError``, ``TypeError``) for a
+    malformed one.  What a request would store (its owner) is checked for type and size here, so no batch can
+    write a record other readers cannot parse."""
     if not isinstance(raw, dict):
         raise ValueError("a message must be an object")
     op = raw.get("op")
     if op == "allocate":
-        avoid = raw.get("avoid")
-        ipset = (
-            None if avoid is None else IPSet(int(avoid["version"]), tuple((int(a), int(b)) for a, b in avoid["ranges"]))
-        )
-        return Allocate(_owner(raw["owner"]), Reply[Allocation].open(), ipset, sender=sender, expires=expires)
+        avoid = _avoided(raw.get("avoid"))
+        return Allocate(_owner(raw["owner"]), Reply[Allocation].open(), avoid, sender=sender, expires=expires)
     if op == "release":
         uid, nic = raw["key"]
         reply: Reply[str | None] = Reply.open()

@@ -25,7 +25,6 @@ served on the health port, not here (``actors.controller.main``).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -38,8 +37,9 @@ import trio
 from actors.ipam.pool import PoolMsg, PoolRegistry
 from actors.ipam.remote import BATCH_PATH, NOT_LEADING, decode_message, encode_outcome
 from actors.servers.certs import CertBundle, CertSettings, issue_for, problem, publish_ca, stored_certificate
-from actors.servers.httpserver import HttpServer, Request, Response, json_response
+from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, json_response
 from actors.stores.port import Store
+from spider import limits
 from spider.errors import SpiderError
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class PoolHost:
     review_ttl: float = REVIEW_TTL
     leader: Callable[[], str | None] = lambda: None
     """Who leads as far as we know (said in a 421, for the logs)."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds a client may take to send one request, its TLS handshake included (``HttpServer``)."""
     batches: int = 0
     refused: int = 0
     _verdicts: dict[str, tuple[str | None, float]] = attrs.field(factory=dict)
@@ -85,10 +87,12 @@ class PoolHost:
         if not name or "/" in name:
             return json_response(404, f"no pool in {request.path}")
         try:
-            sent = json.loads(request.body)
+            sent = limits.loads(request.body)
+            if not isinstance(sent, dict) or not isinstance(sent.get("messages"), list):
+                raise ValueError("a batch is an object with a list of messages")
             sender = sent.get("sender") or ""  # NB: the node: its actor waits for the nodes of late
-            if not isinstance(sender, str):
-                raise TypeError("'sender' is not a string")
+            if not isinstance(sender, str) or len(sender) > limits.MAX_NAME:
+                raise TypeError("'sender' is not a node name")
             expires = _expiry(sent.get("within"))
             messages = [decode_message(raw, sender, expires) for raw in sent["messages"]]
         except (ValueError, KeyError, TypeError) as exc:
@@ -134,7 +138,8 @@ class PoolHost:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve the listeners until cancelled."""
-        await HttpServer(self.handle, name="pool-host").serve(listeners, task_status=task_status)
+        server = HttpServer(self.handle, name="pool-host", read_timeout=self.read_timeout)
+        await server.serve(listeners, task_status=task_status)
 
 
 def _expiry(within: Any) -> float | None:

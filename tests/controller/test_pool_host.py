@@ -5,6 +5,7 @@ and what happens when it is not there, refuses, is slow, or is two."""
 from __future__ import annotations
 
 import json
+import random
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -116,10 +117,10 @@ class Bench:
         return forwarder
 
     @asynccontextmanager
-    async def hosted_agent(self) -> AsyncIterator[tuple[Controller, PoolForwarder, PoolHandle]]:
-        """Controller ``ctl-a`` leading and hosting, one agent that found it, and that agent's handle of the pool
-        ``shared``; the agent stops at the end of the block."""
-        controller = await self.controller("ctl-a", "127.0.0.2")
+    async def hosted_agent(self, **more: Any) -> AsyncIterator[tuple[Controller, PoolForwarder, PoolHandle]]:
+        """Controller ``ctl-a`` leading and hosting (``more``: its other settings), one agent that found it, and
+        that agent's handle of the pool ``shared``; the agent stops at the end of the block."""
+        controller = await self.controller("ctl-a", "127.0.0.2", **more)
         agent_store = await self.store()
         try:
             async with trio.open_nursery() as nursery:
@@ -444,3 +445,126 @@ async def test_an_api_server_restart_mid_burst_answers_every_add_and_leaves_noth
                 await handle.release((f"uid-{n}", "eth0"))
             assert await no_duplicates(b.admin) == []
             assert (await check_store(b.admin)).consistent
+
+
+# --- hostile clients on the pool host's port ------------------------------------------------------------------
+
+READ_TIMEOUT = 0.5
+
+
+async def _exchange(port: int, data: bytes, *, tls: bool = True) -> tuple[bytes, bool]:
+    """Connect to the host (TLS without checking its certificate, as an attacker would), send ``data`` and read
+    until the host has answered in full or closed; the answer and whether either happened within 10 s."""
+    stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.2", port)
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        stream = trio.SSLStream(stream, context)
+    out, closed = b"", False
+    try:
+        with trio.move_on_after(10):
+            try:
+                if data:
+                    await stream.send_all(data)
+                elif tls:
+                    await stream.do_handshake()  # type: ignore[attr-defined]
+                while not _complete(out) and (chunk := await stream.receive_some(65536)):
+                    out += chunk
+            except trio.BrokenResourceError:
+                pass
+            closed = True
+    finally:
+        await trio.aclose_forcefully(stream)
+    return out, closed
+
+
+def _complete(answer: bytes) -> bool:
+    """An HTTP answer with its whole body (the host may linger before it closes after an error)."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    return bool(found and lengths) and len(body) >= int(lengths[0])
+
+
+def _post_raw(body: bytes, token: str = "", *, length: int | None = None, extra: bytes = b"") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+    size = len(body) if length is None else length
+    head = f"POST /v1/pools/shared HTTP/1.1\r\nHost: h\r\nContent-Length: {size}\r\n".encode()
+    return head + auth + extra + b"Connection: close\r\n\r\n" + body
+
+
+def _status(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:80]
+    return int(answer[9:12])
+
+
+async def test_the_pool_host_port_survives_idle_slow_and_hostile_clients_and_changes_nothing(tmp_path: Path) -> None:
+    # NB: the guide's listener checks (idle, slow, truncated, huge, deeply nested, non-UTF-8, random), on TLS and
+    # beneath it, by a stranger and by a client holding the agents' token; then the host still serves
+    with trio.fail_after(4 * TIMEOUT):
+        async with bench(tmp_path) as b, b.hosted_agent(read_timeout=READ_TIMEOUT) as (controller, _fwd, handle):
+            port, token = b.port, b.token_file.read_text()
+            await eventually(lambda: _settled(b, "shared"), what="the reconciler's first writes")
+            before = await b.admin.get("SpiderIPPool", "shared")
+
+            # beneath TLS: idle, not TLS at all, a torn handshake
+            assert await _exchange(port, b"", tls=False) == (b"", True)  # closed after the read timeout
+            for junk in (b"\x00\xff garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"\x16\x03\x01\x02"):
+                answer, closed = await _exchange(port, junk, tls=False)
+                assert closed
+                assert not answer.startswith(b"HTTP")
+
+            # over TLS, before any token is looked at
+            assert await _exchange(port, b"") == (b"", True)  # a handshake, then idle: closed
+            assert _status((await _exchange(port, _post_raw(b"{", length=100)))[0]) == 408  # truncated, then slow
+            assert _status((await _exchange(port, _post_raw(b"{}", extra=b"X-A: \xff\xfe\r\n")))[0]) == 401
+            assert _status((await _exchange(port, _post_raw(b"{}", extra=b"Authorization: Bearer \xff\r\n")))[0]) == 401
+            assert _status((await _exchange(port, _post_raw(b"", length=64 * 2**20)))[0]) == 413  # huge
+            garbage = random.Random(12)
+            for _ in range(10):
+                answer, closed = await _exchange(port, garbage.randbytes(garbage.randrange(1, 3000)))
+                assert closed
+                assert not answer or _status(answer) in (400, 404, 408, 413, 431)
+
+            # with the agents' token: every malformed batch is a 400, none applied
+            nested = b"[" * 100_000 + b"]" * 100_000
+            wide_owner = {**attrs.asdict(owner(1)), "pod_uid": "u" * 10**6}
+            wide = json.dumps({"messages": [{"op": "allocate", "owner": wide_owner}]}).encode()
+            bodies = [nested, b"[]", b"\xff\xfe", b'{"messages": "x"}', b'{"messages": [], "sender": 5}', wide,
+                      b'{"messages": [{"op": "allocate", "owner": {"pod_uid": [1]}}]}',
+                      json.dumps({"messages": [{"op": "allocate", "owner": attrs.asdict(owner(1)),
+                                                "avoid": {"version": 4, "ranges": [[1, 2**40]]}}]}).encode(),
+                      json.dumps({"messages": [], "within": float("nan")}).encode()]  # fmt: skip
+            for body in bodies:
+                answer, closed = await _exchange(port, _post_raw(body, token))
+                assert closed
+                assert _status(answer) == 400, answer[:200]
+            empty = 0  # NB: {"messages": []} is a batch of nothing, and may come up
+            for _ in range(40):
+                body = json.dumps(_random_json(garbage, 4)).encode()
+                status = _status((await _exchange(port, _post_raw(body, token)))[0])
+                assert status in (200, 400)
+                empty += status == 200
+
+            after = await b.admin.get("SpiderIPPool", "shared")
+            assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+            assert controller.pool_host is not None
+            assert controller.pool_host.batches == empty
+            allocation = await handle.allocate(owner(1))  # and the host still serves
+            assert await handle.verify(allocation.ip, owner(1).key, allocation.recorded_at)
+            assert controller.stats()["pools"]["shared"]["requests"] == 1
+            assert await no_duplicates(b.admin) == [allocation.ip]
+
+
+def _random_json(rng: random.Random, depth: int) -> Any:
+    """A random JSON value: what a confused or hostile client might post as a batch."""
+    kind = rng.randrange(7 if depth else 4)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.choice([0, -1, 2**70, 1.5, "allocate", "", "messages"])
+    if kind in (2, 3):
+        return "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(8)))
+    if kind == 4:
+        return [_random_json(rng, depth - 1) for _ in range(rng.randrange(4))]
+    keys = ["messages", "sender", "within", "op", "owner", "key", rng.choice("abc")]
+    return {rng.choice(keys): _random_json(rng, depth - 1) for _ in range(rng.randrange(4))}

@@ -53,8 +53,44 @@ async def test_a_snapshot_is_never_forwarded() -> None:
         encode_message(Inspect(Reply[PoolLedger].open()))
 
 
-@pytest.mark.parametrize("raw", [{"op": "verify", "ip": "10.0.0.1"}, {"op": "inspect"}, {"op": "allocate"}, [], 5])
+def allocate(**owner: object) -> dict[str, object]:
+    return {"op": "allocate", "owner": {**attrs.asdict(OWNER), **owner}, "avoid": None}
+
+
+def avoiding(version: object, *ranges: object) -> dict[str, object]:
+    return {**allocate(), "avoid": {"version": version, "ranges": list(ranges)}}
+
+
+MALFORMED = {
+    "a look without its key": {"op": "verify", "ip": "10.0.0.1"},
+    "a snapshot": {"op": "inspect"},
+    "an allocation without owner": {"op": "allocate"},
+    "a list": [],
+    "a number": 5,
+    "an owner that is a string": {**allocate(), "owner": "uid-1"},
+    "a pod UID that is a number": allocate(pod_uid=5),
+    "a pod UID that is a list": allocate(pod_uid=["uid-1"]),
+    "a pod name of a megabyte": allocate(name="p" * 2**20),
+    "a container ID over its bound": allocate(container_id="c" * 257),
+    "a node that is null": allocate(node=None),
+    "a stamp that is text": allocate(added_at="yesterday"),
+    "a stamp that is true": allocate(added_at=True),
+    "a stamp that is infinite": allocate(added_at=float("inf")),
+    "an owner without its node": {**allocate(), "owner": {k: v for k, v in attrs.asdict(OWNER).items() if k != "node"}},
+    "avoiding another family": avoiding(5, [1, 2]),
+    "avoiding a family in text": avoiding("4", [1, 2]),
+    "avoiding beyond IPv4": avoiding(4, [1, 2**32]),
+    "avoiding a reversed range": avoiding(4, [9, 2]),
+    "avoiding negative addresses": avoiding(6, [-1, 2]),
+    "avoiding an infinite range": avoiding(4, [1, float("inf")]),
+    "avoiding addresses in text": avoiding(4, ["1", "2"]),
+    "avoiding a range of three": avoiding(4, [1, 2, 3]),
+}
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
 def test_a_malformed_or_unknown_request_is_refused_as_malformed(raw: object) -> None:
+    # NB: what an allocation would store (its owner) must be parseable by every reader of the pool, and bounded
     with pytest.raises((ValueError, KeyError, TypeError)):
         decode_message(raw)
 

@@ -606,7 +606,7 @@ async def test_the_controllers_health_port_survives_idle_and_hostile_clients(tmp
         retry_period=0.1,
         health_host="127.0.0.1",
         health_port=0,
-        health_read_timeout=READ_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
     )
     try:
         with trio.fail_after(30):
