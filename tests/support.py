@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -239,3 +240,43 @@ async def running_agent(node: str = "node-1") -> AsyncIterator[RunningAgent]:
                 yield RunningAgent(api, store, settings.socket_path, installed_shim(d / "bin"), d)
         finally:
             await store.aclose()
+
+
+async def exchange(host: str, port: int, data: bytes, *, tls: bool = True) -> tuple[bytes, bool]:
+    """A hostile client: connect (with ``tls``, without checking the server's certificate, as an attacker
+    would), send ``data`` and read until the server has answered in full or closed; the answer, and whether
+    either happened within 10 s.  Nothing sent: idle, after the handshake if ``tls``."""
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        stream = trio.SSLStream(stream, context)
+    out, closed = b"", False
+    try:
+        with trio.move_on_after(10):
+            try:
+                if data:
+                    await stream.send_all(data)
+                elif isinstance(stream, trio.SSLStream):
+                    await stream.do_handshake()
+                while not _complete(out) and (chunk := await stream.receive_some(65536)):
+                    out += chunk
+            except trio.BrokenResourceError:
+                pass
+            closed = True
+    finally:
+        await trio.aclose_forcefully(stream)
+    return out, closed
+
+
+def _complete(answer: bytes) -> bool:
+    """An HTTP answer with its whole body (a server may linger before it closes after an error)."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    return bool(found and lengths) and len(body) >= int(lengths[0])
+
+
+def answer_status(answer: bytes) -> int:
+    """The status code of a raw HTTP/1.1 answer."""
+    assert answer.startswith(b"HTTP/1.1 "), answer[:80]
+    return int(answer[9:12])

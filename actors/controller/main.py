@@ -144,8 +144,8 @@ class ControllerSettings:
     """Address for the health server: ``$POD_IP`` when set; ``None`` binds every address."""
     health_port: int = DEFAULT_HEALTH_PORT
     read_timeout: float = READ_TIMEOUT
-    """Seconds a client of the health or the pool host port may take to send one request (the pool host's TLS
-    handshake included); an idle connection is closed after it."""
+    """Seconds a client of any of the controller's ports (health, webhook, pool host) may take to send one request
+    (a TLS handshake included); an idle connection is closed after it."""
     webhook: bool = False
     """Serve the admission webhook (off by default: the store layer keeps the invariants without it)."""
     webhook_host: str | None = attrs.field(factory=default_bind_host)
@@ -234,7 +234,9 @@ class ControllerSettings:
             cert_dir=self.webhook_cert_dir,
             extra_hosts=self.webhook_extra_hosts,
         )
-        return WebhookSettings(certs=certs, port=self.webhook_port, host=self.webhook_host)
+        return WebhookSettings(
+            certs=certs, port=self.webhook_port, host=self.webhook_host, read_timeout=self.read_timeout
+        )
 
 
 @attrs.define(eq=False)

@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from actors.servers.certs import CertSettings, ServedCertificate
-from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
+from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
 from actors.servers.pod_webhook import PodResourceWebhook
 from actors.stores.informer import KindCache
 from actors.stores.port import Obj, Store
@@ -82,6 +82,8 @@ class WebhookSettings:
     host: str | None = None
     """Address to bind; ``None`` binds every address.  The controller passes ``$POD_IP`` when it knows it (it
     runs on the host network, where every address would include public ones)."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds a client may take to send one request, its TLS handshake included (``HttpServer``)."""
 
 
 def describe_host(host: str | None) -> str:
@@ -201,5 +203,5 @@ class AdmissionWebhook:
             if self.pods is not None:
                 await nursery.start(self.pods.run)
             nursery.start_soon(certificate.keep_current)  # NB: a renewed or re-mounted certificate, no restart
-            await nursery.start(HttpServer(self.handle, name="webhook").serve, tls)
+            await nursery.start(HttpServer(self.handle, name="webhook", read_timeout=settings.read_timeout).serve, tls)
             task_status.started(self.port)

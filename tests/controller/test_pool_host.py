@@ -38,7 +38,7 @@ from spider.pool import Owner
 from spider.reconcile import pool_status
 from tests.controller.support import eventually
 from tests.fakeapi import Cost, FakeApiServer, LatencyModel
-from tests.support import pool_object
+from tests.support import answer_status, exchange, pool_object
 
 NS = "kube-system"
 POOL = pool_object("shared", "10.40.0.0/24", ["10.40.0.10-10.40.0.69"])  # 60 addresses
@@ -450,39 +450,11 @@ async def test_an_api_server_restart_mid_burst_answers_every_add_and_leaves_noth
 # --- hostile clients on the pool host's port ------------------------------------------------------------------
 
 READ_TIMEOUT = 0.5
+HOST_IP = "127.0.0.2"
 
 
-async def _exchange(port: int, data: bytes, *, tls: bool = True) -> tuple[bytes, bool]:
-    """Connect to the host (TLS without checking its certificate, as an attacker would), send ``data`` and read
-    until the host has answered in full or closed; the answer and whether either happened within 10 s."""
-    stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.2", port)
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        stream = trio.SSLStream(stream, context)
-    out, closed = b"", False
-    try:
-        with trio.move_on_after(10):
-            try:
-                if data:
-                    await stream.send_all(data)
-                elif tls:
-                    await stream.do_handshake()  # type: ignore[attr-defined]
-                while not _complete(out) and (chunk := await stream.receive_some(65536)):
-                    out += chunk
-            except trio.BrokenResourceError:
-                pass
-            closed = True
-    finally:
-        await trio.aclose_forcefully(stream)
-    return out, closed
-
-
-def _complete(answer: bytes) -> bool:
-    """An HTTP answer with its whole body (the host may linger before it closes after an error)."""
-    head, found, body = answer.partition(b"\r\n\r\n")
-    lengths = [line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
-    return bool(found and lengths) and len(body) >= int(lengths[0])
+async def _status_of(port: int, data: bytes) -> int:
+    return answer_status((await exchange(HOST_IP, port, data))[0])
 
 
 def _post_raw(body: bytes, token: str = "", *, length: int | None = None, extra: bytes = b"") -> bytes:
@@ -490,11 +462,6 @@ def _post_raw(body: bytes, token: str = "", *, length: int | None = None, extra:
     size = len(body) if length is None else length
     head = f"POST /v1/pools/shared HTTP/1.1\r\nHost: h\r\nContent-Length: {size}\r\n".encode()
     return head + auth + extra + b"Connection: close\r\n\r\n" + body
-
-
-def _status(answer: bytes) -> int:
-    assert answer.startswith(b"HTTP/1.1 "), answer[:80]
-    return int(answer[9:12])
 
 
 async def test_the_pool_host_port_survives_idle_slow_and_hostile_clients_and_changes_nothing(tmp_path: Path) -> None:
@@ -507,23 +474,23 @@ async def test_the_pool_host_port_survives_idle_slow_and_hostile_clients_and_cha
             before = await b.admin.get("SpiderIPPool", "shared")
 
             # beneath TLS: idle, not TLS at all, a torn handshake
-            assert await _exchange(port, b"", tls=False) == (b"", True)  # closed after the read timeout
+            assert await exchange(HOST_IP, port, b"", tls=False) == (b"", True)  # closed after the read timeout
             for junk in (b"\x00\xff garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"\x16\x03\x01\x02"):
-                answer, closed = await _exchange(port, junk, tls=False)
+                answer, closed = await exchange(HOST_IP, port, junk, tls=False)
                 assert closed
                 assert not answer.startswith(b"HTTP")
 
             # over TLS, before any token is looked at
-            assert await _exchange(port, b"") == (b"", True)  # a handshake, then idle: closed
-            assert _status((await _exchange(port, _post_raw(b"{", length=100)))[0]) == 408  # truncated, then slow
-            assert _status((await _exchange(port, _post_raw(b"{}", extra=b"X-A: \xff\xfe\r\n")))[0]) == 401
-            assert _status((await _exchange(port, _post_raw(b"{}", extra=b"Authorization: Bearer \xff\r\n")))[0]) == 401
-            assert _status((await _exchange(port, _post_raw(b"", length=64 * 2**20)))[0]) == 413  # huge
+            assert await exchange(HOST_IP, port, b"") == (b"", True)  # a handshake, then idle: closed
+            assert await _status_of(port, _post_raw(b"{", length=100)) == 408  # truncated, then slow
+            assert await _status_of(port, _post_raw(b"{}", extra=b"X-A: \xff\xfe\r\n")) == 401
+            assert await _status_of(port, _post_raw(b"{}", extra=b"Authorization: Bearer \xff\r\n")) == 401
+            assert await _status_of(port, _post_raw(b"", length=64 * 2**20)) == 413  # huge
             garbage = random.Random(12)
             for _ in range(10):
-                answer, closed = await _exchange(port, garbage.randbytes(garbage.randrange(1, 3000)))
+                answer, closed = await exchange(HOST_IP, port, garbage.randbytes(garbage.randrange(1, 3000)))
                 assert closed
-                assert not answer or _status(answer) in (400, 404, 408, 413, 431)
+                assert not answer or answer_status(answer) in (400, 404, 408, 413, 431)
 
             # with the agents' token: every malformed batch is a 400, none applied
             nested = b"[" * 100_000 + b"]" * 100_000
@@ -535,13 +502,13 @@ async def test_the_pool_host_port_survives_idle_slow_and_hostile_clients_and_cha
                                                 "avoid": {"version": 4, "ranges": [[1, 2**40]]}}]}).encode(),
                       json.dumps({"messages": [], "within": float("nan")}).encode()]  # fmt: skip
             for body in bodies:
-                answer, closed = await _exchange(port, _post_raw(body, token))
+                answer, closed = await exchange(HOST_IP, port, _post_raw(body, token))
                 assert closed
-                assert _status(answer) == 400, answer[:200]
+                assert answer_status(answer) == 400, answer[:200]
             empty = 0  # NB: {"messages": []} is a batch of nothing, and may come up
             for _ in range(40):
                 body = json.dumps(_random_json(garbage, 4)).encode()
-                status = _status((await _exchange(port, _post_raw(body, token)))[0])
+                status = await _status_of(port, _post_raw(body, token))
                 assert status in (200, 400)
                 empty += status == 200
 

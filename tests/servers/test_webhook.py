@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from actors.stores.sqlite import SqliteStore
 from spider.kinds import FINALIZER
 from tests.controller.support import FaultyStore, pool, subnet
 from tests.spider.test_admission import apply_patch
+from tests.support import answer_status, exchange
 
 TIMEOUT = 20
 NAMESPACE = "kube-system"
@@ -67,11 +69,12 @@ def cert_settings(cert_dir: Path | None = None) -> CertSettings:
 
 @asynccontextmanager
 async def serving(
-    store: Store, certs: CertSettings | None = None, *, sync_wait: float = 5.0
+    store: Store, certs: CertSettings | None = None, *, sync_wait: float = 5.0, read_timeout: float = 30.0
 ) -> AsyncIterator[AdmissionWebhook]:
     webhook = AdmissionWebhook(store, sync_wait=sync_wait)
+    settings = WebhookSettings(certs or cert_settings(), port=0, host="127.0.0.1", read_timeout=read_timeout)
     async with trio.open_nursery() as nursery:
-        await nursery.start(webhook.serve, WebhookSettings(certs or cert_settings(), port=0, host="127.0.0.1"))
+        await nursery.start(webhook.serve, settings)
         yield webhook
         nursery.cancel_scope.cancel(reason="test over")
 
@@ -465,3 +468,39 @@ async def test_a_review_nested_a_thousand_deep_is_a_400_and_the_webhook_serves_o
             assert "nested more than 64 levels" in answer
             status, _ = await post(webhook.port, VALIDATE, review("CREATE", pool("p")), ca)
             assert status == 200
+
+
+async def test_the_webhook_port_survives_idle_slow_truncated_huge_and_random_clients(store: Store) -> None:
+    # NB: the guide's listener checks, beneath TLS and over it; then a review is still answered
+    def request(body: bytes, *, length: int | None = None, extra: bytes = b"") -> bytes:
+        size = len(body) if length is None else length
+        head = f"POST {VALIDATE} HTTP/1.1\r\nHost: h\r\nContent-Length: {size}\r\n".encode()
+        return head + extra + b"Connection: close\r\n\r\n" + body
+
+    async def status_of(data: bytes) -> int:
+        return answer_status((await exchange("127.0.0.1", port, data))[0])
+
+    with trio.fail_after(3 * TIMEOUT):
+        async with serving(store, read_timeout=0.5) as webhook:
+            port = webhook.port
+            assert port is not None
+            assert await exchange("127.0.0.1", port, b"", tls=False) == (b"", True)  # idle: closed
+            for junk in (b"\x00\xff garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"\x16\x03\x01\x02"):
+                answer, closed = await exchange("127.0.0.1", port, junk, tls=False)  # not TLS, or torn
+                assert closed
+                assert not answer.startswith(b"HTTP")
+            assert await exchange("127.0.0.1", port, b"") == (b"", True)  # a handshake, then idle: closed
+            assert await status_of(request(b"{", length=100)) == 408  # truncated, then slow
+            assert await status_of(f"POST {VALIDATE} HTTP/1.1\r\nHost: h\r\n".encode()) == 408  # a head unfinished
+            assert await status_of(request(b"", length=64 * 2**20)) == 413  # huge
+            assert await status_of(request(review("CREATE", pool("p")), extra=b"X-A: \xff\xfe\r\n")) == 200
+            assert await status_of(request(b"\xff\xfe not utf-8")) == 400
+            assert await status_of(request(b"[" * 100_000 + b"]" * 100_000)) == 400  # nested
+            rng = random.Random(14)
+            for _ in range(10):
+                answer, closed = await exchange("127.0.0.1", port, rng.randbytes(rng.randrange(1, 3000)))
+                assert closed
+                assert not answer or answer_status(answer) in (400, 404, 405, 408, 413, 431)
+            status, answer = await post(port, MUTATE, review("CREATE", pool("p")), await ca_bundle(store))
+            assert status == 200
+            assert answer["response"]["allowed"] is True
