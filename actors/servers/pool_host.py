@@ -84,8 +84,8 @@ class PoolHost:
             self.refused += 1
             return json_response(NOT_LEADING, f"not leading (leader: {self.leader() or 'unknown'})")
         name = request.path.removeprefix(BATCH_PATH)
-        if not name or "/" in name:
-            return json_response(404, f"no pool in {request.path}")
+        if limits.dns_subdomain_problem(name):  # NB: no pool can have such a name: not worth a read
+            return json_response(404, f"no pool in {limits.preview(request.path)}")
         try:
             sent = limits.loads(request.body)
             if not isinstance(sent, dict) or not isinstance(sent.get("messages"), list):

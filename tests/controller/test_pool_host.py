@@ -505,6 +505,9 @@ async def test_the_pool_host_port_survives_idle_slow_and_hostile_clients_and_cha
                 answer, closed = await exchange(HOST_IP, port, _post_raw(body, token))
                 assert closed
                 assert answer_status(answer) == 400, answer[:200]
+            for name in ("", "Shared", "a/b", "%2e%2e", "x" * 254, "shared%3Fwatch=1"):
+                head = f"POST /v1/pools/{name} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\n"
+                assert await _status_of(port, head.encode() + b"Content-Length: 2\r\n\r\n{}") == 404, name
             empty = 0  # NB: {"messages": []} is a batch of nothing, and may come up
             for _ in range(40):
                 body = json.dumps(_random_json(garbage, 4)).encode()
