@@ -82,6 +82,7 @@ from actors.ipam.pool import (
 )
 from actors.runtime.mailbox import Reply
 from actors.stores.port import NotFound, Store
+from spider import limits
 from spider.addr import IPSet
 from spider.errors import ActorUnavailable, SpiderError, TransientError
 from spider.limits import MAX_CONTAINER_ID, MAX_NAME, MAX_UID
@@ -495,7 +496,7 @@ class HostClient:
         if status == 200:
             return status, "", bytes(answer), reusable
         try:
-            reason = str(json.loads(answer))
+            reason = limits.preview(str(limits.loads(answer)), 200)
         except ValueError:
             reason = answer[:200].decode(errors="replace")
         return status, reason, b"", reusable
@@ -615,7 +616,7 @@ class PoolForwarder:
             try:
                 context = self.locator.ssl_context(address)
                 answer = await self.client.post(address, context, f"{BATCH_PATH}{name}", body, token)
-                answers = json.loads(answer)["results"]
+                answers = limits.loads(answer)["results"]  # NB: a host of another version may answer anything
                 if not isinstance(answers, list) or len(answers) != len(batch):
                     raise ValueError("the host answered a different number of results")
             except HostRefused as exc:

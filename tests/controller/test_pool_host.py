@@ -30,6 +30,7 @@ from actors.ipam.remote import (
 )
 from actors.runtime.supervisor import Supervisor
 from actors.servers import pool_host
+from actors.servers.httpserver import Response
 from actors.stores.kube import KubeStore
 from actors.stores.port import Store
 from spider.errors import PoolExhausted
@@ -340,6 +341,33 @@ async def test_an_unknown_or_refusing_host_leaves_every_request_to_the_local_act
                 assert len(await no_duplicates(b.admin)) == 5
                 nursery.cancel_scope.cancel()
             await agent_store.aclose()
+
+
+NONSENSE = {
+    "nested": (200, b"[" * 100_000 + b"]" * 100_000),
+    "not JSON": (200, b"\xff\xfe"),
+    "a list": (200, b"[]"),
+    "results that are a number": (200, b'{"results": 5}'),
+    "too many results": (200, b'{"results": [1, 2, 3]}'),
+    "an error nested deep": (500, b"[" * 100_000 + b"]" * 100_000),
+    "an error of a megabyte": (503, json.dumps("x" * 2**20).encode()),
+}
+
+
+@pytest.mark.parametrize("answer", NONSENSE.values(), ids=NONSENSE.keys())
+async def test_a_host_that_answers_nonsense_costs_time_not_an_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: tuple[int, bytes]
+) -> None:
+    async def nonsense(self: pool_host.PoolHost, request: Any) -> Response:
+        return Response(*answer)
+
+    monkeypatch.setattr(pool_host.PoolHost, "handle", nonsense)
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b, b.hosted_agent() as (_controller, forwarder, handle):
+            allocation = await handle.allocate(owner(1))  # served by the agent's own actor
+            assert (forwarder.stats.requests, forwarder.stats.fallback) == (0, 1)
+            assert not forwarder.host_available()  # and the host is left alone for a while
+            assert await no_duplicates(b.admin) == [allocation.ip]
 
 
 async def test_a_host_that_answers_after_the_agent_gave_up_costs_no_address(tmp_path: Path) -> None:
