@@ -496,7 +496,7 @@ class HostClient:
         if status == 200:
             return status, "", bytes(answer), reusable
         try:
-            reason = limits.preview(str(limits.loads(answer)), 200)
+            reason = limits.preview(str(limits.loads(bytes(answer))), 200)
         except ValueError:
             reason = answer[:200].decode(errors="replace")
         return status, reason, b"", reusable
