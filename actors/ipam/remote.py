@@ -597,7 +597,12 @@ class PoolForwarder:
         try:
             while queue := self._queues.get(lane):
                 batch, queue[:] = queue[:MAX_FORWARD_BATCH], queue[MAX_FORWARD_BATCH:]
-                await self._forward(lane[0], batch)
+                try:
+                    await self._forward(lane[0], batch)
+                except Exception as exc:  # NB: a bug here costs this batch (CNI 11, retried), never the agent
+                    log.exception("forwarding %d requests for pool %s failed", len(batch), lane[0])
+                    for msg in batch:  # NB: an answer given already stays (a reply takes the first)
+                        msg.reply.error(HostFailed(reason=f"forwarding failed: {type(exc).__name__}: {exc}"))
         finally:
             self._queues.pop(lane, None)
 

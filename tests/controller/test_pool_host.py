@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from actors.controller.main import Controller, ControllerSettings, open_controller
+from actors.ipam import remote
 from actors.ipam.check import check_store
 from actors.ipam.pool import PoolHandle, PoolRegistry
 from actors.ipam.remote import (
@@ -367,6 +368,24 @@ async def test_a_host_that_answers_nonsense_costs_time_not_an_address(
             allocation = await handle.allocate(owner(1))  # served by the agent's own actor
             assert (forwarder.stats.requests, forwarder.stats.fallback) == (0, 1)
             assert not forwarder.host_available()  # and the host is left alone for a while
+            assert await no_duplicates(b.admin) == [allocation.ip]
+
+
+async def test_a_bug_in_forwarding_fails_that_batch_and_the_agent_serves_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(msg: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b, b.hosted_agent() as (_controller, forwarder, handle):
+            with monkeypatch.context() as patched:
+                patched.setattr(remote, "encode_message", broken)
+                with pytest.raises(remote.HostFailed, match="RuntimeError: a bug") as raised:
+                    await handle.allocate(owner(1))
+                assert raised.value.cni_code == 11  # NB: try again later: the retry is idempotent
+            allocation = await handle.allocate(owner(1))  # the forwarder lives on, and the host serves
+            assert forwarder.stats.requests == 1
             assert await no_duplicates(b.admin) == [allocation.ip]
 
 
