@@ -51,6 +51,11 @@ def installed_shim(bin_dir: Path) -> Path:
     return path
 
 
+def pod_spec(**more: Any) -> dict[str, Any]:
+    """The least Pod spec kube-apiserver accepts (one named container with an image), plus ``more``."""
+    return {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}], **more}
+
+
 def pool_object(name: str, subnet: str, ips: list[str], **spec: Any) -> dict[str, Any]:
     """A SpiderIPPool manifest."""
     return {

@@ -91,7 +91,7 @@ async def test_a_controller_manager_pod_stands_in_for_kubeadm_config(
     kcm = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "kube-controller-manager-m1", "namespace": "kube-system",
                         "labels": {"component": "kube-controller-manager"}},
-           "spec": {"containers": [{"name": "kcm", "command": FLAGS}]}}  # fmt: skip
+           "spec": {"containers": [{"name": "kcm", "image": "kube-controller-manager", "command": FLAGS}]}}  # fmt: skip
     with trio.fail_after(TIMEOUT):
         await private_store.create(coordinator())
         await private_store.create(kcm)

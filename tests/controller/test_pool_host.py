@@ -40,7 +40,7 @@ from spider.pool import Owner
 from spider.reconcile import pool_status
 from tests.controller.support import eventually
 from tests.fakeapi import Cost, FakeApiServer, LatencyModel
-from tests.support import answer_status, exchange, pool_object
+from tests.support import answer_status, exchange, pod_spec, pool_object
 
 NS = "kube-system"
 POOL = pool_object("shared", "10.40.0.0/24", ["10.40.0.10-10.40.0.69"])  # 60 addresses
@@ -71,7 +71,7 @@ class Bench:
     async def controller(self, pod: str, ip: str, *, slow: bool = False, **more: Any) -> Controller:
         """A controller as Pod ``pod`` with IP ``ip`` (the Pod object is made for it), hosting on ``port``."""
         created = await self.admin.create(
-            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS}, "spec": {}}
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS}, "spec": pod_spec()}
         )
         await self.admin.update_status({**created, "status": {"phase": "Running", "podIP": ip}})
         settings = ControllerSettings(

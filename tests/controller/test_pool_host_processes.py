@@ -43,7 +43,7 @@ from actors.tools.loadtest.fleet import (
 from actors.tools.manifests import apply
 from tests.controller.support import eventually
 from tests.fakeapi import FakeApiServer, ServedInThread, served_in_thread
-from tests.support import cni_env, installed_shim, netconf, pod_args, pool_object, run_plugin, short_tmp
+from tests.support import cni_env, installed_shim, netconf, pod_args, pod_spec, pool_object, run_plugin, short_tmp
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +162,12 @@ class Cluster:
 
     async def pod_for(self, replica: Replica) -> None:
         """The controller's Pod, with its IP: where the agents look for the Lease holder's pool host."""
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": replica.name, "namespace": NS}, "spec": {}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": replica.name, "namespace": NS},
+            "spec": pod_spec(),
+        }
         created = await self.admin.create(pod)
         await self.admin.update_status({**created, "status": {"phase": "Running", "podIP": replica.host}})
 

@@ -42,7 +42,17 @@ from tests.deploy.files import DEPLOY, documents, manifests
 from tests.deploy.rbac import Attributes, Authorizer, Rule, allowed, request_attributes
 from tests.fakeapi import Cluster, FakeApiServer
 from tests.servers.test_webhook import VALIDATE, mutated_pool, post, review
-from tests.support import cni_env, http_call, installed_shim, netconf, pod_args, pool_object, run_plugin, short_tmp
+from tests.support import (
+    cni_env,
+    http_call,
+    installed_shim,
+    netconf,
+    pod_args,
+    pod_spec,
+    pool_object,
+    run_plugin,
+    short_tmp,
+)
 
 TIMEOUT = 30
 NAMESPACE = "kube-system"
@@ -85,7 +95,7 @@ def workload(api_version: str, kind: str, name: str, owner: tuple[str, str, str]
 
 
 def pod(name: str, owner: tuple[str, str, str] | None = None) -> Obj:
-    return workload("v1", "Pod", name, owner) | {"spec": {"nodeName": NODE, "containers": [{"name": "c"}]}}
+    return workload("v1", "Pod", name, owner) | {"spec": pod_spec(nodeName=NODE)}
 
 
 # Pods of every owner kind the agent looks up: none, ReplicaSet -> Deployment, Job -> CronJob, StatefulSet,
@@ -133,7 +143,7 @@ async def run_the_agent(d: Path) -> list[Attributes]:
              "spec": {"holderIdentity": "ctl_1"}}
         )  # fmt: skip
         ctl = await admin.create(
-            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ctl", "namespace": NAMESPACE}}
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ctl", "namespace": NAMESPACE}, "spec": pod_spec()}
         )
         await admin.update_status({**ctl, "status": {"podIP": "127.0.0.9"}})
         token = d / "token"

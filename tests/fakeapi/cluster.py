@@ -23,7 +23,8 @@ upstream code, see ``tests/fakeapi/__init__.py``):
 - create: 201; system fields wiped and set (uid, creationTimestamp, generation 1); ``generateName``; status
   dropped for kinds with a status subresource (Pods start ``Pending``, Namespaces ``Active``); a set
   resourceVersion is a 500 ("resourceVersion should not be set on objects to be created"); a name taken is
-  409 ``AlreadyExists``; a namespace that does not exist is 404 (NamespaceLifecycle); bad labels 422.
+  409 ``AlreadyExists``; a namespace that does not exist is 404 (NamespaceLifecycle); bad labels 422; a Pod
+  without a container, or a container without a name or an image, 422 (``spec.containers: Required value``).
 - update (PUT): 404 when missing (no create-on-update); a uid in the body is a precondition (409); custom
   resources need a resourceVersion (422 "must be specified for an update"), built-in kinds take the stored
   one; a stale one is 409 ``Conflict``; the status subresource replaces only status; generation grows with
@@ -175,6 +176,18 @@ def _without(obj: Obj, *fields: str) -> Obj:
 
 def _parse_rv(text: str) -> int | None:
     return int(text) if text.isdigit() else None
+
+
+def _validate_pod_spec(r: Resource, name: str, spec: object) -> None:
+    """What kube-apiserver refuses of a new Pod's spec that a test might leave out: its containers, each named
+    and with an image (422 ``Invalid``, as ``ValidatePodCreate`` answers)."""
+    containers = spec.get("containers") if isinstance(spec, dict) else None
+    if not isinstance(containers, list) or not containers:
+        raise r.invalid(name, "spec.containers", "Required value")
+    for i, container in enumerate(containers):
+        for field in ("name", "image"):
+            if not isinstance(container, dict) or not container.get(field):
+                raise r.invalid(name, f"spec.containers[{i}].{field}", "Required value")
 
 
 def apply_defaults(value: object, schema: Obj) -> None:
@@ -542,6 +555,8 @@ class Cluster:
                 raise r.invalid("", "metadata.name", "Required value: name or generateName is required")
             m["name"] = str(prefix) + "".join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))
         self._validate_meta(r, obj)
+        if r.kind == "Pod":
+            _validate_pod_spec(r, m["name"], obj.get("spec"))
         if m.get("resourceVersion"):
             raise ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
         name = m["name"]

@@ -37,7 +37,7 @@ from spider.autopool import (
 from spider.errors import InvalidInput
 from spider.subnet import decode_controlled
 from tests.stores.conftest import BACKENDS
-from tests.support import RunningAgent, http_call, installed_shim, short_tmp
+from tests.support import RunningAgent, http_call, installed_shim, pod_spec, short_tmp
 
 TIMEOUT = 20
 FAST = AutoPoolSettings(wait_retries=60, wait_interval=0.05)
@@ -102,7 +102,7 @@ def pod(name: str, parent: dict[str, Any] | None, annotations: dict[str, str], n
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "annotations": annotations}
     if parent is not None:
         meta["ownerReferences"] = [owner(parent)]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"nodeName": "node-1"}}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec(nodeName="node-1")}
 
 
 async def create(agent: RunningAgent, obj: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from spider.errors import StoreUnavailable
 from spider.kinds import SPIDER_API_VERSION, SPIDER_GROUP, SPIDER_VERSION
 from tests.fakeapi import Cluster, FakeApiServer, Fault
 from tests.stores.kube_backends import crd_documents, install_crds
+from tests.support import pod_spec
 
 TIMEOUT = 20  # seconds; an absolute bound on every test's I/O
 
@@ -198,7 +199,12 @@ async def test_built_in_kinds_use_the_core_and_group_paths_and_come_back_typed(
     fake: FakeApiServer, kube: KubeStore
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "labels": {"app": "web"}}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web-0", "labels": {"app": "web"}},
+            "spec": pod_spec(),
+        }
         created = await kube.create(pod)
         assert meta(created)["namespace"] == "default"
         deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "ns1"}}
