@@ -3,7 +3,6 @@ DELs through the agent API; the switches; the sample sources (RDMA); and the por
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import math
 import random
@@ -45,7 +44,7 @@ from tests.ipam.test_subnet_agent import app, owner, sub
 from tests.ipam.test_subnet_agent import pod as subnet_pod
 from tests.ipam.test_subnet_agent import subnet as subnet_object
 from tests.servers.test_agent_api import add_args, del_args
-from tests.support import http_call, pool_object, short_tmp
+from tests.support import exchange, http_call, pool_object, short_tmp
 
 TIMEOUT = 30
 POOL = pool_object("m4", "10.7.0.0/24", ["10.7.0.10-10.7.0.11"], gateway="10.7.0.1", default=True)
@@ -341,16 +340,8 @@ def test_a_family_that_is_not_a_valid_metric_is_left_out_and_the_rest_served() -
 # --- the port under hostile clients -----------------------------------------------------------------------------
 
 
-async def raw_exchange(port: int, data: bytes, *, wait: float = 5) -> bytes:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        with contextlib.suppress(trio.BrokenResourceError):
-            await stream.send_all(data)
-        out = b""
-        with trio.move_on_after(wait), contextlib.suppress(trio.BrokenResourceError):
-            while chunk := await stream.receive_some(65536):
-                out += chunk
-        return out
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    return (await exchange("127.0.0.1", port, data, tls=False))[0]
 
 
 async def test_the_metrics_port_survives_idle_slow_truncated_huge_and_random_clients() -> None:
@@ -377,7 +368,7 @@ async def test_the_metrics_port_survives_idle_slow_truncated_huge_and_random_cli
             answers: list[bytes] = []
 
             async def junk_client(junk: bytes) -> None:
-                answers.append(await raw_exchange(port, junk, wait=2))
+                answers.append(await raw_exchange(port, junk))
 
             async with trio.open_nursery() as clients:  # twenty at once
                 for _ in range(20):
