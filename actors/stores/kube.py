@@ -24,8 +24,9 @@ may be back in a moment: ``actors.stores.retrying`` waits for it); 401, 403 and 
 file, exec plugin) and the request is sent once more.  (aiohttp sends a GET, PUT or DELETE once more by itself
 when a kept-alive connection drops before the answer: a PUT that was applied then answers ``Conflict``, a
 DELETE ``NotFound``.)  One 500 is no outage: a ``resourceVersion`` the server
-cannot parse ("resourceVersion: Invalid value", what kube-apiserver answers for it) is ``Invalid``, so a watch
-from such a version fails at once instead of reconnecting to the same answer.
+cannot parse (a watch's or list's "resourceVersion: Invalid value", a PUT's "strconv.ParseUint: ...", what
+kube-apiserver answers for them) is ``Invalid``, so a watch from such a version fails at once instead of
+reconnecting to the same answer, and such a write is not retried as if the server were down.
 
 Where the API server and the port differ, this adapter keeps the port (the contract tests run on both):
 - create with a ``resourceVersion``: the server answers 500; we refuse with ``Invalid`` before sending.
@@ -326,7 +327,7 @@ def _error(status: int, data: bytes, target: _Target) -> SpiderError:
         details = body.get("details") or {}
     else:
         reason, message, details = "", data[:200].decode(errors="replace").strip(), {}
-    if _INVALID_VERSION in message:  # NB: kube-apiserver answers 500 for it, but no retry can help
+    if message.startswith(_UNPARSEABLE_VERSION):  # NB: kube-apiserver answers 500 for it, but no retry can help
         return Invalid(kind=target.kind, name=target.name, reason=message)
     if status == 404:
         if not _is_status(body) and target.verb != "get":  # NB: a get of a kind not served finds nothing
@@ -361,7 +362,9 @@ def _unavailable(target: _Target, exc: BaseException) -> StoreUnavailable:
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, ConfigException)
 _INVALID_VERSION = "resourceVersion: Invalid value"
-"""What kube-apiserver's message starts with when it cannot parse a ``resourceVersion`` (an HTTP 500)."""
+_UNPARSEABLE_VERSION = (_INVALID_VERSION, "strconv.ParseUint: ")
+"""What kube-apiserver's message starts with when it cannot parse a ``resourceVersion`` (an HTTP 500): a list's
+or watch's (the field's validation), a PUT's (the versioner's own parse error)."""
 
 
 # --- the store ---------------------------------------------------------------------------------------------

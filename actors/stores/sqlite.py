@@ -218,6 +218,15 @@ def _flock_within(lockfd: int, path: Path, timeout: float) -> None:
             time.sleep(0.002)
 
 
+def _guards(kind: str, m: Obj) -> tuple[str, str]:
+    """The resourceVersion and uid a write names; ``Invalid`` for a version no store could have given (the
+    API server cannot parse it either, and answers 500)."""
+    sent_rv, sent_uid = str(m.get("resourceVersion") or ""), str(m.get("uid") or "")
+    if sent_rv:
+        _parse_version(kind, sent_rv)
+    return sent_rv, sent_uid
+
+
 def _prune(conn: sqlite3.Connection, floor: int) -> None:
     """Drop the events up to version ``floor``; watches from before it get ``Gone``."""
     (freed,) = conn.execute("SELECT coalesce(sum(length(body)), 0) FROM events WHERE rv <= ?", (floor,)).fetchone()
@@ -591,7 +600,7 @@ class SqliteStore:
         """
         key, new = self._incoming(obj)
         m = new["metadata"]
-        sent_rv, sent_uid = str(m.get("resourceVersion") or ""), str(m.get("uid") or "")
+        sent_rv, sent_uid = _guards(key.info.kind, m)
 
         def write(conn: sqlite3.Connection) -> Obj:
             stored = self._fetch(conn, key)
@@ -636,7 +645,7 @@ class SqliteStore:
             reason = f"{key.info.kind} has no status subresource; its status is written by update"
             raise Invalid(kind=key.info.kind, name=key.name, reason=reason)
         m = new["metadata"]
-        sent_rv, sent_uid = str(m.get("resourceVersion") or ""), str(m.get("uid") or "")
+        sent_rv, sent_uid = _guards(key.info.kind, m)
 
         def write(conn: sqlite3.Connection) -> Obj:
             stored = self._fetch(conn, key)

@@ -482,7 +482,7 @@ async def test_an_api_server_restart_mid_burst_answers_every_add_and_leaves_noth
                     if n == 10:
                         b.api.go_down()
                         await trio.sleep(0.3)
-                        await b.api.come_up()
+                        await b.api.come_up(restarted=True)
             assert len(answers) == 30
             assert {a for a in answers.values() if isinstance(a, int)} <= {11}
             held = await no_duplicates(b.admin)

@@ -13,6 +13,7 @@ the agents are its ``AgentFleet``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -435,7 +436,7 @@ async def test_an_api_server_restart_mid_burst_answers_every_add_and_leaves_noth
                 await trio.to_thread.run_sync(api_server.go_down)
                 await trio.sleep(1.0)
                 answered.append(len(burst.answers))
-                await trio.to_thread.run_sync(api_server.come_up)
+                await trio.to_thread.run_sync(functools.partial(api_server.come_up, restarted=True))
 
             burst = await c.burst(range(PODS), after=PODS // 3, meanwhile=restart)
             assert answered[0] < PODS, "the API server came back after the burst"

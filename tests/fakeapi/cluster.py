@@ -26,10 +26,11 @@ upstream code, see ``tests/fakeapi/__init__.py``):
   409 ``AlreadyExists``; a namespace that does not exist is 404 (NamespaceLifecycle); bad labels 422; a Pod
   without a container, or a container without a name or an image, 422 (``spec.containers: Required value``).
 - update (PUT): 404 when missing (no create-on-update); a uid in the body is a precondition (409); custom
-  resources need a resourceVersion (422 "must be specified for an update"), built-in kinds take the stored
-  one; a stale one is 409 ``Conflict``; the status subresource replaces only status; generation grows with
-  spec; no new finalizers on an object being deleted (422); removing the last one deletes it; a no-op
-  writes nothing.
+  resources and Leases need a resourceVersion (422 "must be specified for an update"), other built-in kinds
+  take the stored one; an unparseable one is a 500 (``strconv.ParseUint: ...``, no reason); a stale one is 409
+  ``Conflict``; the status subresource replaces only status; generation grows with spec; no new finalizers on
+  an object being deleted (422); removing the last one deletes it and answers the object as sent (its
+  resourceVersion too); a no-op writes nothing.
 - delete: preconditions (409); finalizers only mark (deletionTimestamp, grace 0, generation + 1), once.
 - list: label selectors (400 when malformed), field selectors (``spider.fields``: the fields each kind can be
   selected by; 400 "field label not supported" for another, not on watches), ``limit``/``continue`` over a
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import json
 import re
 import secrets
 import uuid
@@ -172,6 +174,11 @@ def _labels(obj: Obj | None) -> dict[str, str]:
 
 def _without(obj: Obj, *fields: str) -> Obj:
     return {k: v for k, v in obj.items() if k not in fields}
+
+
+CONDITIONAL_UPDATES_ONLY = frozenset({"Lease"})
+"""Built-in kinds whose strategy refuses an update without a resourceVersion (``AllowUnconditionalUpdate``
+false: coordination's Lease); the others take the stored one, and custom resources refuse it too."""
 
 
 def _parse_rv(text: str) -> int | None:
@@ -581,6 +588,19 @@ class Cluster:
         stamp_managed_fields(obj, None, manager)
         return self._commit(r, namespace, "ADDED", obj, None)
 
+    def stale_at_arrival(self, r: Resource, namespace: str, name: str, kind: str, body: bytes) -> bool:
+        """Whether a PUT names a resourceVersion the object has already left: kube-apiserver compares it with
+        the object it holds before any etcd transaction (the registry's ``tryUpdate``), so such a write is
+        refused in the time of a read, and only one that was current when it came loses at etcd's compare."""
+        if kind not in ("update", "updateStatus") or (r.plural, name) in self.interfere:
+            return False
+        stored = self.objects.get(self._key(r, namespace, name))
+        try:
+            sent = json.loads(body)["metadata"]["resourceVersion"]
+        except (ValueError, TypeError, KeyError):
+            return False
+        return stored is not None and _parse_rv(str(sent)) is not None and sent != stored["metadata"]["resourceVersion"]
+
     def update(self, r: Resource, namespace: str, name: str, body: object, *, status: bool, manager: str = "") -> Obj:
         stored = self._stored(r, namespace, name)
         if (r.plural, name) in self.interfere:  # another writer gets in first, every time
@@ -598,11 +618,11 @@ class Cluster:
             raise r.conflict(name, why)
         sent = str(m.get("resourceVersion") or "")
         if not sent:
-            if r.custom:
+            if r.custom or r.kind in CONDITIONAL_UPDATES_ONLY:
                 raise r.invalid(name, "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")
             sent = old["resourceVersion"]
-        elif _parse_rv(sent) is None:
-            raise ApiError(400, "BadRequest", f"invalid resource version: {sent}")
+        elif _parse_rv(sent) is None:  # NB: the versioner's parse error, which no API error wraps: a 500
+            raise ApiError(500, "", f'strconv.ParseUint: parsing "{sent}": invalid syntax')
         if sent != old["resourceVersion"]:
             why = "the object has been modified; please apply your changes to the latest version and try again"
             raise r.conflict(name, why)
@@ -634,8 +654,9 @@ class Cluster:
                 if added:
                     why = f"Forbidden: no new finalizers can be added if the object is being deleted, found {added}"
                     raise r.invalid(name, "metadata.finalizers", why)
-                if not m.get("finalizers"):
-                    return self._commit(r, namespace, "DELETED", copy.deepcopy(stored), stored)
+                if not m.get("finalizers"):  # NB: the answer is the object as sent, at the version sent
+                    self._commit(r, namespace, "DELETED", copy.deepcopy(stored), stored)
+                    return dict(copy.deepcopy(new), metadata=dict(m, resourceVersion=sent))
         if new == stored:
             return copy.deepcopy(stored)
         stamp_managed_fields(new, stored, manager, "status" if status else "")

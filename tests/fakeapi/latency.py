@@ -4,7 +4,9 @@ Owns ``LatencyModel``: a linear cost per request kind (``base_ms + per_kib_ms * 
 jitter, and the text form the command line and ``$SPIDER_FAKEAPI_LATENCY`` use.  It only says how long; the
 server (``tests.fakeapi.server``) decides how the time is served: concurrently for concurrent requests, and for
 writes *before* the storage's resourceVersion check and commit, so two PUTs racing at one resourceVersion both
-pay the latency and the later one gets 409 Conflict, as etcd's compare-and-swap at the end of a write makes it.
+pay the latency and the later one gets 409 Conflict, as etcd's compare-and-swap at the end of a write makes it;
+a PUT whose resourceVersion is already stale when it arrives costs a ``get`` of its size and is refused, as
+kube-apiserver compares it with the object it holds before it tries any etcd transaction.
 
 Request kinds (``VERBS``): ``get``, ``list``, ``create``, ``update`` (PUT), ``updateStatus`` (PUT to
 ``/status``), ``patch``, ``delete``, and ``watch-event`` (from commit to delivery, per batch of events sent).

@@ -6,7 +6,8 @@ resources it does not serve, watch streams (chunked JSON lines, ``allowWatchBook
 ``ERROR`` events), bearer-token authentication (401), TokenReviews of minted ServiceAccount tokens
 (``Cluster.mint_token``), optional TLS, and what tests need on top: injected faults (an answer code, a hang,
 a dropped connection), a request log, outages and restarts on the same port (the storage survives, as etcd
-does), kubeconfig files, and a host thread so that code outside trio, or other processes, can use it.
+does; a restart's watch cache starts empty, so watches from before it get 410), kubeconfig files, and a host
+thread so that code outside trio, or other processes, can use it.
 
 Metadata-only reads: a GET (or list) whose ``Accept`` asks for ``as=PartialObjectMetadata`` (or
 ``PartialObjectMetadataList``) ``;g=meta.k8s.io;v=v1`` (or ``v1beta1``) is answered with the objects' metadata
@@ -26,6 +27,7 @@ answered from the state at its start and delivered after its latency; watch even
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import math
@@ -205,8 +207,13 @@ class FakeApiServer:
         self._up = trio.Event()  # NB: now, so that a come_up() right after waits for the new listeners
         self._scope.cancel(reason="fake API server outage")
 
-    async def come_up(self) -> None:
-        """Listen again on the same port, with the same storage."""
+    async def come_up(self, *, restarted: bool = False) -> None:
+        """Listen again on the same port, with the same storage (etcd's).  ``restarted``: the server process
+        started anew, so its watch cache did too: it holds no event from before, and a watch resuming from an
+        older version gets 410 (``too old resource version``), as every informer does after a real restart.
+        Without it, the outage was the network's (or another server answered meanwhile): watches resume."""
+        if restarted:
+            self.cluster.compact()
         self._resume.set()
         await self._up.wait()
 
@@ -350,7 +357,9 @@ class FakeApiServer:
             await self._answer(conn, stream, exc.code, exc.status())
             return
         kind = request_kind(method, name, sub)
-        if kind in WRITES:  # NB: the wait first, then check and commit in one step: etcd's compare-and-swap
+        if kind in WRITES and self.cluster.stale_at_arrival(resource, namespace, name, kind, body):
+            await self._wait("get", len(body))  # NB: decoded and compared with the cached object: no etcd write
+        elif kind in WRITES:  # NB: the wait first, then check and commit in one step: etcd's compare-and-swap
             await self._wait(kind, len(body))
         try:
             manager = query.get("fieldManager") or field_manager(head)
@@ -580,9 +589,9 @@ class ServedInThread:
         """An outage of the server (``FakeApiServer.go_down``), from this thread."""
         self.call(self.server.go_down)
 
-    def come_up(self) -> None:
+    def come_up(self, *, restarted: bool = False) -> None:
         """The end of an outage (``FakeApiServer.come_up``): back on the same port, from this thread."""
-        self.call_async(self.server.come_up)
+        self.call_async(functools.partial(self.server.come_up, restarted=restarted))
 
     def stop(self) -> None:
         if self._scope is not None and self._thread.is_alive():

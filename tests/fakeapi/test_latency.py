@@ -1,5 +1,6 @@
 """The fake API server's latency model: concurrent requests wait concurrently, and a write is checked and
-committed at the end of its wait, so two writes racing at one resourceVersion both wait and one loses.
+committed at the end of its wait, so two writes racing at one resourceVersion both wait and one loses; a write
+whose version is already stale when it arrives is refused in the time of a read.
 
 The server runs in the test's trio run on a ``MockClock`` that only moves when the test jumps it: a request
 sleeping out its latency stays unanswered until the jump, whatever the machine's load, so nothing here
@@ -150,6 +151,27 @@ async def test_the_resource_version_is_checked_when_the_write_ends_not_when_it_a
     mock_clock.jump(1.0)
     await settled()
     assert calls.answers["status"][0] == 409
+
+
+async def test_a_write_already_stale_when_it_arrives_is_refused_in_the_time_of_a_read(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    server = await served(nursery, slow(update_status=1000, get=10))
+    _, created = await call(server, "POST", POOLS, pool("p"))
+    winner = Calls(nursery, server)
+    winner.start("first", "PUT", f"{POOLS}/p/status", dict(created, status={"allocatedIPCount": 1}))
+    await settled()
+    mock_clock.jump(1.0)
+    await settled()
+    assert winner.answers["first"][0] == 200
+    late = Calls(nursery, server)  # NB: sent at the version the first write has already replaced
+    late.start("stale", "PUT", f"{POOLS}/p/status", dict(created, status={"allocatedIPCount": 2}))
+    await settled()
+    assert late.answers == {}
+    mock_clock.jump(0.01)  # a read's time, not the write's second: no etcd transaction is tried
+    await settled()
+    assert late.answers["stale"][0] == 409
+    assert server.served["updateStatus", 409] == 1
 
 
 async def test_a_read_is_answered_after_its_latency_and_does_not_hold_up_other_requests(

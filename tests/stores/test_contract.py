@@ -326,6 +326,15 @@ async def test_update_with_a_stale_version_conflicts_and_changes_nothing(store: 
         assert await store.get("SpiderIPPool", meta(created)["name"]) == latest
 
 
+async def test_update_with_a_version_no_store_could_have_given_is_invalid(store: Store, run: str) -> None:
+    with trio.fail_after(TIMEOUT):  # NB: kube-apiserver answers 500 for it: not an outage to wait out
+        created = await store.create(pool(run))
+        made_up = dict(created, metadata=dict(meta(created), resourceVersion="not-a-version"))
+        with pytest.raises(Invalid, match="not-a-version"):
+            await store.update(dict(made_up, spec={"subnet": "10.6.0.0/16", "ips": ["10.6.0.30"]}))
+        assert await store.get("SpiderIPPool", meta(created)["name"]) == created
+
+
 async def test_update_without_a_version_wins(store: Store, run: str) -> None:
     with trio.fail_after(TIMEOUT):
         created = await store.create(pool(run))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import ssl
@@ -19,6 +20,7 @@ import trio
 import trustme
 
 from actors.stores.asyncio_thread import AsyncioThread
+from actors.stores.informer import inform
 from actors.stores.kube import KubeSettings, KubeStore
 from actors.stores.port import Gone, NotFound, Obj, WatchEvent, meta
 from actors.stores.retrying import RetryingStore
@@ -479,7 +481,7 @@ async def test_in_cluster_config_speaks_tls_with_the_service_account_and_follows
 # --- watches -------------------------------------------------------------------------------------------------
 
 
-async def test_a_watch_survives_an_api_server_restart_and_misses_nothing(
+async def test_a_watch_survives_an_outage_of_the_network_and_misses_nothing(
     fake: FakeApiServer, kube: KubeStore, nursery: trio.Nursery
 ) -> None:
     with trio.fail_after(TIMEOUT):
@@ -489,15 +491,50 @@ async def test_a_watch_survives_an_api_server_restart_and_misses_nothing(
         fake.go_down()
         # Written while this client could not connect (through another API server, as it were).
         fake.cluster.create(spider_pools(fake.cluster), "", pool("b"))
-        await fake.come_up()
+        await fake.come_up()  # NB: the same server, its watch cache whole: the watch resumes where it was
         # NB: as the agents write, riding out the outage: a request may meet a kept-alive connection the
-        # restart closed before this client noticed (then StoreUnreachable, and RetryingStore tries again)
+        # outage closed before this client noticed (then StoreUnreachable, and RetryingStore tries again)
         writer = RetryingStore(kube, outage_budget=8)
         await writer.create(pool("c"))
         await writer.delete("SpiderIPPool", "a")
         assert await watcher.until(4) == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "c"), ("DELETED", "a")]
         await trio.sleep(0.2)
         assert len(watcher.seen) == 4  # nothing twice
+
+
+async def test_an_informer_lists_again_after_an_api_server_restart_and_misses_nothing(
+    fake: FakeApiServer, kube: KubeStore, nursery: trio.Nursery
+) -> None:
+    known: dict[str, str] = {}  # name -> the last event's type, as a cache built from lists and events keeps it
+    lists: list[int] = []
+
+    def on_list(items: list[Obj]) -> None:
+        lists.append(len(items))
+        known.clear()
+        known.update({meta(o)["name"]: "LISTED" for o in items})
+
+    def on_event(event: WatchEvent) -> None:
+        if event.type in ("ADDED", "MODIFIED", "DELETED"):
+            known[meta(event.object)["name"]] = event.type
+
+    async def until(want: dict[str, str]) -> None:
+        while {n: t for n, t in known.items() if t != "DELETED"}.keys() != want.keys():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+    with trio.fail_after(TIMEOUT):
+        informer = functools.partial(
+            inform, on_list=on_list, on_event=on_event, resync_period=3600, delay=lambda _: 0.05
+        )
+        nursery.start_soon(informer, kube, "SpiderIPPool")
+        await kube.create(pool("a"))
+        await until({"a": ""})
+        fake.go_down()
+        fake.cluster.create(spider_pools(fake.cluster), "", pool("b"))  # through another API server, as it were
+        fake.cluster.delete(spider_pools(fake.cluster), "", "a", {})
+        await fake.come_up(restarted=True)  # its watch cache starts at the newest version: the informer's is gone
+        await RetryingStore(kube, outage_budget=8).create(pool("c"))
+        await until({"b": "", "c": ""})
+        assert len(lists) == 2, lists  # NB: listed once more, after the watch's 410
 
 
 async def test_a_watch_goes_on_across_the_servers_watch_timeouts(

@@ -5,6 +5,7 @@ taking a burst of ADDs through an API server restart, shorter and longer than ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,7 +50,7 @@ async def restart_after(fake: FakeApiServer, seconds: float) -> None:
     """An API server restart: down now, back on the same port with the same storage ``seconds`` later."""
     fake.go_down()
     await trio.sleep(seconds)
-    await fake.come_up()
+    await fake.come_up(restarted=True)
 
 
 # --- what the Kubernetes store raises ---------------------------------------------------------------------------
@@ -217,7 +218,7 @@ class OneNode:
             await trio.to_thread.run_sync(self.api.go_down)
             window.append(trio.current_time())
             await trio.sleep(down_for)
-            await trio.to_thread.run_sync(self.api.come_up)
+            await trio.to_thread.run_sync(functools.partial(self.api.come_up, restarted=True))
             window.append(trio.current_time())
 
         async with trio.open_nursery() as nursery:
