@@ -18,15 +18,16 @@ response is read and released, every watch response closed.
 Errors.  404 ``NotFound`` (a 404 that is not a ``Status``, the API server's "page not found", means the kind
 is not served: a get finds nothing, anything else is ``StoreUnavailable`` asking whether the CRDs are
 installed); 409 ``AlreadyExists`` or ``Conflict`` by the ``Status`` reason; 410
-``Gone``; 400 and 422 ``Invalid``; 429, 5xx, timeouts and connection errors ``StoreUnreachable`` (the server
+``Gone``; 400, 413 and 422 ``Invalid``; 429, 5xx, timeouts and connection errors ``StoreUnreachable`` (the server
 may be back in a moment: ``actors.stores.retrying`` waits for it); 401, 403 and a credential plugin that fails
 ``StoreUnavailable`` (CNI 11 both: the runtime retries).  A 401 first makes the credentials re-read (token
 file, exec plugin) and the request is sent once more.  (aiohttp sends a GET, PUT or DELETE once more by itself
 when a kept-alive connection drops before the answer: a PUT that was applied then answers ``Conflict``, a
-DELETE ``NotFound``.)  One 500 is no outage: a ``resourceVersion`` the server
+DELETE ``NotFound``.)  Some 500s are no outage: a ``resourceVersion`` the server
 cannot parse (a watch's or list's "resourceVersion: Invalid value", a PUT's "strconv.ParseUint: ...", what
 kube-apiserver answers for them) is ``Invalid``, so a watch from such a version fails at once instead of
-reconnecting to the same answer, and such a write is not retried as if the server were down.
+reconnecting to the same answer, and such a write is not retried as if the server were down; so is an object
+larger than etcd stores ("etcdserver: request is too large", a 500 too) and a body over the server's limit (413).
 
 Where the API server and the port differ, this adapter keeps the port (the contract tests run on both):
 - create with a ``resourceVersion``: the server answers 500; we refuse with ``Invalid`` before sending.
@@ -327,7 +328,7 @@ def _error(status: int, data: bytes, target: _Target) -> SpiderError:
         details = body.get("details") or {}
     else:
         reason, message, details = "", data[:200].decode(errors="replace").strip(), {}
-    if message.startswith(_UNPARSEABLE_VERSION):  # NB: kube-apiserver answers 500 for it, but no retry can help
+    if message.startswith(_NEVER_STORED):  # NB: kube-apiserver answers 500 for these, but no retry can help
         return Invalid(kind=target.kind, name=target.name, reason=message)
     if status == 404:
         if not _is_status(body) and target.verb != "get":  # NB: a get of a kind not served finds nothing
@@ -344,7 +345,7 @@ def _error(status: int, data: bytes, target: _Target) -> SpiderError:
         return Conflict(kind=target.kind, name=target.name, sent_version=target.sent_version)
     if status == 410:
         return Gone(resource_version=target.sent_version)
-    if status in (400, 422):
+    if status in (400, 413, 422):
         return Invalid(kind=target.kind, name=target.name, reason=message or reason or f"HTTP {status}")
     why = f"{target.verb} {target.kind}: HTTP {status} {reason}: {message}".strip()
     if status == 429 or status >= 500:  # overloaded, restarting, or behind a proxy that lost it: wait
@@ -362,9 +363,10 @@ def _unavailable(target: _Target, exc: BaseException) -> StoreUnavailable:
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, ConfigException)
 _INVALID_VERSION = "resourceVersion: Invalid value"
-_UNPARSEABLE_VERSION = (_INVALID_VERSION, "strconv.ParseUint: ")
-"""What kube-apiserver's message starts with when it cannot parse a ``resourceVersion`` (an HTTP 500): a list's
-or watch's (the field's validation), a PUT's (the versioner's own parse error)."""
+_NEVER_STORED = (_INVALID_VERSION, "strconv.ParseUint: ", "etcdserver: request is too large")
+"""How kube-apiserver's 500s begin when the request itself is at fault: a ``resourceVersion`` it cannot parse (a
+list's or watch's: the field's validation; a PUT's: the versioner's own parse error), an object larger than
+etcd stores (1.5 MiB)."""
 
 
 # --- the store ---------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ upstream code, see ``tests/fakeapi/__init__.py``):
   ``Conflict``; the status subresource replaces only status; generation grows with spec; no new finalizers on
   an object being deleted (422); removing the last one deletes it and answers the object as sent (its
   resourceVersion too); a no-op writes nothing.
+- size: an object over etcd's 1.5 MiB is a 500 "etcdserver: request is too large" (a request body over 3 MiB is
+  413 before it is read, ``tests.fakeapi.server``).
 - delete: preconditions (409); finalizers only mark (deletionTimestamp, grace 0, generation + 1), once.
 - list: label selectors (400 when malformed), field selectors (``spider.fields``: the fields each kind can be
   selected by; 400 "field label not supported" for another, not on watches), ``limit``/``continue`` over a
@@ -176,6 +178,9 @@ def _without(obj: Obj, *fields: str) -> Obj:
     return {k: v for k, v in obj.items() if k not in fields}
 
 
+MAX_OBJECT_BYTES = 1_572_864
+"""etcd's ``--max-request-bytes`` (1.5 MiB): a larger object is not stored, and kube-apiserver passes etcd's
+error on as a 500 without a reason (kubernetes#112152)."""
 CONDITIONAL_UPDATES_ONLY = frozenset({"Lease"})
 """Built-in kinds whose strategy refuses an update without a resourceVersion (``AllowUnconditionalUpdate``
 false: coordination's Lease); the others take the stored one, and custom resources refuse it too."""
@@ -406,6 +411,8 @@ class Cluster:
         return (r.group, r.plural, namespace if r.namespaced else "", name)
 
     def _commit(self, r: Resource, namespace: str, type_: str, obj: Obj, previous: Obj | None) -> Obj:
+        if type_ != "DELETED" and len(json.dumps(obj)) > MAX_OBJECT_BYTES:  # NB: etcd's answer, passed on as is
+            raise ApiError(500, "", "etcdserver: request is too large")
         self.rv += 1
         self.writes += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)

@@ -57,6 +57,8 @@ GZIP_LEVEL = 1
 """kube-apiserver's ``defaultGzipContentEncodingLevel`` (kubernetes#112299)."""
 T = TypeVar("T")
 WRITES = frozenset({"create", "update", "updateStatus", "patch", "delete"})
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+"""kube-apiserver's ``MaxRequestBodyBytes``: a larger request body is 413 ``RequestEntityTooLarge``."""
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 """TokenReviews are created and answered, never stored (``Cluster.review_token``; tokens from ``mint_token``)."""
 TOKEN_REQUEST = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/serviceaccounts/(?P<account>[^/]+)/token")
@@ -357,6 +359,10 @@ class FakeApiServer:
             await self._answer(conn, stream, exc.code, exc.status())
             return
         kind = request_kind(method, name, sub)
+        if len(body) > MAX_REQUEST_BYTES:  # NB: the server's own limit, twice etcd's (JSON is larger than protobuf)
+            why = f"Request entity too large: limit is {MAX_REQUEST_BYTES}"
+            await self._answer(conn, stream, 413, ApiError(413, "RequestEntityTooLarge", why).status())
+            return
         if kind in WRITES and self.cluster.stale_at_arrival(resource, namespace, name, kind, body):
             await self._wait("get", len(body))  # NB: decoded and compared with the cached object: no etcd write
         elif kind in WRITES:  # NB: the wait first, then check and commit in one step: etcd's compare-and-swap

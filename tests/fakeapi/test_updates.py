@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from spider.kinds import SPIDER_API_VERSION
-from tests.fakeapi.cluster import ApiError, Cluster
+from tests.fakeapi.cluster import MAX_OBJECT_BYTES, ApiError, Cluster
 
 
 def lease(name: str = "l") -> dict[str, Any]:
@@ -66,3 +66,17 @@ def test_removing_the_last_finalizer_of_an_object_being_deleted_answers_the_obje
     with pytest.raises(ApiError) as gone:
         cluster.get(pools, "", "p")
     assert gone.value.code == 404
+
+
+def test_an_object_larger_than_etcd_stores_is_a_500_and_nothing_is_written() -> None:
+    cluster = Cluster.new()
+    leases = cluster.resource("coordination.k8s.io", "v1", "leases")
+    created = cluster.create(leases, "default", lease())
+    version = cluster.rv
+    huge = dict(created, metadata=dict(created["metadata"], annotations={"a": "x" * MAX_OBJECT_BYTES}))
+    with pytest.raises(ApiError) as refused:
+        cluster.update(leases, "default", "l", huge, status=False)
+    assert (refused.value.code, refused.value.reason) == (500, "")
+    assert refused.value.message == "etcdserver: request is too large"
+    assert cluster.rv == version
+    assert cluster.get(leases, "default", "l") == created

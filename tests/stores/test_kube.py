@@ -22,7 +22,7 @@ import trustme
 from actors.stores.asyncio_thread import AsyncioThread
 from actors.stores.informer import inform
 from actors.stores.kube import KubeSettings, KubeStore
-from actors.stores.port import Gone, NotFound, Obj, WatchEvent, meta
+from actors.stores.port import Gone, Invalid, NotFound, Obj, WatchEvent, meta
 from actors.stores.retrying import RetryingStore
 from spider.errors import StoreUnavailable
 from spider.kinds import SPIDER_API_VERSION, SPIDER_GROUP, SPIDER_VERSION
@@ -251,6 +251,20 @@ async def test_throttling_and_server_errors_are_store_unavailable(
             await kube.get("SpiderIPPool", "p")
         with pytest.raises(NotFound):  # the fault is spent
             await kube.get("SpiderIPPool", "p")
+
+
+@pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")  # NB: aiohttp's, over 1 MiB
+@pytest.mark.parametrize(("size", "answer"), [(1_600_000, 500), (3_200_000, 413)])
+async def test_an_object_too_large_to_store_is_invalid_at_once_not_an_outage_to_wait_out(
+    fake: FakeApiServer, kube: KubeStore, size: int, answer: int
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        created = await kube.create(pool("p"))
+        huge = dict(created, metadata=dict(meta(created), annotations={"notes": "x" * size}))
+        with pytest.raises(Invalid, match="too large"):
+            await RetryingStore(kube, outage_budget=60).update(huge)
+        assert fake.answers[answer] == 1  # NB: asked once: a retry cannot make it fit
+        assert await kube.get("SpiderIPPool", "p") == created
 
 
 async def test_a_server_that_does_not_answer_times_out_as_store_unavailable(
