@@ -40,7 +40,9 @@ upstream code, see ``tests/fakeapi/__init__.py``):
 - watch: ``""``/``"0"`` start with a synthetic ``ADDED`` per object; an unparseable version is a 500 whose
   ``Status`` has no reason (the storage layer's invalid-field error, which no API error wraps); a
   compacted one an ``ERROR`` event (410 ``Expired``) on a 200 stream; selector transitions become
-  ``ADDED``/``DELETED``; ``DELETED`` carries the last state stamped with the deletion's version.
+  ``ADDED``/``DELETED``; ``DELETED`` carries the last state stamped with the deletion's version; a bookmark
+  carries the version of the resource's own latest event (``resource_versions``), never one that only other
+  resources' writes reached, and none comes before the resource has an event the watch has not seen.
 
 Not modelled: server-side apply (and the exact field sets of ``managedFields``), admission webhooks, dry run,
 patch, per-kind validation of built-in specs (and the pruning of their unknown fields), schema validation of
@@ -315,6 +317,9 @@ class Cluster:
     interfere: set[tuple[str, str]] = attrs.Factory(set)
     """(plural, name) of objects another writer always updates just before a PUT to them arrives."""
     writes: int = 0
+    resource_versions: dict[tuple[str, str], int] = attrs.Factory(dict)
+    """(group, plural) to the version of its latest event: what its watch cache has seen, and so what a
+    bookmark on a watch of it carries (``cacher.go``: a resource's own events move it, not another's)."""
     schemas: dict[tuple[str, str, str], Obj] = attrs.Factory(dict)
     """(group, version, plural) to the ``openAPIV3Schema`` whose defaults writes of that resource get."""
     _snapshots: dict[str, tuple[int, list[Obj]]] = attrs.Factory(dict)
@@ -422,6 +427,7 @@ class Cluster:
         else:
             self.objects[key] = obj
         self.events.append(Event(self.rv, (r.group, r.plural), key[2], type_, copy.deepcopy(obj), previous))
+        self.resource_versions[r.group, r.plural] = self.rv
         if len(self.events) > 2 * self.event_retention:
             dropped = self.events[: -self.event_retention]
             self.compacted = max(self.compacted, dropped[-1].rv)

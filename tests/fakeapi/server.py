@@ -57,6 +57,9 @@ GZIP_LEVEL = 1
 """kube-apiserver's ``defaultGzipContentEncodingLevel`` (kubernetes#112299)."""
 T = TypeVar("T")
 WRITES = frozenset({"create", "update", "updateStatus", "patch", "delete"})
+BOOKMARK_BEFORE_TIMEOUT = 2.0
+"""A watch with bookmarks gets one this many seconds before its ``timeoutSeconds`` end, so that it resumes from
+its resource's newest version (``cache_watcher.go``'s ``nextBookmarkTime``)."""
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
 """kube-apiserver's ``MaxRequestBodyBytes``: a larger request body is 413 ``RequestEntityTooLarge``."""
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -153,7 +156,8 @@ class FakeApiServer:
     ssl_context: ssl.SSLContext | None = None
     tokens: set[str] | None = None
     """Accepted bearer tokens; ``None`` accepts any request."""
-    bookmark_interval: float = 1.0
+    bookmark_interval: float = 60.0
+    """Seconds between a quiet watch's bookmarks (``cacher.go``'s ``defaultBookmarkFrequency``)."""
     max_watch_seconds: float = 1800.0
     """Longest a watch stays open, whatever ``timeoutSeconds`` asks."""
     faults: list[Fault] = attrs.Factory(list)
@@ -460,10 +464,11 @@ class FakeApiServer:
                 await self._wait("watch-event", len(lines))
                 await self._send(conn, stream, h11.Data(data=lines))
 
-        seconds = float(query.get("timeoutSeconds") or math.inf)
+        seconds = min(float(query.get("timeoutSeconds") or math.inf), self.max_watch_seconds)
         bookmarks = query.get("allowWatchBookmarks") == "true"
+        deadline = trio.current_time() + seconds
         gone = False
-        with trio.move_on_after(min(seconds, self.max_watch_seconds)) as scope:
+        with trio.move_on_after(seconds) as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._cancel_on_eof, conn, stream, scope)
                 try:
@@ -471,7 +476,7 @@ class FakeApiServer:
                         await send([{"type": "ERROR", "object": expired.status()}])
                     else:
                         await send(initial)
-                        await self._stream(send, r, namespace, selector, cursor, bookmarks)
+                        await self._stream(send, r, namespace, selector, cursor, bookmarks, deadline)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     gone = True  # NB: the client went away mid-send; raised from here, the nursery would wrap it
                 nursery.cancel_scope.cancel()
@@ -481,10 +486,13 @@ class FakeApiServer:
 
     async def _stream(
         self, send: Callable[[list[Obj]], Awaitable[None]], r: Resource, namespace: str, selector: str, cursor: int,
-        bookmarks: bool,
+        bookmarks: bool, deadline: float,
     ) -> None:  # fmt: skip
-        """Send a watch's events as they happen, and bookmarks while it is quiet; until an ``ERROR``."""
+        """Send a watch's events as they happen, and bookmarks while it is quiet (every ``bookmark_interval``,
+        and once ``BOOKMARK_BEFORE_TIMEOUT`` before its deadline, as ``cache_watcher.go`` times them); until an
+        ``ERROR``."""
         quiet, told = trio.current_time(), cursor  # told: the version the client knows it has seen up to
+        last_call = deadline - BOOKMARK_BEFORE_TIMEOUT
         while True:
             try:
                 events, seen = self.cluster.watch_since(r, namespace, selector, cursor)
@@ -492,14 +500,21 @@ class FakeApiServer:
                 await send([{"type": "ERROR", "object": exc.status()}])
                 return
             await send(events)
+            now = trio.current_time()
             if events:
-                quiet, told = trio.current_time(), int(events[-1]["object"]["metadata"]["resourceVersion"])
-            elif bookmarks and seen > told and trio.current_time() - quiet >= self.bookmark_interval:
-                mark = {"kind": r.kind, "apiVersion": r.api_version, "metadata": {"resourceVersion": str(seen)}}
-                await send([{"type": "BOOKMARK", "object": mark}])
-                quiet, told = trio.current_time(), seen
+                quiet, told = now, int(events[-1]["object"]["metadata"]["resourceVersion"])
+            elif bookmarks and (now - quiet >= self.bookmark_interval or now >= last_call):
+                head = self.cluster.resource_versions.get((r.group, r.plural), 0)  # NB: this resource's, not all's
+                if head > told:
+                    mark = {"kind": r.kind, "apiVersion": r.api_version, "metadata": {"resourceVersion": str(head)}}
+                    await send([{"type": "BOOKMARK", "object": mark}])
+                    told = head
+                quiet = now
+                if now >= last_call:
+                    last_call = math.inf
             cursor = seen
-            await self.cluster.wait_for_change(self.bookmark_interval if bookmarks else 60.0)
+            patience = min(self.bookmark_interval, max(last_call - now, 0.0)) if bookmarks else 60.0
+            await self.cluster.wait_for_change(patience)
 
     @staticmethod
     async def _cancel_on_eof(conn: h11.Connection, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:

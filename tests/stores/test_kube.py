@@ -584,18 +584,22 @@ async def test_bookmarks_let_a_quiet_watch_resume_after_its_history_is_compacted
 ) -> None:
     fake.bookmark_interval = 0.05
     with trio.fail_after(TIMEOUT):
-        watcher = await pools_from_now(nursery, kube)
-        for i in range(3):  # another kind moves the version on; the pool watch sees no event
+        start = await kube.list("SpiderIPPool")
+        events = kube.watch("SpiderIPPool", label_selector="team=a", resource_version=start.resource_version)
+        watcher = await watching(nursery, events)
+        for i in range(2):  # another kind's writes: no bookmark of a pool watch carries their versions
             await kube.create(endpoint(f"e{i}"))
+        for i in range(3):  # another team's pools move the pools' version on; this watch sees no event
+            await kube.create(pool(f"b{i}", team="b"))
         head = fake.cluster.rv
-        await trio.sleep(0.5)  # a few bookmarks
+        await trio.sleep(0.5)  # a few bookmarks, the last at the version of "b2"
         fake.go_down()
-        fake.cluster.compact()  # the pool watch's own start version is gone now
+        fake.cluster.compact()  # the watch's own start version is gone now
         await fake.come_up()
-        await kube.create(pool("after"))
+        await kube.create(pool("after", team="a"))
         assert await watcher.until(1) == [("ADDED", "after")]
         resumed = watch_requests(fake)[-1]
-        assert f"resourceVersion={head}" in resumed
+        assert f"resourceVersion={head}&" in resumed + "&"
 
 
 async def test_a_watch_that_must_resume_from_a_compacted_version_raises_gone(
