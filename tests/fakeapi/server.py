@@ -109,6 +109,18 @@ def partial_metadata(answer: Obj, api_version: str) -> Obj:
     return {"apiVersion": api_version, "kind": "PartialObjectMetadata", "metadata": answer["metadata"]}
 
 
+UNDECODABLE = object()
+"""A request body that is not JSON (``_decoded``): 400 once the request is dispatched."""
+
+
+def _decoded(body: bytes) -> object:
+    """A request's body as JSON, decoded once for every step that reads it; ``None`` when empty."""
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return UNDECODABLE
+
+
 def request_kind(method: str, name: str, subresource: str, watch: bool = False) -> str:
     """The latency model's kind of a request (``tests.fakeapi.latency.VERBS``)."""
     if method == "GET":
@@ -307,7 +319,7 @@ class FakeApiServer:
                 if fault.applied:
                     with suppress(ApiError, NotServed):
                         resource, namespace, name, sub = self._route(path)
-                        self._dispatch(method, resource, namespace, name, sub, query, body)
+                        self._dispatch(method, resource, namespace, name, sub, query, _decoded(body))
                 if fault.drop:
                     raise _Drop
                 if fault.hang:
@@ -367,13 +379,14 @@ class FakeApiServer:
             why = f"Request entity too large: limit is {MAX_REQUEST_BYTES}"
             await self._answer(conn, stream, 413, ApiError(413, "RequestEntityTooLarge", why).status())
             return
-        if kind in WRITES and self.cluster.stale_at_arrival(resource, namespace, name, kind, body):
+        decoded = _decoded(body)
+        if kind in WRITES and self.cluster.stale_at_arrival(resource, namespace, name, kind, decoded):
             await self._wait("get", len(body))  # NB: decoded and compared with the cached object: no etcd write
         elif kind in WRITES:  # NB: the wait first, then check and commit in one step: etcd's compare-and-swap
             await self._wait(kind, len(body))
         try:
             manager = query.get("fieldManager") or field_manager(head)
-            code, answer = self._dispatch(method, resource, namespace, name, sub, query, body, manager)
+            code, answer = self._dispatch(method, resource, namespace, name, sub, query, decoded, manager)
         except ApiError as exc:
             code, answer = exc.code, exc.status()
         data = json.dumps(answer).encode()
@@ -420,16 +433,12 @@ class FakeApiServer:
         name: str,
         sub: str,
         query: dict[str, str],
-        body: bytes,
+        decoded: object,
         manager: str = "",
     ) -> tuple[int, Obj]:
         c = self.cluster
-        decoded: object = None
-        if body:
-            try:
-                decoded = json.loads(body)
-            except ValueError:
-                raise ApiError(400, "BadRequest", "the body of the request was in an unknown format") from None
+        if decoded is UNDECODABLE:
+            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
         if method == "GET" and name:
             return 200, c.get(r, namespace, name)
         if method == "GET":
