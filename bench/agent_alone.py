@@ -52,9 +52,11 @@ class CountingStore(PassThrough):
         self.writes[f"update_status {obj['kind']}"] += 1
         return await self.inner.update_status(obj)
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
         self.writes[f"delete {kind}"] += 1
-        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
+        await self.inner.delete(kind, name, namespace, resource_version=resource_version, grace_seconds=grace_seconds)
 
 
 def pool(k: int) -> dict[str, Any]:

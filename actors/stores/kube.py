@@ -720,7 +720,9 @@ class KubeStore:
         target = _Target("ServiceAccount", account, namespace, verb="delete")
         await self._call("DELETE", f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(account)}", target)
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
         """Delete, or mark for deletion when finalizers remain; ``NotFound``, ``Conflict``."""
         info = kind_info(kind)
         ns = _scope(info, namespace)
@@ -730,6 +732,8 @@ class KubeStore:
         body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions"}
         if resource_version:
             body["preconditions"] = {"resourceVersion": resource_version}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
         await self._call("DELETE", _path(info, ns, name), target, body=body)
 
     def watch(

@@ -165,8 +165,15 @@ class Store(Protocol):
         """Replace only ``status``, guarded like ``update``."""
         ...
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
-        """Delete, or mark for deletion when finalizers remain; ``NotFound``, ``Conflict``."""
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
+        """Delete, or mark for deletion when finalizers remain; ``NotFound``, ``Conflict``.
+
+        ``grace_seconds`` (``DeleteOptions.gracePeriodSeconds``) is how long a Pod that a node runs stays,
+        terminating, for its kubelet: ``None`` its own (``terminationGracePeriodSeconds``, 30 by default), 0 not
+        at all (the kubelet's own delete, or ``kubectl delete --force``).  Other kinds ignore it, and so does the
+        embedded store, where no kubelet confirms: a Pod goes at once."""
         ...
 
     def watch(
@@ -209,8 +216,10 @@ class PassThrough:
     async def update_status(self, obj: Obj) -> Obj:
         return await self.inner.update_status(obj)
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
-        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
+        await self.inner.delete(kind, name, namespace, resource_version=resource_version, grace_seconds=grace_seconds)
 
     def watch(
         self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""

@@ -201,7 +201,9 @@ class RetryingStore(PassThrough):
         """As the inner store, retried through outages (an applied retry with a version is ``Conflict``)."""
         return await self._retry(lambda: self.inner.update_status(obj))
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
         """As the inner store, retried through outages; ``NotFound`` on a retry means an earlier try did it."""
         maybe_applied = False
 
@@ -211,7 +213,10 @@ class RetryingStore(PassThrough):
 
         try:
             await self._retry(
-                lambda: self.inner.delete(kind, name, namespace, resource_version=resource_version), on_retry=retrying
+                lambda: self.inner.delete(
+                    kind, name, namespace, resource_version=resource_version, grace_seconds=grace_seconds
+                ),
+                on_retry=retrying,
             )
         except NotFound:
             if not maybe_applied:

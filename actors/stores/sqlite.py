@@ -699,7 +699,9 @@ class SqliteStore:
 
         return await self._write(write)
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
         """Delete, or set ``deletionTimestamp`` (once) while finalizers remain; ``NotFound``, ``Conflict``."""
         key = _Key.of(kind, name, namespace)
 

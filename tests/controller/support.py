@@ -68,9 +68,11 @@ class FaultyStore:
             raise Conflict(kind=obj["kind"], name=obj["metadata"]["name"], sent_version="injected")
         return await self.inner.update_status(obj)
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
         await self._gate("delete")
-        await self.inner.delete(kind, name, namespace, resource_version=resource_version)
+        await self.inner.delete(kind, name, namespace, resource_version=resource_version, grace_seconds=grace_seconds)
 
     def watch(
         self, kind: str, *, namespace: str | None = None, label_selector: str = "", resource_version: str = ""

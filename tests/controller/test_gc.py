@@ -116,7 +116,9 @@ async def test_a_pod_deleted_without_a_cni_del_gets_its_address_back(private_sto
         async with cluster(store) as (ipam, gc):
             created = await running(store, pod("lost"))
             ip = await add(ipam, created)
-            await store.delete("Pod", "lost", "default")  # the node died: no CNI DEL ever comes
+            # The node died: no CNI DEL ever comes, and the pod GC removes the Pod at once (grace 0), as every
+            # Pod delete in this module does; a Pod deleted with a grace period stays terminating meanwhile.
+            await store.delete("Pod", "lost", "default", grace_seconds=0)
             await eventually(released(store, ip), within=TIMEOUT, what="the address released")
             await eventually(lambda: _not(endpoint_exists(store, "lost")), within=TIMEOUT, what="endpoint dropped")
             await eventually(counted(gc), within=TIMEOUT, what="the release counted")
@@ -157,13 +159,35 @@ STATEFULSET = {
 WEB_0 = pod("web-0", owner={"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"})
 
 
+async def test_a_pod_deleted_with_a_grace_period_gets_its_address_back_once_the_grace_has_passed(
+    private_store: Store,
+) -> None:
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store) as (ipam, _gc):
+            short = pod("slow")
+            short["spec"]["terminationGracePeriodSeconds"] = 1
+            created = await running(store, short)
+            ip = await add(ipam, created)
+            await store.delete("Pod", "slow", "default")  # no CNI DEL comes, and no kubelet confirms either
+            try:  # NB: on an API server it stays, terminating; the embedded store has no kubelet to wait for
+                left = await store.get("Pod", "slow", "default")
+                assert left["metadata"]["deletionGracePeriodSeconds"] == 1
+            except NotFound:
+                pass
+            await eventually(released(store, ip), within=TIMEOUT, what="the terminating pod's address released")
+            assert created["metadata"]["uid"] not in (await holders(store)).values()
+
+
 async def test_a_statefulset_pod_keeps_its_address_while_its_ordinal_is_valid(private_store: Store) -> None:
     store = private_store
     with trio.fail_after(TIMEOUT):
         async with cluster(store) as (ipam, gc):
             made = await store.create(STATEFULSET)
             ip = await add(ipam, await running(store, WEB_0))
-            await store.delete("Pod", "web-0", "default")  # no DEL: the next web-0 takes the same address
+            await store.delete(
+                "Pod", "web-0", "default", grace_seconds=0
+            )  # no DEL: the next web-0 takes the same address
             await scans_after(gc, 3)
             assert ip in await holders(store)
             assert await endpoint_exists(store, "web-0")
@@ -177,7 +201,9 @@ async def test_with_statefulsets_switched_off_a_valid_ordinals_pod_is_stateless_
         async with cluster(store, attrs.evolve(FAST, statefulset=False)) as (ipam, _gc):
             await store.create(STATEFULSET)
             ip = await add(ipam, await running(store, WEB_0))
-            await store.delete("Pod", "web-0", "default")  # no DEL, the ordinal still valid: released all the same
+            await store.delete(
+                "Pod", "web-0", "default", grace_seconds=0
+            )  # no DEL, the ordinal still valid: released all the same
             await eventually(released(store, ip), within=TIMEOUT, what="the deleted pod's address released")
 
 
@@ -187,7 +213,7 @@ async def test_a_pod_re_created_under_the_same_name_keeps_its_fresh_address(priv
         async with cluster(store) as (ipam, gc):
             first = await running(store, pod("same"))
             await add(ipam, first, "ctr-1")
-            await store.delete("Pod", "same", "default")  # no DEL for the first pod: GC traces it
+            await store.delete("Pod", "same", "default", grace_seconds=0)  # no DEL for the first pod: GC traces it
             second = await running(store, pod("same"))
             new_ip = await add(ipam, second, "ctr-2")  # NB: may be the first pod's address again
             await scans_after(gc, 3)
@@ -204,7 +230,7 @@ async def test_a_host_network_pod_of_the_same_name_does_not_hide_the_old_pods_ad
         async with cluster(store) as (ipam, _gc):
             first = await running(store, pod("same"))
             ip = await add(ipam, first)
-            await store.delete("Pod", "same", "default")  # no DEL for the first pod
+            await store.delete("Pod", "same", "default", grace_seconds=0)  # no DEL for the first pod
             host = pod("same")
             host["spec"]["hostNetwork"] = True
             await running(store, host)
@@ -221,7 +247,7 @@ async def test_spider_gc_releases_an_orphan_only_after_looking_twice(private_sto
             gone_ip = await add(ipam, gone, "ctr-1")
             alive = await running(store, pod("alive"))
             alive_ip = await add(ipam, alive, "ctr-2")
-            await store.delete("Pod", "gone", "default")
+            await store.delete("Pod", "gone", "default", grace_seconds=0)
             nursery.cancel_scope.cancel(reason="adds done")
         releases = await collect_once(store, GcSettings(), gap=0.05)
         assert [(r.ip, r.pod) for r in releases] == [(gone_ip, "default/gone")]
@@ -255,7 +281,7 @@ async def test_an_endpoint_no_pool_record_names_is_dropped_once_its_pod_is_gone_
         async with cluster(store, CLEANING) as (ipam, gc):
             created = await running(store, pod("outdated"))
             await outdate(store, ipam, created)
-            await store.delete("Pod", "outdated", "default")
+            await store.delete("Pod", "outdated", "default", grace_seconds=0)
             await eventually(lambda: dropped(gc), within=TIMEOUT, what="dropped")
             assert not await endpoint_exists(store, "outdated")
             assert gc.outdated_dropped == 1
@@ -282,7 +308,7 @@ async def test_an_endpoint_no_pool_record_names_is_kept_when_cleaning_is_switche
         async with cluster(store) as (ipam, gc):
             created = await running(store, pod("left"))
             await outdate(store, ipam, created)
-            await store.delete("Pod", "left", "default")
+            await store.delete("Pod", "left", "default", grace_seconds=0)
             await scans_after(gc, 3)
             assert await endpoint_exists(store, "left")
             assert gc.outdated_dropped == 0
@@ -296,7 +322,7 @@ async def test_an_outdated_endpoint_rewritten_between_the_looks_is_kept(private_
             ipam = IpamService(store, PoolRegistry(store, Supervisor(nursery)), NODE)
             created = await running(store, pod("rewritten"))
             await outdate(store, ipam, created)
-            await store.delete("Pod", "rewritten", "default")
+            await store.delete("Pod", "rewritten", "default", grace_seconds=0)
             gc = IpGarbageCollector(store, attrs.evolve(CLEANING, trace_gap=0.05))
             gc.pools = ipam.pools
             gc.load([], [])
@@ -335,7 +361,7 @@ async def test_a_kubevirt_pods_address_is_kept_while_its_launcher_pod_lives_unde
         later = lambda: time.time() + RECLAIM_AFTER  # noqa: E731  NB: its ADD is long over: no in-flight keep
         assert await collect_once(store, GcSettings(), gap=0.05, clock=later) == []
         assert (await holders(store))[ip] == launcher["metadata"]["uid"]
-        await store.delete("Pod", "virt-launcher-vm1-abcde", "default")
+        await store.delete("Pod", "virt-launcher-vm1-abcde", "default", grace_seconds=0)
         releases = await collect_once(store, GcSettings(), gap=0.05, clock=later)
         assert [r.ip for r in releases] == [ip]
 
@@ -429,7 +455,7 @@ async def test_a_record_without_an_endpoint_goes_at_once_when_gc_saw_its_pod_del
             await forget_endpoint(store, "seen")
             await scans_after(gc, 2)
             assert ip in await holders(store), "kept: its ADD may be in flight, and its pod lives"
-            await store.delete("Pod", "seen", "default")
+            await store.delete("Pod", "seen", "default", grace_seconds=0)
             await eventually(released(store, ip), within=TIMEOUT, what="the address of the pod seen deleted")
             await eventually(counted(gc), within=TIMEOUT, what="the release counted")
             assert gc.recent[-1].pod_uid == created["metadata"]["uid"]
@@ -517,7 +543,7 @@ class Tenants:
 
     async def lose(self, name: str) -> str:
         """Delete the pod without a CNI DEL (its node is lost); the address it had."""
-        await self.store.delete("Pod", name, "default")
+        await self.store.delete("Pod", name, "default", grace_seconds=0)
         return self.live.pop(name)[1]
 
     async def finish(self, name: str) -> str:
@@ -667,8 +693,8 @@ async def test_pods_of_every_workload_kind_competing_for_one_pool_get_orphans_ba
             orphans = {await pods.lose("solo"), await pods.lose("app-5d4f-eeeee"), await pods.lose("app-5d4f-fffff")}
             await store.delete("ReplicaSet", "app-5d4f", "default")
             await store.delete("Deployment", "app", "default")
-            await store.delete("Pod", "batch-ccccc", "default")
-            await store.delete("Pod", "batch-ddddd", "default")
+            await store.delete("Pod", "batch-ccccc", "default", grace_seconds=0)
+            await store.delete("Pod", "batch-ddddd", "default", grace_seconds=0)
             await store.delete("Job", "batch", "default")
             await pods.come_back(orphans)
             await pods.no_conflict()

@@ -43,7 +43,7 @@ async def test_a_gc_release_and_the_pool_totals_are_scraped_from_the_leader(
                 ipam = IpamService(store, PoolRegistry(store, Supervisor(agent)), NODE)
                 created = await running(store, pod("lost"))
                 ip = await add(ipam, created)
-                await store.delete("Pod", "lost", "default")  # the node died: no CNI DEL ever comes
+                await store.delete("Pod", "lost", "default", grace_seconds=0)  # the node died: no CNI DEL ever comes
                 await eventually(released(store, ip), within=TIMEOUT, what="the address released by the GC")
                 agent.cancel_scope.cancel()
             assert controller.gc is not None

@@ -7,15 +7,15 @@ asked: the tests stay fast; ``python -m tests.fakeapi``, which the benchmarks st
 behaviours it mirrors were read off kube-apiserver's generic registry
 (``staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go``), the custom resource strategy
 (``apiextensions-apiserver/pkg/registry/customresource/strategy.go``: no unconditional updates, status
-replaced through the subresource only), the watch cache (``storage/cacher``: 410 ``Expired`` as an ``ERROR``
-event, synthetic ``ADDED`` events for ``resourceVersion`` unset or ``"0"``, bookmarks every minute and before a
-watch's timeout carrying its own resource's version, a cache that starts empty when the server restarts) and
+replaced through the subresource only), the watch cache (``storage/cacher``: 410 ``Expired`` as an ``ERROR`` event,
+synthetic ``ADDED`` events for ``resourceVersion`` unset or ``"0"``, bookmarks every minute and before a watch's
+timeout carrying its own resource's version, a cache that starts empty when the server restarts), a Pod's graceful
+deletion (``pod`` strategy: one a node runs stays terminating for its grace period until deleted with grace 0) and
 the defaulting of custom resources from their CRD schema's ``default:`` values
 (``apiextensions-apiserver/pkg/apiserver/schema/defaulting``).
 
 Not yet modelled (a review on 2026-12-07 listed them; none is on a path the agents or the controller take in
-production): a Pod bound to a node is deleted at once, where kube-apiserver marks it terminating for its grace
-period until the kubelet confirms; ``pods/status`` keeps the stored metadata, where the real one takes the
+production): ``pods/status`` keeps the stored metadata, where the real one takes the
 labels and annotations sent; the history of watch events is one window for all resources, where each of the
 real watch caches keeps its own; a slow watcher is never cut off; a ``continue`` token is used once.
 """

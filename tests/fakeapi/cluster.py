@@ -33,7 +33,10 @@ upstream code, see ``tests/fakeapi/__init__.py``):
   resourceVersion too); a no-op writes nothing.
 - size: an object over etcd's 1.5 MiB is a 500 "etcdserver: request is too large" (a request body over 3 MiB is
   413 before it is read, ``tests.fakeapi.server``).
-- delete: preconditions (409); finalizers only mark (deletionTimestamp, grace 0, generation + 1), once.
+- delete: a Pod a node runs (``spec.nodeName``, not finished) stays, terminating, for its grace period
+  (``gracePeriodSeconds``, else its ``terminationGracePeriodSeconds``, defaulted to 30 on create), which a later
+  delete may only shorten, until one with grace 0 (its kubelet's) removes it; preconditions (409); finalizers only
+  mark (deletionTimestamp, grace 0, generation + 1), once.
 - list: label selectors (400 when malformed), field selectors (``spider.fields``: the fields each kind can be
   selected by; 400 "field label not supported" for another, not on watches), ``limit``/``continue`` over a
   snapshot (410 when compacted), items of built-in kinds without apiVersion/kind.
@@ -57,7 +60,7 @@ import json
 import re
 import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +85,19 @@ CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 """Our CustomResourceDefinitions: the schemas whose defaults the fake applies to our kinds."""
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now(later: float = 0.0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=later)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pod_grace(pod: Obj, options: object) -> int:
+    """Seconds a Pod's deletion waits for its kubelet (``podStrategy.CheckGracefulDelete``): the options' grace,
+    else its spec's (30 by default); none for a pod no node runs or one that has finished."""
+    spec, phase = pod.get("spec") or {}, (pod.get("status") or {}).get("phase")
+    if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
+        return 0
+    asked = options.get("gracePeriodSeconds") if isinstance(options, dict) else None
+    grace = asked if isinstance(asked, int) else spec.get("terminationGracePeriodSeconds", DEFAULT_POD_GRACE)
+    return max(int(grace), 0)
 
 
 class ApiError(Exception):
@@ -180,6 +194,8 @@ def _without(obj: Obj, *fields: str) -> Obj:
     return {k: v for k, v in obj.items() if k not in fields}
 
 
+DEFAULT_POD_GRACE = 30
+"""``spec.terminationGracePeriodSeconds`` of a Pod that names none (the API's defaulting)."""
 MAX_OBJECT_BYTES = 1_572_864
 """etcd's ``--max-request-bytes`` (1.5 MiB): a larger object is not stored, and kube-apiserver passes etcd's
 error on as a 500 without a reason (kubernetes#112152)."""
@@ -406,11 +422,11 @@ class Cluster:
 
     # --- plumbing ----------------------------------------------------------------------------------------
 
-    async def wait_for_change(self, patience: float) -> None:
-        """Until the next write, or ``patience`` seconds."""
-        changed = self._changed
-        with trio.move_on_after(patience):
-            await changed.wait()
+    @property
+    def next_change(self) -> trio.Event:
+        """Set by the next write.  Take it *before* reading what to send: a write while the reader awaits its
+        send then still wakes it (an event taken after that write would wait for the one after it)."""
+        return self._changed
 
     def _key(self, r: Resource, namespace: str, name: str) -> tuple[str, str, str, str]:
         return (r.group, r.plural, namespace if r.namespaced else "", name)
@@ -587,6 +603,7 @@ class Cluster:
         if r.status_subresource:
             obj.pop("status", None)
         if r.kind == "Pod":
+            obj["spec"].setdefault("terminationGracePeriodSeconds", DEFAULT_POD_GRACE)
             obj["status"] = {"phase": "Pending"}
         elif r.kind == "Namespace":
             obj["status"] = {"phase": "Active"}
@@ -684,6 +701,15 @@ class Cluster:
             if want and want != m[field]:
                 why = f"Precondition failed: {label} in precondition: {want}, {label} in object meta: {m[field]}"
                 raise r.conflict(name, why)
+        grace = _pod_grace(stored, options) if r.kind == "Pod" else 0
+        if grace and m.get("deletionGracePeriodSeconds", grace + 1) > grace:  # NB: a new grace may only shorten
+            marked = copy.deepcopy(stored)
+            marked["metadata"].update(
+                deletionTimestamp=now(grace), deletionGracePeriodSeconds=grace, generation=m.get("generation", 0) + 1
+            )
+            return self._commit(r, namespace, "MODIFIED", marked, stored)
+        if grace:
+            return copy.deepcopy(stored)
         if m.get("finalizers"):
             if "deletionTimestamp" in m:
                 return copy.deepcopy(stored)

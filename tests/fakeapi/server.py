@@ -503,6 +503,7 @@ class FakeApiServer:
         quiet, told = trio.current_time(), cursor  # told: the version the client knows it has seen up to
         last_call = deadline - BOOKMARK_BEFORE_TIMEOUT
         while True:
+            changed = self.cluster.next_change  # NB: before the read, so a write during the sends below wakes us
             try:
                 events, seen = self.cluster.watch_since(r, namespace, selector, cursor)
             except ApiError as exc:  # compacted under a slow watcher
@@ -523,7 +524,8 @@ class FakeApiServer:
                     last_call = math.inf
             cursor = seen
             patience = min(self.bookmark_interval, max(last_call - now, 0.0)) if bookmarks else 60.0
-            await self.cluster.wait_for_change(patience)
+            with trio.move_on_after(patience):
+                await changed.wait()
 
     @staticmethod
     async def _cancel_on_eof(conn: h11.Connection, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:

@@ -1,6 +1,7 @@
-"""Bookmarks as kube-apiserver's watch cache sends them: a watch's bookmark carries the version of its own
+"""Watch streams as kube-apiserver's watch cache sends them: a watch's bookmark carries the version of its own
 resource's latest event (one the watch was not sent, say outside its selector), never a version that only
-other resources' writes reached, and none comes while the resource has had no event past what the watch saw."""
+other resources' writes reached, and none comes while the resource has had no event past what the watch saw;
+bookmarks are rare (a minute apart), so an event must never wait for one to be sent."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import h11
 import trio
 
 from spider.kinds import SPIDER_API_VERSION
-from tests.fakeapi import FakeApiServer
+from tests.fakeapi import Cost, FakeApiServer, LatencyModel
 from tests.fakeapi.server import BOOKMARK_BEFORE_TIMEOUT
 from tests.fakeapi.test_latency import POOLS, call, pool
 
@@ -77,4 +78,18 @@ async def test_a_watch_gets_a_bookmark_shortly_before_its_timeout_however_long_t
         marks = await watch.events_for(1.5)  # NB: the watch ends at 3 s; its bookmark is due at 1 s
         assert [e["type"] for e in marks] == ["BOOKMARK"]
         assert marks[0]["object"]["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+        await watch.stream.aclose()
+
+
+async def test_an_event_written_while_the_previous_ones_are_being_sent_comes_at_once(nursery: trio.Nursery) -> None:
+    server: FakeApiServer = await nursery.start(FakeApiServer(latency=LatencyModel({"watch-event": Cost(300)})).run)
+    with trio.fail_after(20):
+        _, listed = await call(server, "GET", POOLS)
+        watch = await Watch.open(server, listed["metadata"]["resourceVersion"])
+        team_a = {"name": "", "labels": {"team": "a"}}
+        await call(server, "POST", POOLS, dict(pool("a1"), metadata=dict(team_a, name="a1")))
+        await trio.sleep(0.1)  # NB: the server is now sending "a1", which takes it 0.3 s
+        await call(server, "POST", POOLS, dict(pool("a2"), metadata=dict(team_a, name="a2")))
+        events = await watch.events_for(2.0)  # two sends; a missed write would wait a minute for a bookmark
+        assert [e["object"]["metadata"]["name"] for e in events] == ["a1", "a2"]
         await watch.stream.aclose()

@@ -118,7 +118,9 @@ class MemoryStore:
         stored["metadata"]["resourceVersion"] = self._next_version()
         return copy.deepcopy(stored)
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
         await trio.lowlevel.checkpoint()
         stored = self._stored(kind, name, namespace)
         self._guard(stored, {"metadata": {"resourceVersion": resource_version}})

@@ -110,7 +110,9 @@ class ScriptedStore:
     async def update_status(self, obj: Obj) -> Obj:
         return await self.update(obj)
 
-    async def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str = "") -> None:
+    async def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str = "", grace_seconds: int | None = None
+    ) -> None:
         await trio.sleep(0.001)
         self._enter("delete")
         if (kind, namespace, name) not in self.objects:
