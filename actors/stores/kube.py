@@ -328,7 +328,7 @@ def _error(status: int, data: bytes, target: _Target) -> SpiderError:
         details = body.get("details") or {}
     else:
         reason, message, details = "", data[:200].decode(errors="replace").strip(), {}
-    if message.startswith(_NEVER_STORED):  # NB: kube-apiserver answers 500 for these, but no retry can help
+    if any(fault in message for fault in _REQUEST_FAULTS):  # NB: kube-apiserver answers 500, but no retry can help
         return Invalid(kind=target.kind, name=target.name, reason=message)
     if status == 404:
         if not _is_status(body) and target.verb != "get":  # NB: a get of a kind not served finds nothing
@@ -363,8 +363,8 @@ def _unavailable(target: _Target, exc: BaseException) -> StoreUnavailable:
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, ConfigException)
 _INVALID_VERSION = "resourceVersion: Invalid value"
-_NEVER_STORED = (_INVALID_VERSION, "strconv.ParseUint: ", "etcdserver: request is too large")
-"""How kube-apiserver's 500s begin when the request itself is at fault: a ``resourceVersion`` it cannot parse (a
+_REQUEST_FAULTS = (_INVALID_VERSION, "strconv.ParseUint: ", "etcdserver: request is too large")
+"""What kube-apiserver's 500s say when the request itself is at fault: a ``resourceVersion`` it cannot parse (a
 list's or watch's: the field's validation; a PUT's: the versioner's own parse error), an object larger than
 etcd stores (1.5 MiB)."""
 
