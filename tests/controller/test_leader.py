@@ -14,7 +14,7 @@ import itertools
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 import pytest
@@ -25,7 +25,7 @@ from actors.stores.port import Conflict, NotFound, Obj, PassThrough, Store
 from tests.controller.support import FaultyStore, eventually
 
 # NB: a name of our own, never Spiderpool's Lease: these tests may run against a real cluster
-NAMESPACE, NAME = "default", f"spider-test-lease-{secrets.token_hex(3)}"
+NAMESPACE = "default"
 MICROTIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 ROUND_TRIPS_PER_LEASE = 20
 """A renewal is two round trips; a lease of 20 leaves a renewal ten tries before the renew deadline."""
@@ -36,6 +36,8 @@ class Pace:
     """The election's durations for one store: client-go's proportions (lease : renew : retry = 10 : 6 : 1)."""
 
     lease: int = 1
+    name: str = attrs.field(factory=lambda: f"spider-test-lease-{secrets.token_hex(3)}")
+    """The Lease's own name, one per test: on a real cluster the Lease outlives the test."""
 
     @property
     def renew(self) -> float:
@@ -54,7 +56,7 @@ class Pace:
         return LeaderSettings(
             namespace=NAMESPACE,
             identity=identity,
-            name=NAME,
+            name=self.name,
             lease_duration=self.lease,
             renew_deadline=self.renew,
             retry_period=self.retry,
@@ -63,22 +65,26 @@ class Pace:
 
 
 @pytest.fixture
-async def pace(store: Store) -> Pace:
-    """Durations for this store: a 1 s lease, or longer when one read of the Lease is slow (the slowest of five)."""
+async def pace(store: Store) -> AsyncIterator[Pace]:
+    """Durations for this store: a 1 s lease, or longer when one read of the Lease is slow (the slowest of five).
+    The test's Lease is deleted afterwards."""
+    unpaced = Pace()
     slowest = 0.0
     with trio.fail_after(60):
         for _ in range(5):
             start = trio.current_time()
             with contextlib.suppress(NotFound):
-                await store.get("Lease", NAME, NAMESPACE)
+                await store.get("Lease", unpaced.name, NAMESPACE)
             slowest = max(slowest, trio.current_time() - start)
-    return Pace(max(1, math.ceil(slowest * ROUND_TRIPS_PER_LEASE)))
+    yield attrs.evolve(unpaced, lease=max(1, math.ceil(slowest * ROUND_TRIPS_PER_LEASE)))
+    with trio.fail_after(60), contextlib.suppress(NotFound):
+        await store.delete("Lease", unpaced.name, NAMESPACE)
 
 
-async def write_holder(store: Store, holder: str) -> None:
+async def write_holder(store: Store, pace: Pace, holder: str) -> None:
     """Set the Lease's holder as another client would: read, change, write; again when a renewal got in first."""
     while True:
-        lease = await store.get("Lease", NAME, NAMESPACE)
+        lease = await store.get("Lease", pace.name, NAMESPACE)
         lease["spec"]["holderIdentity"] = holder
         try:
             await store.update(lease)
@@ -141,8 +147,8 @@ async def knows_leader(elector: LeaderElector, identity: str) -> bool:
     return elector.leader == identity
 
 
-async def lease_spec(store: Store) -> dict[str, object]:
-    spec: dict[str, object] = (await store.get("Lease", NAME, NAMESPACE))["spec"]
+async def lease_spec(store: Store, pace: Pace) -> dict[str, object]:
+    spec: dict[str, object] = (await store.get("Lease", pace.name, NAMESPACE))["spec"]
     return spec
 
 
@@ -155,7 +161,7 @@ async def test_the_first_candidate_creates_the_lease_and_leads(store: Store, pac
             await eventually(journal.leads("a"), within=pace.patience)
             assert elector.leading
             assert elector.leader == "a"
-            spec = await lease_spec(store)
+            spec = await lease_spec(store, pace)
             assert spec["holderIdentity"] == "a"
             assert spec["leaseDurationSeconds"] == pace.lease
             assert spec["leaseTransitions"] == 0
@@ -171,13 +177,13 @@ async def test_a_second_candidate_waits_while_the_leader_renews(store: Store, pa
             a, b = LeaderElector(store, pace.settings("a")), LeaderElector(store, pace.settings("b"))
             await nursery.start(a.run, journal.work("a"))
             await eventually(journal.leads("a"), within=pace.patience)
-            first_renewal = (await lease_spec(store))["renewTime"]
+            first_renewal = (await lease_spec(store, pace))["renewTime"]
             await nursery.start(b.run, journal.work("b"))
             await trio.sleep(2.5 * pace.lease)  # long enough for b to take over, had a stopped renewing
             assert list(journal.running) == ["a"]
             assert b.leader == "a"  # a standby knows who leads (readiness needs that)
             assert not b.leading
-            spec = await lease_spec(store)
+            spec = await lease_spec(store, pace)
             assert spec["renewTime"] != first_renewal
             assert spec["leaseTransitions"] == 0
             nursery.cancel_scope.cancel(reason="test over")
@@ -199,7 +205,7 @@ async def test_a_second_candidate_takes_over_after_the_lease_duration_when_the_l
             assert b.leader == "a"  # a dead leader's lease is honoured: b has seen it renewed too recently
             assert not b.leading
             await eventually(journal.leads("b"), within=pace.patience)
-            spec = await lease_spec(store)
+            spec = await lease_spec(store, pace)
             assert spec["holderIdentity"] == "b"
             assert spec["leaseTransitions"] == 1
             nursery.cancel_scope.cancel(reason="test over")
@@ -209,7 +215,7 @@ async def test_a_second_candidate_takes_over_after_the_lease_duration_when_the_l
 async def test_a_released_lease_is_taken_over_without_waiting_for_it_to_expire(store: Store, pace: Pace) -> None:
     journal = Journal()
     # A lease far longer than the test may wait: b can only lead in time if a gave the Lease up.
-    long = Pace(10 * pace.lease + 30)
+    long = attrs.evolve(pace, lease=10 * pace.lease + 30)
     with trio.fail_after(3 * pace.patience):
         async with trio.open_nursery() as nursery:
             a = LeaderElector(store, attrs.evolve(long.settings("a"), retry_period=pace.retry))
@@ -220,7 +226,7 @@ async def test_a_released_lease_is_taken_over_without_waiting_for_it_to_expire(s
             await eventually(lambda: knows_leader(b, "a"), within=pace.patience)
             a_alive.cancel(reason="SIGTERM: stop and release")
             await eventually(journal.leads("b"), within=2 * pace.patience)
-            spec = await lease_spec(store)
+            spec = await lease_spec(store, pace)
             assert spec["holderIdentity"] == "b"
             assert spec["leaseTransitions"] == 1
             nursery.cancel_scope.cancel(reason="test over")
@@ -233,12 +239,13 @@ class RenewalLandsLate(PassThrough):
     the release read the Lease: as a slow server commits a request whose client stopped waiting."""
 
     inner: Store
+    name: str
     landed: int = 0
 
     async def update(self, obj: Obj) -> Obj:
         if obj["kind"] == "Lease" and not obj["spec"].get("holderIdentity") and not self.landed:
             self.landed += 1
-            late = await self.inner.get("Lease", NAME, NAMESPACE)
+            late = await self.inner.get("Lease", self.name, NAMESPACE)
             await self.inner.update({**late, "spec": {**late["spec"], "renewTime": microtime()}})
         return await self.inner.update(obj)
 
@@ -246,7 +253,7 @@ class RenewalLandsLate(PassThrough):
 async def test_a_release_that_a_late_renewal_overtakes_reads_the_lease_again_and_releases(
     store: Store, pace: Pace
 ) -> None:
-    late = RenewalLandsLate(store)
+    late = RenewalLandsLate(store, pace.name)
     journal = Journal()
     with trio.fail_after(2 * pace.patience):
         async with trio.open_nursery() as nursery:
@@ -256,7 +263,7 @@ async def test_a_release_that_a_late_renewal_overtakes_reads_the_lease_again_and
             a_alive.cancel(reason="stop, and release below")
         assert await a.release()
     assert late.landed == 1
-    assert not (await lease_spec(store)).get("holderIdentity")
+    assert not (await lease_spec(store, pace)).get("holderIdentity")
 
 
 @pytest.mark.parametrize("fault", ["down", "hang"])
@@ -284,13 +291,13 @@ async def test_a_leader_cut_off_from_the_store_stops_before_anyone_else_starts(
 async def test_a_leader_that_sees_another_holder_stops_at_once(store: Store, pace: Pace) -> None:
     journal = Journal()
     # A renew deadline far longer than the test may wait: a stopping in time is a stop for the other holder.
-    long = Pace(10 * pace.lease + 30)
+    long = attrs.evolve(pace, lease=10 * pace.lease + 30)
     with trio.fail_after(3 * pace.patience):
         async with trio.open_nursery() as nursery:
             a = LeaderElector(store, attrs.evolve(long.settings("a"), retry_period=pace.retry))
             await nursery.start(a.run, journal.work("a"))
             await eventually(journal.leads("a"), within=pace.patience)
-            await write_holder(store, "intruder")  # as if a's renewals had stalled unnoticed
+            await write_holder(store, pace, "intruder")  # as if a's renewals had stalled unnoticed
             await eventually(journal.stopped("a"), within=2 * pace.patience)
             assert any("taken over by intruder" in reason for reason in journal.reasons)
             assert a.leader == "intruder"
@@ -308,7 +315,7 @@ async def test_leading_work_that_returns_releases_the_lease(store: Store, pace: 
         await elector.run(work)  # returns: the work is over
         assert done.is_set()
         assert not elector.leading
-        spec = await lease_spec(store)
+        spec = await lease_spec(store, pace)
         assert spec.get("holderIdentity", "") == ""
         assert spec["leaseDurationSeconds"] == 1
 
@@ -340,7 +347,7 @@ async def test_only_one_of_three_candidates_leads_at_any_time_through_crashes(st
             nursery.cancel_scope.cancel(reason="test over")
         journal.assert_never_two_at_once()
         assert len(journal.spans) == 5
-        spec = await lease_spec(store)
+        spec = await lease_spec(store, pace)
         assert spec["leaseTransitions"] == 4
 
 
@@ -357,7 +364,7 @@ def test_a_lease_record_reads_what_client_go_writes() -> None:
     lease = {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": {"name": NAME, "namespace": NAMESPACE, "resourceVersion": "7"},
+        "metadata": {"name": "spiderpool-controller-leases", "namespace": NAMESPACE, "resourceVersion": "7"},
         "spec": {
             "holderIdentity": "spiderpool-controller-7d9f_3c1e",
             "leaseDurationSeconds": 15,
@@ -405,4 +412,4 @@ async def test_a_renewal_seen_by_a_slow_read_is_dated_when_the_read_returned(sto
         await trio.sleep_until(asked + lease + read / 2)
         assert not await b.try_acquire_or_renew()
         assert b.leader == "a"
-        assert (await lease_spec(store))["holderIdentity"] == "a"
+        assert (await lease_spec(store, pace))["holderIdentity"] == "a"
