@@ -71,6 +71,7 @@ def server_tls(host: str, ca_file: Path) -> ssl.SSLContext:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     latency = LatencyModel.parse(args.latency, jitter=args.jitter, seed=args.seed)
+    args.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
     tls = server_tls(args.host, ca_path(args.kubeconfig)) if args.tls else None
     server = FakeApiServer(Cluster.new(), host=args.host, port=args.port, latency=latency, ssl_context=tls)
     trio.run(serve, args, server)

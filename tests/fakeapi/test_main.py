@@ -35,7 +35,7 @@ async def written(kubeconfig: Path) -> dict[str, Any]:
 async def test_with_tls_a_client_trusting_the_named_ca_talks_to_it_and_it_says_what_it_served(
     tmp_path: Path,
 ) -> None:
-    kubeconfig, stats = tmp_path / "fake.kubeconfig", tmp_path / "stats.json"
+    kubeconfig, stats = tmp_path / "not-yet" / "fake.kubeconfig", tmp_path / "stats.json"  # its folder is made
     cmd = [sys.executable, "-m", "tests.fakeapi", "--kubeconfig", str(kubeconfig), "--latency", "off", "--tls"]
     process = await trio.lowlevel.open_process([*cmd, "--stats", str(stats)], cwd=ROOT)
     try:
