@@ -28,13 +28,9 @@ async def store(backend: Backend) -> Store:
 
 
 @pytest.fixture
-def not_shared(request: pytest.FixtureRequest) -> None:
-    """Skip a real cluster (whose pools are someone's).  Synchronous, so that the skip keeps its reason."""
+async def private_store(request: pytest.FixtureRequest, backend: Backend) -> Store:
+    """A client of a backend this test has to itself: the reconciler acts on every pool it sees, so a real
+    cluster (whose pools are someone's) is skipped."""
     if request.node.callspec.params.get("backend") == "kube-real":
         pytest.skip("the pool reconciler would act on every pool of the real cluster")
-
-
-@pytest.fixture
-async def private_store(not_shared: None, backend: Backend) -> Store:
-    """A client of a backend this test has to itself: the reconciler acts on every pool it sees."""
     return await backend.open()
