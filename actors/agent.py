@@ -40,6 +40,7 @@ from actors.node.actor import open_node
 from actors.node.coordinating import Coordinator
 from actors.node.netlink import NETLINK_TIMEOUT, netns_path
 from actors.node.rdma import RdmaCollector, pods_by_address
+from actors.runtime.heap import settle_heap
 from actors.runtime.supervisor import Supervisor
 from actors.servers.agent_api import AgentApi, close_unix_listener, open_unix_listener
 from actors.servers.httpserver import READ_TIMEOUT
@@ -209,6 +210,7 @@ async def run_agent(settings: AgentSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_agent(settings) as api:
+            settle_heap()
             log.info(
                 "agent for node %s serving %s (store %s)",
                 settings.node,

@@ -69,6 +69,7 @@ from actors.controller.reconciler import DEFAULT_RESYNC, PoolReconciler
 from actors.ipam.pool import DEFAULT_MAX_STATUS_BYTES, PoolRegistry
 from actors.ipam.remote import DEFAULT_AGENT_ACCOUNT, DEFAULT_CA_CONFIGMAP, DEFAULT_POOL_HOST_PORT
 from actors.ipam.subnet import SubnetRegistry
+from actors.runtime.heap import settle_heap
 from actors.runtime.supervisor import Supervisor
 from actors.servers.certs import CertSettings, pool_host_certificate
 from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
@@ -479,6 +480,7 @@ async def run_controller(settings: ControllerSettings, store: Store | None = Non
     """Serve until SIGTERM or SIGINT, then stop leading, release the Lease and exit."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_controller(settings, store) as controller:
+            settle_heap()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 log.info("received %s; stopping the leading work, releasing the Lease", name)
