@@ -21,6 +21,7 @@ from pathlib import Path
 import trio
 import trustme
 
+from actors.runtime.heap import settle_heap
 from tests.fakeapi.cluster import Cluster
 from tests.fakeapi.latency import ENV, LatencyModel
 from tests.fakeapi.server import FakeApiServer
@@ -49,6 +50,7 @@ async def serve(args: argparse.Namespace, server: FakeApiServer) -> None:
         partial = args.kubeconfig.with_name(args.kubeconfig.name + ".partial")
         ca_file = ca_path(args.kubeconfig) if server.ssl_context is not None else None
         server.kubeconfig(partial, ca_file=ca_file).replace(args.kubeconfig)  # NB: appears whole, once listening
+        settle_heap()  # NB: kube-apiserver's collector runs beside its requests; ours stops them while it walks
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
