@@ -755,6 +755,14 @@ class PoolLedger:
         """How many allocatable addresses nobody holds."""
         return self.capacity - self._held
 
+    def parse(self, text: str) -> int | None:
+        """The address ``text`` names, if it can be one of this pool's (an address of its family); ``None`` when
+        it cannot, so that nobody holds it here (a request naming it frees, adopts or confirms nothing)."""
+        try:
+            return ip_to_int(text, self.pool.version)
+        except ValueError:
+            return None
+
     def lookup(self, key: tuple[str, str]) -> int | None:
         """The address an owner key holds here; a Spiderpool record without ``nic`` matches any interface."""
         ip = self._by_owner.get(key)
@@ -917,6 +925,12 @@ class PoolLedger:
         self._held -= ip in self.allocatable
         if self._by_owner.get((rec.pod_uid, rec.nic)) == ip:
             del self._by_owner[(rec.pod_uid, rec.nic)]
+            if not rec.nic and len(self._by_owner) < len(self.records):
+                # NB: Spiderpool's records carry no nic, so a pod with two NICs in one pool has two of them:
+                # the next one (lowest address, as a fresh decode indexes them) becomes the one found
+                others = [other for other, r in self.records.items() if r.pod_uid == rec.pod_uid and not r.nic]
+                if others:
+                    self._by_owner[(rec.pod_uid, "")] = min(others)
         if ip in self.allocatable and ip < self._hint:
             self._hint = ip
 

@@ -37,7 +37,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import attrs
@@ -49,7 +49,7 @@ from actors.runtime.fresh import FreshRead
 from actors.runtime.mailbox import Paces, Reply, drain, gather
 from actors.runtime.supervisor import Supervisor
 from actors.stores.port import AtomicStatusUpdate, Conflict, NotFound, Obj, Store
-from spider.addr import IPSet, ip_to_int
+from spider.addr import IPSet
 from spider.errors import ActorUnavailable, PoolNotFound, PoolTooLarge, RequestExpired, SpiderError, StaleWrite
 from spider.pool import KIND, Owner, PoolLedger, Record, ReservedIP, Route, reserved_set
 
@@ -737,6 +737,22 @@ class PoolActor:
             results.append(self._apply(ledger, msg))
         return results
 
+    def _address(self, ledger: PoolLedger, text: str) -> int | None:
+        """An address a request names, or ``None`` (logged) when it cannot be one of this pool's: an endpoint
+        edited by hand or a client's mistake must cost that request its effect, never the actor."""
+        ip = ledger.parse(text)
+        if ip is None:
+            log.warning("pool %s: %r is not an IPv%d address: nobody holds it here", self.name, text,
+                        ledger.pool.version)  # fmt: skip
+        return ip
+
+    def _addresses(
+        self, ledger: PoolLedger, ips: tuple[tuple[str, str | Record], ...]
+    ) -> Iterator[tuple[int, str | Record]]:
+        for text, holder in ips:
+            if (ip := self._address(ledger, text)) is not None:
+                yield ip, holder
+
     def _apply(self, ledger: PoolLedger, msg: PoolMsg) -> tuple[outcome.Outcome[Any], bool]:
         """Fold one request into the ledger; domain errors become values, bugs stay exceptions."""
         try:
@@ -753,13 +769,15 @@ class PoolActor:
                     return outcome.Value(None if freed is None else ledger.address(freed)), freed is not None
                 case ReleaseIPs(ips=ips):
                     now = self.clock()
-                    count = sum(ledger.release_ip(ip_to_int(ip, ledger.pool.version), uid, now=now) for ip, uid in ips)
+                    count = sum(ledger.release_ip(ip, uid, now=now) for ip, uid in self._addresses(ledger, ips))
                     return outcome.Value(count), count > 0
-                case Adopt(ip=ip, previous_uid=previous_uid, owner=owner):
-                    held, changed = ledger.adopt(ip_to_int(ip, ledger.pool.version), previous_uid, owner)
+                case Adopt(ip=text, previous_uid=previous_uid, owner=owner):
+                    address = self._address(ledger, text)
+                    held, changed = (False, False) if address is None else ledger.adopt(address, previous_uid, owner)
                     return outcome.Value(held), changed
-                case Verify(ip=ip, key=key):
-                    return outcome.Value(ledger.lookup(key) == ip_to_int(ip, ledger.pool.version)), False
+                case Verify(ip=text, key=key):
+                    address = self._address(ledger, text)
+                    return outcome.Value(address is not None and ledger.lookup(key) == address), False
                 case Inspect():
                     return outcome.Value(ledger.copy()), False
         except SpiderError as exc:

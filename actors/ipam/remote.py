@@ -44,13 +44,14 @@ requests locally is safe because each is idempotent on the stored pool:
 - ``Release`` and ``ReleaseIPs`` free only what still matches; run twice, the second frees nothing.
 - ``Adopt`` hands an address to an owner that, once it holds it, holds it again.
 The one order that matters is a late host write after a *later* request of ours (the pod's DEL after the
-fallback ADD), and two limits keep it from happening.  Each batch says ``within`` (half our ``budget``): the
-host folds none of its requests after that many seconds from the batch's arrival, however long it waited for a
-TokenReview or in the actor's mailbox (``RequestExpired``, not applied), so a request is folded, and its write
-sent, only before we give up.  And such a write carries the resourceVersion it read: when our later write lands
-first, the host's conflicts; it re-reads within its conflict budget (``--pool-host-conflict-budget``, by default
-half our ``budget``) and folds again, which the ``within`` limit refuses by then, so the batch ends with
-``RequestExpired`` or ``StaleWrite`` instead of applying anything.
+fallback ADD, or the ADD's next pool after the fallback found this one full), and two limits keep it from
+happening.  Each batch says ``within``, what is left of half our ``budget`` once the connection is up: the host
+folds none of its requests after that many seconds from the batch's arrival (taken before its TokenReview),
+however long it waited for that review or in the actor's mailbox (``RequestExpired``, not applied), so a
+request is folded, and its write sent, only before we give up.  And such a write carries the resourceVersion
+it read: when our later write lands first, the host's conflicts; it re-reads within its conflict budget
+(``--pool-host-conflict-budget``, by default half our ``budget``) and folds again, which the ``within`` limit
+refuses by then, so the batch ends with ``RequestExpired`` or ``StaleWrite`` instead of applying anything.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ BATCH_PATH = "/v1/pools/"
 """``POST /v1/pools/<name>`` on the host: a batch of requests for one pool."""
 NOT_LEADING = 421
 """The host's answer when it does not lead (HTTP 421 Misdirected Request): ask the Lease again."""
+MAX_ADDRESS_TEXT = 64
+"""Characters of an address as sent (an IPv6 address in full is 45)."""
 MAX_ANSWER = 16 * 1024 * 1024
 
 
@@ -146,6 +149,15 @@ def _owner(raw: Any) -> Owner:
     if added_at is not None and not (_is_number(added_at) and math.isfinite(added_at)):
         raise ValueError("owner added_at must be a number of seconds")
     return Owner(**fields, added_at=added_at)
+
+
+def _address(raw: Any) -> str:
+    """An address as sent: bounded text.  Whether it names one of the pool's addresses is the pool's to say
+    (``PoolLedger.parse``): text that cannot is held by nobody there, so an endpoint edited into nonsense costs
+    its own request, not the batch it shares with other pods' requests."""
+    if not isinstance(raw, str) or len(raw) > MAX_ADDRESS_TEXT:
+        raise ValueError(f"an address must be a string of at most {MAX_ADDRESS_TEXT} characters")
+    return raw
 
 
 def _avoided(raw: Any) -> IPSet | None:
@@ -208,15 +220,15 @@ def decode_message(raw: Any, sender: str = "", expires: float | None = None) -> 
     if op == "releaseIPs":
         ips: list[tuple[str, str | Record]] = []
         for ip, holder in raw["ips"]:
-            ips.append((str(ip), str(holder) if isinstance(holder, str) else Record(**holder["record"])))
+            ips.append((_address(ip), str(holder) if isinstance(holder, str) else Record(**holder["record"])))
         return ReleaseIPs(tuple(ips), Reply[int].open(), sender=sender, expires=expires)
     if op == "adopt":
         previous, new_owner = str(raw["previousUid"]), _owner(raw["owner"])
-        return Adopt(str(raw["ip"]), previous, new_owner, Reply[bool].open(), sender=sender, expires=expires)
+        return Adopt(_address(raw["ip"]), previous, new_owner, Reply[bool].open(), sender=sender, expires=expires)
     if op == "verify":
         uid, nic = raw["key"]
         key = (str(uid), str(nic))
-        return Verify(str(raw["ip"]), key, Reply[bool].open(), str(raw.get("recordedAt") or ""), sender=sender)
+        return Verify(_address(raw["ip"]), key, Reply[bool].open(), str(raw.get("recordedAt") or ""), sender=sender)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -433,14 +445,19 @@ class HostClient:
     keep: int = 8
     _idle: list[tuple[HostAddress, trio.SSLStream[trio.SocketStream]]] = attrs.field(factory=list)
 
-    async def post(self, address: HostAddress, context: ssl.SSLContext, path: str, body: bytes, token: str) -> bytes:
+    async def post(
+        self, address: HostAddress, context: ssl.SSLContext, path: str, body: Callable[[], bytes], token: str
+    ) -> bytes:
         """The answer body of a 200; ``HostRefused`` for another status, ``OSError``/``trio`` errors when the
-        connection fails.  Cancel it to give up (the connection is then dropped)."""
+        connection fails.  ``body()`` is called once the connection is up (its TLS handshake done), so that
+        what the body says about time is said as late as it can be.  Cancel it to give up (the connection is
+        then dropped)."""
         stream = self._take(address)
         if stream is None:
             stream = await trio.open_ssl_over_tcp_stream(address.host, address.port, ssl_context=context)
         try:
-            status, reason, data, reusable = await self._exchange(stream, address, path, body, token)
+            await stream.do_handshake()  # NB: at once on a kept-alive connection
+            status, reason, data, reusable = await self._exchange(stream, address, path, body(), token)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -612,9 +629,15 @@ class PoolForwarder:
             await self._serve_locally(name, batch)
             return
         messages = [encode_message(m) for m in batch]
-        # NB: "within": the host applies nothing of this batch after that many seconds from its arrival, half our
-        # budget, the other half being for the connection and the write it makes (module docstring)
-        body = json.dumps({"sender": self.sender, "within": self.budget / 2, "messages": messages}).encode()
+        began = self.clock()
+
+        def body() -> bytes:
+            # NB: "within": the host applies nothing of this batch after that many seconds from its arrival: what
+            # is left of half our budget once connected, the other half being for the write it makes (module
+            # docstring); a slow connection or TLS handshake shortens it, so the host's limit ends before ours
+            within = max(0.0, self.budget / 2 - (self.clock() - began))
+            return json.dumps({"sender": self.sender, "within": round(within, 3), "messages": messages}).encode()
+
         failure: str | None = None
         answers: Any = None
         with trio.move_on_after(self.budget) as budget:

@@ -75,6 +75,7 @@ class PoolHost:
         """The HTTP handler."""
         if request.method != "POST" or not request.path.startswith(BATCH_PATH):
             return json_response(404, f"no route for {request.method} {request.path}")
+        arrived = trio.current_time()  # NB: a batch's "within" counts from here, a TokenReview's wait included
         denied = await self._authenticate(request)
         if denied is not None:
             self.refused += 1
@@ -93,7 +94,7 @@ class PoolHost:
             sender = sent.get("sender") or ""  # NB: the node: its actor waits for the nodes of late
             if not isinstance(sender, str) or len(sender) > limits.MAX_NAME:
                 raise TypeError("'sender' is not a node name")
-            expires = _expiry(sent.get("within"))
+            expires = _expiry(sent.get("within"), arrived)
             messages = [decode_message(raw, sender, expires) for raw in sent["messages"]]
         except (ValueError, KeyError, TypeError) as exc:
             return json_response(400, f"malformed batch: {type(exc).__name__}: {exc}")
@@ -142,14 +143,15 @@ class PoolHost:
         await server.serve(listeners, task_status=task_status)
 
 
-def _expiry(within: Any) -> float | None:
-    """When a batch's requests stop being applied (trio time): ``within`` seconds from now, as the agent asks
-    (an older agent says nothing: no limit); ``ValueError`` for anything but a finite number from 0 to a day."""
+def _expiry(within: Any, arrived: float) -> float | None:
+    """When a batch's requests stop being applied (trio time): ``within`` seconds from its arrival, as the agent
+    asks (an older agent says nothing: no limit); ``ValueError`` for anything but a finite number from 0 to a
+    day."""
     if within is None:
         return None
     if isinstance(within, bool) or not isinstance(within, int | float) or not 0 <= within <= 86400:
         raise ValueError(f"'within' must be seconds from 0 to 86400, not {within!r}")
-    return trio.current_time() + within
+    return arrived + within
 
 
 async def _outcome(msg: PoolMsg) -> outcome.Outcome[Any]:

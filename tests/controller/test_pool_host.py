@@ -213,21 +213,35 @@ async def test_a_host_that_knows_no_looks_still_takes_the_writes_and_the_agent_l
             assert forwarder.local.statistics()["shared"]["looks"] == 5
 
 
-async def test_the_agent_asks_the_host_to_apply_nothing_of_a_batch_after_half_its_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+class SlowToConnect(HostClient):
+    """A host client whose connections take ``delay`` seconds to set up (a TLS handshake on a busy node)."""
+
+    delay: float = 0.0
+
+    async def post(self, *args: Any) -> bytes:
+        await trio.sleep(self.delay)
+        return await super().post(*args)
+
+
+@pytest.mark.parametrize("connecting", [0.0, 0.4])
+async def test_the_agent_asks_the_host_to_apply_nothing_after_what_is_left_of_half_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, connecting: float
 ) -> None:
     asked: list[Any] = []
     limit = pool_host._expiry
 
-    def spy(within: Any) -> float | None:
+    def spy(within: Any, arrived: float) -> float | None:
         asked.append(within)
-        return limit(within)
+        return limit(within, arrived)
 
     monkeypatch.setattr(pool_host, "_expiry", spy)
     with trio.fail_after(TIMEOUT):
         async with bench(tmp_path) as b, b.hosted_agent() as (_controller, forwarder, handle):
+            forwarder.client = SlowToConnect()
+            forwarder.client.delay = connecting
             await handle.allocate(owner(1))
-    assert asked == [forwarder.budget / 2]
+    (within,) = asked
+    assert forwarder.budget / 2 - connecting - 0.5 < within <= forwarder.budget / 2 - connecting
 
 
 async def test_a_domain_error_comes_back_as_the_same_type_and_cni_code(tmp_path: Path) -> None:
@@ -249,7 +263,7 @@ async def _post(b: Bench, controller: Controller, token: str | None) -> tuple[in
     body = json.dumps({"messages": [{"op": "release", "key": ["uid-1", "eth0"], "containerID": ""}]}).encode()
     client = HostClient()
     try:
-        await client.post(address, address.ssl_context(), "/v1/pools/shared", body, token or "")
+        await client.post(address, address.ssl_context(), "/v1/pools/shared", lambda: body, token or "")
     except HostRefused as exc:
         return exc.status, str(exc)
     finally:

@@ -1,5 +1,6 @@
 """The pool host's handler in process (no TLS, an in-memory store, trio's autojump clock): a batch's ``within``
-limit, after which none of its requests is applied, however long it waited behind another batch's write."""
+limit, after which none of its requests is applied, however long it waited behind another batch's write or for
+its TokenReview."""
 
 from __future__ import annotations
 
@@ -83,6 +84,62 @@ async def test_a_batch_without_a_limit_is_applied_whenever_it_is_folded(
             await trio.sleep(0.1)
             agents.start_soon(server.handle, batch("older-agent"))  # an agent that sends no limit
     assert await holders(store) == {"first", "older-agent"}
+
+
+async def test_the_limit_counts_from_the_batch_s_arrival_a_slow_token_review_included(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    store = MemoryStore()
+    await store.create(POOL)
+
+    async def slow_review(token: str) -> str | None:
+        await trio.sleep(2.5)  # the API server is slow: the very moment agents give up on the host
+        return await _review(token)
+
+    server = PoolHost(slow_review, USER, PoolRegistry(store, Supervisor(nursery)))
+    with trio.fail_after(60):
+        response = await server.handle(batch("late", within=1.0))
+    (answer,) = json.loads(response.body)["results"]
+    assert answer["error"]["type"] == "RequestExpired", "applied 1.5 s after the agent's limit"
+    assert await holders(store) == set()
+    response = await server.handle(batch("reviewed", within=1.0))  # NB: the verdict is cached now
+    assert json.loads(response.body)["results"][0]["value"]["address"] == "10.40.0.10/24"
+
+
+def raw_batch(*messages: dict[str, Any]) -> Request:
+    body = json.dumps({"sender": "node-1", "within": 5.0, "messages": list(messages)}).encode()
+    return Request("POST", f"{BATCH_PATH}shared", {}, {"authorization": "Bearer agent-token"}, body)
+
+
+@pytest.mark.parametrize("text", ["not-an-ip", "2001:db8::1", "10.40.0.300"])
+async def test_an_address_that_cannot_be_the_pool_s_frees_adopts_and_confirms_nothing(
+    autojump_clock: trio.testing.MockClock, host: tuple[PoolHost, MemoryStore], text: str
+) -> None:
+    server, store = host
+    with trio.fail_after(60):
+        assert (await server.handle(batch("first"))).status == 200
+        owner = json.loads(batch("second").body)["messages"][0]["owner"]
+        response = await server.handle(
+            raw_batch(
+                {"op": "releaseIPs", "ips": [[text, "first"]]},
+                {"op": "adopt", "ip": text, "previousUid": "first", "owner": owner},
+                {"op": "verify", "ip": text, "key": ["first", "eth0"], "recordedAt": ""},
+            )
+        )
+        assert response.status == 200
+        assert [r["value"] for r in json.loads(response.body)["results"]] == [0, False, False]
+        assert (await server.handle(batch("second"))).status == 200, "the host serves on"
+    assert await holders(store) == {"first", "second"}
+
+
+@pytest.mark.parametrize("address", [5, None, ["10.40.0.10"], "1" * 65])
+async def test_an_address_that_is_not_text_is_refused_and_changes_nothing(
+    host: tuple[PoolHost, MemoryStore], address: Any
+) -> None:
+    server, store = host
+    response = await server.handle(raw_batch({"op": "releaseIPs", "ips": [[address, "first"]]}))
+    assert response.status == 400
+    assert await holders(store) == set()
 
 
 @pytest.mark.parametrize("within", [-1, "1", True, None, float("inf"), 1e9, [1]])

@@ -339,7 +339,8 @@ async def forward_to_the_pool_host(controller: Controller, admin: KubeStore, api
         for message in ({"op": "allocate", "owner": owner, "avoid": None},
                         {"op": "release", "key": ["u1", "eth0"], "containerID": ""}):  # fmt: skip
             body = json.dumps({"messages": [message]}).encode()
-            answer = json.loads(await client.post(address, address.ssl_context(), "/v1/pools/p1", body, token))
+            sent = await client.post(address, address.ssl_context(), "/v1/pools/p1", (lambda data=body: data), token)
+            answer = json.loads(sent)
             assert "value" in answer["results"][0], answer
     finally:
         await client.aclose()

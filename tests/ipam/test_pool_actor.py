@@ -246,6 +246,20 @@ async def test_release_ips_frees_only_records_that_still_name_the_pod(
         assert await persisted(store) == {owner(2).key: b.ip}
 
 
+@pytest.mark.parametrize("text", ["not-an-ip", "10.0.0.300", "2001:db8::1", ""])
+async def test_an_address_that_cannot_be_the_pool_s_is_held_by_nobody_and_the_actor_serves_on(
+    handle: PoolHandle, store: InterferingStore, text: str
+) -> None:
+    # NB: such text comes from an endpoint edited by hand, or a client's mistake: it once escaped the actor
+    with trio.fail_after(TIMEOUT):
+        a = await handle.allocate(owner(1))
+        assert await handle.release_ips(((text, "uid-1"),)) == 0
+        assert await handle.adopt(text, "uid-1", owner(2)) is False
+        assert await handle.verify(text, owner(1).key) is False
+        b = await handle.allocate(owner(2))
+        assert await persisted(store) == {owner(1).key: a.ip, owner(2).key: b.ip}
+
+
 async def test_inspect_is_a_snapshot_of_the_persisted_ledger(handle: PoolHandle) -> None:
     with trio.fail_after(TIMEOUT):
         await handle.allocate(owner(1))

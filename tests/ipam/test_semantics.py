@@ -585,6 +585,26 @@ async def test_e00003_a_statefulset_pod_keeps_its_address_across_re_creation(age
     assert record["podUid"] == await uid_of(agent, "db-0") != old_uid
 
 
+async def test_a_statefulset_pod_whose_endpoint_was_edited_into_nonsense_is_allocated_afresh(
+    agent: RunningAgent,
+) -> None:
+    db0 = pod("db-0", **owned_by("apps/v1", "StatefulSet", "db"))
+    await agent.apply(V4A, statefulset(2), db0, pod("other"))
+    await add(agent, "db-0", defaultIPv4IPPool=["v4-a"])
+    await recreate(agent, db0)
+    endpoint = await agent.store.get("SpiderEndpoint", "db-0", "default")
+    endpoint["status"]["current"]["ips"][0]["ipv4"] = "10.10.0.300/24"  # an edit by hand, or a bit flipped
+    await agent.store.update(endpoint)
+    status, answer = await add(agent, "db-0", defaultIPv4IPPool=["v4-a"])  # NB: this once stopped the agent
+    assert status == 200, answer
+    (record,) = (await records(agent, "v4-a")).values()  # the old pod's record freed, nothing left behind
+    assert record["podUid"] == await uid_of(agent, "db-0")
+    endpoint = await agent.store.get("SpiderEndpoint", "db-0", "default")
+    assert [ip["ipv4"] for ip in endpoint["status"]["current"]["ips"]] == addresses(answer)
+    status, _ = await add(agent, "other", defaultIPv4IPPool=["v4-a"])
+    assert status == 200, "the agent serves on"
+
+
 async def test_a_statefulset_pod_scaled_away_releases_its_address(agent: RunningAgent) -> None:
     db1 = pod("db-1", **owned_by("apps/v1", "StatefulSet", "db"))
     await agent.apply(V4A, statefulset(2), db1)

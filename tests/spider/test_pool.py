@@ -353,6 +353,16 @@ def test_a_repeated_allocate_adopts_a_spiderpool_record_and_names_its_nic() -> N
     assert len(pool.records) == 1
 
 
+def test_a_pod_s_two_spiderpool_records_go_one_to_each_nic_and_none_is_lost() -> None:
+    # Spiderpool writes no nic, so a pod with two NICs in one pool has two records of one owner key
+    two = {ip: {"pod": "ns/pod-u1", "podUid": "u1"} for ip in ("10.0.0.15", "10.0.0.9")}  # in Go's order
+    pool = PoolLedger.from_object(pool_obj(status={"allocatedIPs": json.dumps(two)}, **V4))
+    eth0, _ = pool.allocate(owner(nic="eth0"))
+    net1, _ = pool.allocate(owner(nic="net1"))
+    assert {text(pool, eth0), text(pool, net1)} == {"10.0.0.9", "10.0.0.15"}
+    assert len(pool.records) == 2, "no third address, no record left that nobody finds"
+
+
 def test_a_spiderpool_record_without_nic_is_released_by_any_nic() -> None:
     pool = PoolLedger.from_object(pool_obj(status={"allocatedIPs": SPIDERPOOL_RECORD}, **V4))
     assert pool.release(("u1", "net1"), "c1") == ip_to_int("10.0.0.15")
