@@ -45,13 +45,14 @@ requests locally is safe because each is idempotent on the stored pool:
 - ``Adopt`` hands an address to an owner that, once it holds it, holds it again.
 The one order that matters is a late host write after a *later* request of ours (the pod's DEL after the
 fallback ADD, or the ADD's next pool after the fallback found this one full), and two limits keep it from
-happening.  Each batch says ``within``, what is left of half our ``budget`` once the connection is up: the host
-folds none of its requests after that many seconds from the batch's arrival (taken before its TokenReview),
-however long it waited for that review or in the actor's mailbox (``RequestExpired``, not applied), so a
-request is folded, and its write sent, only before we give up.  And such a write carries the resourceVersion
-it read: when our later write lands first, the host's conflicts; it re-reads within its conflict budget
-(``--pool-host-conflict-budget``, by default half our ``budget``) and folds again, which the ``within`` limit
-refuses by then, so the batch ends with ``RequestExpired`` or ``StaleWrite`` instead of applying anything.
+happening.  Each batch says ``within``, what is left of half our ``budget`` once the connection is up (with
+nothing left it is not sent but served here): the host folds none of its requests after that many seconds from
+the batch's arrival (taken before its TokenReview), however long it waited for that review or in the actor's
+mailbox (``RequestExpired``, not applied), so a request is folded, and its write sent, only before we give up.
+And such a write carries the resourceVersion it read: when our later write lands first, the host's conflicts;
+it re-reads within its conflict budget (``--pool-host-conflict-budget``, by default half our ``budget``) and
+folds again, which the ``within`` limit refuses by then, so the batch ends with ``RequestExpired`` or
+``StaleWrite`` instead of applying anything.
 """
 
 from __future__ import annotations
@@ -635,8 +636,10 @@ class PoolForwarder:
             # NB: "within": the host applies nothing of this batch after that many seconds from its arrival: what
             # is left of half our budget once connected, the other half being for the write it makes (module
             # docstring); a slow connection or TLS handshake shortens it, so the host's limit ends before ours
-            within = max(0.0, self.budget / 2 - (self.clock() - began))
-            return json.dumps({"sender": self.sender, "within": round(within, 3), "messages": messages}).encode()
+            within = round(self.budget / 2 - (self.clock() - began), 3)
+            if within <= 0:  # NB: nothing the host could apply in time: serve it here (caught below)
+                raise ValueError(f"connecting took more than half of {self.budget:g}s")
+            return json.dumps({"sender": self.sender, "within": within, "messages": messages}).encode()
 
         failure: str | None = None
         answers: Any = None

@@ -244,6 +244,19 @@ async def test_the_agent_asks_the_host_to_apply_nothing_after_what_is_left_of_ha
     assert forwarder.budget / 2 - connecting - 0.5 < within <= forwarder.budget / 2 - connecting
 
 
+async def test_a_connection_that_takes_half_the_budget_sends_nothing_and_the_agent_serves_the_batch(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b, b.hosted_agent() as (controller, forwarder, handle):
+            forwarder.client = SlowToConnect()
+            forwarder.client.delay = forwarder.budget / 2 + 0.1
+            await handle.allocate(owner(1))
+            assert (forwarder.stats.requests, forwarder.stats.fallback) == (0, 1)
+            assert controller.pool_host is not None
+            assert controller.pool_host.batches == 0
+
+
 async def test_a_domain_error_comes_back_as_the_same_type_and_cni_code(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with bench(tmp_path) as b, b.hosted_agent() as (_controller, forwarder, handle):
