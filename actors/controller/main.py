@@ -72,7 +72,7 @@ from actors.ipam.subnet import SubnetRegistry
 from actors.runtime.heap import settle_heap
 from actors.runtime.supervisor import Supervisor
 from actors.servers.certs import CertSettings, pool_host_certificate
-from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
+from actors.servers.httpserver import GET_BODY, READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
 from actors.servers.metrics import CONTROLLER_PORT, ControllerMetrics, MetricsServer, MetricsSettings
 from actors.servers.pod_webhook import PodResourceWebhook
 from actors.servers.pool_host import PoolHost, keep_certificate, open_listeners
@@ -435,7 +435,7 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
             controller._scope = nursery.cancel_scope
             listeners = await trio.open_tcp_listeners(settings.health_port, host=settings.health_host)
             controller.health_port = bound_port(listeners[0])
-            health = HttpServer(controller.health, name="health", read_timeout=settings.read_timeout)
+            health = HttpServer(controller.health, "health", read_timeout=settings.read_timeout, max_body=GET_BODY)
             await nursery.start(health.serve, listeners)
             if settings.metrics.enabled:
                 metrics = ControllerMetrics(controller, debug=settings.metrics.debug)

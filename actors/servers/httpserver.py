@@ -8,6 +8,9 @@ through ``trio.SSLListener``).  It knows nothing of routes or JSON schemas: the 
 What a client gets wrong is answered, never fatal (``docs/operations.md``, "Limits and bad input"):
 - a head over ``max_header_bytes`` or with more than ``max_headers`` fields: 431;
 - a body over ``max_body``: 413, as soon as ``Content-Length`` says so or the bytes pass it;
+- a head that ``check_head`` refuses (the pool host: no valid token): its answer, before any body is read;
+- a body while the bodies being read and handled on all connections hold ``max_buffered`` bytes: 503;
+- a connection beyond ``max_connections`` open ones: closed at once, unanswered;
 - a request h11 cannot parse, or a target we cannot split: 400;
 - a request not complete within ``read_timeout``: 408 (an idle keep-alive connection is just closed).
 Each error answer goes through ``refuse`` (the agent adds its ``X-Cni-Code``) and closes the connection.
@@ -42,6 +45,13 @@ MAX_HEADERS = 100
 """Most header fields in one request."""
 MAX_QUERY_FIELDS = 100
 """Most query parameters in one request target."""
+GET_BODY = 64 * 1024
+"""The body bound of servers that only answer GETs (health, metrics): a client cannot park megabytes there."""
+MAX_BUFFERED = 64 * 1024 * 1024
+"""Most bytes of request bodies held at once, over all connections: many clients each sending ``max_body``
+cannot exhaust the process's memory."""
+MAX_CONNECTIONS = 1024
+"""Most connections open at once on one server; more are closed as they are accepted."""
 READ_TIMEOUT = 30.0
 """Seconds a client may take to send one request (TLS handshake included), or to read one answer."""
 LINGER = 1.0
@@ -60,6 +70,8 @@ class Request:
     headers: dict[str, str]
     """Header names in lower case; a repeated header keeps its last value; values decoded as ISO-8859-1."""
     body: bytes
+    received_at: float = 0.0
+    """Trio time at which its head had arrived whole (before its body was read or ``check_head`` ran)."""
 
 
 @attrs.frozen
@@ -87,6 +99,15 @@ def plain_refusal(status: int, reason: str) -> Response:
     return json_response(status, reason)
 
 
+@attrs.define
+class _Reading:
+    """What the server knows of the request a connection is reading: its method once its head is in, and the
+    bytes of its body counted in the server's ``_buffered`` until it is answered."""
+
+    method: str = ""
+    held: int = 0
+
+
 @attrs.frozen
 class _Refused:
     """A request that will not reach the handler, and why."""
@@ -108,7 +129,14 @@ class HttpServer:
     grace: float = 30.0
     """Seconds the requests in flight may take to finish after ``stop_accepting``."""
     refuse: Refusal = plain_refusal
-    """The answer to a request refused on the wire (400, 408, 413, 431) or failed by a bug (500)."""
+    """The answer to a request refused on the wire (400, 408, 413, 431, 503) or failed by a bug (500)."""
+    check_head: Callable[[Request], Awaitable[Response | None]] | None = None
+    """Runs on a request's head (its ``body`` empty) before the body is read: an answer refuses the request (the
+    connection is then closed), ``None`` lets it through to the handler."""
+    max_buffered: int = MAX_BUFFERED
+    max_connections: int = MAX_CONNECTIONS
+    refused_connections: int = 0
+    """Connections closed unanswered because ``max_connections`` were open."""
     accept_errors: int = 0
     """Unexpected errors the accept loops survived."""
     connection_errors: int = 0
@@ -117,6 +145,8 @@ class HttpServer:
     _idle: set[trio.CancelScope] = attrs.field(factory=set)
     """The waits of keep-alive connections between requests: a drain closes them at once."""
     _draining: bool = False
+    _buffered: int = 0
+    _open: int = 0
 
     async def serve(
         self,
@@ -160,6 +190,12 @@ class HttpServer:
                     log.exception("%s: unexpected error in the accept loop; serving on", self.name)
                     await trio.sleep(ACCEPT_BACKOFF)
                     continue
+                if self._open >= self.max_connections:
+                    self.refused_connections += 1
+                    log.debug("%s: %d connections open; closing a new one", self.name, self._open)
+                    await trio.aclose_forcefully(stream)
+                    continue
+                self._open += 1
                 connections.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.abc.Stream) -> None:
@@ -174,24 +210,33 @@ class HttpServer:
         except Exception:  # one connection must never end the server
             self.connection_errors += 1
             log.exception("%s: connection failed; closing it", self.name)
+        finally:
+            self._open -= 1
 
     async def _exchange(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
         while True:
-            request = await self._next_request(stream, conn)
-            if request is None:  # the client closed, or left an idle connection
-                return
-            if isinstance(request, _Refused):
-                await self._refuse(stream, conn, request)
-                return
+            reading = _Reading()
             try:
-                response = await self.handler(request)
-            except Exception:  # a bug: answered 500, logged, this connection only
-                self.connection_errors += 1
-                log.exception("%s: %s %s failed", self.name, request.method, request.path)
-                await self._refuse(stream, conn, _Refused(500, "internal error; see the server's log"))
-                return
+                request = await self._next_request(stream, conn, reading)
+                if request is None:  # the client closed, or left an idle connection
+                    return
+                if isinstance(request, _Refused):
+                    await self._refuse(stream, conn, request, reading)
+                    return
+                if isinstance(request, Response):  # refused by check_head
+                    await self._refuse(stream, conn, _Refused(request.status, "refused"), reading, request)
+                    return
+                try:
+                    response = await self.handler(request)
+                except Exception:  # a bug: answered 500, logged, this connection only
+                    self.connection_errors += 1
+                    log.exception("%s: %s %s failed", self.name, request.method, request.path)
+                    await self._refuse(stream, conn, _Refused(500, "internal error; see the server's log"), reading)
+                    return
+            finally:
+                self._buffered -= reading.held
             with trio.move_on_after(self.read_timeout) as sending:
-                await _send(stream, conn, response)
+                await _send(stream, conn, response, head=request.method == "HEAD")
             if sending.cancelled_caught:
                 log.debug("%s: client did not read its answer within %gs", self.name, self.read_timeout)
                 return
@@ -199,13 +244,16 @@ class HttpServer:
                 return  # MUST_CLOSE (HTTP/1.0, "Connection: close") or a pipelined error
             conn.start_next_cycle()
 
-    async def _next_request(self, stream: trio.abc.Stream, conn: h11.Connection) -> Request | _Refused | None:
-        """The next request, a refusal, or ``None`` when the client closed or idled past ``read_timeout``."""
+    async def _next_request(
+        self, stream: trio.abc.Stream, conn: h11.Connection, reading: _Reading
+    ) -> Request | Response | _Refused | None:
+        """The next request, a refusal (``check_head``'s answer, or ours), or ``None`` when the client closed or
+        idled past ``read_timeout``."""
         with trio.move_on_after(self.read_timeout):
             if not conn.trailing_data[0] and not await self._first_bytes(stream, conn):
                 return None
             try:
-                return await self._read(stream, conn)
+                return await self._read(stream, conn, reading)
             except h11.RemoteProtocolError as exc:
                 return _Refused(exc.error_status_hint, f"malformed HTTP request: {exc}")
         started = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
@@ -226,8 +274,10 @@ class HttpServer:
                 self._idle.discard(idle)
         return False  # the drain cancelled the wait
 
-    async def _read(self, stream: trio.abc.Stream, conn: h11.Connection) -> Request | _Refused | None:
-        head: h11.Request | None = None
+    async def _read(
+        self, stream: trio.abc.Stream, conn: h11.Connection, reading: _Reading
+    ) -> Request | Response | _Refused | None:
+        head: Request | None = None
         body = bytearray()
         while True:
             event = conn.next_event()
@@ -236,16 +286,26 @@ class HttpServer:
                     await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
                 conn.receive_data(bytes(await stream.receive_some(65536)))
             elif isinstance(event, h11.Request):
-                head = event
+                reading.method = event.method.decode("ascii")
                 if refused := self._check_head(event):
                     return refused
+                parsed = _request(event, trio.current_time())
+                if isinstance(parsed, _Refused):
+                    return parsed
+                head = parsed
+                if self.check_head is not None and (answer := await self.check_head(head)) is not None:
+                    return answer
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > self.max_body:
                     return _Refused(413, f"request body is over the limit of {self.max_body} bytes")
+                self._buffered += len(event.data)
+                reading.held += len(event.data)
+                if self._buffered > self.max_buffered:
+                    return _Refused(503, "too many request bodies are being read at once; try again")
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None  # h11 gives the head before the end of its message
-                return _request(head, bytes(body))
+                return attrs.evolve(head, body=bytes(body))
             elif isinstance(event, h11.ConnectionClosed):
                 return None
             else:  # h11.PAUSED: cannot happen between cycles; end the connection rather than loop
@@ -263,15 +323,23 @@ class HttpServer:
                 return _Refused(413, f"request body of {int(value)} bytes is over the limit of {self.max_body}")
         return None
 
-    async def _refuse(self, stream: trio.abc.Stream, conn: h11.Connection, refused: _Refused) -> None:
-        """Answer an error (when the connection still allows an answer) and let the client finish sending."""
+    async def _refuse(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        refused: _Refused,
+        reading: _Reading,
+        response: Response | None = None,
+    ) -> None:
+        """Answer an error (``response``, else ``refuse``'s; when the connection still allows an answer) and let
+        the client finish sending."""
         log.info("%s: refused a request: %d %s", self.name, refused.status, refused.reason)
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        response = self.refuse(refused.status, refused.reason)
+        response = response or self.refuse(refused.status, refused.reason)
         response = attrs.evolve(response, headers=(*response.headers, ("Connection", "close")))
         with trio.move_on_after(self.read_timeout):
-            await _send(stream, conn, response)
+            await _send(stream, conn, response, head=reading.method == "HEAD")
         # A client still sending its body gets EPIPE on its next write and reads the answer; over TCP, closing
         # with unread bytes would reset the connection and lose it, so read (and drop) for a moment first.
         with trio.move_on_after(LINGER):
@@ -282,8 +350,8 @@ class HttpServer:
                 dropped += len(chunk)
 
 
-def _request(head: h11.Request, body: bytes) -> Request | _Refused:
-    """The request ``head`` and ``body`` make, or a 400 when its target does not split."""
+def _request(head: h11.Request, received_at: float) -> Request | _Refused:
+    """The request ``head`` makes (its body still empty), or a 400 when its target does not split."""
     target = head.target.decode("ascii")  # h11 admits only visible ASCII in a target
     try:
         if target.startswith("/"):  # origin form, the usual one: urlsplit would take "//x" for a host
@@ -299,18 +367,20 @@ def _request(head: h11.Request, body: bytes) -> Request | _Refused:
         path=path,
         query=fields,
         headers={k.decode("ascii").lower(): v.decode("iso-8859-1") for k, v in head.headers},
-        body=body,
+        body=b"",
+        received_at=received_at,
     )
 
 
-async def _send(stream: trio.abc.Stream, conn: h11.Connection, response: Response) -> None:
+async def _send(stream: trio.abc.Stream, conn: h11.Connection, response: Response, *, head: bool = False) -> None:
+    """Write ``response``; to a HEAD, its head alone (the length it would have)."""
     headers = [
         ("Content-Type", response.content_type),
         ("Content-Length", str(len(response.body))),
         *response.headers,
     ]
     data = conn.send(h11.Response(status_code=response.status, headers=headers))
-    data += conn.send(h11.Data(data=response.body)) if response.body else b""
+    data += conn.send(h11.Data(data=response.body)) if response.body and not head else b""
     data += conn.send(h11.EndOfMessage())
     await stream.send_all(data)
 

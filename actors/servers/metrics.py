@@ -53,7 +53,7 @@ from actors.ipam.metering import ALLOCATION_ERRORS, RELEASE_ERRORS, Latency, Ope
 from actors.ipam.pool import PoolRegistry
 from actors.ipam.remote import PoolForwarder
 from actors.servers.agent_api import AgentApi
-from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
+from actors.servers.httpserver import GET_BODY, READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
 from actors.servers.pool_host import PoolHost
 from actors.stores.port import Obj
 
@@ -419,7 +419,7 @@ class MetricsServer:
     _server: HttpServer = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._server = HttpServer(self.handle, self.name, read_timeout=self.settings.read_timeout)
+        self._server = HttpServer(self.handle, self.name, read_timeout=self.settings.read_timeout, max_body=GET_BODY)
 
     @property
     def server(self) -> HttpServer:

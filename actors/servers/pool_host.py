@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 REVIEW_TTL = 60.0
 """Seconds a TokenReview's verdict on a token is reused."""
+MAX_BATCH_BYTES = 1024 * 1024
+"""Largest batch body: an agent sends at most 256 requests in one (``MAX_FORWARD_BATCH``), each under 2 KiB."""
 MAX_CACHED_TOKENS = 1024
 """Most token verdicts kept; the cache starts over when it is full."""
 
@@ -75,8 +77,9 @@ class PoolHost:
         """The HTTP handler."""
         if request.method != "POST" or not request.path.startswith(BATCH_PATH):
             return json_response(404, f"no route for {request.method} {request.path}")
-        arrived = trio.current_time()  # NB: a batch's "within" counts from here, a TokenReview's wait included
-        denied = await self._authenticate(request)
+        # NB: a batch's "within" counts from its arrival, before its TokenReview and the rest of its body
+        arrived = request.received_at or trio.current_time()
+        denied = await self._authenticate(request)  # NB: done on its head already when served (cached since)
         if denied is not None:
             self.refused += 1
             return denied
@@ -138,8 +141,12 @@ class PoolHost:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the listeners until cancelled."""
-        server = HttpServer(self.handle, name="pool-host", read_timeout=self.read_timeout)
+        """Serve the listeners until cancelled.  A request's token is checked on its head, before its body is
+        read: a client without the agents' token cannot make the host hold a byte of body."""
+        server = HttpServer(
+            self.handle, name="pool-host", read_timeout=self.read_timeout, max_body=MAX_BATCH_BYTES,
+            check_head=self._authenticate,
+        )  # fmt: skip
         await server.serve(listeners, task_status=task_status)
 
 

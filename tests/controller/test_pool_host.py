@@ -32,6 +32,7 @@ from actors.ipam.remote import (
 from actors.runtime.supervisor import Supervisor
 from actors.servers import pool_host
 from actors.servers.httpserver import Response
+from actors.servers.pool_host import MAX_BATCH_BYTES
 from actors.stores.kube import KubeStore
 from actors.stores.port import Store
 from spider.errors import PoolExhausted
@@ -556,7 +557,9 @@ async def test_the_pool_host_port_survives_idle_slow_and_hostile_clients_and_cha
 
             # over TLS, before any token is looked at
             assert await exchange(HOST_IP, port, b"") == (b"", True)  # a handshake, then idle: closed
-            assert await _status_of(port, _post_raw(b"{", length=100)) == 408  # truncated, then slow
+            # truncated, then slow: refused on its head, before any of its body is waited for or held
+            assert await _status_of(port, _post_raw(b"{", length=100)) == 401
+            assert await _status_of(port, _post_raw(b"{" * 1000, length=MAX_BATCH_BYTES)) == 401
             assert await _status_of(port, _post_raw(b"{}", extra=b"X-A: \xff\xfe\r\n")) == 401
             assert await _status_of(port, _post_raw(b"{}", extra=b"Authorization: Bearer \xff\r\n")) == 401
             assert await _status_of(port, _post_raw(b"", length=64 * 2**20)) == 413  # huge
@@ -566,7 +569,9 @@ async def test_the_pool_host_port_survives_idle_slow_and_hostile_clients_and_cha
                 assert closed
                 assert not answer or answer_status(answer) in (400, 404, 408, 413, 431)
 
-            # with the agents' token: every malformed batch is a 400, none applied
+            # with the agents' token: truncated and slow, over the bound; every malformed batch is a 400, none applied
+            assert await _status_of(port, _post_raw(b"{", token, length=100)) == 408
+            assert await _status_of(port, _post_raw(b"", token, length=MAX_BATCH_BYTES + 1)) == 413
             nested = b"[" * 100_000 + b"]" * 100_000
             wide_owner = {**attrs.asdict(owner(1)), "pod_uid": "u" * 10**6}
             wide = json.dumps({"messages": [{"op": "allocate", "owner": wide_owner}]}).encode()
