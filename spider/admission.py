@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from spider import multus, validation
+from spider import limits, multus, validation
 from spider.errors import DecodeFailure, InvalidInput, InvalidSpec
 from spider.kinds import SPIDER_GROUP, SPIDER_VERSION
 from spider.validation import AdmissionSettings
@@ -65,7 +65,7 @@ class AdmissionRequest:
 def parse_review(body: bytes) -> AdmissionRequest:
     """Read an AdmissionReview; ``DecodeFailure`` for non-JSON, ``InvalidInput`` for a wrong shape."""
     try:
-        review = json.loads(body)
+        review = limits.loads(body)
     except ValueError as exc:
         raise DecodeFailure(what="AdmissionReview", reason=str(exc)) from None
     if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":

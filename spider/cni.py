@@ -292,6 +292,21 @@ def _version_of(conf: Mapping[str, Any]) -> str:
     return version
 
 
+_RESULT_ARRAYS: Final = ("interfaces", "ips", "routes")
+
+
+def prev_result(conf: Mapping[str, Any]) -> JsonObject | None:
+    """The netconf's ``prevResult``, checked for the shape its readers walk: an object whose ``interfaces``,
+    ``ips`` and ``routes`` are arrays (or null) and whose ``dns`` is an object (or null); ``InvalidNetConf``."""
+    result = _object_or_none(conf, "prevResult")
+    for key in _RESULT_ARRAYS:
+        if result is not None and not isinstance(result.get(key) or [], list):
+            raise InvalidNetConf(reason=f"prevResult.{key} must be an array, not {json_type(result[key])}")
+    if result is not None and not isinstance(result.get("dns") or {}, dict):
+        raise InvalidNetConf(reason=f"prevResult.dns must be an object, not {json_type(result['dns'])}")
+    return result
+
+
 def _object_or_none(conf: Mapping[str, Any], key: str) -> JsonObject | None:
     value = conf.get(key)
     if value is not None and not isinstance(value, dict):
@@ -405,7 +420,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
         version=version,
         network_name=name or "",
         ipam=ipam,
-        prev_result=_object_or_none(conf, "prevResult"),
+        prev_result=prev_result(conf),
         valid_attachments=attachments,
         runtime_config=_object_or_none(conf, "runtimeConfig") or {},
         conf=conf,
@@ -537,5 +552,16 @@ def version_result(requested: str | None) -> JsonObject:
 
 
 def render(obj: Mapping[str, Any]) -> bytes:
-    """The exact bytes the plugin prints: compact UTF-8 JSON, no trailing newline (Go prints none either)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The exact bytes the plugin prints: compact UTF-8 JSON, no trailing newline (Go prints none either).  A
+    lone surrogate (no character, so no UTF-8) is written as its JSON escape."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
+def version_hint(stdin: bytes) -> str:
+    """Best effort: the ``cniVersion`` of a netconf that could not be used, for the error object ("" if none)."""
+    try:
+        conf = limits.loads(stdin)
+    except ValueError:
+        return ""
+    version = conf.get("cniVersion", "") if isinstance(conf, dict) else ""
+    return version if isinstance(version, str) else ""

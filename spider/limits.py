@@ -43,6 +43,8 @@ _CONTAINER_ID: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*", re.ASCII)
 """SPEC.md and libcni's ValidateContainerID: a letter or digit, then letters, digits, ``_ . -``."""
 
 _JSON_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*+"', re.DOTALL)
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+"""A ``\\uD800``-``\\uDFFF`` escape: half of a pair, or a lone surrogate, which is not text."""
 _NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
 _STEP: Final = str.maketrans({"[": "\x02", "{": "\x02", "]": "\x00", "}": "\x00"})
 _BLOCK: Final = 4096
@@ -69,7 +71,9 @@ def json_depth(text: str, stop_above: int | None = None) -> int:
 
 
 def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` for untrusted input: UTF-8 only and at most ``max_depth`` levels deep.
+    """``json.loads`` for untrusted input: UTF-8 only, at most ``max_depth`` levels deep, and text only: a
+    string holding a lone surrogate (``"\\ud800"``, valid JSON but no character) is refused, as it could be
+    neither stored nor answered as UTF-8 (Go's decoder turns it into U+FFFD; we say no).
 
     Raises ``ValueError`` (``json.JSONDecodeError`` and ``UnicodeDecodeError`` are ones) with the reason.
     """
@@ -78,9 +82,15 @@ def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if depth > max_depth:
         raise ValueError(f"JSON nested more than {max_depth} levels deep (the limit)")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except RecursionError:  # pragma: no cover - json_depth keeps far below the interpreter's limit
         raise ValueError("JSON nested too deep") from None
+    if _SURROGATE_ESCAPE.search(text):  # NB: rare, so the whole value is checked only then
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("JSON holds a lone surrogate escape (such as \\ud800), which is no character") from None
+    return value
 
 
 def preview(value: str, size: int = 80) -> str:
@@ -141,7 +151,10 @@ def container_id_problem(value: str) -> str | None:
 
 def ifname_problem(value: str) -> str | None:
     """Why ``value`` is not a Linux interface name (libcni's ValidateInterfaceName), or ``None``."""
-    size = len(value.encode("utf-8", "surrogateescape"))
+    try:
+        size = len(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return "must be text (it holds a lone surrogate)"
     if size == 0 or size > MAX_IFNAME:
         return f"must be 1 to {MAX_IFNAME} bytes long"
     if value in (".", ".."):

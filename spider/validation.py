@@ -58,7 +58,8 @@ def cidr_label(cidr: str) -> str:
 
 
 def _name(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
+    meta = obj.get("metadata")
+    return str(meta.get("name", "")) if isinstance(meta, dict) else ""
 
 
 def _fail(
@@ -117,13 +118,15 @@ def mutate(kind: str, obj: Mapping[str, Any], subnets: Sequence[Mapping[str, Any
     """The object as Spiderpool's mutating webhook would store it; never raises."""
     out: Obj = copy.deepcopy(dict(obj))
     meta = out.setdefault("metadata", {})
-    if meta.get("deletionTimestamp"):
-        return out
+    if not isinstance(meta, dict) or meta.get("deletionTimestamp"):
+        return out  # NB: metadata that is no object is the API server's to refuse, and validate()'s to name
     spec = out.setdefault("spec", {})
     if not isinstance(spec, dict):
         return out
     if kind in (POOL, SUBNET):
-        finalizers = meta.setdefault("finalizers", [])
+        finalizers = meta["finalizers"] = meta.get("finalizers") or []  # NB: null is none, as Go reads it
+        if not isinstance(finalizers, list):
+            return out
         if FINALIZER not in finalizers:
             finalizers.append(FINALIZER)
     version = spec.get("ipVersion")
@@ -144,7 +147,9 @@ def mutate(kind: str, obj: Mapping[str, Any], subnets: Sequence[Mapping[str, Any
     subnet = spec.get("subnet")
     if not isinstance(subnet, str):
         return out
-    labels = meta.setdefault("labels", {})
+    labels = meta["labels"] = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        return out
     labels[LABEL_POOL_CIDR if kind == POOL else LABEL_SUBNET_CIDR] = cidr_label(subnet)
     if kind == POOL:
         owner = next(

@@ -55,7 +55,7 @@ class Plugin:
         try:
             request = cni.parse_request(env, stdin)
         except SpiderError as exc:
-            return _fail(_version_hint(stdin), exc)
+            return _fail(cni.version_hint(stdin), exc)
         try:
             match request.command:
                 case "VERSION":
@@ -140,7 +140,7 @@ class Plugin:
                 raise CheckFailed(reason=f"pool {pool!r} does not hold {address} for this pod any more")
             held.append(address)
         previous = request.prev_result or {}
-        prev_ips = {str(ip.get("address")) for ip in previous.get("ips", []) if isinstance(ip, dict)}
+        prev_ips = {str(ip.get("address")) for ip in previous.get("ips") or [] if isinstance(ip, dict)}
         if previous and not set(held) <= prev_ips:
             raise CheckFailed(reason=f"prevResult lists {sorted(prev_ips)}, the store holds {held}")
 
@@ -178,15 +178,3 @@ class Plugin:
                 free = await self.ipam.pool_free(plain)
                 if free and not any(free.values()):
                     raise AgentUnavailable(reason=f"pools {plain} have no free address")
-
-
-def _version_hint(stdin: bytes) -> str:
-    """Best-effort ``cniVersion`` of undecodable input, for the error object."""
-    import json
-
-    try:
-        conf = json.loads(stdin)
-        version = conf.get("cniVersion", "") if isinstance(conf, dict) else ""
-        return version if isinstance(version, str) else ""
-    except ValueError:
-        return ""

@@ -46,17 +46,6 @@ def _fail(version: str, exc: SpiderError) -> PluginOutput:
     return PluginOutput(1, cni.render(cni.error_from(version, exc)))
 
 
-def _version_hint(stdin: bytes) -> str:
-    import json
-
-    try:
-        conf = json.loads(stdin)
-    except ValueError:
-        return ""
-    version = conf.get("cniVersion", "") if isinstance(conf, dict) else ""
-    return version if isinstance(version, str) else ""
-
-
 @attrs.define
 class Coordinator:
     """Serves the coordinator and ifacer plugins and the coordinator config API for one node."""
@@ -87,11 +76,11 @@ class Coordinator:
         try:
             request = parse_request(env, stdin)
         except SpiderError as exc:
-            return _fail(_version_hint(stdin), exc)
+            return _fail(cni.version_hint(stdin), exc)
         try:
             match request.command:
                 case "VERSION":
-                    return _ok(cni.version_result(_version_hint(stdin) or None))
+                    return _ok(cni.version_result(cni.version_hint(stdin) or None))
                 case "ADD":
                     return _ok(await self.add(request))
                 case "DEL":
@@ -248,11 +237,11 @@ class Coordinator:
         try:
             request = parse_request(env, stdin, chained=False)
         except SpiderError as exc:
-            return _fail(_version_hint(stdin), exc)
+            return _fail(cni.version_hint(stdin), exc)
         try:
             match request.command:
                 case "VERSION":
-                    return _ok(cni.version_result(_version_hint(stdin) or None))
+                    return _ok(cni.version_result(cni.version_hint(stdin) or None))
                 case "ADD":
                     parent = await self.node.ensure_parents(IfacerConf.from_json(request.conf))
                     log.info("ifacer ADD %s: parent %s is ready", request.container_id, parent)

@@ -24,7 +24,6 @@ import trio
 from actors.servers.httpserver import Request, Response, json_response
 from actors.stores.informer import KindCache
 from actors.stores.port import Obj, Store
-from spider import limits
 from spider.admission import allowed, denied, parse_review, patched, respond
 from spider.errors import InvalidInput, SpiderError, StoreUnavailable
 from spider.podinject import (
@@ -86,9 +85,6 @@ class PodResourceWebhook:
         """One HTTP request: a pod's AdmissionReview in, the answer (a JSONPatch or a refusal) out."""
         if request.method != "POST":
             return json_response(405, f"{request.path} takes POST")
-        depth = limits.json_depth(request.body.decode("utf-8", "replace"), stop_above=limits.MAX_JSON_DEPTH)
-        if depth > limits.MAX_JSON_DEPTH:
-            return json_response(400, f"AdmissionReview nested more than {limits.MAX_JSON_DEPTH} levels deep")
         try:
             review = parse_review(request.body)
         except SpiderError as exc:

@@ -37,7 +37,6 @@ from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Respons
 from actors.servers.pod_webhook import PodResourceWebhook
 from actors.stores.informer import KindCache
 from actors.stores.port import Obj, Store
-from spider import limits
 from spider.admission import (
     AdmissionRequest,
     denied,
@@ -130,9 +129,6 @@ class AdmissionWebhook:
         if request.method != "POST":
             return json_response(405, f"{request.path} takes POST")
         action, kind = route
-        depth = limits.json_depth(request.body.decode("utf-8", "replace"), stop_above=limits.MAX_JSON_DEPTH)
-        if depth > limits.MAX_JSON_DEPTH:
-            return json_response(400, f"AdmissionReview nested more than {limits.MAX_JSON_DEPTH} levels deep")
         try:
             review = parse_review(request.body)
         except SpiderError as exc:

@@ -15,7 +15,7 @@ from typing import Final
 
 import attrs
 
-from spider.cni import SUPPORTED_VERSIONS, JsonObject, PodArgs, json_type, parse_args, version_key
+from spider.cni import SUPPORTED_VERSIONS, JsonObject, PodArgs, json_type, parse_args, prev_result, version_key
 from spider.coordinator.observed import family_of
 from spider.errors import DecodeFailure, IncompatibleVersion, InvalidEnvironment, InvalidNetConf
 
@@ -122,9 +122,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes, *, chained: bool = True)
     first = _FIRST_VERSION.get(command)
     if first is not None and version_key(version) < first:
         raise IncompatibleVersion(version=version, supported=SUPPORTED_VERSIONS, command=command)
-    prev = conf.get("prevResult")
-    if prev is not None and not isinstance(prev, dict):
-        raise InvalidNetConf(reason=f"prevResult must be an object, not {json_type(prev)}")
+    prev = prev_result(conf)
     request = CoordinatorRequest(
         command=command,
         container_id=container_id,
