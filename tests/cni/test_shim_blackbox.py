@@ -224,6 +224,7 @@ def test_the_socket_key_used_as_a_value_does_not_fool_the_scanner(agent: FakeAge
         (b"{}", "1.1.0"),
         (b"", "1.1.0"),
         (b'{"cniVersion":"1.\\u0030.0"}', "1.0.0"),
+        (b'{"cniVersion":"1.\\u0030.0","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "1.1.0"),  # too deep to read
     ],
 )
 def test_version_is_answered_without_an_agent(stdin: bytes, version: str) -> None:
