@@ -713,7 +713,8 @@ class IpGarbageCollector:
         if obj is None:
             return None, version
         ledger: PoolLedger = await decode_ledger(obj)
-        return ledger.records.get(ip_to_int(address.partition("/")[0], version)), ledger.pool.version
+        ip = ledger.parse(address.partition("/")[0])  # NB: an endpoint edited into nonsense holds nothing here
+        return (None if ip is None else ledger.records.get(ip)), ledger.pool.version
 
     # --- the one-shot --------------------------------------------------------------------------------------
 

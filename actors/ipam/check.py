@@ -93,10 +93,11 @@ async def _scan(store: Store) -> tuple[dict[str, PoolLedger], list[Endpoint], li
 def _unaccounted(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint]) -> list[tuple[str, int, Record]]:
     """``(pool, address, record)`` of every record no endpoint of the same pod UID lists."""
     accounted = {
-        (pool, ip_to_int(address.partition("/")[0], version), ep.uid)
+        (pool, ip, ep.uid)
         for ep in endpoints
         for entry in ep.nics
         for version, pool, address in entry.pools()
+        if (ip := _value(address, version)) is not None
     }
     return [
         (name, ip, record)
@@ -111,9 +112,9 @@ def _analyse(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint], now: flo
     for ep in endpoints:
         for entry in ep.nics:
             for version, pool, address in entry.pools():
-                ip = ip_to_int(address.partition("/")[0], version)
+                ip = _value(address, version)  # NB: an address edited into nonsense is held by no record
                 ledger = ledgers.get(pool)
-                record = ledger.records.get(ip) if ledger else None
+                record = ledger.records.get(ip) if ledger and ip is not None else None
                 if record is None or record.pod_uid != ep.uid:
                     findings.append(
                         Finding(
@@ -137,6 +138,14 @@ def _analyse(ledgers: dict[str, PoolLedger], endpoints: list[Endpoint], now: flo
                 Finding("held-twice", ",".join(pools), int_to_ip(ip, version), "", "one address, several pools")
             )
     return findings
+
+
+def _value(address: str, version: int) -> int | None:
+    """The address of an endpoint entry (``ip/prefix``) as a number, or ``None`` when it is none of ``version``."""
+    try:
+        return ip_to_int(address.partition("/")[0], version)
+    except ValueError:
+        return None
 
 
 def _describe(record: Record, now: float) -> str:

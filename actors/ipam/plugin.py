@@ -18,7 +18,6 @@ from actors.ipam.pool import decode_ledger
 from actors.ipam.service import IpamService
 from actors.stores.port import NotFound
 from spider import cni
-from spider.addr import parse_ip
 from spider.endpoint import KIND as ENDPOINT
 from spider.endpoint import Endpoint
 from spider.errors import AgentUnavailable, CheckFailed, InvalidNetConf, SpiderError
@@ -129,13 +128,13 @@ class Plugin:
         if entry.container_id and entry.container_id != request.container_id:
             raise CheckFailed(reason=f"interface {request.ifname!r} belongs to container {entry.container_id!r}")
         held = []
-        for version, pool, address in entry.pools():
+        for _version, pool, address in entry.pools():
             try:
                 ledger = await decode_ledger(await self.ipam.store.get(POOL, pool))
             except NotFound:
                 raise CheckFailed(reason=f"pool {pool!r} of {address} no longer exists") from None
-            ip = int(parse_ip(address.partition("/")[0], version))
-            record = ledger.records.get(ip)
+            ip = ledger.parse(address.partition("/")[0])
+            record = ledger.records.get(ip) if ip is not None else None
             if record is None or record.pod_uid != endpoint.uid:
                 raise CheckFailed(reason=f"pool {pool!r} does not hold {address} for this pod any more")
             held.append(address)

@@ -179,6 +179,30 @@ async def test_a_pod_deleted_with_a_grace_period_gets_its_address_back_once_the_
             assert created["metadata"]["uid"] not in (await holders(store)).values()
 
 
+@pytest.mark.parametrize("edited", ["10.6.0.300/16", "fd00::5/64", "garbage"])
+async def test_a_pod_whose_endpoint_was_edited_into_nonsense_still_gets_its_address_back(
+    private_store: Store, edited: str
+) -> None:
+    store = private_store  # NB: the trace of such a pod once stopped the controller on a ValueError
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store) as (ipam, gc):
+            short = pod("edited")
+            short["spec"]["terminationGracePeriodSeconds"] = 1
+            created = await running(store, short)
+            ip = await add(ipam, created)
+            endpoint = await store.get(ENDPOINT, "edited", "default")
+            endpoint["status"]["current"]["ips"][0]["ipv4"] = edited
+            await store.update(endpoint)
+            await store.delete("Pod", "edited", "default")
+            await eventually(released(store, ip), within=TIMEOUT, what="the edited pod's address released")
+            scans = gc.scans
+
+            async def scanning_on() -> bool:
+                return gc.scans > scans
+
+            await eventually(scanning_on, within=TIMEOUT, what="the GC scanning on")
+
+
 async def test_a_statefulset_pod_keeps_its_address_while_its_ordinal_is_valid(private_store: Store) -> None:
     store = private_store
     with trio.fail_after(TIMEOUT):

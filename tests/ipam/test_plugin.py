@@ -8,6 +8,7 @@ import json
 import pytest
 import trio
 
+from actors.ipam.check import check_store
 from tests.support import VERSIONS, RunningAgent, cni_env, netconf, pod_args, pool_object, run_plugin
 
 POOL = pool_object("net-a", "10.2.0.0/24", ["10.2.0.10-10.2.0.11"], gateway="10.2.0.1")
@@ -104,6 +105,25 @@ async def test_check_passes_for_a_live_allocation_and_fails_after_release(agent:
         await run_plugin(agent.shim, add_env(command="DEL"), conf)
         code, error = await run_plugin(agent.shim, add_env(command="CHECK"), conf)
     assert (code, error["code"]) == (1, 104)
+
+
+async def test_check_of_an_endpoint_edited_into_nonsense_fails_with_104_and_spider_check_reports_it(
+    agent: RunningAgent,
+) -> None:
+    await agent.apply(POOL)
+    conf = netconf(agent.socket, default_ipv4_ippool=["net-a"])
+    with trio.fail_after(20):
+        _, result = await run_plugin(agent.shim, add_env(), conf)
+        (endpoint,) = (await agent.store.list("SpiderEndpoint")).items
+        endpoint["status"]["current"]["ips"][0]["ipv4"] = "10.2.0.300/24"
+        await agent.store.update(endpoint)
+        code, error = await run_plugin(agent.shim, add_env(command="CHECK"), {**conf, "prevResult": result})
+        assert (code, error["code"]) == (1, 104)
+        report = await check_store(agent.store)
+    assert {(f.problem, f.ip) for f in report.findings} == {
+        ("dangling-endpoint", "10.2.0.300/24"),
+        ("reclaimable", result["ips"][0]["address"].partition("/")[0]),
+    }
 
 
 async def test_gc_releases_attachments_the_runtime_no_longer_knows(agent: RunningAgent) -> None:
