@@ -71,6 +71,9 @@ def test_a_bare_hijack_address_becomes_a_host_route() -> None:
         ({"podMACPrefix": "0b:aa"}, "first byte is even"),
         ({"policyRoutes": [{"dst": "10.0.0.0/8", "gw": "fd00::1"}]}, "same IP family"),
         ({"txQueueLen": -1}, "txQueueLen"),
+        ({"hostRuleTable": 2**32 + 5}, "hostRuleTable must be at most 4294967295"),  # NB: once stopped every agent
+        ({"vethMTU": 2**32}, "vethMTU must be at most"),
+        ({"txQueueLen": 2**64}, "txQueueLen must be at most"),
         ({"podRPFilter": 3}, "rp_filter|podRPFilter"),
         ({"vethLinkAddress": "not-an-ip"}, "vethLinkAddress"),
         ({"hijackCIDR": ["10.0.0.0/33"]}, "not a CIDR"),
@@ -135,6 +138,7 @@ def test_detect_options_take_go_durations() -> None:
         ({"serviceCIDR": ["10.96.0.0/33"]}, "serviceCIDR has"),
         ({"podMACPrefix": "zz:zz"}, "podMACPrefix"),
         ({"vethMTU": 0}, "vethMTU must be positive"),
+        ({"vethMTU": 2**32}, "vethMTU must be at most 4294967295"),
         ({"detectOptions": {"timeout": "soon"}}, "detectOptions.timeout"),
         ({"detectOptions": {"retries": 0}}, "detectOptions.retries"),
         ({"policyRoutes": [{"dst": "10.0.0.0/8"}]}, "policyRoutes\\[0\\]"),
