@@ -9,12 +9,12 @@ SpiderIPPool object the controller (or the agent, for third-party controllers) c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from spider import limits
 from spider.errors import InvalidInput
 from spider.kinds import FINALIZER, SPIDER_API_VERSION
 from spider.validation import LABEL_OWNER_SUBNET, LABEL_POOL_CIDR, cidr_label
@@ -199,7 +199,7 @@ def _parse_ip_number(text: str) -> tuple[bool, int]:
     body = text.strip()
     flexible = body.startswith("+")
     digits = body[1:] if flexible else body
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 9):  # NB: "²" is a digit too
         raise InvalidInput(reason=f"{ANNO_IP_NUMBER} {text!r} is invalid: want 'N' or '+N' with N >= 0")
     return flexible, int(digits)
 
@@ -318,7 +318,7 @@ def subnet_claims(annotations: Mapping[str, str]) -> tuple[SubnetClaim, ...]:
     if ANNO_SUBNETS in annotations:
         key = ANNO_SUBNETS
         try:
-            items = json.loads(annotations[key])
+            items = limits.loads(annotations[key])
         except ValueError as exc:
             raise InvalidInput(reason=f"{key} is not valid JSON: {exc}") from None
         if not isinstance(items, list) or not items:
@@ -326,7 +326,7 @@ def subnet_claims(annotations: Mapping[str, str]) -> tuple[SubnetClaim, ...]:
     elif ANNO_SUBNET in annotations:
         key = ANNO_SUBNET
         try:
-            item = json.loads(annotations[key])
+            item = limits.loads(annotations[key])
         except ValueError as exc:
             raise InvalidInput(reason=f"{key} is not valid JSON: {exc}") from None
         if not isinstance(item, dict):

@@ -50,6 +50,12 @@ _STEP: Final = str.maketrans({"[": "\x02", "{": "\x02", "]": "\x00", "}": "\x00"
 _BLOCK: Final = 4096
 
 
+MALFORMED: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
+"""What decoding stored JSON of a shape nobody expected may raise (a number too large for a float, nesting past
+the interpreter's limit, a list where an object was due): a decoder of stored state catches all of these, so
+that another writer's object, an edit or a bit flip costs that object, not the process."""
+
+
 def json_depth(text: str, stop_above: int | None = None) -> int:
     """How deep arrays and objects nest in ``text`` (0 for a scalar), without decoding it.
 

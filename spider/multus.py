@@ -33,6 +33,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from spider import limits
 from spider.coordinator.config import CoordinatorConf
 from spider.errors import InvalidNetConf, InvalidSpec
 from spider.kinds import SPIDER_API_VERSION
@@ -504,7 +505,7 @@ def _chain_conf_problem(text: object) -> str | None:
     if not isinstance(text, str):
         return "error parsing configuration: not a string"
     try:
-        conf = json.loads(text)
+        conf = limits.loads(text)
     except ValueError as exc:
         return f"error parsing configuration: {exc}"
     if not isinstance(conf, dict):
@@ -533,7 +534,7 @@ def _validate_blocks(smc: Mapping[str, Any]) -> None:
         text = spec.get("customCNI") or ""
         if text:
             try:
-                json.loads(text)
+                limits.loads(text)
             except ValueError:
                 raise _error(smc, field, "Forbidden", "customCniConfig isn't a valid JSON encoding") from None
         _inject(smc, kind, field, {})

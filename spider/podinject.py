@@ -30,12 +30,12 @@ an SMC is chosen by its inject annotation as well as by the label the SMC webhoo
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from spider import limits
 from spider.admission import json_patch
 from spider.errors import InvalidInput
 from spider.multus import nad_name, pools_missing, rdma_resource_missing, resource_name
@@ -216,7 +216,7 @@ def network_refs(annotation: str, namespace: str) -> list[tuple[str, str]]:
     refs: list[tuple[str, str]] = []
     if text.startswith("["):
         try:
-            items = json.loads(text)
+            items = limits.loads(text)
         except ValueError as exc:
             raise InvalidInput(reason=f"parsePodNetworkAnnotation: {exc}") from None
         if not isinstance(items, list):

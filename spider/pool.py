@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from spider import limits
 from spider.addr import IPNetwork, IPSet, int_to_ip, ip_to_int, parse_ip, parse_network
 from spider.errors import InvalidSpec, PoolExhausted
 
@@ -316,11 +317,19 @@ class Owner:
         return f"{self.namespace}/{self.name}"
 
 
+def _avoids_below(avoid: IPSet | None, first: int, end: int) -> bool:
+    """Whether ``avoid`` holds an address from ``first`` up to, not including, ``end``."""
+    return avoid is not None and any(start < end and last >= first for start, last in avoid.ranges)
+
+
 def _stamp(raw: object) -> float | None:
     """An ``addedAt`` as read: a number of Unix seconds, or ``None`` (absent, or not a number)."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         return None
-    return float(raw)
+    try:
+        return float(raw)
+    except OverflowError:  # NB: an integer no float holds: no time at all
+        return None
 
 
 @attrs.frozen
@@ -414,7 +423,7 @@ def decode_released(version: int, raw: object) -> dict[int, Released]:
             )
             for ip, r in data.items()
         }
-    except (ValueError, TypeError, AttributeError):
+    except limits.MALFORMED:
         return {}  # NB: only the reuse order depends on it; losing it never frees or doubles an address
 
 
@@ -443,7 +452,7 @@ def decode_allocated(
             else:
                 out[ip_to_int(text, version)] = Record.from_json(rec)
         return out
-    except (ValueError, TypeError, AttributeError) as exc:
+    except limits.MALFORMED as exc:
         # A corrupt status must not be overwritten with an empty one: that would free every address.
         raise InvalidSpec(kind=KIND, name="", reason=f"'status.allocatedIPs' is corrupt: {exc}") from None
 
@@ -504,7 +513,7 @@ def _parse_pieces(pieces: list[str]) -> list[tuple[str, Any, str]] | None:
     for piece in pieces:
         try:
             one = json.loads("{" + piece + "}")
-        except ValueError:
+        except limits.MALFORMED:
             return None
         if not isinstance(one, dict) or len(one) != 1:
             return None
@@ -609,7 +618,7 @@ class PoolLedger:
             order = self._level_by_text(allocated, self._all_fragments, self._fragment, self._set_record, self._drop)
             if order is None:
                 order = self._level_records(_json_object(allocated))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except limits.MALFORMED as exc:
             # NB: the ledger may be half levelled now: the caller must drop it, as it does on any error
             reason = f"'status.allocatedIPs' is corrupt: {exc}"
             raise InvalidSpec(kind=KIND, name=self.pool.name, reason=reason) from None
@@ -630,7 +639,7 @@ class PoolLedger:
                 is None
             ):
                 self._level_released(_json_object(released) if isinstance(released, str) else {})
-        except (ValueError, TypeError, AttributeError):
+        except limits.MALFORMED:
             self._level_released({})  # NB: as decode_released: only the reuse order depends on it
         return self
 
@@ -798,25 +807,26 @@ class PoolLedger:
             return ip, True
         if cooldown > 0:
             return self._allocate_resting(owner, now, cooldown, avoid), True
-        skipped = False  # NB: _hint may only pass addresses that are held, never ones merely avoided
-        for candidate in self.allocatable.iter_from(self._hint):
+        # NB: avoided ranges are left out whole (an IPv6 overlap is too large to step over one address at a time),
+        # and _hint may only pass addresses that are held, never ones merely avoided
+        candidates = self.allocatable if avoid is None else self.allocatable.difference(avoid)
+        for candidate in candidates.iter_from(self._hint):
             if candidate in self.records:
                 continue
-            if avoid is not None and candidate in avoid:
-                skipped = True
-                continue
             self._take(candidate, owner)
-            if not skipped:
+            if not _avoids_below(avoid, self._hint, candidate):
                 self._hint = candidate + 1
             return candidate, True
-        if not skipped:
-            self._hint = self.allocatable.ranges[-1][1] + 1 if self.allocatable else 0
+        top = self.allocatable.ranges[-1][1] + 1 if self.allocatable else 0
+        if not _avoids_below(avoid, self._hint, top):
+            self._hint = top
         raise PoolExhausted(pool=self.pool.name, capacity=self.capacity)
 
     def _allocate_resting(self, owner: Owner, now: float, cooldown: float, avoid: IPSet | None) -> int:
         # NB: _hint stays put here: released addresses above it are skipped, not held.
-        for candidate in self.allocatable.iter_from(self._hint):
-            if candidate in self.records or candidate in self.released or (avoid is not None and candidate in avoid):
+        candidates = self.allocatable if avoid is None else self.allocatable.difference(avoid)
+        for candidate in candidates.iter_from(self._hint):
+            if candidate in self.records or candidate in self.released:
                 continue
             self._take(candidate, owner)
             return candidate

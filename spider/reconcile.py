@@ -25,6 +25,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from spider import limits
 from spider.addr import IPSet, parse_network
 from spider.errors import InvalidSpec
 from spider.kinds import FINALIZER
@@ -60,7 +61,7 @@ def holds_addresses(obj: Obj) -> bool:
         return False
     try:
         data = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
+    except limits.MALFORMED:
         return True
     return not isinstance(data, dict) or bool(data)
 
@@ -131,7 +132,7 @@ def _decode_controlled(raw: object) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
+    except limits.MALFORMED:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -166,7 +167,7 @@ def subnet_status(subnet: Obj, pools: Iterable[Obj]) -> dict[str, Any] | None:
         if isinstance(old, dict) and old.get("application"):
             entry["application"] = old["application"]
             # NB: the SubnetActor records a growth before the pool holds it, and trims after a shrink
-            with contextlib.suppress(ValueError, TypeError):
+            with contextlib.suppress(*limits.MALFORMED):
                 entry["ips"] = ips.union(IPSet.parse(parsed.version, old.get("ips") or [])).to_strings()
         controlled[pool_name] = entry
     for pool_name, old in previous.items():
@@ -176,7 +177,7 @@ def subnet_status(subnet: Obj, pools: Iterable[Obj]) -> dict[str, Any] | None:
     for entry in controlled.values():
         try:
             allocated = allocated.union(IPSet.parse(parsed.version, entry.get("ips") or []))
-        except (ValueError, TypeError) as exc:
+        except limits.MALFORMED as exc:
             raise InvalidSpec(kind=SUBNET, name=name, reason=f"'status.controlledIPPools': {exc}") from None
     new = {**status, "totalIPCount": size(available), "allocatedIPCount": size(allocated)}
     new.pop("controlledIPPools", None)  # NB: Spiderpool leaves the field out (nil) when no pool is controlled

@@ -16,12 +16,12 @@ what Spiderpool refuses: subnet annotations while the auto-pool feature is off, 
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from spider import limits
 from spider.addr import parse_ip, parse_network
 from spider.autopool import (
     AFFINITY_KEYS,
@@ -151,7 +151,7 @@ def _names(raw: object, where: str) -> tuple[str, ...]:
 
 def _json(text: str, where: str) -> Any:
     try:
-        return json.loads(text)
+        return limits.loads(text)
     except ValueError as exc:
         raise InvalidInput(reason=f"{where} is not valid JSON: {exc}") from None
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from spider import limits
 from spider.addr import IPSet
 from spider.errors import AllocationError, InvalidSpec
 from spider.pool import MAX_COUNT, IPPool
@@ -119,7 +120,7 @@ def decode_controlled(version: int, raw: object) -> dict[str, Controlled]:
         return {}
     try:
         data = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
+    except limits.MALFORMED:
         return {}
     if not isinstance(data, dict):
         return {}
@@ -129,7 +130,7 @@ def decode_controlled(version: int, raw: object) -> dict[str, Controlled]:
             continue
         try:
             ips = IPSet.parse(version, entry.get("ips") or [])
-        except (ValueError, TypeError):
+        except limits.MALFORMED:
             continue
         app, claimed = entry.get("application"), entry.get("claimedAt")
         out[str(pool)] = Controlled(ips, str(app) if app else None, claimed if isinstance(claimed, str) else None)

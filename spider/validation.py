@@ -88,6 +88,15 @@ def finalizer_only(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> boo
 # --- mutation ------------------------------------------------------------------------------------------------
 
 
+def ip_version(spec: Mapping[str, Any]) -> int:
+    """A pool's or subnet's family: its ``ipVersion``, or where none is set (no webhook ran) its CIDR's, else its
+    first range's; 4 when nothing says."""
+    version = spec.get("ipVersion")
+    if version in (4, 6) and not isinstance(version, bool):
+        return int(version)
+    return _family_of(spec) or 4
+
+
 def _family_of(spec: Mapping[str, Any]) -> int | None:
     subnet = spec.get("subnet")
     if isinstance(subnet, str):

@@ -64,7 +64,7 @@ from spider.errors import SpiderError, TransientError
 from spider.kinds import SPIDER_API_VERSION, kind_info
 from spider.pool import IPPool, decode_allocated
 from spider.subnet import Controlled, FreeIPsNotEnough, InsufficientSubnetIPs, decode_controlled, parse_rfc3339, shrink
-from spider.validation import LABEL_OWNER_SUBNET
+from spider.validation import LABEL_OWNER_SUBNET, ip_version
 from spider.workload import controller_of
 
 log = logging.getLogger(__name__)
@@ -515,7 +515,7 @@ def _name(obj: Obj) -> str:
 
 
 def _entries(subnet: Obj) -> dict[str, Controlled]:
-    version = int((subnet.get("spec") or {}).get("ipVersion") or 4)
+    version = ip_version(subnet.get("spec") or {})
     return decode_controlled(version, (subnet.get("status") or {}).get("controlledIPPools"))
 
 

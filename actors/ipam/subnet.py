@@ -35,6 +35,7 @@ from spider.addr import IPSet, parse_network
 from spider.errors import ActorUnavailable, AllocationError, SpiderError, StaleWrite
 from spider.pool import IPPool, ReservedIP, reserved_set
 from spider.subnet import KIND, SubnetLedger, rfc3339
+from spider.validation import ip_version
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def taken_and_reserved(subnet: Obj, pools: list[Obj], reservations: list[Obj]) -
     pool of another overlapping CIDR, but one may predate that rule or the subnet) and the reserved ones of its
     family.  A claim for a pool counts every pool's addresses but its own."""
     spec = subnet.get("spec") or {}
-    version = int(spec.get("ipVersion") or 4)
+    version = ip_version(spec)  # NB: "or 4" once read an IPv6 subnet without ipVersion as IPv4
     try:
         cidr = parse_network(str(spec.get("subnet", "")), strict=False)
     except ValueError:
