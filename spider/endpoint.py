@@ -9,11 +9,13 @@ a pod served without a Pod object (``ANNO_POD_OBJECT``), which IP GC reads.  Pur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from spider import limits
+from spider.errors import InvalidSpec
 from spider.kinds import FINALIZER, SPIDER_API_VERSION
 from spider.pool import Route
 
@@ -24,6 +26,11 @@ store's no-cluster mode, the load test): GC cannot tell such a pod's death, so i
 pod's CNI DEL or CNI GC.  An annotation rather than a status field: a real API server prunes the fields the
 CRD's schema does not name, never ``metadata.annotations``."""
 POD_OBJECT_ABSENT = "absent"
+
+
+def _text(raw: object) -> str | None:
+    """An optional text field as stored: ``None`` when empty or absent."""
+    return str(raw) if raw else None
 
 
 @attrs.frozen
@@ -82,12 +89,12 @@ class NicAllocation:
         """Read an entry written by us or by Spiderpool."""
         return cls(
             interface=str(raw.get("interface", "")),
-            ipv4=raw.get("ipv4") or None,
-            ipv6=raw.get("ipv6") or None,
-            ipv4_pool=raw.get("ipv4Pool") or None,
-            ipv6_pool=raw.get("ipv6Pool") or None,
-            ipv4_gateway=raw.get("ipv4Gateway") or None,
-            ipv6_gateway=raw.get("ipv6Gateway") or None,
+            ipv4=_text(raw.get("ipv4")),
+            ipv6=_text(raw.get("ipv6")),
+            ipv4_pool=_text(raw.get("ipv4Pool")),
+            ipv6_pool=_text(raw.get("ipv6Pool")),
+            ipv4_gateway=_text(raw.get("ipv4Gateway")),
+            ipv6_gateway=_text(raw.get("ipv6Gateway")),
             clean_gateway=bool(raw.get("cleanGateway", False)),
             routes=tuple(Route(str(r["dst"]), str(r["gw"])) for r in raw.get("routes") or ()),
             vlan=int(raw.get("vlan") or 0),
@@ -122,7 +129,17 @@ class Endpoint:
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Endpoint:
-        """Parse a stored SpiderEndpoint."""
+        """Parse a stored SpiderEndpoint; ``InvalidSpec`` when it is not of the shape the CRD gives it (the
+        embedded store, or an API server without our CRD's schema, stores whatever it is sent)."""
+        try:
+            return cls._from_object(obj)
+        except limits.MALFORMED as exc:
+            meta = obj.get("metadata")
+            name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
+            raise InvalidSpec(kind=KIND, name=name, reason=f"{type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _from_object(cls, obj: Mapping[str, Any]) -> Endpoint:
         meta = obj.get("metadata") or {}
         status = obj.get("status") or {}
         current = status.get("current") or {}
@@ -179,3 +196,16 @@ class Endpoint:
             "node": self.node,
             "interfaces": [n.to_api() for n in self.nics],
         }
+
+
+def readable(objs: Iterable[Mapping[str, Any]]) -> tuple[list[Endpoint], list[InvalidSpec]]:
+    """The endpoints of a listing that parse, and why each of the others does not (for the caller to log or
+    report): one malformed object must not stop a scan of all of them."""
+    endpoints: list[Endpoint] = []
+    errors: list[InvalidSpec] = []
+    for obj in objs:
+        try:
+            endpoints.append(Endpoint.from_object(obj))
+        except InvalidSpec as exc:
+            errors.append(exc)
+    return endpoints, errors

@@ -184,7 +184,7 @@ class IPPool:
                 cooldown = float(cooldown)
                 if cooldown < 0:
                     raise ValueError("negative")
-            except ValueError:
+            except (ValueError, TypeError, OverflowError):
                 raise bad(f"annotation {ANNO_COOLDOWN} must be a number of seconds >= 0, not {cooldown!r}") from None
         return cls(
             name=name,

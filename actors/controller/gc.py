@@ -49,7 +49,7 @@ from actors.stores.informer import inform_each
 from actors.stores.port import Conflict, NotFound, Obj, Store, WatchEvent
 from spider.addr import int_to_ip, ip_to_int
 from spider.endpoint import KIND as ENDPOINT
-from spider.endpoint import Endpoint
+from spider.endpoint import Endpoint, readable
 from spider.errors import AllocationError, SpiderError
 from spider.gc import (
     Action,
@@ -402,7 +402,10 @@ class IpGarbageCollector:
         candidates too (``pending_endpoints`` those waiting)."""
         try:
             pools = (await self.store.list(POOL)).items
-            endpoints = {_key_of(o): Endpoint.from_object(o) for o in (await self.store.list(ENDPOINT)).items}
+            parsed, unreadable = readable((await self.store.list(ENDPOINT)).items)
+            endpoints = {(e.namespace, e.name): e for e in parsed}
+            for error in unreadable:  # NB: its pod's records are judged as if it had none: by the pod's life
+                log.warning("ip gc: %s", error)
         except SpiderError as exc:
             self.failures += 1
             log.warning("ip gc: scan-all cannot read the store: %s", exc)

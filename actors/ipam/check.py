@@ -9,7 +9,8 @@ endpoint; DESIGN §5.5):
   the address while its endpoint says otherwise; its DEL, or GC once it is gone, frees it), and only if the pool
   actor finds exactly that record (holder, sandbox, stamp) at the moment of release: an ADD that refreshed it
   meanwhile keeps it;
-- an endpoint entry whose pool no longer holds the address for that pod is *dangling*;
+- an endpoint entry whose pool no longer holds the address for that pod (or whose address is no address) is
+  *dangling*; an endpoint of a shape the CRD does not give it is *unreadable*, and counts for nothing;
 - an address recorded in two pools, or a count that disagrees with the records, is *inconsistent*.
 """
 
@@ -28,7 +29,7 @@ from actors.ipam.pool import PoolHandle, open_pool
 from actors.stores.port import NotFound, Store
 from spider.addr import int_to_ip, ip_to_int
 from spider.endpoint import KIND as ENDPOINT
-from spider.endpoint import Endpoint
+from spider.endpoint import Endpoint, readable
 from spider.errors import SpiderError
 from spider.pool import KIND as POOL
 from spider.pool import RECLAIM_AFTER, PoolLedger, Record
@@ -86,7 +87,8 @@ async def _scan(store: Store) -> tuple[dict[str, PoolLedger], list[Endpoint], li
             findings.append(
                 Finding("count-mismatch", name, "", "", f"allocatedIPCount {count}, records {len(ledger.records)}")
             )
-    endpoints = [Endpoint.from_object(o) for o in (await store.list(ENDPOINT)).items]
+    endpoints, unreadable = readable((await store.list(ENDPOINT)).items)
+    findings.extend(Finding("unreadable-endpoint", "", "", error.name, error.reason) for error in unreadable)
     return ledgers, endpoints, findings
 
 

@@ -19,7 +19,7 @@ from actors.ipam.service import IpamService
 from actors.stores.port import NotFound
 from spider import cni
 from spider.endpoint import KIND as ENDPOINT
-from spider.endpoint import Endpoint
+from spider.endpoint import readable
 from spider.errors import AgentUnavailable, CheckFailed, InvalidNetConf, SpiderError
 from spider.ipam_request import AddRequest, DelRequest
 from spider.pool import KIND as POOL
@@ -150,8 +150,10 @@ class Plugin:
         networks are not this GC's to judge (a DEL, by contrast, frees every NIC of the sandbox).
         """
         valid = set(request.valid_attachments or ())
-        for obj in (await self.ipam.store.list(ENDPOINT)).items:
-            endpoint = Endpoint.from_object(obj)
+        endpoints, unreadable = readable((await self.ipam.store.list(ENDPOINT)).items)
+        for error in unreadable:
+            log.warning("CNI GC: %s", error)
+        for endpoint in endpoints:
             if endpoint.node != self.ipam.node:
                 continue
             for entry in endpoint.nics:

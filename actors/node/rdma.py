@@ -50,7 +50,7 @@ import attrs
 import trio
 
 from actors.stores.port import NotFound, Obj, Store
-from spider.endpoint import Endpoint
+from spider.endpoint import readable
 from spider.errors import DecodeFailure, SpiderError
 from spider.workload import controller_of, next_hop
 
@@ -502,8 +502,7 @@ def endpoint_pods(store: Store, node: str) -> PodIndex:
 
     async def index() -> dict[str, PodOwner]:
         out: dict[str, PodOwner] = {}
-        for obj in (await store.list("SpiderEndpoint")).items:
-            endpoint = Endpoint.from_object(obj)
+        for endpoint in readable((await store.list("SpiderEndpoint")).items)[0]:
             if endpoint.node != node:
                 continue
             kind, owner = endpoint.owner_controller_type, endpoint.owner_controller_name

@@ -24,12 +24,14 @@ from actors.runtime.supervisor import Supervisor
 from actors.servers.metrics import ControllerMetrics, MetricsSettings
 from actors.stores.port import NotFound, Obj, Store
 from actors.stores.selection import StoreSettings
+from actors.stores.sqlite import SqliteStore
 from actors.tools.cli import build_parser
 from actors.tools.controller_args import controller_settings
 from spider.endpoint import ANNO_POD_OBJECT, Endpoint
 from spider.endpoint import KIND as ENDPOINT
 from spider.gc import GcSettings
 from spider.ipam_request import AddRequest
+from spider.kinds import SPIDER_API_VERSION
 from spider.pool import KIND as POOL
 from spider.pool import RECLAIM_AFTER, PoolLedger
 from spider.workload import KUBEVIRT_API
@@ -124,6 +126,30 @@ async def test_a_pod_deleted_without_a_cni_del_gets_its_address_back(private_sto
             await eventually(counted(gc), within=TIMEOUT, what="the release counted")
             assert gc.recent[-1].ip == ip
             assert gc.recent[-1].pod_uid == created["metadata"]["uid"]
+
+
+async def test_an_endpoint_of_another_shape_does_not_stop_the_scan_of_the_others(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "store.db")  # NB: no CRD schema here to refuse such an object
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with cluster(store) as (ipam, gc):
+                meta = {"name": "odd", "namespace": "default"}
+                status = {"current": {"uid": "u", "node": "n", "ips": [{"interface": "eth0", "vlan": "x"}]}}
+                odd = {"apiVersion": SPIDER_API_VERSION, "kind": ENDPOINT, "metadata": meta, "status": status}
+                await store.create(odd)
+                lost = await running(store, pod("lost"))
+                ip = await add(ipam, lost)
+                await store.delete("Pod", "lost", "default", grace_seconds=0)
+                await eventually(released(store, ip), within=TIMEOUT, what="the address released beside the odd one")
+                scans = gc.scans
+
+                async def scanned_again() -> bool:
+                    return gc.scans > scans + 1
+
+                await eventually(scanned_again, within=TIMEOUT, what="two more scans")
+                assert gc.failures == 0, "a scan failed to read the store"
+    finally:
+        await store.aclose()
 
 
 def counted(gc: IpGarbageCollector) -> Callable[[], Awaitable[bool]]:

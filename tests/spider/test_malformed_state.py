@@ -16,6 +16,7 @@ import pytest
 
 from spider.addr import IPSet
 from spider.autopool import desired_ip_count, subnet_claims
+from spider.endpoint import Endpoint, readable
 from spider.errors import InvalidInput, InvalidSpec
 from spider.pool import Owner, PoolLedger, contested
 from spider.reconcile import subnet_status
@@ -113,3 +114,20 @@ def deadline(seconds: float, why: str) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    "nic",
+    [5, {"interface": "eth0", "vlan": "x"}, {"interface": "eth0", "routes": [{"gw": "10.0.0.1"}]}, {"routes": 7}],
+)
+def test_an_endpoint_of_another_shape_is_invalid_and_a_listing_reads_the_others(nic: Any) -> None:
+    def endpoint(name: str, nics: list[Any]) -> dict[str, Any]:
+        current = {"uid": f"uid-{name}", "node": "n", "ips": nics}
+        return {"metadata": {"name": name, "namespace": "d"}, "status": {"current": current}}
+
+    with pytest.raises(InvalidSpec, match="SpiderEndpoint 'odd'"):
+        Endpoint.from_object(endpoint("odd", [nic]))
+    good = endpoint("good", [{"interface": "eth0", "ipv4": "10.0.0.5/24", "ipv4Pool": "p", "vlan": 0}])
+    parsed, errors = readable([endpoint("odd", [nic]), good])
+    assert [e.name for e in parsed] == ["good"]
+    assert [e.name for e in errors] == ["odd"]
