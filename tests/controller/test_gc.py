@@ -185,16 +185,21 @@ STATEFULSET = {
 WEB_0 = pod("web-0", owner={"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web"})
 
 
+async def running_with_grace(store: Store, ipam: IpamService, name: str) -> tuple[Obj, str]:
+    """A running pod with a grace period of a second, and its address."""
+    short = pod(name)
+    short["spec"]["terminationGracePeriodSeconds"] = 1
+    created = await running(store, short)
+    return created, await add(ipam, created)
+
+
 async def test_a_pod_deleted_with_a_grace_period_gets_its_address_back_once_the_grace_has_passed(
     private_store: Store,
 ) -> None:
     store = private_store
     with trio.fail_after(TIMEOUT):
         async with cluster(store) as (ipam, _gc):
-            short = pod("slow")
-            short["spec"]["terminationGracePeriodSeconds"] = 1
-            created = await running(store, short)
-            ip = await add(ipam, created)
+            created, ip = await running_with_grace(store, ipam, "slow")
             await store.delete("Pod", "slow", "default")  # no CNI DEL comes, and no kubelet confirms either
             try:  # NB: on an API server it stays, terminating; the embedded store has no kubelet to wait for
                 left = await store.get("Pod", "slow", "default")
@@ -212,10 +217,7 @@ async def test_a_pod_whose_endpoint_was_edited_into_nonsense_still_gets_its_addr
     store = private_store  # NB: the trace of such a pod once stopped the controller on a ValueError
     with trio.fail_after(TIMEOUT):
         async with cluster(store) as (ipam, gc):
-            short = pod("edited")
-            short["spec"]["terminationGracePeriodSeconds"] = 1
-            created = await running(store, short)
-            ip = await add(ipam, created)
+            _, ip = await running_with_grace(store, ipam, "edited")
             endpoint = await store.get(ENDPOINT, "edited", "default")
             endpoint["status"]["current"]["ips"][0]["ipv4"] = edited
             await store.update(endpoint)
