@@ -102,7 +102,7 @@ def plain_refusal(status: int, reason: str) -> Response:
 @attrs.define
 class _Reading:
     """What the server knows of the request a connection is reading: its method once its head is in, and the
-    bytes of its body counted in the server's ``_buffered`` until it is answered."""
+    bytes of its body counted in the server's ``_buffered`` until it is handled."""
 
     method: str = ""
     held: int = 0

@@ -110,6 +110,11 @@ class PoolHost:
         results = [encode_outcome(await _outcome(msg)) for msg in messages]
         return json_response(200, {"results": results})
 
+    async def _check_head(self, request: Request) -> Response | None:
+        denied = await self._authenticate(request)
+        self.refused += denied is not None
+        return denied
+
     async def _authenticate(self, request: Request) -> Response | None:
         """``None`` when the bearer token is the allowed account's; else the 401 or 403 to answer."""
         auth = request.headers.get("authorization", "")
@@ -145,7 +150,7 @@ class PoolHost:
         read: a client without the agents' token cannot make the host hold a byte of body."""
         server = HttpServer(
             self.handle, name="pool-host", read_timeout=self.read_timeout, max_body=MAX_BATCH_BYTES,
-            check_head=self._authenticate,
+            check_head=self._check_head,
         )  # fmt: skip
         await server.serve(listeners, task_status=task_status)
 
