@@ -125,6 +125,17 @@ class IfacerConf:
         return cls(tuple(interfaces), vlan_id, bond)
 
 
+_U32_MAX = 2**32 - 1
+"""The widest a bond option's netlink field is (several are 8 or 16 bits: the kernel's answer names those)."""
+
+
+def _u32(text: str) -> int | None:
+    """``text`` as a decimal number of at most 32 bits, or ``None``."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > _U32_MAX:
+        return None
+    return int(text)
+
+
 def parse_bond_options(text: str) -> tuple[tuple[str, int | str | tuple[str, ...]], ...]:
     """``k=v;k=v`` into ``(attribute, value)`` pairs; ``InvalidNetConf`` for an unknown key or a bad value."""
     out: list[tuple[str, int | str | tuple[str, ...]]] = []
@@ -136,13 +147,15 @@ def parse_bond_options(text: str) -> tuple[tuple[str, int | str | tuple[str, ...
         if not sep or not key:
             raise InvalidNetConf(reason=f"bond.options: {pair!r} is not key=value")
         if key in _INT_OPTIONS:
-            if not value.isdigit():
-                raise InvalidNetConf(reason=f"bond.options: {key} must be a non-negative integer, not {value!r}")
-            out.append((_INT_OPTIONS[key], int(value)))
+            if (number := _u32(value)) is None:
+                raise InvalidNetConf(
+                    reason=f"bond.options: {key} must be an integer from 0 to {_U32_MAX}, not {value!r}"
+                )
+            out.append((_INT_OPTIONS[key], number))
         elif key in _NAMED_OPTIONS:
             attr, names = _NAMED_OPTIONS[key]
-            if value.isdigit():
-                number = int(value)
+            if (given := _u32(value)) is not None:
+                number = given
             elif value in names:
                 number = names[value]
             else:

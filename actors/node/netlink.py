@@ -638,6 +638,8 @@ def execute(session: Session, ops: Sequence[Op], pod: IPRoute | None) -> None:
             raise _fail(_describe(op), exc) from exc
         except OSError as exc:
             raise _fail(_describe(op), exc) from exc
+        except struct.error as exc:  # NB: a value its netlink field cannot carry: the configuration's fault
+            raise InvalidNetConf(reason=f"{_describe(op)}: a value does not fit its netlink field ({exc})") from exc
 
 
 def _describe(op: Op) -> str:
@@ -879,6 +881,8 @@ def ensure_parents(session: Session, conf: IfacerConf) -> str | None:
     ipr = session.host
     try:
         return _ensure_parents(ipr, conf)
+    except struct.error as exc:  # NB: a bond option wider than its netlink field (use_carrier is 8 bits)
+        raise InvalidNetConf(reason=f"bond.options: a value does not fit its netlink field ({exc})") from exc
     except NetlinkError as exc:
         if exc.code == errno.EOPNOTSUPP:
             raise InterfaceSetupFailed(

@@ -125,3 +125,17 @@ async def test_ifacer_refuses_an_interface_the_node_does_not_have(lab: Coordinat
     assert code != 0
     assert error["code"] == 7
     assert "'ens99' does not exist on the node" in error["msg"]
+
+
+async def test_a_bond_option_wider_than_its_netlink_field_is_code_7_and_the_agent_serves_on(
+    lab: CoordinatorLab,
+) -> None:
+    # NB: use_carrier is 8 bits: pyroute2's struct.error once escaped the NodeActor and stopped the agent
+    bond = {"name": "bond9", "mode": 1, "options": "use_carrier=256"}
+    with trio.fail_after(30):
+        code, error = await ifacer(lab, "ADD", interfaces=["up0", "sw-gw0"], bond=bond)
+        assert (code, error["code"]) == (1, 7)
+        assert "does not fit its netlink field" in error["msg"]
+        code, error = await ifacer(lab, "ADD", interfaces=["ens99"], vlanID=3)
+    assert (code, error["code"]) == (1, 7), "the agent still answers"
+    assert link(lab, "bond9") is None

@@ -68,7 +68,11 @@ def test_bond_options_become_kernel_attributes() -> None:
     ("text", "message"),
     [
         ("miimon", "is not key=value"),
-        ("miimon=fast", "miimon must be a non-negative integer"),
+        ("miimon=fast", "miimon must be an integer from 0 to 4294967295"),
+        ("miimon=4294967296", "miimon must be an integer from 0 to 4294967295"),
+        ("miimon=²", "miimon must be an integer"),
+        ("miimon=" + "9" * 5000, "miimon must be an integer"),
+        ("lacp_rate=4294967296", "lacp_rate must be one of slow, fast"),
         ("lacp_rate=medium", "lacp_rate must be one of slow, fast"),
         ("arp_ip_target=[fd00::1]", "arp_ip_target must be IPv4"),
         ("frobnicate=1", "unknown option 'frobnicate'"),
