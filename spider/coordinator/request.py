@@ -140,7 +140,13 @@ def parse_request(env: Mapping[str, str], stdin: bytes, *, chained: bool = True)
             raise InvalidNetConf(reason=f"prevResult has no address for interface {ifname!r}")
         for ip in request.prev_ips():
             try:
-                ipaddress.ip_interface(ip.address)
+                address = ipaddress.ip_interface(ip.address)
             except ValueError:
                 raise InvalidNetConf(reason=f"prevResult address {ip.address!r} is not ip/prefix") from None
+            try:
+                gateway = None if ip.gateway is None else ipaddress.ip_address(ip.gateway)
+            except ValueError:
+                raise InvalidNetConf(reason=f"prevResult gateway {ip.gateway!r} is not an address") from None
+            if gateway is not None and gateway.version != address.version:
+                raise InvalidNetConf(reason=f"prevResult gateway {ip.gateway!r} is not of {ip.address!r}'s family")
     return request

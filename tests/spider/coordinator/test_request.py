@@ -52,6 +52,11 @@ def test_add_without_prev_result_says_the_coordinator_must_be_chained() -> None:
         (ENV, json.dumps({"cniVersion": "9.9.9", "prevResult": PREV}).encode(), IncompatibleVersion, 1),
         ({**ENV, "CNI_COMMAND": "CHECK"}, json.dumps({"cniVersion": "0.3.1"}).encode(), IncompatibleVersion, 1),
         (ENV, stdin(prevResult="nope"), InvalidNetConf, 7),
+        (ENV, stdin(prevResult={**PREV, "ips": 5}), InvalidNetConf, 7),
+        *(
+            (ENV, stdin(prevResult={**PREV, "ips": [{**PREV["ips"][0], "gateway": gateway}]}), InvalidNetConf, 7)
+            for gateway in ("bogus", "fd77::1", "10.6.0.1/24")  # NB: each once a 500 with CNI 11 (try again)
+        ),
     ],
 )
 def test_bad_invocations_get_the_cni_code_of_their_fault(
