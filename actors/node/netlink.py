@@ -66,7 +66,7 @@ from spider.coordinator.ops import (
     Sysctl,
     UnmarkReplies,
 )
-from spider.coordinator.plan import RULE_PRIORITY
+from spider.coordinator.plan import RULE_PRIORITY, spared
 from spider.errors import InvalidEnvironment, InvalidNetConf, TransientError
 from spider.ifacer import IfacerConf
 
@@ -702,11 +702,14 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
             ipr.route("replace", **spec)
         case DelRoutes():
             oif = ipr.link_lookup(ifname=op.dev) if op.dev else None
+            device_of = {link.index: link.name for link in _links(ipr)} if op.sparing else {}
             ip, _, length = op.dst.partition("/")
             for msg in ipr.route("dump", family=AF_FAMILY[family_of(op.dst)]):
                 if (msg.get_attr("RTA_TABLE") or msg["table"]) != op.table or msg["dst_len"] != int(length):
                     continue
                 if msg.get_attr("RTA_DST") != ip or (oif is not None and msg.get_attr("RTA_OIF") not in oif):
+                    continue
+                if spared(device_of.get(msg.get_attr("RTA_OIF"), ""), op.sparing):
                     continue
                 # NB: the kernel matches scope and protocol too: pyroute2's defaults would miss a link route.
                 spec = {"family": msg["family"], "dst": op.dst, "table": op.table, "scope": msg["scope"]}
@@ -746,7 +749,10 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
             )
         case DelNeighbours():
             dev = ipr.link_lookup(ifname=op.dev) if op.dev else None
+            device_of = {link.index: link.name for link in _links(ipr)} if op.sparing else {}
             for msg in ipr.neigh("dump", family=AF_FAMILY[family_of(op.ip)]):
+                if spared(device_of.get(msg["ifindex"], ""), op.sparing):
+                    continue
                 if msg.get_attr("NDA_DST") == op.ip and (dev is None or msg["ifindex"] in dev):
                     _ignore_missing(ipr.neigh, "del", family=msg["family"], dst=op.ip, ifindex=msg["ifindex"])
         case Sysctl() if op.side == "host":

@@ -74,12 +74,15 @@ class AddRoute:
 
 @attrs.frozen
 class DelRoutes:
-    """Delete every route to ``dst`` in ``table`` (optionally only through ``dev``); missing is fine."""
+    """Delete every route to ``dst`` in ``table`` (optionally only through ``dev``); missing is fine.  With
+    ``sparing`` (this pod's host veth), a route through another pod's host veth (``is_host_veth``) is left:
+    a late DEL of a pod must not take the route of the pod that has its address now."""
 
     side: Side
     dst: str
     table: int
     dev: str | None = None
+    sparing: str | None = None
 
 
 @attrs.frozen
@@ -136,11 +139,13 @@ class AddNeighbour:
 
 @attrs.frozen
 class DelNeighbours:
-    """Delete neighbour entries for ``ip`` (on ``dev`` only, when given); missing is fine."""
+    """Delete neighbour entries for ``ip`` (on ``dev`` only, when given); missing is fine.  ``sparing``: as
+    ``DelRoutes``'."""
 
     side: Side
     ip: str
     dev: str | None = None
+    sparing: str | None = None
 
 
 @attrs.frozen

@@ -66,6 +66,12 @@ def host_veth_name(container_id: str) -> str:
     return f"veth{container_id[:11]}"
 
 
+def spared(device: str, sparing: str | None) -> bool:
+    """Whether a teardown that spares others (``sparing``: its own host veth) leaves what goes through
+    ``device``: another pod's host veth, by the name ``host_veth_name`` gives."""
+    return sparing is not None and device != sparing and device.startswith("veth") and len(device) == 15
+
+
 def random_mac(raw: bytes) -> str:
     """A locally administered unicast MAC from six random bytes (Cilium's GenerateRandMAC, as Spiderpool)."""
     first = (raw[0] & 0xFE) | 0x02
@@ -338,8 +344,8 @@ def plan_teardown(spec: TeardownSpec, host: NsView) -> Plan:
                 ips.append(route.dst.rpartition("/")[0])
     ops: list[Op] = [DelLink("host", host_veth)]
     for ip in ips:
-        ops.append(DelRoutes("host", _max_prefix(ip), table))
-        ops.append(DelNeighbours("host", ip))
+        ops.append(DelRoutes("host", _max_prefix(ip), table, sparing=host_veth))
+        ops.append(DelNeighbours("host", ip, sparing=host_veth))
         ops.append(DelRule("host", RuleEntry(family_of(ip), table, dst=_max_prefix(ip))))  # Spiderpool's legacy rule
     for family in (4, 6):
         ops.append(DropRuleIfUnused("host", RuleEntry(family, table, RULE_PRIORITY)))

@@ -133,6 +133,27 @@ async def test_del_after_the_pods_namespace_is_gone_still_cleans_the_host(lab: C
     assert host_state(lab.host, ("10.77.0.20",)) == before
 
 
+async def test_a_late_repeated_del_leaves_the_host_routes_of_the_pod_that_has_the_address_now(
+    lab: CoordinatorLab,
+) -> None:
+    first, second = lab.pod(), lab.pod()
+    with trio.fail_after(60):
+        code, old = await lab.add(first)
+        assert code == 0, old
+        assert await lab.delete(first, old) == (0, 0)
+        code, new = await lab.add(second)
+        assert code == 0, new
+        address = old["ips"][0]["address"].partition("/")[0]
+        assert new["ips"][0]["address"] == old["ips"][0]["address"], "the address went to the second pod"
+        ip("netns", "del", first)
+        lab.pods.remove(first)
+        before = host_state(lab.host, (address,))
+        # NB: the runtime repeats the first pod's DEL (CNI allows it); it once deleted the second pod's routes
+        assert (await lab.coordinator("DEL", first, {**lab.coordinator_conf(), "prevResult": old}))[0] == 0
+    assert host_state(lab.host, (address,)) == before
+    assert ping(second, HOST_V4)
+
+
 async def test_a_conflicting_address_fails_the_add_and_is_released(lab: CoordinatorLab) -> None:
     ip("addr", "add", "10.77.0.20/24", "dev", "gw0", netns=lab.router)  # someone already uses the first address
     pod = lab.pod()

@@ -16,6 +16,7 @@ from spider.coordinator.ops import (
     AddRule,
     AddVeth,
     DelLink,
+    DelNeighbours,
     DelRoutes,
     DropRuleIfUnused,
     MarkReplies,
@@ -33,6 +34,7 @@ from spider.coordinator.plan import (
     plan_setup,
     plan_teardown,
     random_mac,
+    spared,
 )
 from spider.errors import InvalidNetConf
 
@@ -236,8 +238,10 @@ def test_teardown_deletes_the_veth_routes_neighbours_and_an_unused_host_rule() -
     )
     plan = plan_teardown(tear, host)
     assert plan.ops[0] == DelLink("host", "veth0123456789a")
-    assert DelRoutes("host", "10.6.0.20/32", 500) in plan.ops
-    assert DelRoutes("host", "10.6.0.77/32", 500) in plan.ops  # found through the veth, not in any source
+    ours = "veth0123456789a"  # NB: routes and neighbours through another pod's host veth are spared
+    assert DelRoutes("host", "10.6.0.20/32", 500, sparing=ours) in plan.ops
+    assert DelRoutes("host", "10.6.0.77/32", 500, sparing=ours) in plan.ops  # found through the veth, in no source
+    assert DelNeighbours("host", "10.6.0.20", sparing=ours) in plan.ops
     assert DropRuleIfUnused("host", RuleEntry(4, 500, RULE_PRIORITY)) in plan.ops
     assert DropRuleIfUnused("host", RuleEntry(6, 500, RULE_PRIORITY)) in plan.ops
 
@@ -258,3 +262,12 @@ def test_check_names_each_missing_piece() -> None:
         neighbours=(Neighbour("veth0123456789a", "10.6.0.20", POD_MAC, permanent=True),),
     )
     assert check_setup(spec(), pod, host) == []
+
+
+@pytest.mark.parametrize(
+    ("device", "kept"),
+    [("vethbbbbbbbbbbb", True), ("veth0123456789a", False), ("cali12345", False), ("veth0", False), ("eth0", False)],
+)
+def test_a_teardown_spares_only_other_pods_host_veths(device: str, kept: bool) -> None:
+    assert spared(device, "veth0123456789a") is kept
+    assert not spared(device, None)
