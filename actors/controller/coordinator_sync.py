@@ -207,6 +207,8 @@ class CoordinatorSync:
                         version = str((event.object.get("metadata") or {}).get("resourceVersion") or version)
                         self._changed()
             except Gone:
+                if not seen:  # NB: a server that answers every watch so must not be listed back to back
+                    await trio.sleep(self._delay(1))
                 return
             except SpiderError as exc:
                 log.info("coordinator sync: watch of %s failed (%s); re-listing", source, exc)

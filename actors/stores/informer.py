@@ -34,9 +34,17 @@ async def inform(
     delay: Callable[[int], float],
     who: str = "informer",
 ) -> None:
-    """Follow ``kind`` until cancelled; ``who`` names the caller in the log."""
+    """Follow ``kind`` until cancelled; ``who`` names the caller in the log.
+
+    A watch that breaks (410 Gone, an error) is followed by a fresh list; while watches keep breaking before
+    any event arrives, each re-list waits ``delay`` of how many did so far (as client-go's reflector backs
+    off), so a server that refuses every watch is not listed back to back, nor every object reconciled again.
+    """
     failures = 0
+    broken = 0  # NB: re-lists since a watch last delivered an event
     while True:
+        if broken:
+            await trio.sleep(delay(broken))
         try:
             listing = await store.list(kind)
         except SpiderError as exc:
@@ -53,12 +61,15 @@ async def inform(
                     version, seen = await _follow(store, kind, version, on_event)
                 except Gone:
                     log.info("%s: watch of %s from version %s is too old; re-listing", who, kind, version)
+                    broken += 1
                     break
                 except SpiderError as exc:
                     log.warning("%s: watch of %s failed (%s); re-listing", who, kind, exc)
-                    await trio.sleep(delay(1))
+                    broken += 1
                     break
-                if not seen:  # the stream ended at once: do not spin on a backend that keeps closing it
+                if seen:
+                    broken = 0
+                else:  # the stream ended at once: do not spin on a backend that keeps closing it
                     await trio.sleep(delay(1))
 
 

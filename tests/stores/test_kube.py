@@ -551,6 +551,24 @@ async def test_an_informer_lists_again_after_an_api_server_restart_and_misses_no
         assert len(lists) == 2, lists  # NB: listed once more, after the watch's 410
 
 
+@pytest.mark.parametrize("status", [410, 400])
+async def test_an_informer_whose_every_watch_is_refused_backs_off_between_lists(
+    fake: FakeApiServer, kube: KubeStore, status: int
+) -> None:
+    lists: list[float] = []
+    fake.faults.append(Fault(method="GET", path_contains="spiderippools", watch=True, status=status, times=10**9))
+    informer = functools.partial(
+        inform,
+        on_list=lambda _: lists.append(trio.current_time()),
+        on_event=lambda _: None,
+        resync_period=3600,
+        delay=lambda n: min(0.05 * 2**n, 1.0),
+    )
+    with trio.move_on_after(2.5):
+        await informer(kube, "SpiderIPPool")
+    assert 2 <= len(lists) <= 10, f"{len(lists)} lists in 2.5 s"  # NB: once ~300, back to back after each 410
+
+
 async def test_a_watch_goes_on_across_the_servers_watch_timeouts(
     fake: FakeApiServer, kube: KubeStore, nursery: trio.Nursery
 ) -> None:
