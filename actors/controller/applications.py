@@ -195,8 +195,8 @@ class ApplicationController:
     async def _work(self, nursery: trio.Nursery) -> None:
         while True:
             key = await self._queue.get()
-            if not self._listed >= set(self.kinds):
-                self._queue.later(nursery, key, self._queue.delay(1))
+            if not self._listed >= self._needs(key):
+                self._queue.failed(nursery, key)  # NB: later each time: a kind may stay unlistable for long
                 continue
             self.stats.syncs += 1
             try:
@@ -219,15 +219,24 @@ class ApplicationController:
                 self._queue.later(nursery, ("", "", ""), self._sweep_in)
                 self._sweep_in = None
 
+    def _needs(self, key: Key) -> set[str]:
+        """The kinds that must be listed before ``key`` is worked on: an application needs its own kind and the
+        pools and subnets (one kind the cluster cannot list must not hold up the others'); a pool and the
+        sweep judge whether applications are gone, so they need every kind."""
+        if key[0] in BUILTIN_KINDS:
+            return {key[0]} | {kind for kind in self.kinds if kind not in BUILTIN_KINDS}
+        return set(self.kinds)
+
     # --- applications ------------------------------------------------------------------------------------
 
     async def _sync_app(self, key: Key) -> None:
         kind, ns, name = key
         obj = self._cache[kind].get((ns, name))
         if obj is None:
-            gone = self._gone.pop(key, None)
+            gone = self._gone.get(key)
             if gone is not None:
                 await self._reclaim(AppRef.from_object(_with_type(kind, gone)))
+                self._gone.pop(key, None)  # NB: only once reclaimed: a failed reclaim is retried with it
             return
         if not self.settings.enabled or controller_of(obj) is not None:
             return

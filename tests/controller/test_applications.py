@@ -15,10 +15,11 @@ import trio
 from actors.controller.applications import ApplicationController, ApplicationSettings
 from actors.ipam.subnet import SubnetRegistry
 from actors.runtime.supervisor import Supervisor
-from actors.stores.port import Conflict, Invalid, NotFound, Obj, PassThrough, Store
+from actors.stores.port import Conflict, Invalid, NotFound, Obj, ObjectList, PassThrough, Store
 from actors.stores.validating import ValidatingStore
 from spider.addr import IPSet
 from spider.autopool import LABEL_APP_UID, LABEL_RECLAIM, AppRef, SubnetClaim, auto_pool_name, auto_pool_object
+from spider.errors import StoreUnavailable
 from spider.pool import PoolLedger, Record
 from spider.subnet import rfc3339
 from tests.controller.support import eventually, subnet
@@ -43,13 +44,18 @@ def deployment(replicas: int, *, kind: str = "Deployment", reclaim: bool = True,
 
 
 @asynccontextmanager
-async def controlling(store: Store, **options: Any) -> AsyncIterator[ApplicationController]:
+async def controlling(store: Store, *, listed: bool = True, **options: Any) -> AsyncIterator[ApplicationController]:
+    """The controller running on ``store``, once it listed every kind (``listed=False``: at once, as the
+    controller process starts it)."""
     async with reconciling(store), trio.open_nursery() as nursery:
         # NB: wired as spider controller wires it: its pool writes go through admission
         controller = ApplicationController(
             ValidatingStore(store), SubnetRegistry(store, Supervisor(nursery)), **options
         )
-        await nursery.start(controller.run)
+        if listed:
+            await nursery.start(controller.run)
+        else:
+            nursery.start_soon(controller.run)
         yield controller
         nursery.cancel_scope.cancel(reason="test over")
 
@@ -490,3 +496,31 @@ async def test_the_entry_of_a_pool_gone_unseen_is_forgotten_though_an_applicatio
 
             await eventually(forgotten, what="the gone pool's entry forgotten")
             await eventually(pool_with(store, lambda pools: len(pools) == 1 and pools[0]["metadata"]["name"] != name))
+
+
+@attrs.define
+class FailingLists(PassThrough):
+    """Lists of ``always`` fail for good (a kind the cluster will not list)."""
+
+    inner: Store
+    always: set[str] = attrs.Factory(set)
+
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        if kind in self.always:
+            raise StoreUnavailable(reason=f"{kind}: forbidden")
+        return await self.inner.list(
+            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
+
+
+async def test_a_kind_the_cluster_will_not_list_does_not_hold_up_the_other_kinds_applications(
+    private_store: Store,
+) -> None:
+    await seed_subnet(private_store)
+    store = FailingLists(private_store, always={"CronJob"})
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store, listed=False):
+            await store.create(deployment(2))
+            await eventually(pool_with(store, lambda ps: len(ps) == 1))
