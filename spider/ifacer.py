@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import attrs
 
+from spider import limits
 from spider.errors import InvalidNetConf
 
 DEFAULT_BOND_NAME: Final = "sp_bond0"
@@ -125,13 +126,9 @@ class IfacerConf:
         return cls(tuple(interfaces), vlan_id, bond)
 
 
-_U32_MAX = 2**32 - 1
-"""The widest a bond option's netlink field is (several are 8 or 16 bits: the kernel's answer names those)."""
-
-
 def _u32(text: str) -> int | None:
     """``text`` as a decimal number of at most 32 bits, or ``None``."""
-    if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > _U32_MAX:
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > limits.MAX_U32:
         return None
     return int(text)
 
@@ -149,7 +146,7 @@ def parse_bond_options(text: str) -> tuple[tuple[str, int | str | tuple[str, ...
         if key in _INT_OPTIONS:
             if (number := _u32(value)) is None:
                 raise InvalidNetConf(
-                    reason=f"bond.options: {key} must be an integer from 0 to {_U32_MAX}, not {value!r}"
+                    reason=f"bond.options: {key} must be an integer from 0 to {limits.MAX_U32}, not {value!r}"
                 )
             out.append((_INT_OPTIONS[key], number))
         elif key in _NAMED_OPTIONS:

@@ -50,6 +50,8 @@ _STEP: Final = str.maketrans({"[": "\x02", "{": "\x02", "]": "\x00", "}": "\x00"
 _BLOCK: Final = 4096
 
 
+MAX_U32: Final = 2**32 - 1
+"""The largest value a 32-bit netlink field carries (a route table, an MTU, a queue length, a bond option)."""
 MALFORMED: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
 """What decoding stored JSON of a shape nobody expected may raise (a number too large for a float, nesting past
 the interpreter's limit, a list where an object was due): a decoder of stored state catches all of these, so

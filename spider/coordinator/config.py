@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import attrs
 
+from spider import limits
 from spider.cni import DEFAULT_SOCKET, JsonObject, json_type
 from spider.coordinator.errors import CoordinatorNotReady
 from spider.coordinator.observed import family_of
@@ -115,16 +116,13 @@ def _mac_prefix(where: str, raw: object) -> str:
     return raw.replace("-", ":").lower()
 
 
-U32_MAX = 2**32 - 1
-
-
 def _int(where: str, raw: object) -> int | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise ValueError(f"{where} must be an integer, not {json_type(raw)}")
-    if raw > U32_MAX:  # NB: the CRD sets no maximum; netlink carries 32 bits (a route table, an MTU, a queue)
-        raise ValueError(f"{where} must be at most {U32_MAX}, got {raw}")
+    if raw > limits.MAX_U32:  # NB: the CRD sets no maximum; netlink carries 32 bits (a route table, an MTU, a queue)
+        raise ValueError(f"{where} must be at most {limits.MAX_U32}, got {raw}")
     return raw
 
 
