@@ -211,7 +211,11 @@ class Coordinator:
         ips, exists = await self._pod_ips(request)
         spec = TeardownSpec(conf=conf, container_id=request.container_id, pod_ips=ips, netns_exists=exists)
         families = tuple(sorted({family_of(ip) for ip in ips})) or (4, 6)
-        await self.node.teardown_pod(request.netns, spec, families)
+        plan = await self.node.teardown_pod(request.netns, spec, families)
+        if plan.foreign_owner:
+            log.warning(
+                "DEL %s left host veth %s: it belongs to %r", request.container_id, plan.host_veth, plan.foreign_owner
+            )
 
     async def delete(self, request: CoordinatorRequest) -> None:
         """Remove on the host everything ADD made, also when the pod's namespace is already gone."""

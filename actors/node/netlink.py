@@ -387,6 +387,7 @@ def _links(ipr: IPRoute) -> tuple[Link, ...]:
                 peer_index=msg.get_attr("IFLA_LINK"),
                 broadcast=bool(msg["flags"] & IFF_BROADCAST),
                 mtu=msg.get_attr("IFLA_MTU") or 0,
+                alias=msg.get_attr("IFLA_IFALIAS") or "",
             )
         )
     return tuple(out)
@@ -667,7 +668,7 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
                 peer={"ifname": op.host_name, "net_ns_fd": session.home_fd, "address": op.host_mac, "mtu": op.mtu},
             )
             ipr.link("set", index=_index(ipr, op.pod_name), state="up")
-            session.host.link("set", index=_index(session.host, op.host_name), state="up")
+            session.host.link("set", index=_index(session.host, op.host_name), state="up", ifalias=op.host_alias)
         case SetLink():
             index = _index(ipr, op.name)
             if op.mac is not None:

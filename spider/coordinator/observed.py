@@ -34,6 +34,8 @@ class Link:
     """``IFLA_LINK``: for a veth, the peer's index (in the other namespace when the peer lives there)."""
     broadcast: bool = True
     mtu: int = 1500
+    alias: str = ""
+    """``IFLA_IFALIAS``: on a host veth we made, its owner (``host_veth_owner``)."""
 
 
 @attrs.frozen

@@ -23,13 +23,15 @@ Side = Literal["host", "pod"]
 
 @attrs.frozen
 class AddVeth:
-    """Create ``pod_name`` in the pod with its peer ``host_name`` in the host namespace; both up."""
+    """Create ``pod_name`` in the pod with its peer ``host_name`` in the host namespace; both up, the host side
+    marked with ``host_alias`` (its owner, which DEL checks before it deletes the host side)."""
 
     pod_name: str
     host_name: str
     mtu: int
     pod_mac: str
     host_mac: str
+    host_alias: str
     side: Side = "pod"
 
 

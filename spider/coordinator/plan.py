@@ -5,12 +5,15 @@ neighbours, routes and rules both ways, hijack routes, reply marking, tunePodRou
 ``plan_teardown``, ``check_setup``, and the names and MACs they give (``host_veth_name``,
 ``mac_from_prefix``, ``random_mac``).  The NodeActor executes a plan as one netlink transaction.
 
-Departure from Spiderpool, on purpose: the host rule ``priority 1000 lookup <hostRuleTable>`` is removed by
-the DEL that leaves the table empty (Spiderpool never removes it), so DEL leaves the host as it found it.
+Departures from Spiderpool, on purpose: the host rule ``priority 1000 lookup <hostRuleTable>`` is removed by
+the DEL that leaves the table empty (Spiderpool never removes it), so DEL leaves the host as it found it; and
+the host veth carries its owner as its alias (``host_veth_owner``), so a DEL whose container ID shares the
+veth's name with another pod's leaves that pod's veth (Spiderpool deletes by name).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -42,6 +45,9 @@ from spider.coordinator.ops import (
 )
 from spider.errors import InvalidNetConf
 
+MAX_ALIAS: Final = 255
+"""The longest interface alias the kernel keeps (IFALIASZ less its NUL)."""
+
 RULE_PRIORITY: Final = 1000
 """The priority of the host's ``lookup <hostRuleTable>`` rule and the pod's fwmark rule."""
 
@@ -66,9 +72,19 @@ def host_veth_name(container_id: str) -> str:
     return f"veth{container_id[:11]}"
 
 
+def host_veth_owner(container_id: str) -> str:
+    """The alias ADD gives the host veth, naming its container: two container IDs that share their first 11
+    characters share the name, and DEL deletes only a veth that names its own container (or none: a veth made
+    before we marked them, or by Spiderpool)."""
+    owner = f"spiderpool {container_id}"
+    if len(owner) <= MAX_ALIAS:
+        return owner
+    return f"spiderpool sha256:{hashlib.sha256(container_id.encode()).hexdigest()}"
+
+
 def spared(device: str, sparing: str | None) -> bool:
-    """Whether a teardown that spares others (``sparing``: its own host veth) leaves what goes through
-    ``device``: another pod's host veth, by the name ``host_veth_name`` gives."""
+    """Whether a teardown that spares others (``sparing``: its own host veth, ``""`` when it owns none) leaves
+    what goes through ``device``: another pod's host veth, by the name ``host_veth_name`` gives."""
     return sparing is not None and device != sparing and device.startswith("veth") and len(device) == 15
 
 
@@ -105,6 +121,8 @@ class Plan:
     pod_ips: tuple[str, ...] = ()
     mac: str | None = None
     """The MAC ``podMACPrefix`` gives the interface, if any."""
+    foreign_owner: str = ""
+    """DEL: the owner named by a host veth under our name that is not ours, which DEL therefore left."""
 
 
 def host_addresses_for_pod(host: NsView, pod_ips: Sequence[str], families: Sequence[int]) -> tuple[str, ...]:
@@ -162,7 +180,8 @@ def plan_setup(spec: SetupSpec, pod: NsView, host: NsView) -> Plan:
         host_veth = host_veth_name(spec.container_id)
         existing = pod.link(POD_VETH)
         if first and existing is None:
-            ops.append(AddVeth(POD_VETH, host_veth, conf.veth_mtu, spec.pod_veth_mac, spec.host_veth_mac))
+            owner = host_veth_owner(spec.container_id)
+            ops.append(AddVeth(POD_VETH, host_veth, conf.veth_mtu, spec.pod_veth_mac, spec.host_veth_mac, owner))
             if conf.veth_link_address and families != (6,):
                 ops.append(AddAddress("pod", POD_VETH, f"{conf.veth_link_address}/32"))
             if conf.host_rp_filter is not None and conf.host_rp_filter >= 0:
@@ -332,8 +351,12 @@ def plan_teardown(spec: TeardownSpec, host: NsView) -> Plan:
     table = spec.conf.host_rule_table
     host_veth = host_veth_name(spec.container_id)
     ips = list(dict.fromkeys(spec.pod_ips))
-    ours = host.link(host_veth)
-    if ours is not None:  # every route still through our veth is to one of this pod's addresses
+    found = host.link(host_veth)
+    ops: list[Op] = []
+    foreign = found.alias if found is not None and found.alias not in ("", host_veth_owner(spec.container_id)) else ""
+    if not foreign:  # NB: else another pod's veth has our name (their container IDs share 11 characters)
+        ops.append(DelLink("host", host_veth))
+    if found is not None and not foreign:  # every route still through our veth is to one of this pod's addresses
         for route in host.routes:
             if (
                 route.oif == host_veth
@@ -342,14 +365,14 @@ def plan_teardown(spec: TeardownSpec, host: NsView) -> Plan:
                 and route.dst.rpartition("/")[0] not in ips
             ):
                 ips.append(route.dst.rpartition("/")[0])
-    ops: list[Op] = [DelLink("host", host_veth)]
+    sparing = "" if foreign else host_veth
     for ip in ips:
-        ops.append(DelRoutes("host", _max_prefix(ip), table, sparing=host_veth))
-        ops.append(DelNeighbours("host", ip, sparing=host_veth))
+        ops.append(DelRoutes("host", _max_prefix(ip), table, sparing=sparing))
+        ops.append(DelNeighbours("host", ip, sparing=sparing))
         ops.append(DelRule("host", RuleEntry(family_of(ip), table, dst=_max_prefix(ip))))  # Spiderpool's legacy rule
     for family in (4, 6):
         ops.append(DropRuleIfUnused("host", RuleEntry(family, table, RULE_PRIORITY)))
-    return Plan(tuple(ops), host_veth, (), tuple(ips))
+    return Plan(tuple(ops), host_veth, (), tuple(ips), foreign_owner=foreign)
 
 
 # --- CHECK --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from tests.netns.coordinator_topology import (
     HOST_V6,
     SERVICE,
     CoordinatorLab,
+    container_id,
     coordinator_lab,
     host_state,
     in_ns,
@@ -353,6 +354,36 @@ async def test_an_add_that_fails_half_way_leaves_nothing_on_the_host(lab: Coordi
 
 
 @needs_ping
+@needs_ping
+async def test_a_container_whose_id_shares_the_host_veths_name_leaves_the_other_pods_veth(
+    lab: CoordinatorLab,
+) -> None:
+    first, second = lab.pod(), lab.pod()
+    before = host_state(lab.host, ("10.77.0.20", "10.77.0.21"))
+    with trio.fail_after(60):
+        code, kept = await lab.add(first)
+        assert code == 0, kept
+        veth = f"veth{container_id(first)[:11]}"
+        assert json.loads(ip("-j", "link", "show", veth, netns=lab.host))[0]["ifalias"] == (
+            f"spiderpool {container_id(first)}"
+        )
+        clash = container_id(first)[:11] + "-another-sandbox"  # the host veth's name is its first 11 characters
+        code, made = await lab.macvlan("ADD", second, lab.macvlan_conf())
+        assert code == 0, made
+        conf = {**lab.coordinator_conf(), "prevResult": made}
+        code, error = await lab.coordinator("ADD", second, conf, CNI_CONTAINERID=clash)
+        assert code != 0
+        assert f"{veth!r} already exists" in error["msg"]
+        # the refused ADD cleaned up after itself, and the runtime's DEL follows: neither touches the first pod
+        assert (await lab.coordinator("DEL", second, conf, CNI_CONTAINERID=clash))[0] == 0
+        assert veth in ip("link", "show", netns=lab.host)
+        assert [r["dst"] for r in routes(lab.host, "table", "500")] == [kept["ips"][0]["address"].partition("/")[0]]
+        assert ping(first, HOST_V4)
+        assert (await lab.macvlan("DEL", second, {**lab.macvlan_conf(), "prevResult": made}))[0] == 0
+        assert await lab.delete(first, kept) == (0, 0)
+    assert host_state(lab.host, ("10.77.0.20", "10.77.0.21")) == before
+
+
 async def test_a_custom_host_rule_table_is_used_and_cleaned(lab: CoordinatorLab) -> None:
     before = host_state(lab.host, ("10.77.0.20",))
     pod = lab.pod()

@@ -30,6 +30,7 @@ from spider.coordinator.plan import (
     TeardownSpec,
     check_setup,
     host_veth_name,
+    host_veth_owner,
     mac_from_prefix,
     plan_setup,
     plan_teardown,
@@ -112,7 +113,7 @@ def test_underlay_add_makes_the_veth_pair_then_routes_both_ways() -> None:
     plan = plan_setup(spec(), pod_view(), host_view())
     assert plan.host_veth == "veth0123456789a"
     assert plan.host_ips == ("10.6.0.10",)  # docker0 is excluded, IPv6 is not this pod's family
-    assert plan.ops[0] == AddVeth("veth0", "veth0123456789a", 1500, POD_MAC, HOST_MAC)
+    assert plan.ops[0] == AddVeth("veth0", "veth0123456789a", 1500, POD_MAC, HOST_MAC, "spiderpool 0123456789abcdef")
     ops = set(plan.ops)
     # the host reaches the pod through the veth, looked up at priority 1000 in table 500
     assert AddRule("host", RuleEntry(4, DEFAULT_HOST_RULE_TABLE, RULE_PRIORITY)) in ops
@@ -246,6 +247,42 @@ def test_teardown_deletes_the_veth_routes_neighbours_and_an_unused_host_rule() -
     assert DropRuleIfUnused("host", RuleEntry(6, 500, RULE_PRIORITY)) in plan.ops
 
 
+@pytest.mark.parametrize("alias", ["", "spiderpool 0123456789abcdef"])
+def test_teardown_deletes_a_veth_that_names_its_container_or_none(alias: str) -> None:
+    host = NsView(links=(Link(9, "veth0123456789a", alias=alias),))
+    tear = TeardownSpec(conf=CoordinatorConf(), container_id="0123456789abcdef", pod_ips=(), netns_exists=False)
+    plan = plan_teardown(tear, host)
+    assert plan.ops[0] == DelLink("host", "veth0123456789a")
+    assert plan.foreign_owner == ""
+
+
+def test_teardown_leaves_another_containers_veth_of_the_same_name_and_everything_through_it() -> None:
+    # two container IDs that share their first 11 characters share the host veth's name
+    other = "spiderpool 0123456789a-other"
+    host = NsView(
+        links=(Link(1, "lo"), Link(9, "veth0123456789a", alias=other)),
+        routes=(RouteEntry(4, 500, "10.6.0.77/32", "veth0123456789a", scope=SCOPE_LINK),),
+    )
+    tear = TeardownSpec(
+        conf=CoordinatorConf(), container_id="0123456789abcdef", pod_ips=("10.6.0.20",), netns_exists=False
+    )
+    plan = plan_teardown(tear, host)
+    assert not any(isinstance(op, DelLink) for op in plan.ops)
+    assert plan.foreign_owner == other
+    assert plan.pod_ips == ("10.6.0.20",)  # the other pod's routes are not taken for ours
+    assert DelRoutes("host", "10.6.0.20/32", 500, sparing="") in plan.ops
+    assert all(spared("veth0123456789a", op.sparing) for op in plan.ops if isinstance(op, DelRoutes | DelNeighbours))
+
+
+@given(st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,255}", fullmatch=True))
+def test_the_owner_mark_names_the_container_and_fits_an_interface_alias(container_id: str) -> None:
+    owner = host_veth_owner(container_id)
+    assert len(owner.encode()) <= 255
+    assert owner.startswith("spiderpool ")
+    assert container_id in owner or len(container_id) > 244
+    assert owner != host_veth_owner(container_id + "x")
+
+
 def test_check_names_each_missing_piece() -> None:
     pod = pod_view(with_veth=True)
     pod = NsView(links=(*pod.links[:-1], Link(3, "veth0", POD_MAC, up=True, peer_index=9)), addresses=pod.addresses)
@@ -271,3 +308,4 @@ def test_check_names_each_missing_piece() -> None:
 def test_a_teardown_spares_only_other_pods_host_veths(device: str, kept: bool) -> None:
     assert spared(device, "veth0123456789a") is kept
     assert not spared(device, None)
+    assert spared(device, "") is (device.startswith("veth") and len(device) == 15)  # owning none, spare them all
