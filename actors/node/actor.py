@@ -130,7 +130,7 @@ class NodeHandle:
         return await reply.wait()
 
     async def inspect_host(self, route_sources_for: Sequence[str] = ()) -> NsView:
-        """The host namespace's state."""
+        """The host namespace's links and addresses."""
         reply = Reply[NsView].open()
         await self._send(InspectHost(tuple(route_sources_for), reply))
         return await reply.wait()
@@ -264,7 +264,7 @@ def _setup(session: netlink.Session, netns: str, spec: SetupSpec, prev_ips: Sequ
 def _check(session: netlink.Session, netns: str, spec: SetupSpec) -> list[str]:
     with session.entered(netns) as ipr:
         pod = netlink.observe(ipr)
-    return check_setup(spec, pod, netlink.observe(session.host))
+    return check_setup(spec, pod, netlink.observe(session.host, route_table=spec.conf.host_rule_table))
 
 
 def _teardown(session: netlink.Session, netns: str, spec: TeardownSpec, families: Sequence[int]) -> Plan:
@@ -274,7 +274,7 @@ def _teardown(session: netlink.Session, netns: str, spec: TeardownSpec, families
         plans.append(plan_teardown(spec, host))
         return plans[0].ops
 
-    netlink.run_on_host(session, plan_for)
+    netlink.run_on_host(session, plan_for, spec.conf.host_rule_table)
     if spec.netns_exists and netns:
         netlink.clean_pod(session, netns, families)
     return plans[0]

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -150,6 +151,15 @@ class CoordinatorLab:
         ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link", netns=pod_ns)
         ip("route", "add", "default", "via", "169.254.1.1", "dev", "eth0", netns=pod_ns)
         return host_side
+
+    def add_host_routes(self, count: int) -> None:
+        """``count`` /32 routes in the host's main table through the router, as a node that learns its fabric's
+        routes by BGP has (one ``ip -batch``)."""
+        with tempfile.NamedTemporaryFile("w", suffix=".batch") as batch:
+            for i in range(count):
+                batch.write(f"route add 172.{16 + i // 65536}.{i // 256 % 256}.{i % 256}/32 via {GATEWAY_V4} dev up0\n")
+            batch.flush()
+            ip("-batch", batch.name, netns=self.host)
 
     async def apply(self, *objs: dict[str, Any]) -> None:
         for obj in objs:
