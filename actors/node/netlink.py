@@ -136,10 +136,15 @@ class Session:
         """Run the body inside the namespace at ``path`` with a socket there; always come home after.
 
         ``path`` is checked before it is opened (``netns_file.open_netns``): ``NamespaceGone`` when it is
-        missing, ``InvalidEnvironment`` when it is anything but a network namespace.
+        missing, ``InvalidEnvironment`` when it is anything but a network namespace, or the host's own (a pod's
+        changes there would be made to the node: its ``veth0``, rules and marking).
         """
         fd = open_netns(path)
         try:
+            if _same_file(fd, self.home_fd):
+                raise InvalidEnvironment(
+                    variable="CNI_NETNS", reason=f"{path!r} is the node's own network namespace, not a pod's"
+                )
             try:
                 pyroute2_netns.setns(fd)
             except OSError as exc:
@@ -172,6 +177,11 @@ class Session:
             yield
         finally:
             pyroute2_netns.setns(self.pod_fd)
+
+
+def _same_file(fd: int, other: int) -> bool:
+    mine, theirs = os.fstat(fd), os.fstat(other)
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 _STOP = object()

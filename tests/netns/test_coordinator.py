@@ -401,6 +401,23 @@ async def test_a_host_with_fifty_thousand_routes_gets_pods_set_up_and_torn_down(
     assert host_state(lab.host, ("10.77.0.20",)) == before
 
 
+async def test_the_nodes_own_namespace_as_cni_netns_is_refused_and_left_alone(lab: CoordinatorLab) -> None:
+    pod = lab.pod()
+    with trio.fail_after(30):
+        code, made = await lab.macvlan("ADD", pod, lab.macvlan_conf())
+        assert code == 0, made
+        before = host_state(lab.host, ("10.77.0.20",))
+        conf = {**lab.coordinator_conf(), "prevResult": made}
+        node = f"/var/run/netns/{lab.host}"  # NB: a runtime's mistake, or a caller of the agent's socket
+        code, error = await lab.coordinator("ADD", pod, conf, CNI_NETNS=node)
+        assert (code, error["code"]) == (1, 4), error
+        assert "the node's own network namespace" in error["msg"]
+        assert host_state(lab.host, ("10.77.0.20",)) == before  # no veth0, rule or marking on the node
+        assert (await lab.coordinator("DEL", pod, conf, CNI_NETNS=node))[0] == 0
+        assert host_state(lab.host, ("10.77.0.20",)) == before
+        assert await lab.delete(pod, made) == (0, 0)
+
+
 async def test_a_custom_host_rule_table_is_used_and_cleaned(lab: CoordinatorLab) -> None:
     before = host_state(lab.host, ("10.77.0.20",))
     pod = lab.pod()
