@@ -36,6 +36,9 @@ DEFAULT_FIRST_NIC: Final = "eth0"
 """The pod's first interface, made by the main CNI (``podDefaultCniNic`` when the NAD names none)."""
 DEFAULT_HOST_RULE_TABLE: Final = 500
 DEFAULT_VETH_MTU: Final = 1500
+MIN_VETH_MTU: Final = 68
+MAX_VETH_MTU: Final = 65535
+"""The MTUs the kernel lets a veth have (ETH_MIN_MTU, ETH_MAX_MTU)."""
 _MAC_PREFIX: Final = re.compile(r"^[a-fA-F0-9]{2}[:-][a-fA-F0-9]{2}$")
 _DURATION: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -126,6 +129,13 @@ def _int(where: str, raw: object) -> int | None:
     return raw
 
 
+def _veth_mtu(where: str, raw: object) -> int | None:
+    mtu = _int(where, raw)
+    if mtu is not None and not MIN_VETH_MTU <= mtu <= MAX_VETH_MTU:  # NB: Spiderpool checks > 0; the kernel's range
+        raise ValueError(f"{where} must be between {MIN_VETH_MTU} and {MAX_VETH_MTU} (a veth's range), got {mtu}")
+    return mtu
+
+
 def _bool(where: str, raw: object) -> bool | None:
     if raw is None:
         return None
@@ -212,12 +222,10 @@ class ClusterConfig:
                 "podDefaultRouteNIC", spec.get("podDefaultRouteNIC")
             )
             table = _int("hostRuleTable", spec.get("hostRuleTable"))
-            mtu = _int("vethMTU", spec.get("vethMTU"))
+            mtu = _veth_mtu("vethMTU", spec.get("vethMTU"))
             txq = _int("txQueueLen", spec.get("txQueueLen")) or 0
             if txq < 0:
                 raise ValueError(f"txQueueLen must not be negative, got {txq}")
-            if mtu is not None and mtu <= 0:
-                raise ValueError(f"vethMTU must be positive, got {mtu}")
             rp = _rp_filter("podRPFilter", spec.get("podRPFilter"))
             tune = _bool("tunePodRoutes", spec.get("tunePodRoutes"))
             return cls(
@@ -324,9 +332,7 @@ class CoordinatorConf:
             txq = _int("txQueueLen", conf.get("txQueueLen"))
             if txq is not None and txq < 0:
                 raise ValueError(f"txQueueLen must not be negative, got {txq}")
-            mtu = _int("vethMTU", conf.get("vethMTU"))
-            if mtu is not None and mtu <= 0:
-                raise ValueError(f"vethMTU must be positive, got {mtu}")
+            mtu = _veth_mtu("vethMTU", conf.get("vethMTU"))
             conflict = _bool("detectIPConflict", conf.get("detectIPConflict"))
             gateway = _bool("detectGateway", conf.get("detectGateway"))
             for deprecated in ("logOptions",):

@@ -73,6 +73,7 @@ def test_a_bare_hijack_address_becomes_a_host_route() -> None:
         ({"txQueueLen": -1}, "txQueueLen"),
         ({"hostRuleTable": 2**32 + 5}, "hostRuleTable must be at most 4294967295"),  # NB: once stopped every agent
         ({"vethMTU": 2**32}, "vethMTU must be at most"),
+        ({"vethMTU": 65536}, "vethMTU must be between 68 and 65535"),
         ({"txQueueLen": 2**64}, "txQueueLen must be at most"),
         ({"podRPFilter": 3}, "rp_filter|podRPFilter"),
         ({"vethLinkAddress": "not-an-ip"}, "vethLinkAddress"),
@@ -137,7 +138,9 @@ def test_detect_options_take_go_durations() -> None:
         ({"serviceCIDR": "10.96.0.0/12"}, "serviceCIDR must be a list"),
         ({"serviceCIDR": ["10.96.0.0/33"]}, "serviceCIDR has"),
         ({"podMACPrefix": "zz:zz"}, "podMACPrefix"),
-        ({"vethMTU": 0}, "vethMTU must be positive"),
+        ({"vethMTU": 0}, "vethMTU must be between 68 and 65535"),
+        ({"vethMTU": 67}, "vethMTU must be between 68 and 65535"),
+        ({"vethMTU": 65536}, "vethMTU must be between 68 and 65535"),  # NB: the kernel's refusal was CNI 5
         ({"vethMTU": 2**32}, "vethMTU must be at most 4294967295"),
         ({"detectOptions": {"timeout": "soon"}}, "detectOptions.timeout"),
         ({"detectOptions": {"retries": 0}}, "detectOptions.retries"),
