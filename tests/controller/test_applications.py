@@ -409,6 +409,50 @@ async def test_a_third_party_applications_reclaim_pool_goes_when_its_owner_is_go
     assert len(unserved) == 1
 
 
+@attrs.define
+class FailingReclaimLists(PassThrough):
+    """The first ``failures`` lists of reclaim pools by application (``_reclaim``'s) fail as an unreachable
+    server's would."""
+
+    inner: Store
+    failures: int = 1
+
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        if kind == "SpiderIPPool" and LABEL_RECLAIM in label_selector and self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable(reason="connection refused")
+        return await self.inner.list(
+            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
+
+
+async def test_a_reclaim_that_fails_once_is_retried_while_a_pod_still_holds_an_address(private_store: Store) -> None:
+    """``web`` goes while an old pod still holds an address in its pool, so only the application's own reclaim
+    deletes the pool (the sweep leaves a pool with addresses): the reclaim's first read fails, and it once
+    forgot the application then, so the pool stayed forever."""
+    with trio.fail_after(TIMEOUT):
+        old = await web_with_its_pool(private_store, 2)
+
+        def a_pod_holds_an_address(pool: Obj) -> Obj:
+            ledger = PoolLedger.from_object(pool)
+            ledger.records[0x0A060001] = Record("default/web-0", "uid-web-0", "eth0", "ctr", "node-1")
+            return {**pool, "status": ledger.to_status()}
+
+        name = old["metadata"]["name"]
+        await rewrite(private_store, name, a_pod_holds_an_address, status=True)
+        store = FailingReclaimLists(private_store)
+        async with controlling(store, settings=ApplicationSettings(resync_period=0.2)) as controller:
+            await store.delete("Deployment", "web", "default")
+            await eventually(lambda: _true(store.failures == 0 and controller.stats.failures > 0))
+
+            async def going() -> bool:
+                return bool((await private_store.get("SpiderIPPool", name))["metadata"].get("deletionTimestamp"))
+
+            await eventually(going, what="the pool deleted (it goes once its last address is released)")
+
+
 def x_name(app: AppRef) -> str:
     return auto_pool_name(app, "eth0", 4)
 
