@@ -17,7 +17,9 @@ configuration directory, read afresh on every sync.  The controller reads that d
 manifest (``deploy/controller.yaml``) mounts the node's ``/etc/cni/net.d`` read-only, as Spiderpool's chart does.
 
 The first sync waits until every source has been listed once (or found not served), so a controller that has
-just started never writes a NotReady it would take back a moment later.
+just started never writes a NotReady it would take back a moment later.  A required source the server refuses
+to list (RBAC forbids a ``cilium-config`` outside ``kube-system``, say) counts as listed with nothing in it
+until it lists: a status that then cannot be Synced names the refused source in its reason.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class CoordinatorSync:
     _cache: dict[Source, dict[tuple[str, str], Obj] | None] = attrs.field(factory=dict)
     """Each source's objects by (namespace, name); ``None`` while the source is not served."""
     _tried: set[Source] = attrs.field(factory=set)
+    _unreadable: dict[Source, str] = attrs.field(factory=dict)
+    """Sources the server refuses to list, and why (``_refused``)."""
     _dirty: trio.Event = attrs.field(factory=trio.Event)
     _all_tried: trio.Event = attrs.field(factory=trio.Event)
 
@@ -146,6 +150,13 @@ class CoordinatorSync:
     def _changed(self) -> None:
         self._dirty.set()
 
+    def _refused(self, source: Source, exc: SpiderError) -> None:
+        """The server answered, refusing to list a source the statuses need (RBAC forbids it, say): until it
+        lists, the statuses are computed without it, and a NotReady one names it (rather than never written)."""
+        if self._cache.get(source) is None:
+            self._unreadable[source] = str(exc)
+            self._listed(source, None)
+
     def _listed(self, source: Source, items: list[Obj] | None) -> None:
         self.stats.lists += 1
         self._cache[source] = None if items is None else {_key(o): o for o in items}
@@ -165,7 +176,10 @@ class CoordinatorSync:
             except (NotFound, StoreUnavailable) as exc:
                 if isinstance(exc, StoreUnreachable) or not source.optional:
                     failures += 1
-                    log.warning("coordinator sync: listing %s failed (%s); retrying", source, exc)
+                    if isinstance(exc, StoreUnreachable) or source not in self._unreadable:
+                        log.warning("coordinator sync: listing %s failed (%s); retrying", source, exc)
+                    if not isinstance(exc, StoreUnreachable):
+                        self._refused(source, exc)
                     await trio.sleep(self._delay(failures))
                     continue
                 if self._cache.get(source, {}) is not None:
@@ -180,6 +194,7 @@ class CoordinatorSync:
                 await trio.sleep(self._delay(failures))
                 continue
             failures = 0
+            self._unreadable.pop(source, None)
             self._listed(source, listing.items)
             with trio.move_on_after(self.settings.resync_period):  # NB: the periodic resync is a fresh list
                 await self._watch(source, listing.resource_version)
@@ -263,6 +278,7 @@ class CoordinatorSync:
             cilium_config=configs.get(self.settings.cilium_config_key),
             cilium_pod_ip_pools=self._items(by_kind["CiliumPodIPPool"]),
             service_cidrs=self._items(by_kind["ServiceCIDR"]),
+            unreadable=tuple(f"{source}: {why}" for source, why in self._unreadable.items()),
         )
 
     async def sync(self) -> int:
@@ -335,9 +351,12 @@ async def sync_once(store: Store, settings: CoordinatorSyncSettings | None = Non
         try:
             listing = await store.list(source.kind, namespace=source.namespace, label_selector=source.label_selector)
         except (NotFound, StoreUnavailable) as exc:
-            if isinstance(exc, StoreUnreachable) or not source.optional:
+            if isinstance(exc, StoreUnreachable):
                 raise
-            sync._listed(source, None)
+            if source.optional:
+                sync._listed(source, None)
+            else:
+                sync._refused(source, exc)
         else:
             sync._listed(source, listing.items)
     return await sync.sync()

@@ -87,6 +87,8 @@ class ClusterView:
     """CiliumPodIPPools (Cilium's multi-pool IPAM); ``None``: the kind is not served."""
     service_cidrs: tuple[Obj, ...] | None = None
     """ServiceCIDR objects (networking.k8s.io); ``None``: the API is not served."""
+    unreadable: tuple[str, ...] = ()
+    """Sources the server refuses to list (forbidden, say), each with why: a NotReady status names them."""
 
 
 @attrs.frozen
@@ -288,7 +290,8 @@ def coordinator_status(pod_cidr_type: str, view: ClusterView) -> CoordinatorStat
     try:
         return _synced(pod_cidr_type, view)
     except NotReadyReason as exc:
-        return CoordinatorStatus.not_ready(str(exc))
+        refused = f" (cannot read {'; '.join(view.unreadable)})" if view.unreadable else ""
+        return CoordinatorStatus.not_ready(f"{exc}{refused}")
 
 
 def _synced(pod_cidr_type: str, view: ClusterView) -> CoordinatorStatus:

@@ -17,7 +17,7 @@ from actors.controller.main import ControllerSettings, open_controller
 from actors.stores.kube import KubeStore
 from actors.stores.port import Obj, Store
 from actors.stores.sqlite import SqliteStore
-from spider.errors import InvalidInput
+from spider.errors import InvalidInput, StoreUnavailable
 from spider.kinds import SPIDER_API_VERSION
 from tests.controller.support import eventually
 from tests.fakeapi import Cluster, FakeApiServer
@@ -265,6 +265,53 @@ async def test_a_refused_status_write_neither_stops_the_sync_nor_keeps_the_other
                 await eventually(lambda: _synced(store, "second"), TIMEOUT, "the second coordinator Synced")
                 await eventually(lambda: _synced(store, "first"), TIMEOUT, "the first Synced once writes pass")
                 assert refusing.refusals == 0
+                nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()
+
+
+class ForbiddenConfigMaps:
+    """A store whose server refuses to list the ConfigMaps of one namespace while ``forbidden`` (a
+    ``--cilium-configmap`` outside ``kube-system``, which the shipped RBAC does not let the controller read)."""
+
+    def __init__(self, inner: Store, namespace: str) -> None:
+        self.inner, self.namespace, self.forbidden = inner, namespace, True
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+    async def list(self, kind: str, **options: Any) -> Any:
+        if kind == "ConfigMap" and options.get("namespace") == self.namespace and self.forbidden:
+            raise StoreUnavailable(reason=f'configmaps is forbidden in the namespace "{self.namespace}"')
+        return await self.inner.list(kind, **options)
+
+
+async def test_a_source_the_server_will_not_list_is_named_in_the_status_and_the_others_are_synced(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStore.open(tmp_path / "store.db", create=True)
+    refusing = ForbiddenConfigMaps(store, "cilium")
+    settings = CoordinatorSyncSettings(resync_period=30, cni_config_dir=None, cilium_config="cilium/cilium-config")
+    keeper = CoordinatorSync(cast(Store, refusing), settings, retry_delays=(0.05,))
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cilium-config", "namespace": "cilium"},
+              "data": {"ipam": "cluster-pool", "cluster-pool-ipv4-cidr": "10.40.0.0/16"}}  # fmt: skip
+    try:
+        with trio.fail_after(TIMEOUT):
+            await store.create(coordinator("default", "cilium"))
+            await store.create(coordinator("other", "cluster"))
+            await store.create(kubeadm_config())
+            await store.create(config)
+            assert await sync_once(cast(Store, refusing), settings) == 2  # NB: it once raised, writing nothing
+            async with trio.open_nursery() as nursery:
+                await nursery.start(keeper.run)  # NB: it once never started: the first sync waited for the source
+                status = await status_of(store)
+                assert status["phase"] == "NotReady"
+                assert "cannot read ConfigMap in cilium" in status["reason"]
+                assert "forbidden" in status["reason"]
+                assert await _synced(store, "other")
+                refusing.forbidden = False  # the operator grants the Role (docs/operations.md)
+                await eventually(has_status(store, phase="Synced", overlayPodCIDR=["10.40.0.0/16"]), TIMEOUT,
+                                 "Synced once the ConfigMap can be read")  # fmt: skip
                 nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
