@@ -34,7 +34,7 @@ from spider.endpoint import Endpoint, NicAllocation
 from spider.errors import NoAvailablePool, PodNotAlive, PoolNotFound, SpiderError
 from spider.ipam_request import AddRequest, DelRequest
 from spider.pool import IPPool, Owner, Record, Route, decode_allocated
-from spider.selection import NicRequest, PodContext, candidates, custom_routes, requested_pools
+from spider.selection import ANNO_IPPOOLS, NicRequest, PodContext, candidates, custom_routes, requested_pools
 from spider.workload import STATIC_KINDS, Workload, pod_not_alive
 
 ENDPOINT_SOURCE = "endpoint"
@@ -242,10 +242,20 @@ def _nic_plans(requests: Sequence[NicRequest], facts: AddFacts) -> tuple[NicPlan
 
 
 def still_candidate(facts: AddFacts, entry: NicAllocation) -> bool:
-    """Whether every pool an endpoint entry records is still a candidate for its NIC (annotation unchanged)."""
+    """Whether every pool an endpoint entry records is still a candidate for its NIC (annotation unchanged).
+
+    Another NIC's entry is judged only when the pod's ``ipam.spidernet.io/ippools`` annotation names that NIC's
+    pools: its pools may come from its own network's configuration, which this request (another network's)
+    does not carry, so judging it by this request's default pools would free its fixed address.
+    """
     req = facts.request
     try:
-        requests = requested_pools(facts.context, entry.interface, req.default_ipv4_pools, req.default_ipv6_pools)
+        if entry.interface == req.ifname:
+            requests = requested_pools(facts.context, entry.interface, req.default_ipv4_pools, req.default_ipv6_pools)
+        else:
+            requests = requested_pools(facts.context, entry.interface)
+            if not any(r.source == ANNO_IPPOOLS for r in requests):
+                return True
     except SpiderError:
         return False
     request = next((r for r in requests if r.nic == entry.interface), None)

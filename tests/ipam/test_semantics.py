@@ -627,6 +627,45 @@ async def test_a00009_a_statefulset_pod_moves_when_its_pool_annotation_changes(a
     assert await records(agent, "v4-a") == {}
 
 
+async def test_a_statefulset_pods_second_nic_keeps_its_fixed_address_from_its_own_networks_pool(
+    agent: RunningAgent,
+) -> None:
+    """Each NIC's pool comes from its own network's configuration (no pod annotation): the re-created pod's eth0
+    ADD, which carries eth0's network only, once judged net1's pool by it, freed net1's address, and another
+    pod took it before net1's ADD came."""
+    db0 = pod("db-0", **owned_by("apps/v1", "StatefulSet", "db"))
+    await agent.apply(V4A, V4B, statefulset(2), db0, pod("other"))
+    _, eth0 = await add(agent, "db-0", ifname="eth0", defaultIPv4IPPool=["v4-a"])
+    _, net1 = await add(agent, "db-0", ifname="net1", defaultIPv4IPPool=["v4-b"])
+    await recreate(agent, db0)
+    _, eth0_again = await add(agent, "db-0", ifname="eth0", defaultIPv4IPPool=["v4-a"])
+    (record,) = (await records(agent, "v4-b")).values()
+    assert record["podUid"] == await uid_of(agent, "db-0")  # re-owned with eth0's, not freed
+    status, _ = await add(agent, "other", ifname="eth0", defaultIPv4IPPool=["v4-b"])
+    assert status == 200
+    status, net1_again = await add(agent, "db-0", ifname="net1", defaultIPv4IPPool=["v4-b"])
+    assert status == 200, net1_again
+    assert addresses(eth0_again) == addresses(net1_again) == sorted(addresses(eth0) + addresses(net1))
+
+
+async def test_a_statefulset_pods_second_nic_moves_when_the_ippools_annotation_names_another_pool(
+    agent: RunningAgent,
+) -> None:
+    both = '[{"interface": "eth0", "ipv4": ["v4-a"]}, {"interface": "net1", "ipv4": ["%s"]}]'
+    db0 = pod("db-0", annotations={ANNO_POOLS: both % "v4-b"}, **owned_by("apps/v1", "StatefulSet", "db"))
+    await agent.apply(V4A, V4B, V6A, statefulset(1), db0)
+    _, first = await add(agent, "db-0", ifname="eth0")
+    assert sorted(pools_of(first)) == ["v4-a", "v4-b"]
+    await kill(agent, "db-0")
+    await agent.apply(pod("db-0", annotations={ANNO_POOLS: both % "v4-a"}, **owned_by("apps/v1", "StatefulSet", "db")))
+    _, second = await add(agent, "db-0", ifname="eth0")
+    assert addresses(second) == [a for a in addresses(first) if a.startswith("10.10.")]  # eth0 keeps its own
+    assert await records(agent, "v4-b") == {}  # net1's left the pool the annotation no longer names
+    _, moved = await add(agent, "db-0", ifname="net1")
+    assert pools_of(moved) == ["v4-a"]
+    assert len(await records(agent, "v4-a")) == 2
+
+
 async def test_with_the_statefulset_feature_off_its_pods_are_stateless(agent: RunningAgent) -> None:
     agent.api.ipam.settings = type(agent.api.ipam.settings)(enable_statefulset=False)
     db0 = pod("db-0", **owned_by("apps/v1", "StatefulSet", "db"))
