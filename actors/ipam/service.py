@@ -36,6 +36,7 @@ import trio
 from actors.ipam.autopools import AutoPools, AutoPoolSettings
 from actors.ipam.metering import IpamMeter
 from actors.ipam.pool import Allocation, PoolRegistry
+from actors.runtime.turns import Turns
 from actors.stores.port import AlreadyExists, Conflict, NotFound, Obj, Store
 from spider.addr import parse_ip, parse_network
 from spider.endpoint import KIND as ENDPOINT
@@ -169,6 +170,10 @@ class IpamService:
     """What this service measured of its requests (``actors.servers.metrics`` reads it)."""
     auto_pools: AutoPools | None = None
     """Finds a pod's SpiderSubnet auto pools (``actors.ipam.autopools``); ``None``: one on ``store``."""
+    _sandboxes: Turns = attrs.field(factory=Turns)
+    """One ADD or DEL of a sandbox at a time, in the order they came: a runtime's retry of an ADD still under way
+    (whose failure would undo what the retry answered), and a DEL that overtakes its ADD (which would find
+    nothing yet, and the ADD's records would stay), each wait for the call before them."""
 
     def __attrs_post_init__(self) -> None:
         if self.pools.on_wait is None:  # NB: the pool actors report their requests' waits to this meter
@@ -339,7 +344,8 @@ class IpamService:
     async def allocate(self, req: AddRequest) -> list[NicResult]:
         """Every NIC's addresses for this ADD (``_add``), counted and timed in ``meter``."""
         with self.meter.allocation.measure():
-            return await self._add(req)
+            async with self._sandboxes.of(_sandbox(req)):
+                return await self._add(req)
 
     async def _add(self, req: AddRequest) -> list[NicResult]:
         """Every NIC's addresses for this ADD (usually one NIC); idempotent for the same pod UID and NIC.
@@ -616,7 +622,8 @@ class IpamService:
     ) -> list[str]:
         """Free what this pod's sandbox holds (``_release``), counted and timed in ``meter``."""
         with self.meter.release.measure():
-            return await self._release(req, keep_live=keep_live, interfaces=interfaces)
+            async with self._sandboxes.of(_sandbox(req)):
+                return await self._release(req, keep_live=keep_live, interfaces=interfaces)
 
     async def _release(self, req: DelRequest, *, keep_live: bool, interfaces: frozenset[str] | None) -> list[str]:
         """Free what this pod's sandbox holds (all its NICs, as Spiderpool); returns the freed addresses.
@@ -788,6 +795,12 @@ class IpamService:
         for name in names:
             out[name] = (await (await self.pools.get(name)).inspect()).free
         return out
+
+
+def _sandbox(req: AddRequest | DelRequest) -> tuple[str, str, str]:
+    """Whose calls take turns: one sandbox of one pod (each of its NICs' ADDs too).  Another sandbox of the pod
+    does not wait: an older sandbox's late ADD leaves a newer sandbox's entry alone (``_record``)."""
+    return (req.pod_namespace, req.pod_name, req.container_id)
 
 
 def _stamped(plan: AddPlan, at: float) -> AddPlan:
