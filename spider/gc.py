@@ -26,6 +26,7 @@ it needs a clock.  Pure: no I/O, no trio.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Hashable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -54,7 +55,9 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise InvalidSpec(kind="environment", name=name, reason=f"{raw!r} is not a boolean")
 
 
-def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _env_seconds(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
+    """``positive``: a period the collector waits out in a loop, which at zero would spin (Spiderpool's Go
+    ticker panics on it)."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -62,8 +65,10 @@ def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw.strip().removesuffix("s"))
     except ValueError:
         raise InvalidSpec(kind="environment", name=name, reason=f"{raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise InvalidSpec(kind="environment", name=name, reason=f"{raw!r} is negative")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidSpec(kind="environment", name=name, reason=f"{raw!r} is not a finite number of seconds >= 0")
+    if positive and value == 0:
+        raise InvalidSpec(kind="environment", name=name, reason="must be more than 0 seconds")
     return value
 
 
@@ -146,9 +151,9 @@ class GcSettings:
             running_on_empty_pod_ips=_env_bool(
                 env, "SPIDERPOOL_GC_ENABLE_STATELESS_RUNNING_POD_ON_EMPTY_POD_STATUS_IPS", d.running_on_empty_pod_ips
             ),
-            interval=_env_seconds(env, "SPIDERPOOL_GC_DEFAULT_INTERVAL_DURATION", d.interval),
+            interval=_env_seconds(env, "SPIDERPOOL_GC_DEFAULT_INTERVAL_DURATION", d.interval, positive=True),
             additional_grace_delay=_env_seconds(env, "SPIDERPOOL_GC_ADDITIONAL_GRACE_DELAY", d.additional_grace_delay),
-            trace_gap=_env_seconds(env, "SPIDERPOOL_GC_TRACE_POD_GAP_DURATION", d.trace_gap),
+            trace_gap=_env_seconds(env, "SPIDERPOOL_GC_TRACE_POD_GAP_DURATION", d.trace_gap, positive=True),
             signal_timeout=_env_seconds(env, "SPIDERPOOL_GC_SIGNAL_TIMEOUT_DURATION", d.signal_timeout),
             request_gap=_env_seconds(env, "SPIDERPOOL_GC_HTTP_REQUEST_TIME_GAP", d.request_gap),
             workers=max(1, _env_int(env, "SPIDERPOOL_GC_IP_WORKER_NUM", d.workers)),

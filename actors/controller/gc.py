@@ -47,7 +47,7 @@ from actors.ipam.pool import PoolRegistry, decode_ledger
 from actors.runtime.supervisor import Supervisor
 from actors.stores.informer import inform_each
 from actors.stores.port import Conflict, NotFound, Obj, Store, WatchEvent
-from spider.addr import int_to_ip, ip_to_int
+from spider.addr import int_to_ip
 from spider.endpoint import KIND as ENDPOINT
 from spider.endpoint import Endpoint, readable
 from spider.errors import AllocationError, SpiderError
@@ -370,11 +370,11 @@ class IpGarbageCollector:
             return True  # NB: nothing recorded for it, or a newer pod's: scan-all judges whatever is left
         waiting = False
         for entry in endpoint.nics:
-            for version, pool, address in entry.pools():
-                record, ledger_version = await self._record_at(pool, address, version)
-                if record is None or record.pod_uid != traced.uid:
+            for _version, pool, address in entry.pools():
+                found = await self._record_at(pool, address)
+                if found is None or found[1].pod_uid != traced.uid:
                     continue
-                ip = ip_to_int(address.partition("/")[0], version)
+                ip, record, ledger_version = found
                 candidate = await self._judge(pool, ledger_version, ip, record, None, {})
                 if candidate is None:
                     continue
@@ -708,16 +708,27 @@ class IpGarbageCollector:
         return pod if pod is not None and _uid_of(pod) == uid else None
 
     async def _read_endpoint(self, namespace: str, name: str) -> Endpoint | None:
+        """The endpoint as stored now; one that does not parse counts as none, as in scan-all (it accounts for
+        nothing, so its pod's records are judged by the Pod alone)."""
         obj = await self._get(ENDPOINT, name, namespace)
-        return Endpoint.from_object(obj) if obj is not None else None
+        if obj is None:
+            return None
+        parsed, unreadable = readable([obj])
+        for error in unreadable:
+            log.info("ip gc: %s", error)
+        return parsed[0] if parsed else None
 
-    async def _record_at(self, pool: str, address: str, version: int) -> tuple[Record | None, int]:
+    async def _record_at(self, pool: str, address: str) -> tuple[int, Record, int] | None:
+        """The record of ``address`` in ``pool`` as stored now: the address as the pool's family reads it, the
+        record and that family; ``None`` when there is none (an endpoint edited into nonsense, or naming an
+        address of the other family, holds nothing here)."""
         obj = await self._get(POOL, pool)
         if obj is None:
-            return None, version
+            return None
         ledger: PoolLedger = await decode_ledger(obj)
-        ip = ledger.parse(address.partition("/")[0])  # NB: an endpoint edited into nonsense holds nothing here
-        return (None if ip is None else ledger.records.get(ip)), ledger.pool.version
+        ip = ledger.parse(address.partition("/")[0])
+        record = None if ip is None else ledger.records.get(ip)
+        return None if ip is None or record is None else (ip, record, ledger.pool.version)
 
     # --- the one-shot --------------------------------------------------------------------------------------
 

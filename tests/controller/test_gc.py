@@ -792,3 +792,36 @@ async def test_due_traced_pods_are_judged_by_the_workers_at_once_and_those_findi
             gc.judge.set()
     assert sorted(gc.judged) == ["p0", "p1", "p2"]
     assert sorted(gc._traced) == ["uid-3", "uid-4"]  # still traced: judged in the next round
+
+
+async def test_an_endpoint_naming_its_address_under_the_other_family_stops_nothing(private_store: Store) -> None:
+    """An IPv4 address filed under ``ipv6``/``ipv6Pool`` (an edit by hand): tracing its gone pod once raised
+    ``ValueError`` out of the collector, which stopped the controller (again after each restart)."""
+    store = private_store
+    with trio.fail_after(TIMEOUT):
+        async with cluster(store) as (ipam, gc):
+            ip = await add(ipam, await running(store, pod("swapped")))
+            endpoint = await store.get(ENDPOINT, "swapped", "default")
+            nic = endpoint["status"]["current"]["ips"][0]
+            nic["ipv6"], nic["ipv6Pool"] = nic.pop("ipv4"), nic.pop("ipv4Pool")
+            await store.update(endpoint)
+            await store.delete("Pod", "swapped", "default", grace_seconds=0)
+            await eventually(released(store, ip), within=TIMEOUT, what="released by scan-all")
+            await scans_after(gc, 2)
+
+
+async def test_a_gone_pods_address_is_released_though_its_endpoint_does_not_parse(tmp_path: Path) -> None:
+    """The embedded store keeps what a CRD schema would refuse (``vlan: "x"``): scan-all took such an endpoint
+    for none, but the last looks before a release raised on it, so the address was never released."""
+    store = await SqliteStore.open(tmp_path / "store.db")
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with cluster(store) as (ipam, _gc):
+                ip = await add(ipam, await running(store, pod("odd")))
+                endpoint = await store.get(ENDPOINT, "odd", "default")
+                endpoint["status"]["current"]["ips"][0]["vlan"] = "x"
+                await store.update(endpoint)
+                await store.delete("Pod", "odd", "default", grace_seconds=0)
+                await eventually(released(store, ip), within=TIMEOUT, what="released")
+    finally:
+        await store.aclose()

@@ -100,10 +100,16 @@ def test_the_settings_are_read_from_spiderpools_environment_names() -> None:
     assert (s.interval, s.additional_grace_delay, s.trace_gap, s.workers, s.max_retries) == (30, 7, 2, 9, 1)
 
 
-@pytest.mark.parametrize("value", ["maybe", "-1"])
-def test_a_setting_that_cannot_be_read_is_refused_by_name(value: str) -> None:
-    with pytest.raises(InvalidSpec, match="SPIDERPOOL_GC_DEFAULT_INTERVAL_DURATION"):
-        GcSettings.from_environ({"SPIDERPOOL_GC_DEFAULT_INTERVAL_DURATION": value})
+@pytest.mark.parametrize("value", ["maybe", "-1", "0", "0s", "nan", "inf"])
+@pytest.mark.parametrize("name", ["SPIDERPOOL_GC_DEFAULT_INTERVAL_DURATION", "SPIDERPOOL_GC_TRACE_POD_GAP_DURATION"])
+def test_a_setting_that_cannot_be_read_is_refused_by_name(name: str, value: str) -> None:
+    # NB: a zero period once made the collector loop without a pause (scan-all back to back on the API server)
+    with pytest.raises(InvalidSpec, match=name):
+        GcSettings.from_environ({name: value})
+
+
+def test_a_delay_may_be_zero() -> None:
+    assert GcSettings.from_environ({"SPIDERPOOL_GC_ADDITIONAL_GRACE_DELAY": "0"}).additional_grace_delay == 0
 
 
 # --- trace triggers (§3.1) ----------------------------------------------------------------------------------
