@@ -106,6 +106,8 @@ class Candidate:
     ip: int
     record: Record
     decision: GcDecision
+    vm: bool = False
+    """The record is a KubeVirt VM's (its endpoint or pod names a VMI as owner)."""
 
     @property
     def key(self) -> Key:
@@ -548,7 +550,9 @@ class IpGarbageCollector:
                 ctrl = controller_of(pod)
                 endpoint_name = ctrl.name if ctrl is not None and is_vmi(ctrl) else name
                 self._traced[uid] = Traced(namespace, name, uid, decision.until, decision.reason, endpoint_name)
-        return Candidate(pool, version, ip, record, decision)
+        return Candidate(
+            pool, version, ip, record, decision, vm=owner is not None and owner[0] == "VirtualMachineInstance"
+        )
 
     async def _static_valid(
         self, owner: tuple[str, str], namespace: str, pod_name: str, cache: dict[tuple[str, str, str, str], bool]
@@ -596,6 +600,10 @@ class IpGarbageCollector:
             log.info("ip gc: %s of pool %s kept after all: its pod %s (UID %s) is alive", candidate.address,
                      candidate.pool, _key_of(alive)[1], candidate.record.pod_uid)  # fmt: skip
             return True
+        if last.vm and alive is None and (launcher := await self._launcher_alive(namespace, name)) is not None:
+            log.info("ip gc: %s of pool %s kept after all: launcher pod %s of VM %s is alive", candidate.address,
+                     candidate.pool, _key_of(launcher)[1], name)  # fmt: skip
+            return True
         assert self.pools is not None, "run() or collect_once() sets the pool registry"
         try:
             handle = await self.pools.get(candidate.pool)
@@ -616,6 +624,18 @@ class IpGarbageCollector:
         log.info("ip gc: released %s of pool %s held by %s (UID %s)%s: %s", candidate.address, candidate.pool,
                  record.pod, record.pod_uid, ", endpoint dropped" if dropped else "", last.decision.reason)  # fmt: skip
         return True
+
+    async def _launcher_alive(self, namespace: str, vmi: str) -> Obj | None:
+        """A launcher pod of KubeVirt VMI ``vmi`` that still runs, read afresh: after a failed live migration the
+        VM's records carry the gone target pod's UID while the source pod runs the VM on (until its DEL)."""
+        for (ns, pod_name), pod in list(self._pods.items()):
+            ctrl = controller_of(pod)
+            if ns != namespace or ctrl is None or not is_vmi(ctrl) or ctrl.name != vmi or finished(pod):
+                continue
+            fresh = await self._get("Pod", pod_name, ns)
+            if fresh is not None and _uid_of(fresh) == _uid_of(pod) and not finished(fresh):
+                return fresh
+        return None
 
     async def _settle_endpoint(self, endpoint: Endpoint) -> None:
         """Note an endpoint no record named; when it was seen at this very version a gap ago already, judge it a

@@ -825,3 +825,33 @@ async def test_a_gone_pods_address_is_released_though_its_endpoint_does_not_pars
                 await eventually(released(store, ip), within=TIMEOUT, what="released")
     finally:
         await store.aclose()
+
+
+async def test_a_failed_live_migrations_source_launcher_keeps_the_vms_address(tmp_path: Path) -> None:
+    """The migration's target pod adopted the VM's record (its UID), the migration failed and the target went; the
+    standalone VMI is then deleted while the source launcher pod still runs the VM (its shutdown grace).  GC
+    once freed the address under it: nobody of the record's UID was alive."""
+    store = await SqliteStore.open(tmp_path / "store.db")
+    owner = {"apiVersion": KUBEVIRT_API, "kind": "VirtualMachineInstance", "name": "vm1"}
+    vmi = {"apiVersion": KUBEVIRT_API, "kind": "VirtualMachineInstance",
+           "metadata": {"name": "vm1", "namespace": "default"}, "spec": {}}  # fmt: skip
+    try:
+        with trio.fail_after(TIMEOUT):
+            await store.create(pool("gc", ips=["10.6.0.10-10.6.0.20"]))
+            await store.create(vmi)
+            async with trio.open_nursery() as nursery:
+                ipam = IpamService(store, PoolRegistry(store, Supervisor(nursery)), NODE)
+                ip = await add(ipam, await running(store, pod("virt-launcher-vm1-aaaaa", owner=owner)), "ctr-a")
+                target = await running(store, pod("virt-launcher-vm1-bbbbb", owner=owner))
+                assert await add(ipam, target, "ctr-b") == ip  # the target takes the VM's address over
+                nursery.cancel_scope.cancel(reason="adds done")
+            await store.delete("Pod", "virt-launcher-vm1-bbbbb", "default", grace_seconds=0)
+            await store.delete("VirtualMachineInstance", "vm1", "default", grace_seconds=0)
+            later = lambda: time.time() + RECLAIM_AFTER  # noqa: E731
+            assert await collect_once(store, GcSettings(), gap=0.05, clock=later) == []
+            assert ip in await holders(store)
+            await store.delete("Pod", "virt-launcher-vm1-aaaaa", "default", grace_seconds=0)  # the VM is down
+            (released,) = await collect_once(store, GcSettings(), gap=0.05, clock=later)
+            assert released.ip == ip
+    finally:
+        await store.aclose()
