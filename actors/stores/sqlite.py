@@ -65,6 +65,7 @@ from actors.stores.port import (
     ObjectList,
     WatchEvent,
 )
+from spider import limits
 from spider.errors import StoreUnavailable
 from spider.fields import parse_field_selector
 from spider.kinds import Kind, kind_info
@@ -146,8 +147,9 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 def _connect(path: Path, busy_timeout: float, create: bool = True) -> tuple[sqlite3.Connection, int]:
     """Open the file, switch it to WAL and create the schema; safe when processes race on a fresh file.
-    Also opens the writers' lock file beside it.  A missing file is an error unless ``create``; an empty
-    (0-byte) one always is, unless another process is creating it right now (it holds the lock meanwhile)."""
+    Also opens the writers' lock file beside it.  A missing file is an error unless ``create``; so is an empty
+    (0-byte) one, which ``create`` initialises once no other process is creating it (the creator holds the lock
+    meanwhile): one killed before it had written the file's first page leaves it so."""
     path = path.expanduser()
     if not create and not path.exists():
         raise StoreUnavailable(reason=f"no store file at {str(path)!r}")
@@ -155,11 +157,11 @@ def _connect(path: Path, busy_timeout: float, create: bool = True) -> tuple[sqli
     lockfd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         # NB: a new file is 0 bytes from sqlite3.connect until WAL mode is written: whoever creates one holds
-        # the writers' lock until it is initialised, so a 0-byte file nobody is creating is never a store.
+        # the writers' lock until it is initialised, so a 0-byte file nobody is creating holds no data.
         fresh = not path.exists() or path.stat().st_size == 0
         if fresh:
             _flock_within(lockfd, path, busy_timeout)
-            if path.exists() and path.stat().st_size == 0:
+            if path.exists() and path.stat().st_size == 0 and not create:
                 raise StoreUnavailable(reason=f"{str(path)!r} is an empty file, not a store (remove it to start anew)")
             if not create and not path.exists():
                 raise StoreUnavailable(reason=f"no store file at {str(path)!r}")
@@ -462,7 +464,12 @@ class SqliteStore:
 
     def _incoming(self, obj: Obj) -> tuple[_Key, Obj]:
         """A private deep copy of a caller's object, with kind and apiVersion checked; ``Invalid``."""
-        new = _loads(_dumps(obj))  # NB: also the deep copy that lets the caller keep mutating its dict
+        try:  # NB: also the deep copy that lets the caller keep mutating its dict
+            new = _loads(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+        except (ValueError, TypeError) as exc:  # NaN, Infinity or a value JSON has not: no API server takes it
+            m = obj.get("metadata")
+            name = str(m.get("name", "")) if isinstance(m, dict) else ""
+            raise Invalid(kind=str(obj.get("kind", "")), name=name, reason=f"not JSON: {exc}") from None
         info = kind_info(str(new.get("kind") or ""))
         m = new.get("metadata")
         if not isinstance(m, dict):
@@ -577,6 +584,8 @@ class SqliteStore:
             key.name = m["name"] = prefix + "".join(
                 secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5)
             )
+        if problem := limits.dns_subdomain_problem(key.name):  # NB: as the API server: 422, never stored
+            raise Invalid(kind=key.info.kind, name=key.name, reason=f"metadata.name {problem}")
         for gone in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             m.pop(gone, None)
         m.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
@@ -629,8 +638,10 @@ class SqliteStore:
                 if added:
                     reason = f"no new finalizers can be added to an object being deleted: {sorted(added)}"
                     raise Invalid(kind=key.info.kind, name=key.name, reason=reason)
-                if not finalizers:
-                    return self._commit(conn, key, "DELETED", new, stored)
+                if not finalizers:  # NB: as the API server: the event carries the last state stored, the answer
+                    # is the object as sent, at the version it had (the update itself is never stored)
+                    self._commit(conn, key, "DELETED", _loads(_dumps(stored)), stored)
+                    return new
             return self._commit(conn, key, "MODIFIED", new, stored)
 
         return await self._write(write)

@@ -114,11 +114,16 @@ UNDECODABLE = object()
 
 
 def _decoded(body: bytes) -> object:
-    """A request's body as JSON, decoded once for every step that reads it; ``None`` when empty."""
+    """A request's body as JSON, decoded once for every step that reads it; ``None`` when empty.  ``NaN`` and
+    ``Infinity``, which Python's decoder takes, are not JSON: Go's decoder (the API server's) refuses them."""
     try:
-        return json.loads(body) if body else None
+        return json.loads(body, parse_constant=_not_json) if body else None
     except ValueError:
         return UNDECODABLE
+
+
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def request_kind(method: str, name: str, subresource: str, watch: bool = False) -> str:

@@ -144,6 +144,51 @@ async def test_create_with_generate_name_picks_a_fresh_name(store: Store, run: s
         assert meta(a)["name"] != meta(b)["name"]
 
 
+@pytest.mark.parametrize(("name", "prefix"), [("Upper_Case And Space", ""), ("", "Bad/Prefix_"), ("", "x" * 250)])
+async def test_create_of_a_name_that_is_no_dns_subdomain_is_invalid(
+    store: Store, run: str, name: str, prefix: str
+) -> None:
+    """As the API server (422); the embedded store once kept such names, and one made by a long generateName
+    could never be updated again (its finalizer never removed)."""
+    with trio.fail_after(TIMEOUT):
+        obj = pool(run)
+        meta(obj)["name"] = f"{name}-{run}" if name else ""
+        if prefix:
+            meta(obj)["generateName"] = prefix
+        with pytest.raises(Invalid):
+            await store.create(obj)
+
+
+async def test_create_of_a_number_json_has_not_is_refused(store: Store, run: str) -> None:
+    """A stray ``.nan`` from YAML: not JSON, so no API server stores it; the embedded store once did, and every
+    ``get_metadata`` of the object failed from then on."""
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises((Invalid, InvalidInput)):
+            await store.create(pool(run, spec={"subnet": "10.7.0.0/16", "note": float("nan")}))
+        with pytest.raises(NotFound):
+            await store.get("SpiderIPPool", f"pool-{run}")
+
+
+async def test_removing_the_last_finalizer_deletes_with_the_last_stored_state(store: Store, run: str) -> None:
+    """The API server never stores the update that empties the finalizers of an object being deleted: the
+    DELETED event carries the object as last stored (finalizers and all), the answer the version it had."""
+    with trio.fail_after(TIMEOUT):
+        obj = pool(run)
+        meta(obj)["finalizers"] = ["example.com/hold"]
+        name = meta(await store.create(obj))["name"]
+        await store.delete("SpiderIPPool", name)
+        marked = await store.get("SpiderIPPool", name)
+        start = meta(marked)["resourceVersion"]
+        meta(marked)["finalizers"] = []
+        answer = await store.update(marked)
+        (event,) = await take(store.watch("SpiderIPPool", resource_version=start), 1)
+        assert (event.type, meta(event.object).get("finalizers")) == ("DELETED", ["example.com/hold"])
+        assert int(meta(event.object)["resourceVersion"]) > int(start)
+        assert meta(answer)["resourceVersion"] == start
+        with pytest.raises(NotFound):
+            await store.get("SpiderIPPool", name)
+
+
 async def test_create_with_a_resource_version_is_invalid(store: Store, run: str) -> None:
     with trio.fail_after(TIMEOUT):
         obj = pool(run)
