@@ -476,15 +476,18 @@ class IpamService:
         endpoint = plan.adopt_from
         kept: list[NicAllocation] = []
         for entry in endpoint.nics:
-            adopted_all = entry in plan.adopt
+            adopted_all, adopted_any = entry in plan.adopt, False
             for _version, pool, address in entry.pools() if adopted_all else ():
                 handle = await self.pools.get(pool)
                 ip = address.partition("/")[0]
-                adopted_all &= await handle.adopt(ip, endpoint.uid, plan.owner(entry.interface))
+                took = await handle.adopt(ip, endpoint.uid, plan.owner(entry.interface))
+                adopted_all, adopted_any = adopted_all and took, adopted_any or took
             if adopted_all:
                 kept.append(entry)
-            else:
-                await self._release_entries(endpoint, [entry], container_id="")
+                continue
+            await self._release_entries(endpoint, [entry], container_id="")
+            if adopted_any:  # NB: a family taken over before another's was lost is the new pod's: free it as such
+                await self._release_entries(adopted(endpoint, [entry], plan.holder), [entry], container_id="")
         await self._write_endpoint(adopted(endpoint, kept, plan.holder), exists=True)
         return tuple(kept)
 

@@ -666,6 +666,27 @@ async def test_a_statefulset_pods_second_nic_moves_when_the_ippools_annotation_n
     assert len(await records(agent, "v4-a")) == 2
 
 
+async def test_a_statefulset_pods_half_adopted_dual_stack_entry_leaves_nothing_held_in_its_old_pool(
+    agent: RunningAgent,
+) -> None:
+    """The re-created pod takes its IPv4 record over, but its IPv6 record is gone (reclaimed meanwhile): the entry
+    is given up and allocated afresh, here from another IPv4 pool first in the candidates.  The IPv4 record it had
+    already taken over was once freed under the old UID, which no longer held it: it stayed held, in no
+    endpoint, while the ordinal was valid."""
+    db0 = pod("db-0", **owned_by("apps/v1", "StatefulSet", "db"))
+    await agent.apply(V4A, V4B, V6A, statefulset(2), db0)
+    _, first = await add(agent, "db-0", defaultIPv4IPPool=["v4-a"], defaultIPv6IPPool=["v6-a"])
+    assert pools_of(first) == ["v4-a", "v6-a"]
+    await recreate(agent, db0)
+    v6 = await agent.store.get("SpiderIPPool", "v6-a")
+    v6["status"] = {**v6["status"], "allocatedIPs": None, "allocatedIPCount": 0}  # its record is gone
+    await agent.store.update_status(v6)
+    status, second = await add(agent, "db-0", defaultIPv4IPPool=["v4-b", "v4-a"], defaultIPv6IPPool=["v6-a"])
+    assert status == 200, second
+    assert pools_of(second) == ["v4-b", "v6-a"]
+    assert await records(agent, "v4-a") == {}
+
+
 async def test_with_the_statefulset_feature_off_its_pods_are_stateless(agent: RunningAgent) -> None:
     agent.api.ipam.settings = type(agent.api.ipam.settings)(enable_statefulset=False)
     db0 = pod("db-0", **owned_by("apps/v1", "StatefulSet", "db"))
