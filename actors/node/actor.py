@@ -30,9 +30,19 @@ import trio
 
 from actors.node import netlink, netns_file
 from actors.runtime.mailbox import Reply
+from spider.coordinator.config import DEFAULT_FIRST_NIC
 from spider.coordinator.errors import NamespaceGone
+from spider.coordinator.mode import POD_VETH
 from spider.coordinator.observed import NsView
-from spider.coordinator.plan import Plan, SetupSpec, TeardownSpec, check_setup, plan_setup, plan_teardown
+from spider.coordinator.plan import (
+    Plan,
+    SetupSpec,
+    TeardownSpec,
+    check_setup,
+    host_veth_name,
+    plan_setup,
+    plan_teardown,
+)
 from spider.errors import ActorUnavailable, InvalidEnvironment, SpiderError
 from spider.ifacer import IfacerConf
 
@@ -264,7 +274,13 @@ def _setup(session: netlink.Session, netns: str, spec: SetupSpec, prev_ips: Sequ
 def _check(session: netlink.Session, netns: str, spec: SetupSpec) -> list[str]:
     with session.entered(netns) as ipr:
         pod = netlink.observe(ipr)
-    return check_setup(spec, pod, netlink.observe(session.host, route_table=spec.conf.host_rule_table))
+    # NB: the host's neighbours only on what can be the pod's host veth: the peers of its veth0 and (overlay) of its
+    # eth0 when that is a veth (a macvlan's link is its parent, whose neighbours can be many), and the veth of its name
+    pod_veths = [link for link in (pod.link(POD_VETH), pod.link(DEFAULT_FIRST_NIC)) if link and link.kind == "veth"]
+    peers = [link.peer_index for link in pod_veths if link.peer_index]
+    named = session.host.link_lookup(ifname=host_veth_name(spec.container_id))
+    host = netlink.observe(session.host, route_table=spec.conf.host_rule_table, neighbour_links=[*peers, *named])
+    return check_setup(spec, pod, host)
 
 
 def _teardown(session: netlink.Session, netns: str, spec: TeardownSpec, families: Sequence[int]) -> Plan:

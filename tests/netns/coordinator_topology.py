@@ -161,6 +161,16 @@ class CoordinatorLab:
             batch.flush()
             ip("-batch", batch.name, netns=self.host)
 
+    def add_host_neighbours(self, count: int) -> None:
+        """``count`` permanent neighbour entries on the host's underlay interface, as a node on a large L2 segment
+        has (one ``ip -batch``); their addresses are in 10.78.0.0/16, outside the lab's."""
+        with tempfile.NamedTemporaryFile("w", suffix=".batch") as batch:
+            for i in range(count):
+                mac = f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
+                batch.write(f"neigh add 10.78.{i // 256 % 256}.{i % 256} lladdr {mac} dev up0 nud permanent\n")
+            batch.flush()
+            ip("-batch", batch.name, netns=self.host)
+
     async def apply(self, *objs: dict[str, Any]) -> None:
         for obj in objs:
             await apply(self.store, obj)
