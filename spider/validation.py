@@ -22,10 +22,11 @@ from typing import Any
 
 import attrs
 
+from spider import limits
 from spider.addr import IPSet, int_to_ip, parse_ip, parse_network
 from spider.errors import InvalidInput, InvalidSpec
 from spider.kinds import FINALIZER
-from spider.pool import decode_allocated
+from spider.pool import Footprint, decode_allocated
 from spider.selector import selector_from_label_selector
 from spider.subnet import decode_controlled
 
@@ -376,8 +377,11 @@ def _validate_pool(
                 theirs = IPSet.parse(parsed.version, ospec.get("ips") or []).difference(
                     IPSet.parse(parsed.version, ospec.get("excludeIPs") or [])
                 )
-            except ValueError:
-                continue
+            except limits.MALFORMED:  # NB: a pool that does not parse still holds what its pods hold
+                footprint = Footprint.of(other)
+                if footprint is None or footprint.version != parsed.version:
+                    continue
+                theirs = footprint.ips
             shared = mine.intersection(theirs)
             if shared:
                 raise _fail(
@@ -411,7 +415,7 @@ def _validate_pool(
                 allowed = IPSet.parse(parsed.version, sspec.get("ips") or []).difference(
                     IPSet.parse(parsed.version, sspec.get("excludeIPs") or [])
                 )
-            except ValueError:
+            except limits.MALFORMED:
                 continue
             outside = parsed.ips.difference(allowed)
             if outside:
@@ -552,7 +556,7 @@ def _validate_subnet(
             if str(onet) == str(parsed.subnet):
                 try:
                     theirs = IPSet.parse(parsed.version, ospec.get("ips") or [])
-                except ValueError:
+                except limits.MALFORMED:
                     continue
                 if not theirs.issubset(mine):
                     raise _fail(
@@ -564,13 +568,9 @@ def _validate_subnet(
                         "can't control",
                     )
     if old is not None:
-        controlled = (old.get("status") or {}).get("controlledIPPools")
-        pools = json.loads(controlled) if isinstance(controlled, str) and controlled else {}
-        for pool, entry in pools.items():
-            try:
-                held = IPSet.parse(parsed.version, entry.get("ips") or [])
-            except (ValueError, AttributeError):
-                continue
+        entries = decode_controlled(parsed.version, (old.get("status") or {}).get("controlledIPPools"))
+        for pool, entry in entries.items():
+            held = entry.ips
             lost = held.difference(mine)
             if lost:
                 raise _fail(

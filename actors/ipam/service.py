@@ -63,7 +63,7 @@ from spider.plan import (
     decide_release,
     sandbox_holdings,
 )
-from spider.pool import ADD_WINDOW, IPPool, Owner, Route, contested
+from spider.pool import ADD_WINDOW, Footprint, IPPool, Owner, Route, contested
 from spider.pool import KIND as POOL
 from spider.selection import PodContext
 from spider.workload import (
@@ -165,6 +165,8 @@ class IpamService:
     _pools_seen: dict[str, IPPool] = attrs.field(factory=dict)
     """The pools as last listed: pool choice reads them, and the overlap check (``contested``) too."""
     _pools_listed_at: float = float("-inf")
+    _unparsed: tuple[Footprint, ...] = ()
+    """What the pools of that listing that do not parse hold (``contested`` keeps it from other pools)."""
     _context_seen: dict[tuple[str, str], tuple[float, Obj | None]] = attrs.field(factory=dict)
     meter: IpamMeter = attrs.field(factory=IpamMeter)
     """What this service measured of its requests (``actors.servers.metrics`` reads it)."""
@@ -274,14 +276,17 @@ class IpamService:
             return self._pools_seen
         self._pools_listed_at = trio.current_time()
         out: dict[str, IPPool] = {}
+        unparsed: list[Footprint] = []
         for obj in (await self.store.list(POOL)).items:
             try:
                 pool = IPPool.from_object(obj)
             except SpiderError as exc:  # an invalid pool must not break allocation from the others
                 log.warning("skipping invalid pool %s: %s", obj.get("metadata", {}).get("name"), exc)
+                if (footprint := Footprint.of(obj)) is not None:  # NB: but what its pods hold stays theirs
+                    unparsed.append(footprint)
                 continue
             out[pool.name] = pool
-        self._pools_seen = out
+        self._pools_seen, self._unparsed = out, tuple(unparsed)
         return out
 
     async def _gather_add(self, req: AddRequest) -> AddFacts:
@@ -503,7 +508,7 @@ class IpamService:
         for pool in family.candidates:
             handle = await self.pools.get(pool.name)
             try:
-                allocation = await handle.allocate(owner, contested(pool, pools.values()))
+                allocation = await handle.allocate(owner, contested(pool, pools.values(), self._unparsed))
             except PoolExhausted as exc:
                 exhausted.append(exc)
                 continue

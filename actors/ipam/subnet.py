@@ -33,7 +33,7 @@ from actors.runtime.supervisor import Supervisor
 from actors.stores.port import AtomicStatusUpdate, Conflict, KindLister, NotFound, Obj, Store
 from spider.addr import IPSet, parse_network
 from spider.errors import ActorUnavailable, AllocationError, SpiderError, StaleWrite
-from spider.pool import IPPool, ReservedIP, reserved_set
+from spider.pool import Footprint, IPPool, ReservedIP, reserved_set
 from spider.subnet import KIND, SubnetLedger, rfc3339
 from spider.validation import ip_version
 
@@ -259,7 +259,10 @@ def taken_and_reserved(subnet: Obj, pools: list[Obj], reservations: list[Obj]) -
     for pool in pools:
         try:
             parsed = IPPool.from_object(pool)
-        except SpiderError:
+        except SpiderError:  # NB: what a pool that does not parse holds (its pods keep it) is taken all the same
+            footprint = Footprint.of(pool)
+            if cidr is not None and footprint is not None and footprint.version == cidr.version == version:
+                taken[footprint.name] = footprint.ips
             continue
         if cidr is not None and parsed.subnet.version == cidr.version == version and parsed.subnet.overlaps(cidr):
             taken[parsed.name] = parsed.ips
