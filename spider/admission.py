@@ -86,6 +86,8 @@ def parse_review(body: bytes) -> AdmissionRequest:
     for obj in objects:
         if obj is not None and not isinstance(obj, dict):
             raise InvalidInput(reason="AdmissionReview object and oldObject must be objects or null")
+        if obj is not None and not isinstance(obj.get("metadata", {}), dict):  # NB: every rule reads it as one
+            raise InvalidInput(reason="AdmissionReview object and oldObject must have an object as metadata")
     return AdmissionRequest(
         api_version=api_version,
         uid=request["uid"],

@@ -12,6 +12,7 @@ limit cannot be written to an API server at all.  Pure: no I/O.
 from __future__ import annotations
 
 import json
+import math
 import re
 from itertools import accumulate, count
 from operator import sub
@@ -90,7 +91,7 @@ def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if depth > max_depth:
         raise ValueError(f"JSON nested more than {max_depth} levels deep (the limit)")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except RecursionError:  # pragma: no cover - json_depth keeps far below the interpreter's limit
         raise ValueError("JSON nested too deep") from None
     if _SURROGATE_ESCAPE.search(text):  # NB: rare, so the whole value is checked only then
@@ -98,6 +99,18 @@ def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("JSON holds a lone surrogate escape (such as \\ud800), which is no character") from None
+    return value
+
+
+def _not_a_number(constant: str) -> float:
+    # NB: Python's decoder takes NaN and Infinity, which are not JSON: Go's (the runtime's, the API server's) refuses
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # NB: 1e400; Go's decoder refuses a number out of float64's range
+        raise ValueError(f"number {text[:40]} is out of range")
     return value
 
 

@@ -512,6 +512,14 @@ def _chain_conf_problem(text: object) -> str | None:
         return "error parsing configuration: not a JSON object"
     if not conf.get("type"):
         return "error parsing configuration: missing 'type'"
+    # NB: the fields libcni decodes into its NetConf, each of the type Go demands (else Multus cannot read the NAD)
+    for key, kind, name in (("type", str, "a string"), ("name", str, "a string"), ("cniVersion", str, "a string"),
+                            ("ipam", dict, "an object"), ("dns", dict, "an object"),
+                            ("capabilities", dict, "an object"), ("args", dict, "an object")):  # fmt: skip
+        if key in conf and conf[key] is not None and not isinstance(conf[key], kind):
+            return f"error parsing configuration: {key!r} must be {name}"
+    if isinstance(conf.get("ipam"), dict) and not isinstance(conf["ipam"].get("type", ""), str):
+        return "error parsing configuration: 'ipam.type' must be a string"
     return None
 
 

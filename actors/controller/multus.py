@@ -241,6 +241,14 @@ class MultusReconciler:
         refs = [r for r in nad["metadata"].get("ownerReferences") or [] if r.get("controller")]
         if smc is not None and any(r.get("uid") == _uid(smc) for r in refs):
             return
+        others = [r for r in nad["metadata"].get("ownerReferences") or [] if r not in refs]
+        if others:  # NB: as Kubernetes' garbage collector: with owners left, only the gone one's reference goes
+            with contextlib.suppress(NotFound):
+                written = await self.store.update({**nad, "metadata": {**nad["metadata"], "ownerReferences": others}})
+                self._cache[NAD_KIND][key[1]] = written
+            log.info("NetworkAttachmentDefinition %s: its SpiderMultusConfig %s is gone; kept for its other owners",
+                     key[1], owner)  # fmt: skip
+            return
         version = str(nad["metadata"].get("resourceVersion", ""))
         with contextlib.suppress(NotFound):  # NB: deleted meanwhile (by Kubernetes' garbage collector, say)
             await self.store.delete(NAD_KIND, nad["metadata"]["name"], namespace, resource_version=version)

@@ -104,6 +104,24 @@ async def test_m00008_deleting_the_config_deletes_its_nad(private_store: Store, 
     await eventually(gone, TIMEOUT, "the NAD deleted with its SpiderMultusConfig")
 
 
+async def test_a_nad_with_another_owner_left_loses_only_its_gone_configs_reference(
+    private_store: Store, running: MultusReconciler
+) -> None:
+    """As Kubernetes' garbage collector: a dependent goes only with its last owner (it once was deleted)."""
+    await ValidatingStore(private_store).create(smc())
+    nad = await wait_for_nad(private_store)
+    keeper = {"apiVersion": "v1", "kind": "ConfigMap", "name": "keeper", "uid": "uid-keeper"}
+    refs = [*nad["metadata"]["ownerReferences"], keeper]
+    await private_store.update({**nad, "metadata": {**nad["metadata"], "ownerReferences": refs}})
+    await private_store.delete(SMC, "macvlan-net", NS)
+
+    async def only_the_keeper() -> bool:
+        found = await nad_of(private_store)
+        return found is not None and found["metadata"].get("ownerReferences") == [keeper]
+
+    await eventually(only_the_keeper, TIMEOUT, "the NAD kept, with the ConfigMap as its only owner")
+
+
 async def test_m00009_adding_a_bond_updates_the_nad_with_an_ifacer_first(
     private_store: Store, running: MultusReconciler
 ) -> None:

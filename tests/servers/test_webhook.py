@@ -346,6 +346,23 @@ async def test_requests_that_are_not_reviews_for_the_path_are_refused(store: Sto
             assert status == 404
 
 
+async def test_a_review_whose_object_has_no_object_as_metadata_is_a_400_on_every_path(store: Store) -> None:
+    # NB: it once raised AttributeError in the finalizer and deletion checks: a 500 and a traceback, no answer
+    with trio.fail_after(TIMEOUT):
+        async with serving(store) as webhook:
+            assert webhook.port is not None
+            ca = await ca_bundle(store)
+            for path, kind in ((MULTUS_MUTATE, "SpiderMultusConfig"), (MULTUS_VALIDATE, "SpiderMultusConfig"),
+                               (MUTATE, "SpiderIPPool"), (VALIDATE, "SpiderIPPool")):  # fmt: skip
+                for obj, old in (({"metadata": 1}, None), ({"metadata": {"name": "n"}}, {"metadata": ["x"]})):
+                    body = json.loads(review("UPDATE", {}, kind=kind))
+                    body["request"] |= {"object": obj, "oldObject": old}
+                    status, answer = await post(webhook.port, path, json.dumps(body).encode(), ca)
+                    assert (status, "metadata" in answer) == (400, True), (path, answer)
+            status, answer = await post(webhook.port, VALIDATE, review("CREATE", pool("p")), ca)
+            assert (status, answer["kind"]) == (200, "AdmissionReview")  # and it serves on
+
+
 async def test_the_answer_is_500_until_the_pools_could_be_listed_so_failure_policy_decides(
     store: Store, tmp_path: Path
 ) -> None:

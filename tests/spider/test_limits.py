@@ -45,6 +45,13 @@ def test_loads_refuses_a_bomb_before_decoding_it() -> None:
         limits.loads(b'"\xff"')
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1e999"])
+def test_loads_refuses_numbers_go_refuses(number: str) -> None:
+    with pytest.raises(ValueError, match=r"not a JSON number|out of range"):
+        limits.loads(f'{{"x": {number}}}')
+    assert limits.loads('{"x": 1.5e300}') == {"x": 1.5e300}
+
+
 @pytest.mark.parametrize(
     ("check", "good", "bad"),
     [

@@ -249,6 +249,29 @@ def test_chained_plugins_must_be_cni_plugin_configurations() -> None:
     assert refused(spec).endswith("error parsing configuration: missing 'type'")
 
 
+@pytest.mark.parametrize(
+    ("chained", "why"),
+    [
+        ('{"type":"tuning","x":NaN}', "NaN is not a JSON number"),
+        ('{"type":"tuning","x":1e400}', "out of range"),
+        ('{"type":5}', "'type' must be a string"),
+        ('{"type":"tuning","cniVersion":5}', "'cniVersion' must be a string"),
+        ('{"type":"tuning","ipam":"host-local"}', "'ipam' must be an object"),
+        ('{"type":"tuning","name":["x"]}', "'name' must be a string"),
+    ],
+)
+def test_chained_plugins_are_refused_where_libcni_could_not_read_them(chained: str, why: str) -> None:
+    # NB: once admitted, and rendered into a NAD that Multus (Go) could not parse: every pod of the network failed
+    spec = {"cniType": "macvlan", "macvlan": {"master": ["e"]}, "chainCNIJsonData": [chained]}
+    assert why in refused(spec)
+
+
+def test_a_custom_cni_configuration_must_be_json_as_go_reads_it() -> None:
+    assert refused({"cniType": "custom", "customCNI": '{"type":"x","n":Infinity}'}).endswith(
+        "customCniConfig isn't a valid JSON encoding"
+    )
+
+
 RDMA = {"cni.spidernet.io/rdma-resource-inject": "roce"}
 NETWORK = {"cni.spidernet.io/network-resource-inject": "net"}
 
