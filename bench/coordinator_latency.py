@@ -3,9 +3,11 @@
 Runs N pods through the conflist [Debian macvlan + our spiderpool IPAM, our coordinator] in the test lab of
 ``tests/netns/coordinator_topology.py`` and prints the median and 95th percentile of each step as the runtime
 sees it (plugin exec to exit), and an ADD with conflict and gateway detection on.  ``--host-routes N`` first
-gives the host N routes in its main table, as a node that learns its fabric's routes by BGP has.  Run it with::
+gives the host N routes in its main table, as a node that learns its fabric's routes by BGP has;
+``--host-neighbours N`` N permanent neighbour entries on its underlay interface, as a node on a large L2
+segment has.  Run it with::
 
-    .venv/bin/python -m bench.coordinator_latency --pods 30 [--host-routes 50000]
+    .venv/bin/python -m bench.coordinator_latency --pods 30 [--host-routes 50000] [--host-neighbours 20000]
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ def _summary(name: str, samples: list[float]) -> str:
     return f"{name:32} median {statistics.median(ordered) * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms   n={len(ordered)}"
 
 
-async def main(pods: int, host_routes: int) -> None:
+async def main(pods: int, host_routes: int, host_neighbours: int) -> None:
     async with coordinator_lab() as lab:
         lab.add_host_routes(host_routes)
+        lab.add_host_neighbours(host_neighbours)
         await lab.apply(
             pool_object("bench", "10.77.0.0/16", ["10.77.1.0-10.77.9.255"], gateway=GATEWAY_V4, default=True)
         )
@@ -68,5 +71,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=30)
     parser.add_argument("--host-routes", type=int, default=0, help="routes in the host's main table first")
+    parser.add_argument("--host-neighbours", type=int, default=0, help="neighbour entries on the host first")
     args = parser.parse_args()
-    trio.run(main, args.pods, args.host_routes)
+    trio.run(main, args.pods, args.host_routes, args.host_neighbours)

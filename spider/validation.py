@@ -26,7 +26,8 @@ from spider import limits
 from spider.addr import IPSet, int_to_ip, parse_ip, parse_network
 from spider.errors import InvalidInput, InvalidSpec
 from spider.kinds import FINALIZER
-from spider.pool import Footprint, decode_allocated
+from spider.overlap import Footprint
+from spider.pool import decode_allocated
 from spider.selector import selector_from_label_selector
 from spider.subnet import decode_controlled
 

@@ -52,6 +52,7 @@ from spider.errors import (
     TransientError,
 )
 from spider.ipam_request import AddRequest, DelRequest
+from spider.overlap import Footprint, contested
 from spider.plan import (
     AddFacts,
     AddPlan,
@@ -63,7 +64,7 @@ from spider.plan import (
     decide_release,
     sandbox_holdings,
 )
-from spider.pool import ADD_WINDOW, Footprint, IPPool, Owner, Route, contested
+from spider.pool import ADD_WINDOW, IPPool, Owner, Route
 from spider.pool import KIND as POOL
 from spider.selection import PodContext
 from spider.workload import (

@@ -33,7 +33,8 @@ from actors.runtime.supervisor import Supervisor
 from actors.stores.port import AtomicStatusUpdate, Conflict, KindLister, NotFound, Obj, Store
 from spider.addr import IPSet, parse_network
 from spider.errors import ActorUnavailable, AllocationError, SpiderError, StaleWrite
-from spider.pool import Footprint, IPPool, ReservedIP, reserved_set
+from spider.overlap import Footprint
+from spider.pool import IPPool, ReservedIP, reserved_set
 from spider.subnet import KIND, SubnetLedger, rfc3339
 from spider.validation import ip_version
 

@@ -141,7 +141,8 @@ class Session:
         """
         fd = open_netns(path)
         try:
-            if _same_file(fd, self.home_fd):
+            mine, home = os.fstat(fd), os.fstat(self.home_fd)
+            if (mine.st_dev, mine.st_ino) == (home.st_dev, home.st_ino):
                 raise InvalidEnvironment(
                     variable="CNI_NETNS", reason=f"{path!r} is the node's own network namespace, not a pod's"
                 )
@@ -177,11 +178,6 @@ class Session:
             yield
         finally:
             pyroute2_netns.setns(self.pod_fd)
-
-
-def _same_file(fd: int, other: int) -> bool:
-    mine, theirs = os.fstat(fd), os.fstat(other)
-    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 _STOP = object()
@@ -418,11 +414,8 @@ def _table_of(msg: Any) -> int:
 
 
 def route_messages(ipr: IPRoute, family: int, table: int | None = None) -> list[Any]:
-    """The kernel's routes of one family, of ``table`` only when given.
-
-    The table goes into the request, which a strictly checking socket has the kernel apply (each route it
-    sends costs about 70 us to parse here); any other socket gets every route, filtered here.
-    """
+    """The kernel's routes of one family, of ``table`` only when given: a strictly checking socket has the kernel
+    filter (each route sent costs about 70 us to parse here); to any other the kernel sends all, filtered here."""
     if table is None:
         return list(ipr.route("dump", family=family))
     # NB: a dump_filter of our own keeps pyroute2 from turning the table into a filter of its own, client side
@@ -431,11 +424,8 @@ def route_messages(ipr: IPRoute, family: int, table: int | None = None) -> list[
 
 
 def neighbour_messages(ipr: IPRoute, links: Sequence[int] | None = None) -> list[Any]:
-    """The kernel's neighbour entries of every family, on the links of ``links`` (indexes) only when given.
-
-    Each link is asked for on its own (``NDA_IFINDEX``, which the kernel filters by); a kernel that does not
-    filter sends every entry, filtered here.  A node on a large L2 segment holds tens of thousands of entries.
-    """
+    """The kernel's neighbour entries, on the links of ``links`` (indexes) only when given: each link is asked for
+    on its own (``NDA_IFINDEX``: a node on a large L2 segment holds tens of thousands of entries)."""
     if links is None:
         return list(ipr.neigh("dump"))
     found = []

@@ -145,26 +145,44 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+def _make_file(path: Path) -> None:
+    """A new database in WAL mode at ``path``, made under another name and linked into place once it is one: a
+    creator killed half-way (``sqlite3.connect`` makes a 0-byte file, the first page comes later) leaves no
+    empty file at ``path``, which every later start would refuse."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    temporary.unlink(missing_ok=True)
+    conn = sqlite3.connect(temporary, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+    finally:
+        conn.close()
+    try:
+        os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def _connect(path: Path, busy_timeout: float, create: bool = True) -> tuple[sqlite3.Connection, int]:
     """Open the file, switch it to WAL and create the schema; safe when processes race on a fresh file.
-    Also opens the writers' lock file beside it.  A missing file is an error unless ``create``; so is an empty
-    (0-byte) one, which ``create`` initialises once no other process is creating it (the creator holds the lock
-    meanwhile): one killed before it had written the file's first page leaves it so."""
+    Also opens the writers' lock file beside it.  A missing file is an error unless ``create``; an empty
+    (0-byte) one always is, unless another process is creating it right now (it holds the lock meanwhile)."""
     path = path.expanduser()
     if not create and not path.exists():
         raise StoreUnavailable(reason=f"no store file at {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     lockfd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        # NB: a new file is 0 bytes from sqlite3.connect until WAL mode is written: whoever creates one holds
-        # the writers' lock until it is initialised, so a 0-byte file nobody is creating holds no data.
+        # NB: whoever creates the file holds the writers' lock until it is initialised, so a 0-byte file nobody
+        # is creating is never a store: it is no file of ours (``_make_file`` never leaves one behind)
         fresh = not path.exists() or path.stat().st_size == 0
         if fresh:
             _flock_within(lockfd, path, busy_timeout)
-            if path.exists() and path.stat().st_size == 0 and not create:
+            if path.exists() and path.stat().st_size == 0:
                 raise StoreUnavailable(reason=f"{str(path)!r} is an empty file, not a store (remove it to start anew)")
-            if not create and not path.exists():
-                raise StoreUnavailable(reason=f"no store file at {str(path)!r}")
+            if not path.exists():
+                if not create:
+                    raise StoreUnavailable(reason=f"no store file at {str(path)!r}")
+                _make_file(path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.  The connection is used from several worker
         # threads, never two at once (the store's limiter).
         conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)

@@ -153,5 +153,6 @@ async def test_a_malformed_limit_is_refused_and_changes_nothing(
         assert await holders(store) == {"x"}
     else:
         assert response.status == 400
-        assert b"within" in response.body
+        # NB: json.dumps sends inf as Infinity, which is no JSON number: refused as the body is read
+        assert b"within" in response.body or b"Infinity is not a JSON number" in response.body
         assert await holders(store) == set()

@@ -17,7 +17,7 @@ from actors.runtime.supervisor import Supervisor
 from actors.stores.sqlite import SqliteStore
 from spider.addr import IPSet
 from spider.errors import InvalidSpec
-from spider.pool import Footprint
+from spider.overlap import Footprint
 from spider.reconcile import subnet_status
 from spider.validation import mutate, validate
 from tests.ipam.test_semantics import add, addresses, pod, records

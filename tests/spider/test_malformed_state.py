@@ -18,7 +18,8 @@ from spider.addr import IPSet
 from spider.autopool import desired_ip_count, subnet_claims
 from spider.endpoint import Endpoint, readable
 from spider.errors import InvalidInput, InvalidSpec
-from spider.pool import Owner, PoolLedger, contested
+from spider.overlap import contested
+from spider.pool import Owner, PoolLedger
 from spider.reconcile import subnet_status
 from spider.subnet import decode_controlled
 from spider.validation import ip_version

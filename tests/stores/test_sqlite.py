@@ -210,24 +210,34 @@ async def test_an_existing_store_opens_without_creating(tmp_path: Path) -> None:
             assert (await store.get("SpiderIPPool", "kept"))["spec"] == {}
 
 
-async def test_an_empty_file_is_not_a_store_and_is_left_alone_unless_asked_to_create(tmp_path: Path) -> None:
+@pytest.mark.parametrize("create", [True, False])
+async def test_an_empty_file_is_not_a_store_and_is_left_alone(tmp_path: Path, create: bool) -> None:
     path = tmp_path / "store.db"
     path.touch()
     with trio.fail_after(TIMEOUT), pytest.raises(StoreUnavailable, match="is an empty file, not a store"):
-        await SqliteStore.open(path, create=False)
+        await SqliteStore.open(path, create=create)
     assert path.stat().st_size == 0
 
 
-async def test_an_empty_file_whose_creator_was_killed_is_initialised_by_the_next_creator(tmp_path: Path) -> None:
-    """A creator killed between ``sqlite3.connect`` (the 0-byte file) and writing its first page once left a file
-    every later start refused until someone removed it by hand."""
+async def test_a_creator_killed_half_way_leaves_no_empty_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sqlite3.connect`` makes a 0-byte file and writes its first page later: a creator killed between the two
+    once left a file every later start refused.  The file is made under another name and linked into place."""
     path = tmp_path / "store.db"
-    path.touch()
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # NB: stands in for SIGKILL at the worst moment: the new file is not yet in place
+
+    monkeypatch.setattr(os, "link", killed)
+    with trio.fail_after(TIMEOUT), pytest.raises(KeyboardInterrupt):
+        await SqliteStore.open(path)
+    monkeypatch.undo()
+    assert not path.exists()
     with trio.fail_after(TIMEOUT):
-        async with await SqliteStore.open(path, create=True) as store:
+        async with await SqliteStore.open(path) as store:
             await store.create(pool("kept"))
-        async with await SqliteStore.open(path, create=False) as store:
-            assert (await store.get("SpiderIPPool", "kept"))["spec"] == {}
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".new")]  # nor the file made on the side
 
 
 async def test_an_empty_file_another_process_is_creating_is_waited_for(tmp_path: Path) -> None:
