@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.ipam.pool import PoolHandle, open_pool
-from actors.stores.port import NotFound, Store
+from actors.stores.port import NotFound, Obj, Store
 from spider.addr import int_to_ip, ip_to_int
 from spider.endpoint import KIND as ENDPOINT
 from spider.endpoint import Endpoint, readable
-from spider.errors import SpiderError
+from spider.errors import InvalidInput, SpiderError
 from spider.pool import KIND as POOL
 from spider.pool import RECLAIM_AFTER, PoolLedger, Record
 from spider.workload import pod_not_alive
@@ -65,6 +65,11 @@ class Report:
     def consistent(self) -> bool:
         """No finding at all."""
         return not self.findings
+
+    @property
+    def resolved(self) -> bool:
+        """No finding but those ``reclaim`` fixed (an address held twice, say, is never one)."""
+        return all(f in self.reclaimed for f in self.findings)
 
     def of(self, problem: str) -> list[Finding]:
         """Findings of one kind."""
@@ -206,13 +211,25 @@ async def check_store(
 
 
 async def _pod_alive(store: Store, record: Record) -> bool:
-    """Whether the Pod the record names is stored with the record's UID and alive (``pod_not_alive``)."""
+    """Whether the Pod the record names is stored with the record's UID and alive (``pod_not_alive``), or, with no
+    Pod of that name, a KubeVirt VM's VMI of that name is (``vm_holding``)."""
     namespace, _, name = record.pod.partition("/")
     try:
         pod = await store.get("Pod", name, namespace)
     except NotFound:
-        return False
+        return await vm_holding(store, record) is not None
     return (pod.get("metadata") or {}).get("uid") == record.pod_uid and pod_not_alive(pod) is None
+
+
+async def vm_holding(store: Store, record: Record) -> Obj | None:
+    """The KubeVirt VMI a record names, if stored: a VM's records name its VMI, not a launcher pod, and while it
+    is there one of its launcher pods may run the VM with the address, whatever UID the record carries (after a
+    failed live migration, the gone target's)."""
+    namespace, _, name = record.pod.partition("/")
+    try:
+        return await store.get("VirtualMachineInstance", name, namespace) if name else None
+    except (NotFound, InvalidInput):  # NB: InvalidInput: a store that does not know the kind has no VM
+        return None
 
 
 def _in_flight(

@@ -249,10 +249,10 @@ class IpamService:
         if ctrl.kind == "StatefulSet" and ctrl.group == "apps" and self.settings.enable_statefulset:
             sts = await self._get("StatefulSet", ctrl.name, namespace)
             return Workload(ctrl.kind, ctrl.name, True, statefulset_keeps(sts, name), name)
-        if is_vmi(ctrl):
-            if self.settings.enable_kubevirt_static_ip:
-                return Workload(ctrl.kind, ctrl.name, True, await self._vm_keeps(namespace, ctrl.name), ctrl.name)
-            return Workload(ctrl.kind, ctrl.name, endpoint_name=ctrl.name)
+        if is_vmi(ctrl) and self.settings.enable_kubevirt_static_ip:
+            return Workload(ctrl.kind, ctrl.name, True, await self._vm_keeps(namespace, ctrl.name), ctrl.name)
+        # NB: without static IPs a VM's launcher pods are stateless pods, each with its own endpoint: one named after
+        # the VMI made a migration's target take the source's endpoint for a dead pod's and free its address
         return Workload(ctrl.kind, ctrl.name, endpoint_name=name)
 
     async def _vm_keeps(self, namespace: str, vmi_name: str) -> bool:
@@ -793,7 +793,7 @@ class IpamService:
         pod = await self._get("Pod", pod_name, namespace)
         ctrl = controller_of(pod) if pod is not None else None
         name = pod_name
-        if ctrl is not None and is_vmi(ctrl):
+        if ctrl is not None and is_vmi(ctrl) and self.settings.enable_kubevirt_static_ip:
             name = ctrl.name  # NB: as _workload names it, without walking other owners (once per pod, per CHECK)
         obj = await self._get(ENDPOINT, name, namespace)
         return Endpoint.from_object(obj) if obj else None

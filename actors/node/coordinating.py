@@ -30,7 +30,7 @@ from spider.coordinator.errors import AddressConflict, GatewayUnreachable, Names
 from spider.coordinator.mode import resolve_mode
 from spider.coordinator.observed import family_of
 from spider.coordinator.plan import SetupSpec, TeardownSpec, random_mac
-from spider.coordinator.request import CoordinatorRequest, parse_request
+from spider.coordinator.request import CoordinatorRequest, parse_request, plain_address
 from spider.errors import CheckFailed, InvalidEnvironment, InvalidNetConf, SpiderError
 from spider.ifacer import IfacerConf
 from spider.ipam_request import DelRequest
@@ -205,7 +205,10 @@ class Coordinator:
             entry = endpoint.nic(request.ifname) if endpoint else None
             if entry is not None and (not entry.container_id or entry.container_id == request.container_id):
                 ips += [a.partition("/")[0] for a in (entry.ipv4, entry.ipv6) if a]
-        return tuple(dict.fromkeys(ips)), exists
+        # NB: DEL checks no prevResult (CNI asks it to succeed): text that names no plain address is dropped, or
+        # netlink refused it and the DEL failed for good
+        plain = [address for ip in ips if (address := plain_address(ip)) is not None]
+        return tuple(dict.fromkeys(plain)), exists
 
     async def _teardown(self, request: CoordinatorRequest, conf: CoordinatorConf) -> None:
         ips, exists = await self._pod_ips(request)

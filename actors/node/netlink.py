@@ -516,7 +516,7 @@ def observe(
     )
     sources = {}
     for ip in route_sources_for:
-        with contextlib.suppress(NetlinkError):
+        with contextlib.suppress(NetlinkError, OSError):  # NB: OSError: text inet_pton refuses
             found = ipr.route("get", dst=ip)
             if found and found[0].get_attr("RTA_PREFSRC"):
                 sources[ip] = found[0].get_attr("RTA_PREFSRC")

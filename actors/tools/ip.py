@@ -21,6 +21,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from actors.ipam.check import vm_holding
 from actors.ipam.pool import open_pool
 from actors.stores.port import Conflict, NotFound, Obj, Store
 from spider.addr import int_to_ip, ip_to_int, parse_ip
@@ -127,8 +128,10 @@ async def find_address(store: Store, text: str) -> list[Holding]:
         nic = _entry_for(endpoint, ledger.pool.name, ip) if endpoint is not None else None
         if endpoint is not None and endpoint.uid != record.pod_uid:
             nic = None
-        found.append(Holding(ledger.pool.name, int_to_ip(value, address.version), record, endpoint, nic,
-                             _pod_state(pod, record.pod_uid)))  # fmt: skip
+        state = _pod_state(pod, record.pod_uid)
+        if pod is None and (vmi := await vm_holding(store, record)) is not None:  # NB: records name a VM's VMI
+            state = "terminating" if (vmi.get("metadata") or {}).get("deletionTimestamp") else "running"
+        found.append(Holding(ledger.pool.name, int_to_ip(value, address.version), record, endpoint, nic, state))
     return found
 
 

@@ -81,6 +81,16 @@ class CoordinatorRequest(PodArgs):
         return tuple(out)
 
 
+def plain_address(text: str) -> str | None:
+    """The address ``text`` (``ip`` or ``ip/prefix``) names, unscoped; ``None`` when it names none, or a scoped
+    one (``fe80::1%eth0``): no pod's interface holds one, and netlink cannot take it."""
+    try:
+        ip = ipaddress.ip_address(text.partition("/")[0])
+    except ValueError:
+        return None
+    return None if getattr(ip, "scope_id", None) else str(ip)
+
+
 def parse_request(env: Mapping[str, str], stdin: bytes, *, chained: bool = True) -> CoordinatorRequest:
     """Validate one forwarded invocation; raises the ``SpiderError`` whose code the plugin reports.
 
@@ -143,6 +153,8 @@ def parse_request(env: Mapping[str, str], stdin: bytes, *, chained: bool = True)
                 address = ipaddress.ip_interface(ip.address)
             except ValueError:
                 raise InvalidNetConf(reason=f"prevResult address {ip.address!r} is not ip/prefix") from None
+            if plain_address(ip.address) is None:  # NB: a %zone once reached netlink and stopped the agent
+                raise InvalidNetConf(reason=f"prevResult address {ip.address!r} is scoped (%zone)")
             try:
                 gateway = None if ip.gateway is None else ipaddress.ip_address(ip.gateway)
             except ValueError:

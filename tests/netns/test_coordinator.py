@@ -422,6 +422,28 @@ async def test_the_nodes_own_namespace_as_cni_netns_is_refused_and_left_alone(la
         assert await lab.delete(pod, made) == (0, 0)
 
 
+async def test_a_scoped_prevresult_address_is_cni_7_and_the_agent_serves_on(lab: CoordinatorLab) -> None:
+    pod = lab.pod()
+    with trio.fail_after(60):
+        code, made = await lab.macvlan("ADD", pod, lab.macvlan_conf())
+        assert code == 0, made
+        prev = {**made, "ips": [*made["ips"], {"address": "fe80::1%eth0/64", "interface": 0}]}
+        code, error = await lab.coordinator("ADD", pod, {**lab.coordinator_conf(), "prevResult": prev})
+        assert (code, error["code"]) == (1, 7), error  # NB: it once reached netlink and stopped the agent
+        assert "scoped" in error["msg"]
+        code, result = await lab.add(lab.pod())
+        assert code == 0, result
+
+
+async def test_a_del_whose_prevresult_names_no_address_succeeds(lab: CoordinatorLab) -> None:
+    pod = lab.pod()
+    with trio.fail_after(60):
+        for address in ("not-an-ip/24", "fe80::1%eth0/64"):  # NB: each once failed the DEL for good (CNI 5)
+            prev = {"cniVersion": "1.0.0", "ips": [{"address": address}]}
+            code, error = await lab.coordinator("DEL", pod, {**lab.coordinator_conf(), "prevResult": prev})
+            assert code == 0, error
+
+
 async def test_a_custom_host_rule_table_is_used_and_cleaned(lab: CoordinatorLab) -> None:
     before = host_state(lab.host, ("10.77.0.20",))
     pod = lab.pod()

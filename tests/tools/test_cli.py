@@ -17,9 +17,10 @@ import pytest
 import trio
 import yaml
 
+from actors.stores.sqlite import SqliteStore
 from actors.tools import demo
 from actors.tools.cli import build_parser
-from tests.support import ROOT, AgentProcess, http_call_sync, short_tmp
+from tests.support import ROOT, AgentProcess, http_call_sync, pool_object, short_tmp
 
 
 def spider(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -139,6 +140,29 @@ def test_check_of_an_empty_store_is_consistent(store: Path) -> None:
     done = spider("check", "--store", str(store))
     assert done.returncode == 0
     assert "consistent" in done.stdout
+
+
+def test_check_exits_1_while_an_address_is_held_twice_also_with_reclaim(store: Path) -> None:
+    """Two overlapping pools record one address for two live pods: ``--reclaim`` cannot fix that, and once exited 0
+    whatever it left (a cron job never saw the duplicate)."""
+
+    async def seed() -> None:
+        made = await SqliteStore.open(store, create=True)
+        try:
+            for name in ("a", "b"):
+                await made.create(pool_object(name, "10.8.0.0/24", ["10.8.0.10-10.8.0.20"]))
+                pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p-{name}", "namespace": "default"}}
+                uid = (await made.create({**pod, "spec": {}}))["metadata"]["uid"]
+                record = {"10.8.0.10": {"pod": f"default/p-{name}", "podUid": uid}}
+                obj = await made.get("SpiderIPPool", name)
+                await made.update_status({**obj, "status": {"allocatedIPs": json.dumps(record), "allocatedIPCount": 1}})
+        finally:
+            await made.aclose()
+
+    trio.run(seed)
+    for extra in ((), ("--reclaim",)):
+        done = spider("check", "--store", str(store), *extra)
+        assert (done.returncode, "held-twice" in done.stdout) == (1, True), done.stdout + done.stderr
 
 
 def test_the_agent_drains_and_exits_cleanly_on_sigterm() -> None:
