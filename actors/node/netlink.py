@@ -66,7 +66,7 @@ from spider.coordinator.ops import (
     Sysctl,
     UnmarkReplies,
 )
-from spider.coordinator.plan import RULE_PRIORITY, spared
+from spider.coordinator.plan import RULE_PRIORITY
 from spider.errors import InvalidEnvironment, InvalidNetConf, TransientError
 from spider.ifacer import IfacerConf
 
@@ -752,14 +752,11 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
             ipr.route("replace", **spec)
         case DelRoutes():
             oif = ipr.link_lookup(ifname=op.dev) if op.dev else None
-            device_of = {link.index: link.name for link in _links(ipr)} if op.sparing else {}
             ip, _, length = op.dst.partition("/")
             for msg in route_messages(ipr, AF_FAMILY[family_of(op.dst)], op.table):
                 if msg["dst_len"] != int(length):
                     continue
                 if msg.get_attr("RTA_DST") != ip or (oif is not None and msg.get_attr("RTA_OIF") not in oif):
-                    continue
-                if spared(device_of.get(msg.get_attr("RTA_OIF"), ""), op.sparing):
                     continue
                 # NB: the kernel matches scope and protocol too: pyroute2's defaults would miss a link route.
                 spec = {"family": msg["family"], "dst": op.dst, "table": op.table, "scope": msg["scope"]}
@@ -799,7 +796,7 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
             # holds tens of thousands of entries (about 120 us each to parse here), and far fewer devices
             family = AF_FAMILY[family_of(op.ip)]
             for link in _links(ipr):
-                if (op.dev is not None and link.name != op.dev) or spared(link.name, op.sparing):
+                if op.dev is not None and link.name != op.dev:
                     continue
                 _ignore_missing(ipr.neigh, "del", family=family, dst=op.ip, ifindex=link.index)
         case Sysctl() if op.side == "host":

@@ -76,15 +76,12 @@ class AddRoute:
 
 @attrs.frozen
 class DelRoutes:
-    """Delete every route to ``dst`` in ``table`` (optionally only through ``dev``); missing is fine.  With
-    ``sparing`` (this pod's host veth), a route through another pod's host veth (``is_host_veth``) is left:
-    a late DEL of a pod must not take the route of the pod that has its address now."""
+    """Delete every route to ``dst`` in ``table`` (only through ``dev``, when given); missing is fine."""
 
     side: Side
     dst: str
     table: int
     dev: str | None = None
-    sparing: str | None = None
 
 
 @attrs.frozen
@@ -141,13 +138,11 @@ class AddNeighbour:
 
 @attrs.frozen
 class DelNeighbours:
-    """Delete neighbour entries for ``ip`` (on ``dev`` only, when given); missing is fine.  ``sparing``: as
-    ``DelRoutes``'."""
+    """Delete neighbour entries for ``ip`` (on ``dev`` only, when given); missing is fine."""
 
     side: Side
     ip: str
     dev: str | None = None
-    sparing: str | None = None
 
 
 @attrs.frozen

@@ -2,7 +2,7 @@
 
 Owns Spiderpool's ``command_add.go`` / ``command_del.go`` (reference §5.3, §5.4): ``plan_setup`` (veth pair,
 neighbours, routes and rules both ways, hijack routes, reply marking, tunePodRoutes' policy tables),
-``plan_teardown``, ``check_setup``, and the names and MACs they give (``host_veth_name``,
+``plan_teardown``, ``check_setup``, and the names and MACs they give (``host_veth_name``, ``host_veth_owner``,
 ``mac_from_prefix``, ``random_mac``).  The NodeActor executes a plan as one netlink transaction.
 
 Departures from Spiderpool, on purpose: the host rule ``priority 1000 lookup <hostRuleTable>`` is removed by
@@ -80,12 +80,6 @@ def host_veth_owner(container_id: str) -> str:
     if len(owner) <= MAX_ALIAS:
         return owner
     return f"spiderpool sha256:{hashlib.sha256(container_id.encode()).hexdigest()}"
-
-
-def spared(device: str, sparing: str | None) -> bool:
-    """Whether a teardown that spares others (``sparing``: its own host veth, ``""`` when it owns none) leaves
-    what goes through ``device``: another pod's host veth, by the name ``host_veth_name`` gives."""
-    return sparing is not None and device != sparing and device.startswith("veth") and len(device) == 15
 
 
 def random_mac(raw: bytes) -> str:
@@ -345,9 +339,15 @@ class TeardownSpec:
     netns_exists: bool
 
 
-def plan_teardown(spec: TeardownSpec, host: NsView) -> Plan:
+def plan_teardown(spec: TeardownSpec, host: NsView, pod_peers: Sequence[int] = ()) -> Plan:
     """The changes of one DEL (§5.4): remove on the host everything ADD made there, also when the pod's
-    namespace is gone.  The host rule goes too when it was the last user of ``hostRuleTable``."""
+    namespace is gone.  The host rule goes too when it was the last user of ``hostRuleTable``.
+
+    Only what goes through this pod's own devices goes: our host veth (its routes and neighbours go with it)
+    and, overlay mode, the host side of the pod's other veths (``pod_peers``, the overlay CNI's: host indexes,
+    observed while its namespace remains).  A late or repeated DEL (CNI allows one) leaves what goes through
+    any other device: the pod that has the address now routes through its own.
+    """
     table = spec.conf.host_rule_table
     host_veth = host_veth_name(spec.container_id)
     ips = list(dict.fromkeys(spec.pod_ips))
@@ -365,10 +365,15 @@ def plan_teardown(spec: TeardownSpec, host: NsView) -> Plan:
                 and route.dst.rpartition("/")[0] not in ips
             ):
                 ips.append(route.dst.rpartition("/")[0])
-    sparing = "" if foreign else host_veth
+    peers = [
+        link.name
+        for index in pod_peers
+        if (link := host.link_by_index(index)) and link.kind == "veth" and link.name != host_veth
+    ]
     for ip in ips:
-        ops.append(DelRoutes("host", _max_prefix(ip), table, sparing=sparing))
-        ops.append(DelNeighbours("host", ip, sparing=sparing))
+        for device in dict.fromkeys(peers):
+            ops.append(DelRoutes("host", _max_prefix(ip), table, dev=device))
+            ops.append(DelNeighbours("host", ip, dev=device))
         ops.append(DelRule("host", RuleEntry(family_of(ip), table, dst=_max_prefix(ip))))  # Spiderpool's legacy rule
     for family in (4, 6):
         ops.append(DropRuleIfUnused("host", RuleEntry(family, table, RULE_PRIORITY)))

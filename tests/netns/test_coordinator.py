@@ -155,6 +155,29 @@ async def test_a_late_repeated_del_leaves_the_host_routes_of_the_pod_that_has_th
     assert ping(second, HOST_V4)
 
 
+async def test_a_late_repeated_del_leaves_the_host_route_of_the_overlay_pod_that_has_the_address_now(
+    lab: CoordinatorLab,
+) -> None:
+    first, second = lab.pod(), lab.pod()
+    with trio.fail_after(60):
+        code, old = await lab.add(first)
+        assert code == 0, old
+        assert await lab.delete(first, old) == (0, 0)
+        overlay = lab.overlay_eth0(second)
+        code, new = await lab.add(second, macvlan=lab.macvlan_conf(clean_gateway=True), ifname="net1")
+        assert code == 0, new
+        address = old["ips"][0]["address"].partition("/")[0]
+        assert new["ips"][0]["address"] == old["ips"][0]["address"], "the address went to the overlay pod"
+        assert [(r["dst"], r["dev"]) for r in routes(lab.host, "table", "500")] == [(address, overlay)]
+        ip("netns", "del", first)
+        lab.pods.remove(first)
+        before = host_state(lab.host, (address,))
+        # NB: the overlay CNI's host veth (cali...) was no "other pod's host veth" to the old rule: the DEL took
+        # the overlay pod's route and neighbour
+        assert (await lab.coordinator("DEL", first, {**lab.coordinator_conf(), "prevResult": old}))[0] == 0
+    assert host_state(lab.host, (address,)) == before
+
+
 async def test_a_conflicting_address_fails_the_add_and_is_released(lab: CoordinatorLab) -> None:
     ip("addr", "add", "10.77.0.20/24", "dev", "gw0", netns=lab.router)  # someone already uses the first address
     pod = lab.pod()

@@ -35,7 +35,6 @@ from spider.coordinator.plan import (
     plan_setup,
     plan_teardown,
     random_mac,
-    spared,
 )
 from spider.errors import InvalidNetConf
 
@@ -238,11 +237,9 @@ def test_teardown_deletes_the_veth_routes_neighbours_and_an_unused_host_rule() -
         conf=CoordinatorConf(), container_id="0123456789abcdef", pod_ips=("10.6.0.20",), netns_exists=False
     )
     plan = plan_teardown(tear, host)
-    assert plan.ops[0] == DelLink("host", "veth0123456789a")
-    ours = "veth0123456789a"  # NB: routes and neighbours through another pod's host veth are spared
-    assert DelRoutes("host", "10.6.0.20/32", 500, sparing=ours) in plan.ops
-    assert DelRoutes("host", "10.6.0.77/32", 500, sparing=ours) in plan.ops  # found through the veth, in no source
-    assert DelNeighbours("host", "10.6.0.20", sparing=ours) in plan.ops
+    assert plan.ops[0] == DelLink("host", "veth0123456789a")  # its routes and neighbours go with it
+    assert plan.pod_ips == ("10.6.0.20", "10.6.0.77")  # the second found through the veth, in no source
+    assert not any(isinstance(op, DelRoutes | DelNeighbours) for op in plan.ops)  # NB: never another pod's device
     assert DropRuleIfUnused("host", RuleEntry(4, 500, RULE_PRIORITY)) in plan.ops
     assert DropRuleIfUnused("host", RuleEntry(6, 500, RULE_PRIORITY)) in plan.ops
 
@@ -270,8 +267,7 @@ def test_teardown_leaves_another_containers_veth_of_the_same_name_and_everything
     assert not any(isinstance(op, DelLink) for op in plan.ops)
     assert plan.foreign_owner == other
     assert plan.pod_ips == ("10.6.0.20",)  # the other pod's routes are not taken for ours
-    assert DelRoutes("host", "10.6.0.20/32", 500, sparing="") in plan.ops
-    assert all(spared("veth0123456789a", op.sparing) for op in plan.ops if isinstance(op, DelRoutes | DelNeighbours))
+    assert not any(isinstance(op, DelRoutes | DelNeighbours) for op in plan.ops)
 
 
 @given(st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,255}", fullmatch=True))
@@ -301,11 +297,13 @@ def test_check_names_each_missing_piece() -> None:
     assert check_setup(spec(), pod, host) == []
 
 
-@pytest.mark.parametrize(
-    ("device", "kept"),
-    [("vethbbbbbbbbbbb", True), ("veth0123456789a", False), ("cali12345", False), ("veth0", False), ("eth0", False)],
-)
-def test_a_teardown_spares_only_other_pods_host_veths(device: str, kept: bool) -> None:
-    assert spared(device, "veth0123456789a") is kept
-    assert not spared(device, None)
-    assert spared(device, "") is (device.startswith("veth") and len(device) == 15)  # owning none, spare them all
+def test_an_overlay_pods_teardown_cleans_through_its_own_overlay_veth_only() -> None:
+    host = NsView(links=(Link(1, "lo"), Link(7, "cali12345", kind="veth"), Link(8, "up0", kind="macvlan")))
+    tear = TeardownSpec(
+        conf=CoordinatorConf(), container_id="0123456789abcdef", pod_ips=("10.6.0.20",), netns_exists=True
+    )
+    plan = plan_teardown(tear, host, pod_peers=(7, 8, 99))  # eth0's peer; a macvlan's parent; a foreign index
+    assert [op for op in plan.ops if isinstance(op, DelRoutes | DelNeighbours)] == [
+        DelRoutes("host", "10.6.0.20/32", 500, dev="cali12345"),
+        DelNeighbours("host", "10.6.0.20", dev="cali12345"),
+    ]
