@@ -50,6 +50,8 @@ _UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m":
 def normalize_cidr(text: str) -> str:
     """A CIDR in canonical form; a bare address becomes ``/32`` or ``/128`` (as Spiderpool's webhook does)."""
     text = text.strip()
+    if "%" in text:  # NB: ipaddress takes an IPv6 zone (fe80::%eth0); a route cannot, and the kernel said CNI 5
+        raise ValueError(f"{text!r} is scoped (%zone): not a CIDR")
     if "/" not in text:
         return str(ipaddress.ip_network(text))
     return str(ipaddress.ip_network(text, strict=False))
@@ -81,6 +83,8 @@ class PolicyRoute:
         if not isinstance(raw, dict) or not isinstance(raw.get("dst"), str) or not isinstance(raw.get("gw"), str):
             raise ValueError(f"{where} must be an object with string fields 'dst' and 'gw'")
         dst = normalize_cidr(raw["dst"])
+        if "%" in raw["gw"]:
+            raise ValueError(f"{where}: gw {raw['gw']!r} is scoped (%zone): not an address")
         gw = str(ipaddress.ip_address(raw["gw"].strip()))
         if family_of(dst) != family_of(gw):
             raise ValueError(f"{where}: dst {dst} and gw {gw} are not of the same IP family")

@@ -145,6 +145,8 @@ def test_detect_options_take_go_durations() -> None:
         ({"detectOptions": {"timeout": "soon"}}, "detectOptions.timeout"),
         ({"detectOptions": {"retries": 0}}, "detectOptions.retries"),
         ({"policyRoutes": [{"dst": "10.0.0.0/8"}]}, "policyRoutes\\[0\\]"),
+        ({"policyRoutes": [{"dst": "fd00::/8", "gw": "fe80::1%eth0"}]}, "scoped"),  # NB: once the kernel's CNI 5
+        ({"hijackCIDR": ["fe80::%eth0/64"]}, "which is not a CIDR"),
     ],
 )
 def test_a_wrong_field_is_an_invalid_configuration_naming_it(conf: dict[str, Any], message: str) -> None:
