@@ -19,7 +19,6 @@ timeout (``NetlinkTimeout``, CNI 11; the worker replaces a stuck thread and keep
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 from collections.abc import Sequence
@@ -286,19 +285,12 @@ def _check(session: netlink.Session, netns: str, spec: SetupSpec) -> list[str]:
 
 def _teardown(session: netlink.Session, netns: str, spec: TeardownSpec, families: Sequence[int]) -> Plan:
     plans: list[Plan] = []
-    peers: list[int] = []
-    if spec.netns_exists and netns:  # NB: the host side of the pod's veths: what DEL may clean besides its own
-        with contextlib.suppress(NamespaceGone, InvalidEnvironment), session.entered(netns) as ipr:
-            pod = netlink.observe(ipr, routes=False, rules=False, neighbours=False)
-            peers = [link.peer_index for link in pod.links if link.kind == "veth" and link.peer_index]
 
-    def plan_for(host: NsView) -> Sequence[Any]:
-        plans.append(plan_teardown(spec, host, peers))
+    def plan_for(host: NsView, pod_peers: Sequence[int]) -> Sequence[Any]:
+        plans.append(plan_teardown(spec, host, pod_peers))
         return plans[0].ops
 
-    netlink.run_on_host(session, plan_for, spec.conf.host_rule_table)
-    if spec.netns_exists and netns:
-        netlink.clean_pod(session, netns, families)
+    netlink.run_teardown(session, netns if spec.netns_exists else "", plan_for, spec.conf.host_rule_table, families)
     return plans[0]
 
 

@@ -862,29 +862,36 @@ def run_in_pod(
         return pod, host, ops
 
 
-def run_on_host(session: Session, plan_for: Callable[[NsView], Sequence[Op]], route_table: int) -> Sequence[Op]:
-    """Observe the host (its routes of ``route_table`` only), plan, execute host-only operations: one
-    transaction."""
-    ops = plan_for(observe(session.host, rules=False, neighbours=False, route_table=route_table))
-    execute(session, ops, None)
-    return ops
+def run_teardown(
+    session: Session,
+    netns: str,
+    plan_for: Callable[[NsView, Sequence[int]], Sequence[Op]],
+    route_table: int,
+    families: Sequence[int],
+) -> None:
+    """DEL's transaction, entering the pod's namespace once (when ``netns`` is given and still one): the host side
+    of the pod's veths (``plan_for``'s second argument, host indexes), the host's changes, then the pod-side
+    marking (nftables table, fwmark rules) once ``veth0`` is gone.  Without the namespace, the host's alone."""
 
+    def on_host(peers: Sequence[int]) -> None:  # NB: the host's socket stays in the host, wherever the thread is
+        host = observe(session.host, rules=False, neighbours=False, route_table=route_table)
+        execute(session, plan_for(host, peers), None)
 
-def clean_pod(session: Session, netns: str, families: Sequence[int]) -> bool:
-    """Remove the pod-side marking (nftables table, fwmark rules) once ``veth0`` is gone; ``False`` when the
-    namespace itself is gone (everything in it went with it)."""
-    try:
-        with session.entered(netns) as ipr:
-            if ipr.link_lookup(ifname=POD_VETH):
-                return True
-            drop_mark_rules()
-            for family in families:
-                for existing in _existing_rules(ipr, family):
-                    if (existing.fwmark, existing.table, existing.priority) == (MARK, POD_MARK_TABLE, RULE_PRIORITY):
-                        _ignore_missing(ipr.rule, "del", **_rule_spec(existing))
-    except (NamespaceGone, InvalidEnvironment):
-        return False
-    return True
+    if netns:
+        try:
+            with session.entered(netns) as ipr:
+                pod = observe(ipr, routes=False, rules=False, neighbours=False)
+                on_host([link.peer_index for link in pod.links if link.kind == "veth" and link.peer_index])
+                if not ipr.link_lookup(ifname=POD_VETH):
+                    drop_mark_rules()
+                    marks = [r for f in families for r in _existing_rules(ipr, f) if r.fwmark == MARK]
+                    for rule in marks:
+                        if (rule.table, rule.priority) == (POD_MARK_TABLE, RULE_PRIORITY):
+                            _ignore_missing(ipr.rule, "del", **_rule_spec(rule))
+                return
+        except (NamespaceGone, InvalidEnvironment):  # raised on entering only: the namespace went meanwhile
+            pass
+    on_host(())
 
 
 def open_packet_socket(session: Session, netns: str, ifname: str, ethertype: int) -> socket.socket:
