@@ -259,12 +259,14 @@ def parse_args(text: str) -> dict[str, str]:
     return args
 
 
-def _check_env(variable: str, value: str, check: Callable[[str], str | None]) -> None:
+def check_env(variable: str, value: str, check: Callable[[str], str | None]) -> None:
+    """``InvalidEnvironment`` (CNI 4) naming ``variable`` when ``check`` finds a problem with ``value``."""
     if problem := check(value):
         raise InvalidEnvironment(variable=variable, reason=f"{problem}: {limits.preview(value)}")
 
 
-def _decode_conf(stdin: bytes) -> JsonObject:
+def decode_conf(stdin: bytes) -> JsonObject:
+    """The network configuration on stdin, decoded as untrusted JSON (``limits.loads``); CNI 6 otherwise."""
     try:
         conf = limits.loads(stdin)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -373,14 +375,14 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
     container_id = env.get("CNI_CONTAINERID", "")
     ifname = env.get("CNI_IFNAME", "")
     if "CNI_CONTAINERID" in _REQUIRED_ENV[command]:
-        _check_env("CNI_CONTAINERID", container_id, limits.container_id_problem)
+        check_env("CNI_CONTAINERID", container_id, limits.container_id_problem)
     if "CNI_IFNAME" in _REQUIRED_ENV[command]:
-        _check_env("CNI_IFNAME", ifname, limits.ifname_problem)
+        check_env("CNI_IFNAME", ifname, limits.ifname_problem)
     if env.get("CNI_NETNS"):
-        _check_env("CNI_NETNS", env["CNI_NETNS"], limits.path_problem)
+        check_env("CNI_NETNS", env["CNI_NETNS"], limits.path_problem)
     args = parse_args(env.get("CNI_ARGS", ""))
 
-    conf = _decode_conf(stdin)
+    conf = decode_conf(stdin)
     version = _version_of(conf)
     first = _FIRST_VERSION.get(command)
     if first is not None and version_key(version) < version_key(first):

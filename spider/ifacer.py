@@ -103,8 +103,8 @@ class IfacerConf:
         interfaces = conf.get("interfaces")
         if not isinstance(interfaces, list) or not interfaces:
             raise InvalidNetConf(reason="interfaces have at least one interface")
-        if not all(isinstance(i, str) and i and len(i) < 16 and "/" not in i for i in interfaces):
-            raise InvalidNetConf(reason=f"interfaces must be interface names, not {interfaces!r}")
+        for name in interfaces:
+            _check_name("interfaces", name)
         vlan_id = conf.get("vlanID", 0)
         if isinstance(vlan_id, bool) or not isinstance(vlan_id, int) or not 0 <= vlan_id <= MAX_VLAN_ID:
             raise InvalidNetConf(reason=f"vlanID must be an integer from 0 to {MAX_VLAN_ID}, not {vlan_id!r}")
@@ -115,15 +115,25 @@ class IfacerConf:
                 raise InvalidNetConf(reason="bond must be an object")
             name = raw_bond.get("name") or DEFAULT_BOND_NAME
             mode = raw_bond.get("mode", 0)
-            if not isinstance(name, str) or len(name) >= 16:
-                raise InvalidNetConf(reason=f"bond.name must be an interface name, not {name!r}")
+            _check_name("bond.name", name)
             if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 6:
                 raise InvalidNetConf(reason=f"bond.mode must be 0 to 6 (balance-rr ... balance-alb), not {mode!r}")
             options = raw_bond.get("options") or ""
             if not isinstance(options, str):
                 raise InvalidNetConf(reason="bond.options must be a string like 'miimon=100;lacp_rate=fast'")
             bond = BondConf(name, mode, parse_bond_options(options))
-        return cls(tuple(interfaces), vlan_id, bond)
+        made = cls(tuple(interfaces), vlan_id, bond)
+        if made.vlan_parent is not None and (problem := limits.ifname_problem(made.parent or "")):
+            raise InvalidNetConf(reason=f"the VLAN interface {made.parent!r} {problem}: choose a shorter parent name")
+        return made
+
+
+def _check_name(field: str, name: object) -> None:
+    """``InvalidNetConf`` unless ``name`` is an interface name the kernel takes (``limits.ifname_problem``)."""
+    if not isinstance(name, str):
+        raise InvalidNetConf(reason=f"{field} must be interface names (strings), not {type(name).__name__}")
+    if problem := limits.ifname_problem(name):
+        raise InvalidNetConf(reason=f"{field}: {limits.preview(name)} is no interface name: it {problem}")
 
 
 def _u32(text: str) -> int | None:

@@ -173,9 +173,9 @@ def container_id_problem(value: str) -> str | None:
 def ifname_problem(value: str) -> str | None:
     """Why ``value`` is not a Linux interface name (libcni's ValidateInterfaceName), or ``None``."""
     try:
-        size = len(value.encode("utf-8", "surrogateescape"))
-    except UnicodeEncodeError:
-        return "must be text (it holds a lone surrogate)"
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # NB: bytes that are no UTF-8, or a JSON "\udcff": netlink takes UTF-8 only
+        return "must be UTF-8 text"
     if size == 0 or size > MAX_IFNAME:
         return f"must be 1 to {MAX_IFNAME} bytes long"
     if value in (".", ".."):

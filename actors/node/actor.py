@@ -28,7 +28,7 @@ import attrs
 import outcome
 import trio
 
-from actors.node import netlink, netns_file
+from actors.node import netlink, netns_file, parents
 from actors.runtime.mailbox import Reply
 from spider.coordinator.config import DEFAULT_FIRST_NIC
 from spider.coordinator.errors import NamespaceGone
@@ -238,7 +238,7 @@ class NodeActor:
                 await self._check_netns(netns)
                 return await worker.call(netlink.open_packet_socket, netns, ifname, ethertype)
             case EnsureParents(conf=conf):
-                return await worker.call(netlink.ensure_parents, conf)
+                return await worker.call(parents.ensure_parents, conf)
         raise AssertionError(f"unhandled message {msg!r}")
 
     async def _check_netns(self, netns: str) -> None:

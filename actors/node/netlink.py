@@ -3,8 +3,9 @@
 Owns ``NetlinkWorker``, one dedicated OS thread that holds every netlink socket of the node and runs whole
 transactions for the NodeActor: observe a namespace (links, addresses, routes, rules, neighbours), execute
 a ``spider.coordinator`` plan (links, veth pairs, addresses, routes, policy rules, permanent neighbours,
-sysctls through ``/proc/sys``, the nftables marking of replies), open a packet socket inside a pod's
-namespace, and create ifacer's VLAN and bond parents.  No ``ip`` subprocess anywhere.
+sysctls through ``/proc/sys``, the nftables marking of replies), and open a packet socket inside a pod's
+namespace.  ifacer's parents (``parents``) run in the same thread, through the session's socket.  No ``ip``
+subprocess anywhere.
 
 Why one thread (DESIGN §9): pyroute2 >= 0.9 runs a private asyncio loop per thread and its sockets belong to
 the thread that made them; ``IPRoute(netns=...)`` forks a helper per socket (about 12 ms), while entering a
@@ -68,7 +69,6 @@ from spider.coordinator.ops import (
 )
 from spider.coordinator.plan import RULE_PRIORITY
 from spider.errors import InvalidEnvironment, InvalidNetConf, TransientError
-from spider.ifacer import IfacerConf
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,18 @@ def _fail(action: str, exc: NetlinkError | OSError) -> InterfaceSetupFailed:
     code = exc.code if isinstance(exc, NetlinkError) else exc.errno
     reason = os.strerror(code) if code else str(exc)
     return InterfaceSetupFailed(action=action, reason=reason)
+
+
+@contextlib.contextmanager
+def setup_errors(action: str) -> Iterator[None]:
+    """What the kernel refuses in the body, as ``InterfaceSetupFailed`` of ``action`` (for code outside this
+    module, which sees no pyroute2)."""
+    try:
+        yield
+    except NetlinkError as exc:
+        if exc.code == errno.EOPNOTSUPP:
+            raise InterfaceSetupFailed(action=action, reason="this kernel cannot make that link type") from exc
+        raise _fail(action, exc) from exc
 
 
 # --- the thread ---------------------------------------------------------------------------------------------
@@ -380,7 +392,7 @@ def _kind(msg: Any) -> str:
     return str(kind or "")
 
 
-def _links(ipr: IPRoute) -> tuple[Link, ...]:
+def list_links(ipr: IPRoute) -> tuple[Link, ...]:
     out = []
     for msg in ipr.link("dump"):
         out.append(
@@ -394,6 +406,7 @@ def _links(ipr: IPRoute) -> tuple[Link, ...]:
                 broadcast=bool(msg["flags"] & IFF_BROADCAST),
                 mtu=msg.get_attr("IFLA_MTU") or 0,
                 alias=msg.get_attr("IFLA_IFALIAS") or "",
+                master=msg.get_attr("IFLA_MASTER") or None,
             )
         )
     return tuple(out)
@@ -459,7 +472,7 @@ def observe(
     links of ``neighbour_links`` only, when given) when asked: a node's tables can be large, and most
     transactions need none of them.
     """
-    links = _links(ipr)
+    links = list_links(ipr)
     names = {link.index: link.name for link in links}
     addresses = tuple(
         Address(
@@ -526,7 +539,7 @@ def observe(
 # --- executing ----------------------------------------------------------------------------------------------
 
 
-def _index(ipr: IPRoute, name: str) -> int:
+def index_of(ipr: IPRoute, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
         raise InterfaceSetupFailed(action=f"looking up interface {name!r}", reason="no such interface")
@@ -716,10 +729,10 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
                 mtu=op.mtu,
                 peer={"ifname": op.host_name, "net_ns_fd": session.home_fd, "address": op.host_mac, "mtu": op.mtu},
             )
-            ipr.link("set", index=_index(ipr, op.pod_name), state="up")
-            session.host.link("set", index=_index(session.host, op.host_name), state="up", ifalias=op.host_alias)
+            ipr.link("set", index=index_of(ipr, op.pod_name), state="up")
+            session.host.link("set", index=index_of(session.host, op.host_name), state="up", ifalias=op.host_alias)
         case SetLink():
-            index = _index(ipr, op.name)
+            index = index_of(ipr, op.name)
             if op.mac is not None:
                 ipr.link("set", index=index, address=op.mac)
             if op.txqlen is not None:
@@ -733,7 +746,7 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
         case AddAddress():
             ip, _, length = op.address.partition("/")
             try:
-                ipr.addr("add", index=_index(ipr, op.link), address=ip, prefixlen=int(length))
+                ipr.addr("add", index=index_of(ipr, op.link), address=ip, prefixlen=int(length))
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise
@@ -741,7 +754,7 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
             spec: dict[str, Any] = {
                 "family": AF_FAMILY[family_of(op.dst)],
                 "dst": op.dst,
-                "oif": _index(ipr, op.dev),
+                "oif": index_of(ipr, op.dev),
                 "table": op.table,
                 "scope": op.scope,
             }
@@ -765,7 +778,7 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
                     spec["gateway"] = msg.get_attr("RTA_GATEWAY")
                 _ignore_missing(ipr.route, "del", **spec)
         case MoveRoute() | CopyRoute():
-            names = {link.name: link.index for link in _links(ipr)}
+            names = {link.name: link.index for link in list_links(ipr)}
             if isinstance(op, MoveRoute):
                 _ignore_missing(ipr.route, "del", **_route_spec(op.route, op.route.table, names))
             ipr.route("replace", **_route_spec(op.route, op.table, names))
@@ -788,14 +801,14 @@ def _execute_one(session: Session, ipr: IPRoute, op: Op) -> None:
                 family=AF_FAMILY[family_of(op.ip)],
                 dst=op.ip,
                 lladdr=op.mac,
-                ifindex=_index(ipr, op.dev),
+                ifindex=index_of(ipr, op.dev),
                 state=NUD_PERMANENT,
             )
         case DelNeighbours():
             # NB: one delete per device rather than a dump of the neighbour table: a node on a large L2 segment
             # holds tens of thousands of entries (about 120 us each to parse here), and far fewer devices
             family = AF_FAMILY[family_of(op.ip)]
-            for link in _links(ipr):
+            for link in list_links(ipr):
                 if op.dev is not None and link.name != op.dev:
                     continue
                 _ignore_missing(ipr.neigh, "del", family=family, dst=op.ip, ifindex=link.index)
@@ -904,97 +917,3 @@ def open_packet_socket(session: Session, netns: str, ifname: str, ethertype: int
             sock.close()
             raise _fail(f"opening a packet socket on {ifname!r}", exc) from exc
         return sock
-
-
-# --- ifacer: VLAN and bond parents --------------------------------------------------------------------------
-
-
-def vlan_request(name: str, parent_index: int, vlan_id: int) -> dict[str, Any]:
-    """The ``IPRoute.link("add", ...)`` arguments of a VLAN sub-interface."""
-    return {"ifname": name, "kind": "vlan", "link": parent_index, "vlan_id": vlan_id}
-
-
-def bond_request(
-    name: str, mode: int, options: Sequence[tuple[str, Any]], indexes: Mapping[str, int]
-) -> dict[str, Any]:
-    """The ``IPRoute.link("add", ...)`` arguments of a bond; interface-valued options become indexes."""
-    request: dict[str, Any] = {"ifname": name, "kind": "bond", "bond_mode": mode}
-    for attr, value in options:
-        if attr in ("active_slave", "primary"):
-            if value not in indexes:
-                raise InvalidNetConf(reason=f"bond.options: {attr} names {value!r}, which is not one of the interfaces")
-            value = indexes[value]
-        elif attr == "arp_ip_target":
-            value = list(value)
-        request[f"bond_{attr}"] = value
-    return request
-
-
-def ensure_parents(session: Session, conf: IfacerConf) -> str | None:
-    """Make sure the bond and VLAN ``conf`` asks for exist and are up in the host namespace (reference §6).
-
-    Returns the name of the parent the main CNI should use.  Existing interfaces are kept (set up when down);
-    a different VLAN interface with the same VLAN ID is an error, as in Spiderpool (N00004).
-    """
-    ipr = session.host
-    try:
-        return _ensure_parents(ipr, conf)
-    except struct.error as exc:  # NB: a bond option wider than its netlink field (use_carrier is 8 bits)
-        raise InvalidNetConf(reason=f"bond.options: a value does not fit its netlink field ({exc})") from exc
-    except NetlinkError as exc:
-        if exc.code == errno.EOPNOTSUPP:
-            raise InterfaceSetupFailed(
-                action=f"creating the parents of {conf.parent!r}", reason="this kernel cannot make that link type"
-            ) from exc
-        raise _fail(f"creating the parents of {conf.parent!r}", exc) from exc
-
-
-def _up(ipr: IPRoute, index: int) -> None:
-    ipr.link("set", index=index, state="up")
-
-
-def _ensure_parents(ipr: IPRoute, conf: IfacerConf) -> str | None:
-    links = {link.name: link for link in _links(ipr)}
-    for name in conf.interfaces:
-        if name not in links:
-            raise InvalidNetConf(reason=f"interface {name!r} does not exist on the node")
-    if conf.needs_bond:
-        assert conf.bond is not None
-        bond = links.get(conf.bond.name)
-        if bond is not None and bond.kind != "bond":
-            raise InvalidNetConf(reason=f"interface {conf.bond.name!r} exists and is not a bond")
-        if bond is None:
-            indexes = {name: links[name].index for name in conf.interfaces}
-            ipr.link("add", **bond_request(conf.bond.name, conf.bond.mode, conf.bond.options, indexes))
-            bond_index = _index(ipr, conf.bond.name)
-            for name in conf.interfaces:
-                ipr.link("set", index=links[name].index, state="down")
-                ipr.link("set", index=links[name].index, master=bond_index)
-                _up(ipr, links[name].index)
-            links = {link.name: link for link in _links(ipr)}
-        _up(ipr, links[conf.bond.name].index)
-    parent_name = conf.vlan_parent
-    if parent_name is not None:
-        parent = links[parent_name]
-        if not parent.up:
-            _up(ipr, parent.index)
-        name = f"{parent_name}.{conf.vlan_id}"
-        for msg in ipr.link("dump"):
-            data = _vlan_id(msg)
-            if data == conf.vlan_id and msg.get_attr("IFLA_IFNAME") != name:
-                raise InvalidNetConf(
-                    reason=f"cannot have multiple different vlan interfaces with the same vlanId {conf.vlan_id} on "
-                    f"node at the same time ({msg.get_attr('IFLA_IFNAME')!r} exists)"
-                )
-        if name not in links:
-            ipr.link("add", **vlan_request(name, parent.index, conf.vlan_id))
-        _up(ipr, _index(ipr, name))
-    return conf.parent
-
-
-def _vlan_id(msg: Any) -> int | None:
-    info = msg.get_attr("IFLA_LINKINFO")
-    if info is None or info.get_attr("IFLA_INFO_KIND") != "vlan":
-        return None
-    data = info.get_attr("IFLA_INFO_DATA")
-    return None if data is None else data.get_attr("IFLA_VLAN_ID")

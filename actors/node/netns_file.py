@@ -73,6 +73,8 @@ def open_netns(path: str) -> int:
         raise NamespaceGone(netns=path) from None
     except OSError as exc:
         raise InvalidEnvironment(variable="CNI_NETNS", reason=f"{path!r} cannot be examined: {exc.strerror}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise InvalidEnvironment(variable="CNI_NETNS", reason=f"{path!r} cannot be examined: {exc}") from None
     if (kind := file_kind(seen.st_mode)) is not None:
         raise _refuse(path, kind)
     try:

@@ -31,6 +31,7 @@ from spider import packets
 from spider.coordinator.config import DetectOptions
 from spider.coordinator.errors import AddressConflict, GatewayUnreachable, InterfaceSetupFailed
 from spider.coordinator.request import PrevIP
+from spider.errors import SpiderError
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ async def detect(
     async def one(ip: PrevIP) -> None:
         try:
             await _detect_family(node, netns, ifname, ip, conflict, gateway, options)
-        except (AddressConflict, GatewayUnreachable, InterfaceSetupFailed) as exc:
+        except SpiderError as exc:  # NB: every one (the namespace gone, a netlink timeout), not a bare group
             errors.append(exc)
 
     async with trio.open_nursery() as nursery:

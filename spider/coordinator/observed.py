@@ -36,6 +36,8 @@ class Link:
     mtu: int = 1500
     alias: str = ""
     """``IFLA_IFALIAS``: on a host veth we made, its owner (``host_veth_owner``)."""
+    master: int | None = None
+    """``IFLA_MASTER``: the bond or bridge this link is a port of."""
 
 
 @attrs.frozen

@@ -8,16 +8,24 @@ error wants (verb, environment, decode, version, verb against version, ``prevRes
 from __future__ import annotations
 
 import ipaddress
-import json
-import re
 from collections.abc import Mapping
 from typing import Final
 
 import attrs
 
-from spider.cni import SUPPORTED_VERSIONS, JsonObject, PodArgs, json_type, parse_args, prev_result, version_key
+from spider import limits
+from spider.cni import (
+    SUPPORTED_VERSIONS,
+    JsonObject,
+    PodArgs,
+    check_env,
+    decode_conf,
+    parse_args,
+    prev_result,
+    version_key,
+)
 from spider.coordinator.observed import family_of
-from spider.errors import DecodeFailure, IncompatibleVersion, InvalidEnvironment, InvalidNetConf
+from spider.errors import IncompatibleVersion, InvalidEnvironment, InvalidNetConf
 
 COMMANDS: Final = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 _REQUIRED_ENV: Final[Mapping[str, tuple[str, ...]]] = {
@@ -28,7 +36,6 @@ _REQUIRED_ENV: Final[Mapping[str, tuple[str, ...]]] = {
     "STATUS": (),
 }
 _FIRST_VERSION: Final[Mapping[str, tuple[int, ...]]] = {"CHECK": (0, 4, 0), "GC": (1, 1, 0), "STATUS": (1, 1, 0)}
-_CONTAINER_ID: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*", re.ASCII)
 
 
 @attrs.frozen(kw_only=True)
@@ -109,23 +116,15 @@ def parse_request(env: Mapping[str, str], stdin: bytes, *, chained: bool = True)
         if not env.get(variable):
             raise InvalidEnvironment(variable=variable, reason=f"is missing (required for {command})")
     container_id = env.get("CNI_CONTAINERID", "")
-    if container_id and not _CONTAINER_ID.fullmatch(container_id):
-        raise InvalidEnvironment(
-            variable="CNI_CONTAINERID",
-            reason=f"must be a letter or digit followed by letters, digits, '_', '.' or '-': {container_id!r}",
-        )
+    if container_id:
+        check_env("CNI_CONTAINERID", container_id, limits.container_id_problem)
     ifname = env.get("CNI_IFNAME", "")
-    if ifname and (len(ifname.encode()) > 15 or "/" in ifname or any(c.isspace() for c in ifname)):
-        raise InvalidEnvironment(variable="CNI_IFNAME", reason=f"is not a valid interface name: {ifname!r}")
+    if ifname:
+        check_env("CNI_IFNAME", ifname, limits.ifname_problem)
+    if env.get("CNI_NETNS"):
+        check_env("CNI_NETNS", env["CNI_NETNS"], limits.path_problem)
     args = parse_args(env.get("CNI_ARGS", ""))
-    try:
-        conf = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeFailure(what="network configuration on stdin", reason=str(exc)) from exc
-    if not isinstance(conf, dict):
-        raise DecodeFailure(
-            what="network configuration on stdin", reason=f"expected a JSON object, got {json_type(conf)}"
-        )
+    conf = decode_conf(stdin)
     version = conf.get("cniVersion")
     if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
         raise IncompatibleVersion(version=str(version or ""), supported=SUPPORTED_VERSIONS)

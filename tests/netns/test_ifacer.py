@@ -17,6 +17,11 @@ from typing import Any
 import pytest
 import trio
 
+from actors.node import netlink, parents
+from actors.node.netlink import NetlinkWorker
+from spider.coordinator.errors import InterfaceSetupFailed
+from spider.errors import InvalidNetConf
+from spider.ifacer import IfacerConf
 from tests.netns.coordinator_topology import CoordinatorLab, coordinator_lab, ip, why_not
 from tests.support import run_plugin
 
@@ -132,10 +137,143 @@ async def test_a_bond_option_wider_than_its_netlink_field_is_code_7_and_the_agen
 ) -> None:
     # NB: use_carrier is 8 bits: pyroute2's struct.error once escaped the NodeActor and stopped the agent
     bond = {"name": "bond9", "mode": 1, "options": "use_carrier=256"}
+    nic_pair(lab, "nic1")
+    nic_pair(lab, "nic2")
     with trio.fail_after(30):
-        code, error = await ifacer(lab, "ADD", interfaces=["up0", "sw-gw0"], bond=bond)
+        code, error = await ifacer(lab, "ADD", interfaces=["nic1", "nic2"], bond=bond)
         assert (code, error["code"]) == (1, 7)
         assert "does not fit its netlink field" in error["msg"]
         code, error = await ifacer(lab, "ADD", interfaces=["ens99"], vlanID=3)
     assert (code, error["code"]) == (1, 7), "the agent still answers"
     assert link(lab, "bond9") is None
+
+
+@pytest.mark.parametrize(
+    ("bond", "why"),
+    [("bad/name", "'/'"), ("ñññññññññ", "over 15 bytes"), ("a b", "whitespace"), ("x:1", "':'")],
+)
+async def test_a_bond_name_the_kernel_refuses_is_code_7_naming_the_field(
+    lab: CoordinatorLab, bond: str, why: str
+) -> None:
+    with trio.fail_after(30):
+        code, error = await ifacer(lab, "ADD", interfaces=["up0", "sw-gw0"], bond={"name": bond, "mode": 1})
+    assert (code, error["code"]) == (1, 7), why
+    assert "bond.name" in error["msg"]
+
+
+async def test_a_vlan_interface_name_over_15_bytes_is_code_7(lab: CoordinatorLab) -> None:
+    ip("link", "add", "abcdefghijklmn", "type", "veth", "peer", "name", "longpeer", netns=lab.host)
+    with trio.fail_after(30):
+        code, error = await ifacer(lab, "ADD", interfaces=["abcdefghijklmn"], vlanID=100)
+    assert (code, error["code"]) == (1, 7)
+    assert "'abcdefghijklmn.100' must be 1 to 15 bytes long" in error["msg"]
+
+
+async def test_a_lone_surrogate_in_the_configuration_is_refused_and_the_agent_serves_on(lab: CoordinatorLab) -> None:
+    # NB: JSON "\udcff" is no character: pyroute2 could not encode it as a name, and it once stopped the agent
+    body = (
+        b'{"cniVersion": "1.0.0", "name": "underlay", "type": "ifacer", "ipam_unix_socket_path": "%s",'
+        b' "interfaces": ["up0", "sw-gw0"], "bond": {"name": "\\udcff", "mode": 1}}' % str(lab.socket).encode()
+    )
+    env = {**lab.env("ADD", "pod"), "CNI_NETNS": "/var/run/netns/unused"}
+    with trio.fail_after(30):
+        code, error = await run_plugin(lab.bin_dir / "ifacer", env, body)
+        assert (code, error["code"]) == (1, 6), error
+        code, error = await ifacer(lab, "ADD", interfaces=["ens99"], vlanID=3)
+    assert (code, error["code"]) == (1, 7), "the agent still answers"
+
+
+@pytest.mark.skipif(NO_VLAN is None, reason="this kernel can make VLAN links: the error path needs one that cannot")
+async def test_a_vlan_the_kernel_cannot_make_leaves_a_down_parent_down(lab: CoordinatorLab) -> None:
+    ip("link", "add", "nic5", "type", "veth", "peer", "name", "nic5p", netns=lab.host)
+    with trio.fail_after(30):
+        code, error = await ifacer(lab, "ADD", interfaces=["nic5"], vlanID=100)
+    assert (code, error["code"]) == (1, 5), error
+    assert "UP" not in link(lab, "nic5")["flags"]  # type: ignore[index]
+
+
+class BondAsBridge:
+    """The host's socket, making a bridge where ifacer asks for a bond: a bridge takes ports (and refuses a NIC
+    that carries macvlans, EBUSY) as a bond does, and this kernel has bridges."""
+
+    def __init__(self, ipr: Any) -> None:
+        self.ipr = ipr
+
+    def link(self, command: str, **kw: Any) -> Any:
+        if command == "add" and kw.get("kind") == "bond":
+            kw = {"ifname": kw["ifname"], "kind": "bridge"}
+        return self.ipr.link(command, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ipr, name)
+
+
+@pytest.fixture
+async def bridges_as_bonds(lab: CoordinatorLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[NetlinkWorker]:
+    """A netlink worker in the lab's host whose ifacer transactions make and see bridges as bonds."""
+    kind = netlink._kind
+    monkeypatch.setattr(netlink, "_kind", lambda msg: "bond" if kind(msg) == "bridge" else kind(msg))
+    worker = NetlinkWorker(lab.host)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+async def ensure_bonded(worker: NetlinkWorker, conf: dict[str, Any]) -> str | None:
+    def transaction(session: netlink.Session) -> str | None:
+        return parents.ensure_parents(netlink.Session(session.home_fd, BondAsBridge(session.host)), conf_)
+
+    conf_ = IfacerConf.from_json(conf)
+    with trio.fail_after(30):
+        return await worker.call(transaction)
+
+
+def nic_pair(lab: CoordinatorLab, name: str, *, up: bool = True) -> None:
+    ip("link", "add", name, "type", "veth", "peer", "name", f"{name}p", netns=lab.host)
+    if up:
+        ip("link", "set", name, "up", netns=lab.host)
+
+
+async def test_a_bond_that_cannot_take_a_busy_nic_is_undone_and_the_busy_nic_stays_up(
+    lab: CoordinatorLab, bridges_as_bonds: NetlinkWorker
+) -> None:
+    nic_pair(lab, "nic1", up=False)
+    nic_pair(lab, "nic2")
+    ip("link", "add", "link", "nic2", "name", "pods2", "type", "macvlan", "mode", "bridge", netns=lab.host)
+    with pytest.raises(InterfaceSetupFailed, match="busy"):
+        await ensure_bonded(bridges_as_bonds, {"interfaces": ["nic1", "nic2"], "bond": {"name": "sp_bond0"}})
+    assert link(lab, "sp_bond0") is None
+    nic1, nic2 = link(lab, "nic1"), link(lab, "nic2")
+    assert nic1 is not None
+    assert nic2 is not None
+    assert ("master" not in nic1, "UP" in nic1["flags"]) == (True, False)
+    assert ("master" not in nic2, "UP" in nic2["flags"]) == (True, True)  # its pods' macvlans still work
+
+
+async def test_a_nic_that_is_a_port_of_another_bridge_is_refused_and_left_there(
+    lab: CoordinatorLab, bridges_as_bonds: NetlinkWorker
+) -> None:
+    nic_pair(lab, "nic1")
+    nic_pair(lab, "nic2")
+    ip("link", "add", "br-storage", "type", "bridge", netns=lab.host)
+    ip("link", "set", "nic2", "master", "br-storage", netns=lab.host)
+    with pytest.raises(InvalidNetConf, match="'nic2' is already a port of 'br-storage'"):
+        await ensure_bonded(bridges_as_bonds, {"interfaces": ["nic1", "nic2"], "bond": {"name": "sp_bond0"}})
+    assert link(lab, "sp_bond0") is None
+    assert link(lab, "nic2")["master"] == "br-storage"  # type: ignore[index]
+
+
+async def test_a_bond_made_by_hand_gets_the_ports_it_lacks_and_keeps_the_ones_it_has(
+    lab: CoordinatorLab, bridges_as_bonds: NetlinkWorker
+) -> None:
+    nic_pair(lab, "nic1")
+    nic_pair(lab, "nic2")
+    ip("link", "add", "sp_bond0", "type", "bridge", netns=lab.host)
+    ip("link", "set", "nic1", "master", "sp_bond0", netns=lab.host)
+    conf = {"interfaces": ["nic1", "nic2"], "bond": {"name": "sp_bond0"}}
+    assert await ensure_bonded(bridges_as_bonds, conf) == "sp_bond0"
+    assert await ensure_bonded(bridges_as_bonds, conf) == "sp_bond0"  # again: nothing to do
+    assert {link(lab, n)["master"] for n in ("nic1", "nic2")} == {"sp_bond0"}  # type: ignore[index]
+    assert "UP" in link(lab, "sp_bond0")["flags"]  # type: ignore[index]

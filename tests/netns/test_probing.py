@@ -142,3 +142,19 @@ async def test_the_node_actor_sees_its_host_namespace_not_the_agents(pair: Pair,
     with trio.fail_after(5):
         host = await node.inspect_host()
     assert {link.name for link in host.links} == {"lo", "marker0", "marker1"}
+
+
+class GoneNode:
+    """A node whose pod namespace went away after the coordinator looked at it."""
+
+    async def open_probe(self, netns: str, ifname: str, ethertype: int) -> object:
+        raise NamespaceGone(netns=netns)
+
+
+async def test_a_namespace_gone_during_detection_is_its_own_error_not_a_group() -> None:
+    # NB: only three errors were collected: any other (the namespace gone, a netlink timeout) left the nursery
+    # as an ExceptionGroup, which the API answered 500 and the plugin reported as "agent unreachable"
+    ips = [PrevIP(address="10.77.0.50/24", gateway="10.77.0.1"), PrevIP(address="fd77::50/64", gateway="fd77::1")]
+    with pytest.raises(NamespaceGone) as caught:
+        await probing.detect(GoneNode(), "/var/run/netns/gone", "net1", ips, conflict=True, gateway=True)  # type: ignore[arg-type]
+    assert caught.value.cni_code == 3

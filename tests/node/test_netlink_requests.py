@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute, config
 from pyroute2.iproute.ipmock import IPEngine
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nftsocket import nft_rule_msg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from actors.node import netlink
+from actors.node import netlink, parents
+from spider.coordinator.errors import InterfaceSetupFailed
 from spider.errors import InvalidNetConf
 from spider.ifacer import IfacerConf
 
@@ -31,6 +34,16 @@ class Recorder:
             msg.decode()
             if msg["header"]["type"] == 16 and msg["header"]["flags"] & 0x400:  # RTM_NEWLINK, NLM_F_CREATE
                 out.append(msg)
+        return out
+
+    def links_deleted(self) -> list[int]:
+        """The indexes of the links deleted (RTM_DELLINK)."""
+        out = []
+        for data in self.sent:
+            msg = ifinfmsg(data)
+            msg.decode()
+            if msg["header"]["type"] == 17:
+                out.append(msg["index"])
         return out
 
 
@@ -57,7 +70,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
 
 
 def test_a_vlan_request_names_its_parent_and_vlan_id(recorder: Recorder) -> None:
-    recorder.ipr.link("add", **netlink.vlan_request("eth0.100", 2, 100))
+    recorder.ipr.link("add", **parents.vlan_request("eth0.100", 2, 100))
     (msg,) = recorder.links_added()
     info = msg.get_attr("IFLA_LINKINFO")
     assert msg.get_attr("IFLA_IFNAME") == "eth0.100"
@@ -68,7 +81,7 @@ def test_a_vlan_request_names_its_parent_and_vlan_id(recorder: Recorder) -> None
 
 def test_a_bond_request_carries_its_mode_and_options_with_interfaces_as_indexes(recorder: Recorder) -> None:
     options = [("miimon", 100), ("ad_lacp_rate", 1), ("arp_ip_target", ("10.0.0.1",)), ("primary", "eth0")]
-    recorder.ipr.link("add", **netlink.bond_request("sp_bond0", 4, options, {"eth0": 2}))
+    recorder.ipr.link("add", **parents.bond_request("sp_bond0", 4, options, {"eth0": 2}))
     (msg,) = recorder.links_added()
     data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
     assert data.get_attr("IFLA_BOND_MODE") == 4
@@ -80,20 +93,57 @@ def test_a_bond_request_carries_its_mode_and_options_with_interfaces_as_indexes(
 
 def test_a_bond_option_naming_an_interface_outside_the_bond_is_refused() -> None:
     with pytest.raises(InvalidNetConf, match="not one of the interfaces"):
-        netlink.bond_request("sp_bond0", 1, [("primary", "ens9")], {"eth0": 2})
+        parents.bond_request("sp_bond0", 1, [("primary", "ens9")], {"eth0": 2})
+
+
+def ensure(ipr: IPRoute, conf: IfacerConf) -> str | None:
+    """ifacer's transaction (``parents.ensure_parents``) on the mock socket ``ipr``."""
+    return parents.ensure_parents(netlink.Session(-1, ipr), conf)
 
 
 def test_ensuring_a_vlan_parent_adds_it_once_and_brings_it_up(recorder: Recorder) -> None:
     conf = IfacerConf.from_json({"interfaces": ["eth0"], "vlanID": 100})
-    assert netlink._ensure_parents(recorder.ipr, conf) == "eth0.100"
-    assert netlink._ensure_parents(recorder.ipr, conf) == "eth0.100"  # exists: kept, not added again
+    assert ensure(recorder.ipr, conf) == "eth0.100"
+    assert ensure(recorder.ipr, conf) == "eth0.100"  # exists: kept, not added again
     assert [m.get_attr("IFLA_IFNAME") for m in recorder.links_added()] == ["eth0.100"]
-    assert "eth0.100" in {link.name for link in netlink._links(recorder.ipr) if link.up}
+    assert "eth0.100" in {link.name for link in netlink.list_links(recorder.ipr) if link.up}
 
 
 def test_a_parent_interface_that_does_not_exist_is_a_configuration_error(recorder: Recorder) -> None:
     with pytest.raises(InvalidNetConf, match="'ens9' does not exist on the node"):
-        netlink._ensure_parents(recorder.ipr, IfacerConf.from_json({"interfaces": ["ens9"], "vlanID": 5}))
+        ensure(recorder.ipr, IfacerConf.from_json({"interfaces": ["ens9"], "vlanID": 5}))
+
+
+def test_a_vlan_id_another_interface_has_is_refused_before_the_parent_is_touched(recorder: Recorder) -> None:
+    # Spiderpool's CmdAdd runs checkInterfaceWithSameVlan before createVlanDevice, which sets the parent up
+    ipr = recorder.ipr
+    eth0 = ipr.link_lookup(ifname="eth0")[0]
+    ipr.link("set", index=eth0, state="down")
+    ipr.link("add", ifname="other.7", kind="vlan", link=eth0, vlan_id=7)
+    with pytest.raises(InvalidNetConf, match="same vlanId 7"):
+        ensure(ipr, IfacerConf.from_json({"interfaces": ["eth0"], "vlanID": 7}))
+    assert not next(link for link in netlink.list_links(ipr) if link.name == "eth0").up
+
+
+def test_a_vlan_whose_last_step_fails_is_deleted_and_its_parent_set_down_again(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ipr = recorder.ipr
+    eth0 = ipr.link_lookup(ifname="eth0")[0]
+    ipr.link("set", index=eth0, state="down")
+    link = ipr.link
+
+    def refuse_the_vlan_up(command: str, **kw: Any) -> Any:
+        if command == "set" and kw.get("state") == "up" and kw.get("index") != eth0:
+            raise NetlinkError(errno.ENOBUFS)
+        return link(command, **kw)
+
+    monkeypatch.setattr(ipr, "link", refuse_the_vlan_up)
+    with pytest.raises(InterfaceSetupFailed, match="No buffer space"):
+        ensure(ipr, IfacerConf.from_json({"interfaces": ["eth0"], "vlanID": 100}))
+    made = ipr.link_lookup(ifname="eth0.100")[0]
+    assert made in recorder.links_deleted()  # NB: the mock engine answers RTM_DELLINK but keeps the link
+    assert not next(x for x in netlink.list_links(ipr) if x.name == "eth0").up
 
 
 def test_the_reply_marking_rules_encode_as_nftables_expressions() -> None:

@@ -150,3 +150,10 @@ async def test_the_node_actor_answers_a_fifo_at_once_and_keeps_serving(node: Nod
             await node.open_probe("/proc/self/ns/mnt", "lo", 0x0806)
         host = await node.inspect_host()
     assert host.link("lo") is not None
+
+
+def test_a_path_holding_a_nul_is_an_environment_error_not_a_crash() -> None:
+    # NB: os.stat raises ValueError on it, which once escaped the NodeActor and stopped the agent
+    with pytest.raises(InvalidEnvironment, match="CNI_NETNS") as caught:
+        netns_file.check_netns("/var/run/netns/a\x00b")
+    assert caught.value.cni_code == 4

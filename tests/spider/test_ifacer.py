@@ -36,7 +36,12 @@ def test_two_interfaces_without_a_bond_need_nothing_as_in_spiderpool() -> None:
     [
         ({}, "interfaces have at least one interface"),
         ({"interfaces": []}, "interfaces have at least one interface"),
-        ({"interfaces": ["a/b"]}, "interface names"),
+        ({"interfaces": ["a/b"]}, "interfaces: 'a/b' is no interface name: it must not contain '/'"),
+        ({"interfaces": [7]}, "interfaces must be interface names"),
+        ({"interfaces": ["ñññññññññ"]}, "must be 1 to 15 bytes long"),
+        ({"interfaces": ["a", "b"], "bond": {"name": "\udcff"}}, "bond.name: .* it must be UTF-8 text"),
+        ({"interfaces": ["a", "b"], "bond": {"name": "a b"}}, "bond.name"),
+        ({"interfaces": ["abcdefghijklmn"], "vlanID": 100}, "the VLAN interface 'abcdefghijklmn.100' must be 1 to 15"),
         ({"interfaces": ["ens5"], "vlanID": 4095}, "vlanID must be an integer from 0 to 4094"),
         ({"interfaces": ["ens5"], "vlanID": "7"}, "vlanID"),
         ({"interfaces": ["a", "b"], "bond": {"mode": 7}}, "bond.mode must be 0 to 6"),

@@ -48,6 +48,11 @@ def test_add_without_prev_result_says_the_coordinator_must_be_chained() -> None:
         ({**ENV, "CNI_COMMAND": "FROB"}, stdin(prevResult=PREV), InvalidEnvironment, 4),
         ({k: v for k, v in ENV.items() if k != "CNI_NETNS"}, stdin(prevResult=PREV), InvalidEnvironment, 4),
         ({**ENV, "CNI_CONTAINERID": "-bad"}, stdin(prevResult=PREV), InvalidEnvironment, 4),
+        ({**ENV, "CNI_NETNS": "/var/run/netns/a\x00b"}, stdin(prevResult=PREV), InvalidEnvironment, 4),  # NB: once
+        ({**ENV, "CNI_IFNAME": "net\udcff"}, stdin(prevResult=PREV), InvalidEnvironment, 4),  # stopped the agent
+        ({**ENV, "CNI_IFNAME": "eth0:1"}, stdin(prevResult=PREV), InvalidEnvironment, 4),
+        (ENV, b'{"cniVersion": "1.0.0", "name": "\\udcff"}', DecodeFailure, 6),
+        (ENV, b'{"cniVersion": "1.0.0", "mtu": NaN}', DecodeFailure, 6),
         (ENV, b"{not json", DecodeFailure, 6),
         (ENV, json.dumps({"cniVersion": "9.9.9", "prevResult": PREV}).encode(), IncompatibleVersion, 1),
         ({**ENV, "CNI_COMMAND": "CHECK"}, json.dumps({"cniVersion": "0.3.1"}).encode(), IncompatibleVersion, 1),
