@@ -24,6 +24,7 @@ entering it).  DEL is always forwarded: it cleans the host side whatever the pod
 import _socket
 import posix
 import sys
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -128,27 +129,40 @@ def _request(plugin: str, env: dict[bytes, bytes], stdin: bytes) -> bytes:
 
 
 def _exchange(path: bytes, request: bytes) -> bytes:
+    """Send ``request`` and read the whole reply, within ``TIMEOUT`` seconds in all (as Spiderpool's client
+    timeout): a peer that trickles bytes cannot hold the plugin longer."""
+    deadline = time.monotonic() + TIMEOUT
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(TIMEOUT)
         sock.connect(path)
         try:
+            sock.settimeout(_left(deadline))  # NB: a bound on the whole sendall, not on each send
             sock.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
             # The agent stopped reading: it refused the request (413) and its answer waits in our buffer.
-            reply = _receive_all(sock)
+            reply = _receive_all(sock, deadline)
             if not reply:
                 raise
             return reply
-        return _receive_all(sock)
+        return _receive_all(sock, deadline)
     finally:
         sock.close()
 
 
-def _receive_all(sock: "_socket.socket") -> bytes:
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; ``TimeoutError`` once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+def _receive_all(sock: "_socket.socket", deadline: float) -> bytes:
     chunks = []
     try:
         while True:
+            sock.settimeout(_left(deadline))
             chunk = sock.recv(65536)
             if not chunk:
                 break
@@ -269,7 +283,8 @@ def main(
     except Exception as exc:  # never a traceback: the runtime reads stdout as JSON
         reason = f"internal error in the plugin: {type(exc).__name__}: {exc}"
     unreachable = CODE_NOT_AVAILABLE if command == b"STATUS" else CODE_TRY_AGAIN_LATER
-    _write(out, _error(version, unreachable, "spider agent is unreachable", f"{path.decode()}: {reason}"))
+    where = path.decode("utf-8", "replace")  # NB: the configuration may name a path that is no UTF-8
+    _write(out, _error(version, unreachable, "spider agent is unreachable", f"{where}: {reason}"))
     return 1
 
 

@@ -22,6 +22,7 @@ CNI error with code 11 (try again later; 50 "not available" for STATUS) and exit
 import _socket
 import posix
 import sys
+import time
 
 TYPE_CHECKING = False  # typing is not built in: importing it would cost start-up time
 if TYPE_CHECKING:
@@ -158,27 +159,40 @@ def _request(env: dict[bytes, bytes], stdin: bytes) -> bytes:
 
 
 def _exchange(path: bytes, request: bytes) -> bytes:
+    """Send ``request`` and read the whole reply, within ``TIMEOUT`` seconds in all (as Spiderpool's client
+    timeout): a peer that trickles bytes cannot hold the plugin longer."""
+    deadline = time.monotonic() + TIMEOUT
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(TIMEOUT)
         sock.connect(path)
         try:
+            sock.settimeout(_left(deadline))  # NB: a bound on the whole sendall, not on each send
             sock.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
             # The agent stopped reading: it refused the request (413) and its answer waits in our buffer.
-            reply = _receive_all(sock)
+            reply = _receive_all(sock, deadline)
             if not reply:
                 raise
             return reply
-        return _receive_all(sock)
+        return _receive_all(sock, deadline)
     finally:
         sock.close()
 
 
-def _receive_all(sock: "_socket.socket") -> bytes:
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; ``TimeoutError`` once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+def _receive_all(sock: "_socket.socket", deadline: float) -> bytes:
     chunks = []
     try:
         while True:
+            sock.settimeout(_left(deadline))
             chunk = sock.recv(65536)
             if not chunk:
                 break
@@ -198,10 +212,9 @@ def _dechunk(data: bytes) -> bytes:
         if eol < 0:
             raise _BadReply("truncated chunked body")
         size_text = data[i:eol].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _BadReply(f"bad chunk size {_text(size_text)!r}") from None
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):  # NB: int() takes "-6", "+6", "0x6"
+            raise _BadReply(f"bad chunk size {_text(size_text)!r}")
+        size = int(size_text, 16)
         if size == 0:
             return b"".join(out)
         start = eol + 2

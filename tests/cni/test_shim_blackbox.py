@@ -3,6 +3,7 @@ agent on a unix socket; plus a few in-process calls of ``main`` for what a real 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -12,12 +13,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cni import coordinator as coordinator_shim
 from cni import shim
 from spider import cni
 
@@ -41,6 +44,7 @@ class _Server(socketserver.UnixStreamServer):
     reply: bytes
     release: threading.Event
     hold: bool
+    trickle: bool
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -65,6 +69,13 @@ class _Handler(socketserver.BaseRequestHandler):
         if self.server.hold:
             self.server.release.wait(10)
             return
+        if self.server.trickle:  # one byte of a reply head every 20 ms, for 10 s (a test's bound), never done
+            with contextlib.suppress(OSError):
+                for _ in range(500):
+                    if self.server.release.wait(0.02):
+                        break
+                    self.request.sendall(b"X")
+            return
         self.request.sendall(self.server.reply)
 
 
@@ -78,6 +89,7 @@ class FakeAgent:
         self._server.reply = http_reply(RESULT)
         self._server.release = threading.Event()
         self._server.hold = False
+        self._server.trickle = False
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01})
         self._thread.start()
 
@@ -90,6 +102,10 @@ class FakeAgent:
 
     def never_answer(self) -> None:
         self._server.hold = True
+
+    def trickle(self) -> None:
+        """Answer one byte at a time, for ever: each read of the plugin gets something."""
+        self._server.trickle = True
 
     def close(self) -> None:
         self._server.release.set()
@@ -288,6 +304,7 @@ def test_a_socket_nobody_listens_on_is_refused(sockdir: Path) -> None:
         ),
         (b"HTTP/1.1 200 OK\r\nX-Cni-Exit: 0\r\nContent-Length: 99\r\n\r\n{}", "cut short"),
         (b"HTTP/1.1 200 OK\r\nX-Cni-Exit: 0\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nX-Cni-Exit: 0\r\nTransfer-Encoding: chunked\r\n\r\n-6\r\n{}\r\n0\r\n\r\n", "chunk size"),
         (b"HTTP/1.1 200 OK\r\nX-Cni-Exit: 0\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{}", "truncated"),
     ],
 )
@@ -360,6 +377,35 @@ def test_an_agent_that_never_answers_times_out(agent: FakeAgent, monkeypatch: py
     error = cni_error(out.getvalue())
     assert (status, error["code"]) == (1, 11)
     assert error["details"] == f"{agent.path}: no reply within 0.2 s"
+
+
+@pytest.mark.parametrize("plugin", [shim, coordinator_shim], ids=["spiderpool", "coordinator"])
+def test_an_agent_that_trickles_its_answer_cannot_hold_a_plugin_past_its_timeout(
+    agent: FakeAgent, plugin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NB: the timeout once bounded each read: a byte every 20 ms held the plugin as long as the peer liked
+    monkeypatch.setattr(plugin, "TIMEOUT", 0.3)
+    agent.trickle()
+    out = io.BytesIO()
+    environ = {k.encode(): v.encode() for k, v in add_env().items()}
+    stdin = json.dumps(conf(agent.path, ipam_unix_socket_path=str(agent.path))).encode()
+    started = time.monotonic()
+    status = plugin.main(environ=environ, stdin=stdin, out=out)
+    assert time.monotonic() - started < 3
+    error = cni_error(out.getvalue())
+    assert (status, error["code"]) == (1, 11)
+    assert error["details"] == f"{agent.path}: no reply within 0.3 s"
+
+
+@pytest.mark.parametrize("plugin", ["coordinator", "ifacer"])
+def test_a_socket_path_that_is_no_utf8_is_a_cni_error_not_a_traceback(plugin: str) -> None:
+    stdin = b'{"cniVersion":"1.0.0","name":"n","type":"x","ipam_unix_socket_path":"/nonexistent/\xff.sock"}'
+    out = io.BytesIO()
+    environ = {k.encode(): v.encode() for k, v in add_env().items()}
+    status = coordinator_shim.main(environ, stdin, out, plugin)
+    error = cni_error(out.getvalue())
+    assert (status, error["code"]) == (1, 11)
+    assert error["details"].startswith("/nonexistent/\ufffd.sock: ")
 
 
 def test_an_unexpected_failure_is_still_a_cni_error(monkeypatch: pytest.MonkeyPatch) -> None:
