@@ -369,6 +369,19 @@ class PoolActor:
         """Serve the mailbox until every handle is closed (the graceful drain), the actor has been idle for
         ``idle_timeout`` or its pool is gone (then the mailbox is closed first), or we are cancelled."""
         task_status.started()
+        try:
+            await self._serve()
+        except BaseException:  # NB: cancelled (the host steps down) or crashed: nobody may wait forever
+            self._refuse_queued()
+            raise
+
+    def _refuse_queued(self) -> None:
+        """Answer every request still queued ``ActorUnavailable`` (its sender serves it elsewhere)."""
+        with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            while True:
+                self.mailbox.receive_nowait().reply.error(ActorUnavailable(actor=f"pool/{self.name}"))
+
+    async def _serve(self) -> None:
         recent: collections.deque[int] = collections.deque([1], maxlen=LINGER_MEMORY)
         nodes: collections.deque[frozenset[str]] = collections.deque(maxlen=SENDER_MEMORY)
         paces = Paces(DUE_PACES)

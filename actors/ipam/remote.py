@@ -86,7 +86,7 @@ from actors.runtime.mailbox import Reply
 from actors.stores.port import NotFound, Store
 from spider import limits
 from spider.addr import IPSet
-from spider.errors import ActorUnavailable, SpiderError, TransientError
+from spider.errors import ActorUnavailable, RequestExpired, SpiderError, TransientError
 from spider.limits import MAX_CONTAINER_ID, MAX_NAME, MAX_UID
 from spider.pool import Owner, Record, Route
 
@@ -439,6 +439,10 @@ class HostRefused(Exception):
         self.status = status
 
 
+class _Unanswered(trio.BrokenResourceError):
+    """The connection failed before the host answered a byte (on a kept-alive one: the host had closed it)."""
+
+
 @attrs.define(eq=False)
 class HostClient:
     """HTTPS requests to the pool host over kept-alive connections (at most ``keep`` idle ones)."""
@@ -452,13 +456,24 @@ class HostClient:
         """The answer body of a 200; ``HostRefused`` for another status, ``OSError``/``trio`` errors when the
         connection fails.  ``body()`` is called once the connection is up (its TLS handshake done), so that
         what the body says about time is said as late as it can be.  Cancel it to give up (the connection is
-        then dropped)."""
+        then dropped).
+
+        A kept-alive connection the host closed meanwhile (it drops idle ones after its read timeout) fails
+        before a byte of answer: the request is then sent once more on a fresh connection, and the other idle
+        connections to that host, as old, are dropped."""
         stream = self._take(address)
+        kept = stream is not None
         if stream is None:
             stream = await trio.open_ssl_over_tcp_stream(address.host, address.port, ssl_context=context)
         try:
             await stream.do_handshake()  # NB: at once on a kept-alive connection
             status, reason, data, reusable = await self._exchange(stream, address, path, body(), token)
+        except _Unanswered:
+            await trio.aclose_forcefully(stream)
+            if not kept:
+                raise
+            await self._drop_idle(address)
+            return await self.post(address, context, path, body, token)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -469,6 +484,12 @@ class HostClient:
         if status != 200:
             raise HostRefused(status, reason)
         return data
+
+    async def _drop_idle(self, address: HostAddress) -> None:
+        idle = [stream for where, stream in self._idle if where == address]
+        self._idle = [(where, stream) for where, stream in self._idle if where != address]
+        for stream in idle:
+            await trio.aclose_forcefully(stream)
 
     def _take(self, address: HostAddress) -> trio.SSLStream[trio.SocketStream] | None:
         for i, (where, stream) in enumerate(self._idle):
@@ -491,14 +512,23 @@ class HostClient:
             headers.append(("Authorization", f"Bearer {token}"))
         data = conn.send(h11.Request(method="POST", target=path, headers=headers))
         data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-        await stream.send_all(data)
-        status, answer = 0, bytearray()
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise _Unanswered(f"the host closed the connection ({exc})") from exc
+        status, answer, heard = 0, bytearray(), False
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                chunk = await stream.receive_some(65536)
+                try:
+                    chunk = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    if heard:
+                        raise
+                    raise _Unanswered(f"the host closed the connection ({exc})") from exc
                 if not chunk:
-                    raise trio.BrokenResourceError("the host closed the connection")
+                    raise (trio.BrokenResourceError if heard else _Unanswered)("the host closed the connection")
+                heard = True
                 conn.receive_data(bytes(chunk))
             elif isinstance(event, h11.Response):
                 status = event.status_code
@@ -707,8 +737,9 @@ def _writes(batch: list[PoolMsg]) -> int:
 
 
 def _host_side(exc: BaseException) -> bool:
-    """Whether an error came from the host's own state (its actor stopped, it stepped down), not the pool's."""
-    return isinstance(exc, ActorUnavailable)
+    """Whether an error came from the host's own state (its actor stopped, it stepped down, it kept the request
+    past its ``within``: unapplied), not the pool's: the agent then serves the request itself."""
+    return isinstance(exc, ActorUnavailable | RequestExpired)
 
 
 __all__ = [

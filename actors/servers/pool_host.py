@@ -13,9 +13,9 @@ safety argument are in ``actors.ipam.remote``; docs/architecture.md, "The pool h
   request with its own actor.  The host's actors are the same optimistic ones: nothing here is needed for
   safety, only for fewer write races.
 - authentication: the agent's ServiceAccount token as a bearer token, checked with a TokenReview (the store's
-  ``review_token``), remembered ``review_ttl`` seconds (valid or not); only ``allowed_user`` is served
-  (``system:serviceaccount:<namespace>:spiderpool-agent``).  No or an invalid token: 401; another account: 403.
-  Either changes nothing.
+  ``review_token``), remembered ``review_ttl`` seconds (valid or not; one review at a time per token); only
+  ``allowed_user`` is served (``system:serviceaccount:<namespace>:spiderpool-agent``).  No or an invalid
+  token: 401; another account: 403.  Either changes nothing.
 
 TLS: a certificate for the Pod IP signed by the controller's CA (``actors.servers.certs.pool_host_certificate``),
 renewed with the Secret's CA every ``refresh_interval`` seconds.  The counters (``GET /v1/spider/stats``) are
@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import outcome
@@ -40,7 +41,7 @@ from actors.servers.certs import CertBundle, CertSettings, issue_for, problem, p
 from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, json_response
 from actors.stores.port import Store
 from spider import limits
-from spider.errors import SpiderError
+from spider.errors import ActorUnavailable, SpiderError
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,14 @@ REVIEW_TTL = 60.0
 MAX_BATCH_BYTES = 1024 * 1024
 """Largest batch body: an agent sends at most 256 requests in one (``MAX_FORWARD_BATCH``), each under 2 KiB."""
 MAX_CACHED_TOKENS = 1024
-"""Most token verdicts kept; the cache starts over when it is full."""
+"""Most verdicts kept of each kind (tokens of an account, tokens of none); the oldest goes first, so a flood of
+made-up tokens never pushes out the agents'."""
+ANSWER_GRACE = 10.0
+"""Seconds past a batch's ``within`` (and the pool's conflict budget) its handler waits for the actor's answers
+before answering ``ActorUnavailable`` itself (an actor cancelled as the host steps down)."""
 
 TokenReview = Callable[[str], Awaitable[str | None]]
+V = TypeVar("V")
 
 
 @attrs.define(eq=False)
@@ -71,7 +77,10 @@ class PoolHost:
     """Seconds a client may take to send one request, its TLS handshake included (``HttpServer``)."""
     batches: int = 0
     refused: int = 0
-    _verdicts: dict[str, tuple[str | None, float]] = attrs.field(factory=dict)
+    _verdicts: dict[str, tuple[str, float]] = attrs.field(factory=dict)
+    _refusals: dict[str, float] = attrs.field(factory=dict)
+    _reviewing: dict[str, trio.Event] = attrs.field(factory=dict)
+    """The tokens whose TokenReview runs now: a request with one of them waits for that verdict."""
 
     async def handle(self, request: Request) -> Response:
         """The HTTP handler."""
@@ -99,7 +108,7 @@ class PoolHost:
                 raise TypeError("'sender' is not a node name")
             expires = _expiry(sent.get("within"), arrived)
             messages = [decode_message(raw, sender, expires) for raw in sent["messages"]]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # NB: a number too large for a float
             return json_response(400, f"malformed batch: {type(exc).__name__}: {exc}")
         self.batches += 1
         try:
@@ -107,7 +116,9 @@ class PoolHost:
         except SpiderError as exc:  # no such pool: every request gets that answer
             for msg in messages:
                 msg.reply.error(exc)
-        results = [encode_outcome(await _outcome(msg)) for msg in messages]
+        # NB: bounded, whatever becomes of the actor: the agent stopped waiting long before
+        give_up = (expires if expires is not None else arrived) + registry.conflict_budget + ANSWER_GRACE
+        results = [encode_outcome(await _outcome(msg, give_up, name)) for msg in messages]
         return json_response(200, {"results": results})
 
     async def _check_head(self, request: Request) -> Response | None:
@@ -121,24 +132,43 @@ class PoolHost:
         if not auth.startswith("Bearer ") or not auth.removeprefix("Bearer ").strip():
             return json_response(401, "a bearer token (the agent's ServiceAccount token) is required")
         token = auth.removeprefix("Bearer ").strip()
-        now = trio.current_time()
-        verdict = self._verdicts.get(token)
-        if verdict is None or verdict[1] < now:
-            try:
-                user = await self.review(token)
-            except SpiderError as exc:  # the API server is down: we cannot tell, so we do not serve
-                log.warning("pool host: TokenReview failed: %s", exc)
-                return json_response(503, f"cannot review the token now: {exc}")
-            if len(self._verdicts) >= MAX_CACHED_TOKENS:
-                self._verdicts.clear()
-            self._verdicts[token] = verdict = (user, now + self.review_ttl)
-        user = verdict[0]
+        try:
+            user = await self._user_of(token)
+        except SpiderError as exc:  # the API server is down: we cannot tell, so we do not serve
+            log.warning("pool host: TokenReview failed: %s", exc)
+            return json_response(503, f"cannot review the token now: {exc}")
         if user is None:
             return json_response(401, "the token is not valid")
         if user != self.allowed_user:
             log.warning("pool host: refused %s (only %s is served)", user, self.allowed_user)
             return json_response(403, f"{user} may not use the pool host")
         return None
+
+    async def _user_of(self, token: str) -> str | None:
+        """Whose ``token`` is (``None``: nobody's), as a TokenReview said at most ``review_ttl`` seconds ago; one
+        review at a time per token, which every request with it waits for."""
+        while True:
+            now = trio.current_time()
+            if (verdict := self._verdicts.get(token)) is not None and verdict[1] >= now:
+                return verdict[0]
+            if self._refusals.get(token, -math.inf) >= now:
+                return None
+            running = self._reviewing.get(token)
+            if running is None:
+                break
+            await running.wait()  # NB: then the verdict is cached, or that review failed and we try ourselves
+        self._reviewing[token] = done = trio.Event()
+        try:
+            user = await self.review(token)
+        finally:
+            del self._reviewing[token]
+            done.set()
+        until = trio.current_time() + self.review_ttl
+        if user is None:
+            _remember(self._refusals, token, until)
+        else:
+            _remember(self._verdicts, token, (user, until))
+        return user
 
     async def serve(
         self,
@@ -166,11 +196,21 @@ def _expiry(within: Any, arrived: float) -> float | None:
     return arrived + within
 
 
-async def _outcome(msg: PoolMsg) -> outcome.Outcome[Any]:
+def _remember(cache: dict[str, V], token: str, verdict: V) -> None:
+    """Keep ``verdict`` as the newest of ``cache``, dropping the oldest when it is full."""
+    cache.pop(token, None)
+    while len(cache) >= MAX_CACHED_TOKENS:
+        del cache[next(iter(cache))]
+    cache[token] = verdict
+
+
+async def _outcome(msg: PoolMsg, give_up: float, pool: str) -> outcome.Outcome[Any]:
     try:
-        return outcome.Value(await msg.reply.wait())
+        with trio.move_on_at(give_up):
+            return outcome.Value(await msg.reply.wait())
     except SpiderError as exc:
         return outcome.Error(exc)
+    return outcome.Error(ActorUnavailable(actor=f"pool/{pool}"))
 
 
 async def keep_certificate(

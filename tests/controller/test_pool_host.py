@@ -454,6 +454,60 @@ async def test_a_host_that_answers_after_the_agent_gave_up_costs_no_address(tmp_
             await agent_store.aclose()
 
 
+async def test_a_request_the_host_let_expire_is_served_by_the_agent_in_its_budget(tmp_path: Path) -> None:
+    """The host's status writes take a second; an agent with a 1.2 s budget asks it to apply its ADD within
+    0.6 s.  Queued behind another pod's write, the host answers ``RequestExpired`` (unapplied): the agent serves
+    the ADD itself, within its budget, instead of failing it with CNI 11."""
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            controller = await b.controller("ctl-a", "127.0.0.2", slow=True)
+            stores = [await b.store(), await b.store()]
+            async with trio.open_nursery() as nursery:
+                patient = await b.agent(stores[0], nursery, budget=5.0)
+                hurried = await b.agent(stores[1], nursery, budget=1.2)
+                for forwarder in (patient, hurried):
+                    await hosted(forwarder, controller)
+                await eventually(lambda: _settled(b, "shared"), what="the reconciler's first writes")
+                got: dict[int, str] = {}
+
+                async def add(forwarder: PoolForwarder, n: int) -> None:
+                    got[n] = (await (await forwarder.local.get("shared")).allocate(owner(n))).ip
+
+                async with trio.open_nursery() as burst:
+                    burst.start_soon(add, patient, 1)  # the host writes it for a second
+                    await trio.sleep(0.3)
+                    burst.start_soon(add, hurried, 2)  # waits behind that write past its 0.6 s
+                assert hurried.stats.fallback == 1
+                nursery.cancel_scope.cancel()
+            for store in stores:
+                await store.aclose()
+            assert sorted(got.values()) == await no_duplicates(b.admin)
+            assert len(set(got.values())) == 2
+
+
+async def test_a_batch_after_an_idle_spell_is_still_served_by_the_host(tmp_path: Path) -> None:
+    """The host closes a kept-alive connection that stays idle for its read timeout (30 s in production); the
+    agent's next batch finds it closed before a byte of answer and sends again on a fresh connection, instead of
+    taking a healthy host for a failed one (a batch served locally, and a growing backoff)."""
+    read_timeout = 0.5
+    with trio.fail_after(TIMEOUT):
+        async with bench(tmp_path) as b:
+            for i in range(3):
+                await b.admin.create(pool_object(f"p{i}", f"10.5{i}.0.0/24", [f"10.5{i}.0.10-10.5{i}.0.69"]))
+            async with b.hosted_agent(read_timeout=read_timeout) as (_controller, forwarder, _handle):
+                handles = [await forwarder.local.get(f"p{i}") for i in range(3)]
+                async with trio.open_nursery() as burst:  # NB: three pools at once: three connections kept
+                    for i, handle in enumerate(handles):
+                        burst.start_soon(handle.allocate, owner(10 + i))
+                assert len(forwarder.client._idle) >= 2
+                await trio.sleep(read_timeout * 3)  # a lull: the host closed them all
+                for n in range(3):
+                    await handles[0].allocate(owner(20 + n))
+                    assert forwarder.host_available()
+                assert forwarder.stats.fallback == 0
+                assert forwarder.stats.requests == 6
+
+
 async def test_two_controllers_hosting_at_once_cost_no_address(tmp_path: Path) -> None:
     """Split brain: the standby believes it leads too and hosts the same pool; agents forward to either.  The
     two hosts' writes race at the resourceVersion like any two writers: no owner holds two addresses, no address

@@ -15,8 +15,8 @@ from actors.ipam.pool import Allocate, PoolRegistry
 from actors.ipam.remote import BATCH_PATH, encode_message
 from actors.runtime.mailbox import Reply
 from actors.runtime.supervisor import Supervisor
-from actors.servers.httpserver import Request
-from actors.servers.pool_host import PoolHost
+from actors.servers.httpserver import Request, Response
+from actors.servers.pool_host import MAX_CACHED_TOKENS, PoolHost
 from spider.pool import KIND, Owner, PoolLedger
 from tests.ipam.memory_store import MemoryStore, SlowWrites, delays
 from tests.support import pool_object
@@ -156,3 +156,90 @@ async def test_a_malformed_limit_is_refused_and_changes_nothing(
         # NB: json.dumps sends inf as Infinity, which is no JSON number: refused as the body is read
         assert b"within" in response.body or b"Infinity is not a JSON number" in response.body
         assert await holders(store) == set()
+
+
+async def test_an_added_at_too_large_for_a_float_is_a_malformed_batch(host: tuple[PoolHost, MemoryStore]) -> None:
+    server, store = host
+    text = json.loads(batch("x").body)
+    text["messages"][0]["owner"]["added_at"] = 12345
+    body = json.dumps(text).replace("12345", "1" + "0" * 400).encode()  # NB: once an OverflowError: a 500
+    headers = {"authorization": "Bearer agent-token"}
+    response = await server.handle(Request("POST", f"{BATCH_PATH}shared", {}, headers, body))
+    assert response.status == 400
+    assert await holders(store) == set()
+
+
+async def test_a_batch_queued_when_the_host_steps_down_is_answered_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # NB: only the batch the actor held was answered: a queued one waited for ever, holding its connection
+    store = MemoryStore()
+    await store.create(POOL)
+    answers: dict[str, Any] = {}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as agents, trio.open_nursery() as hosted:
+            server = PoolHost(
+                _review, USER, PoolRegistry(SlowWrites(store, delays({"shared": [5.0]})), Supervisor(hosted))
+            )
+
+            async def send(uid: str) -> None:
+                response = await server.handle(batch(uid, within=30.0))
+                (answers[uid],) = json.loads(response.body)["results"]
+                answers[uid]["at"] = trio.current_time()
+
+            agents.start_soon(send, "first")  # folded at once; its write takes 5 s
+            await trio.sleep(0.5)
+            agents.start_soon(send, "queued")  # in the actor's mailbox behind that write
+            await trio.sleep(0.5)
+            server.registry = None  # the host steps down (Controller.lead): 421 from now on, its actors cancelled
+            stepped_down = trio.current_time()
+            hosted.cancel_scope.cancel()
+    assert {uid: answer["error"]["type"] for uid, answer in answers.items()} == {
+        "first": "ActorUnavailable",
+        "queued": "ActorUnavailable",
+    }
+    assert max(answer["at"] for answer in answers.values()) == stepped_down
+    assert await holders(store) == set()
+
+
+def head(token: str) -> Request:
+    return Request("POST", f"{BATCH_PATH}shared", {}, {"authorization": f"Bearer {token}"}, b"")
+
+
+async def test_a_flood_of_made_up_tokens_does_not_push_out_the_agents_verdict() -> None:
+    reviews: list[str] = []
+
+    async def review(token: str) -> str | None:
+        reviews.append(token)
+        return await _review(token)
+
+    server = PoolHost(review, USER)
+    assert await server._authenticate(head("agent-token")) is None
+    for n in range(MAX_CACHED_TOKENS + 10):  # NB: anyone on the host network can send these
+        denied = await server._authenticate(head(f"made-up-{n}"))
+        assert denied is not None
+        assert denied.status == 401
+    assert await server._authenticate(head("agent-token")) is None
+    assert reviews.count("agent-token") == 1
+    assert reviews.count("made-up-0") == 1
+
+
+async def test_requests_with_one_new_token_share_one_review(autojump_clock: trio.testing.MockClock) -> None:
+    reviews: list[str] = []
+
+    async def review(token: str) -> str | None:
+        reviews.append(token)
+        await trio.sleep(0.2)  # an API server round trip
+        return USER
+
+    server = PoolHost(review, USER)
+    denied: list[Response | None] = []
+
+    async def authenticate() -> None:
+        denied.append(await server._authenticate(head("agent-token")))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):  # a burst from every node right after the host started
+            nursery.start_soon(authenticate)
+    assert denied == [None] * 20
+    assert reviews == ["agent-token"]
