@@ -190,6 +190,26 @@ class MalformedRequest(InvalidInput):
 
 
 @attrs.define(auto_exc=True, kw_only=True)
+class ConflictReleaseForbidden(AllocationError):
+    """``DELETE /v1/ipam/ips`` with ``isReleaseConflictIPs`` that may not release, as in Spiderpool: the agent's
+    switch is off (``SPIDERPOOL_ENABLED_RELEASE_CONFLICT_IPS=false``: HTTP 521), or the pod is a StatefulSet's or
+    a KubeVirt VM's, whose addresses are fixed (HTTP 522).  Nothing is released."""
+
+    cni_code = CNI_INVALID_INPUT
+    pod: str
+    stateful: bool
+
+    @property
+    def http_status(self) -> int:
+        return 522 if self.stateful else 521
+
+    def __str__(self) -> str:
+        if self.stateful:
+            return f"pod {self.pod}: the conflicting addresses of a StatefulSet or KubeVirt pod are not released"
+        return f"pod {self.pod}: releasing conflicting addresses is off (SPIDERPOOL_ENABLED_RELEASE_CONFLICT_IPS)"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
 class PodNotAlive(AllocationError):
     """The pod is terminating or finished; it gets no new address."""
 

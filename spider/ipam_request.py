@@ -68,18 +68,25 @@ class DelRequest:
     pod_namespace: str
     pod_name: str
     pod_uid: str
+    release_conflict_ips: bool = False
+    """``isReleaseConflictIPs`` of a batch release: refused for a pod with fixed addresses (HTTP 522), or when
+    the agent's switch is off (521)."""
 
     @classmethod
     def from_api(cls, body: Any, *, batch: bool = False) -> DelRequest:
         """Parse the JSON body of ``DELETE /v1/ipam/ip`` (or ``/ips`` with ``batch``)."""
         names = ("containerID", "podNamespace", "podName", "podUID") + (() if batch else ("ifName",))
         fields = _required(body, names)
+        conflict = body.get("isReleaseConflictIPs") if batch else None
+        if conflict is not None and not isinstance(conflict, bool):
+            raise MalformedRequest(reason=f"'isReleaseConflictIPs' must be a boolean, not {json_type(conflict)}")
         return cls(
             fields["containerID"],
             fields.get("ifName", ""),
             fields["podNamespace"],
             fields["podName"],
             fields["podUID"],
+            release_conflict_ips=bool(conflict),
         )
 
 

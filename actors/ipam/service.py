@@ -44,6 +44,7 @@ from spider.endpoint import Endpoint, NicAllocation
 from spider.errors import (
     AddAbandoned,
     AllocationError,
+    ConflictReleaseForbidden,
     NoAvailablePool,
     PoolExhausted,
     PoolNotFound,
@@ -140,6 +141,9 @@ class IpamSettings:
     """Seconds a failed or cancelled ADD may spend giving back what it took, shielded from cancellation: each
     give-back is retried with backoff (an actor restarting, a store refusing a moment) until then; what is
     still held is logged (a warning naming pool, address and pod) and freed by the pod's DEL or the check."""
+    release_conflict_ips: bool = True
+    """``DELETE /v1/ipam/ips`` with ``isReleaseConflictIPs`` releases a stateless pod's addresses
+    [``SPIDERPOOL_ENABLED_RELEASE_CONFLICT_IPS``]; off, it is refused with HTTP 521."""
     pool_cache_ttl: float = 1.0
     """Seconds a listing of the pools' specs is reused.  Listing every pool (statuses and all) on every ADD
     costs more than the allocation itself once pools are large; a pool that is missing or filters the pod out
@@ -784,8 +788,17 @@ class IpamService:
         """``DELETE /v1/ipam/ips``: free every NIC of the pod's sandbox (after a detected conflict).
 
         Unlike a DEL, a live pod's addresses go too (as in Spiderpool): a conflicting address must not stay
-        with the pod whose ADD failed because of it.
+        with the pod whose ADD failed because of it.  A request that says ``isReleaseConflictIPs`` is refused
+        (``ConflictReleaseForbidden``), as Spiderpool refuses it, when ``release_conflict_ips`` is off or the
+        pod's addresses are fixed (a StatefulSet's or a KubeVirt VM's, those features on).
         """
+        if req.release_conflict_ips:
+            pod = f"{req.pod_namespace}/{req.pod_name}"
+            if not self.settings.release_conflict_ips:
+                raise ConflictReleaseForbidden(pod=pod, stateful=False)
+            found = await self._get("Pod", req.pod_name, req.pod_namespace)
+            if (await self._workload(found, req.pod_namespace, req.pod_name)).static:
+                raise ConflictReleaseForbidden(pod=pod, stateful=True)
         return await self.release(req, keep_live=False)
 
     async def endpoint(self, namespace: str, pod_name: str) -> Endpoint | None:

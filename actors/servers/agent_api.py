@@ -50,6 +50,7 @@ from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Respons
 from spider import cni, limits
 from spider.errors import (
     AgentUnavailable,
+    ConflictReleaseForbidden,
     DecodeFailure,
     MalformedRequest,
     SocketUnusable,
@@ -96,6 +97,16 @@ def socket_group_id(group: str | int, path: str | Path = "") -> int:
 def error_response(exc: SpiderError, status: int = 500) -> Response:
     """Spiderpool's error shape: status 500 (or ``status``) and the message as a JSON string; plus the CNI code."""
     return json_response(status, str(exc), ("X-Cni-Code", str(exc.cni_code)))
+
+
+def _status_of(exc: SpiderError) -> int:
+    """The HTTP status of a domain error: Spiderpool's 500, but 400 for a malformed request and 521 or 522 for
+    a forbidden conflict release."""
+    if isinstance(exc, MalformedRequest):
+        return 400
+    if isinstance(exc, ConflictReleaseForbidden):
+        return exc.http_status
+    return 500
 
 
 def wire_refusal(status: int, reason: str) -> Response:
@@ -248,7 +259,7 @@ class AgentApi:
         except SpiderError as exc:
             if not isinstance(exc, TransientError):
                 log.info("%s %s: %s", request.method, request.path, exc)
-            return error_response(exc, 400 if isinstance(exc, MalformedRequest) else 500)
+            return error_response(exc, _status_of(exc))
 
     @property
     def server(self) -> HttpServer:

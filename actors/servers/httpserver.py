@@ -226,8 +226,9 @@ class HttpServer:
                 if isinstance(request, Response):  # refused by check_head
                     await self._refuse(stream, conn, _Refused(request.status, "refused"), reading, request)
                     return
-                try:
-                    response = await self.handler(request)
+                head_only = request.method == "HEAD"
+                try:  # NB: a HEAD is handled as the GET it is the head of (``_send`` leaves the body out)
+                    response = await self.handler(attrs.evolve(request, method="GET") if head_only else request)
                 except Exception:  # a bug: answered 500, logged, this connection only
                     self.connection_errors += 1
                     log.exception("%s: %s %s failed", self.name, request.method, request.path)
@@ -236,7 +237,7 @@ class HttpServer:
             finally:
                 self._buffered -= reading.held
             with trio.move_on_after(self.read_timeout) as sending:
-                await _send(stream, conn, response, head=request.method == "HEAD")
+                await _send(stream, conn, response, head=head_only)
             if sending.cancelled_caught:
                 log.debug("%s: client did not read its answer within %gs", self.name, self.read_timeout)
                 return

@@ -94,6 +94,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         enable_kubevirt_static_ip=pick(args.kubevirt_ips, conf, "enableKubevirtStaticIP"),
         agent_namespace=args.agent_namespace,
         cluster_network=args.cluster_network,
+        release_conflict_ips=os.environ.get("SPIDERPOOL_ENABLED_RELEASE_CONFLICT_IPS", "true").strip() in GO_TRUE,
         auto_pools=AutoPoolSettings.from_env(
             enable_spider_subnet=pick(args.spider_subnet, conf, "enableSpiderSubnet"),
             enable_auto_pool=pick(args.auto_pool, conf, "enableAutoPoolForApplication"),

@@ -44,6 +44,15 @@ async def test_healthy_answers_200(agent: RunningAgent) -> None:
     assert status == 200
 
 
+async def test_a_head_of_a_get_path_is_answered_as_its_get_without_a_body(agent: RunningAgent) -> None:
+    with trio.fail_after(10):
+        status, body, headers = await http_call(agent.socket, "HEAD", "/v1/spider/stats")
+        assert (await http_call(agent.socket, "HEAD", "/v1/ipam/healthy"))[0] == 200
+        assert (await http_call(agent.socket, "HEAD", "/v1/ipam/ip"))[0] == 405
+    assert (status, body) == (200, None)
+    assert int(headers["Content-Length"]) > 0
+
+
 async def test_add_answers_with_spiderpools_response_schema(agent: RunningAgent) -> None:
     await agent.apply(V4)
     with trio.fail_after(10):

@@ -381,3 +381,16 @@ async def test_the_metrics_port_survives_idle_slow_truncated_huge_and_random_cli
             assert (status, body) == (200, "# fine\n")  # and it still serves
             assert served.server.connection_errors == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_a_head_of_metrics_gets_the_head_of_the_scrape_without_its_body() -> None:
+    served = MetricsServer(lambda: b"# fine\n", MetricsSettings(enabled=True, host="127.0.0.1", port=0))
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(served.serve)
+            assert served.port is not None
+            answer = await raw_exchange(served.port, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            nursery.cancel_scope.cancel()
+    assert answer.startswith(b"HTTP/1.1 200")  # NB: once 405, where Spiderpool's promhttp handler answers
+    assert b"Content-Length: 7\r\n" in answer
+    assert answer.endswith(b"\r\n\r\n")
