@@ -236,6 +236,14 @@ def nic_pair(lab: CoordinatorLab, name: str, *, up: bool = True) -> None:
         ip("link", "set", name, "up", netns=lab.host)
 
 
+def two_nics_and_a_bridge(lab: CoordinatorLab, bridge: str, *, port: str) -> None:
+    """``nic1`` and ``nic2``, up, and ``bridge`` with ``port`` in it."""
+    nic_pair(lab, "nic1")
+    nic_pair(lab, "nic2")
+    ip("link", "add", bridge, "type", "bridge", netns=lab.host)
+    ip("link", "set", port, "master", bridge, netns=lab.host)
+
+
 async def test_a_bond_that_cannot_take_a_busy_nic_is_undone_and_the_busy_nic_stays_up(
     lab: CoordinatorLab, bridges_as_bonds: NetlinkWorker
 ) -> None:
@@ -255,10 +263,7 @@ async def test_a_bond_that_cannot_take_a_busy_nic_is_undone_and_the_busy_nic_sta
 async def test_a_nic_that_is_a_port_of_another_bridge_is_refused_and_left_there(
     lab: CoordinatorLab, bridges_as_bonds: NetlinkWorker
 ) -> None:
-    nic_pair(lab, "nic1")
-    nic_pair(lab, "nic2")
-    ip("link", "add", "br-storage", "type", "bridge", netns=lab.host)
-    ip("link", "set", "nic2", "master", "br-storage", netns=lab.host)
+    two_nics_and_a_bridge(lab, "br-storage", port="nic2")
     with pytest.raises(InvalidNetConf, match="'nic2' is already a port of 'br-storage'"):
         await ensure_bonded(bridges_as_bonds, {"interfaces": ["nic1", "nic2"], "bond": {"name": "sp_bond0"}})
     assert link(lab, "sp_bond0") is None
@@ -268,10 +273,7 @@ async def test_a_nic_that_is_a_port_of_another_bridge_is_refused_and_left_there(
 async def test_a_bond_made_by_hand_gets_the_ports_it_lacks_and_keeps_the_ones_it_has(
     lab: CoordinatorLab, bridges_as_bonds: NetlinkWorker
 ) -> None:
-    nic_pair(lab, "nic1")
-    nic_pair(lab, "nic2")
-    ip("link", "add", "sp_bond0", "type", "bridge", netns=lab.host)
-    ip("link", "set", "nic1", "master", "sp_bond0", netns=lab.host)
+    two_nics_and_a_bridge(lab, "sp_bond0", port="nic1")
     conf = {"interfaces": ["nic1", "nic2"], "bond": {"name": "sp_bond0"}}
     assert await ensure_bonded(bridges_as_bonds, conf) == "sp_bond0"
     assert await ensure_bonded(bridges_as_bonds, conf) == "sp_bond0"  # again: nothing to do
