@@ -141,8 +141,9 @@ def subnet_status(subnet: Obj, pools: Iterable[Obj]) -> dict[str, Any] | None:
     """The subnet's status with counts and ``controlledIPPools`` corrected, or ``None``; ``InvalidSpec``.
 
     A pool counts when its ``spec.subnet`` equals the subnet's; its entry is its ``ips`` inside the subnet's
-    ``ips - excludeIPs``.  Entries carrying an ``application`` (auto pools, owned by the SubnetActor) are
-    kept even before their pool exists, because the SubnetActor records them first to reserve the IPs.
+    ``ips - excludeIPs``, its other keys (``application``, ``claimedAt``) kept.  Entries carrying an
+    ``application`` (auto pools, owned by the SubnetActor) are kept even before their pool exists, because the
+    SubnetActor records them first to reserve the IPs.
     """
     name = str(_meta(subnet).get("name", ""))
     try:
@@ -162,10 +163,12 @@ def subnet_status(subnet: Obj, pools: Iterable[Obj]) -> dict[str, Any] | None:
             ips = IPPool.from_object(pool).ips.intersection(available)
         except InvalidSpec:
             continue  # NB: a pool we cannot read holds nothing we can count; its own status says why
-        entry: dict[str, Any] = {"ips": ips.to_strings()}
-        old = previous.get(pool_name)
-        if isinstance(old, dict) and old.get("application"):
-            entry["application"] = old["application"]
+        stored = previous.get(pool_name)
+        old: dict[str, Any] = stored if isinstance(stored, dict) else {}
+        # NB: the old entry's other keys kept: its ``claimedAt`` keeps a young claim from being trimmed (a deposed
+        # leader's resize may still be writing the pool: ``SubnetLedger.record``)
+        entry = {**old, "ips": ips.to_strings()}
+        if entry.get("application"):
             # NB: the SubnetActor records a growth before the pool holds it, and trims after a shrink
             with contextlib.suppress(*limits.MALFORMED):
                 entry["ips"] = ips.union(IPSet.parse(parsed.version, old.get("ips") or [])).to_strings()

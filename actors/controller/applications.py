@@ -10,9 +10,11 @@ SpiderSubnet; a de-duplicating work queue; one worker that, for each application
   rewritten; another kind gets a pool of its own), and creates it when there is none;
 - sizes it (``ippool-ip-number``, replicas per kind): growth asks the subnet's SubnetActor first (the promise is
   durable in the subnet's status before the pool holds it), shrink writes the pool first (guarded by its
-  resourceVersion, so an address an agent just handed out is never taken away) and then the subnet;
-- on the application's deletion deletes its ``ippool-reclaim`` pools (each goes once its addresses are
-  released: the reconciler keeps its finalizer until then); the subnet's entry goes with the pool.
+  resourceVersion, so an address an agent just handed out is never taken away) and then the subnet (its entry
+  trimmed only once the last claim is older than ``claim_window``: the application is sized again then);
+- on the application's deletion (also when one of its name is made again before that is handled) deletes its
+  ``ippool-reclaim`` pools (each goes once its addresses are released: the reconciler keeps its finalizer until
+  then); the subnet's entry goes with the pool.
 
 It also adopts manual pools inside a subnet (controller ownerRef, owner label, gateway and routes inherited)
 and, on every resync, deletes reclaim pools whose application is gone (a third-party application's, such as
@@ -77,6 +79,7 @@ RECHECK = 1.0
 """Seconds before the sweep looks again at an entry whose guarded release was refused."""
 
 Key = tuple[str, str, str]  # (kind, namespace, name); ("", "", "") is the sweep
+SWEEP: Key = ("", "", "")
 
 
 @attrs.frozen
@@ -124,7 +127,9 @@ class ApplicationController:
     settings: ApplicationSettings = attrs.field(factory=ApplicationSettings)
     stats: ApplicationStats = attrs.field(factory=ApplicationStats)
     _cache: dict[str, dict[tuple[str, str], Obj]] = attrs.field(factory=dict)
-    _gone: dict[Key, Obj] = attrs.field(factory=dict)
+    _gone: dict[Key, dict[str, Obj]] = attrs.field(factory=dict)
+    """Deleted applications whose pools are not reclaimed yet: key -> UID -> the last copy seen (one key may
+    name several: deleted and made again before the worker got to it)."""
     _queue: WorkQueue[Key] = attrs.field(factory=lambda: WorkQueue.open(RETRY_DELAYS))
     _listed: set[str] = attrs.field(factory=set)
     _all_listed: trio.Event = attrs.field(factory=trio.Event)
@@ -132,8 +137,9 @@ class ApplicationController:
     """Wall-clock seconds, compared with entries' ``claimedAt``."""
     _first_seen: dict[tuple[str, str], float] = attrs.field(factory=dict)
     """(subnet, pool) -> when a third-party entry without ``claimedAt`` and without a pool was first seen."""
-    _sweep_in: float | None = None
-    """Seconds until an entry now too young to forget is old enough: the worker queues a sweep for then."""
+    _later: dict[Key, float] = attrs.field(factory=dict)
+    """Keys to look at again in so many seconds (an entry now too young to forget or to trim is old enough
+    then): the worker queues them once the key at hand is done."""
     _unserved: set[tuple[str, str]] = attrs.field(factory=set)
     """Third-party kinds this store cannot read (logged once each)."""
 
@@ -164,28 +170,32 @@ class ApplicationController:
         old = self._cache[kind]
         self._cache[kind] = {_key(obj): obj for obj in items}
         for key, obj in old.items():
-            if key not in self._cache[kind]:
+            new = self._cache[kind].get(key)
+            if new is None or _uid(new) != _uid(obj):  # NB: gone, or made again (another UID) unseen
                 self._changed(kind, obj, deleted=True)
         for obj in items:
             self._changed(kind, obj)
         self._listed.add(kind)
         if self._listed >= set(self.kinds):
             self._all_listed.set()
-        self._queue.add(("", "", ""))  # NB: every listing (and so every resync) sweeps
+        self._queue.add(SWEEP)  # NB: every listing (and so every resync) sweeps
 
     def _on_event(self, kind: str, event: WatchEvent) -> None:
         key = _key(event.object)
+        old = self._cache[kind].get(key)
         if event.type == "DELETED":
             self._cache[kind].pop(key, None)
         else:
             self._cache[kind][key] = event.object
+        if old is not None and _uid(old) != _uid(event.object):  # NB: its DELETED event not seen
+            self._changed(kind, old, deleted=True)
         self._changed(kind, event.object, deleted=event.type == "DELETED")
 
     def _changed(self, kind: str, obj: Obj, *, deleted: bool = False) -> None:
         ns, name = _key(obj)
         if kind in BUILTIN_KINDS:
             if deleted:
-                self._gone[(kind, ns, name)] = obj
+                self._gone.setdefault((kind, ns, name), {})[_uid(obj)] = obj
             self._queue.add((kind, ns, name))
         elif kind == POOL:
             self._queue.add((POOL, "", name))
@@ -200,7 +210,7 @@ class ApplicationController:
                 continue
             self.stats.syncs += 1
             try:
-                if key == ("", "", ""):
+                if key == SWEEP:
                     await self._sweep()
                 elif key[0] == POOL:
                     await self._sync_pool(key[2])
@@ -215,30 +225,29 @@ class ApplicationController:
                 log.warning("auto pools of %s: %s", "/".join(k for k in key if k) or "sweep", exc)
             else:
                 self._queue.succeeded(key)
-            if self._sweep_in is not None:
-                self._queue.later(nursery, ("", "", ""), self._sweep_in)
-                self._sweep_in = None
+            for later, delay in self._later.items():
+                self._queue.later(nursery, later, delay)
+            self._later.clear()
 
     def _needs(self, key: Key) -> set[str]:
-        """The kinds that must be listed before ``key`` is worked on: an application needs its own kind and the
-        pools and subnets (one kind the cluster cannot list must not hold up the others'); a pool and the
-        sweep judge whether applications are gone, so they need every kind."""
-        if key[0] in BUILTIN_KINDS:
-            return {key[0]} | {kind for kind in self.kinds if kind not in BUILTIN_KINDS}
-        return set(self.kinds)
+        """The kinds that must be listed before ``key`` is worked on: the pools and subnets, and for an
+        application its own kind.  One kind the cluster cannot list must not hold up the others' work: a pool
+        reads no application, and the sweep judges only the applications of kinds listed."""
+        return {POOL, SUBNET, key[0]} if key[0] in BUILTIN_KINDS else {POOL, SUBNET}
 
     # --- applications ------------------------------------------------------------------------------------
 
     async def _sync_app(self, key: Key) -> None:
         kind, ns, name = key
         obj = self._cache[kind].get((ns, name))
-        if obj is None:
-            gone = self._gone.get(key)
-            if gone is not None:
-                await self._reclaim(AppRef.from_object(_with_type(kind, gone)))
-                self._gone.pop(key, None)  # NB: only once reclaimed: a failed reclaim is retried with it
-            return
-        if not self.settings.enabled or controller_of(obj) is not None:
+        gone = self._gone.get(key, {})
+        for uid, old in list(gone.items()):  # NB: also when made again meanwhile (events merged in the queue)
+            if obj is None or uid != _uid(obj):
+                await self._reclaim(AppRef.from_object(_with_type(kind, old)))
+            del gone[uid]  # NB: only once reclaimed: a failed reclaim is retried with it
+        if not gone:
+            self._gone.pop(key, None)
+        if obj is None or not self.settings.enabled or controller_of(obj) is not None:
             return
         obj = _with_type(kind, obj)
         try:
@@ -300,8 +309,20 @@ class ApplicationController:
                     "auto pool %s of %s resized from %d to %d IPs", name, app.application, current.count, ips.count
                 )
         # NB: after a shrink, or to repair an interrupted one; not of a claim younger than the claim window, which
-        # may be another (deposed) leader's resize whose pool write is still on its way
+        # may be another (deposed) leader's resize whose pool write is still on its way: that is trimmed later
         await handle.record(name, app.application, ips, trim_after=self.settings.claim_window)
+        self._trim_later(app, subnet_name, name, ips)
+
+    def _trim_later(self, app: AppRef, subnet: str, pool: str, ips: IPSet) -> None:
+        """Size ``app`` again once the young claim its subnet entry keeps beyond ``ips`` may be trimmed."""
+        cached = self._cache[SUBNET].get(("", subnet))
+        entry = _entries(cached).get(pool) if cached is not None else None
+        if entry is None or entry.claimed_at is None or entry.ips.issubset(ips):
+            return
+        claimed = parse_rfc3339(entry.claimed_at)
+        wait = None if claimed is None else claimed + self.settings.claim_window - self.clock()
+        if wait is not None and wait > 0:
+            self._again((app.kind, app.namespace, app.name), wait + 1.0)  # NB: claimedAt is to the second
 
     async def _find_pool(self, app: AppRef, nic: str, version: int, subnet: str) -> Obj | None:
         labels = reuse_labels(app, nic, version, subnet)
@@ -389,7 +410,8 @@ class ApplicationController:
     # --- sweep -------------------------------------------------------------------------------------------
 
     async def _sweep(self) -> None:
-        """Reclaim pools whose application is gone (or is another one now); forget entries nobody holds."""
+        """Reclaim pools whose application is gone (or is another one now); forget entries nobody holds.  Pools
+        and entries of a kind not listed (yet) are left alone: whether their application is gone is unknown."""
         apps: dict[tuple[str, str, str], str] = {}
         for kind in BUILTIN_KINDS:
             for (ns, name), obj in self._cache[kind].items():
@@ -402,7 +424,7 @@ class ApplicationController:
             app_key = (kind, str(labels.get(LABEL_APP_NAMESPACE, "")), str(labels.get(LABEL_APP_NAME, "")))
             if not _builtin(str(labels.get(LABEL_APP_GV, "")), kind):
                 await self._reclaim_third_party(pool, labels)
-            elif apps.get(app_key) != labels.get(LABEL_APP_UID) and not _allocated(pool):
+            elif kind in self._listed and apps.get(app_key) != labels.get(LABEL_APP_UID) and not _allocated(pool):
                 await self._delete_pool(pool)
         pools = {name for (_, name) in self._cache[POOL]}
         absent: set[tuple[str, str]] = set()
@@ -412,11 +434,18 @@ class ApplicationController:
                     continue
                 absent.add((_name(subnet), pool_name))
                 parsed = parse_application(entry.application)
+                builtin = parsed is not None and _builtin(parsed[0], parsed[1])
+                if parsed is not None and builtin and parsed[1] not in self._listed:
+                    continue
                 uid = apps.get((parsed[1], parsed[2], parsed[3])) if parsed is not None else None
-                if parsed is not None and _builtin(parsed[0], parsed[1]) and uid and named_for(pool_name, uid):
+                if builtin and uid and named_for(pool_name, uid):
                     continue  # NB: recorded just before its pool is created (not an earlier same-name app's pool)
                 await self._forget(subnet, pool_name, entry)
         self._first_seen = {key: seen for key, seen in self._first_seen.items() if key in absent}
+
+    def _again(self, key: Key, delay: float) -> None:
+        """Queue ``key`` again in ``delay`` seconds (or sooner, when asked before)."""
+        self._later[key] = min(self._later.get(key, delay), delay)
 
     async def _forget(self, subnet: Obj, pool_name: str, entry: Controlled) -> None:
         """Forget the subnet's entry for a pool the cache does not hold, once that is safe: a fresh read finds
@@ -431,7 +460,7 @@ class ApplicationController:
             since = claimed if claimed is not None else self._first_seen.setdefault(key, now)
             wait = since + self.settings.claim_window - now
             if wait > 0:
-                self._sweep_in = wait if self._sweep_in is None else min(self._sweep_in, wait)
+                self._again(SWEEP, wait)
                 return
         try:
             await self.store.get(POOL, pool_name)
@@ -444,7 +473,7 @@ class ApplicationController:
             self.stats.released += 1
             log.info("SpiderSubnet %s: forgot %s of %s", key[0], pool_name, entry.application or "a manual pool")
         else:  # NB: claimed again, or our copy of the subnet is behind: look again soon
-            self._sweep_in = min(self._sweep_in or RECHECK, RECHECK)
+            self._again(SWEEP, RECHECK)
 
     async def _reclaim_third_party(self, pool: Obj, labels: dict[str, str]) -> None:
         """Delete a reclaim pool of a third-party application whose owner is gone or is another one (another
@@ -521,6 +550,10 @@ def _key(obj: Obj) -> tuple[str, str]:
 
 def _name(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _uid(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("uid", ""))
 
 
 def _entries(subnet: Obj) -> dict[str, Controlled]:

@@ -23,7 +23,7 @@ from spider.errors import StoreUnavailable
 from spider.pool import PoolLedger, Record
 from spider.subnet import rfc3339
 from tests.controller.support import eventually, subnet
-from tests.controller.test_reconciler import reconciling
+from tests.controller.test_reconciler import has, reconciling
 
 TIMEOUT = 30
 SELECTOR = "ipam.spidernet.io/owner-application-name=web"
@@ -82,10 +82,11 @@ async def seed_subnet(store: Store) -> None:
 async def test_a_deployment_gets_a_pool_of_its_replicas_that_grows_shrinks_and_goes_with_it(
     private_store: Store,
 ) -> None:
+    """The subnet's entry is trimmed after the shrink once the growth's claim is older than the claim window."""
     store = private_store
     await seed_subnet(store)
     with trio.fail_after(TIMEOUT):
-        async with controlling(store):
+        async with controlling(store, settings=ApplicationSettings(claim_window=1)):
             app = await store.create(deployment(2))
             await eventually(
                 pool_with(store, lambda ps: len(ps) == 1 and ps[0]["spec"]["ips"] == ["10.6.0.1-10.6.0.2"])
@@ -94,7 +95,7 @@ async def test_a_deployment_gets_a_pool_of_its_replicas_that_grows_shrinks_and_g
             assert pool["metadata"]["name"].startswith("auto4-web-eth0-")
             assert pool["spec"]["gateway"] == "10.6.0.254"
             entry = controlled(await store.get("SpiderSubnet", "s4"))[pool["metadata"]["name"]]
-            entry.pop("claimedAt", None)  # NB: ours, stamped by the claim; the reconciler drops it once the pool is
+            entry.pop("claimedAt", None)  # NB: ours, stamped by the claim
             assert entry == {"ips": ["10.6.0.1-10.6.0.2"], "application": "apps_v1_Deployment_default_web"}
             await store.update({**app, "spec": {**app["spec"], "replicas": 4}, "metadata": {**app["metadata"]}})
             await eventually(pool_with(store, lambda ps: ps[0]["spec"]["ips"] == ["10.6.0.1-10.6.0.4"]))
@@ -125,6 +126,13 @@ async def rewrite(store: Store, name: str, change: Callable[[Obj], Obj], *, stat
             return await (store.update_status(changed) if status else store.update(changed))
 
 
+def a_pod_holds_an_address(pool: Obj) -> Obj:
+    """The pool with an address held by a pod of ``web`` (so the pool cannot go yet)."""
+    ledger = PoolLedger.from_object(pool)
+    ledger.records[0x0A060001] = Record("default/web-0", "uid-web-0", "eth0", "ctr", "node-1")
+    return {**pool, "status": ledger.to_status()}
+
+
 async def web_with_its_pool(store: Store, replicas: int) -> Obj:
     """Subnet ``s4`` and Deployment ``web`` of ``replicas``, given its auto pool by a controller that then stops
     (a failover begins); the pool."""
@@ -146,13 +154,7 @@ async def test_an_earlier_applications_reclaim_pool_is_never_taken_over_by_a_new
     store = private_store
     with trio.fail_after(TIMEOUT):
         old = await web_with_its_pool(store, 2)
-
-        def an_old_pod_holds_an_address(pool: Obj) -> Obj:  # NB: so the pool cannot go yet
-            ledger = PoolLedger.from_object(pool)
-            ledger.records[0x0A060001] = Record("default/web-old", "uid-web-old", "eth0", "ctr", "node-1")
-            return {**pool, "status": ledger.to_status()}
-
-        old = await rewrite(store, old["metadata"]["name"], an_old_pod_holds_an_address, status=True)
+        old = await rewrite(store, old["metadata"]["name"], a_pod_holds_an_address, status=True)
         old_uid = old["metadata"]["labels"][LABEL_APP_UID]
         await store.delete("Deployment", "web", "default")  # no controller sees it
         uid = (await store.create(deployment(2)))["metadata"]["uid"]
@@ -214,11 +216,12 @@ async def test_a_subnet_too_small_creates_no_pool_until_it_has_room(private_stor
             )
 
 
-async def test_a_manual_pool_inside_a_subnet_is_adopted(private_store: Store) -> None:
-    store = private_store
+@pytest.mark.parametrize("unlistable", [set(), {"CronJob"}], ids=["every kind listed", "a kind unlistable"])
+async def test_a_manual_pool_inside_a_subnet_is_adopted(private_store: Store, unlistable: set[str]) -> None:
+    store = FailingLists(private_store, always=unlistable)
     await seed_subnet(store)
     with trio.fail_after(TIMEOUT):
-        async with controlling(store):
+        async with controlling(store, listed=not unlistable):
             await store.create(
                 {
                     "apiVersion": "spiderpool.spidernet.io/v2beta1",
@@ -435,11 +438,6 @@ async def test_a_reclaim_that_fails_once_is_retried_while_a_pod_still_holds_an_a
     with trio.fail_after(TIMEOUT):
         old = await web_with_its_pool(private_store, 2)
 
-        def a_pod_holds_an_address(pool: Obj) -> Obj:
-            ledger = PoolLedger.from_object(pool)
-            ledger.records[0x0A060001] = Record("default/web-0", "uid-web-0", "eth0", "ctr", "node-1")
-            return {**pool, "status": ledger.to_status()}
-
         name = old["metadata"]["name"]
         await rewrite(private_store, name, a_pod_holds_an_address, status=True)
         store = FailingReclaimLists(private_store)
@@ -451,6 +449,69 @@ async def test_a_reclaim_that_fails_once_is_retried_while_a_pod_still_holds_an_a
                 return bool((await private_store.get("SpiderIPPool", name))["metadata"].get("deletionTimestamp"))
 
             await eventually(going, what="the pool deleted (it goes once its last address is released)")
+
+
+@attrs.define
+class BusyWorker(PassThrough):
+    """The worker's read of the pools of application ``busy`` waits for ``go``: the worker is held busy."""
+
+    inner: Store
+    go: trio.Event = attrs.Factory(trio.Event)
+    held: trio.Event = attrs.Factory(trio.Event)
+
+    async def list(
+        self, kind: str, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
+        if kind == "SpiderIPPool" and "owner-application-name=busy" in label_selector and not self.go.is_set():
+            self.held.set()
+            await self.go.wait()
+        return await self.inner.list(
+            kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
+
+
+async def test_an_application_made_again_before_the_worker_saw_it_go_has_its_old_reclaim_pool_deleted(
+    private_store: Store,
+) -> None:
+    """``web`` is deleted and made again (a new UID) while the worker is busy, so both events are one key in its
+    queue: the old ``web``'s reclaim pool is deleted all the same (Spiderpool deletes it on the deletion), though
+    a pod still holds an address in it (so the sweep leaves it)."""
+    await seed_subnet(private_store)
+    store = BusyWorker(private_store)
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store) as controller:
+            await store.create(deployment(2))
+            await eventually(pool_with(store, lambda ps: len(ps) == 1))
+            old = (await auto_pools(store))[0]["metadata"]["name"]
+            await rewrite(store, old, a_pod_holds_an_address, status=True)
+            await store.create({**deployment(1), "metadata": {"name": "busy", "namespace": "default"}})
+            await store.held.wait()
+            await store.delete("Deployment", "web", "default")
+            uid = (await store.create(deployment(2)))["metadata"]["uid"]
+
+            async def made_again() -> bool:
+                cached = controller._cache["Deployment"].get(("default", "web"))
+                return cached is not None and cached["metadata"]["uid"] == uid
+
+            await eventually(made_again, what="the controller saw web made again")
+            store.go.set()
+            await eventually(pool_with(store, lambda ps: len(ps) == 2), what="the new web's pool")
+            deleting = has(store, "SpiderIPPool", old, lambda pool: bool(pool["metadata"].get("deletionTimestamp")))
+            await eventually(deleting, what="the old web's reclaim pool deleted")
+
+
+async def test_a_relist_that_finds_an_application_made_again_unseen_takes_it_for_the_old_ones_deletion(
+    private_store: Store,
+) -> None:
+    old = await private_store.create(deployment(2))
+    await private_store.delete("Deployment", "web", "default")
+    new = await private_store.create(deployment(2))
+    async with trio.open_nursery() as nursery:
+        controller = ApplicationController(private_store, SubnetRegistry(private_store, Supervisor(nursery)))
+        controller._cache = {kind: {} for kind in controller.kinds}
+        controller._on_list("Deployment", [old])
+        controller._on_list("Deployment", [new])  # NB: the watch was down meanwhile
+        assert list(controller._gone[("Deployment", "default", "web")]) == [old["metadata"]["uid"]]
 
 
 def x_name(app: AppRef) -> str:
@@ -472,6 +533,14 @@ class HeldPoolWrites(PassThrough):
         return await self.inner.update(obj)
 
 
+async def sized(controller: ApplicationController, app: AppRef, claim: SubnetClaim, replicas: int) -> None:
+    """``_size``, again on ``Conflict`` as the work queue retries it (the reconciler writes the pool too)."""
+    while True:
+        with contextlib.suppress(Conflict):
+            return await controller._size(app, claim, 4, replicas)
+        await trio.sleep(0.01)
+
+
 @pytest.mark.parametrize("paused", ["before admission", "after admission"])
 async def test_a_deposed_leaders_late_resize_never_puts_an_address_in_two_pools(
     private_store: Store, paused: str
@@ -480,22 +549,29 @@ async def test_a_deposed_leaders_late_resize_never_puts_an_address_in_two_pools(
     write of X lands; the new leader (3 replicas) sizes X at its 3 addresses again, and another application
     claims two addresses.  Were the new leader to trim X's subnet entry back to 3, the other pool would take
     the two and the old leader's write of X (guarded by X's own version only) would put them in two pools.  The
-    trim waits while the claim is younger than the claim window, so the other pool gets other addresses, and a
-    write paused before admission is refused anyway when the entry no longer covers it."""
+    trim waits while the claim is younger than the claim window (the reconciler, which the leader runs too,
+    keeps the entry's ``claimedAt``), so the other pool gets other addresses, and a write paused before
+    admission is refused anyway when the entry no longer covers it."""
     store = private_store
     await seed_subnet(store)
     app = AppRef.from_object(await store.create(deployment(3)))
     claim = SubnetClaim("eth0", ("s4",))
     sub = await store.get("SpiderSubnet", "s4")
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
+        async with reconciling(store) as reconciler, trio.open_nursery() as nursery:
             writes = HeldPoolWrites(ValidatingStore(store)) if paused == "before admission" else HeldPoolWrites(store)
             old_store = writes if paused == "before admission" else ValidatingStore(writes)
             old = ApplicationController(old_store, SubnetRegistry(store, Supervisor(nursery)))
             new = ApplicationController(ValidatingStore(store), SubnetRegistry(store, Supervisor(nursery)))
             for leader in (old, new):
                 leader._cache = {"SpiderSubnet": {("", "s4"): sub}}
-            await new._size(app, claim, 4, 3)
+            await sized(new, app, claim, 3)
+
+            async def x_counted() -> bool:  # NB: the reconciler's writes of X land before the old leader reads X
+                pool = await store.get("SpiderIPPool", x_name(app))
+                return (pool.get("status") or {}).get("totalIPCount") == 3 and reconciler.idle
+
+            await eventually(x_counted, what="X reconciled")
             done = trio.Event()
 
             async def late_resize() -> None:
@@ -505,7 +581,13 @@ async def test_a_deposed_leaders_late_resize_never_puts_an_address_in_two_pools(
 
             nursery.start_soon(late_resize)
             await writes.held.wait()
-            await new._size(app, claim, 4, 3)
+
+            async def claim_reconciled() -> bool:  # NB: the reconciler has seen the old leader's claim of 5
+                entries = [controlled(s).get(x_name(app)) or {} for s in reconciler.cached("SpiderSubnet")]
+                return reconciler.idle and [IPSet.parse(4, e.get("ips") or []).count for e in entries] == [5]
+
+            await eventually(claim_reconciled, what="the reconciler done with the old leader's claim")
+            await sized(new, app, claim, 3)
             other = AppRef("apps/v1", "Deployment", "default", "api", "0000-11111")
             got = await new.subnets.get("s4").claim("auto4-api-eth0-11111", other.application, 2, IPSet(4))
             await store.create(auto_pool_object(other, "eth0", 4, sub, got.to_strings(), "2", True))
@@ -568,3 +650,21 @@ async def test_a_kind_the_cluster_will_not_list_does_not_hold_up_the_other_kinds
         async with controlling(store, listed=False):
             await store.create(deployment(2))
             await eventually(pool_with(store, lambda ps: len(ps) == 1))
+
+
+async def test_a_kind_the_cluster_will_not_list_does_not_keep_a_deleted_pools_addresses_from_the_subnet(
+    private_store: Store,
+) -> None:
+    await seed_subnet(private_store)
+    store = FailingLists(private_store, always={"CronJob"})
+    with trio.fail_after(TIMEOUT):
+        async with controlling(store, listed=False):
+            await store.create(deployment(2))
+            await eventually(pool_with(store, lambda ps: len(ps) == 1))
+            await store.delete("Deployment", "web", "default")
+            await eventually(pool_with(store, lambda ps: ps == []))
+
+            async def forgotten() -> bool:
+                return controlled(await store.get("SpiderSubnet", "s4")) == {}
+
+            await eventually(forgotten, what="the deleted pool's subnet entry forgotten")

@@ -156,6 +156,17 @@ def test_a_subnet_keeps_the_entries_of_auto_pools_the_subnet_actor_recorded() ->
     assert after["allocatedIPCount"] == 4
 
 
+def test_a_subnet_keeps_the_claimed_at_of_an_auto_pools_entry_once_its_pool_exists() -> None:
+    """``claimedAt`` keeps the SubnetActor from trimming a young claim (a deposed leader's resize on its way)."""
+    subnet = obj("SpiderSubnet", "s", {"subnet": "10.1.0.0/16", "ips": ["10.1.0.1-10.1.0.100"]})
+    auto = {"ips": ["10.1.0.50-10.1.0.54"], "application": "apps_v1_Deployment_default_web", "claimedAt": "t"}
+    subnet["status"] = {"controlledIPPools": json.dumps({"auto-web-v4": auto})}
+    pool = obj("SpiderIPPool", "auto-web-v4", {"subnet": "10.1.0.0/16", "ips": ["10.1.0.50-10.1.0.52"]})
+    status = subnet_status(subnet, [pool])
+    assert status is not None
+    assert json.loads(status["controlledIPPools"]) == {"auto-web-v4": auto}
+
+
 def test_a_terminating_subnet_lets_go_once_no_pool_has_its_cidr() -> None:
     subnet = obj("SpiderSubnet", "s", {"subnet": "fd00::/64"}, finalizers=[FINALIZER], deletionTimestamp="t")
     pool = obj("SpiderIPPool", "p", {"subnet": "fd00:0::/64"})
