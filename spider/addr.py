@@ -18,9 +18,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_ip(text: str, version: int | None = None) -> IPAddress:
-    """One address; ``ValueError`` with a readable message when it is not one (of ``version``)."""
+    """One address; ``ValueError`` with a readable message when it is not one (of ``version``).  No zone:
+    ``ipaddress`` takes ``fd00::1%eth0``, Go's ``net.ParseIP`` (so Spiderpool) does not, and a pool's gateway
+    or a CNI result cannot carry one."""
+    if "%" in text:
+        raise ValueError(f"{text!r} is not an IP address: it has a zone (%...)")
     try:
-        ip = ipaddress.ip_address(text.strip())
+        ip = ipaddress.ip_address(text)
     except ValueError:
         raise ValueError(f"{text!r} is not an IP address") from None
     if version is not None and ip.version != version:
@@ -41,12 +45,15 @@ def int_to_ip(value: int, version: int) -> str:
 
 
 def parse_network(text: str, version: int | None = None, *, strict: bool = True) -> IPNetwork:
-    """A CIDR; with ``strict`` the host bits must be zero (Spiderpool wants the canonical form)."""
+    """A CIDR; with ``strict`` the host bits must be zero (Spiderpool wants the canonical form).  No zone, as
+    Go's ``net.ParseCIDR`` takes none (``ipaddress`` takes ``fd00::%eth0/64``)."""
+    if "%" in text:
+        raise ValueError(f"{text!r} is not a CIDR: it has a zone (%...)")
     try:
-        net = ipaddress.ip_network(text.strip(), strict=strict)
+        net = ipaddress.ip_network(text, strict=strict)
     except ValueError as exc:
         if strict and "has host bits set" in str(exc):
-            fixed = ipaddress.ip_network(text.strip(), strict=False)
+            fixed = ipaddress.ip_network(text, strict=False)
             raise ValueError(f"unformatted subnet {text!r}, please change it to {str(fixed)!r}") from None
         raise ValueError(f"{text!r} is not a CIDR") from None
     if version is not None and net.version != version:

@@ -73,7 +73,7 @@ def _routes(name: str, kind: str, raw: object, version: int, subnet: IPNetwork) 
         if not isinstance(item, dict) or not isinstance(item.get("dst"), str) or not isinstance(item.get("gw"), str):
             raise InvalidSpec(kind=kind, name=name, reason=f"'spec.routes' entry {item!r} needs string 'dst' and 'gw'")
         try:
-            dst = parse_network(item["dst"], version)
+            dst = parse_network(item["dst"], version, strict=False)  # NB: net.ParseCIDR keeps the network
             gw = parse_ip(item["gw"], version)
         except ValueError as exc:
             raise InvalidSpec(kind=kind, name=name, reason=f"'spec.routes' entry {item!r}: {exc}") from None

@@ -6,7 +6,9 @@ each create and update, so a bad object never gets in) and the optional admissio
 
 - ``mutate(kind, obj, subnets)``: the defaults Spiderpool's mutating webhook applies (finalizer, derived
   ``ipVersion``, CIDR labels, canonical merged ``ips``/``excludeIPs``, gateway and routes inherited from the
-  SpiderSubnet of the same CIDR).  It never rejects: what it cannot fix is left for ``validate`` to name.
+  SpiderSubnet of the same CIDR; callers pass no subnets when ``enable_subnet`` is off, as Spiderpool's
+  ``mutateIPPool`` inherits only under ``EnableSpiderSubnet``).  It never rejects: what it cannot fix is left for
+  ``validate`` to name.
 - ``validate(kind, new, old, existing)``: raises ``InvalidSpec`` whose reason carries Spiderpool's field path and
   text (``spec.subnet: Invalid value: "10.0.0.1/24": unformatted subnet ...``).  ``old`` is ``None`` on create;
   ``existing`` are the other objects the cross-object rules need (pools, subnets).
@@ -16,6 +18,7 @@ each create and update, so a bad object never gets in) and the optional admissio
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +26,7 @@ from typing import Any
 import attrs
 
 from spider import limits
-from spider.addr import IPSet, int_to_ip, parse_ip, parse_network
+from spider.addr import IPSet, int_to_ip, parse_ip, parse_network, parse_range
 from spider.errors import InvalidInput, InvalidSpec
 from spider.kinds import FINALIZER
 from spider.overlap import Footprint
@@ -212,18 +215,44 @@ def _ranges(kind: str, obj: Mapping[str, Any], field: str, version: int, subnet:
         return IPSet(version)
     if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
         raise _fail(kind, obj, f"spec.{field}", "Invalid", "must be a list of IP ranges", raw)
-    seen = IPSet(version)
-    for i, text in enumerate(raw):
+    parsed: list[tuple[int, int]] = []
+    failure: InvalidSpec | None = None
+    for i, text in enumerate(raw):  # NB: each entry once; a pool may list thousands (on the webhook's trio loop)
         try:
-            one = IPSet.parse(version, [text])
+            start, end = parse_range(text, version)
         except ValueError as exc:
-            raise _fail(kind, obj, f"spec.{field}[{i}]", "Invalid", str(exc), text) from None
-        if subnet is not None and not one.issubset(IPSet.from_network(subnet)):
-            raise _fail(kind, obj, f"spec.{field}[{i}]", "Invalid", f"not pertains to subnet {subnet}", text)
-        if field == "ips" and seen.intersection(one):
-            raise _fail(kind, obj, f"spec.{field}[{i}]", "Invalid", "overlaps with another IP range", text)
-        seen = seen.union(one)
-    return seen
+            failure = _fail(kind, obj, f"spec.{field}[{i}]", "Invalid", str(exc), text)
+            break
+        if subnet is not None and (start < int(subnet.network_address) or end > int(subnet.broadcast_address)):
+            failure = _fail(kind, obj, f"spec.{field}[{i}]", "Invalid", f"not pertains to subnet {subnet}", text)
+            break
+        parsed.append((start, end))
+    first = _first_overlap(parsed) if field == "ips" else None
+    if first is not None:  # NB: an entry overlapping an earlier one is named before a later unparsable one
+        raise _fail(kind, obj, f"spec.{field}[{first}]", "Invalid", "overlaps with another IP range", raw[first])
+    if failure is not None:
+        raise failure
+    return IPSet(version, tuple(parsed))
+
+
+def _first_overlap(intervals: Sequence[tuple[int, int]]) -> int | None:
+    """The index of the first interval that overlaps an earlier one, if any: one sort and one pass when none
+    does; when one does, a binary search for the shortest prefix holding an overlap (O(n log² n))."""
+
+    def overlapping(n: int) -> bool:
+        ordered = sorted(intervals[:n])  # NB: by start; disjoint so far means each ends before the next starts
+        return any(nxt[0] <= cur[1] for cur, nxt in itertools.pairwise(ordered))
+
+    if not overlapping(len(intervals)):
+        return None
+    lo, hi = 2, len(intervals)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if overlapping(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo - 1
 
 
 def _subnet_field(kind: str, obj: Mapping[str, Any], version: int) -> Any:

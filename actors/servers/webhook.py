@@ -18,10 +18,11 @@ replica serves it (it needs no leadership).
 Anyone who reaches the port can send a review (TLS authenticates the server only), so a review costs no API
 call: the pools and subnets come from a cache that one list and one watch per kind keep (an informer, as
 controller-runtime's cached client gives Spiderpool's webhook), holding only what the rules read (kind,
-metadata, spec; no status).  Like Spiderpool's, it sees a change once the watch brings it.  Until the cache has
-listed both kinds once (the store unreachable since the start), a review that needs it is answered HTTP 500
-after ``sync_wait``, so the API server applies the configuration's ``failurePolicy`` rather than a guess of
-ours; afterwards an outage leaves the last state served while the informer re-lists.
+metadata, spec, and of a status only a subnet's ``controlledIPPools``).  Like Spiderpool's, it sees a change
+once the watch brings it.  Until the cache has listed both kinds once (the store unreachable since the start),
+a review that needs it is answered HTTP 500 after ``sync_wait``, so the API server applies the configuration's
+``failurePolicy`` rather than a guess of ours; afterwards an outage leaves the last state served while the
+informer re-lists.
 """
 
 from __future__ import annotations
@@ -91,9 +92,15 @@ def describe_host(host: str | None) -> str:
 
 
 def cached_copy(kind: str, obj: Obj) -> Obj:
-    """What the cache keeps of a pool or subnet: what the rules read (kind, metadata, spec), not its status."""
+    """What the cache keeps of a pool or subnet: what the rules read (kind, metadata, spec).  Of a status only
+    a subnet's ``controlledIPPools``: the promised-addresses and auto-pool (I00018) rules read it; a pool's
+    ``allocatedIPs`` no rule reads from here (an update's own comes with the review's old object)."""
     metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
-    return {**{k: v for k, v in obj.items() if k != "status"}, "kind": kind, "metadata": metadata}
+    out = {**{k: v for k, v in obj.items() if k != "status"}, "kind": kind, "metadata": metadata}
+    status = obj.get("status")
+    if kind == SUBNET and isinstance(status, dict) and "controlledIPPools" in status:
+        out["status"] = {"controlledIPPools": status["controlledIPPools"]}
+    return out
 
 
 def spec_cache(store: Store) -> KindCache:
@@ -153,8 +160,9 @@ class AdmissionWebhook:
                 return mutate_multus_review(review)
             return validate_multus_review(review, await self._nad_of(review) if writing else None)
         if action == "mutate":
-            # NB: a pool inherits gateway and routes from the SpiderSubnet of its CIDR
-            subnets = await self._cached(SUBNET) if writing and review.kind == POOL else []
+            # NB: a pool inherits gateway and routes from the SpiderSubnet of its CIDR, when subnets are enabled
+            inherits = writing and review.kind == POOL and self.settings.enable_subnet
+            subnets = await self._cached(SUBNET) if inherits else []
             return mutate_review(review, subnets)
         existing: list[dict[str, Any]] = []
         if writing and review.kind in (POOL, SUBNET):

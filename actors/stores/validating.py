@@ -56,7 +56,8 @@ class ValidatingStore(PassThrough):
                 old = await self.inner.get(kind, name, namespace)
             except NotFound:
                 old = None
-        subnets = (await self.inner.list(SUBNET)).items if kind == POOL else []
+        # NB: Spiderpool's mutateIPPool inherits from a SpiderSubnet only when enableSpiderSubnet is set
+        subnets = (await self.inner.list(SUBNET)).items if kind == POOL and self.settings.enable_subnet else []
         new = mutate(kind, obj, subnets)
         if creating or old is None or not _same_spec(new, old):
             existing: list[Obj] = []

@@ -19,7 +19,9 @@ from actors.servers.certs import CertSettings, generate, problem, write_bundle
 from actors.servers.webhook import ROUTES, AdmissionWebhook, WebhookSettings
 from actors.stores.port import Obj, Store
 from actors.stores.sqlite import SqliteStore
+from actors.stores.validating import ValidatingStore
 from spider.kinds import FINALIZER
+from spider.validation import AdmissionSettings
 from tests.controller.support import FaultyStore, pool, subnet
 from tests.spider.test_admission import apply_patch
 from tests.support import answer_status, exchange
@@ -69,9 +71,14 @@ def cert_settings(cert_dir: Path | None = None) -> CertSettings:
 
 @asynccontextmanager
 async def serving(
-    store: Store, certs: CertSettings | None = None, *, sync_wait: float = 5.0, read_timeout: float = 30.0
+    store: Store,
+    certs: CertSettings | None = None,
+    *,
+    sync_wait: float = 5.0,
+    read_timeout: float = 30.0,
+    admission: AdmissionSettings | None = None,
 ) -> AsyncIterator[AdmissionWebhook]:
-    webhook = AdmissionWebhook(store, sync_wait=sync_wait)
+    webhook = AdmissionWebhook(store, settings=admission or AdmissionSettings(), sync_wait=sync_wait)
     settings = WebhookSettings(certs or cert_settings(), port=0, host="127.0.0.1", read_timeout=read_timeout)
     async with trio.open_nursery() as nursery:
         await nursery.start(webhook.serve, settings)
@@ -198,6 +205,24 @@ async def test_mutation_answers_a_base64_json_patch_with_spiderpools_defaults(st
             assert ops["/spec/ipVersion"]["value"] == 4
             assert ops["/spec/gateway"]["value"] == "10.6.0.1"  # inherited from the subnet of its CIDR
             assert ops["/metadata/labels"]["value"]["ipam.spidernet.io/ippool-cidr"] == "10-6-0-0-16"
+
+
+async def test_with_the_subnet_feature_off_a_pool_inherits_nothing_from_a_subnet(store: Store) -> None:
+    # Spiderpool's mutateIPPool: `if iw.EnableSpiderSubnet { setControllerSubnet; InheritSubnetProperties }`
+    off = AdmissionSettings(enable_subnet=False)
+    routes = [{"dst": "172.16.0.0/16", "gw": "10.6.0.1"}]
+    with trio.fail_after(TIMEOUT):
+        await store.create(subnet("s1", cidr="10.6.0.0/16", gateway="10.6.0.1", routes=routes))
+        async with serving(store, admission=off) as webhook:
+            assert webhook.port is not None
+            _, answer = await post(webhook.port, MUTATE, review("CREATE", pool("p")), await ca_bundle(store))
+        ops = {op["path"]: op for op in patch_of(answer)}
+        assert "/spec/gateway" not in ops
+        assert "/spec/routes" not in ops
+        assert "ipam.spidernet.io/owner-spider-subnet" not in ops["/metadata/labels"]["value"]
+        stored = await ValidatingStore(store, off).create(pool("q"))  # the store layer agrees
+        assert "gateway" not in stored["spec"]
+        assert "ipam.spidernet.io/owner-spider-subnet" not in stored["metadata"]["labels"]
 
 
 async def test_a_finalizer_only_update_of_a_terminating_pool_is_never_blocked(store: Store) -> None:

@@ -3,8 +3,10 @@ send one), the same decisions as on the stored objects, and changes seen once th
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -114,10 +116,11 @@ async def test_a_subnet_overlapping_a_cached_subnet_is_denied_as_before(tmp_path
                 assert "overlap with Subnet wide" in answer["response"]["status"]["message"]
 
 
-async def test_the_cache_keeps_no_status(tmp_path: Path) -> None:
+async def test_the_cache_keeps_no_pool_status_but_a_subnets_controlled_pools(tmp_path: Path) -> None:
     async with await SqliteStore.open(tmp_path / "store.db") as store:
         stored = await store.create(mutated_pool("p"))
         await store.update_status({**stored, "status": {"allocatedIPs": '{"10.6.0.10": {}}', "allocatedIPCount": 1}})
+        await promising_subnet(store)
         webhook = AdmissionWebhook(store)
         with trio.fail_after(TIMEOUT):
             async with trio.open_nursery() as nursery:
@@ -127,7 +130,47 @@ async def test_the_cache_keeps_no_status(tmp_path: Path) -> None:
                 assert "status" not in cached
                 assert cached["spec"] == stored["spec"]
                 assert cached["kind"] == "SpiderIPPool"
+                (cached,) = webhook.cache.items("SpiderSubnet")
+                assert cached["status"] == {"controlledIPPools": json.dumps(PROMISED)}
                 nursery.cancel_scope.cancel()
+
+
+PROMISED = {"auto4-x-eth0-abcde": {"ips": ["10.6.0.10-10.6.0.11"], "application": "apps_v1_Deployment_ns_x"}}
+
+
+async def promising_subnet(store: SqliteStore) -> None:
+    """A subnet that has promised two addresses to an auto pool (``status.controlledIPPools``)."""
+    created = await store.create(subnet("s", cidr="10.6.0.0/16", ips=["10.6.0.1-10.6.0.100"], ipVersion=4))
+    await store.update_status({**created, "status": {"controlledIPPools": json.dumps(PROMISED)}})
+
+
+async def validated(tmp_path: Path, body: bytes) -> dict[str, Any]:
+    """The served webhook's answer to ``body`` against a store holding ``promising_subnet``."""
+    async with await SqliteStore.open(tmp_path / "store.db") as store:
+        await promising_subnet(store)
+        mounted = generate((SERVICE_DNS,))
+        write_bundle(tmp_path / "tls", mounted)
+        with trio.fail_after(TIMEOUT):
+            async with serving(store, cert_settings(tmp_path / "tls")) as webhook:
+                assert webhook.port is not None
+                _, answer = await post(webhook.port, VALIDATE, body, mounted.ca)
+    response: dict[str, Any] = answer["response"]
+    return response
+
+
+async def test_a_pool_taking_addresses_the_cached_subnet_promised_is_denied(tmp_path: Path) -> None:
+    answer = await validated(tmp_path, review("CREATE", mutated_pool("manual", ips=["10.6.0.11-10.6.0.12"])))
+    assert answer["allowed"] is False
+    assert "pre-allocated by Subnet s" in answer["status"]["message"]
+
+
+async def test_editing_an_auto_pools_ips_is_denied_from_the_cached_subnet_status_i00018(tmp_path: Path) -> None:
+    old = mutated_pool("auto4-x-eth0-abcde", ips=["10.6.0.10-10.6.0.11"])
+    old["metadata"]["labels"] = {"ipam.spidernet.io/owner-application-uid": "u-1"}
+    new = {**old, "spec": {**old["spec"], "ips": ["10.6.0.10-10.6.0.30"]}}  # kubectl edit grows an auto pool
+    answer = await validated(tmp_path, review("UPDATE", new, old))
+    assert answer["allowed"] is False
+    assert "illegal to update AutoPool" in answer["status"]["message"]
 
 
 def test_a_cached_copy_has_the_kind_even_when_a_listing_leaves_it_out() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spider.addr import IPSet, parse_network, parse_range
+from spider.addr import IPSet, parse_ip, parse_network, parse_range
 from tests.spider.strategies import IPNetwork, addresses_in, cidrs, expand, range_lists
 
 
@@ -163,6 +163,7 @@ BAD_RANGES = [
     pytest.param(4, "10.0.0.1-", "not an IP address", id="missing-end"),
     pytest.param(4, "10.0.0.0/24", "not an IP address", id="cidr-is-not-a-range"),
     pytest.param(4, "", "not an IP address", id="empty"),
+    pytest.param(6, "fd00::1%eth0", "zone", id="zoned"),
 ]
 
 
@@ -189,9 +190,25 @@ def test_a_non_canonical_cidr_is_rejected_with_the_canonical_form_suggested() ->
         pytest.param("10.0.0.0/33", None, "is not a CIDR", id="prefix-too-long"),
         pytest.param("10.0.0.0", 6, "is not an IPv6 CIDR", id="wrong-family"),
         pytest.param("banana", None, "is not a CIDR", id="garbage"),
+        pytest.param("fd00::%eth0/64", None, "has a zone", id="zoned"),  # NB: Go's net.ParseCIDR takes none
+        pytest.param(" 10.0.0.0/24", None, "is not a CIDR", id="leading-space"),
     ],
 )
 def test_a_bad_cidr_raises_value_error_naming_it(text: str, version: int | None, why: str) -> None:
     with pytest.raises(ValueError, match=re.escape(why)) as info:
         parse_network(text, version)
+    assert repr(text) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        pytest.param("fd00::1%eth0", "has a zone", id="zoned"),  # NB: Go's net.ParseIP takes none; ipaddress does
+        pytest.param("fe80::1%1", "has a zone", id="numeric-zone"),
+        pytest.param(" 10.0.0.1", "is not an IP address", id="leading-space"),
+    ],
+)
+def test_a_bad_address_raises_value_error_naming_it(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)) as info:
+        parse_ip(text)
     assert repr(text) in str(info.value)

@@ -83,6 +83,11 @@ VALID = [
         {"routes": (Route("192.168.0.0/16", "10.0.0.254"),)},
         id="routes",
     ),
+    pytest.param(
+        {**V4, "routes": [{"dst": "192.168.1.1/16", "gw": "10.0.0.254"}]},
+        {"routes": (Route("192.168.0.0/16", "10.0.0.254"),)},
+        id="route-dst-with-host-bits-as-its-network",  # NB: as net.ParseCIDR, and as the webhook admits it
+    ),
     pytest.param({**V6, "routes": []}, {"routes": ()}, id="empty-routes"),
     pytest.param(
         {**V4, "default": True, "disable": True, "nodeName": ["n1"], "namespaceName": ["ns"], "multusName": ["m"]},
