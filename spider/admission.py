@@ -86,8 +86,9 @@ def parse_review(body: bytes) -> AdmissionRequest:
     for obj in objects:
         if obj is not None and not isinstance(obj, dict):
             raise InvalidInput(reason="AdmissionReview object and oldObject must be objects or null")
-        if obj is not None and not isinstance(obj.get("metadata", {}), dict):  # NB: every rule reads it as one
-            raise InvalidInput(reason="AdmissionReview object and oldObject must have an object as metadata")
+        if obj is not None and not all(isinstance(obj.get(key, {}), dict) for key in ("metadata", "spec")):
+            # NB: every rule reads them as objects (a CRD's schema says so; a review from elsewhere may not)
+            raise InvalidInput(reason="AdmissionReview object and oldObject must have objects as metadata and spec")
     return AdmissionRequest(
         api_version=api_version,
         uid=request["uid"],

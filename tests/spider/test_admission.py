@@ -167,6 +167,8 @@ def test_a_live_pool_whose_finalizer_is_removed_gets_it_back_by_mutation_only_on
         ),
         (review("PATCH", POOL), InvalidInput),
         (review("CREATE", "a string"), InvalidInput),
+        (review("UPDATE", POOL, {**POOL, "spec": ["not", "an", "object"]}), InvalidInput),  # NB: once a 500
+        (review("CREATE", {**POOL, "metadata": None}), InvalidInput),
     ],
 )
 def test_what_is_not_an_admission_review_is_refused_with_a_reason(body: bytes, error: type[Exception]) -> None:
