@@ -15,7 +15,7 @@ what Spiderpool refuses: subnet annotations while the auto-pool feature is off, 
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -139,6 +139,41 @@ class NicRequest:
     source: str = ""
 
 
+_GO_FOLD = {**{c: c + 32 for c in range(ord("A"), ord("Z") + 1)}, 0x17F: ord("s"), 0x212A: ord("k")}
+"""Go's ``encoding/json`` key folding for ASCII field names: ASCII case, and the two non-ASCII letters whose fold
+set holds an ASCII one (U+017F LATIN SMALL LETTER LONG S, U+212A KELVIN SIGN)."""
+
+
+def _field(item: Mapping[str, Any], name: str) -> Any:
+    """``item[name]`` as Go's ``encoding/json`` fills the struct field tagged ``name``: the key of that exact
+    spelling, else one equal to it ignoring case (Spiderpool's e2e A00003 writes ``cleanGateway``); ``None``
+    when absent.  NB: of two spellings the exact one wins here; Go takes the last key in the text."""
+    if name in item:
+        return item[name]
+    found = None
+    for key, value in item.items():
+        if key.translate(_GO_FOLD) == name:
+            found = value
+    return found
+
+
+def _string(raw: object, where: str) -> str:
+    """A Go ``string`` field: ``null`` (or absent) is empty, another JSON type fails to decode."""
+    if raw is None:
+        return ""
+    if not isinstance(raw, str):
+        raise InvalidInput(reason=f"{where} must be a string, not {raw!r}")
+    return raw
+
+
+def _flag(raw: object, where: str) -> bool | None:
+    """A Go ``bool`` field: ``true`` or ``false``; ``None`` when absent (or ``null``); anything else (``"false"``,
+    ``0``) fails to decode, as in Spiderpool, rather than be read as true or false by its truthiness."""
+    if raw is None or isinstance(raw, bool):
+        return raw
+    raise InvalidInput(reason=f"{where} must be true or false, not {raw!r}")
+
+
 def _names(raw: object, where: str) -> tuple[str, ...]:
     if raw is None:
         return ()
@@ -172,24 +207,25 @@ def requested_pools(
         items = _json(annos[ANNO_IPPOOLS], ANNO_IPPOOLS)
         if not isinstance(items, list) or not items:
             raise InvalidInput(reason=f"{ANNO_IPPOOLS} must be a non-empty list")
-        named = [isinstance(i, dict) and bool(i.get("interface")) for i in items]
-        if any(named) and not all(named):
-            raise InvalidInput(reason="NIC should be either all specified or all unspecified")
         out: list[NicRequest] = []
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise InvalidInput(reason=f"{ANNO_IPPOOLS} entries must be objects")
-            name = str(item["interface"]) if all(named) else ("eth0" if index == 0 else str(index))
-            clean = item.get("cleangateway")
+            where = f"{ANNO_IPPOOLS}[{index}]"
             out.append(
                 NicRequest(
-                    nic=name,
-                    ipv4=_names(item.get("ipv4"), f"{ANNO_IPPOOLS}[{index}].ipv4"),
-                    ipv6=_names(item.get("ipv6"), f"{ANNO_IPPOOLS}[{index}].ipv6"),
-                    clean_gateway=bool(clean) if clean is not None else None,
+                    nic=_string(_field(item, "interface"), f"{where}.interface"),
+                    ipv4=_names(_field(item, "ipv4"), f"{where}.ipv4"),
+                    ipv6=_names(_field(item, "ipv6"), f"{where}.ipv6"),
+                    clean_gateway=_flag(_field(item, "cleangateway"), f"{where}.cleangateway"),
                     source=ANNO_IPPOOLS,
                 )
             )
+        named = [bool(r.nic) for r in out]
+        if any(named) and not all(named):
+            raise InvalidInput(reason="NIC should be either all specified or all unspecified")
+        if not all(named):
+            out = [attrs.evolve(r, nic="eth0" if i == 0 else str(i)) for i, r in enumerate(out)]
         nics = [r.nic for r in out]
         if len(set(nics)) != len(nics):
             raise InvalidInput(reason=f"duplicate interface in {ANNO_IPPOOLS}: {nics}")
@@ -197,8 +233,8 @@ def requested_pools(
             if nic not in nics:
                 raise InvalidInput(reason=f"interface {nic} must be specified in {ANNO_IPPOOLS}")
             return out
-        # Unnamed mode: eth0 takes the first entry, netN the N-th (reference §2.9 (c); see docs/compatibility.md).
-        index = 0 if nic == "eth0" else _ordinal(nic)
+        # Unnamed mode: eth0 takes the first entry, another NIC the entry at its position (docs/compatibility.md).
+        index = _unnamed_position(pod, nic)
         if index >= len(out):
             raise InvalidInput(reason=f"{ANNO_IPPOOLS} has {len(out)} entries, none for interface {nic}")
         return [attrs.evolve(out[index], nic=nic)]
@@ -209,23 +245,14 @@ def requested_pools(
         return [
             NicRequest(
                 nic,
-                _names(item.get("ipv4"), f"{ANNO_IPPOOL}.ipv4"),
-                _names(item.get("ipv6"), f"{ANNO_IPPOOL}.ipv6"),
+                _names(_field(item, "ipv4"), f"{ANNO_IPPOOL}.ipv4"),
+                _names(_field(item, "ipv6"), f"{ANNO_IPPOOL}.ipv6"),
                 source=ANNO_IPPOOL,
             )
         ]
     ns = pod.namespace_annotations
-    if ANNO_NS_DEFAULT_V4 in ns or ANNO_NS_DEFAULT_V6 in ns:
-        v4 = (
-            _names(_json(ns[ANNO_NS_DEFAULT_V4], ANNO_NS_DEFAULT_V4), ANNO_NS_DEFAULT_V4)
-            if ANNO_NS_DEFAULT_V4 in ns
-            else ()
-        )
-        v6 = (
-            _names(_json(ns[ANNO_NS_DEFAULT_V6], ANNO_NS_DEFAULT_V6), ANNO_NS_DEFAULT_V6)
-            if ANNO_NS_DEFAULT_V6 in ns
-            else ()
-        )
+    v4, v6 = (_names(_json(ns[key], key), key) if key in ns else () for key in (ANNO_NS_DEFAULT_V4, ANNO_NS_DEFAULT_V6))
+    if v4 or v6:  # NB: "[]" or "null" names no pool: the next source decides (Spiderpool's getPoolFromNS)
         return [NicRequest(nic, v4, v6, source="namespace annotations")]
     if cni_v4 or cni_v6:
         return [
@@ -239,19 +266,89 @@ def requested_pools(
     return [NicRequest(nic, source="cluster default pools")]
 
 
-def _ordinal(nic: str) -> int:
-    digits = "".join(c for c in nic if c.isdigit())
-    return int(digits) if digits else 0
+_NET_N = re.compile(r"net([1-9][0-9]*)")  # NB: [0-9], not \d: int() would take other scripts' digits too
+
+
+def _unnamed_position(pod: PodContext, nic: str) -> int:
+    """Which entry of an unnamed ``ippools`` annotation serves ``nic``: eth0 the first; another NIC the one at
+    its position in ``k8s.v1.cni.cncf.io/networks`` (from 1, as Multus numbers them), else at the N of a
+    ``netN`` name (Multus's name for an unnamed network).  Any other name gives no position: wrong input."""
+    if nic == "eth0":
+        return 0
+    for position, (_, _, iface) in enumerate(_multus_entries(pod), start=1):
+        if (iface or f"net{position}") == nic:
+            return position
+    if (found := _NET_N.fullmatch(nic)) is None:
+        raise InvalidInput(
+            reason=f"unnamed {ANNO_IPPOOLS} entries serve eth0 and then the NICs of {ANNO_MULTUS_NETWORKS} (or "
+            f"net1, net2...) by position; interface {nic} is none of them: name each entry's 'interface'"
+        )
+    return int(found.group(1))
+
+
+def _go_glob(pattern: str) -> re.Pattern[str]:
+    """Go's ``filepath.Match`` pattern (Spiderpool's ``ParseWildcardPoolNameList``) as a regular expression:
+    ``*`` and ``?`` do not match ``/``, ``[^..]`` negates a class of characters and ranges, ``\\`` escapes.
+    ``ValueError`` for what Go calls ``ErrBadPattern``."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            if i == len(pattern):
+                raise ValueError("a trailing \\ escapes nothing")
+            out.append(re.escape(pattern[i]))
+            i += 1
+        elif c == "[":
+            negated = pattern.startswith("^", i)
+            i += negated
+            ranges: list[tuple[str, str]] = []
+            while not (pattern.startswith("]", i) and ranges):
+                lo, i = _class_char(pattern, i)
+                hi = lo
+                if pattern[i] == "-":
+                    hi, i = _class_char(pattern, i + 1)
+                ranges.append((lo, hi))
+            i += 1
+            members = "".join(f"\\U{ord(lo):08x}-\\U{ord(hi):08x}" for lo, hi in ranges if lo <= hi)
+            if members:
+                out.append(f"[{'^' if negated else ''}{members}]")
+            else:  # NB: only reversed ranges ([z-a]): Go matches no character, or (negated) any
+                out.append("(?s:.)" if negated else "(?!)")
+        else:
+            out.append(re.escape(c))
+    return re.compile("".join(out))
+
+
+def _class_char(pattern: str, i: int) -> tuple[str, int]:
+    """Go's ``getEsc``: the (possibly escaped) character of a class at ``i``, and where the class goes on."""
+    if i >= len(pattern) or pattern[i] in "-]":
+        raise ValueError("a character class needs a character or range here")
+    if pattern[i] == "\\":
+        i += 1
+        if i >= len(pattern):
+            raise ValueError("a trailing \\ escapes nothing")
+    if i + 1 >= len(pattern):
+        raise ValueError("a character class is not closed")
+    return pattern[i], i + 1
 
 
 def expand(names: Sequence[str], version: int, pools: Mapping[str, IPPool]) -> list[str]:
-    """Resolve glob patterns (``*``, ``?``, ``[..]``) against pools of the family; keep the written order."""
+    """Resolve glob patterns (``*``, ``?``, ``[..]``, Go's syntax) against pools of the family; keep the written
+    order.  A malformed pattern is wrong input (Go's ``ErrBadPattern``), not a pattern matching nothing."""
     out: list[str] = []
     for name in names:
         if any(c in name for c in "*?["):
-            matched = sorted(
-                p.name for p in pools.values() if p.version == version and fnmatch.fnmatchcase(p.name, name)
-            )
+            try:
+                glob = _go_glob(name)
+            except ValueError as exc:
+                raise InvalidInput(reason=f"pool name pattern {name!r}: syntax error in pattern: {exc}") from None
+            matched = sorted(p.name for p in pools.values() if p.version == version and glob.fullmatch(p.name))
             out.extend(m for m in matched if m not in out)
         elif name not in out:
             out.append(name)
@@ -272,27 +369,35 @@ def multus_network(pod: PodContext, nic: str) -> str | None:
     if nic in ("eth0", "0"):
         default = pod.annotations.get(ANNO_MULTUS_DEFAULT) or pod.cluster_network
         return _qualified(default, pod.agent_namespace) if default else None
+    for position, (ns, name, iface) in enumerate(_multus_entries(pod), start=1):
+        if (iface or f"net{position}") == nic:
+            return f"{ns}/{name}"
+    return None
+
+
+def _multus_entries(pod: PodContext) -> list[tuple[str, str, str]]:
+    """``k8s.v1.cni.cncf.io/networks`` (JSON or the ``ns/name@ifname`` comma form) as ``(namespace, name,
+    interface)`` in order; ``interface`` empty when not given."""
     raw = pod.annotations.get(ANNO_MULTUS_NETWORKS, "").strip()
     if not raw:
-        return None
-    entries: list[tuple[str, str, str]] = []  # (namespace, name, interface)
+        return []
+    entries: list[tuple[str, str, str]] = []
     if raw.startswith("["):
         items = _json(raw, ANNO_MULTUS_NETWORKS)
         if not isinstance(items, list):
             raise InvalidInput(reason=f"{ANNO_MULTUS_NETWORKS} must be a list")
         for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            name = _field(item, "name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
                 raise InvalidInput(reason=f"{ANNO_MULTUS_NETWORKS} entries need a 'name'")
-            entries.append((str(item.get("namespace") or pod.namespace), item["name"], str(item.get("interface", ""))))
+            ns = _string(_field(item, "namespace"), f"{ANNO_MULTUS_NETWORKS} 'namespace'") or pod.namespace
+            entries.append((ns, name, _string(_field(item, "interface"), f"{ANNO_MULTUS_NETWORKS} 'interface'")))
     else:
         for part in (p.strip() for p in raw.split(",") if p.strip()):
             ref, _, iface = part.partition("@")
             ns, _, name = ref.rpartition("/")
             entries.append((ns or pod.namespace, name, iface))
-    for position, (ns, name, iface) in enumerate(entries, start=1):
-        if (iface or f"net{position}") == nic:
-            return f"{ns}/{name}"
-    return None
+    return entries
 
 
 def _reject(pool: IPPool, pod: PodContext, version: int, nic: str = "eth0") -> str | None:
@@ -400,13 +505,13 @@ def custom_routes(pod: PodContext) -> tuple[Route, ...]:
         raise InvalidInput(reason=f"{ANNO_ROUTES} must be a list of routes")
     out = []
     for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("dst"), str) or not isinstance(item.get("gw"), str):
+        dst, gw = (_field(item, "dst"), _field(item, "gw")) if isinstance(item, dict) else (None, None)
+        if not isinstance(dst, str) or not isinstance(gw, str):
             raise InvalidInput(reason=f"{ANNO_ROUTES} entry {item!r} needs string 'dst' and 'gw'")
         # Spiderpool (IsRouteWithoutIPVersion): dst is a CIDR (host bits allowed), gw an IP, one family.
         try:
-            dst = parse_network(item["dst"], strict=False)
-            parse_ip(item["gw"], dst.version)
+            parse_ip(gw, parse_network(dst, strict=False).version)
         except ValueError as exc:
             raise InvalidInput(reason=f"{ANNO_ROUTES} entry {item!r}: {exc}") from None
-        out.append(Route(item["dst"], item["gw"]))
+        out.append(Route(dst, gw))
     return tuple(out)

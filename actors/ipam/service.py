@@ -412,11 +412,20 @@ class IpamService:
             await self._undo(made, plan)
             raise failures[0]
         nic_results = []
+        # Custom routes as Spiderpool's groupCustomRoutes: each to the first NIC whose subnet holds its gateway, once.
+        # A NIC answered from its endpoint entry (a later ADD of a NIC the first ADD allocated) keeps only those
+        # its entry records: one the first ADD gave another NIC is not given (and installed) twice.
+        pending = plan.routes
         for nic in plan.nics:
             allocs = tuple(results[(nic.nic, v)] for v in (4, 6) if (nic.nic, v) in results)
             if not allocs:
                 continue
-            extra = tuple(rt for rt in plan.routes if any(_gw_in(rt.gw, a.address) for a in allocs))
+            held = facts.endpoint.nic(nic.nic) if nic.recorded and facts.endpoint is not None else None
+            mine = [
+                any(_gw_in(rt.gw, a.address) for a in allocs) and (held is None or rt in held.routes) for rt in pending
+            ]
+            extra = tuple(rt for rt, ok in zip(pending, mine, strict=True) if ok)
+            pending = tuple(rt for rt, ok in zip(pending, mine, strict=True) if not ok)
             routes = tuple(x for a in allocs for x in a.routes) + extra
             nic_results.append(NicResult(nic.nic, allocs, nic.clean_gateway, routes))
         pod = f"{req.pod_namespace}/{req.pod_name}"

@@ -187,6 +187,16 @@ async def test_a00006_the_namespace_default_beats_the_cluster_default(agent: Run
     assert pools_of((await add(agent, "q"))[1]) == ["default-v4"]
 
 
+async def test_an_empty_namespace_default_leaves_the_pool_to_the_cni_config(agent: RunningAgent) -> None:
+    ns = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "team", "annotations": {"ipam.spidernet.io/default-ipv4-ippool": "[]"}},
+    }
+    await agent.apply(V4A, DEFAULT_V4, ns, pod("p", "team"))
+    assert pools_of((await add(agent, "p", namespace="team", defaultIPv4IPPool=["v4-a"]))[1]) == ["v4-a"]
+
+
 async def test_a00007_wildcards_in_the_namespace_annotation_pick_matching_pools(agent: RunningAgent) -> None:
     ns = {
         "apiVersion": "v1",
@@ -382,6 +392,19 @@ async def test_a00002_custom_routes_go_to_the_nic_whose_subnet_holds_their_gatew
         {"ifName": "eth0", "dst": "0.0.0.0/0", "gw": "10.10.0.1"},
         {"ifName": "eth0", "dst": "1.0.0.0/16", "gw": "10.10.0.1"},
     ]
+
+
+async def test_a_custom_route_goes_once_to_the_first_nic_whose_subnet_holds_its_gateway(agent: RunningAgent) -> None:
+    # NB: Spiderpool's groupCustomRoutes; the same route on two NICs would fail the second `ip route add`
+    annotations = {
+        ANNO_POOLS: '[{"interface": "eth0", "ipv4": ["v4-a"]}, {"interface": "net1", "ipv4": ["same-subnet"]}]',
+        "ipam.spidernet.io/routes": '[{"dst": "1.0.0.0/16", "gw": "10.10.0.254"}]',
+    }
+    same = pool_object("same-subnet", "10.10.0.0/24", ["10.10.0.20-10.10.0.29"])
+    await agent.apply(V4A, same, pod("p", annotations=annotations))
+    custom = {"ifName": "eth0", "dst": "1.0.0.0/16", "gw": "10.10.0.254"}
+    assert [r for r in (await add(agent, "p"))[1]["routes"] if r["dst"] == "1.0.0.0/16"] == [custom]
+    assert (await add(agent, "p", ifname="net1"))[1]["routes"] == []  # NB: recomputed, it would be net1's too
 
 
 async def test_pool_routes_are_given_to_the_nic(agent: RunningAgent) -> None:
@@ -824,6 +847,13 @@ async def test_an_unnamed_ippools_annotation_without_an_entry_for_the_nic_is_wro
     assert status == 500
     assert "none for interface net1" in message
     assert await records(agent, "v4-a") == {}
+
+
+async def test_an_unnamed_ippools_annotation_refuses_a_nic_it_cannot_place(agent: RunningAgent) -> None:
+    await agent.apply(V4A, pod("p", annotations={ANNO_POOLS: '[{"ipv4": ["v4-a"]}, {"ipv4": ["v4-a"]}]'}))
+    status, message = await add(agent, "p", ifname="net\u00b2")  # NB: "²".isdigit(), but no ASCII digit
+    assert status == 500
+    assert "interface net\u00b2 is none of them" in message
 
 
 async def test_addresses_shared_by_overlapping_pools_that_slipped_past_admission_are_never_handed_out(

@@ -37,6 +37,7 @@ from spider.selection import (
     candidates,
     custom_routes,
     expand,
+    multus_network,
     requested_pools,
     subnet_claim,
 )
@@ -274,7 +275,37 @@ MALFORMED = [
     pytest.param({ANNO_IPPOOLS: "{}"}, "non-empty list", id="ippools-an-object"),
     pytest.param({ANNO_IPPOOLS: '["eth0"]'}, "must be objects", id="ippools-items-not-objects"),
     pytest.param(ippools({"ipv4": [1]}), "list of pool names", id="ippools-names-not-strings"),
+    pytest.param(
+        ippools({"interface": 1, "ipv4": ["a"]}), "interface must be a string", id="ippools-interface-a-number"
+    ),
 ]
+
+
+@pytest.mark.parametrize("value", ["false", "no", 0, 0.5, [0], {"x": 0}])
+def test_a_cleangateway_that_is_not_true_or_false_is_wrong_input_not_read_by_its_truthiness(value: object) -> None:
+    # NB: a Go bool in Spiderpool: "false" does not decode (here bool("false") would drop the default route)
+    pod = make_pod(annotations=ippools({"interface": "eth0", "ipv4": ["a"], "cleangateway": value}))
+    with pytest.raises(InvalidInput, match=re.escape(f"{ANNO_IPPOOLS}[0].cleangateway must be true or false")):
+        requested_pools(pod, "eth0")
+
+
+def test_annotation_keys_match_whatever_their_case_as_gos_decoder_matches_them() -> None:
+    # Spiderpool's e2e A00003 writes "cleanGateway"; Go also folds U+017F (long s) to s
+    pod = make_pod(
+        annotations={
+            **ippools({"Interface": "eth0", "IPv4": ["a"], "cleanGateway": True}),
+            ANNO_ROUTES: json.dumps([{"D\u017ft": "10.9.0.0/16", "GW": "10.0.0.1"}]),
+        }
+    )
+    assert requested_pools(pod, "eth0") == [NicRequest("eth0", ("a",), (), True, ANNO_IPPOOLS)]
+    assert custom_routes(pod) == (Route("10.9.0.0/16", "10.0.0.1"),)
+    (request,) = requested_pools(make_pod(annotations={ANNO_IPPOOL: '{"IPV6": ["b"]}'}), "eth0")
+    assert request.ipv6 == ("b",)
+
+
+def test_a_key_spelt_as_the_field_wins_over_another_case_of_it() -> None:
+    pod = make_pod(annotations=ippools({"interface": "eth0", "ipv4": ["a"], "IPV4": ["b"]}))
+    assert requested_pools(pod, "eth0")[0].ipv4 == ("a",)
 
 
 @pytest.mark.parametrize(("annotations", "why"), MALFORMED)
@@ -288,6 +319,15 @@ def test_a_malformed_namespace_default_is_wrong_input(value: str) -> None:
     pod = make_pod(namespace_annotations={ANNO_NS_DEFAULT_V4: value})
     with pytest.raises(InvalidInput, match=re.escape(ANNO_NS_DEFAULT_V4)):
         requested_pools(pod, "eth0")
+
+
+@pytest.mark.parametrize("value", ["[]", "null"])
+def test_an_empty_namespace_default_leaves_the_pools_to_the_next_source(value: str) -> None:
+    # Spiderpool's getPoolFromNS returns no pools when both lists are empty: the CNI configuration decides
+    pod = make_pod(namespace_annotations={ANNO_NS_DEFAULT_V4: value, ANNO_NS_DEFAULT_V6: "[]"})
+    assert requested_pools(pod, "eth0", ("from-cni",)) == [
+        NicRequest("eth0", ("from-cni",), source="CNI configuration")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -343,6 +383,28 @@ def test_glob_patterns_match_only_pools_of_the_requested_family() -> None:
 
 def test_glob_patterns_support_character_classes() -> None:
     assert expand(["blue-[2]"], 4, GLOB_POOLS) == ["blue-2"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matched"),
+    [
+        pytest.param("v4-[^a]", ["v4-b"], id="caret-negates"),
+        pytest.param("v4-[!a]", ["v4-a"], id="bang-is-a-literal"),
+        pytest.param("v4-[a-b]", ["v4-a", "v4-b"], id="range"),
+        pytest.param("v4-[b-a]", [], id="reversed-range-matches-nothing"),
+        pytest.param("v4-[^b-a]", ["v4-a", "v4-b"], id="negated-reversed-range-matches-anything"),
+        pytest.param("v4\\-?", ["v4-a", "v4-b"], id="backslash-escapes"),
+        pytest.param("v4-[\\]]", [], id="escaped-bracket-in-a-class"),
+    ],
+)
+def test_glob_patterns_follow_gos_filepath_match(pattern: str, matched: list[str]) -> None:
+    assert expand([pattern], 4, by_name(make_pool("v4-a"), make_pool("v4-b"))) == matched
+
+
+@pytest.mark.parametrize("pattern", ["p-[", "p-[]", "p-[^]", "p-[a-]", "p-[-a]", "p-[a", "p*\\"])
+def test_a_malformed_glob_pattern_is_wrong_input_not_a_pattern_matching_nothing(pattern: str) -> None:
+    with pytest.raises(InvalidInput, match="syntax error in pattern"):
+        expand([pattern], 4, GLOB_POOLS)
 
 
 def test_a_pool_matched_twice_by_patterns_is_tried_once() -> None:
@@ -614,6 +676,27 @@ def test_named_and_unnamed_entries_cannot_be_mixed() -> None:
 def test_unnamed_ippools_give_each_nic_the_entry_at_its_position(nic: str, pool: str) -> None:
     pod = make_pod(annotations=ippools({"ipv4": ["first"]}, {"ipv4": ["second"]}))
     assert requested_pools(pod, nic) == [NicRequest(nic, (pool,), source=ANNO_IPPOOLS)]
+
+
+@pytest.mark.parametrize(("networks", "nic"), [("macvlan@data", "data"), ('[{"name": "a"}, {"name": "b"}]', "net2")])
+def test_unnamed_ippools_give_a_nic_the_entry_at_its_position_in_the_multus_networks(networks: str, nic: str) -> None:
+    entries = ippools({"ipv4": ["first"]}, {"ipv4": ["second"]}, {"ipv4": ["third"]})
+    pod = make_pod(annotations={**entries, ANNO_MULTUS_NETWORKS: networks})
+    want = "second" if nic == "data" else "third"
+    assert requested_pools(pod, nic) == [NicRequest(nic, (want,), source=ANNO_IPPOOLS)]
+
+
+@pytest.mark.parametrize("nic", ["data", "ens1f0", "net0", "net01", "net\u00b2"])
+def test_unnamed_ippools_refuse_a_nic_whose_position_nothing_says(nic: str) -> None:
+    # NB: no digits-in-the-name guess: "data" would take eth0's entry, "ens1f0" the 11th, "net²" crash int()
+    pod = make_pod(annotations=ippools({"ipv4": ["first"]}, {"ipv4": ["second"]}))
+    with pytest.raises(InvalidInput, match=f"interface {nic} is none of them"):
+        requested_pools(pod, nic)
+
+
+def test_a_multus_network_with_a_null_interface_is_named_by_its_position() -> None:
+    pod = make_pod(annotations={ANNO_MULTUS_NETWORKS: '[{"name": "a", "interface": null}]'})
+    assert multus_network(pod, "net1") == "ns1/a"
 
 
 # --- custom routes -------------------------------------------------------------------------------------
