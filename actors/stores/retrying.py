@@ -15,7 +15,9 @@ Writes whose answer was lost may have been applied; each retry is safe by constr
 
 - ``update`` and ``update_status`` guarded by a ``resourceVersion``: a retry of one that was applied is
   ``Conflict``, which callers already handle by reading again (one without a version writes last-wins again);
-- ``delete``: a retry of one that was applied is ``NotFound``, which here means "done" and returns;
+- ``delete``: a retry of one that was applied is ``NotFound``, which here means "done" and returns; a guarded one
+  of an object with finalizers (which the first try marked) is ``Conflict``, "done" when the object is found
+  being deleted;
 - ``create``: a retry of one that was applied is ``AlreadyExists``; the stored object is read back and, when
   it holds what was sent (labels, annotations, finalizers, owners and every field but ``status`` and the
   server's own), it is the answer; otherwise ``AlreadyExists`` goes to the caller.  A create that leaves the
@@ -39,6 +41,7 @@ import trio
 from actors.stores.port import (
     AlreadyExists,
     AtomicStatusUpdate,
+    Conflict,
     KindLister,
     NotFound,
     Obj,
@@ -221,6 +224,19 @@ class RetryingStore(PassThrough):
         except NotFound:
             if not maybe_applied:
                 raise
+        except Conflict:
+            # NB: a guarded delete of an object with finalizers marks it (a new resourceVersion): sent again (by us
+            # or by the HTTP client on a dropped connection), its precondition fails although it was done
+            if not resource_version or not await self._terminating(kind, name, namespace):
+                raise
+
+    async def _terminating(self, kind: str, name: str, namespace: str) -> bool:
+        """Whether the object is gone or being deleted now."""
+        try:
+            stored = await self.get(kind, name, namespace)
+        except NotFound:
+            return True
+        return bool((stored.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _holds(stored: Obj, sent: Obj, kind: str) -> bool:

@@ -684,7 +684,10 @@ class Cluster:
                 if added:
                     why = f"Forbidden: no new finalizers can be added if the object is being deleted, found {added}"
                     raise r.invalid(name, "metadata.finalizers", why)
-                if not m.get("finalizers"):  # NB: the answer is the object as sent, at the version sent
+                # NB: as the registry's shouldDeleteDuringUpdate: no finalizers left and no grace to wait out (a Pod
+                # its kubelet still runs keeps its grace: an update leaves it, terminating); the answer is the
+                # object as sent, at the version sent
+                if not m.get("finalizers") and old.get("deletionGracePeriodSeconds") == 0:
                     self._commit(r, namespace, "DELETED", copy.deepcopy(stored), stored)
                     return dict(copy.deepcopy(new), metadata=dict(m, resourceVersion=sent))
         if new == stored:
@@ -712,7 +715,11 @@ class Cluster:
             return copy.deepcopy(stored)
         if m.get("finalizers"):
             if "deletionTimestamp" in m:
-                return copy.deepcopy(stored)
+                if not m.get("deletionGracePeriodSeconds"):
+                    return copy.deepcopy(stored)
+                shortened = copy.deepcopy(stored)  # NB: a Pod's grace cut to 0; its finalizers still hold it
+                shortened["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
+                return self._commit(r, namespace, "MODIFIED", shortened, stored)
             marked = copy.deepcopy(stored)
             marked["metadata"].update(
                 deletionTimestamp=now(), deletionGracePeriodSeconds=0, generation=m.get("generation", 0) + 1

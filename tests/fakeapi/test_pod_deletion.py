@@ -56,3 +56,25 @@ def test_a_pod_no_node_runs_or_one_that_finished_goes_at_once() -> None:
     cluster.update(pods, "default", "done", dict(done, status={"phase": "Succeeded"}), status=True)
     cluster.delete(pods, "default", "done", {})
     assert gone(cluster, "done")
+
+
+def test_an_update_of_a_pod_waiting_out_its_grace_keeps_it_and_a_grace_0_delete_ends_a_finalizers_wait() -> None:
+    # NB: the registry deletes during an update only once no finalizer and no grace is left
+    cluster = Cluster.new()
+    pods = cluster.resource("", "v1", "pods")
+    cluster.create(pods, "default", pod("p"))
+    marked = cluster.delete(pods, "default", "p", {})
+    marked["metadata"]["labels"] = {"seen": "yes"}
+    cluster.update(pods, "default", "p", marked, status=False)
+    assert cluster.get(pods, "default", "p")["metadata"]["labels"] == {"seen": "yes"}
+    held = cluster.create(
+        pods, "default", {**pod("held"), "metadata": {**pod("held")["metadata"], "finalizers": ["x/y"]}}
+    )
+    assert held["metadata"]["finalizers"] == ["x/y"]
+    cluster.delete(pods, "default", "held", {})
+    cut = cluster.delete(pods, "default", "held", {"gracePeriodSeconds": 0})
+    assert cut["metadata"]["deletionGracePeriodSeconds"] == 0
+    released = cluster.get(pods, "default", "held")
+    released["metadata"]["finalizers"] = []
+    cluster.update(pods, "default", "held", released, status=False)
+    assert gone(cluster, "held")

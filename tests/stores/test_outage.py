@@ -159,6 +159,24 @@ async def test_a_guarded_write_whose_answer_was_lost_is_a_conflict_and_a_lost_de
         assert (await kube.list("SpiderIPPool")).items == []
 
 
+async def test_a_lost_guarded_delete_of_an_object_with_finalizers_is_done_not_a_conflict(
+    fake: FakeApiServer, kube: KubeStore
+) -> None:
+    # NB: the first try marks the object (a new resourceVersion), so the resend's precondition fails: a real
+    # server answers 409 too (it checks preconditions before it looks at deletionTimestamp)
+    store = RetryingStore(kube, outage_budget=8)
+    with trio.fail_after(TIMEOUT):
+        made = await store.create({**pool("p"), "metadata": {"name": "p", "finalizers": ["example.com/hold"]}})
+        fake.faults.append(Fault(method="DELETE", drop=True, applied=True, times=2))
+        await store.delete("SpiderIPPool", "p", resource_version=made["metadata"]["resourceVersion"])
+        assert (await kube.get("SpiderIPPool", "p"))["metadata"]["deletionTimestamp"]
+        other = await store.create(pool("q"))
+        await store.update({**other, "metadata": {**other["metadata"], "labels": {"changed": "yes"}}})
+        with pytest.raises(Conflict):  # NB: a real conflict stays one: changed meanwhile, and not being deleted
+            await store.delete("SpiderIPPool", "q", resource_version=other["metadata"]["resourceVersion"])
+        assert await kube.get("SpiderIPPool", "q")
+
+
 async def test_a_restart_longer_than_the_budget_fails_with_code_11(fake: FakeApiServer, kube: KubeStore) -> None:
     store = RetryingStore(kube, outage_budget=0.5)
     with trio.fail_after(TIMEOUT):
