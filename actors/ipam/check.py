@@ -31,6 +31,7 @@ from spider.addr import int_to_ip, ip_to_int
 from spider.endpoint import KIND as ENDPOINT
 from spider.endpoint import Endpoint, readable
 from spider.errors import InvalidInput, SpiderError
+from spider.gc import GcSettings, deletion_deadline
 from spider.pool import KIND as POOL
 from spider.pool import RECLAIM_AFTER, PoolLedger, Record
 from spider.workload import pod_not_alive
@@ -185,7 +186,7 @@ async def check_store(
     for pool, ip, record in _unaccounted(ledgers, endpoints):
         if candidates.get((pool, ip)) != record or record.may_be_in_flight(now):
             continue
-        if await _pod_alive(store, record):
+        if await _pod_alive(store, record, now):
             live.add((pool, int_to_ip(ip, ledgers[pool].pool.version)))
         else:
             confirmed[pool].append((ip, record))
@@ -193,10 +194,14 @@ async def check_store(
         report, held_by_live_pods=tuple(f for f in report.of("reclaimable") if (f.pool, f.ip) in live)
     )
     freed: set[tuple[str, str]] = set()
+    refused: list[SpiderError] = []
 
     async def free(handle: PoolHandle, ip: str, record: Record) -> None:
-        if await handle.release_ips(((ip, record),)):  # NB: one by one, to know which; the actor batches them
-            freed.add((handle.name, ip))
+        try:
+            if await handle.release_ips(((ip, record),)):  # NB: one by one, to know which; the actor batches them
+                freed.add((handle.name, ip))
+        except SpiderError as exc:  # NB: the store refused (no right to write status?): said once, not as a group
+            refused.append(exc)
 
     async with trio.open_nursery() as actors:
         async with trio.open_nursery() as releases:
@@ -206,19 +211,29 @@ async def check_store(
                 for ip, record in confirmed[pool]:
                     releases.start_soon(free, handle, int_to_ip(ip, ledgers[pool].pool.version), record)
         actors.cancel_scope.cancel(reason="reclaim done")
+    if refused:
+        raise refused[0]
     reclaimed = tuple(f for f in report.of("reclaimable") if (f.pool, f.ip) in freed)
     return attrs.evolve(report, reclaimed=reclaimed)
 
 
-async def _pod_alive(store: Store, record: Record) -> bool:
-    """Whether the Pod the record names is stored with the record's UID and alive (``pod_not_alive``), or, with no
-    Pod of that name, a KubeVirt VM's VMI of that name is (``vm_holding``)."""
+async def _pod_alive(store: Store, record: Record, now: float) -> bool:
+    """Whether the Pod the record names is stored with the record's UID and alive (``pod_not_alive``), or,
+    with no Pod of that name, a KubeVirt VM's VMI of that name is (``vm_holding``).  A terminating pod is
+    alive until its grace period (and the GC's delay) is over: its containers still run with the address, as
+    the controller's GC judges it (``spider.gc.deletion_deadline``)."""
     namespace, _, name = record.pod.partition("/")
     try:
         pod = await store.get("Pod", name, namespace)
     except NotFound:
         return await vm_holding(store, record) is not None
-    return (pod.get("metadata") or {}).get("uid") == record.pod_uid and pod_not_alive(pod) is None
+    if (pod.get("metadata") or {}).get("uid") != record.pod_uid:
+        return False
+    why = pod_not_alive(pod)
+    if why == "terminating":
+        deadline = deletion_deadline(pod, GcSettings())
+        return deadline is None or deadline > now
+    return why is None
 
 
 async def vm_holding(store: Store, record: Record) -> Obj | None:

@@ -75,6 +75,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import attrs
 import trio
+import yaml
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config.config_exception import ConfigException
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
@@ -467,7 +468,7 @@ class KubeStore:
         bridge = AsyncioThread()
         try:
             client, credentials = await bridge.run(_configure, path, context, in_cluster, settings, env)
-        except (ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+        except (ConfigException, OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
             await bridge.aclose()
             where = "in-cluster service account" if in_cluster else f"kubeconfig {str(path or '(default)')!r}"
             raise StoreUnavailable(reason=f"cannot configure a Kubernetes client from the {where}: {exc}") from exc

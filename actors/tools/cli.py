@@ -88,6 +88,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     kwargs["controller_lease"] = args.controller_lease
     if args.pool_host:
         host, _, port = args.pool_host.rpartition(":")
+        if not host or not port.isascii() or not port.isdecimal() or not 0 < int(port) < 65536:
+            raise InvalidInput(reason=f"--pool-host must be HOST:PORT, not {args.pool_host!r}")
         kwargs["pool_host_address"] = (host.strip("[]"), int(port))
     kwargs["ipam"] = IpamSettings(
         enable_statefulset=pick(args.statefulset_ips, conf, "enableStatefulSet"),
@@ -762,8 +764,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpiderError, OSError) as exc:
         print(f"spider {args.command}: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:  # NB: from a nursery: what the user can fix is said, the rest is a bug
+        told, rest = group.split((SpiderError, OSError))
+        if told is None or rest is not None:
+            raise
+        for leaf in _leaves(told):
+            print(f"spider {args.command}: {leaf}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions of a group, its nested groups' too."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import datetime
 import time
 
 import attrs
+import outcome
 import trio
 from rich.console import Console
 from rich.table import Table
@@ -165,9 +166,10 @@ async def release_address(store: Store, text: str, *, force: bool = False) -> li
         handle, actor = open_pool(holding.pool, store)
         async with trio.open_nursery() as nursery:
             await nursery.start(actor.run)
-            freed = await handle.release_ips(((holding.ip, holding.record),)) == 1
+            # NB: the answer, or the store's refusal, is taken out of the nursery as it is (not as a group)
+            answer = await outcome.acapture(handle.release_ips, ((holding.ip, holding.record),))
             nursery.cancel_scope.cancel(reason="released")
-        if not freed:
+        if answer.unwrap() != 1:
             out.append(Released(holding, False, False, "its record changed meanwhile (a new ADD?): left alone"))
             continue
         fixed = await _drop_from_endpoint(store, holding)

@@ -34,6 +34,7 @@ from spider.errors import AddAbandoned, SpiderError
 from spider.ipam_request import AddRequest, DelRequest
 from spider.pool import ADD_WINDOW, CLOCK_SKEW, RECLAIM_AFTER, Owner, PoolLedger, Record
 from spider.pool import KIND as POOL
+from spider.subnet import rfc3339
 from tests.ipam.memory_store import MemoryStore, SlowWrites, delays
 from tests.support import pool_object
 
@@ -148,6 +149,26 @@ async def test_reclaim_leaves_a_live_pods_record_alone_and_frees_it_once_the_pod
         second = await check_store(store, reclaim=True, clock=wall)
     assert [f.ip for f in second.reclaimed] == ["10.30.0.10"]
     assert second.held_by_live_pods == ()
+    assert await holders(store, "v4") == {}
+
+
+async def test_reclaim_leaves_a_terminating_pods_record_alone_until_its_grace_is_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its containers run with the address until then (preStop hooks, a long grace): the GC waits as long."""
+    store = await seeded(MemoryStore())
+    await trio.sleep(1000)
+    meta = {"name": "going", "namespace": "default", "deletionTimestamp": rfc3339(wall() - 10)}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**meta, "deletionGracePeriodSeconds": 600}, "spec": {}}
+    uid = (await store.create(pod))["metadata"]["uid"]
+    await leak(store, "v4", 0x0A1E000A, Record("default/going", uid, "eth0", "ctr-g", "node-1", wall() - 3600))
+    with trio.fail_after(TIMEOUT):
+        first = await check_store(store, reclaim=True, clock=wall)
+        assert [f.ip for f in first.held_by_live_pods] == ["10.30.0.10"]
+        assert first.reclaimed == ()
+        await trio.sleep(600)
+        second = await check_store(store, reclaim=True, clock=wall)
+    assert [f.ip for f in second.reclaimed] == ["10.30.0.10"]
     assert await holders(store, "v4") == {}
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from actors.stores.sqlite import SqliteStore
 from actors.tools import demo
-from actors.tools.cli import build_parser
+from actors.tools.cli import build_parser, main
 from tests.support import ROOT, AgentProcess, http_call_sync, pool_object, short_tmp
 
 
@@ -408,3 +408,18 @@ def test_the_agent_and_the_controller_spell_their_subnet_switches_alike() -> Non
     for flag in ("--no-spider-subnet", "--no-auto-pool", "--auto-pool-redundant-ips"):
         assert flag in commands["agent"], flag
         assert commands["agent"][flag] == commands["controller"].get(flag, "missing"), flag
+
+
+@pytest.mark.parametrize("command", [["get", "sp"], ["check"], ["ip", "show", "10.0.0.1"]])
+def test_a_kubeconfig_that_is_no_yaml_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("clusters: [\n")  # NB: a truncated edit; once a traceback
+    assert main([*command, "--kubeconfig", str(kubeconfig)]) == 1
+    assert "cannot configure a Kubernetes client from the kubeconfig" in capsys.readouterr().err
+
+
+def test_a_pool_host_without_a_port_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agent", "--store", str(tmp_path / "s.db"), "--pool-host", "controller.example"]) == 1
+    assert "--pool-host must be HOST:PORT, not 'controller.example'" in capsys.readouterr().err

@@ -8,16 +8,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
-from actors.stores.port import NotFound, Store
+from actors.stores.port import NotFound, Obj, PassThrough, Store
 from actors.stores.sqlite import SqliteStore
+from actors.tools import cli
 from actors.tools.cli import main
 from actors.tools.ip import find_address, release_address
 from actors.tools.manifests import apply
 from spider.endpoint import Endpoint, NicAllocation
-from spider.errors import InvalidInput
+from spider.errors import InvalidInput, StoreUnavailable
 from spider.pool import PoolLedger
 from tests.support import pool_object
 
@@ -153,3 +155,34 @@ def test_the_commands_print_the_holder_and_refuse_then_release(
     assert "released 10.6.0.10 in pool v4" in capsys.readouterr().out
     assert main(["ip", "show", "10.6.0.10", "--store", str(path)]) == 0
     assert "(free)" in capsys.readouterr().out
+
+
+@attrs.define
+class ReadOnly(PassThrough):
+    """Credentials that may read but not write pool status (HTTP 403)."""
+
+    inner: Store
+
+    async def update_status(self, obj: Obj) -> Obj:
+        raise StoreUnavailable(reason="forbidden: spiderippools/status")
+
+
+async def test_a_release_the_store_refuses_is_its_error_not_a_group_and_changes_nothing(store: Store) -> None:
+    # NB: raised inside the pool actor's nursery, it came out as an ExceptionGroup: a traceback from the CLI
+    with trio.fail_after(10):
+        await holding(store)
+        await store.delete("Pod", "web", "default")
+        with pytest.raises(StoreUnavailable, match="forbidden"):
+            await release_address(ReadOnly(store), "10.6.0.10")
+    assert len(await records(store, "v4")) == 1
+
+
+def test_the_cli_says_what_a_nursery_raised_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refused(args: object) -> int:
+        raise ExceptionGroup("from a nursery", [InvalidInput(reason="no")])
+
+    monkeypatch.setattr(cli, "_cmd_check", refused)
+    assert main(["check"]) == 1
+    assert capsys.readouterr().err == "spider check: wrong input: no\n"
