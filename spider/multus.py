@@ -171,6 +171,8 @@ def _default_pools(block: dict[str, Any]) -> None:
 
 
 def _default_coordinator(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Spiderpool's setCoordinatorDefaultConfig and the CRD's defaults, which a real API server applies to the
+    block that webhook makes whenever it reads the object (so ``txQueueLen: 0`` always, which the NAD carries)."""
     out = dict(raw or {})
     out.setdefault("mode", "auto")
     for key in ("hijackCIDR", "policyRoutes"):
@@ -674,7 +676,7 @@ def coordinator_plugin(raw: Mapping[str, Any] | None) -> dict[str, Any]:
             plugin[dst] = c[src]
     if c.get("tunePodRoutes") is not None:
         plugin["tunePodRoutes"] = c["tunePodRoutes"]
-    if c.get("txQueueLen"):
+    if c.get("txQueueLen") is not None:  # NB: 0 too (Spiderpool's *int): the SpiderCoordinator's then does not apply
         plugin["txQueueLen"] = c["txQueueLen"]
     if c.get("podCIDRType") is not None and c.get("podRPFilter") is not None:  # NB: Spiderpool's quirk (§13 7)
         plugin["podRPFilter"] = c["podRPFilter"]

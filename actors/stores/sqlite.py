@@ -290,6 +290,25 @@ def _validate_meta(kind: str, name: str, m: dict[str, Any]) -> None:
         not isinstance(finalizers, list) or not all(isinstance(f, str) and f for f in finalizers)
     ):
         raise Invalid(kind=kind, name=name, reason="metadata.finalizers must be a list of non-empty strings")
+    _check_owners(kind, name, m.get("ownerReferences"))
+
+
+def _check_owners(kind: str, name: str, refs: object) -> None:
+    """As the API server's ValidateOwnerReferences: a list of objects naming apiVersion, kind, name and uid
+    (strings), ``controller`` and ``blockOwnerDeletion`` booleans when given, at most one controller."""
+    if refs is None:
+        return
+    if not isinstance(refs, list) or not all(isinstance(ref, dict) and _owner_ok(ref) for ref in refs):
+        why = "metadata.ownerReferences must be a list of objects with apiVersion, kind, name and uid"
+        raise Invalid(kind=kind, name=name, reason=why)
+    if sum(bool(ref.get("controller")) for ref in refs) > 1:
+        why = "metadata.ownerReferences: Only one reference can have Controller set to true"
+        raise Invalid(kind=kind, name=name, reason=why)
+
+
+def _owner_ok(ref: dict[str, Any]) -> bool:
+    named = all(isinstance(ref.get(f), str) and ref[f] for f in ("apiVersion", "kind", "name", "uid"))
+    return named and all(isinstance(ref.get(f, False), bool) for f in ("controller", "blockOwnerDeletion"))
 
 
 def _without(obj: Obj, *fields: str) -> Obj:

@@ -510,6 +510,16 @@ class Cluster:
             isinstance(finalizers, list) and all(isinstance(f, str) for f in finalizers)
         ):
             raise r.invalid(name, "metadata.finalizers", "Invalid value: must be a list of strings")
+        refs = m.get("ownerReferences")
+        named = ("apiVersion", "kind", "name", "uid")
+        if refs is not None and not (
+            isinstance(refs, list)
+            and all(isinstance(x, dict) and all(isinstance(x.get(f), str) and x[f] for f in named) for x in refs)
+        ):
+            raise r.invalid(name, "metadata.ownerReferences", "Invalid value: each names apiVersion, kind, name, uid")
+        if refs and sum(bool(x.get("controller")) for x in refs) > 1:
+            why = "Invalid value: Only one reference can have Controller set to true"
+            raise r.invalid(name, "metadata.ownerReferences", why)
         for field in ("labels", "annotations", "finalizers", "ownerReferences"):
             if field in m and not m[field]:
                 del m[field]  # NB: Go's omitempty: an empty map or list is the same as none

@@ -66,7 +66,7 @@ def test_m00001_macvlan_is_macvlan_in_bridge_mode_with_spiderpool_ipam_then_the_
     assert (config["cniVersion"], config["name"]) == ("0.3.1", "net")
     assert config["plugins"] == [
         {"type": "macvlan", "master": "ens192", "mode": "bridge", "ipam": IPAM},
-        {"type": "coordinator", "mode": "auto", "tunePodRoutes": True},
+        {"type": "coordinator", "mode": "auto", "tunePodRoutes": True, "txQueueLen": 0},
     ]
     assert (nad["metadata"]["name"], nad["metadata"]["namespace"]) == ("net", "default")
 
@@ -153,7 +153,8 @@ def test_m00022_m00024_m00026_the_coordinator_block_emits_what_spiderpool_emits(
     spec = {"cniType": "macvlan", "macvlan": {"master": ["e"]}, "coordinator": coordinator}
     block = plugins(admitted(spec))[-1]
     assert block == {"type": "coordinator", "mode": "underlay", "hijackCIDR": ["10.0.0.0/8"],
-                     "podMACPrefix": "0a:1b", "vethLinkAddress": "169.254.100.1", "tunePodRoutes": True}  # fmt: skip
+                     "podMACPrefix": "0a:1b", "vethLinkAddress": "169.254.100.1", "tunePodRoutes": True,
+                     "txQueueLen": 0}  # fmt: skip  # NB: 0 is said (*int): no SpiderCoordinator txQueueLen
     with_type = plugins(admitted({**spec, "coordinator": {**coordinator, "podCIDRType": "cluster"}}))[-1]
     assert with_type["podRPFilter"] == 2  # NB: only with podCIDRType, as Spiderpool (§13 item 7)
 

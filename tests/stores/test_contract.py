@@ -205,6 +205,26 @@ async def test_create_with_a_bad_label_is_invalid(store: Store, run: str) -> Non
             await store.get("SpiderIPPool", f"pool-{run}")
 
 
+OWNER = {"apiVersion": "v1", "kind": "Namespace", "name": "default", "uid": "u-1", "controller": True}
+
+
+@pytest.mark.parametrize(
+    "refs",
+    ["x", ["junk"], [1], [{**OWNER, "apiVersion": None}], [{**OWNER, "uid": ""}], [OWNER, {**OWNER, "uid": "2"}]],
+)
+async def test_create_with_owner_references_the_api_server_refuses_is_invalid(
+    store: Store, run: str, refs: Any
+) -> None:
+    # NB: the embedded store once took them, and one such NAD stopped the controller's multus reconciler
+    with trio.fail_after(TIMEOUT):
+        obj = pool(run)
+        obj["metadata"]["ownerReferences"] = refs
+        with pytest.raises(Invalid):
+            await store.create(obj)
+        with pytest.raises(NotFound):
+            await store.get("SpiderIPPool", f"pool-{run}")
+
+
 async def test_create_drops_the_status_of_a_kind_with_a_status_subresource(store: Store, run: str) -> None:
     with trio.fail_after(TIMEOUT):
         created = await store.create(pool(run, status={"allocatedIPCount": 3}))
