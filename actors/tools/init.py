@@ -22,7 +22,8 @@ TUNE_POD_ROUTES, HIJACK_CIDR, POLICY_ROUTES, VETH_LINK_ADDRESS, VETH_MTU, DETECT
 ``SPIDERPOOL_INIT_DEFAULT_IPV{4,6}_{SUBNET_NAME, IPPOOL_NAME, IPPOOL_SUBNET, IPPOOL_IPRANGES, IPPOOL_GATEWAY}``.
 Lists (hijack CIDRs, IP ranges) are written as Spiderpool's chart writes them, ``["a","b"]`` or ``a,b``;
 policy routes as JSON (``[{"dst": ..., "gw": ...}]``).  A value that does not parse stops the run before
-anything is written, naming the variable.
+anything is written, naming the variable; so does a subnet, gateway or range the store would refuse for a new
+pool (host bits set, outside the subnet), which the store would only find once the coordinator is made.
 
 Departures: Spiderpool waits for the controller Service's endpoints (its webhook); ours waits for the
 controller's Lease to have a holder (the webhook is optional here, and the store checks the same rules
@@ -48,6 +49,7 @@ import attrs
 import trio
 
 from actors.stores.port import AlreadyExists, NotFound, Obj, Store
+from spider.addr import IPSet, ip_to_int, parse_network
 from spider.errors import InvalidInput, SpiderError
 from spider.kinds import SPIDER_API_VERSION
 from spider.multus import ANNO_CR_NAME
@@ -82,14 +84,12 @@ def _bool(name: str, raw: str, default: bool) -> bool:
     raise InvalidInput(reason=f"${name} must be true or false, not {raw!r}")
 
 
-def _network(name: str, text: str, version: int | None = None) -> str:
+def _network(name: str, text: str) -> str:
     try:
         net = ipaddress.ip_network(text, strict=False) if "/" in text else ipaddress.ip_network(text)
     except ValueError:
         raise InvalidInput(reason=f"${name}: {text!r} is not a CIDR") from None
-    if version is not None and net.version != version:
-        raise InvalidInput(reason=f"${name}: {text!r} is not an IPv{version} CIDR")
-    return str(net) if version is None else text
+    return str(net)
 
 
 @attrs.frozen(kw_only=True)
@@ -341,19 +341,32 @@ def _family(version: int, subnet: str, pool: str, env: Mapping[str, str]) -> Fam
         key = f"{PREFIX}DEFAULT_IPV{version}_IPPOOL_{suffix}"
         return key, _clean(env.get(key, ""))
 
+    # NB: everything the store would refuse of the subnet and pool is checked here, naming the variable: the
+    # store names only spec fields, and by then the coordinator (and the other family's objects) are written.
     cidr_key, cidr = var("SUBNET")
     if not cidr:
         raise InvalidInput(reason=f"${cidr_key} is required to create a default IPv{version} subnet or pool")
-    _network(cidr_key, cidr, version)
+    try:
+        network = IPSet.from_network(parse_network(cidr, version))  # strict: the store wants no host bits
+    except ValueError as exc:
+        raise InvalidInput(reason=f"${cidr_key}: {exc}") from None
     gateway_key, gateway = var("GATEWAY")
     if gateway:
         try:
-            if ipaddress.ip_address(gateway).version != version:
-                raise ValueError
-        except ValueError:
-            raise InvalidInput(reason=f"${gateway_key}: {gateway!r} is not an IPv{version} address") from None
+            gateway_ip = ip_to_int(gateway, version)
+        except ValueError as exc:
+            raise InvalidInput(reason=f"${gateway_key}: {exc}") from None
+        if gateway_ip not in network:
+            raise InvalidInput(reason=f"${gateway_key}: {gateway!r} is not in ${cidr_key} {cidr}")
     ranges_key = f"{PREFIX}DEFAULT_IPV{version}_IPPOOL_IPRANGES"
     ranges = tuple(_list(env.get(ranges_key, "")))
+    for text in ranges:  # Spiderpool's parseENVAsDefault: IsIPRange of the family, each entry
+        try:
+            parsed = IPSet.parse(version, [text])
+        except ValueError as exc:
+            raise InvalidInput(reason=f"${ranges_key}: {exc}") from None
+        if not parsed.issubset(network):
+            raise InvalidInput(reason=f"${ranges_key}: {text!r} is not in ${cidr_key} {cidr}")
     return FamilyDefaults(version=version, subnet_name=subnet, pool_name=pool, cidr=cidr, ip_ranges=ranges,
                           gateway=gateway)  # fmt: skip
 
@@ -413,11 +426,21 @@ async def run_init(store: Store, settings: InitSettings) -> list[Outcome]:
 
 async def _create(store: Store, obj: Obj) -> Outcome:
     """Create ``obj`` unless an object of its name exists (which is left as it is)."""
+    kind, name, namespace = obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace", "")
+    # NB: look first, as Spiderpool's init does.  A create alone is not enough: the store checks a new pool or
+    # subnet against the others before it finds the name taken, so one an admin has since widened or shrunk
+    # (its addresses now in another pool) would fail the run as Invalid instead of being left alone.
+    # The outcome says "exists, left as it is" (``spider init`` prints each).
+    try:
+        await store.get_metadata(kind, name, namespace)
+        return Outcome(kind, name, False)
+    except NotFound:
+        pass
     try:
         await store.create(obj)
-        return Outcome(obj["kind"], obj["metadata"]["name"], True)
-    except AlreadyExists:
-        return Outcome(obj["kind"], obj["metadata"]["name"], False)
+        return Outcome(kind, name, True)
+    except AlreadyExists:  # made by another run between the look and the create
+        return Outcome(kind, name, False)
 
 
 async def set_cluster_network(store: Store, multus: MultusDefaults, name: str) -> Outcome:

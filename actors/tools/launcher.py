@@ -16,10 +16,15 @@ dynamic loader (the interpreter patched with ``patchelf`` to load them from that
 modules the shims can import, byte-compiled.  The plugins then need nothing of the node: no ``python3``, no
 ``/lib``, no ``/usr``.  A new runtime is written beside under a temporary name and renamed; the launchers switch
 to it by rename; the runtime they named before stays (a call still running may import from it), older ones go.
+
+Every file and folder is fsync'ed before its final name appears, so a power loss leaves no name without its
+data.  A runtime's last file, ``spider-runtime.json``, lists its files and their sizes; a later install reuses
+the runtime only when they match, and lays it out again otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -61,12 +66,26 @@ _COMPILE = (
 
 
 def _write(target: Path, data: bytes, executable: bool = False) -> None:
-    """Write atomically: a runtime exec'ing the plugin never sees half a file."""
+    """Write atomically: a runtime exec'ing the plugin never sees half a file, nor does the node after a power
+    loss (the data reaches the disk before the new name does)."""
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     if executable:
         tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     tmp.replace(target)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the names in directory ``path`` (a rename into it) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _compiled(source: Path, python: str, same_python: bool = False) -> bytes | None:
@@ -139,6 +158,9 @@ RUNTIME_PREFIX = "spider-runtime-"
 # What the shims may import: sys, posix and _socket on every exec (_socket is an extension module in some
 # builds), ``json`` on their slow and error paths.
 SHIM_MODULES = ("sys", "posix", "_socket", "json")
+# Written into a runtime last, before its rename: each of its files (relative path) and its size.  A runtime
+# whose files do not match it (or without one) is made again.
+RUNTIME_MANIFEST = "spider-runtime.json"
 # Where the image keeps the runtimes it built at build time (Dockerfile): one whose name (version and hash of
 # its files and of the place it was patched for) matches is copied as is, without patchelf.
 PREBUILT_RUNTIMES = Path("/opt/spider/cni")
@@ -218,14 +240,21 @@ def build_runtime(bin_dir: Path, host_bin_dir: Path) -> Path:
     major, minor, micro = sys.version_info[:3]
     name = f"{RUNTIME_PREFIX}{major}.{minor}.{micro}-{digest.hexdigest()[:12]}"
     final = bin_dir / name
-    if (final / "python3").is_file():
+    for left in bin_dir.glob(f".{RUNTIME_PREFIX}*.damaged*"):  # NB: by an earlier install: no call runs from it now
+        shutil.rmtree(left, ignore_errors=True)
+    if _runtime_intact(final):
         return final
+    if final.exists():  # damaged (or laid out before runtimes had a manifest): made again, under its name
+        aside = bin_dir / f".{name}.damaged{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):  # another install moved it meanwhile
+            final.rename(aside)  # NB: not deleted now: a plugin call may still be running from it
     home = host_bin_dir / name  # what the patched binaries name: the folder as the node sees it
     tmp = bin_dir / f".{name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     prebuilt = PREBUILT_RUNTIMES / name
-    if (prebuilt / "python3").is_file() and prebuilt.resolve() != final.resolve():
-        shutil.copytree(prebuilt, tmp, symlinks=True)  # the image built it for this place: same name, same bytes
+    if prebuilt.resolve() != final.resolve() and _runtime_intact(prebuilt):
+        # The image built it for this place: same name, same bytes.
+        shutil.copytree(prebuilt, tmp, symlinks=True, ignore=shutil.ignore_patterns(RUNTIME_MANIFEST))
         return _rename_into_place(tmp, final)
     lib = tmp / "lib" / f"python{major}.{minor}"
     (lib / "lib-dynload").mkdir(parents=True)  # the second landmark Python looks for (its exec prefix)
@@ -255,11 +284,48 @@ def build_runtime(bin_dir: Path, host_bin_dir: Path) -> Path:
 
 
 def _rename_into_place(tmp: Path, final: Path) -> Path:
+    """Seal the runtime laid out in ``tmp`` (its files on disk, then its manifest, last) and rename it ``final``."""
+    files = {}
+    for path in sorted(tmp.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        files[str(path.relative_to(tmp))] = path.lstat().st_size
+        if not path.is_symlink():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    manifest = tmp / RUNTIME_MANIFEST
+    with open(manifest, "w") as f:
+        json.dump(files, f, indent=0, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    manifest.chmod(0o644)
+    for path in sorted((p for p in tmp.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        _fsync_dir(path)
+    _fsync_dir(tmp)
     try:
         tmp.rename(final)
     except OSError:  # another install laid out the same runtime meanwhile: it is as good as ours
         shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(final.parent)
     return final
+
+
+def _runtime_intact(runtime: Path) -> bool:
+    """Whether ``runtime`` holds every file its manifest lists, each of the size listed.
+
+    Sizes, not hashes: a runtime is renamed into place only once its files are on disk (fsync'ed), so what a
+    crash can leave behind is a runtime written before that was so, whose files are missing, empty or short.
+    Sizes see that for a ``stat`` of each file (a few ms); hashing the same 11-27 MB would add tens of ms
+    (more from a cold cache) to every node start, for damage (bit rot, a hand edit) that is not a crash's."""
+    try:
+        listed = json.loads((runtime / RUNTIME_MANIFEST).read_bytes())
+        return (
+            isinstance(listed, dict)
+            and bool(listed)
+            and all((runtime / relative).lstat().st_size == size for relative, size in listed.items())
+        )
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _runtimes_named(bin_dir: Path) -> set[str]:

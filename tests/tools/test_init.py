@@ -90,6 +90,13 @@ def test_the_environment_settings_are_honoured() -> None:
             "SPIDERPOOL_INIT_DEFAULT_COORDINATOR_POD_CIDR_TYPE",
         ),
         ({"SPIDERPOOL_INIT_DEFAULT_IPV6_IPPOOL_NAME": "default-v4-ippool"}, "IPPool"),
+        # Found here, not by the store once the coordinator is written (which names spec fields, not variables).
+        ({"SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_SUBNET": "172.18.0.1/16"}, "IPV4_IPPOOL_SUBNET.*unformatted"),
+        ({"SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_GATEWAY": "10.0.0.1"}, "IPV4_IPPOOL_GATEWAY.*not in"),
+        ({"SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_IPRANGES": "172.18.40.1-nonsense"}, "IPV4_IPPOOL_IPRANGES"),
+        ({"SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_IPRANGES": "fd00::1-fd00::10"}, "IPV4_IPPOOL_IPRANGES.*IPv4"),
+        ({"SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_IPRANGES": "172.18.40.9-172.18.40.1"}, "IPV4_IPPOOL_IPRANGES.*after"),
+        ({"SPIDERPOOL_INIT_DEFAULT_IPV4_IPPOOL_IPRANGES": "10.0.0.1-10.0.0.5"}, "IPV4_IPPOOL_IPRANGES.*not in"),
     ],
 )
 def test_a_wrong_setting_stops_the_run_naming_it(change: dict[str, str], variable: str) -> None:
@@ -117,6 +124,33 @@ async def test_an_object_someone_changed_is_left_as_it_is(store: Store) -> None:
         await store.update(obj)
         await run_init(store, settings)
         assert (await store.get("SpiderCoordinator", "default"))["spec"]["podCIDRType"] == "none"
+
+
+EXTRA_POOL = {"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool", "metadata": {"name": "extra"}}
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "ips", "extra_ips"),
+    [
+        # The default subnet widened, another pool carved from the new part.
+        ("SpiderSubnet", "default-v4-subnet", ["172.18.40.1-172.18.40.10", "172.18.41.1-172.18.41.10"],
+         ["172.18.41.1-172.18.41.10"]),
+        # The default pool shrunk, the rest of its range given to another pool (the subnet keeps the range).
+        ("SpiderIPPool", "default-v4-ippool", ["172.18.40.1-172.18.40.5"], ["172.18.40.6-172.18.40.10"]),
+    ],
+)  # fmt: skip
+async def test_a_default_an_admin_resized_since_is_left_as_it_is_though_creating_it_now_would_be_refused(
+    store: Store, kind: str, name: str, ips: list[str], extra_ips: list[str]
+) -> None:
+    settings = InitSettings.from_env(ENV, wait=0)
+    with trio.fail_after(10):
+        await run_init(store, settings)
+        obj = await store.get(kind, name)
+        obj["spec"]["ips"] = ips
+        await store.update(obj)
+        await store.create(EXTRA_POOL | {"spec": {"subnet": "172.18.0.0/16", "ips": extra_ips}})
+        assert [o.created for o in await run_init(store, settings)] == [False, False, False, False]
+        assert (await store.get(kind, name))["spec"]["ips"] == ips
 
 
 async def test_without_a_leading_controller_it_gives_up_after_the_wait(store: Store) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import marshal
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,23 @@ def test_an_interpreter_path_too_long_for_a_shebang_is_refused_before_anything_i
     with pytest.raises(RuntimeBuildError, match="too long"):
         install_cni(tmp_path / "bin", python="/" + "p" * SHEBANG_MAX)
     assert not any((tmp_path / "bin").iterdir())
+
+
+def test_each_file_and_its_folder_reach_the_disk_before_its_new_name_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    fsync, replace = os.fsync, Path.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (events.append(f"sync {os.readlink(f'/proc/self/fd/{fd}')}"), fsync(fd))[1]
+    )
+    monkeypatch.setattr(
+        Path, "replace", lambda self, target: (events.append(f"rename {self}"), replace(self, target))[1]
+    )
+    bin_dir = tmp_path / "bin"
+    install_cni(bin_dir)
+    renamed = [event.split()[1] for event in events if event.startswith("rename")]
+    assert len(renamed) == 9  # three files for each of three plugins
+    for tmp in renamed:
+        assert events.index(f"sync {tmp}") < events.index(f"rename {tmp}")  # its data, then its name ...
+        assert f"sync {bin_dir}" in events[events.index(f"rename {tmp}") :]  # ... then the folder's entry

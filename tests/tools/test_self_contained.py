@@ -134,3 +134,31 @@ def test_a_runtime_the_image_built_for_the_same_place_is_copied_without_patching
     code, version, err = chrooted(root, "spiderpool", cni_env("VERSION"), {"cniVersion": "1.1.0"})
     assert (code, err) == (0, b"")
     assert "1.1.0" in version["supportedVersions"]
+
+
+def test_a_runtime_whose_files_a_crash_left_short_is_laid_out_again(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "opt" / "cni" / "bin"
+    install_cni(bin_dir, self_contained=True, host_bin_dir=Path("/opt/cni/bin"))
+    [runtime] = runtimes(bin_dir)
+    (bin_dir / runtime / "libc.so.6").write_bytes(b"")  # renamed into place before its data reached the disk
+    assert chrooted(tmp_path, "spiderpool", cni_env("VERSION"), {"cniVersion": "1.1.0"})[0] != 0
+    install_cni(bin_dir, self_contained=True, host_bin_dir=Path("/opt/cni/bin"))  # the init container, rebooted
+    assert runtimes(bin_dir) == [runtime]
+    code, version, err = chrooted(tmp_path, "spiderpool", cni_env("VERSION"), {"cniVersion": "1.1.0"})
+    assert (code, err) == (0, b"")
+    assert "1.1.0" in version["supportedVersions"]
+
+
+def test_every_file_and_folder_of_a_runtime_reaches_the_disk_before_the_runtime_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd))[1])
+    install_cni(tmp_path, self_contained=True)
+    [runtime] = runtimes(tmp_path)
+    laid_out = tmp_path / f".{runtime}.tmp{os.getpid()}"  # its name while it was written
+    every = [laid_out, *(laid_out / p.relative_to(tmp_path / runtime) for p in (tmp_path / runtime).rglob("*"))]
+    assert len(every) > 100
+    assert {str(p) for p in every} <= set(synced)
+    assert synced.index(str(tmp_path)) > synced.index(str(laid_out))  # the rename itself, once it is whole
