@@ -157,7 +157,11 @@ async def test_cni_gc_after_the_pod_is_gone_frees_what_an_early_del_kept(store: 
 
 
 def owned_by(api_version: str, kind: str, name: str) -> dict[str, Any]:
-    return {"ownerReferences": [{"apiVersion": api_version, "kind": kind, "name": name, "controller": True}]}
+    return {
+        "ownerReferences": [
+            {"apiVersion": api_version, "kind": kind, "name": name, "uid": f"uid-{name}", "controller": True}
+        ]
+    }
 
 
 async def test_a_failed_live_migration_leaks_nothing_once_the_vm_is_deleted(store: SqliteStore) -> None:

@@ -39,7 +39,11 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 def owned_by(kind: str, name: str) -> dict[str, Any]:
-    return {"ownerReferences": [{"apiVersion": KUBEVIRT_API, "kind": kind, "name": name, "controller": True}]}
+    return {
+        "ownerReferences": [
+            {"apiVersion": KUBEVIRT_API, "kind": kind, "name": name, "uid": f"uid-{name}", "controller": True}
+        ]
+    }
 
 
 async def running_pod(store: Store, name: str, **meta: Any) -> str:
