@@ -611,10 +611,10 @@ class PoolActor:
     async def _commit_atomically(self, batch: list[PoolMsg], atomically: AtomicStatusUpdate) -> None:
         """A store that can (the embedded one) reads, folds and writes the batch under its write lock: one
         write, never a conflict, and the answers always come from the stored pool as it is now."""
-        reserved = await self._batch_reservations(batch)
         results: list[tuple[outcome.Outcome[Any], bool]] = []
         now = trio.current_time()
         try:
+            reserved = await self._batch_reservations(batch)  # NB: a store hiccup fails this batch, not the actor
             if self._ledger is None:  # NB: decode a big pool before taking the lock; the lock only catches up
                 await self._load()
         except SpiderError as exc:
@@ -739,9 +739,9 @@ class PoolActor:
             if limit is not None and isinstance(msg, Allocate) and ledger.lookup(msg.owner.key) is None:
                 need = ledger.record_bytes(msg.owner)
                 if need > room and ledger.released:
-                    short, now = need - room, self.clock()
+                    short, wall = need - room, self.clock()  # NB: not ``now``, the trio time expiries compare with
                     cooldown = self._cooldown(ledger)
-                    room += ledger.forget_rested(short + limit // 16, now=now, cooldown=cooldown, at_least=short)
+                    room += ledger.forget_rested(short + limit // 16, now=wall, cooldown=cooldown, at_least=short)
                 if need > room:
                     too_large = PoolTooLarge(pool=self.name, records=len(ledger.records), limit=limit)
                     results.append((outcome.Error(too_large), False))

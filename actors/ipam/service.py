@@ -392,21 +392,39 @@ class IpamService:
         made: list[tuple[str, Allocation]] = []
         results: dict[tuple[str, int], Allocation] = {}
         failures: list[SpiderError] = []
+        shields: list[trio.CancelScope] = []
+        running = len(plan.families)
+        all_reported = trio.Event()
 
         async def one(family: FamilyPlan) -> None:
-            # NB: siblings are never cancelled: a request already in a pool's mailbox is committed anyway, so
-            # each one must finish and report before we know what to give back.
-            try:
-                await self._allocate_one(plan.owner(family.nic), family, facts.pools, results, made)
-            except SpiderError as exc:
-                failures.append(exc)
+            # NB: siblings are never cancelled, nor is one by our caller at once: a request already in a pool's
+            # mailbox is committed anyway, so each one must finish and report before we know what to give back.
+            nonlocal running
+            with trio.CancelScope(shield=True) as shield:
+                shields.append(shield)
+                try:
+                    await self._allocate_one(plan.owner(family.nic), family, facts.pools, results, made)
+                except SpiderError as exc:
+                    failures.append(exc)
+            running -= 1
+            if not running:
+                all_reported.set()
 
+        given_back = 0
         try:
             async with trio.open_nursery() as nursery:
                 for family in plan.families:
                     nursery.start_soon(one, family)
-        except BaseException:  # cancelled (agent drain): give back what was answered; the rest is GC's
-            await self._undo(made, plan)
+                try:
+                    await all_reported.wait()
+                except trio.Cancelled:  # NB: the agent's drain: what is answered goes back now; the rest waits
+                    for shield in shields:  # for its answer (bounded) and goes back after
+                        shield.deadline = min(shield.deadline, trio.current_time() + self.settings.undo_budget)
+                    given_back = len(made)
+                    await self._undo(made[:given_back], plan)
+                    raise
+        except BaseException:  # cancelled: give back the rest (a request unanswered even then is GC's)
+            await self._undo(made[given_back:], plan)
             raise
         if failures:
             await self._undo(made, plan)

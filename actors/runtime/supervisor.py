@@ -1,7 +1,8 @@
 """Supervision: keep actors running through transient failures and let bugs crash the process.
 
 Owns ``Supervisor``: one nursery, one cancel scope per child.  A child that fails with a ``TransientError``
-is restarted after a backoff delay; any other exception is a bug and propagates (one-cancels-all), so the
+is restarted after a backoff delay, which grows while it keeps failing and starts over once a run has lasted
+longer than all the delays together; any other exception is a bug and propagates (one-cancels-all), so the
 process exits and its manager (kubelet, systemd, the test) restarts it with the store as the truth.
 """
 
@@ -59,10 +60,13 @@ class Supervisor:
             try:
                 attempt = 0
                 while True:
+                    began = trio.current_time()
                     try:
                         await run(task_status=status)
                         return
                     except TransientError as exc:
+                        if trio.current_time() - began > sum(delays):  # NB: a healthy run: the backoff starts over
+                            attempt = 0
                         delay = delays[min(attempt, len(delays) - 1)]
                         attempt += 1
                         self.restarts[name] = self.restarts.get(name, 0) + 1

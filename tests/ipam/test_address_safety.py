@@ -317,3 +317,39 @@ async def test_after_a_sigkill_mid_burst_deleting_every_pod_tried_empties_the_po
     assert status.get("allocatedIPCount", 0) == 0, status.get("allocatedIPs")
     assert endpoints == []
     assert report.consistent, report.findings
+
+
+@attrs.define(eq=False)
+class SlowFirstPoolWrite(InterferingStore):
+    """The first pool status write takes five seconds (a slow API server)."""
+
+    writing: trio.Event = attrs.field(factory=trio.Event)
+
+    async def update_status(self, obj: Obj) -> Obj:
+        if obj["kind"] == POOL and not self.writing.is_set():
+            self.writing.set()
+            await trio.sleep(5)
+        return await super().update_status(obj)
+
+
+async def test_an_add_cancelled_while_its_pool_writes_gives_the_address_back(store: SqliteStore) -> None:
+    # NB: the agent's drain cancels an ADD whose request sits in a pool actor's batch: the actor commits it
+    # anyway, and the ADD used to give back only what was answered before, leaving that address held
+    slow = SlowFirstPoolWrite(store)
+    with trio.fail_after(TIMEOUT + 10):
+        async with trio.open_nursery() as nursery:
+            ipam = service(nursery, slow)
+            with trio.CancelScope() as request:
+                nursery.start_soon(_cancel_when, slow.writing, request)
+                await ipam.allocate(add("p", "uid-p"))
+            assert request.cancelled_caught
+            await trio.sleep(6)  # NB: the actor finishes the batch it holds (actors outlive the API)
+            nursery.cancel_scope.cancel()
+    assert (await store.list(ENDPOINT)).items == []
+    assert await records(store, "v4") == {}
+    assert await records(store, "v6") == {}
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -941,3 +941,24 @@ async def test_a_batch_that_lost_a_write_race_reads_the_reservations_again(
     assert actor.stats.conflicts == 1
     assert store.reads == 2
     assert all(ip_to_int(a.ip) > ip_to_int("10.0.0.14") for a in got)  # past the reservation
+
+
+async def test_a_failed_read_of_the_reservations_fails_its_batch_alone_on_the_embedded_store(
+    nursery: trio.Nursery, sqlite: SqliteStore
+) -> None:
+    # NB: read outside the batch's try, it once stopped the actor: every request queued behind it refused untried
+    store = ReadsReservations(sqlite, fail=1)
+    store.update_status_atomically = sqlite.update_status_atomically  # type: ignore[attr-defined]
+    send, recv = trio.open_memory_channel[PoolMsg](256)
+    actor = PoolActor(POOL, store, recv)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(actor.run)
+        first = Allocate(owner(1), Reply[Allocation].open())
+        send.send_nowait(first)
+        with pytest.raises(StoreUnavailable):
+            await first.reply.wait()
+        later = [Allocate(owner(i), Reply[Allocation].open()) for i in (2, 3)]
+        for msg in later:
+            send.send_nowait(msg)
+        got = [await msg.reply.wait() for msg in later]
+    assert [a.ip for a in got] == ["10.0.0.10", "10.0.0.11"]

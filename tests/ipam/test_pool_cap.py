@@ -11,7 +11,8 @@ import json
 import pytest
 import trio
 
-from actors.ipam.pool import PoolActor, PoolHandle
+from actors.ipam.pool import Allocate, PoolActor, PoolHandle
+from actors.runtime.mailbox import Reply
 from spider.errors import CNI_POOL_EXHAUSTED, PoolTooLarge
 from tests.ipam.conftest import POOL, TIMEOUT, owner, persisted
 
@@ -97,3 +98,29 @@ async def test_history_of_rested_addresses_gives_way_to_records_but_resting_ones
     assert "default/pod-0" not in remembered
     assert "default/pod-9" in remembered
     assert len(await persisted(actor.store)) == 1
+
+
+async def test_making_room_for_one_allocation_does_not_expire_the_rest_of_its_batch(
+    pool: tuple[PoolHandle, PoolActor],
+) -> None:
+    # NB: the wall clock read to forget history once took the name of the trio time that expiries compare with
+    handle, actor = pool
+    wall = 1_700_000_000.0
+    now = [wall]
+    actor.clock, actor.default_cooldown = (lambda: now[0]), 10.0
+    with trio.fail_after(TIMEOUT):
+        for n in range(10):
+            now[0] = wall + n
+            await handle.allocate(owner(n))
+            await handle.release(owner(n).key)
+        ledger = await handle.inspect()
+        actor.max_status_bytes = ledger.status_bytes() + ledger.record_bytes(owner(99)) - 1  # the first forgets
+        now[0] = wall + 100.0  # every address has rested
+        expires = trio.current_time() + 60  # forwarded by the pool host: its senders wait another minute
+        first = Allocate(owner(98), Reply[object].open(), expires=expires, sender="node-b")
+        second = Allocate(owner(99), Reply[object].open(), expires=expires, sender="node-b")
+        handle._mailbox.send_nowait(first)  # NB: both in one batch
+        handle._mailbox.send_nowait(second)
+        await first.reply.wait()
+        await second.reply.wait()
+    assert len(await persisted(actor.store)) == 2

@@ -227,3 +227,27 @@ async def test_restart_survives_a_stale_write_too(autojump_clock: trio.testing.M
             await trio.sleep(1)
             nursery.cancel_scope.cancel(reason="test over")
     assert gaps(runs) == [0.1]
+
+
+async def test_the_backoff_starts_over_after_a_run_that_lasted_longer_than_all_the_delays(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # NB: a burst of failures at start-up once left every later, isolated failure waiting the longest delay
+    runs: list[float] = []
+    serving = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        runs.append(trio.current_time())
+        task_status.started()
+        if len(runs) > len(FIBONACCI) + 1:
+            serving.set()
+            await trio.sleep_forever()
+        await trio.sleep(3600.0 if len(runs) == len(FIBONACCI) + 1 else 0.0)  # a burst, then an hour serving
+        raise StoreUnavailable(reason=f"run {len(runs)}")
+
+    with trio.fail_after(2 * 3600):
+        async with trio.open_nursery() as nursery:
+            await Supervisor(nursery).start("pool/p", run)
+            await serving.wait()
+            nursery.cancel_scope.cancel()
+    assert runs[-1] - (runs[-2] + 3600.0) == pytest.approx(FIBONACCI[0])
