@@ -139,6 +139,8 @@ class LeaderElector:
     _observed_at: float = -math.inf
     """trio time at which ``observed`` last changed."""
     _lead_until: float = -math.inf
+    _wrote_at: float = -math.inf
+    """When our last write of the Lease was sent (trio time): no standby sees it, nor counts from it, before."""
     """trio time until which we lead: the start of the last successful renewal plus the renew deadline."""
     _scope: trio.CancelScope | None = None
     store_answered_at: float = -math.inf
@@ -187,9 +189,8 @@ class LeaderElector:
         """Return once we hold the Lease, trying every retry period."""
         logged = False
         while True:
-            started = trio.current_time()
             if await self._attempt():
-                self._lead_until = started + self.settings.renew_deadline
+                self._lead_until = self._wrote_at + self.settings.renew_deadline
                 log.info("%s: now leading (Lease %s)", self.settings.identity, self._where())
                 return
             if not logged and self.leader:
@@ -223,13 +224,16 @@ class LeaderElector:
         return False
 
     async def _renew(self, scope: trio.CancelScope) -> None:
-        """Renew every retry period; each success moves the lead deadline to its start plus the renew deadline."""
+        """Renew every retry period, counted from the start of the last attempt (a slow server's round trips must
+        not push renewals apart); each success moves the lead deadline to when its write was sent plus the renew
+        deadline: standbys count the Lease's duration from when they see that write, which is later."""
+        began = trio.current_time()
         while True:
-            await trio.sleep(self.settings.retry_period)
+            await trio.sleep_until(began + self.settings.retry_period)
             while True:
-                started = trio.current_time()
+                began = trio.current_time()
                 if await self._attempt():
-                    self._lead_until = started + self.settings.renew_deadline
+                    self._lead_until = self._wrote_at + self.settings.renew_deadline
                     scope.deadline = self._lead_until
                     break
                 if self.observed is not None and self.observed.holder not in ("", self.settings.identity):
@@ -237,7 +241,7 @@ class LeaderElector:
                     scope.cancel(reason=f"Lease {self._where()} taken over by {self.observed.holder}")
                     return
                 # NB: keep trying until the scope's deadline (the renew deadline) cancels us with the work.
-                await trio.sleep(self.settings.retry_period)
+                await trio.sleep_until(began + self.settings.retry_period)
 
     async def _attempt(self) -> bool:
         """One ``tryAcquireOrRenew``; store trouble counts as a failed attempt.  Either way the outcome is kept
@@ -259,6 +263,7 @@ class LeaderElector:
         except NotFound:
             stamp = microtime()
             mine = LeaseRecord(s.identity, s.lease_duration, stamp, stamp, 0)
+            self._wrote_at = trio.current_time()
             try:
                 await self.store.create(self._object(mine))
             except AlreadyExists:  # another candidate created it first
@@ -281,6 +286,7 @@ class LeaderElector:
             renew_time=stamp,
             transitions=record.transitions if ours else record.transitions + 1,
         )
+        self._wrote_at = trio.current_time()
         try:
             await self.store.update(self._object(mine, current))
         except (Conflict, NotFound):  # someone else wrote it since we read it

@@ -23,6 +23,7 @@ import trio
 from actors.controller.leader import LeaderElector, LeaderSettings, LeaseRecord, microtime
 from actors.stores.port import Conflict, NotFound, Obj, PassThrough, Store
 from tests.controller.support import FaultyStore, eventually
+from tests.ipam.memory_store import MemoryStore
 
 # NB: a name of our own, never Spiderpool's Lease: these tests may run against a real cluster
 NAMESPACE = "default"
@@ -413,3 +414,40 @@ async def test_a_renewal_seen_by_a_slow_read_is_dated_when_the_read_returned(sto
         assert not await b.try_acquire_or_renew()
         assert b.leader == "a"
         assert (await lease_spec(store, pace))["holderIdentity"] == "a"
+
+
+@attrs.define(eq=False)
+class SlowRoundTrips(PassThrough):
+    """An API server answering each call ``way`` seconds after it is sent, its answer taking as long back."""
+
+    inner: Store
+    way: float
+
+    async def _slowly(self, call: Callable[[], Awaitable[Obj]]) -> Obj:
+        await trio.sleep(self.way)
+        answer = await call()
+        await trio.sleep(self.way)
+        return answer
+
+    async def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        return await self._slowly(lambda: self.inner.get(kind, name, namespace))
+
+    async def create(self, obj: Obj) -> Obj:
+        return await self._slowly(lambda: self.inner.create(obj))
+
+    async def update(self, obj: Obj) -> Obj:
+        return await self._slowly(lambda: self.inner.update(obj))
+
+
+async def test_a_slow_but_working_api_server_leaves_the_sole_leader_leading(autojump_clock: object) -> None:
+    # NB: renewals were spaced a retry period after the last one ended and dated from its read: with 2.2 s per
+    # call (a renewal is a read and a write) the sole leader stopped and restarted its work every 10 s
+    journal = Journal()
+    settings = LeaderSettings(namespace=NAMESPACE, identity="only", name="lease")  # Spiderpool's 15 / 10 / 2 s
+    elector = LeaderElector(SlowRoundTrips(MemoryStore(), way=1.1), settings)
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(elector.run, journal.work("only"))
+            await trio.sleep(120)
+            nursery.cancel_scope.cancel()
+    assert [who for who, _, _ in journal.spans] == ["only"]  # NB: one span, ended by the test
