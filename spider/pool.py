@@ -541,6 +541,8 @@ class PoolLedger:
         self.pool = pool
         self.released: dict[int, Released] = dict(released or {})
         self.reserved = reserved if reserved is not None else IPSet(pool.version)
+        self.reserved_known = reserved is not None
+        """Whether ``reserved`` is what the SpiderReservedIPs say (read), not the empty default (counts need it)."""
         self.allocatable = pool.allocatable(self.reserved)
         self.records: dict[int, Record] = dict(records or {})
         self._by_owner: dict[tuple[str, str], int] = {}
@@ -578,6 +580,7 @@ class PoolLedger:
             raise InvalidSpec(kind=KIND, name=pool.name, reason=exc.reason) from None
         ledger = cls(pool, records, reserved, decode_released(pool.version, status.get("releasedIPs")))
         ledger._identity = _identity(obj)
+        ledger.reserved_known = reserved is not None and (previous is None or previous.reserved_known)
         if previous is not None and reuse:
             ledger._text = previous._text
             ledger._fragments = {
@@ -727,6 +730,7 @@ class PoolLedger:
 
     def set_reserved(self, reserved: IPSet) -> None:
         """Apply a new set of reserved addresses; addresses already held stay held (Spiderpool §1.3)."""
+        self.reserved_known = True
         if reserved == self.reserved:
             return
         self.reserved = reserved
@@ -736,7 +740,9 @@ class PoolLedger:
 
     def copy(self) -> PoolLedger:
         """An independent snapshot."""
-        return PoolLedger(self.pool, self.records, self.reserved, self.released)
+        snapshot = PoolLedger(self.pool, self.records, self.reserved, self.released)
+        snapshot.reserved_known = self.reserved_known
+        return snapshot
 
     @property
     def capacity(self) -> int:

@@ -160,7 +160,7 @@ def subnet_status(subnet: Obj, pools: Iterable[Obj]) -> dict[str, Any] | None:
             continue
         pool_name = str(_meta(pool).get("name", ""))
         try:
-            ips = IPPool.from_object(pool).ips.intersection(available)
+            ips = IPPool.from_object(pool).total.intersection(available)  # NB: its excludeIPs not, as Spiderpool
         except InvalidSpec:
             continue  # NB: a pool we cannot read holds nothing we can count; its own status says why
         stored = previous.get(pool_name)

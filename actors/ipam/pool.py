@@ -591,11 +591,15 @@ class PoolActor:
             self._reserved_early = await self._reservations()
 
     async def _batch_reservations(self, batch: list[PoolMsg]) -> list[ReservedIP] | None:
-        """The SpiderReservedIPs a batch of allocations must avoid, as read since its first request came (``None``
-        for a batch without one): what was read while it gathered, once; a re-fold after a lost race reads anew."""
+        """The SpiderReservedIPs a batch of allocations must avoid, as read since its first request came: what
+        was read while it gathered, once; a re-fold after a lost race reads anew.  ``None`` for a batch without
+        one, unless it writes and the ledger has never had them: its counts would leave them out, and the
+        controller's reconciler would write them back (each release a write too many, and a conflict)."""
         early, self._reserved_early = self._reserved_early, None
         if not any(isinstance(msg, Allocate) for msg in batch):
-            return None
+            known = self._ledger is not None and self._ledger.reserved_known
+            if known or all(isinstance(msg, Inspect | Verify) for msg in batch):
+                return None
         return early if early is not None else await self._reservations()
 
     async def _commit(self, batch: list[PoolMsg]) -> None:

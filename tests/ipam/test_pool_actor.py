@@ -27,7 +27,8 @@ from spider.errors import (
     StaleWrite,
     StoreUnavailable,
 )
-from spider.pool import ADD_WINDOW, KIND, Owner, PoolLedger
+from spider.pool import ADD_WINDOW, KIND, Owner, PoolLedger, ReservedIP
+from spider.reconcile import pool_status
 from tests.ipam.conftest import (
     CAPACITY,
     POOL,
@@ -962,3 +963,25 @@ async def test_a_failed_read_of_the_reservations_fails_its_batch_alone_on_the_em
             send.send_nowait(msg)
         got = [await msg.reply.wait() for msg in later]
     assert [a.ip for a in got] == ["10.0.0.10", "10.0.0.11"]
+
+
+async def test_a_fresh_actors_first_release_counts_the_reservations_as_the_reconciler_does() -> None:
+    # NB: a release-only batch once left them out of freeIPCount: the reconciler wrote it back, the next release
+    # undid that (a write too many, and a conflict, per release) after every agent restart or idle stop
+    store = MemoryStore()
+    await store.create({**RESERVED, "spec": {"ips": ["10.0.0.20-10.0.0.29"]}})
+    await seed_pool(store)
+    reservations = [ReservedIP.from_object(await store.get("SpiderReservedIP", "r"))]
+    with trio.fail_after(TIMEOUT):
+        for first_batch in ("allocations", "a release"):
+            async with trio.open_nursery() as nursery:
+                handle, actor = open_pool(POOL, store)  # NB: a new actor each time (a restarted agent)
+                await nursery.start(actor.run)
+                if first_batch == "allocations":
+                    await handle.allocate(owner(1))
+                    await handle.allocate(owner(2))
+                else:
+                    await handle.release(owner(1).key)
+                nursery.cancel_scope.cancel()
+            stored = await store.get(KIND, POOL)
+            assert pool_status(stored, reservations)[0] is None, first_batch  # nothing for the reconciler to fix

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spider.kinds import FINALIZER
+from spider.kinds import FINALIZER, SPIDER_API_VERSION
 from spider.pool import PoolLedger, ReservedIP, reserved_set
 from spider.reconcile import (
     MAX_COUNT,
@@ -180,3 +180,16 @@ def test_subnets_are_compared_as_networks() -> None:
     assert same_subnet("fd00::/64", "fd00:0:0::/64")
     assert not same_subnet("10.0.0.0/24", "10.0.0.0/25")
     assert same_subnet("not a cidr", "not a cidr")
+
+
+def test_a_manual_pools_excluded_addresses_are_not_counted_as_its_in_the_subnet() -> None:
+    # NB: Spiderpool's syncControlledIPPoolIPs records AssembleTotalIPs(pool.IPs, pool.ExcludeIPs)
+    subnet = {"apiVersion": SPIDER_API_VERSION, "kind": "SpiderSubnet", "metadata": {"name": "s"},
+              "spec": {"subnet": "10.1.0.0/16", "ips": ["10.1.0.1-10.1.0.100"]}}  # fmt: skip
+    pool = {"apiVersion": SPIDER_API_VERSION, "kind": "SpiderIPPool", "metadata": {"name": "a"},
+            "spec": {"subnet": "10.1.0.0/16", "ips": ["10.1.0.10-10.1.0.19"],
+                     "excludeIPs": ["10.1.0.15-10.1.0.19"]}}  # fmt: skip
+    status = subnet_status(subnet, [pool])
+    assert status is not None
+    assert json.loads(status["controlledIPPools"]) == {"a": {"ips": ["10.1.0.10-10.1.0.14"]}}
+    assert status["allocatedIPCount"] == 5
