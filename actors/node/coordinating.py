@@ -23,6 +23,7 @@ from actors.ipam.plugin import PluginOutput
 from actors.ipam.service import IpamService
 from actors.node import probing
 from actors.node.actor import NodeHandle
+from actors.runtime.turns import Turns
 from actors.stores.port import NotFound
 from spider import cni
 from spider.coordinator.config import KIND, ClusterConfig, CoordinatorConf
@@ -54,6 +55,8 @@ class Coordinator:
     node: NodeHandle
     random_bytes: Callable[[int], bytes] = os.urandom
     """Source of the veth pair's MAC addresses (tests make it deterministic)."""
+    _sandboxes: Turns = attrs.field(factory=Turns)
+    """One sandbox's ADD, CHECK and DEL take turns (a DEL must not tear down under a setup in progress)."""
 
     # --- GET /v1/coordinator/config ---------------------------------------------------------------------
 
@@ -82,11 +85,14 @@ class Coordinator:
                 case "VERSION":
                     return _ok(cni.version_result(cni.version_hint(stdin) or None))
                 case "ADD":
-                    return _ok(await self.add(request))
+                    async with self._sandboxes.of(request.container_id):
+                        return _ok(await self.add(request))
                 case "DEL":
-                    await self.delete(request)
+                    async with self._sandboxes.of(request.container_id):
+                        await self.delete(request)
                 case "CHECK":
-                    await self.check(request)
+                    async with self._sandboxes.of(request.container_id):
+                        await self.check(request)
                 case "GC" | "STATUS":
                     pass  # nothing of ours outlives DEL; the agent answering is the status
         except SpiderError as exc:

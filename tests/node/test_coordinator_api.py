@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from actors.controller.coordinator_sync import CoordinatorSyncSettings, sync_once
 from cni import coordinator as shim
@@ -221,3 +222,45 @@ def test_install_cni_writes_the_coordinator_and_ifacer_plugins_beside_spiderpool
             )
             assert json.loads(answer.stdout)["cniVersion"] == "1.0.0"
         assert f"installed {d / 'coordinator'}" in done.stdout
+
+
+async def test_a_sandboxs_del_waits_for_its_add_while_another_sandbox_goes_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # NB: a DEL once ran beside the same sandbox's ADD (a runtime's timeout), tearing down under a setup
+    from actors.node.coordinating import Coordinator
+
+    order: list[str] = []
+    adding = trio.Event()
+    release = trio.Event()
+
+    async def add(self: Coordinator, request: Any) -> dict[str, Any]:
+        order.append(f"add {request.container_id} starts")
+        adding.set()
+        await release.wait()
+        order.append(f"add {request.container_id} ends")
+        return {"cniVersion": "1.0.0"}
+
+    async def delete(self: Coordinator, request: Any) -> None:
+        order.append(f"del {request.container_id}")
+
+    monkeypatch.setattr(Coordinator, "add", add)
+    monkeypatch.setattr(Coordinator, "delete", delete)
+    coordinator = Coordinator(ipam=None, node=None)  # type: ignore[arg-type]
+    prev = {"cniVersion": "1.0.0", "ips": [{"address": "10.6.0.10/24"}], "interfaces": []}
+    add_conf = json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "coordinator", "prevResult": prev}).encode()
+    del_conf = json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "coordinator"}).encode()
+
+    def env(command: str, container: str) -> dict[str, str]:
+        return {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/var/run/netns/x",
+                "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}  # fmt: skip
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(coordinator.handle, env("ADD", "c1"), add_conf)
+            await adding.wait()
+            nursery.start_soon(coordinator.handle, env("DEL", "c1"), del_conf)
+            await coordinator.handle(env("DEL", "c2"), del_conf)  # another sandbox: not held up
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    assert order == ["add c1 starts", "del c2", "add c1 ends", "del c1"]
