@@ -71,7 +71,7 @@ from actors.ipam.remote import DEFAULT_AGENT_ACCOUNT, DEFAULT_CA_CONFIGMAP, DEFA
 from actors.ipam.subnet import SubnetRegistry
 from actors.runtime.heap import settle_heap
 from actors.runtime.supervisor import Supervisor
-from actors.servers.certs import CertSettings, pool_host_certificate
+from actors.servers.certs import CertSettings, certificate_pending, pool_host_certificate
 from actors.servers.httpserver import GET_BODY, READ_TIMEOUT, HttpServer, Request, Response, bound_port, json_response
 from actors.servers.metrics import CONTROLLER_PORT, ControllerMetrics, MetricsServer, MetricsSettings
 from actors.servers.pod_webhook import PodResourceWebhook
@@ -153,7 +153,8 @@ class ControllerSettings:
     """Address for the webhook: ``$POD_IP`` when set; ``None`` binds every address."""
     webhook_port: int = DEFAULT_WEBHOOK_PORT
     webhook_cert_dir: Path | None = None
-    """Mounted ``tls.crt``/``tls.key`` (cert-manager or provided); without them a CA is made and stored."""
+    """Mounted ``tls.crt``/``tls.key`` (cert-manager or provided), waited for when missing; ``None``: a CA is
+    made and stored (the Secret ``webhook_secret``)."""
     webhook_service: str = "spiderpool-controller"
     webhook_configuration: str = "spiderpool-controller"
     webhook_secret: str = "spiderpool-controller-server-certs"
@@ -445,7 +446,11 @@ async def open_controller(settings: ControllerSettings, store: Store | None = No
             if settings.webhook or settings.pod_inject.enabled:
                 pods = PodResourceWebhook(store, settings.pod_inject) if settings.pod_inject.enabled else None
                 controller.webhook = AdmissionWebhook(store, settings=settings.admission, pods=pods)
-                await nursery.start(controller.webhook.serve, settings.webhook_settings())
+                webhook_settings = settings.webhook_settings()
+                if await certificate_pending(webhook_settings.certs) is None:
+                    await nursery.start(controller.webhook.serve, webhook_settings)
+                else:  # NB: it waits for its mounted certificate; the rest runs meanwhile, not ready until it serves
+                    nursery.start_soon(controller.webhook.serve, webhook_settings)
             review = getattr(store, "review_token", None)  # NB: only an API server store hosts pools
             if settings.pool_host and review is not None:
                 user = settings.pool_host_user

@@ -8,13 +8,17 @@ Owns where the webhook's serving certificate comes from, how the API server lear
   or the manifests), so the webhook configurations are left alone.  The files are read again every
   ``reload_interval`` seconds and a changed pair is served from the next TLS handshake on, so a certificate
   cert-manager renews (and the kubelet swaps into the volume) is picked up without a restart.  A pair that
-  does not load (half written, key and certificate from different renewals) is ignored until it does.
+  does not load (half written, key and certificate from different renewals) is ignored until it does.  A pair
+  not there yet at start (an optional volume not filled yet, a wrong path) is waited for, the webhook not
+  serving meanwhile: never a self-made CA instead, whose caBundle would fight cert-manager's CA injector.
 - **auto** (nothing mounted): the first controller replica to start makes a CA and a serving certificate
   for the Service's DNS names with ``cryptography`` (ECDSA P-256) and stores them in a Secret
   (``kubernetes.io/tls`` with ``ca.crt``, and ``ca.key`` to sign renewals); later replicas and restarts load
   that Secret, so every replica behind the Service presents a certificate from the same CA.  The CA is
-  then written into the ``clientConfig.caBundle`` of every webhook of our Mutating- and
-  ValidatingWebhookConfiguration, only when it differs and guarded by resourceVersion.
+  then added to the ``clientConfig.caBundle`` of every webhook of our Mutating- and
+  ValidatingWebhookConfiguration, only when it is missing there and guarded by resourceVersion.  CAs are only
+  ever added to a bundle (``ca_union``) and leave it once expired: a replica whose copy of the Secret is a
+  rotation behind cannot take the new CA out again.
 
 Rotation (auto).  The CA is valid for ``CA_VALIDITY`` (one year), the serving certificate for
 ``CERT_VALIDITY`` (90 days).  Every replica re-reads the Secret every ``refresh_interval`` seconds and serves
@@ -30,7 +34,12 @@ guarded by resourceVersion, so of two replicas only one renewal is stored and th
 
 The pool host (``actors.servers.pool_host``) serves a certificate for the controller Pod's IP signed by the same
 self-made CA (``pool_host_certificate``), and the CA's public part is published in a ConfigMap
-(``publish_ca``, ``spiderpool-ca``) for the agents, who cannot read the Secret.
+(``publish_ca``, ``spiderpool-ca``, again only added to) for the agents, who cannot read the Secret.  With a
+mounted webhook certificate its Secret is the user's (Spiderpool's chart names cert-manager's Secret as ours),
+so the pool host keeps a CA of its own in ``<secret>-pool-host`` instead (``pool_host_secret``).
+
+Whatever the Secret holds that does not load (an encrypted key among them) or is not valid yet (made by a
+replica whose clock is ahead by more than ``CLOCK_SKEW``) is replaced as if it were missing.
 
 Reading the mounted files and making keys run in worker threads.  Loading a certificate into the live
 context stays on the event loop (two small files in a private temporary directory), because the handshakes
@@ -52,7 +61,7 @@ from pathlib import Path
 import attrs
 import trio
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -71,7 +80,11 @@ CERT_VALIDITY = datetime.timedelta(days=90)
 CERT_RENEW_BEFORE = datetime.timedelta(days=30)
 """A serving certificate this close to expiry is replaced, signed by the same CA."""
 CLOCK_SKEW = datetime.timedelta(minutes=5)
-"""Certificates are valid from this long before they are made, for API servers whose clock is behind."""
+"""Certificates are valid from this long before they are made, for API servers whose clock is behind; one whose
+start is further than this ahead of our clock (made by a replica whose clock is ahead) is replaced."""
+UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm)
+"""What loading a PEM certificate or key raises when it cannot be used: bad data, an encrypted key (TypeError:
+no password is given), an algorithm this ``cryptography`` does not support."""
 CONFIG_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 
 
@@ -83,6 +96,12 @@ class CertificateError(ConfigError):
 
     def __str__(self) -> str:
         return f"webhook certificate: {self.reason}"
+
+
+def _no_password() -> bytes:
+    """An encrypted key fails to load (without it OpenSSL asks for a pass phrase on the terminal, or raises
+    OSError when there is none)."""
+    return b""
 
 
 @attrs.frozen
@@ -115,10 +134,10 @@ class CertBundle:
             key.touch(mode=0o600)
             key.write_bytes(self.key)
             try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=_no_password)
             except ssl.SSLError as exc:
                 raise CertificateError(reason=f"certificate and key do not load: {exc}") from None
-            context.load_cert_chain(cert, key)
+            context.load_cert_chain(cert, key, password=_no_password)
 
     @property
     def served(self) -> tuple[bytes, bytes]:
@@ -134,11 +153,13 @@ class CertSettings:
     service: str = "spiderpool-controller"
     """The Service in front of the webhook; the certificate covers its DNS names."""
     secret: str = "spiderpool-controller-server-certs"
-    """The Secret (in ``namespace``) that holds the self-made CA and certificate."""
+    """The Secret (in ``namespace``) that holds the self-made CA and certificate; with ``cert_dir`` the mounted
+    one's, never written (the pool host's CA is then in ``<secret>-pool-host``)."""
     configuration: str = "spiderpool-controller"
     """Name of both webhook configurations whose caBundle we fill in."""
     cert_dir: Path | None = None
-    """A mounted ``tls.crt``/``tls.key`` (and optional ``ca.crt``) pair; when present nothing is generated."""
+    """A mounted ``tls.crt``/``tls.key`` (and optional ``ca.crt``) pair; when given nothing is generated for the
+    webhook (it waits for the pair) and the caBundle is left alone."""
     extra_hosts: tuple[str, ...] = ()
     """More names or IP addresses for the self-made certificate (out-of-cluster runs, tests)."""
     reload_interval: float = 10.0
@@ -250,24 +271,48 @@ def generate(
     return CertBundle(cert=cert, key=key, ca=_pem(ca), ca_key=_pem_key(ca_key))
 
 
+def _certificates(bundle_pem: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM bundle (unreadable input: none)."""
+    try:
+        return x509.load_pem_x509_certificates(bundle_pem) if bundle_pem.strip() else []
+    except ValueError:
+        return []
+
+
 def _still_valid(bundle_pem: bytes, now: datetime.datetime) -> bytes:
     """The certificates of a PEM bundle that have not expired, as PEM (unreadable input: none)."""
-    try:
-        certs = x509.load_pem_x509_certificates(bundle_pem) if bundle_pem.strip() else []
-    except ValueError:
-        return b""
-    return b"".join(_pem(c) for c in certs if c.not_valid_after_utc > now)
+    return b"".join(_pem(c) for c in _certificates(bundle_pem) if c.not_valid_after_utc > now)
+
+
+def ca_union(ours: bytes, current: bytes, *, now: datetime.datetime | None = None) -> bytes | None:
+    """The CA bundle to write over ``current`` (a caBundle, the published ``ca.crt``): our CAs (the signing one
+    first), then those of ``current`` we do not hold, all but the expired ones; ``None`` when ``current`` holds
+    just these already, in any order (so two replicas holding different generations never take turns writing).
+
+    Only adding, never replacing: a replica whose copy of the Secret predates another replica's CA rotation
+    then cannot take the new CA away again (the new certificate would be trusted by nothing until the next
+    refresh).  A CA leaves the bundle once it has expired, when the bundle is next written.
+    """
+    now = now or _now()
+    there = _certificates(current)
+    union: dict[bytes, x509.Certificate] = {}
+    for cert in _certificates(ours) + there:
+        if cert.not_valid_after_utc > now:
+            union.setdefault(cert.public_bytes(serialization.Encoding.DER), cert)
+    if set(union) == {c.public_bytes(serialization.Encoding.DER) for c in there}:
+        return None
+    return b"".join(_pem(c) for c in union.values())
 
 
 def problem(bundle: CertBundle, hosts: tuple[str, ...], *, now: datetime.datetime | None = None) -> str | None:
-    """Why a bundle's serving certificate should be replaced (unreadable, a name missing, expiring soon, not
-    signed by the bundle's first CA), or ``None``."""
+    """Why a bundle's serving certificate should be replaced (unreadable or its key encrypted, a name missing,
+    expiring soon, not valid yet, not signed by the bundle's first CA), or ``None``."""
     now = now or _now()
     try:
         cert = x509.load_pem_x509_certificate(bundle.cert)
         key = serialization.load_pem_private_key(bundle.key, password=None)
         signer = x509.load_pem_x509_certificates(bundle.ca)[0] if bundle.ca.strip() else None
-    except ValueError as exc:
+    except UNREADABLE as exc:
         return f"unreadable: {exc}"
     if cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -275,6 +320,8 @@ def problem(bundle: CertBundle, hosts: tuple[str, ...], *, now: datetime.datetim
         return "the key does not belong to the certificate"
     if cert.not_valid_after_utc - CERT_RENEW_BEFORE < now:
         return f"expires {cert.not_valid_after_utc:%Y-%m-%d}"
+    if cert.not_valid_before_utc > now + CLOCK_SKEW:  # NB: clients refuse it until then
+        return f"not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
     if signer is not None:
         try:
             cert.verify_directly_issued_by(signer)
@@ -291,20 +338,22 @@ def problem(bundle: CertBundle, hosts: tuple[str, ...], *, now: datetime.datetim
 
 
 def ca_problem(bundle: CertBundle, *, now: datetime.datetime | None = None) -> str | None:
-    """Why a bundle's CA should be replaced (no key to sign with, unreadable, the key not the CA's, expiring
-    within ``CA_RENEW_BEFORE``), or ``None``."""
+    """Why a bundle's CA should be replaced (no key to sign with, unreadable or its key encrypted, the key not
+    the CA's, expiring within ``CA_RENEW_BEFORE``, not valid yet), or ``None``."""
     now = now or _now()
     if not bundle.ca_key or not bundle.ca.strip():
         return "has no CA key"
     try:
         ca = x509.load_pem_x509_certificates(bundle.ca)[0]
         ca_key = serialization.load_pem_private_key(bundle.ca_key, password=None)
-    except ValueError as exc:
+    except UNREADABLE as exc:
         return f"CA unreadable: {exc}"
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or ca_key.public_key() != ca.public_key():
         return "the CA key does not belong to the CA"
     if ca.not_valid_after_utc - CA_RENEW_BEFORE < now:
         return f"CA expires {ca.not_valid_after_utc:%Y-%m-%d}"
+    if ca.not_valid_before_utc > now + CLOCK_SKEW:  # NB: nothing it signs is trusted until then
+        return f"CA not valid until {ca.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
     return None
 
 
@@ -351,6 +400,45 @@ def _read_mounted(cert_dir: Path) -> CertBundle | None:
         return CertBundle(cert.read_bytes(), key.read_bytes(), ca.read_bytes() if ca.exists() else b"")
     except OSError as exc:  # NB: a file swapped out between exists() and the read
         raise CertificateError(reason=f"{cert_dir}: {exc}") from None
+
+
+def _load_mounted(cert_dir: Path) -> CertBundle:
+    """The mounted pair, once it is there and loads; ``CertificateError`` saying what is wrong until then."""
+    mounted = _read_mounted(cert_dir)
+    if mounted is None:
+        raise CertificateError(reason=f"{cert_dir} holds no tls.crt and tls.key (yet)")
+    mounted.ssl_context()  # NB: only to see that the pair loads
+    return mounted
+
+
+async def certificate_pending(settings: CertSettings) -> str | None:
+    """What the webhook has to wait for before it can serve: the mounted certificate when ``cert_dir`` is given
+    and it is not there (or does not load) yet; ``None`` when it can serve at once."""
+    if settings.cert_dir is None:
+        return None
+    try:
+        await trio.to_thread.run_sync(_load_mounted, settings.cert_dir)
+    except CertificateError as exc:
+        return str(exc)
+    return None
+
+
+async def mounted_certificate(settings: CertSettings) -> CertBundle:
+    """The pair mounted in ``settings.cert_dir``, waited for while it is missing or does not load (read again
+    every ``reload_interval`` seconds; what is wrong is logged once).  Never anything made here instead: a
+    mounted certificate's issuer (cert-manager, the user) also owns the caBundle, which a self-made CA would
+    fight over."""
+    assert settings.cert_dir is not None
+    told = ""
+    while True:
+        try:
+            return await trio.to_thread.run_sync(_load_mounted, settings.cert_dir)
+        except CertificateError as exc:
+            if str(exc) != told:
+                told = str(exc)
+                log.warning("webhook waits for its mounted certificate (retrying every %gs): %s",
+                            settings.reload_interval, told)  # fmt: skip
+        await trio.sleep(settings.reload_interval)
 
 
 def _b64(data: bytes) -> str:
@@ -401,7 +489,7 @@ async def stored_certificate(
             assert bundle is not None
             return bundle
         fresh, why = due
-        log.info("webhook certificate in Secret %s/%s %s; renewing it", settings.namespace, settings.secret, why)
+        log.info("certificate in Secret %s/%s %s; renewing it", settings.namespace, settings.secret, why)
         try:
             if current is None:
                 await store.create(_secret(settings, fresh))
@@ -413,9 +501,17 @@ async def stored_certificate(
     raise CertificateError(reason=f"Secret {settings.namespace}/{settings.secret} kept changing; giving up")
 
 
+def _b64decoded(data: object) -> bytes:
+    try:
+        return base64.b64decode(str(data or ""))
+    except ValueError:  # NB: binascii.Error
+        return b""
+
+
 async def patch_ca_bundle(store: Store, settings: CertSettings, ca: bytes, *, attempts: int = 5) -> list[str]:
-    """Put ``ca`` in every webhook's ``clientConfig.caBundle`` of our configurations; the kinds it changed."""
-    wanted, changed = _b64(ca), []
+    """Add the CAs of ``ca`` to every webhook's ``clientConfig.caBundle`` of our configurations (``ca_union``:
+    the CAs there stay until they expire); the kinds it changed."""
+    changed = []
     for kind in CONFIG_KINDS:
         for _ in range(attempts):
             try:
@@ -426,11 +522,14 @@ async def patch_ca_bundle(store: Store, settings: CertSettings, ca: bytes, *, at
                 )
                 break
             webhooks = [dict(w) for w in current.get("webhooks") or [] if isinstance(w, dict)]
-            stale = [w for w in webhooks if (w.get("clientConfig") or {}).get("caBundle") != wanted]
+            stale = False
+            for w in webhooks:
+                config = w.get("clientConfig") or {}
+                wanted = ca_union(ca, _b64decoded(config.get("caBundle")))
+                if wanted is not None:
+                    w["clientConfig"], stale = {**config, "caBundle": _b64(wanted)}, True
             if not stale:
                 break
-            for w in stale:
-                w["clientConfig"] = {**(w.get("clientConfig") or {}), "caBundle": wanted}
             try:
                 await store.update({**current, "webhooks": webhooks})
             except Conflict:
@@ -443,12 +542,12 @@ async def patch_ca_bundle(store: Store, settings: CertSettings, ca: bytes, *, at
 
 
 async def webhook_certificate(store: Store, settings: CertSettings) -> tuple[CertBundle, bool]:
-    """The certificate to serve, and whether it is self-made (then the caBundle has been written)."""
+    """The certificate to serve, and whether it is self-made (then the caBundle has been written).  With
+    ``cert_dir`` it is the mounted one, waited for until it is there (``mounted_certificate``)."""
     if settings.cert_dir is not None:
-        mounted = await trio.to_thread.run_sync(_read_mounted, settings.cert_dir)
-        if mounted is not None:
-            log.info("webhook serves the certificate mounted in %s", settings.cert_dir)
-            return mounted, False
+        mounted = await mounted_certificate(settings)
+        log.info("webhook serves the certificate mounted in %s", settings.cert_dir)
+        return mounted, False
     bundle = await stored_certificate(store, settings)
     changed = await patch_ca_bundle(store, settings, bundle.ca)
     if changed:
@@ -475,7 +574,8 @@ class ServedCertificate:
 
     @classmethod
     async def open(cls, store: Store, settings: CertSettings) -> ServedCertificate:
-        """The current certificate, with a context presenting it; raises ``CertificateError``."""
+        """The current certificate, with a context presenting it; raises ``CertificateError``.  A certificate
+        to be mounted is waited for (``mounted_certificate``): the webhook does not serve until it is there."""
         bundle, self_made = await webhook_certificate(store, settings)
         return cls(store, settings, bundle, self_made, bundle.ssl_context())
 
@@ -517,8 +617,11 @@ def issue_for(bundle: CertBundle, hosts: tuple[str, ...], *, now: datetime.datet
     self-made one with its key; ``ca`` is the bundle's, the key is not passed on (CPU only; run it in a thread)."""
     if not bundle.ca_key or not bundle.ca.strip():
         raise CertificateError(reason="no CA key to sign a certificate with")
-    ca = x509.load_pem_x509_certificates(bundle.ca)[0]
-    ca_key = serialization.load_pem_private_key(bundle.ca_key, password=None)
+    try:
+        ca = x509.load_pem_x509_certificates(bundle.ca)[0]
+        ca_key = serialization.load_pem_private_key(bundle.ca_key, password=None)
+    except UNREADABLE as exc:
+        raise CertificateError(reason=f"CA unreadable: {exc}") from None
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise CertificateError(reason="the CA key is not an EC key")
     cert, key = _issue(ca, ca_key, hosts, "spiderpool-controller", now or _now())
@@ -526,16 +629,19 @@ def issue_for(bundle: CertBundle, hosts: tuple[str, ...], *, now: datetime.datet
 
 
 async def publish_ca(store: Store, namespace: str, name: str, ca: bytes, *, attempts: int = 5) -> bool:
-    """Keep ConfigMap ``namespace/name`` holding ``ca.crt`` = ``ca`` (public certificates only, never a key),
-    for the agents to trust the pool host with; written only when it differs.  True when it was written."""
-    wanted = ca.decode()
+    """Keep the CAs of ``ca`` in ConfigMap ``namespace/name``'s ``ca.crt`` (public certificates only, never a
+    key), for the agents to trust the pool host with; added to those there, which stay until they expire
+    (``ca_union``), and written only when that changes it.  True when it was written."""
     for _ in range(attempts):
         try:
             current: Obj | None = await store.get("ConfigMap", name, namespace)
         except NotFound:
             current = None
-        if current is not None and (current.get("data") or {}).get("ca.crt") == wanted:
+        there = str((current.get("data") or {}).get("ca.crt") or "") if current is not None else ""
+        union = ca_union(ca, there.encode())
+        if union is None:
             return False
+        wanted = union.decode()
         try:
             if current is None:
                 await store.create(
@@ -554,13 +660,31 @@ async def publish_ca(store: Store, namespace: str, name: str, ca: bytes, *, atte
     raise CertificateError(reason=f"ConfigMap {namespace}/{name} kept changing; CA not published")
 
 
+POOL_HOST_SECRET_SUFFIX = "-pool-host"
+"""With a mounted webhook certificate the pool host's CA is kept in the Secret ``<secret>-pool-host``."""
+
+
+def pool_host_secret(settings: CertSettings) -> str:
+    """The Secret holding the CA the pool host signs its certificate with: the webhook's own (auto: agents and
+    the API server then trust one CA), or with a mounted certificate one of its own, ``<secret>-pool-host``:
+    the mounted certificate's Secret (Spiderpool's chart names cert-manager's the same) is the user's, and
+    never written here."""
+    return settings.secret if settings.cert_dir is None else f"{settings.secret}{POOL_HOST_SECRET_SUFFIX}"
+
+
+async def pool_host_ca(store: Store, settings: CertSettings) -> CertBundle:
+    """The pool host's CA and its key, from ``pool_host_secret`` (made or renewed there first when due)."""
+    own = attrs.evolve(settings, secret=pool_host_secret(settings), cert_dir=None)
+    return await stored_certificate(store, own)
+
+
 async def pool_host_certificate(
     store: Store, settings: CertSettings, hosts: tuple[str, ...], ca_configmap: str
 ) -> CertBundle:
-    """The pool host's serving certificate: for ``hosts`` (the controller Pod's IP), signed by the CA kept in the
-    webhook's Secret (made there first when missing), whose public part is published in ConfigMap
+    """The pool host's serving certificate: for ``hosts`` (the controller Pod's IP), signed by the CA kept in
+    ``pool_host_secret`` (made there first when missing), whose public part is published in ConfigMap
     ``ca_configmap`` (``publish_ca``) before the certificate is served."""
-    stored = await stored_certificate(store, settings)
+    stored = await pool_host_ca(store, settings)
     if await publish_ca(store, settings.namespace, ca_configmap, stored.ca):
         log.info("pool host CA published in ConfigMap %s/%s", settings.namespace, ca_configmap)
     return await trio.to_thread.run_sync(functools.partial(issue_for, stored, hosts))

@@ -17,8 +17,9 @@ safety argument are in ``actors.ipam.remote``; docs/architecture.md, "The pool h
   ``allowed_user`` is served (``system:serviceaccount:<namespace>:spiderpool-agent``).  No or an invalid
   token: 401; another account: 403.  Either changes nothing.
 
-TLS: a certificate for the Pod IP signed by the controller's CA (``actors.servers.certs.pool_host_certificate``),
-renewed with the Secret's CA every ``refresh_interval`` seconds.  The counters (``GET /v1/spider/stats``) are
+TLS: a certificate for the Pod IP signed by the controller's CA (``actors.servers.certs.pool_host_certificate``:
+the webhook's self-made one, or with a mounted webhook certificate one of its own, ``pool_host_secret``),
+renewed with that Secret's CA every ``refresh_interval`` seconds.  The counters (``GET /v1/spider/stats``) are
 served on the health port, not here (``actors.controller.main``).
 """
 
@@ -37,7 +38,7 @@ import trio
 
 from actors.ipam.pool import PoolMsg, PoolRegistry
 from actors.ipam.remote import BATCH_PATH, NOT_LEADING, decode_message, encode_outcome
-from actors.servers.certs import CertBundle, CertSettings, issue_for, problem, publish_ca, stored_certificate
+from actors.servers.certs import CertBundle, CertSettings, issue_for, pool_host_ca, problem, publish_ca
 from actors.servers.httpserver import READ_TIMEOUT, HttpServer, Request, Response, json_response
 from actors.stores.port import Store
 from spider import limits
@@ -222,12 +223,12 @@ async def keep_certificate(
     context: ssl.SSLContext,
     interval: float,
 ) -> None:
-    """Every ``interval`` seconds: publish the Secret's CA again, and serve a new certificate when the CA
-    changed or ours is due (``certs.problem``); trouble is logged and the current certificate kept."""
+    """Every ``interval`` seconds: publish the CA of ``certs.pool_host_secret`` again, and serve a new certificate
+    when the CA changed or ours is due (``certs.problem``); trouble is logged and the current certificate kept."""
     while True:
         await trio.sleep(interval)
         try:
-            stored = await stored_certificate(store, settings)
+            stored = await pool_host_ca(store, settings)
             await publish_ca(store, settings.namespace, ca_configmap, stored.ca)
             if stored.ca != bundle.ca or problem(bundle, hosts) is not None:
                 bundle = await trio.to_thread.run_sync(functools.partial(issue_for, stored, hosts))

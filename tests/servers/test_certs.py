@@ -1,5 +1,7 @@
-"""The webhook's certificate over time: a mounted pair reloaded when its files change, and the self-made CA's
-validity, renewal and rotation, adopted by every replica that shares the Secret."""
+"""The webhook's certificate over time: a mounted pair reloaded when its files change (and waited for, never
+replaced, when it is not there yet), and the self-made CA's validity, renewal and rotation, adopted by every
+replica that shares the Secret; what in the Secret cannot be used; CAs only ever added to a caBundle; the pool
+host's CA, which never touches a mounted certificate's Secret."""
 
 from __future__ import annotations
 
@@ -11,23 +13,36 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 
 from actors.servers.certs import (
     CA_VALIDITY,
     CERT_VALIDITY,
+    CLOCK_SKEW,
+    CONFIG_KINDS,
     CertBundle,
+    CertificateError,
     CertSettings,
+    ServedCertificate,
+    ca_problem,
     generate,
+    issue_for,
+    patch_ca_bundle,
+    pool_host_certificate,
     problem,
+    publish_ca,
     renewal,
+    stored_certificate,
+    webhook_certificate,
     write_bundle,
 )
+from actors.servers.pool_host import keep_certificate
 from actors.servers.webhook import AdmissionWebhook, WebhookSettings
-from actors.stores.port import Store
+from actors.stores.port import NotFound, Obj, Store
 from actors.stores.sqlite import SqliteStore
 from tests.controller.support import eventually
 from tests.servers.test_webhook import NAMESPACE, SERVICE_DNS, VALIDATE, ca_bundle, configuration, mutated_pool, post
@@ -38,6 +53,9 @@ HOSTS = (SERVICE_DNS, "127.0.0.1")
 SECRET = "spiderpool-controller-server-certs"
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
+MINUTE = datetime.timedelta(minutes=1)
+POOL_HOST_SECRET = f"{SECRET}-pool-host"
+CA_CONFIGMAP = "spiderpool-ca"
 
 
 def fingerprint(pem: bytes) -> str:
@@ -193,7 +211,7 @@ async def test_every_replica_serves_the_certificate_one_of_them_renews_in_the_se
             serving(store, certs) as first,
             serving(other, certs) as second,
         ):
-            original = await stored_cert(store)
+            original, original_ca = await stored_cert(store), await ca_bundle(store)
             assert await served(first) == await served(second) == fingerprint(original)
             # Another generation of the Secret, its serving certificate 80 days old: due for renewal.
             aged = generate(certs.hosts, now=datetime.datetime.now(datetime.UTC) - 80 * DAY)
@@ -212,7 +230,233 @@ async def test_every_replica_serves_the_certificate_one_of_them_renews_in_the_se
             await until_served(first, renewed)
             await until_served(second, renewed)
             ca = await ca_bundle(store)
-            assert ca == aged.ca  # NB: written before the renewed certificate was served
+            # NB: added before the renewed certificate was served; the first Secret's CA stays until it expires
+            assert certificates(ca) == [*certificates(aged.ca), *certificates(original_ca)]
             for port in (first, second):
                 status, _ = await post(port, VALIDATE, admission_review("CREATE", mutated_pool("p")), ca)
                 assert status == 200
+
+
+# --- what the Secret holds that cannot be used ---------------------------------------------------------------
+
+
+def encrypted(key_pem: bytes) -> bytes:
+    """``key_pem`` encrypted with a pass phrase (which nothing here is given)."""
+    key = serialization.load_pem_private_key(key_pem, None)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+    )
+
+
+def tls_secret(bundle: CertBundle, name: str = SECRET) -> Obj:
+    """A ``kubernetes.io/tls`` Secret holding ``bundle`` (``ca.key`` only when it has one, as cert-manager's)."""
+    files = {"tls.crt": bundle.cert, "tls.key": bundle.key, "ca.crt": bundle.ca, "ca.key": bundle.ca_key}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "type": "kubernetes.io/tls",
+        "data": {k: base64.b64encode(v).decode() for k, v in files.items() if v},
+    }
+
+
+def test_an_encrypted_key_is_unreadable_and_replaced_never_a_crash() -> None:
+    bundle = generate(HOSTS, now=NOW)
+    locked = attrs.evolve(bundle, key=encrypted(bundle.key))
+    assert (problem(locked, HOSTS, now=NOW) or "").startswith("unreadable")
+    due = renewal(locked, HOSTS, now=NOW)
+    assert due is not None
+    assert (due[0].ca, due[0].ca_key) == (bundle.ca, bundle.ca_key)  # re-issued by the same CA
+    ca_locked = attrs.evolve(bundle, ca_key=encrypted(bundle.ca_key))
+    assert (ca_problem(ca_locked, now=NOW) or "").startswith("CA unreadable")
+    due = renewal(ca_locked, HOSTS, now=NOW)
+    assert due is not None
+    assert certificates(due[0].ca)[1:] == certificates(bundle.ca)  # a new CA; the old one still trusted
+    with pytest.raises(CertificateError):
+        issue_for(ca_locked, ("10.0.0.5",), now=NOW)
+    with pytest.raises(CertificateError):  # NB: a mounted pair; OpenSSL would ask for a pass phrase
+        locked.ssl_context()
+
+
+async def test_a_secret_with_an_encrypted_key_is_renewed_and_a_running_webhook_adopts_it(store: Store) -> None:
+    certs = CertSettings(namespace=NAMESPACE, extra_hosts=("127.0.0.1",))
+    with trio.fail_after(TIMEOUT):
+        served_now = await ServedCertificate.open(store, certs)
+        bundle = generate(certs.hosts)
+        current = await store.get("Secret", SECRET, NAMESPACE)
+        await store.update({**current, "data": tls_secret(attrs.evolve(bundle, key=encrypted(bundle.key)))["data"]})
+        assert await served_now.refresh()  # NB: the renewal of the Secret, not a TypeError
+    renewed = await stored_certificate(store, certs)
+    assert served_now.bundle.served == renewed.served
+    assert renewed.ca == bundle.ca
+    assert problem(renewed, certs.hosts) is None
+
+
+def test_a_certificate_not_valid_yet_beyond_the_clock_skew_is_replaced() -> None:
+    ahead = generate(HOSTS, now=NOW + 2 * CLOCK_SKEW + MINUTE)  # by a replica whose clock is 11 minutes ahead
+    assert (ca_problem(ahead, now=NOW) or "").startswith("CA not valid until")
+    due = renewal(ahead, HOSTS, now=NOW)
+    assert due is not None
+    fresh, _ = due
+    assert certificates(fresh.ca)[0].not_valid_before_utc <= NOW
+    assert problem(fresh, HOSTS, now=NOW) is None
+    # The serving certificate alone ahead: re-issued by the same CA.
+    fit = generate(HOSTS, now=NOW - DAY)
+    later = issue_for(fit, HOSTS, now=NOW + 2 * CLOCK_SKEW + MINUTE)
+    alone = attrs.evolve(fit, cert=later.cert, key=later.key)
+    assert (problem(alone, HOSTS, now=NOW) or "").startswith("not valid until")
+    due = renewal(alone, HOSTS, now=NOW)
+    assert due is not None
+    assert due[0].ca == fit.ca
+    # Within the allowance (the backdating every certificate gets covers it): kept.
+    assert renewal(generate(HOSTS, now=NOW + 2 * CLOCK_SKEW - MINUTE), HOSTS, now=NOW) is None
+
+
+# --- a certificate to be mounted, not there yet ----------------------------------------------------------------
+
+
+async def test_an_empty_cert_dir_is_waited_for_and_never_replaced_by_a_self_made_ca(
+    store: Store, tmp_path: Path
+) -> None:
+    (tmp_path / "tls").mkdir()  # an optional Secret volume cert-manager has not filled yet
+    certs = CertSettings(namespace=NAMESPACE, cert_dir=tmp_path / "tls", reload_interval=0.02)
+    configurations = [await store.get(kind, certs.configuration) for kind in CONFIG_KINDS]
+    mounted = generate(HOSTS)
+    obtained: list[tuple[CertBundle, bool]] = []
+
+    async def obtain() -> None:
+        obtained.append(await webhook_certificate(store, certs))
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(obtain)
+            await trio.sleep(0.3)  # fifteen reads of the empty directory
+            assert obtained == []
+            write_bundle(tmp_path / "tls", mounted)
+    [(bundle, self_made)] = obtained
+    assert (bundle.served, self_made) == (mounted.served, False)
+    assert [await store.get(kind, certs.configuration) for kind in CONFIG_KINDS] == configurations  # cert-manager's
+    with pytest.raises(NotFound):
+        await store.get("Secret", SECRET, NAMESPACE)
+
+
+async def test_a_controller_whose_certificate_is_not_mounted_yet_runs_not_ready_until_it_serves_it(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actors.controller.main import ControllerSettings, open_controller
+
+    (tmp_path / "tls").mkdir()
+    settings = ControllerSettings(
+        store_path=tmp_path / "unused.db", namespace=NAMESPACE, identity="c-0", health_host="127.0.0.1",
+        health_port=0, webhook=True, webhook_host="127.0.0.1", webhook_port=0, webhook_cert_dir=tmp_path / "tls",
+    )  # fmt: skip
+    webhook_settings = ControllerSettings.webhook_settings  # NB: the files are read every 10 s otherwise
+
+    def quick(self: ControllerSettings) -> WebhookSettings:
+        given = webhook_settings(self)
+        return attrs.evolve(given, certs=attrs.evolve(given.certs, reload_interval=0.02))
+
+    monkeypatch.setattr(ControllerSettings, "webhook_settings", quick)
+    mounted = generate(HOSTS)
+    with trio.fail_after(TIMEOUT):
+        async with open_controller(settings, store) as controller:
+            assert controller.started  # NB: the rest of the controller runs meanwhile
+            assert "the admission webhook is not serving yet" in controller.readiness_problems()
+            write_bundle(tmp_path / "tls", mounted)
+
+            async def serving_it() -> bool:
+                return controller.webhook is not None and controller.webhook.port is not None
+
+            await eventually(serving_it, within=TIMEOUT, what="the mounted certificate served")
+            assert controller.webhook is not None
+            assert controller.webhook.port is not None
+            assert await served(controller.webhook.port) == fingerprint(mounted.cert)
+            assert "the admission webhook is not serving yet" not in controller.readiness_problems()
+    with pytest.raises(NotFound):
+        await store.get("Secret", SECRET, NAMESPACE)
+
+
+# --- the caBundle and the published CA: only ever added to -----------------------------------------------------
+
+
+async def set_ca_bundle(store: Store, pem: bytes) -> None:
+    """Every webhook's caBundle set to ``pem`` (as another writer left it)."""
+    for kind in CONFIG_KINDS:
+        current = await store.get(kind, "spiderpool-controller")
+        webhooks = [{**w, "clientConfig": {**w["clientConfig"], "caBundle": base64.b64encode(pem).decode()}}
+                    for w in current["webhooks"]]  # fmt: skip
+        await store.update({**current, "webhooks": webhooks})
+
+
+async def published(store: Store) -> bytes:
+    return str((await store.get("ConfigMap", CA_CONFIGMAP, NAMESPACE))["data"]["ca.crt"]).encode()
+
+
+async def test_a_replica_a_rotation_behind_never_takes_the_new_ca_out_of_the_cabundle(store: Store) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    old = generate(HOSTS, now=now - 300 * DAY)  # its CA is due: within 90 days of its expiry
+    due = renewal(old, HOSTS, now=now)
+    assert due is not None
+    rotated, _ = due  # another replica's rotation: the new CA, then the old one
+    certs = CertSettings(namespace=NAMESPACE)
+    with trio.fail_after(TIMEOUT):
+        assert await patch_ca_bundle(store, certs, rotated.ca) == list(CONFIG_KINDS)
+        assert await publish_ca(store, NAMESPACE, CA_CONFIGMAP, rotated.ca)
+        # A replica whose read of the Secret predates the rotation: nothing to add, nothing written.
+        assert await patch_ca_bundle(store, certs, old.ca) == []
+        assert not await publish_ca(store, NAMESPACE, CA_CONFIGMAP, old.ca)
+    for kind in CONFIG_KINDS:
+        assert certificates(await ca_bundle(store, kind)) == certificates(rotated.ca)
+    assert certificates(await published(store)) == certificates(rotated.ca)
+
+
+async def test_a_ca_leaves_the_cabundle_only_once_it_has_expired(store: Store) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    expired, other, ours = generate(HOSTS, now=now - CA_VALIDITY - DAY), generate(HOSTS), generate(HOSTS)
+    certs = CertSettings(namespace=NAMESPACE)
+    await set_ca_bundle(store, expired.ca + other.ca)
+    with trio.fail_after(TIMEOUT):
+        assert await patch_ca_bundle(store, certs, ours.ca) == list(CONFIG_KINDS)
+        assert await patch_ca_bundle(store, certs, other.ca + ours.ca) == []  # the same CAs, another order
+        await publish_ca(store, NAMESPACE, CA_CONFIGMAP, expired.ca + other.ca)
+        assert await publish_ca(store, NAMESPACE, CA_CONFIGMAP, ours.ca)
+    assert certificates(await ca_bundle(store)) == [*certificates(ours.ca), *certificates(other.ca)]
+    assert certificates(await published(store)) == [*certificates(ours.ca), *certificates(other.ca)]
+
+
+# --- the pool host's CA -----------------------------------------------------------------------------------------
+
+
+async def test_with_a_mounted_certificate_the_pool_host_keeps_its_own_ca_and_never_writes_the_mounted_secret(
+    store: Store, tmp_path: Path
+) -> None:
+    provided = attrs.evolve(generate(HOSTS), ca_key=b"")  # as cert-manager writes it: no ca.key
+    await store.create(tls_secret(provided))  # the Secret Spiderpool's chart names cert-manager's Certificate's
+    write_bundle(tmp_path / "tls", provided)  # ... and mounts
+    before = await store.get("Secret", SECRET, NAMESPACE)
+    certs = CertSettings(namespace=NAMESPACE, cert_dir=tmp_path / "tls")
+    hosts = ("10.0.0.5",)
+    with trio.fail_after(TIMEOUT):
+        bundle = await pool_host_certificate(store, certs, hosts, CA_CONFIGMAP)
+        async with trio.open_nursery() as nursery:  # and its renewal rounds
+            nursery.start_soon(keep_certificate, store, certs, hosts, CA_CONFIGMAP, bundle, bundle.ssl_context(), 0.02)
+            await trio.sleep(0.3)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert await store.get("Secret", SECRET, NAMESPACE) == before
+    own = await store.get("Secret", POOL_HOST_SECRET, NAMESPACE)
+    [ca] = certificates(base64.b64decode(own["data"]["ca.crt"]))
+    assert own["data"]["ca.key"]
+    x509.load_pem_x509_certificate(bundle.cert).verify_directly_issued_by(ca)
+    assert certificates(await published(store)) == [ca]
+
+
+async def test_in_auto_mode_the_pool_host_signs_with_the_webhooks_ca(store: Store) -> None:
+    certs = CertSettings(namespace=NAMESPACE, extra_hosts=("127.0.0.1",))
+    with trio.fail_after(TIMEOUT):
+        webhook, self_made = await webhook_certificate(store, certs)
+        bundle = await pool_host_certificate(store, certs, ("10.0.0.5",), CA_CONFIGMAP)
+    assert self_made
+    x509.load_pem_x509_certificate(bundle.cert).verify_directly_issued_by(certificates(webhook.ca)[0])
+    assert await published(store) == webhook.ca  # agents and the API server trust one CA
+    with pytest.raises(NotFound):
+        await store.get("Secret", POOL_HOST_SECRET, NAMESPACE)
