@@ -25,20 +25,25 @@ from rich.console import Console
 
 from actors.servers.httpserver import HttpServer, Request, Response, bound_port, json_response
 from actors.stores.kube import KubeStore
-from actors.stores.port import AlreadyExists, Store
+from actors.stores.port import AlreadyExists, ObjectList, Store
+from actors.stores.selection import StoreSettings
 from actors.stores.validating import ValidatingStore
-from actors.tools.loadtest.checks import check_no_double, overlapping_holders
-from actors.tools.loadtest.drivers import api_answer, cni_answer
+from actors.tools.loadtest.checks import check_no_double, check_served, overlapping_holders
+from actors.tools.loadtest.drivers import Answer, Recorder, api_answer, cni_answer
 from actors.tools.loadtest.fleet import (
+    AGENT_ACCOUNT,
     AGENT_TOKEN_SECONDS,
     LABEL,
     OWNER,
+    AgentToken,
+    ControllerProcess,
     TcpClient,
     forwarded_totals,
     get_json,
     is_leftover,
     owner,
     pool_object,
+    remove_controller_objects,
     request_agent_token,
     store_totals,
 )
@@ -53,7 +58,7 @@ from actors.tools.loadtest.report import (
     stopped_by_sigterm,
     summarize,
 )
-from actors.tools.loadtest.run import run_loadtest
+from actors.tools.loadtest.run import LoadTest, run_loadtest
 from actors.tools.loadtest.scenario import HOST_LOCAL, AddressPlan, Check, Comparison, Op, PodRef, Scenario, TargetRun
 from actors.tools.manifests import apply
 from spider.endpoint import KIND as ENDPOINT
@@ -65,8 +70,10 @@ from tests.support import ROOT, short_tmp
 needs_host_local = pytest.mark.skipif(not HOST_LOCAL.is_file(), reason="Debian's host-local is not installed")
 
 
-def op(kind: str, index: int, start: float, end: float, address: str = "", ok: bool = True, inc: int = 0) -> Op:
-    return Op(kind, PodRef(index, inc, "run"), 0, start, end, ok, address)  # type: ignore[arg-type]
+def op(
+    kind: str, index: int, start: float, end: float, address: str = "", ok: bool = True, inc: int = 0, reason: str = ""
+) -> Op:
+    return Op(kind, PodRef(index, inc, "run"), 0, start, end, ok, address, reason)  # type: ignore[arg-type]
 
 
 # --- pure parts -------------------------------------------------------------------------------------------
@@ -166,6 +173,105 @@ def test_a_double_hidden_behind_a_long_holder_is_still_caught() -> None:
         op("add", 3, 0.6, 0.7, "10.0.0.2"),  # pod 2 let go, but pod 1 never did
     ]
     assert {q.index for _, _, q in overlapping_holders(ops)} == {2, 3}
+
+
+def test_a_del_that_failed_or_timed_out_does_not_end_the_holding_of_an_address() -> None:
+    ops = [
+        op("add", 0, 0.0, 1.0, "10.0.0.2"),
+        op("del", 0, 2.0, 2.1, ok=False, reason="CNI 11: lost a race"),  # the address is still held
+        op("add", 1, 3.0, 4.0, "10.0.0.2"),
+        op("add", 2, 0.0, 1.0, "10.0.0.3"),
+        op("del", 2, 2.0, 2.2, ok=False, reason="timeout"),  # unknown: still held
+        op("add", 3, 3.0, 4.0, "10.0.0.3"),
+    ]
+    assert [(a, p.index, q.index) for a, p, q in overlapping_holders(ops)] == [("10.0.0.2", 0, 1), ("10.0.0.3", 2, 3)]
+
+
+def test_a_holding_ends_at_the_first_del_that_succeeded() -> None:
+    ops = [
+        op("add", 0, 0.0, 1.0, "10.0.0.2"),
+        op("churn-del", 0, 2.0, 2.1, ok=False, reason="timeout"),
+        op("del", 0, 3.0, 3.1),
+        op("add", 1, 3.05, 4.0, "10.0.0.2"),  # answered after pod 0's successful DEL went out
+    ]
+    assert overlapping_holders(ops) == []
+
+
+EXHAUSTED = "CNI 100: pool 'loadtest-N' has no free address (capacity N)"
+
+
+def served(pods: int, pool_size: int | None, ops: list[Op]) -> Check:
+    return check_served(Scenario(nodes=1, pods=pods, pool_size=pool_size), ops)
+
+
+def test_a_pool_one_short_passes_when_only_the_extra_add_was_refused_for_want_of_an_address() -> None:
+    ops = [op("add", i, i, i + 0.1, "10.0.0.2") for i in range(9)] + [op("add", 9, 9, 9.1, ok=False, reason=EXHAUSTED)]
+    ops += [op("del", i, 20, 20.1) for i in range(10)]
+    assert served(10, 9, ops).ok
+    host_local = "CNI 999: failed to allocate for range N: no IP addresses available in range set: N.N.N.N-N.N.N.N"
+    assert served(10, 9, [*ops[:9], op("add", 9, 9, 9.1, ok=False, reason=host_local), *ops[10:]]).ok
+
+
+def test_a_pool_one_short_that_served_nothing_fails_every_call_served() -> None:
+    refused = "connection: connection refused"
+    ops = [op("add", i, i, i + 0.1, ok=False, reason=refused) for i in range(10)]
+    ops += [op("del", i, 20, 20.1, ok=False, reason=refused) for i in range(10)]
+    check = served(10, 9, ops)
+    assert not check.ok
+    assert "0 of 10 ADDs served, at least 9 expected" in check.detail
+
+
+def test_a_pool_one_short_still_fails_on_a_refusal_that_is_not_exhaustion_or_on_a_failed_del() -> None:
+    adds = [op("add", i, i, i + 0.1, "10.0.0.2") for i in range(9)]
+    dels = [op("del", i, 20, 20.1) for i in range(10)]
+    assert not served(10, 9, [*adds, op("add", 9, 9, 9.1, ok=False, reason="timeout"), *dels]).ok
+    exhausted = [op("add", 9, 9, 9.1, ok=False, reason=EXHAUSTED)]
+    assert not served(10, 9, adds + exhausted + dels[:-1] + [op("del", 9, 20, 20.1, ok=False, reason="timeout")]).ok
+
+
+def test_a_pool_with_an_address_for_every_pod_fails_on_any_exhaustion() -> None:
+    ops = [op("add", i, i, i + 0.1, "10.0.0.2") for i in range(9)] + [op("add", 9, 9, 9.1, ok=False, reason=EXHAUSTED)]
+    ops += [op("churn-del", 0, 10, 10.1), op("add", 0, 11, 11.1, "10.0.0.3", inc=1)]
+    assert not served(10, None, ops + [op("del", i, 20, 20.1) for i in range(10)]).ok
+
+
+def test_a_pod_answered_twice_fails_every_call_served() -> None:
+    ops = [op("add", 0, 0, 0.1, "10.0.0.2"), op("add", 0, 0, 0.2, "10.0.0.2"), op("del", 0, 1, 1.1)]
+    check = served(1, None, ops)
+    assert not check.ok
+    assert "1 extra ADD answers" in check.detail
+
+
+async def test_a_plugin_that_fails_every_call_on_a_pool_one_short_does_not_pass(tmp_path: Path) -> None:
+    conf = tmp_path / "conf.json"
+    conf.write_text('{"cniVersion": "1.0.0", "name": "x", "type": "false"}')
+    test = LoadTest(Scenario(nodes=1, pods=10, callers=2, pool_size=9), tmp_path)
+    with trio.fail_after(50):
+        run = await test.run_comparison(Comparison.from_files(Path("/bin/false"), conf))
+    assert not any(o.ok for o in run.ops)
+    assert not run.ok
+
+
+async def test_a_pod_whose_add_was_sent_may_hold_an_address_until_a_del_of_it_succeeded() -> None:
+    answers = {0: Answer(True, "10.0.0.2"), 1: Answer(False, reason="timeout"), 2: Answer(False, reason="CNI 100: x")}
+
+    async def add(pod: PodRef, node: int) -> Answer:
+        if pod.index == 3:
+            await trio.sleep_forever()  # cancelled on our side: the agent may still grant it
+        return answers[pod.index]
+
+    async def delete(pod: PodRef, node: int) -> Answer:
+        return Answer(pod.index != 0, reason="" if pod.index else "timeout")
+
+    recorder = Recorder(trio.current_time, lambda phase, n: None)
+    for index in range(3):
+        await recorder.call("add", "add", PodRef(index, 0, "r"), 0, add)
+    with trio.move_on_after(0.01):
+        await recorder.call("add", "add", PodRef(3, 0, "r"), 0, add)
+    assert [p.index for p in recorder.holding()] == [0, 1, 2, 3]
+    for index in range(4):
+        await recorder.call("del", "del", PodRef(index, 0, "r"), 0, delete)
+    assert [p.index for p in recorder.holding()] == [0], "its DEL timed out: it may still hold its address"
 
 
 def test_percentiles_interpolate_between_ranks() -> None:
@@ -452,6 +558,46 @@ def test_the_pool_actors_counters_are_summed_over_processes_and_pools_per_phase(
         "version_reads": 2,
         "largest_batch": 6,
     }
+
+
+def test_a_phases_largest_batch_is_its_own_not_the_largest_since_the_agent_started() -> None:
+    # ADD had a batch of 40; DEL then served 2 requests in 2 batches: 1 each
+    before = [{"pools": {"p": {"requests": 100, "batches": 5, "writes": 5, "largest_batch": 40}}}]
+    after = [{"pools": {"p": {"requests": 102, "batches": 7, "writes": 7, "largest_batch": 40}}}]
+    assert store_totals(before, after)["largest_batch"] == 1
+    # 12 requests in 3 batches, none above 40: at most 10 (the others had one at least)
+    after = [{"pools": {"p": {"requests": 112, "batches": 8, "writes": 8, "largest_batch": 40}}}]
+    assert store_totals(before, after)["largest_batch"] == 10
+    assert store_totals(before, before)["largest_batch"] == 0
+
+
+class _Accounts:
+    """A Kubernetes store's ServiceAccount deletion and its load test pools."""
+
+    def __init__(self, pools: list[Any]) -> None:
+        self.pools = pools
+        self.deleted: list[tuple[str, str]] = []
+
+    async def list(self, kind: str, **_: Any) -> ObjectList:
+        return ObjectList(self.pools if kind == POOL else [], "1")
+
+    async def delete_service_account(self, namespace: str, account: str) -> None:
+        self.deleted.append((namespace, account))
+
+
+@pytest.mark.parametrize("made", [False, True])
+async def test_the_agents_serviceaccount_goes_with_the_last_load_test_that_used_it(tmp_path: Path, made: bool) -> None:
+    # NB: made=False: an earlier run that crashed made it; nobody else would ever delete it
+    controller = ControllerProcess(tmp_path, StoreSettings(tmp_path / "db", tmp_path / "kc"), "r1")
+    controller.token = AgentToken(tmp_path / "t", "default", AGENT_ACCOUNT, created_account=made)
+    ours, crashed = _pool("loadtest-r1", deleting=True), _pool("loadtest-old", deleting=True)
+    alone = _Accounts([ours, crashed])
+    notes = await remove_controller_objects(alone, controller, "loadtest-r1")  # type: ignore[arg-type]
+    assert alone.deleted == [("default", AGENT_ACCOUNT)]
+    assert notes == [f"serviceaccount default/{AGENT_ACCOUNT}: deleted"]
+    beside = _Accounts([ours, _pool("loadtest-live")])  # another run of this very process: running
+    await remove_controller_objects(beside, controller, "loadtest-r1")  # type: ignore[arg-type]
+    assert beside.deleted == ([("default", AGENT_ACCOUNT)] if made else [])
 
 
 def _target(**extra: Any) -> dict[str, Any]:

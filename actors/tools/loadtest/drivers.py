@@ -150,12 +150,16 @@ class ApiTarget:
 
     async def _call(self, method: str, node: int, body: dict[str, Any]) -> Answer:
         client = self._client(node)
-        with trio.move_on_after(self.timeout) as scope:
-            try:
+        try:
+            with trio.move_on_after(self.timeout) as scope:
                 status, headers, payload = await client.request(method, "/v1/ipam/ip", json.dumps(body).encode())
-            except (OSError, trio.BrokenResourceError, h11.ProtocolError, ConnectionLost) as exc:
+        except (OSError, trio.BrokenResourceError, h11.ProtocolError, ConnectionLost) as exc:
+            await client.aclose()
+            return Answer(False, reason=f"connection: {_normalize(str(exc) or type(exc).__name__)}")
+        except BaseException:  # NB: cancelled mid-exchange: a later task (ids are reused) must not inherit it
+            with trio.CancelScope(shield=True):
                 await client.aclose()
-                return Answer(False, reason=f"connection: {_normalize(str(exc) or type(exc).__name__)}")
+            raise
         if scope.cancelled_caught:
             await client.aclose()  # NB: the answer may still come; it must not be read as the next one's
             return Answer(False, reason="timeout")
@@ -199,39 +203,34 @@ class Recorder:
     clock: Callable[[], float]
     progress: Progress
     ops: list[Op] = attrs.field(factory=list)
-    in_flight: set[PodRef] = attrs.field(factory=set)
-    """Pods whose ADD was sent and not yet answered (a run stopped now may leave them holding an address)."""
+    _maybe_holding: dict[PodRef, None] = attrs.field(factory=dict)
+    """Pods whose ADD was sent and no DEL of which has succeeded since (insertion-ordered)."""
 
     async def call(
         self, kind: OpKind, phase: str, pod: PodRef, node: int, fn: Callable[[PodRef, int], Awaitable[Answer]]
     ) -> Op:
         """Time ``fn(pod, node)`` and record it."""
         start = self.clock()
-        adding = kind in ("add", "churn-add")
-        if adding:
-            self.in_flight.add(pod)
+        if kind in ("add", "churn-add"):
+            # NB: from the moment it is sent: an ADD that failed, timed out or was cancelled on our side may
+            # still be granted by the agent, which goes on with it
+            self._maybe_holding[pod] = None
         try:
             answer = await fn(pod, node)
         except (OSError, SpiderError) as exc:  # e.g. the plugin cannot be exec'd: a failure, not a crash
             answer = Answer(False, reason=f"{type(exc).__name__}: {_normalize(str(exc))}")
-        finally:
-            if adding:
-                self.in_flight.discard(pod)
+        if kind in ("del", "churn-del") and answer.ok:
+            self._maybe_holding.pop(pod, None)  # NB: the agent serializes a sandbox's calls: it came after the ADD
         op = Op(kind, pod, node, start, self.clock(), answer.ok, answer.address, answer.reason)
         self.ops.append(op)
         self.progress(phase, 1)
         return op
 
     def holding(self) -> list[PodRef]:
-        """The pods that may hold an address now: ADD answered with one (or still unanswered) and no DEL
-        answered since; what a run that stopped early leaves in the pool."""
-        held: dict[PodRef, None] = dict.fromkeys(self.in_flight)
-        for op in self.ops:
-            if op.kind in ("add", "churn-add") and op.ok:
-                held[op.pod] = None
-            elif op.kind in ("del", "churn-del") and op.ok:
-                held.pop(op.pod, None)
-        return list(held)
+        """The pods that may hold an address now: every pod whose ADD was sent (whatever its answer, or none
+        yet) and no DEL of which has succeeded since; what the DEL phase and a stopped run's cleanup DEL (a DEL
+        of a pod that holds nothing frees nothing and succeeds)."""
+        return list(self._maybe_holding)
 
 
 async def add_phase(scenario: Scenario, target: Target, recorder: Recorder, run: str) -> dict[int, PodRef]:
@@ -284,11 +283,12 @@ async def add_phase(scenario: Scenario, target: Target, recorder: Recorder, run:
     return live
 
 
-async def del_phase(scenario: Scenario, target: Target, recorder: Recorder, live: Mapping[int, PodRef]) -> None:
-    """DEL every live pod with ``callers`` concurrent callers."""
-    send, receive = trio.open_memory_channel[PodRef](len(live))
-    for index in sorted(live):
-        send.send_nowait(live[index])
+async def del_phase(scenario: Scenario, target: Target, recorder: Recorder, pods: Sequence[PodRef]) -> None:
+    """DEL every pod in ``pods`` (``Recorder.holding``: the live ones and those whose ADD failed, which a
+    runtime DELs too) with ``callers`` concurrent callers."""
+    send, receive = trio.open_memory_channel[PodRef](len(pods))
+    for pod in sorted(pods, key=lambda p: (p.index, p.incarnation)):
+        send.send_nowait(pod)
     send.close()
 
     async def caller() -> None:
@@ -297,7 +297,7 @@ async def del_phase(scenario: Scenario, target: Target, recorder: Recorder, live
             await recorder.call("del", "del", pod, node, target.delete)
 
     async with trio.open_nursery() as nursery:
-        for _ in range(max(1, min(scenario.callers, len(live)))):
+        for _ in range(max(1, min(scenario.callers, len(pods)))):
             nursery.start_soon(caller)
 
 

@@ -398,12 +398,12 @@ async def request_agent_token(
     return AgentToken(path, namespace, account, created)
 
 
-async def delete_account(store: Store, token: AgentToken) -> None:
-    """Delete the ServiceAccount the run made (its tokens stop working)."""
+async def delete_account(store: Store, namespace: str, account: str) -> None:
+    """Delete a ServiceAccount the harness's agents used (their tokens stop working); gone already is fine."""
     delete = getattr(_backend(store), "delete_service_account", None)
     if delete is not None:
         with suppress(NotFound):
-            await delete(token.namespace, token.account)
+            await delete(namespace, account)
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -453,8 +453,16 @@ class AgentFleet:
             cmd += self.pool_host.agent_flags(known)
         return cmd + list(self.extra)
 
+    @property
+    def running(self) -> bool:
+        """Some agent started and not exited."""
+        return any(proc.returncode is None for proc in self.processes)
+
     async def start(self, patience: float = 120.0) -> None:
-        """Start every agent, then wait until each answers ``/v1/ipam/healthy``."""
+        """Start every agent (again, once they all stopped), then wait until each answers ``/v1/ipam/healthy``."""
+        if self.running:
+            raise RuntimeError("the agents are running already")
+        self.processes.clear()
         known = await supported_flags("agent") if self.pool_host is not None else frozenset[str]()
         for node in range(self.nodes):
             log = self.dir / f"node-{node}.log"
@@ -498,9 +506,22 @@ POOL_COUNTERS = ("requests", "batches", "writes", "conflicts", "looks", "version
 """The pool actors' counters a load test sums (``PoolStatistics``)."""
 
 
+def phase_largest_batch(before: Mapping[str, Any], after: Mapping[str, Any]) -> int:
+    """One pool actor's largest batch over a phase, from its counters before and after (``largest_batch`` is
+    the largest since it started): exact when the phase set a new largest, else an upper bound (no larger than
+    the earlier largest, nor than the phase's requests less one for each of its other batches)."""
+    largest, earlier = int(after.get("largest_batch", 0)), int(before.get("largest_batch", 0))
+    if largest > earlier:
+        return largest
+    batches = int(after.get("batches", 0)) - int(before.get("batches", 0))
+    requests = int(after.get("requests", 0)) - int(before.get("requests", 0))
+    return max(0, min(largest, requests - batches + 1)) if batches > 0 else 0
+
+
 def store_totals(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """The pool actors' counters summed over every process (agents, or the controller alone) and pool, as
-    differences ``after - before``; ``largest_batch`` is the largest any of them has seen so far."""
+    differences ``after - before``; ``largest_batch`` is the phase's largest of any of them
+    (``phase_largest_batch``)."""
 
     def total(snapshot: Sequence[Mapping[str, Any]]) -> Counter[str]:
         out: Counter[str] = Counter()
@@ -511,9 +532,11 @@ def store_totals(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
         return out
 
     diff = total(after) - total(before)
-    largest = max(
-        (int(s.get("largest_batch", 0)) for agent in after for s in agent.get("pools", {}).values()), default=0
-    )
+    largest = 0
+    for n, agent in enumerate(after):
+        earlier = before[n].get("pools", {}) if n < len(before) else {}
+        for name, stats in agent.get("pools", {}).items():
+            largest = max(largest, phase_largest_batch(earlier.get(name, {}), stats))
     return {k: diff.get(k, 0) for k in POOL_COUNTERS} | {"largest_batch": largest}
 
 
@@ -708,9 +731,18 @@ async def remove_leftovers(store: Store) -> list[str]:
     return notes
 
 
-async def remove_controller_objects(store: Store, controller: ControllerProcess) -> list[str]:
-    """The run's Lease (released by the stopped controller) and the ServiceAccount the run made; what was done.
-    The controller's CA Secret and ConfigMap stay: the next run's controller uses the same CA."""
+async def others_running(store: Store, pool: str) -> bool:
+    """Whether another load test than the one of ``pool`` may be running on this server: a load test pool of
+    a live process (``is_leftover``: another host's counts as live)."""
+    pools = (await store.list(POOL, label_selector=f"{LABEL}=true")).items
+    return any(obj["metadata"]["name"] != pool and not is_leftover(obj) for obj in pools)
+
+
+async def remove_controller_objects(store: Store, controller: ControllerProcess, pool: str = "") -> list[str]:
+    """The run's Lease (released by the stopped controller) and the agents' ServiceAccount: when the run made
+    it, or when no other load test may be using it (one that a crashed run made is the harness's too: its name
+    is ours alone); what was done.  The controller's CA Secret and ConfigMap stay: the next run's controller
+    uses the same CA."""
     notes = []
     if controller.process is not None:
         try:
@@ -720,10 +752,14 @@ async def remove_controller_objects(store: Store, controller: ControllerProcess)
             pass
         except (SpiderError, OSError) as exc:
             notes.append(f"lease {controller.namespace}/{controller.lease_name}: not deleted: {exc}")
-    if controller.token is not None and controller.token.created_account:
-        try:
-            await delete_account(store, controller.token)
-            notes.append(f"serviceaccount {controller.token.namespace}/{controller.token.account}: deleted")
-        except (SpiderError, OSError) as exc:
-            notes.append(f"serviceaccount {controller.token.account}: not deleted: {exc}")
+    token = controller.token
+    account = f"{controller.namespace}/{token.account if token else AGENT_ACCOUNT}"
+    made = token is not None and token.created_account
+    try:
+        if made or (pool and not await others_running(store, pool)):
+            await delete_account(store, controller.namespace, token.account if token else AGENT_ACCOUNT)
+            notes.append(f"serviceaccount {account}: deleted")
+    except (SpiderError, OSError) as exc:
+        if made:  # NB: else only a try (a server that keeps no ServiceAccounts answers 404: nothing to say)
+            notes.append(f"serviceaccount {account}: not deleted: {exc}")
     return notes

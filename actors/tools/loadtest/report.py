@@ -491,31 +491,35 @@ def run_command(
     """``spider loadtest``: run, then print the table (or JSON), write the plot; exit 1 when a check failed.
 
     With a Kubernetes store, ``controller`` starts ``spider controller`` beside the agents (``False``: the
-    agents' fallback alone).  SIGTERM, like Ctrl-C, stops the run and cleans up before exiting."""
+    agents' fallback alone).  SIGTERM, like Ctrl-C, stops the run and cleans up before exiting (143)."""
     out = out or Console(width=None if sys.stdout.isatty() else 140)
     started = datetime.now(UTC)
     where = f"kubernetes ({kubeconfig})" if kubeconfig else "embedded (SQLite WAL)"
     before = machine()
-    with work_dir(keep) as directory, LiveProgress() as live:
-        runs = trio.run(
-            partial(
-                stopped_by_sigterm,
+    try:
+        with work_dir(keep) as directory, LiveProgress() as live:
+            runs = trio.run(
                 partial(
-                    run_loadtest,
-                    scenario,
-                    directory,
-                    comparison=comparison,
-                    kubeconfig=kubeconfig,
-                    context=context,
-                    announce=live.announce,
-                    advance=live.advance,
-                    controller=controller,
-                    controller_args=tuple(controller_args),
-                ),
+                    stopped_by_sigterm,
+                    partial(
+                        run_loadtest,
+                        scenario,
+                        directory,
+                        comparison=comparison,
+                        kubeconfig=kubeconfig,
+                        context=context,
+                        announce=live.announce,
+                        advance=live.advance,
+                        controller=controller,
+                        controller_args=tuple(controller_args),
+                    ),
+                )
             )
-        )
-        if keep:
-            live.console.print(f"work directory kept: {directory}", highlight=False)
+            if keep:
+                live.console.print(f"work directory kept: {directory}", highlight=False)
+    except Terminated as exc:  # NB: after the cleanup; one line, and the shell's code for a SIGTERM
+        print(f"spider loadtest: {exc}, after cleaning up", file=sys.stderr)
+        return 128 + signal.SIGTERM
     report = build_report(scenario, runs, store=where, machine=before, load_after=os.getloadavg(), started=started)
     if json_to == "-":
         print(json.dumps(report, indent=2))

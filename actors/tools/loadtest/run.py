@@ -2,10 +2,13 @@
 
 Owns the order of a run: on a Kubernetes store an earlier crashed run's leftovers removed and the controller
 started (its leader hosts the pools; ``controller=False`` measures the agents' fallback alone), the pool
-applied, the agents started, ADD timed then checked against the store, DEL timed then checked for leaks, the
-agents' and the controller's counters snapshotted around each phase, and everything cleaned up even when a
-phase fails or the run is interrupted: what a failed run's pods still hold is released through the agents, the
-processes stopped, the pool and endpoints deleted and our finalizer gone (shielded, within a time budget).
+applied, the agents started, ADD timed then checked against the store, DEL (of every pod whose ADD was sent:
+one that failed or timed out may still be granted) timed, the agents stopped so that they drain, then the store
+checked for leaks; the agents' and the controller's counters snapshotted around each phase, and everything
+cleaned up even when a phase fails or the run is interrupted, from the moment the pool is applied: what the
+run's pods may still hold is released through the agents (started again if they drained and the pool still
+holds some), the processes stopped, the pool and endpoints deleted and our finalizer gone (shielded, within a
+time budget).
 It uses the fleet, the drivers and the checks; it shows nothing (that is ``report``).
 """
 
@@ -19,7 +22,7 @@ from typing import Any
 import attrs
 import trio
 
-from actors.stores.port import Store
+from actors.stores.port import NotFound, Store
 from actors.stores.selection import StoreSettings
 from actors.tools.launcher import install_cni
 from actors.tools.loadtest import cpu
@@ -59,11 +62,15 @@ from actors.tools.loadtest.scenario import AddressPlan, Check, Comparison, PodRe
 from actors.tools.loadtest.subnet import SubnetLoadTest
 from actors.tools.manifests import apply
 from spider.errors import SpiderError
+from spider.pool import KIND as POOL
+from spider.reconcile import holds_addresses
 
 OURS = "spider"
 """Our target's name in tables, plots and JSON (not ``spiderpool``: that reads as Spiderpool's own Go plugin)."""
 RELEASE_BUDGET = 120.0
 """Seconds a failed or interrupted run may spend releasing what its pods still hold, through the agents."""
+RELEASE_CALL_TIMEOUT = 30.0
+"""Seconds one of those DELs may take at least (``--call-timeout`` may be shorter): they free, they are not timed."""
 CLEANUP_BUDGET = 60.0
 """Seconds for the rest of the cleanup: stopping the processes, removing the pool, endpoints and finalizer."""
 
@@ -87,6 +94,16 @@ async def release_outstanding(target: Target, pods: Sequence[PodRef], nodes: int
         for _ in range(max(1, min(callers, len(pods)))):
             nursery.start_soon(caller)
     return released
+
+
+def with_patience(target: Target) -> Target:
+    """The same target, whose calls may take ``RELEASE_CALL_TIMEOUT`` at least (a new ``ApiTarget``: its
+    caller closes it)."""
+    if isinstance(target, ApiTarget):
+        return ApiTarget(target.name, target.sockets, target.pool, max(target.timeout, RELEASE_CALL_TIMEOUT))
+    if isinstance(target, PluginTarget):
+        return attrs.evolve(target, timeout=max(target.timeout, RELEASE_CALL_TIMEOUT))
+    return target
 
 
 def controller_totals(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, int] | None:
@@ -125,46 +142,51 @@ class LoadTest:
 
         return Recorder(lambda: trio.current_time() - t0, progress)
 
+    def _target(self, sockets: Sequence[Path], pool: str) -> Target:
+        """Our agents, through the installed shim or straight through their API."""
+        if self.scenario.via == "shim":
+            shim = install_cni(self.dir / "bin")[0]
+            return PluginTarget(OURS, shim, spider_netconfs(sockets, pool), self.scenario.call_timeout)
+        return ApiTarget(OURS, sockets, pool, timeout=self.scenario.call_timeout)
+
     async def run_ours(self) -> TargetRun:
-        """Our agents through the whole scenario, with the store checked after ADD and after DEL."""
+        """Our agents through the whole scenario, with the store checked after ADD and, once the agents have
+        drained, after DEL."""
         scenario, plan = self.scenario, AddressPlan.for_scenario(self.scenario)
         pool = f"loadtest-{self.run_id}"
         settings = self.store_settings
         notes: list[str] = []
+        controller = None
+        if settings.kubernetes:
+            controller = ControllerProcess(self.dir, settings, self.run_id, extra=self.controller_args)
+        fleet = AgentFleet(self.dir, scenario.nodes, settings, pool_host=controller)
+        sockets = [fleet.socket(n) for n in range(scenario.nodes)]
+        target: Target | None = None
+        recorder = self._recorder(OURS, trio.current_time())
+        checks: list[Check] = []
+        phases: dict[str, tuple[float, float]] = {}
+        snapshots: list[tuple[list[dict[str, Any]], dict[str, Any] | None]] = []
+        cpus: list[CpuSample] = []
+
+        async def snapshot() -> None:
+            host = await controller.statistics() if controller is not None else None
+            snapshots.append((await fleet.statistics(), host))
+            process = controller.process if controller is not None else None
+            cpus.append(cpu.sample((p.pid for p in fleet.processes), process.pid if process else None))
+
         async with opened_store(settings) as store:
             if settings.kubernetes:
                 notes += await remove_leftovers(store)
-            await apply(store, pool_object(pool, plan))
-            controller = None
-            if settings.kubernetes:
-                controller = ControllerProcess(self.dir, settings, self.run_id, extra=self.controller_args)
-                try:
-                    controller.token = await request_agent_token(store, self.dir, controller.namespace)
-                except (LookupError, SpiderError) as exc:
-                    controller.token_problem = str(exc)
-            fleet = AgentFleet(self.dir, scenario.nodes, settings, pool_host=controller)
-            sockets = [fleet.socket(n) for n in range(scenario.nodes)]
-            target: Target
-            api: ApiTarget | None = None
-            if scenario.via == "shim":
-                shim = install_cni(self.dir / "bin")[0]
-                target = PluginTarget(OURS, shim, spider_netconfs(sockets, pool), scenario.call_timeout)
-            else:
-                target = api = ApiTarget(OURS, sockets, pool)
-                api.timeout = scenario.call_timeout
-            recorder = self._recorder(OURS, trio.current_time())
-            checks: list[Check] = []
-            phases: dict[str, tuple[float, float]] = {}
-            snapshots: list[tuple[list[dict[str, Any]], dict[str, Any] | None]] = []
-            cpus: list[CpuSample] = []
-
-            async def snapshot() -> None:
-                host = await controller.statistics() if controller is not None else None
-                snapshots.append((await fleet.statistics(), host))
-                process = controller.process if controller is not None else None
-                cpus.append(cpu.sample((p.pid for p in fleet.processes), process.pid if process else None))
-
             try:
+                # NB: the pool is applied inside: a run stopped from here on (even while the pool is being
+                # written) removes it
+                await apply(store, pool_object(pool, plan))
+                if controller is not None:
+                    try:
+                        controller.token = await request_agent_token(store, self.dir, controller.namespace)
+                    except (LookupError, SpiderError) as exc:
+                        controller.token_problem = str(exc)
+                target = self._target(sockets, pool)
                 if controller is not None and self.controller:
                     await controller.start()
                 await fleet.start()
@@ -178,18 +200,20 @@ class LoadTest:
                 checks.append(await pool_matches_replies(store, pool, live, recorder.ops))
                 checks.append(await store_consistent(store, pool, "after-add"))
 
-                self.progress(OURS, "del", len(live))
+                pods = recorder.holding()  # NB: the live pods, and those whose ADD failed: it may be granted
+                self.progress(OURS, "del", len(pods))
                 start = recorder.clock()
-                await del_phase(scenario, target, recorder, live)
+                await del_phase(scenario, target, recorder, pods)
                 phases["del"] = (start, recorder.clock())
                 await snapshot()
+                await fleet.stop()  # NB: drained: a call that timed out on our side may still be written
                 checks.append(await nothing_leaked(store, pool, self.run_id))
                 checks.append(await store_consistent(store, pool, "after-del"))
             finally:
                 with trio.CancelScope(shield=True):
                     notes += await self._clean_up(store, pool, target, recorder, fleet, controller)
-                    if api is not None:
-                        await api.aclose()
+                    if isinstance(target, ApiTarget):
+                        await target.aclose()
         checks[:0] = [check_no_double(recorder.ops), check_served(scenario, recorder.ops)]
         agents = [s[0] for s in snapshots]
         hosts = [s[1] for s in snapshots]
@@ -225,7 +249,7 @@ class LoadTest:
         self,
         store: Store,
         pool: str,
-        target: Target,
+        target: Target | None,
         recorder: Recorder,
         fleet: AgentFleet,
         controller: ControllerProcess | None,
@@ -233,10 +257,9 @@ class LoadTest:
         """Everything the run made, gone (shielded by the caller, each step within its budget); what was done."""
         notes = []
         held = recorder.holding()
-        if held and fleet.processes:
+        if held and target is not None and fleet.processes:
             with trio.move_on_after(RELEASE_BUDGET):
-                released = await release_outstanding(target, held, self.scenario.nodes, self.scenario.callers)
-                notes.append(f"released {released} of {len(held)} addresses the run's pods still held")
+                notes.append(await self._release(store, pool, target, held, fleet))
         with trio.move_on_after(CLEANUP_BUDGET) as scope:
             await fleet.stop()
             if self.store_settings.kubernetes:
@@ -247,13 +270,33 @@ class LoadTest:
                     notes.append(f"pool {pool}: not removed: {exc}")
             if controller is not None:
                 await controller.stop()
-                notes += await remove_controller_objects(store, controller)
+                notes += await remove_controller_objects(store, controller, pool)
         if scope.cancelled_caught:
             notes.append(f"cleanup stopped after {CLEANUP_BUDGET:g} s: run again to remove the leftovers")
         if controller is not None:
             await controller.stop(grace=0)  # NB: a no-op unless the budget ran out before it stopped
         await fleet.stop(grace=0)
         return notes
+
+    async def _release(self, store: Store, pool: str, target: Target, held: Sequence[PodRef], fleet: AgentFleet) -> str:
+        """DEL every pod that may still hold an address (``Recorder.holding``), with the agents started again
+        if they were stopped (drained) and the pool still holds some; what was done."""
+        if not fleet.running:
+            try:
+                if not holds_addresses(await store.get(POOL, pool)):
+                    return f"the agents drained; {len(held)} pods whose DEL failed hold nothing"
+                await fleet.start()
+            except NotFound:
+                return f"pool {pool} gone: {len(held)} pods hold nothing"
+            except (SpiderError, OSError, RuntimeError, trio.TooSlowError) as exc:
+                return f"{len(held)} pods may still hold addresses: the agents did not start again: {exc}"
+        patient = with_patience(target)
+        try:
+            released = await release_outstanding(patient, held, self.scenario.nodes, self.scenario.callers)
+        finally:
+            if isinstance(patient, ApiTarget):
+                await patient.aclose()
+        return f"released {released} of {len(held)} addresses the run's pods may still hold"
 
     async def run_comparison(self, comparison: Comparison) -> TargetRun:
         """The same scenario through another IPAM plugin, exec'd per call with a netconf per node."""
@@ -276,8 +319,9 @@ class LoadTest:
         phases["add"] = (start, recorder.clock())
         cpus.append(cpu.sample())
         self.progress(comparison.name, "del", len(live))
+        pods = recorder.holding()
         start = recorder.clock()
-        await del_phase(scenario, target, recorder, live)
+        await del_phase(scenario, target, recorder, pods)
         phases["del"] = (start, recorder.clock())
         cpus.append(cpu.sample())
         checks = [check_no_double(recorder.ops), check_served(scenario, recorder.ops)]
