@@ -433,9 +433,10 @@ async def test_any_ipam_plugin_can_be_compared_with_a_templated_config() -> None
 
 
 @contextlib.asynccontextmanager
-async def fake_cluster(d: Path) -> AsyncIterator[tuple[Path, ServedInThread]]:
-    """The fake API server in a thread of its own, with the ``default`` namespace; its kubeconfig."""
-    host = await trio.to_thread.run_sync(lambda: ServedInThread(FakeApiServer()).start())
+async def fake_cluster(d: Path, server: FakeApiServer | None = None) -> AsyncIterator[tuple[Path, ServedInThread]]:
+    """``server`` (a plain fake API server by default) in a thread of its own, with the ``default`` namespace;
+    its kubeconfig."""
+    host = await trio.to_thread.run_sync(lambda: ServedInThread(server or FakeApiServer()).start())
     try:
         kubeconfig = host.server.kubeconfig(d / "kubeconfig")
         store = await KubeStore.open(kubeconfig)

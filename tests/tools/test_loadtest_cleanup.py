@@ -5,12 +5,10 @@ does not break the next run; a run that served nothing does not pass its checks.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,37 +16,20 @@ import pytest
 import trio
 
 from actors.stores.kube import KubeStore
-from actors.stores.port import AlreadyExists
 from actors.tools.loadtest.fleet import LABEL
 from actors.tools.loadtest.run import run_loadtest
 from actors.tools.loadtest.scenario import Scenario, TargetRun
 from spider.endpoint import KIND as ENDPOINT
 from spider.pool import KIND as POOL
-from tests.fakeapi import FakeApiServer, ServedInThread
+from tests.fakeapi import FakeApiServer
 from tests.fakeapi.latency import Cost, LatencyModel
 from tests.fakeapi.server import Fault
 from tests.support import ROOT, short_tmp
+from tests.tools.test_loadtest import fake_cluster
 
 NOTHING = {"pools": [], "endpoints": [], "leases": []}
 SLOW_POOL_WRITES = LatencyModel({"updateStatus": Cost(400.0)})
 """Every pool status write takes 0.4 s: longer than the tests' ``--call-timeout``."""
-
-
-@contextlib.asynccontextmanager
-async def fake_cluster(d: Path, server: FakeApiServer | None = None) -> AsyncIterator[tuple[Path, ServedInThread]]:
-    """``server`` (a plain fake API server by default) in a thread of its own, with ``default``; its kubeconfig."""
-    host = await trio.to_thread.run_sync(lambda: ServedInThread(server or FakeApiServer()).start())
-    try:
-        kubeconfig = host.server.kubeconfig(d / "kubeconfig")
-        store = await KubeStore.open(kubeconfig)
-        try:
-            with contextlib.suppress(AlreadyExists):
-                await store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
-        finally:
-            await store.aclose()
-        yield kubeconfig, host
-    finally:
-        await trio.to_thread.run_sync(host.stop)
 
 
 async def left_behind(kubeconfig: Path) -> dict[str, list[Any]]:
