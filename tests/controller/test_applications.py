@@ -641,18 +641,7 @@ class FailingLists(PassThrough):
         )
 
 
-async def test_a_kind_the_cluster_will_not_list_does_not_hold_up_the_other_kinds_applications(
-    private_store: Store,
-) -> None:
-    await seed_subnet(private_store)
-    store = FailingLists(private_store, always={"CronJob"})
-    with trio.fail_after(TIMEOUT):
-        async with controlling(store, listed=False):
-            await store.create(deployment(2))
-            await eventually(pool_with(store, lambda ps: len(ps) == 1))
-
-
-async def test_a_kind_the_cluster_will_not_list_does_not_keep_a_deleted_pools_addresses_from_the_subnet(
+async def test_a_kind_the_cluster_will_not_list_holds_up_neither_the_others_pools_nor_their_reclaim(
     private_store: Store,
 ) -> None:
     await seed_subnet(private_store)

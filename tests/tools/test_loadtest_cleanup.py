@@ -111,16 +111,21 @@ async def test_a_run_stopped_while_asking_for_the_agents_token_removes_its_pool(
     assert left == NOTHING
 
 
-async def test_adds_that_time_out_on_our_side_but_are_granted_are_deleted_and_leave_nothing_behind() -> None:
-    # NB: 0.3 s: the DEL phase ends after the ADDs' pool writes landed and before the DELs' (queued behind them):
-    # the store is read for leaks only once the agents drained, else it would show the ADDs' records
-    scenario = Scenario(nodes=2, pods=6, callers=6, via="api", call_timeout=0.3)
+async def run_on_slow_pool_writes(scenario: Scenario) -> tuple[TargetRun, dict[str, list[Any]]]:
+    """``scenario`` without a controller on a fake API server whose pool writes outlast the calls' timeout;
+    the run, and what it left behind."""
     with short_tmp() as d:
         async with fake_cluster(d, FakeApiServer(latency=SLOW_POOL_WRITES)) as (kubeconfig, _):
             with trio.fail_after(50):
                 (run,) = await run_loadtest(scenario, d, kubeconfig=kubeconfig, controller=False)
             with trio.fail_after(10):
-                left = await left_behind(kubeconfig)
+                return run, await left_behind(kubeconfig)
+
+
+async def test_adds_that_time_out_on_our_side_but_are_granted_are_deleted_and_leave_nothing_behind() -> None:
+    # NB: 0.3 s: the DEL phase ends after the ADDs' pool writes landed and before the DELs' (queued behind them):
+    # the store is read for leaks only once the agents drained, else it would show the ADDs' records
+    run, left = await run_on_slow_pool_writes(Scenario(nodes=2, pods=6, callers=6, via="api", call_timeout=0.3))
     assert {o.reason for o in run.ops} == {"timeout"}
     assert [o.kind for o in run.ops].count("del") == 6, "every pod whose ADD was sent is DELeted"
     assert [name for name, _ in failed_checks(run)] == ["every-call-served"]
@@ -130,12 +135,7 @@ async def test_adds_that_time_out_on_our_side_but_are_granted_are_deleted_and_le
 
 async def test_a_run_whose_every_call_timed_out_on_a_pool_one_short_does_not_pass() -> None:
     scenario = Scenario(nodes=2, pods=6, callers=6, via="api", call_timeout=0.2, pool_size=5)
-    with short_tmp() as d:
-        async with fake_cluster(d, FakeApiServer(latency=SLOW_POOL_WRITES)) as (kubeconfig, _):
-            with trio.fail_after(50):
-                (run,) = await run_loadtest(scenario, d, kubeconfig=kubeconfig, controller=False)
-            with trio.fail_after(10):
-                left = await left_behind(kubeconfig)
+    run, left = await run_on_slow_pool_writes(scenario)
     assert not any(o.ok for o in run.ops)
     assert "every-call-served" in dict(failed_checks(run))
     assert left == NOTHING
